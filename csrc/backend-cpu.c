@@ -1,0 +1,158 @@
+/* The CPU backend: host memory, thread pool, kernel selection, op table. */
+#include "cpu.h"
+
+#include <string.h>
+#include <unistd.h>
+
+#define CPU_ALIGN 64
+
+static void *cpu_alloc(sd_backend_t *be, size_t nbytes) {
+    (void)be;
+    size_t size = (nbytes + CPU_ALIGN - 1) / CPU_ALIGN * CPU_ALIGN;
+    if (size == 0) size = CPU_ALIGN;
+    return aligned_alloc(CPU_ALIGN, size);
+}
+
+static void cpu_free(sd_backend_t *be, void *p) {
+    (void)be;
+    free(p);
+}
+
+static sd_status_t cpu_copy(sd_ctx_t *ctx, void *dst, const void *src, size_t nbytes) {
+    (void)ctx;
+    memcpy(dst, src, nbytes);
+    return SD_STATUS_OK;
+}
+
+static void cpu_destroy(sd_backend_t *be) {
+    sd_cpu_backend_t *cpu = (sd_cpu_backend_t *)be;
+    int n = cpu->pool ? sd_pool_threads(cpu->pool) : 0;
+    sd_pool_destroy(cpu->pool);
+    for (int i = 0; i < n && cpu->scratch; i++) free(cpu->scratch[i]);
+    free(cpu->scratch);
+    free(cpu->scratch_floats);
+    free(cpu);
+}
+
+/* Matrices and tables stay in the caller's memory in their own dtype (the GEMM packers
+ * and the gather convert on the fly); small vectors are widened to F32 once. */
+static sd_status_t cpu_weight_from_host(sd_ctx_t *ctx, const sd_tensor_t *host, int32_t role,
+                                        sd_tensor_t *out) {
+    *out = *host;
+    out->prev = out->next = NULL;
+    if (role != SD_WEIGHT_VECTOR || host->dtype == SD_DTYPE_F32) {
+        out->kind = SD_TENSOR_VIEW;
+        return SD_STATUS_OK;
+    }
+    int64_t n = sd_tensor_numel(host);
+    float *data = cpu_alloc(NULL, (size_t)n * sizeof(float));
+    if (data == NULL) return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "cannot allocate a weight");
+    sd_convert_to_f32(data, host->data, host->dtype, n);
+    out->data = data;
+    out->dtype = SD_DTYPE_F32;
+    out->nbytes = (size_t)n * sizeof(float);
+    out->kind = SD_TENSOR_OWNED;
+    return SD_STATUS_OK;
+}
+
+static void cpu_weight_free(sd_backend_t *be, sd_tensor_t *w) {
+    if (w->kind == SD_TENSOR_OWNED) cpu_free(be, w->data);
+    w->data = NULL;
+}
+
+static const sd_backend_ops_t cpu_ops = {
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .weight_from_host = cpu_weight_from_host,
+    .weight_free = cpu_weight_free,
+    .conv2d = sd_cpu_conv2d,
+    .linear = sd_cpu_linear,
+    .group_norm = sd_cpu_group_norm,
+    .layer_norm = sd_cpu_layer_norm,
+    .attention = sd_cpu_attention,
+    .activation = sd_cpu_activation,
+    .geglu = sd_cpu_geglu,
+    .upsample_nearest2x = sd_cpu_upsample_nearest2x,
+    .binary = sd_cpu_binary,
+    .concat = sd_cpu_concat,
+    .timestep_embedding = sd_cpu_timestep_embedding,
+    .embedding = sd_cpu_embedding,
+};
+
+const sd_cpu_kernels_t *sd_cpu_select_kernels(char *why, size_t why_len) {
+    const char *want = getenv("SD_CPU_ISA");
+    const sd_cpu_kernels_t *best = &sd_cpu_kernels_generic;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                __builtin_cpu_supports("f16c");
+    bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    if (avx512)
+        best = &sd_cpu_kernels_avx512;
+    else if (avx2)
+        best = &sd_cpu_kernels_avx2;
+    if (want != NULL && *want != '\0') {
+        if (strcmp(want, "generic") == 0) return &sd_cpu_kernels_generic;
+        if (strcmp(want, "avx2") == 0 && avx2) return &sd_cpu_kernels_avx2;
+        if (strcmp(want, "avx512") == 0 && avx512) return &sd_cpu_kernels_avx512;
+        snprintf(why, why_len, "SD_CPU_ISA=%s is not available on this CPU; using %s", want,
+                 best->name);
+    }
+#else
+    if (want != NULL && *want != '\0' && strcmp(want, "generic") != 0)
+        snprintf(why, why_len, "SD_CPU_ISA=%s is not available on this CPU; using generic", want);
+#endif
+    return best;
+}
+
+sd_status_t sd_backend_cpu_create(const sd_ctx_params_t *p, sd_backend_t **out, char *err,
+                                  size_t err_len) {
+    sd_cpu_backend_t *cpu = calloc(1, sizeof *cpu);
+    if (cpu == NULL) {
+        snprintf(err, err_len, "out of host memory");
+        return SD_STATUS_OUT_OF_MEMORY;
+    }
+    int n = p->n_threads;
+    if (n == 0) {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        n = online > 0 ? (int)online : 1;
+    }
+    char why[160] = "";
+    cpu->kern = sd_cpu_select_kernels(why, sizeof why);
+    cpu->base.ops = &cpu_ops;
+    cpu->base.kind = SD_BACKEND_CPU;
+    cpu->base.alignment = CPU_ALIGN;
+    cpu->pool = sd_pool_create(n);
+    cpu->scratch = calloc((size_t)n, sizeof *cpu->scratch);
+    cpu->scratch_floats = calloc((size_t)n, sizeof *cpu->scratch_floats);
+    if (cpu->pool == NULL || cpu->scratch == NULL || cpu->scratch_floats == NULL) {
+        cpu_destroy(&cpu->base);
+        snprintf(err, err_len, "cannot start %d threads", n);
+        return SD_STATUS_OUT_OF_MEMORY;
+    }
+    snprintf(cpu->base.description, sizeof cpu->base.description, "cpu, %d threads, %s kernels%s%s",
+             n, cpu->kern->name, why[0] ? "; " : "", why);
+    *out = &cpu->base;
+    return SD_STATUS_OK;
+}
+
+float *sd_cpu_scratch(sd_cpu_backend_t *cpu, int thread, size_t n) {
+    if (cpu->scratch_floats[thread] < n) {
+        free(cpu->scratch[thread]);
+        cpu->scratch_floats[thread] = 0;
+        cpu->scratch[thread] = cpu_alloc(NULL, n * sizeof(float));
+        if (cpu->scratch[thread] == NULL) return NULL;
+        cpu->scratch_floats[thread] = n;
+    }
+    return cpu->scratch[thread];
+}
+
+bool sd_cpu_scratch_reserve(sd_cpu_backend_t *cpu, size_t n) {
+    for (int i = 0; i < sd_pool_threads(cpu->pool); i++)
+        if (sd_cpu_scratch(cpu, i, n) == NULL) return false;
+    return true;
+}

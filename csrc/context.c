@@ -1,0 +1,223 @@
+/* Context lifetime, errors, logging and cancellation. */
+#include "sd-internal.h"
+
+#include <string.h>
+
+void sd_assert_fail(const char *cond, const char *file, int line) {
+    fprintf(stderr, "gosd: internal invariant failed: %s (%s:%d)\n", cond, file, line);
+    abort();
+}
+
+const char *sd_status_string(sd_status_t status) {
+    switch (status) {
+    case SD_STATUS_OK:
+        return "ok";
+    case SD_STATUS_INVALID_ARGUMENT:
+        return "invalid argument";
+    case SD_STATUS_IO:
+        return "i/o error";
+    case SD_STATUS_BAD_MODEL:
+        return "bad model";
+    case SD_STATUS_OUT_OF_MEMORY:
+        return "out of memory";
+    case SD_STATUS_DEVICE:
+        return "device error";
+    case SD_STATUS_UNSUPPORTED:
+        return "unsupported";
+    case SD_STATUS_CANCELLED:
+        return "cancelled";
+    case SD_STATUS_INTERNAL:
+        return "internal error";
+    default:
+        return "unknown status";
+    }
+}
+
+uint32_t sd_abi_version(void) {
+    return SD_ABI_VERSION;
+}
+
+size_t sd_sizeof_ctx_params(void) {
+    return sizeof(sd_ctx_params_t);
+}
+size_t sd_sizeof_memory_stats(void) {
+    return sizeof(sd_memory_stats_t);
+}
+
+static void copy_message(char *dst, size_t len, const char *src) {
+    if (dst == NULL || len == 0) return;
+    snprintf(dst, len, "%s", src);
+}
+
+bool sd_backend_available(int32_t backend, char *reason, size_t reason_len) {
+    switch (backend) {
+    case SD_BACKEND_CPU:
+        copy_message(reason, reason_len, "");
+        return true;
+    case SD_BACKEND_CUDA:
+#ifdef SD_WITH_CUDA
+        return sd_backend_cuda_available(reason, reason_len);
+#else
+        copy_message(reason, reason_len, "this library was built without CUDA (use libsd-cuda)");
+        return false;
+#endif
+    default:
+        copy_message(reason, reason_len, "unknown backend");
+        return false;
+    }
+}
+
+void sd_ctx_params_default(sd_ctx_params_t *params) {
+    if (params == NULL) return;
+    memset(params, 0, sizeof *params);
+    params->backend = SD_BACKEND_CPU;
+}
+
+sd_status_t sd_ctx_init(const sd_ctx_params_t *params, sd_ctx_t **out, char *err, size_t err_len) {
+    copy_message(err, err_len, "");
+    if (out == NULL) {
+        copy_message(err, err_len, "sd_ctx_init: out is NULL");
+        return SD_STATUS_INVALID_ARGUMENT;
+    }
+    *out = NULL;
+    if (params == NULL) {
+        copy_message(err, err_len, "sd_ctx_init: params is NULL");
+        return SD_STATUS_INVALID_ARGUMENT;
+    }
+    if (params->n_threads < 0 || params->n_threads > 1024) {
+        snprintf(err, err_len, "sd_ctx_init: n_threads %d out of range [0, 1024]",
+                 (int)params->n_threads);
+        return SD_STATUS_INVALID_ARGUMENT;
+    }
+    if (params->flags != 0) {
+        copy_message(err, err_len, "sd_ctx_init: flags must be 0");
+        return SD_STATUS_INVALID_ARGUMENT;
+    }
+    sd_backend_t *backend = NULL;
+    sd_status_t st;
+    switch (params->backend) {
+    case SD_BACKEND_CPU:
+        st = sd_backend_cpu_create(params, &backend, err, err_len);
+        break;
+    case SD_BACKEND_CUDA:
+#ifdef SD_WITH_CUDA
+        st = sd_backend_cuda_create(params, &backend, err, err_len);
+#else
+        copy_message(err, err_len, "sd_ctx_init: CUDA backend not in this build (use libsd-cuda)");
+        st = SD_STATUS_UNSUPPORTED;
+#endif
+        break;
+    default:
+        snprintf(err, err_len, "sd_ctx_init: unknown backend %d", (int)params->backend);
+        return SD_STATUS_INVALID_ARGUMENT;
+    }
+    if (st != SD_STATUS_OK) return st;
+
+    sd_ctx_t *ctx = calloc(1, sizeof *ctx);
+    if (ctx == NULL) {
+        backend->ops->destroy(backend);
+        copy_message(err, err_len, "sd_ctx_init: out of host memory");
+        return SD_STATUS_OUT_OF_MEMORY;
+    }
+    ctx->backend = backend;
+    atomic_init(&ctx->cancelled, 0);
+    sd_arena_init(&ctx->arena, backend, backend->alignment, (size_t)64 << 20);
+    *out = ctx;
+    return SD_STATUS_OK;
+}
+
+void sd_ctx_free(sd_ctx_t *ctx) {
+    if (ctx == NULL) return;
+    while (ctx->tensors != NULL) sd_tensor_free(ctx, ctx->tensors);
+    sd_arena_destroy(&ctx->arena);
+    ctx->backend->ops->destroy(ctx->backend);
+    free(ctx);
+}
+
+sd_backend_t *sd_ctx_backend_ptr(sd_ctx_t *ctx) {
+    return ctx->backend;
+}
+
+int32_t sd_ctx_backend(const sd_ctx_t *ctx) {
+    return ctx ? ctx->backend->kind : -1;
+}
+
+const char *sd_ctx_backend_description(const sd_ctx_t *ctx) {
+    return ctx ? ctx->backend->description : "";
+}
+
+const char *sd_ctx_last_error(const sd_ctx_t *ctx) {
+    return ctx ? ctx->last_error : "";
+}
+
+void sd_ctx_cancel(sd_ctx_t *ctx) {
+    if (ctx) atomic_store(&ctx->cancelled, 1);
+}
+
+void sd_ctx_clear_cancel(sd_ctx_t *ctx) {
+    if (ctx) atomic_store(&ctx->cancelled, 0);
+}
+
+void sd_ctx_set_log(sd_ctx_t *ctx, sd_log_fn fn, void *user_data) {
+    if (ctx == NULL) return;
+    ctx->log_fn = fn;
+    ctx->log_user = user_data;
+}
+
+sd_status_t sd_ctx_memory_stats(sd_ctx_t *ctx, sd_memory_stats_t *out) {
+    if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
+    if (out == NULL) return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "memory_stats: out is NULL");
+    out->tensors_bytes = ctx->tensors_bytes;
+    out->weights_bytes = ctx->weights_bytes;
+    out->arena_reserved_bytes = ctx->arena.reserved;
+    out->arena_peak_bytes = ctx->arena.peak;
+    return SD_STATUS_OK;
+}
+
+void sd_ctx_trim(sd_ctx_t *ctx) {
+    if (ctx) sd_arena_trim(&ctx->arena);
+}
+
+static void vlog(sd_ctx_t *ctx, int32_t level, const char *fmt, va_list ap) {
+    if (ctx->log_fn == NULL) return;
+    char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    ctx->log_fn(level, msg, ctx->log_user);
+}
+
+void sd_log(sd_ctx_t *ctx, int32_t level, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(ctx, level, fmt, ap);
+    va_end(ap);
+}
+
+sd_status_t sd_fail(sd_ctx_t *ctx, sd_status_t status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->last_error, sizeof ctx->last_error, fmt, ap);
+    va_end(ap);
+    sd_log(ctx, SD_LOG_DEBUG, "%s: %s", sd_status_string(status), ctx->last_error);
+    return status;
+}
+
+sd_status_t sd_fail_device(sd_ctx_t *ctx, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->last_error, sizeof ctx->last_error, fmt, ap);
+    va_end(ap);
+    ctx->broken = SD_STATUS_DEVICE;
+    sd_log(ctx, SD_LOG_ERROR, "device error, context unusable: %s", ctx->last_error);
+    return SD_STATUS_DEVICE;
+}
+
+sd_status_t sd_ctx_check(sd_ctx_t *ctx) {
+    if (ctx->broken != SD_STATUS_OK) {
+        /* Keep the original message; it says what broke the context. */
+        return ctx->broken;
+    }
+    if (atomic_load_explicit(&ctx->cancelled, memory_order_relaxed)) {
+        return sd_fail(ctx, SD_STATUS_CANCELLED, "cancelled");
+    }
+    return SD_STATUS_OK;
+}

@@ -1,0 +1,207 @@
+/*
+ * cpu.h - the CPU backend: thread pool, per-ISA kernel table, op entry points.
+ */
+#ifndef SD_CPU_H
+#define SD_CPU_H
+
+#include "sd-internal.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* ---------------------------------------------------------------------------------------
+ * Thread pool: the calling thread plus n-1 workers run the tasks of one parallel-for.
+ * Tasks are claimed dynamically. Not reentrant: a task must not start another run.
+ * ------------------------------------------------------------------------------------- */
+
+typedef void (*sd_task_fn)(void *arg, int64_t task, int thread);
+
+typedef struct sd_pool sd_pool_t;
+
+sd_pool_t *sd_pool_create(int n_threads); /* NULL on failure */
+void sd_pool_destroy(sd_pool_t *pool);
+int sd_pool_threads(const sd_pool_t *pool);
+/* Runs fn(arg, task, thread) for task in [0, n_tasks); thread in [0, threads). Returns when
+ * all are done. Denormals are flushed to zero while tasks run (and the caller's floating
+ * point state is restored afterwards). */
+void sd_pool_run(sd_pool_t *pool, int64_t n_tasks, sd_task_fn fn, void *arg);
+
+/* ---------------------------------------------------------------------------------------
+ * Per-ISA kernels. gemm-kernels.c is compiled once per instruction set (generic C,
+ * AVX2+FMA+F16C, AVX-512) and the best one the CPU supports is chosen at run time.
+ * ------------------------------------------------------------------------------------- */
+
+/* How the GEMM reads A (M x K). */
+typedef struct sd_gemm_a {
+    const void *data;
+    int32_t dtype;  /* F32, F16 or BF16 */
+    bool col_major; /* false: A[i][k] = data[i*ld + k]; true: data[k*ld + i] */
+    int64_t ld;
+} sd_gemm_a_t;
+
+enum {
+    SD_GEMM_B_KN = 0,     /* B[k][j] = data[k*ld + j] */
+    SD_GEMM_B_NK = 1,     /* B[k][j] = data[j*ld + k] (a weight matrix used as W^T) */
+    SD_GEMM_B_IM2COL = 2, /* B[k][j]: k = (ci, ky, kx), j = (n, oy, ox) of a convolution */
+};
+
+typedef struct sd_gemm_conv {
+    int64_t cin, h, w, kh, kw, oh, ow;
+    int32_t stride_h, stride_w, pad_top, pad_left;
+    int64_t image_stride; /* elements between images */
+} sd_gemm_conv_t;
+
+/* How the GEMM reads B (K x N). */
+typedef struct sd_gemm_b {
+    const void *data;
+    int32_t dtype; /* F32, F16 or BF16 (F32 only for IM2COL) */
+    int32_t kind;  /* SD_GEMM_B_* */
+    int64_t ld;
+    sd_gemm_conv_t conv; /* IM2COL only */
+} sd_gemm_b_t;
+
+/* Where C (M x N) goes and what is added to it. Columns come in groups of `group_cols`
+ * (e.g. the pixels of one image): C[i][j] is at data + g*group_stride + i*ldc + jj with
+ * g = j / group_cols, jj = j % group_cols. Then
+ *   C[i][j] = alpha * sum_k A[i][k] B[k][j] + bias_row[g*bias_row_group_stride + i]
+ *             + bias_col[j] + residual[same offset as C]
+ * where absent terms are skipped. residual may equal data. */
+typedef struct sd_gemm_c {
+    float *data;
+    int64_t ldc;
+    int64_t group_cols, group_stride;
+    float alpha;
+    const float *bias_row;
+    int64_t bias_row_group_stride;
+    const float *bias_col;
+    const float *residual;
+} sd_gemm_c_t;
+
+/* Epilogue of one microtile, precomputed by the driver. */
+typedef struct sd_tile_epilogue {
+    float alpha;
+    bool accumulate;     /* C += alpha*AB (later K blocks); otherwise the terms below */
+    const float *bias_r; /* MR values or NULL */
+    const float *bias_c; /* NR values or NULL */
+    const float *res;    /* residual tile with stride ldc, or NULL */
+} sd_tile_epilogue_t;
+
+typedef struct sd_cpu_kernels {
+    const char *name;
+    int mr, nr;     /* microtile */
+    int mc, kc, nc; /* cache blocking */
+    /* C tile (mr x nr, row stride ldc) from packed panels of depth kc. */
+    void (*ukernel)(int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
+                    const sd_tile_epilogue_t *ep);
+    /* Packs rows [i0, i0+mc) x cols [k0, k0+kc) of A into mr-row micro-panels (rows past M
+     * zero-filled): panel p holds dst[p*mr*kc + k*mr + r]. */
+    void (*pack_a)(const sd_gemm_a_t *a, int64_t m, int64_t i0, int64_t k0, int64_t mc, int64_t kc,
+                   float *dst);
+    /* Packs rows [k0, k0+kc) x cols [j0, j0+nc) of B into nr-column micro-panels (columns
+     * past N zero-filled): panel p holds dst[p*nr*kc + k*nr + c]. */
+    void (*pack_b)(const sd_gemm_b_t *b, int64_t n, int64_t k0, int64_t j0, int64_t kc, int64_t nc,
+                   float *dst);
+    /* Vector math over n floats (dst may equal src). */
+    void (*silu)(float *dst, const float *src, int64_t n);
+    void (*gelu)(float *dst, const float *src, int64_t n); /* exact (erf) */
+    /* dst[i] = a[i] * gelu(gate[i]) */
+    void (*geglu)(float *dst, const float *a, const float *gate, int64_t n);
+    void (*gelu_tanh)(float *dst, const float *src, int64_t n);
+    void (*quick_gelu)(float *dst, const float *src, int64_t n); /* x * sigmoid(1.702 x) */
+    /* In place: x[i] = exp(x[i] - max); returns the sum. */
+    float (*exp_sum)(float *x, int64_t n, float max);
+    float (*max)(const float *x, int64_t n);
+    /* Sum and sum of squared deviations from `mean`, accumulated in blocks so that large
+     * reductions (a group-norm group) stay accurate. */
+    double (*sum)(const float *x, int64_t n);
+    double (*sum_sq_dev)(const float *x, int64_t n, float mean);
+    /* dst[i] = src[i] * scale + shift, then SiLU when silu is set (dst may equal src). */
+    void (*scale_shift)(float *dst, const float *src, int64_t n, float scale, float shift,
+                        bool silu);
+    void (*f16_to_f32)(float *dst, const uint16_t *src, int64_t n);
+} sd_cpu_kernels_t;
+
+extern const sd_cpu_kernels_t sd_cpu_kernels_generic;
+#if defined(__x86_64__)
+extern const sd_cpu_kernels_t sd_cpu_kernels_avx2;
+extern const sd_cpu_kernels_t sd_cpu_kernels_avx512;
+#endif
+
+/* ---------------------------------------------------------------------------------------
+ * GEMM driver (ops/gemm.c)
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct sd_cpu_backend sd_cpu_backend_t;
+
+/* C = op(A B) as described by sd_gemm_c_t, split over the pool's threads. */
+sd_status_t sd_gemm(sd_ctx_t *ctx, int64_t m, int64_t n, int64_t k, const sd_gemm_a_t *a,
+                    const sd_gemm_b_t *b, const sd_gemm_c_t *c);
+/* The same on the calling thread only, with caller-provided pack buffers of at least
+ * sd_gemm_scratch_floats() floats (used inside parallel tasks). */
+void sd_gemm_serial(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64_t k,
+                    const sd_gemm_a_t *a, const sd_gemm_b_t *b, const sd_gemm_c_t *c,
+                    float *scratch);
+size_t sd_gemm_scratch_floats(const sd_cpu_kernels_t *kern);
+
+/* ---------------------------------------------------------------------------------------
+ * The backend
+ * ------------------------------------------------------------------------------------- */
+
+struct sd_cpu_backend {
+    sd_backend_t base;
+    sd_pool_t *pool;
+    const sd_cpu_kernels_t *kern;
+    /* Per-thread scratch (pack buffers, attention rows), grown on demand. */
+    float **scratch;
+    size_t *scratch_floats;
+};
+
+static inline sd_cpu_backend_t *sd_cpu(sd_ctx_t *ctx) {
+    return (sd_cpu_backend_t *)sd_ctx_backend_ptr(ctx);
+}
+
+/* Per-thread scratch of at least n floats; NULL when out of memory. Only call before a
+ * parallel run (from the calling thread) for every thread that will use it. */
+float *sd_cpu_scratch(sd_cpu_backend_t *cpu, int thread, size_t n);
+/* Makes sure every thread's scratch holds n floats; false when out of memory. */
+bool sd_cpu_scratch_reserve(sd_cpu_backend_t *cpu, size_t n);
+
+/* Kernel table chosen for this CPU; honours SD_CPU_ISA=generic|avx2|avx512. */
+const sd_cpu_kernels_t *sd_cpu_select_kernels(char *why, size_t why_len);
+
+/* Op implementations (csrc/ops/), called by the backend table. */
+sd_status_t sd_cpu_conv2d(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                          const sd_tensor_t *w, const sd_tensor_t *bias,
+                          const sd_tensor_t *residual, const sd_conv2d_params_t *p);
+sd_status_t sd_cpu_linear(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                          const sd_tensor_t *w, const sd_tensor_t *bias,
+                          const sd_tensor_t *residual, const sd_linear_params_t *p);
+sd_status_t sd_cpu_group_norm(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                              const sd_tensor_t *gamma, const sd_tensor_t *beta, int32_t groups,
+                              float eps, bool silu);
+sd_status_t sd_cpu_layer_norm(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                              const sd_tensor_t *gamma, const sd_tensor_t *beta, float eps);
+sd_status_t sd_cpu_attention(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *q,
+                             const sd_tensor_t *k, const sd_tensor_t *v, int32_t heads, bool causal,
+                             float scale);
+sd_status_t sd_cpu_activation(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                              int32_t activation);
+sd_status_t sd_cpu_geglu(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
+sd_status_t sd_cpu_upsample_nearest2x(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
+sd_status_t sd_cpu_binary(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
+                          const sd_tensor_t *b, int32_t op);
+sd_status_t sd_cpu_concat(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
+                          const sd_tensor_t *b);
+sd_status_t sd_cpu_timestep_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,
+                                      const sd_timestep_embedding_params_t *p);
+sd_status_t sd_cpu_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *ids,
+                             const sd_tensor_t *table);
+
+/* Splits [0, n) into `parts` nearly equal ranges; range i is [*lo, *hi). */
+static inline void sd_split_range(int64_t n, int64_t parts, int64_t i, int64_t *lo, int64_t *hi) {
+    int64_t q = n / parts, r = n % parts;
+    *lo = i * q + (i < r ? i : r);
+    *hi = *lo + q + (i < r ? 1 : 0);
+}
+
+#endif /* SD_CPU_H */

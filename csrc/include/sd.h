@@ -1,0 +1,329 @@
+/*
+ * sd.h - the public C API of the gosd Stable Diffusion runtime.
+ *
+ * Basic usage:
+ *
+ *     sd_ctx_params_t p;
+ *     sd_ctx_params_default(&p);            // CPU backend, all cores
+ *     sd_ctx_t *ctx;
+ *     if (sd_ctx_init(&p, &ctx) != SD_STATUS_OK) { ... }
+ *
+ *     int64_t shape[4] = {1, 4, 64, 64};
+ *     sd_tensor_t *x;
+ *     sd_tensor_new(ctx, SD_DTYPE_F32, 4, shape, &x);
+ *     sd_tensor_upload(ctx, x, host_data, sizeof host_data);
+ *     ... sd_op_* (ctx, ...) or a model forward ...
+ *     sd_tensor_download(ctx, x, host_data, sizeof host_data);
+ *     sd_tensor_free(ctx, x);
+ *     sd_ctx_free(ctx);
+ *
+ * Every fallible function returns sd_status_t (SD_STATUS_OK == 0, errors are negative);
+ * the message of the last failure is kept on the context (sd_ctx_last_error). Nothing that
+ * a caller can cause (bad shapes, bad model files, out of memory, device failure) aborts
+ * the process.
+ *
+ * Thread safety: a context and everything created from it (tensors, models) may be used by
+ * one thread at a time. Different contexts are independent and may be used concurrently.
+ * sd_ctx_cancel may be called from any thread at any time. The process-wide functions
+ * (sd_abi_version, sd_status_string, sd_sizeof_*, sd_backend_available) are thread-safe.
+ *
+ * Tensors are dense, contiguous, row-major (the last dimension varies fastest), of at most
+ * SD_MAX_DIMS dimensions. Image-like tensors are NCHW; token sequences are (batch, tokens,
+ * channels).
+ */
+#ifndef SD_H
+#define SD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define SD_API __declspec(dllexport)
+#else
+#define SD_API __attribute__((visibility("default")))
+#endif
+
+/* Bumped whenever a function signature, a struct layout or an enum value changes. */
+#define SD_ABI_VERSION 1
+#define SD_MAX_DIMS    4
+
+/* ---------------------------------------------------------------------------------------
+ * Status codes
+ * ------------------------------------------------------------------------------------- */
+
+typedef int32_t sd_status_t;
+
+enum {
+    SD_STATUS_OK = 0,
+    SD_STATUS_INVALID_ARGUMENT = -1, /* a null pointer, a bad shape, dtype or parameter */
+    SD_STATUS_IO = -2,               /* reading or writing a file failed */
+    SD_STATUS_BAD_MODEL = -3,        /* missing or mis-shaped weights, an invalid config */
+    SD_STATUS_OUT_OF_MEMORY = -4,    /* host or device allocation failed */
+    SD_STATUS_DEVICE = -5,           /* a GPU runtime error; the context is unusable after it */
+    SD_STATUS_UNSUPPORTED = -6,      /* valid, but not implemented by this build or backend */
+    SD_STATUS_CANCELLED = -7,        /* sd_ctx_cancel was called */
+    SD_STATUS_INTERNAL = -8,         /* a bug in the runtime; please report it */
+};
+
+/* A static, human-readable name for a status ("ok", "invalid argument", ...). Never NULL;
+ * unknown codes give "unknown status". */
+SD_API const char *sd_status_string(sd_status_t status);
+
+/* SD_ABI_VERSION of the library actually loaded. A binding compares it with the version
+ * it was written against before calling anything else. */
+SD_API uint32_t sd_abi_version(void);
+
+/* ---------------------------------------------------------------------------------------
+ * Enumerations (explicit values, append-only)
+ * ------------------------------------------------------------------------------------- */
+
+typedef enum sd_backend_kind {
+    SD_BACKEND_CPU = 0,
+    SD_BACKEND_CUDA = 1,
+    SD_BACKEND_COUNT
+} sd_backend_kind_t;
+
+typedef enum sd_dtype {
+    SD_DTYPE_F32 = 0,
+    SD_DTYPE_F16 = 1,
+    SD_DTYPE_BF16 = 2,
+    SD_DTYPE_I32 = 3,
+    SD_DTYPE_COUNT
+} sd_dtype_t;
+
+typedef enum sd_log_level {
+    SD_LOG_DEBUG = 0,
+    SD_LOG_INFO = 1,
+    SD_LOG_WARN = 2,
+    SD_LOG_ERROR = 3,
+    SD_LOG_LEVEL_COUNT
+} sd_log_level_t;
+
+/* Whether this library can run the given backend on this machine (CUDA: built with CUDA
+ * and a usable GPU is present). Fills `reason` (if not NULL, `reason_len` bytes, always
+ * NUL-terminated) with why not. */
+SD_API bool sd_backend_available(int32_t backend, char *reason, size_t reason_len);
+
+/* ---------------------------------------------------------------------------------------
+ * Context
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct sd_ctx sd_ctx_t;
+
+typedef struct sd_ctx_params {
+    int32_t backend;   /* sd_backend_kind_t; default SD_BACKEND_CPU */
+    int32_t n_threads; /* CPU threads for compute; 0 = one per online core */
+    int32_t device;    /* GPU ordinal for the CUDA backend; ignored by the CPU backend */
+    uint32_t flags;    /* reserved, must be 0 */
+} sd_ctx_params_t;
+
+SD_API void sd_ctx_params_default(sd_ctx_params_t *params);
+SD_API size_t sd_sizeof_ctx_params(void);
+
+/* Creates a context. On success *out owns the context; release it with sd_ctx_free.
+ * Returns SD_STATUS_INVALID_ARGUMENT (bad params), SD_STATUS_UNSUPPORTED (backend not in
+ * this build), SD_STATUS_DEVICE (no usable GPU), SD_STATUS_OUT_OF_MEMORY. On failure *out
+ * is NULL; no context exists to hold the message, so it is written to `err` if not NULL
+ * (`err_len` bytes, NUL-terminated). */
+SD_API sd_status_t sd_ctx_init(const sd_ctx_params_t *params, sd_ctx_t **out, char *err,
+                               size_t err_len);
+
+/* Frees the context. Tensors and models still alive are freed with it. NULL is a no-op. */
+SD_API void sd_ctx_free(sd_ctx_t *ctx);
+
+/* The backend actually in use (sd_backend_kind_t) and its description (e.g. the CPU
+ * features or the GPU name); the string is valid until sd_ctx_free. */
+SD_API int32_t sd_ctx_backend(const sd_ctx_t *ctx);
+SD_API const char *sd_ctx_backend_description(const sd_ctx_t *ctx);
+
+/* The message of the last failed call on this context ("" if none). Valid until the next
+ * call on the context. */
+SD_API const char *sd_ctx_last_error(const sd_ctx_t *ctx);
+
+/* Requests cancellation: running and later calls on ctx return SD_STATUS_CANCELLED at
+ * their next check (between operations) until sd_ctx_clear_cancel. Safe from any thread,
+ * also while another thread is inside a call on ctx. */
+SD_API void sd_ctx_cancel(sd_ctx_t *ctx);
+SD_API void sd_ctx_clear_cancel(sd_ctx_t *ctx);
+
+/* Log messages of this context go to `fn` (NULL: discarded, the default). `user_data` is
+ * passed back unchanged. Called on the thread making the call that logs; `msg` is valid
+ * only during the callback. The library never prints to stdout or stderr itself. */
+typedef void (*sd_log_fn)(int32_t level, const char *msg, void *user_data);
+SD_API void sd_ctx_set_log(sd_ctx_t *ctx, sd_log_fn fn, void *user_data);
+
+/* Memory statistics of the context's backend memory, in bytes. */
+typedef struct sd_memory_stats {
+    uint64_t tensors_bytes;        /* live tensors created through sd_tensor_new */
+    uint64_t weights_bytes;        /* backend memory held by loaded models */
+    uint64_t arena_reserved_bytes; /* scratch memory for activations, reserved */
+    uint64_t arena_peak_bytes;     /* high-water mark of scratch memory in use */
+} sd_memory_stats_t;
+
+SD_API size_t sd_sizeof_memory_stats(void);
+SD_API sd_status_t sd_ctx_memory_stats(sd_ctx_t *ctx, sd_memory_stats_t *out);
+
+/* Gives reserved scratch memory that is not in use back to the system. */
+SD_API void sd_ctx_trim(sd_ctx_t *ctx);
+
+/* ---------------------------------------------------------------------------------------
+ * Tensors in backend memory
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct sd_tensor sd_tensor_t;
+
+/* Size in bytes of one element of dtype (0 for an unknown dtype). */
+SD_API size_t sd_dtype_size(int32_t dtype);
+
+/* Allocates an uninitialised tensor in the context's backend memory. 1 <= ndim <=
+ * SD_MAX_DIMS, every dim >= 1. Free with sd_tensor_free (or sd_ctx_free). */
+SD_API sd_status_t sd_tensor_new(sd_ctx_t *ctx, int32_t dtype, int32_t ndim, const int64_t *shape,
+                                 sd_tensor_t **out);
+SD_API void sd_tensor_free(sd_ctx_t *ctx, sd_tensor_t *t);
+
+/* Copies host memory in / out. `nbytes` must equal the tensor's byte size. */
+SD_API sd_status_t sd_tensor_upload(sd_ctx_t *ctx, sd_tensor_t *t, const void *src, size_t nbytes);
+SD_API sd_status_t sd_tensor_download(sd_ctx_t *ctx, const sd_tensor_t *t, void *dst,
+                                      size_t nbytes);
+
+SD_API int32_t sd_tensor_dtype(const sd_tensor_t *t);
+SD_API int32_t sd_tensor_ndim(const sd_tensor_t *t);
+SD_API int64_t sd_tensor_dim(const sd_tensor_t *t, int32_t axis); /* 0 if axis is out of range */
+SD_API size_t sd_tensor_nbytes(const sd_tensor_t *t);
+
+/* ---------------------------------------------------------------------------------------
+ * Operations. All compute in float32; inputs and outputs are F32 unless stated, weights
+ * may be F32, F16 or BF16. `out` must be allocated by the caller with the documented
+ * shape; a mismatch is SD_STATUS_INVALID_ARGUMENT. Outputs must not alias inputs unless
+ * stated.
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct sd_conv2d_params {
+    int32_t stride_h, stride_w;  /* >= 1; default 1 */
+    int32_t pad_top, pad_bottom; /* zero padding rows, >= 0; default 0 */
+    int32_t pad_left, pad_right; /* zero padding columns, >= 0; default 0 */
+} sd_conv2d_params_t;
+
+SD_API void sd_conv2d_params_default(sd_conv2d_params_t *p);
+SD_API size_t sd_sizeof_conv2d_params(void);
+
+/* out = conv2d(x, w) + bias + residual, as torch.nn.functional.conv2d (with padding that
+ * may differ per side, as F.pad then conv2d).
+ * x (N, Cin, H, W); w (Cout, Cin, KH, KW) F32/F16/BF16; bias NULL, (Cout) or (N, Cout)
+ * (a per-sample bias, e.g. a time embedding); residual NULL or out's shape (may be out
+ * itself); out (N, Cout, OH, OW) with OH = (H + pad_top + pad_bottom - KH) / stride_h + 1
+ * and OW likewise. */
+SD_API sd_status_t sd_op_conv2d(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                                const sd_tensor_t *w, const sd_tensor_t *bias,
+                                const sd_tensor_t *residual, const sd_conv2d_params_t *p);
+
+typedef enum sd_layout {
+    SD_LAYOUT_TOKENS = 0,         /* (B, T, C): channels vary fastest */
+    SD_LAYOUT_CHANNELS_FIRST = 1, /* (B, C, T...) e.g. NCHW with T = H*W */
+    SD_LAYOUT_COUNT
+} sd_layout_t;
+
+typedef struct sd_linear_params {
+    int32_t in_layout;  /* sd_layout_t of x; default TOKENS */
+    int32_t out_layout; /* sd_layout_t of out (and residual); default TOKENS */
+} sd_linear_params_t;
+
+SD_API void sd_linear_params_default(sd_linear_params_t *p);
+SD_API size_t sd_sizeof_linear_params(void);
+
+/* out = x @ w^T + bias + residual, as torch.nn.functional.linear.
+ * w (N, K) F32/F16/BF16; bias NULL or (N). With TOKENS layout x is (..., T, K) and out
+ * (..., T, N); with CHANNELS_FIRST x is (B, K, T...) and out (B, N, T...), which makes a
+ * 1x1 convolution and the NCHW <-> token permutations of a transformer block free.
+ * residual NULL or out's shape (may be out itself). */
+SD_API sd_status_t sd_op_linear(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                                const sd_tensor_t *w, const sd_tensor_t *bias,
+                                const sd_tensor_t *residual, const sd_linear_params_t *p);
+
+/* Group normalisation over (C/G, H, W) per sample and group, then per-channel affine, then
+ * optionally SiLU. x and out (N, C, ...) with C divisible by groups; gamma, beta (C) or
+ * NULL (1 and 0). eps > 0. out may be x. */
+SD_API sd_status_t sd_op_group_norm(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                                    const sd_tensor_t *gamma, const sd_tensor_t *beta,
+                                    int32_t groups, float eps, bool silu);
+
+/* Layer normalisation over the last dimension C. gamma, beta (C) or NULL. out may be x. */
+SD_API sd_status_t sd_op_layer_norm(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                                    const sd_tensor_t *gamma, const sd_tensor_t *beta, float eps);
+
+typedef struct sd_attention_params {
+    int32_t heads;  /* number of heads H; C must be divisible by H */
+    int32_t causal; /* 1: query i attends to keys 0..i only (CLIP); requires Tq == Tk */
+    float scale;    /* score scale; 0 = 1/sqrt(C/H) */
+} sd_attention_params_t;
+
+SD_API void sd_attention_params_default(sd_attention_params_t *p);
+SD_API size_t sd_sizeof_attention_params(void);
+
+/* Multi-head scaled dot-product attention, softmax(q k^T * scale) v per head.
+ * q (B, Tq, C); k, v (B, Tk, C) (Tk may differ from Tq: cross-attention); out (B, Tq, C).
+ * Heads are consecutive slices of C, as torch's MultiheadAttention / diffusers split them. */
+SD_API sd_status_t sd_op_attention(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *q,
+                                   const sd_tensor_t *k, const sd_tensor_t *v,
+                                   const sd_attention_params_t *p);
+
+typedef enum sd_activation {
+    SD_ACT_SILU = 0,       /* x * sigmoid(x) */
+    SD_ACT_GELU = 1,       /* exact (erf) GELU */
+    SD_ACT_GELU_TANH = 2,  /* tanh approximation */
+    SD_ACT_QUICK_GELU = 3, /* x * sigmoid(1.702 x) (CLIP) */
+    SD_ACT_COUNT
+} sd_activation_t;
+
+/* out = act(x), elementwise; out may be x. */
+SD_API sd_status_t sd_op_activation(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                                    int32_t activation);
+
+/* GEGLU as diffusers: x (..., 2N) is split into a = x[..., :N] and gate = x[..., N:];
+ * out (..., N) = a * gelu(gate) (exact GELU). */
+SD_API sd_status_t sd_op_geglu(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
+
+/* Nearest-neighbour 2x upsampling: x (N, C, H, W) -> out (N, C, 2H, 2W). */
+SD_API sd_status_t sd_op_upsample_nearest2x(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
+
+/* out = a + b and out = a * b, elementwise. b has a's shape, or b's shape is a suffix of
+ * a's and broadcasts over the leading dims (e.g. a position embedding). out may be a. */
+SD_API sd_status_t sd_op_add(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
+                             const sd_tensor_t *b);
+SD_API sd_status_t sd_op_mul(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
+                             const sd_tensor_t *b);
+
+/* Concatenation along dim 1: a (N, Ca, ...), b (N, Cb, ...) -> out (N, Ca + Cb, ...). */
+SD_API sd_status_t sd_op_concat(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
+                                const sd_tensor_t *b);
+
+typedef struct sd_timestep_embedding_params {
+    int32_t flip_sin_to_cos;    /* 1: [cos, sin] halves (SD), 0: [sin, cos] */
+    float downscale_freq_shift; /* default 1 (diffusers' function default); SD's UNet uses 0 */
+    float scale;                /* multiplier on the arguments; default 1 */
+    float max_period;           /* default 10000 */
+} sd_timestep_embedding_params_t;
+
+SD_API void sd_timestep_embedding_params_default(sd_timestep_embedding_params_t *p);
+SD_API size_t sd_sizeof_timestep_embedding_params(void);
+
+/* Sinusoidal timestep embedding as diffusers' get_timestep_embedding:
+ * t (N) F32 timesteps -> out (N, D); for odd D the last column is zero. */
+SD_API sd_status_t sd_op_timestep_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,
+                                            const sd_timestep_embedding_params_t *p);
+
+/* Row gather: ids (B, T) I32 in [0, V) -> out (B, T, C) = table[ids] with table (V, C)
+ * F32/F16/BF16. An id out of range is SD_STATUS_INVALID_ARGUMENT. */
+SD_API sd_status_t sd_op_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *ids,
+                                   const sd_tensor_t *table);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SD_H */

@@ -1,0 +1,495 @@
+/*
+ * gemm-kernels.c - the per-instruction-set hot loops: GEMM microkernel, panel packing
+ * (with F16/BF16 -> F32 conversion and on-the-fly im2col) and vector math (exp, SiLU,
+ * GELU). Compiled once per instruction set with SD_ISA set (see CMakeLists.txt), using
+ * GCC/Clang vector extensions so one source serves 128-, 256- and 512-bit vectors.
+ *
+ * Packed layouts: an A micro-panel holds MR rows interleaved per k (a[k*MR + r]); a B
+ * micro-panel holds NR columns per k (b[k*NR + c]). Both are 64-byte aligned.
+ */
+#include "../cpu.h"
+
+#include <math.h>
+#include <string.h>
+
+#define SD_ISA_GENERIC 0
+#define SD_ISA_AVX2    1
+#define SD_ISA_AVX512  2
+
+#if SD_ISA == SD_ISA_AVX512
+#include <immintrin.h>
+#define VB          64
+#define MR          12
+#define NR          32
+#define MC          144
+#define KC          256
+#define NC          4096
+#define ISA_NAME    "avx512"
+#define KERNELS_SYM sd_cpu_kernels_avx512
+#elif SD_ISA == SD_ISA_AVX2
+#include <immintrin.h>
+#define VB          32
+#define MR          6
+#define NR          16
+#define MC          120
+#define KC          256
+#define NC          4096
+#define ISA_NAME    "avx2"
+#define KERNELS_SYM sd_cpu_kernels_avx2
+#else
+#define VB          16
+#define MR          4
+#define NR          8
+#define MC          64
+#define KC          256
+#define NC          2048
+#define ISA_NAME    "generic"
+#define KERNELS_SYM sd_cpu_kernels_generic
+#endif
+
+#define VW (VB / 4)  /* floats per vector */
+#define NV (NR / VW) /* vectors per microtile row */
+
+typedef float vf __attribute__((vector_size(VB)));
+typedef float vf_u __attribute__((vector_size(VB), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(VB)));
+
+static inline vf vload(const float *p) {
+    return *(const vf_u *)p;
+}
+static inline void vstore(float *p, vf v) {
+    *(vf_u *)p = v;
+}
+static inline vf vsplat(float s) {
+    return (vf){0} + s;
+}
+static inline vf vselect(vi mask, vf a, vf b) {
+    return (vf)(((vi)a & mask) | ((vi)b & ~mask));
+}
+static inline vf vmax(vf a, vf b) {
+    return vselect(a > b, a, b);
+}
+static inline vf vmin(vf a, vf b) {
+    return vselect(a < b, a, b);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Microkernel: C[MR x NR] (=|+=) alpha * A-panel x B-panel, plus the epilogue terms.
+ * ------------------------------------------------------------------------------------- */
+
+static void ukernel(int64_t kc, const float *restrict a, const float *restrict b, float *restrict c,
+                    int64_t ldc, const sd_tile_epilogue_t *ep) {
+    vf acc[MR][NV];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) acc[r][v] = (vf){0};
+
+    for (int64_t k = 0; k < kc; k++) {
+        vf bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) bv[v] = *(const vf *)(b + v * VW);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; r++) {
+            vf av = vsplat(a[r]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[r][v] += av * bv[v];
+        }
+        a += MR;
+        b += NR;
+    }
+
+    const vf alpha = vsplat(ep->alpha);
+    if (ep->accumulate) {
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) {
+                float *cp = c + r * ldc + v * VW;
+                vstore(cp, vload(cp) + acc[r][v] * alpha);
+            }
+        return;
+    }
+    for (int r = 0; r < MR; r++) {
+        vf row_bias = vsplat(ep->bias_r ? ep->bias_r[r] : 0.0f);
+        for (int v = 0; v < NV; v++) {
+            vf val = acc[r][v] * alpha + row_bias;
+            if (ep->bias_c) val += vload(ep->bias_c + v * VW);
+            if (ep->res) val += vload(ep->res + r * ldc + v * VW);
+            vstore(c + r * ldc + v * VW, val);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Conversion of a contiguous run to float32.
+ * ------------------------------------------------------------------------------------- */
+
+static void f16_to_f32(float *dst, const uint16_t *src, int64_t n) {
+    int64_t i = 0;
+#if SD_ISA == SD_ISA_AVX512
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+#elif SD_ISA == SD_ISA_AVX2
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+#endif
+    for (; i < n; i++) dst[i] = sd_f16_to_f32(src[i]);
+}
+
+static void load_f32(float *dst, const void *src, int32_t dtype, int64_t offset, int64_t n) {
+    switch (dtype) {
+    case SD_DTYPE_F32:
+        memcpy(dst, (const float *)src + offset, (size_t)n * sizeof(float));
+        break;
+    case SD_DTYPE_F16:
+        f16_to_f32(dst, (const uint16_t *)src + offset, n);
+        break;
+    default: { /* BF16 */
+        const uint16_t *s = (const uint16_t *)src + offset;
+        for (int64_t i = 0; i < n; i++) dst[i] = sd_bf16_to_f32(s[i]);
+    }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Packing
+ * ------------------------------------------------------------------------------------- */
+
+/* Interleaves `rows` rows of kc floats (tmp[r*kc + k]) into dst[k*width + r], zero-filling
+ * rows past `rows` up to `width`. */
+static void interleave(float *restrict dst, const float *restrict tmp, int rows, int width,
+                       int64_t kc) {
+    if (rows == width) {
+        for (int64_t k = 0; k < kc; k++)
+            for (int r = 0; r < width; r++) dst[k * width + r] = tmp[r * kc + k];
+        return;
+    }
+    for (int64_t k = 0; k < kc; k++) {
+        for (int r = 0; r < rows; r++) dst[k * width + r] = tmp[r * kc + k];
+        for (int r = rows; r < width; r++) dst[k * width + r] = 0.0f;
+    }
+}
+
+static void pack_a(const sd_gemm_a_t *a, int64_t m, int64_t i0, int64_t k0, int64_t mc, int64_t kc,
+                   float *dst) {
+    float tmp[MR * KC];
+    for (int64_t p = 0; p * MR < mc; p++, dst += MR * kc) {
+        int64_t r0 = i0 + p * MR;
+        int rows = (int)SD_MIN((int64_t)MR, SD_MIN(m - r0, mc - p * MR));
+        if (a->col_major) {
+            /* Each k holds the rows contiguously. */
+            for (int64_t k = 0; k < kc; k++) {
+                float *d = dst + k * MR;
+                load_f32(d, a->data, a->dtype, (k0 + k) * a->ld + r0, rows);
+                for (int r = rows; r < MR; r++) d[r] = 0.0f;
+            }
+            continue;
+        }
+        for (int r = 0; r < rows; r++)
+            load_f32(tmp + r * kc, a->data, a->dtype, (r0 + r) * a->ld + k0, kc);
+        interleave(dst, tmp, rows, MR, kc);
+    }
+}
+
+static void pack_b_kn(const sd_gemm_b_t *b, int64_t n, int64_t k0, int64_t j0, int64_t kc,
+                      int64_t nc, float *dst) {
+    for (int64_t p = 0; p * NR < nc; p++, dst += NR * kc) {
+        int64_t c0 = j0 + p * NR;
+        int cols = (int)SD_MIN((int64_t)NR, SD_MIN(n - c0, nc - p * NR));
+        for (int64_t k = 0; k < kc; k++) {
+            float *d = dst + k * NR;
+            load_f32(d, b->data, b->dtype, (k0 + k) * b->ld + c0, cols);
+            for (int c = cols; c < NR; c++) d[c] = 0.0f;
+        }
+    }
+}
+
+static void pack_b_nk(const sd_gemm_b_t *b, int64_t n, int64_t k0, int64_t j0, int64_t kc,
+                      int64_t nc, float *dst) {
+    float tmp[NR * KC];
+    for (int64_t p = 0; p * NR < nc; p++, dst += NR * kc) {
+        int64_t c0 = j0 + p * NR;
+        int cols = (int)SD_MIN((int64_t)NR, SD_MIN(n - c0, nc - p * NR));
+        for (int c = 0; c < cols; c++)
+            load_f32(tmp + c * kc, b->data, b->dtype, (c0 + c) * b->ld + k0, kc);
+        interleave(dst, tmp, cols, NR, kc);
+    }
+}
+
+/* A run of panel columns that lie in one output row of one image. */
+typedef struct {
+    int c0, len;
+    const float *img;
+    int64_t oy, ox0;
+} im2col_seg_t;
+
+static void pack_b_im2col(const sd_gemm_b_t *b, int64_t n, int64_t k0, int64_t j0, int64_t kc,
+                          int64_t nc, float *dst) {
+    const sd_gemm_conv_t *cv = &b->conv;
+    const float *x = b->data;
+    const int64_t ohw = cv->oh * cv->ow, khw = cv->kh * cv->kw, hw = cv->h * cv->w;
+    for (int64_t p = 0; p * NR < nc; p++, dst += NR * kc) {
+        int64_t c0 = j0 + p * NR;
+        int cols = (int)SD_MIN((int64_t)NR, SD_MIN(n - c0, nc - p * NR));
+        im2col_seg_t segs[NR];
+        int nseg = 0;
+        for (int c = 0; c < cols;) {
+            int64_t j = c0 + c, img = j / ohw, pix = j % ohw;
+            int64_t oy = pix / cv->ow, ox = pix % cv->ow;
+            int len = (int)SD_MIN((int64_t)(cols - c), cv->ow - ox);
+            segs[nseg++] = (im2col_seg_t){c, len, x + img * cv->image_stride, oy, ox};
+            c += len;
+        }
+        int64_t ci = k0 / khw, ky = (k0 % khw) / cv->kw, kx = k0 % cv->kw;
+        for (int64_t k = 0; k < kc; k++) {
+            float *d = dst + k * NR;
+            for (int c = cols; c < NR; c++) d[c] = 0.0f;
+            for (int s = 0; s < nseg; s++) {
+                const im2col_seg_t *sg = &segs[s];
+                float *ds = d + sg->c0;
+                int64_t iy = sg->oy * cv->stride_h - cv->pad_top + ky;
+                if (iy < 0 || iy >= cv->h) {
+                    memset(ds, 0, (size_t)sg->len * sizeof(float));
+                    continue;
+                }
+                const float *src = sg->img + ci * hw + iy * cv->w;
+                int64_t ix0 = sg->ox0 * cv->stride_w - cv->pad_left + kx;
+                if (cv->stride_w == 1) {
+                    if (sg->len == NR && ix0 >= 0 && ix0 + NR <= cv->w) {
+#pragma GCC unroll 4
+                        for (int v = 0; v < NV; v++) vstore(ds + v * VW, vload(src + ix0 + v * VW));
+                        continue;
+                    }
+                    int lo = (int)SD_MIN((int64_t)sg->len, SD_MAX((int64_t)0, -ix0));
+                    int hi = (int)SD_MAX((int64_t)lo, SD_MIN((int64_t)sg->len, cv->w - ix0));
+                    for (int t = 0; t < lo; t++) ds[t] = 0.0f;
+                    for (int t = lo; t < hi; t++) ds[t] = src[ix0 + t];
+                    for (int t = hi; t < sg->len; t++) ds[t] = 0.0f;
+                } else {
+                    for (int t = 0; t < sg->len; t++) {
+                        int64_t ix = ix0 + (int64_t)t * cv->stride_w;
+                        ds[t] = ix >= 0 && ix < cv->w ? src[ix] : 0.0f;
+                    }
+                }
+            }
+            if (++kx == cv->kw) {
+                kx = 0;
+                if (++ky == cv->kh) ky = 0, ci++;
+            }
+        }
+    }
+}
+
+static void pack_b(const sd_gemm_b_t *b, int64_t n, int64_t k0, int64_t j0, int64_t kc, int64_t nc,
+                   float *dst) {
+    switch (b->kind) {
+    case SD_GEMM_B_KN:
+        pack_b_kn(b, n, k0, j0, kc, nc, dst);
+        break;
+    case SD_GEMM_B_NK:
+        pack_b_nk(b, n, k0, j0, kc, nc, dst);
+        break;
+    default:
+        pack_b_im2col(b, n, k0, j0, kc, nc, dst);
+        break;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Vector math
+ * ------------------------------------------------------------------------------------- */
+
+/* exp(x) for x in float range: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6
+ * polynomial (relative error ~1e-7), 2^n through the exponent bits. Inputs are clamped to
+ * [-87.3, 88.7], so exp never returns denormals or infinity. */
+static inline vf vexp(vf x) {
+    x = vmin(vmax(x, vsplat(-87.3365f)), vsplat(88.7228f));
+    const vf magic = vsplat(12582912.0f); /* 1.5 * 2^23: rounds to the nearest integer */
+    vf n = (x * vsplat(1.44269504088896341f) + magic) - magic;
+    vf r = x - n * vsplat(0.693359375f);
+    r = r - n * vsplat(-2.12194440e-4f);
+    vf p = vsplat(1.0f / 720.0f);
+    p = p * r + vsplat(1.0f / 120.0f);
+    p = p * r + vsplat(1.0f / 24.0f);
+    p = p * r + vsplat(1.0f / 6.0f);
+    p = p * r + vsplat(0.5f);
+    p = p * r + vsplat(1.0f);
+    p = p * r + vsplat(1.0f);
+    vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+    return p * (vf)e;
+}
+
+static inline float sexp(float x) {
+    float buf[VW] = {x};
+    vstore(buf, vexp(vload(buf)));
+    return buf[0];
+}
+
+/* Phi(x) * x with Phi the standard normal CDF, through erfc so both tails keep their
+ * relative accuracy: erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2), the Chebyshev fit
+ * from Numerical Recipes (fractional error < 1.2e-7 for all z >= 0). */
+static inline vf vgelu(vf x) {
+    vi neg = x < 0;
+    vf z = vselect(neg, -x, x) * vsplat(0.70710678118654752f);
+    vf t = vsplat(1.0f) / (vsplat(1.0f) + vsplat(0.5f) * z);
+    vf p = vsplat(0.17087277f);
+    p = p * t + vsplat(-0.82215223f);
+    p = p * t + vsplat(1.48851587f);
+    p = p * t + vsplat(-1.13520398f);
+    p = p * t + vsplat(0.27886807f);
+    p = p * t + vsplat(-0.18628806f);
+    p = p * t + vsplat(0.09678418f);
+    p = p * t + vsplat(0.37409196f);
+    p = p * t + vsplat(1.00002368f);
+    p = p * t + vsplat(-1.26551223f);
+    vf half_erfc = vsplat(0.5f) * t * vexp(p - z * z);
+    return x * vselect(neg, half_erfc, vsplat(1.0f) - half_erfc);
+}
+
+static inline vf vsilu(vf x) {
+    return x / (vsplat(1.0f) + vexp(-x));
+}
+
+/* Applies a vector function to n floats, the tail through a zero-padded vector. */
+#define MAP_UNARY(name, vfn)                                                                       \
+    static void name(float *dst, const float *src, int64_t n) {                                    \
+        int64_t i = 0;                                                                             \
+        for (; i + VW <= n; i += VW) vstore(dst + i, vfn(vload(src + i)));                         \
+        if (i < n) {                                                                               \
+            float buf[VW] = {0};                                                                   \
+            memcpy(buf, src + i, (size_t)(n - i) * sizeof(float));                                 \
+            vstore(buf, vfn(vload(buf)));                                                          \
+            memcpy(dst + i, buf, (size_t)(n - i) * sizeof(float));                                 \
+        }                                                                                          \
+    }
+
+/* 0.5 x (1 + tanh(u)) = x sigmoid(2u): no cancellation in the negative tail. */
+static inline vf vgelu_tanh(vf x) {
+    vf u = vsplat(0.79788456080286536f) * (x + vsplat(0.044715f) * x * x * x);
+    return x / (vsplat(1.0f) + vexp(vsplat(-2.0f) * u));
+}
+
+static inline vf vquick_gelu(vf x) {
+    return x / (vsplat(1.0f) + vexp(vsplat(-1.702f) * x));
+}
+
+MAP_UNARY(silu_n, vsilu)
+MAP_UNARY(gelu_n, vgelu)
+MAP_UNARY(gelu_tanh_n, vgelu_tanh)
+MAP_UNARY(quick_gelu_n, vquick_gelu)
+
+static void geglu_n(float *dst, const float *a, const float *gate, int64_t n) {
+    int64_t i = 0;
+    for (; i + VW <= n; i += VW) vstore(dst + i, vload(a + i) * vgelu(vload(gate + i)));
+    if (i < n) {
+        float ga[VW] = {0};
+        memcpy(ga, gate + i, (size_t)(n - i) * sizeof(float));
+        vstore(ga, vgelu(vload(ga)));
+        for (int64_t t = i; t < n; t++) dst[t] = a[t] * ga[t - i];
+    }
+}
+
+static float exp_sum(float *x, int64_t n, float max) {
+    vf sum = {0};
+    const vf m = vsplat(max);
+    int64_t i = 0;
+    for (; i + VW <= n; i += VW) {
+        vf e = vexp(vload(x + i) - m);
+        vstore(x + i, e);
+        sum += e;
+    }
+    float s = 0.0f;
+    for (int v = 0; v < VW; v++) s += sum[v];
+    for (; i < n; i++) {
+        x[i] = sexp(x[i] - max);
+        s += x[i];
+    }
+    return s;
+}
+
+static float max_n(const float *x, int64_t n) {
+    vf m = vsplat(-INFINITY);
+    int64_t i = 0;
+    for (; i + VW <= n; i += VW) m = vmax(m, vload(x + i));
+    float r = -INFINITY;
+    for (int v = 0; v < VW; v++) r = m[v] > r ? m[v] : r;
+    for (; i < n; i++) r = x[i] > r ? x[i] : r;
+    return r;
+}
+
+/* Blocks of 4096 elements are summed in float vectors, the blocks in double. */
+#define SUM_BLOCK 4096
+
+static double sum_n(const float *x, int64_t n) {
+    double total = 0.0;
+    for (int64_t b = 0; b < n; b += SUM_BLOCK) {
+        int64_t e = SD_MIN(n, b + SUM_BLOCK), i = b;
+        vf acc = {0};
+        for (; i + VW <= e; i += VW) acc += vload(x + i);
+        float s = 0.0f;
+        for (int v = 0; v < VW; v++) s += acc[v];
+        for (; i < e; i++) s += x[i];
+        total += s;
+    }
+    return total;
+}
+
+static double sum_sq_dev_n(const float *x, int64_t n, float mean) {
+    double total = 0.0;
+    const vf m = vsplat(mean);
+    for (int64_t b = 0; b < n; b += SUM_BLOCK) {
+        int64_t e = SD_MIN(n, b + SUM_BLOCK), i = b;
+        vf acc = {0};
+        for (; i + VW <= e; i += VW) {
+            vf d = vload(x + i) - m;
+            acc += d * d;
+        }
+        float s = 0.0f;
+        for (int v = 0; v < VW; v++) s += acc[v];
+        for (; i < e; i++) s += (x[i] - mean) * (x[i] - mean);
+        total += s;
+    }
+    return total;
+}
+
+static void scale_shift_n(float *dst, const float *src, int64_t n, float scale, float shift,
+                          bool silu) {
+    const vf a = vsplat(scale), b = vsplat(shift);
+    int64_t i = 0;
+    if (silu) {
+        for (; i + VW <= n; i += VW) vstore(dst + i, vsilu(vload(src + i) * a + b));
+    } else {
+        for (; i + VW <= n; i += VW) vstore(dst + i, vload(src + i) * a + b);
+    }
+    if (i < n) {
+        float buf[VW] = {0};
+        memcpy(buf, src + i, (size_t)(n - i) * sizeof(float));
+        vf y = vload(buf) * a + b;
+        vstore(buf, silu ? vsilu(y) : y);
+        memcpy(dst + i, buf, (size_t)(n - i) * sizeof(float));
+    }
+}
+
+const sd_cpu_kernels_t KERNELS_SYM = {
+    .name = ISA_NAME,
+    .mr = MR,
+    .nr = NR,
+    .mc = MC,
+    .kc = KC,
+    .nc = NC,
+    .ukernel = ukernel,
+    .pack_a = pack_a,
+    .pack_b = pack_b,
+    .silu = silu_n,
+    .gelu = gelu_n,
+    .geglu = geglu_n,
+    .gelu_tanh = gelu_tanh_n,
+    .quick_gelu = quick_gelu_n,
+    .exp_sum = exp_sum,
+    .max = max_n,
+    .sum = sum_n,
+    .sum_sq_dev = sum_sq_dev_n,
+    .scale_shift = scale_shift_n,
+    .f16_to_f32 = f16_to_f32,
+};

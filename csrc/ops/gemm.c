@@ -1,0 +1,145 @@
+/*
+ * gemm.c - the blocked GEMM driver (Goto/BLIS loop nest) over the per-ISA microkernel and
+ * packers, and its split over threads.
+ *
+ * Loop nest per thread: jc (NC columns) > pc (KC depth; B block packed) > ic (MC rows;
+ * A block packed) > jr (NR) > ir (MR) microtiles, so a packed B micro-panel stays in L1
+ * while A micro-panels stream from L2.
+ */
+#include "../cpu.h"
+
+#include <string.h>
+
+size_t sd_gemm_scratch_floats(const sd_cpu_kernels_t *kern) {
+    return (size_t)kern->kc * (size_t)kern->nc + (size_t)kern->mc * (size_t)kern->kc +
+           (size_t)kern->mr * (size_t)kern->nr;
+}
+
+/* Offset of C[i][j] (and of the residual) for the column-group layout. */
+static inline int64_t c_offset(const sd_gemm_c_t *c, int64_t i, int64_t j) {
+    int64_t g = j / c->group_cols, jj = j - g * c->group_cols;
+    return g * c->group_stride + i * c->ldc + jj;
+}
+
+/* Merges an edge microtile computed into `tile` (row stride nr) into C. */
+static void merge_edge_tile(const sd_gemm_c_t *c, const float *tile, int nr, int64_t i, int64_t j,
+                            int rows, int cols, bool accumulate) {
+    for (int r = 0; r < rows; r++) {
+        for (int col = 0; col < cols; col++) {
+            int64_t off = c_offset(c, i + r, j + col);
+            float v = c->alpha * tile[r * nr + col];
+            if (accumulate) {
+                c->data[off] += v;
+                continue;
+            }
+            if (c->bias_row)
+                v += c->bias_row[((j + col) / c->group_cols) * c->bias_row_group_stride + i + r];
+            if (c->bias_col) v += c->bias_col[j + col];
+            if (c->residual) v += c->residual[off];
+            c->data[off] = v;
+        }
+    }
+}
+
+/* The sub-problem rows [i_lo, i_hi) x columns [j_lo, j_hi) of the full GEMM. */
+static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64_t k, int64_t i_lo,
+                       int64_t i_hi, int64_t j_lo, int64_t j_hi, const sd_gemm_a_t *a,
+                       const sd_gemm_b_t *b, const sd_gemm_c_t *c, float *scratch) {
+    const int mr = kern->mr, nr = kern->nr;
+    float *bpack = scratch;
+    float *apack = bpack + (size_t)kern->kc * kern->nc;
+    float *tile = apack + (size_t)kern->mc * kern->kc;
+    for (int64_t jc = j_lo; jc < j_hi; jc += kern->nc) {
+        int64_t nc = SD_MIN((int64_t)kern->nc, j_hi - jc);
+        for (int64_t pc = 0; pc < k; pc += kern->kc) {
+            int64_t kc = SD_MIN((int64_t)kern->kc, k - pc);
+            bool accumulate = pc > 0;
+            kern->pack_b(b, n, pc, jc, kc, nc, bpack);
+            for (int64_t ic = i_lo; ic < i_hi; ic += kern->mc) {
+                int64_t mc = SD_MIN((int64_t)kern->mc, i_hi - ic);
+                kern->pack_a(a, m, ic, pc, mc, kc, apack);
+                for (int64_t jr = 0; jr < nc; jr += nr) {
+                    int64_t j = jc + jr;
+                    int cols = (int)SD_MIN((int64_t)nr, jc + nc - j);
+                    int64_t g = j / c->group_cols;
+                    bool same_group = (j + cols - 1) / c->group_cols == g;
+                    const float *bp = bpack + jr * kc;
+                    for (int64_t ir = 0; ir < mc; ir += mr) {
+                        int64_t i = ic + ir;
+                        int rows = (int)SD_MIN((int64_t)mr, ic + mc - i);
+                        const float *ap = apack + ir * kc;
+                        if (rows == mr && cols == nr && same_group) {
+                            int64_t off = c_offset(c, i, j);
+                            sd_tile_epilogue_t ep = {
+                                .alpha = c->alpha,
+                                .accumulate = accumulate,
+                                .bias_r = c->bias_row
+                                              ? c->bias_row + g * c->bias_row_group_stride + i
+                                              : NULL,
+                                .bias_c = c->bias_col ? c->bias_col + j : NULL,
+                                .res = c->residual ? c->residual + off : NULL,
+                            };
+                            kern->ukernel(kc, ap, bp, c->data + off, c->ldc, &ep);
+                        } else {
+                            sd_tile_epilogue_t ep = {.alpha = 1.0f};
+                            kern->ukernel(kc, ap, bp, tile, nr, &ep);
+                            merge_edge_tile(c, tile, nr, i, j, rows, cols, accumulate);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+void sd_gemm_serial(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64_t k,
+                    const sd_gemm_a_t *a, const sd_gemm_b_t *b, const sd_gemm_c_t *c,
+                    float *scratch) {
+    gemm_block(kern, m, n, k, 0, m, 0, n, a, b, c, scratch);
+}
+
+typedef struct {
+    sd_cpu_backend_t *cpu;
+    int64_t m, n, k;
+    int64_t parts_m, parts_n;
+    const sd_gemm_a_t *a;
+    const sd_gemm_b_t *b;
+    const sd_gemm_c_t *c;
+} gemm_job_t;
+
+static void gemm_task(void *arg, int64_t task, int thread) {
+    const gemm_job_t *job = arg;
+    const int mr = job->cpu->kern->mr, nr = job->cpu->kern->nr;
+    int64_t pm = task / job->parts_n, pn = task % job->parts_n;
+    /* Split in whole microtiles so only the true edges take the slow path. */
+    int64_t tiles_m = (job->m + mr - 1) / mr, tiles_n = (job->n + nr - 1) / nr;
+    int64_t tm0, tm1, tn0, tn1;
+    sd_split_range(tiles_m, job->parts_m, pm, &tm0, &tm1);
+    sd_split_range(tiles_n, job->parts_n, pn, &tn0, &tn1);
+    int64_t i0 = tm0 * mr, i1 = SD_MIN(tm1 * mr, job->m);
+    int64_t j0 = tn0 * nr, j1 = SD_MIN(tn1 * nr, job->n);
+    if (i0 >= i1 || j0 >= j1) return;
+    gemm_block(job->cpu->kern, job->m, job->n, job->k, i0, i1, j0, j1, job->a, job->b, job->c,
+               job->cpu->scratch[thread]);
+}
+
+sd_status_t sd_gemm(sd_ctx_t *ctx, int64_t m, int64_t n, int64_t k, const sd_gemm_a_t *a,
+                    const sd_gemm_b_t *b, const sd_gemm_c_t *c) {
+    sd_cpu_backend_t *cpu = sd_cpu(ctx);
+    const sd_cpu_kernels_t *kern = cpu->kern;
+    if (!sd_cpu_scratch_reserve(cpu, sd_gemm_scratch_floats(kern)))
+        return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "gemm: cannot allocate pack buffers");
+    int64_t threads = sd_pool_threads(cpu->pool);
+    int64_t tiles_m = (m + kern->mr - 1) / kern->mr, tiles_n = (n + kern->nr - 1) / kern->nr;
+    /* Prefer splitting columns (each part packs its own B, A is re-packed per part);
+     * split rows when there are too few column tiles to go round. */
+    gemm_job_t job = {cpu, m, n, k, 1, threads, a, b, c};
+    if (tiles_n < 2 * threads && tiles_m >= tiles_n) {
+        job.parts_m = threads;
+        job.parts_n = 1;
+    }
+    job.parts_m = SD_MIN(job.parts_m, tiles_m);
+    job.parts_n = SD_MIN(job.parts_n, tiles_n);
+    sd_pool_run(cpu->pool, job.parts_m * job.parts_n, gemm_task, &job);
+    return SD_STATUS_OK;
+}

@@ -1,0 +1,254 @@
+/*
+ * sd-internal.h - definitions shared by the runtime core, the backends and the model
+ * graphs. Nothing here is part of the public API.
+ */
+#ifndef SD_INTERNAL_H
+#define SD_INTERNAL_H
+
+#include "sd.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Internal invariants only: never for anything a caller can cause. */
+#define SD_ASSERT(cond)                                                                            \
+    do {                                                                                           \
+        if (!(cond)) sd_assert_fail(#cond, __FILE__, __LINE__);                                    \
+    } while (0)
+
+#ifdef __cplusplus
+[[noreturn]] void sd_assert_fail(const char *cond, const char *file, int line);
+#else
+_Noreturn void sd_assert_fail(const char *cond, const char *file, int line);
+#endif
+
+#define SD_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define SD_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Propagates a non-OK status. */
+#define SD_TRY(expr)                                                                               \
+    do {                                                                                           \
+        sd_status_t sd_try_status_ = (expr);                                                       \
+        if (sd_try_status_ != SD_STATUS_OK) return sd_try_status_;                                 \
+    } while (0)
+
+typedef struct sd_backend sd_backend_t;
+typedef struct sd_arena sd_arena_t;
+
+/* ---------------------------------------------------------------------------------------
+ * Tensors
+ * ------------------------------------------------------------------------------------- */
+
+typedef enum sd_tensor_kind {
+    SD_TENSOR_OWNED = 0, /* data from the backend allocator, freed with the tensor */
+    SD_TENSOR_ARENA = 1, /* data from the context's activation arena */
+    SD_TENSOR_VIEW = 2,  /* data owned by someone else (host weights, another tensor) */
+} sd_tensor_kind_t;
+
+struct sd_tensor {
+    int32_t dtype;
+    int32_t ndim;
+    int64_t shape[SD_MAX_DIMS];
+    void *data; /* backend memory (host memory for the CPU backend) */
+    size_t nbytes;
+    int32_t kind;
+    /* Public tensors (sd_tensor_new) are linked into the context so sd_ctx_free can free
+     * what the caller leaked. */
+    struct sd_tensor *prev, *next;
+};
+
+int64_t sd_tensor_numel(const sd_tensor_t *t);
+bool sd_tensor_same_shape(const sd_tensor_t *a, const sd_tensor_t *b);
+/* Formats "(2, 4, 64, 64) f32" into buf for error messages; returns buf. */
+const char *sd_tensor_describe(const sd_tensor_t *t, char *buf, size_t len);
+const char *sd_dtype_name(int32_t dtype);
+
+/* Fills t's header (no allocation). Returns false for an invalid dtype or shape. */
+bool sd_tensor_init_header(sd_tensor_t *t, int32_t dtype, int32_t ndim, const int64_t *shape);
+
+/* Scratch tensors for model graphs: allocated from the context's arena, released with
+ * sd_scratch_free (NULL is a no-op). */
+sd_status_t sd_scratch_new(sd_ctx_t *ctx, int32_t dtype, int32_t ndim, const int64_t *shape,
+                           sd_tensor_t **out);
+void sd_scratch_free(sd_ctx_t *ctx, sd_tensor_t *t);
+
+/* A header-only tensor over existing memory (kind VIEW): a reshape or a host buffer. */
+sd_tensor_t sd_tensor_view(void *data, int32_t dtype, int32_t ndim, const int64_t *shape);
+
+/* ---------------------------------------------------------------------------------------
+ * Half-precision conversion (portable scalar versions; kernels vectorise their own)
+ * ------------------------------------------------------------------------------------- */
+
+float sd_f16_to_f32(uint16_t h);
+uint16_t sd_f32_to_f16(float f);
+static inline float sd_bf16_to_f32(uint16_t h) {
+    union {
+        uint32_t u;
+        float f;
+    } v = {(uint32_t)h << 16};
+    return v.f;
+}
+uint16_t sd_f32_to_bf16(float f);
+
+/* Converts n elements of src (F32/F16/BF16) to float32. */
+void sd_convert_to_f32(float *dst, const void *src, int32_t src_dtype, int64_t n);
+
+/* ---------------------------------------------------------------------------------------
+ * Activation arena: a first-fit allocator with coalescing over large chunks of backend
+ * memory. After the first forward pass of a given shape the arena holds enough memory and
+ * later passes allocate nothing from the system. Deterministic: the same sequence of
+ * requests gets the same addresses (needed for CUDA graph replay).
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct sd_arena_block {
+    size_t offset, size;
+    bool used;
+} sd_arena_block_t;
+
+typedef struct sd_arena_chunk {
+    void *base;
+    size_t size;
+    sd_arena_block_t *blocks;
+    int32_t n_blocks, cap_blocks;
+} sd_arena_chunk_t;
+
+struct sd_arena {
+    sd_backend_t *backend;
+    size_t alignment;
+    size_t min_chunk;
+    sd_arena_chunk_t *chunks;
+    int32_t n_chunks, cap_chunks;
+    size_t in_use, peak, reserved;
+};
+
+void sd_arena_init(sd_arena_t *a, sd_backend_t *backend, size_t alignment, size_t min_chunk);
+void sd_arena_destroy(sd_arena_t *a);
+/* Returns NULL when the backend cannot provide memory. */
+void *sd_arena_alloc(sd_arena_t *a, size_t nbytes);
+void sd_arena_free(sd_arena_t *a, void *p);
+/* Releases chunks with nothing in use. */
+void sd_arena_trim(sd_arena_t *a);
+
+/* ---------------------------------------------------------------------------------------
+ * Backend interface. The front end (ops.c) validates every argument before calling an
+ * op, so backends may assume consistent shapes and dtypes.
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct sd_backend_ops {
+    void (*destroy)(sd_backend_t *be);
+
+    /* Backend memory. alloc returns NULL on failure. */
+    void *(*alloc)(sd_backend_t *be, size_t nbytes);
+    void (*free)(sd_backend_t *be, void *p);
+    sd_status_t (*upload)(sd_ctx_t *ctx, void *dst, const void *src, size_t nbytes);
+    sd_status_t (*download)(sd_ctx_t *ctx, void *dst, const void *src, size_t nbytes);
+
+    /* Makes a weight usable by this backend from host memory that stays valid until the
+     * model is freed. `role` tells what it is used as, so a backend can choose a storage
+     * format (the CPU backend keeps matrices as they are and widens small vectors to F32;
+     * a GPU backend uploads). The result is freed with weight_free. */
+    sd_status_t (*weight_from_host)(sd_ctx_t *ctx, const sd_tensor_t *host, int32_t role,
+                                    sd_tensor_t *out);
+    void (*weight_free)(sd_backend_t *be, sd_tensor_t *w);
+
+    sd_status_t (*conv2d)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                          const sd_tensor_t *w, const sd_tensor_t *bias,
+                          const sd_tensor_t *residual, const sd_conv2d_params_t *p);
+    sd_status_t (*linear)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                          const sd_tensor_t *w, const sd_tensor_t *bias,
+                          const sd_tensor_t *residual, const sd_linear_params_t *p);
+    sd_status_t (*group_norm)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                              const sd_tensor_t *gamma, const sd_tensor_t *beta, int32_t groups,
+                              float eps, bool silu);
+    sd_status_t (*layer_norm)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                              const sd_tensor_t *gamma, const sd_tensor_t *beta, float eps);
+    sd_status_t (*attention)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *q,
+                             const sd_tensor_t *k, const sd_tensor_t *v, int32_t heads, bool causal,
+                             float scale);
+    sd_status_t (*activation)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                              int32_t activation);
+    sd_status_t (*geglu)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
+    sd_status_t (*upsample_nearest2x)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
+    /* op: 0 add, 1 mul. b is a's shape or a suffix of it (broadcast over leading dims). */
+    sd_status_t (*binary)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
+                          const sd_tensor_t *b, int32_t op);
+    sd_status_t (*concat)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
+                          const sd_tensor_t *b);
+    sd_status_t (*timestep_embedding)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,
+                                      const sd_timestep_embedding_params_t *p);
+    sd_status_t (*embedding)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *ids,
+                             const sd_tensor_t *table);
+} sd_backend_ops_t;
+
+enum { SD_BINARY_ADD = 0, SD_BINARY_MUL = 1 };
+
+/* Roles for weight_from_host. */
+enum {
+    SD_WEIGHT_MATRIX = 0, /* conv / linear weights: streamed by GEMM kernels */
+    SD_WEIGHT_VECTOR = 1, /* biases, norm scales: small, read per element */
+    SD_WEIGHT_TABLE = 2,  /* embedding tables: rows gathered */
+};
+
+struct sd_backend {
+    const sd_backend_ops_t *ops;
+    int32_t kind; /* sd_backend_kind_t */
+    char description[256];
+    size_t alignment; /* of alloc results and arena blocks */
+};
+
+sd_status_t sd_backend_cpu_create(const sd_ctx_params_t *p, sd_backend_t **out, char *err,
+                                  size_t err_len);
+#ifdef SD_WITH_CUDA
+sd_status_t sd_backend_cuda_create(const sd_ctx_params_t *p, sd_backend_t **out, char *err,
+                                   size_t err_len);
+bool sd_backend_cuda_available(char *reason, size_t reason_len);
+#endif
+
+/* ---------------------------------------------------------------------------------------
+ * Context
+ * ------------------------------------------------------------------------------------- */
+
+/* The context's fields are private to the C core (context.c, ops.c); backends, which may
+ * be C++ (CUDA), use the functions below. */
+#ifndef __cplusplus
+#include <stdatomic.h>
+struct sd_ctx {
+    sd_backend_t *backend;
+    sd_arena_t arena;
+    atomic_int cancelled;
+    /* A sticky device failure: every later call fails with this status and message. */
+    sd_status_t broken;
+    char last_error[1024];
+    sd_log_fn log_fn;
+    void *log_user;
+    sd_tensor_t *tensors; /* live public tensors */
+    uint64_t tensors_bytes;
+    uint64_t weights_bytes;
+};
+#endif
+
+sd_backend_t *sd_ctx_backend_ptr(sd_ctx_t *ctx);
+
+/* Records a failure on ctx (printf-style message) and returns `status`. */
+sd_status_t sd_fail(sd_ctx_t *ctx, sd_status_t status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Marks the context unusable after a device failure and returns SD_STATUS_DEVICE. */
+sd_status_t sd_fail_device(sd_ctx_t *ctx, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void sd_log(sd_ctx_t *ctx, int32_t level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* SD_STATUS_CANCELLED (with the message set) when cancellation was requested, the sticky
+ * device status when the context is broken, else OK. Called by every op. */
+sd_status_t sd_ctx_check(sd_ctx_t *ctx);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SD_INTERNAL_H */

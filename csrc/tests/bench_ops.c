@@ -1,0 +1,159 @@
+/*
+ * Op benchmarks on the CPU backend: GFLOP/s of the GEMM-shaped ops at Stable Diffusion
+ * sizes (median of several runs after a warm-up).
+ *   bench_ops [threads] [filter]
+ */
+#include "harness.h"
+
+#include "sd-internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef sd_status_t (*bench_fn)(sd_ctx_t *ctx, void *arg);
+
+static void report(sd_ctx_t *ctx, const char *name, double flops, bench_fn fn, void *arg) {
+    enum { REPS = 7 };
+    double t[REPS];
+    if (fn(ctx, arg) != SD_STATUS_OK) { /* warm-up */
+        fprintf(stderr, "%s: %s\n", name, sd_ctx_last_error(ctx));
+        exit(1);
+    }
+    for (int i = 0; i < REPS; i++) {
+        double t0 = now();
+        fn(ctx, arg);
+        t[i] = now() - t0;
+    }
+    qsort(t, REPS, sizeof *t, cmp_double);
+    printf("%-48s %9.2f ms %8.1f GFLOP/s\n", name, t[REPS / 2] * 1e3,
+           flops > 0 ? flops / t[REPS / 2] * 1e-9 : 0.0);
+}
+
+static sd_tensor_t *rand_tensor(sd_ctx_t *ctx, int32_t dtype, int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    float *v = malloc((size_t)n * sizeof(float));
+    rng_fill(v, n, -1, 1);
+    sd_tensor_t *t = make_tensor(ctx, dtype, ndim, shape, v, NULL);
+    free(v);
+    return t;
+}
+
+typedef struct {
+    sd_tensor_t *out, *x, *w, *b, *k, *v;
+    sd_conv2d_params_t cp;
+    sd_linear_params_t lp;
+    sd_attention_params_t ap;
+} args_t;
+
+static sd_status_t run_linear(sd_ctx_t *ctx, void *p) {
+    args_t *a = p;
+    return sd_op_linear(ctx, a->out, a->x, a->w, a->b, NULL, &a->lp);
+}
+static sd_status_t run_conv(sd_ctx_t *ctx, void *p) {
+    args_t *a = p;
+    return sd_op_conv2d(ctx, a->out, a->x, a->w, a->b, NULL, &a->cp);
+}
+static sd_status_t run_attn(sd_ctx_t *ctx, void *p) {
+    args_t *a = p;
+    return sd_op_attention(ctx, a->out, a->x, a->k, a->v, &a->ap);
+}
+static sd_status_t run_gn(sd_ctx_t *ctx, void *p) {
+    args_t *a = p;
+    return sd_op_group_norm(ctx, a->out, a->x, NULL, NULL, 32, 1e-5f, true);
+}
+
+static bool want(const char *filter, const char *name) {
+    return filter == NULL || strstr(name, filter) != NULL;
+}
+
+int main(int argc, char **argv) {
+    sd_ctx_params_t p;
+    sd_ctx_params_default(&p);
+    if (argc > 1) p.n_threads = atoi(argv[1]);
+    const char *filter = argc > 2 ? argv[2] : NULL;
+    sd_ctx_t *ctx;
+    char err[256];
+    if (sd_ctx_init(&p, &ctx, err, sizeof err) != SD_STATUS_OK) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    printf("backend: %s\n", sd_ctx_backend_description(ctx));
+    rng_seed(7);
+    const int32_t wdt[2] = {SD_DTYPE_F16, SD_DTYPE_F32};
+    for (int d = 0; d < 2; d++) {
+        char name[96];
+        snprintf(name, sizeof name, "linear 4096x1280 @ 1280x1280^T %s", d ? "f32" : "f16");
+        if (want(filter, name)) {
+            int64_t xs[2] = {4096, 1280}, ws[2] = {1280, 1280}, bs[1] = {1280};
+            args_t a = {0};
+            a.x = rand_tensor(ctx, SD_DTYPE_F32, 2, xs);
+            a.w = rand_tensor(ctx, wdt[d], 2, ws);
+            a.b = rand_tensor(ctx, SD_DTYPE_F32, 1, bs);
+            a.out = make_empty(ctx, 2, xs);
+            sd_linear_params_default(&a.lp);
+            report(ctx, name, 2.0 * 4096 * 1280 * 1280, run_linear, &a);
+        }
+        snprintf(name, sizeof name, "conv2d 3x3 320->320 2x64x64 %s", d ? "f32" : "f16");
+        if (want(filter, name)) {
+            int64_t xs[4] = {2, 320, 64, 64}, ws[4] = {320, 320, 3, 3}, bs[1] = {320};
+            args_t a = {0};
+            a.x = rand_tensor(ctx, SD_DTYPE_F32, 4, xs);
+            a.w = rand_tensor(ctx, wdt[d], 4, ws);
+            a.b = rand_tensor(ctx, SD_DTYPE_F32, 1, bs);
+            a.out = make_empty(ctx, 4, xs);
+            sd_conv2d_params_default(&a.cp);
+            a.cp.pad_top = a.cp.pad_bottom = a.cp.pad_left = a.cp.pad_right = 1;
+            report(ctx, name, 2.0 * 2 * 320 * 320 * 9 * 64 * 64, run_conv, &a);
+        }
+    }
+    if (want(filter, "conv2d 3x3 1280->1280 2x8x8 f16")) {
+        int64_t xs[4] = {2, 1280, 8, 8}, ws[4] = {1280, 1280, 3, 3};
+        args_t a = {0};
+        a.x = rand_tensor(ctx, SD_DTYPE_F32, 4, xs);
+        a.w = rand_tensor(ctx, SD_DTYPE_F16, 4, ws);
+        a.out = make_empty(ctx, 4, xs);
+        sd_conv2d_params_default(&a.cp);
+        a.cp.pad_top = a.cp.pad_bottom = a.cp.pad_left = a.cp.pad_right = 1;
+        report(ctx, "conv2d 3x3 1280->1280 2x8x8 f16", 2.0 * 2 * 1280 * 1280 * 9 * 64, run_conv,
+               &a);
+    }
+    if (want(filter, "attention")) {
+        int64_t qs[3] = {2, 4096, 320}, ks[3] = {2, 4096, 320}, cs[3] = {2, 77, 320};
+        args_t a = {0};
+        a.x = rand_tensor(ctx, SD_DTYPE_F32, 3, qs);
+        a.k = rand_tensor(ctx, SD_DTYPE_F32, 3, ks);
+        a.v = rand_tensor(ctx, SD_DTYPE_F32, 3, ks);
+        a.out = make_empty(ctx, 3, qs);
+        sd_attention_params_default(&a.ap);
+        a.ap.heads = 8;
+        report(ctx, "attention self 2x4096x320 8 heads", 2.0 * 2 * 2 * 4096.0 * 4096 * 320,
+               run_attn, &a);
+        args_t c = a;
+        c.k = rand_tensor(ctx, SD_DTYPE_F32, 3, cs);
+        c.v = rand_tensor(ctx, SD_DTYPE_F32, 3, cs);
+        report(ctx, "attention cross 2x4096x77x320 8 heads", 2.0 * 2 * 2 * 4096.0 * 77 * 320,
+               run_attn, &c);
+    }
+    if (want(filter, "group_norm")) {
+        int64_t xs[4] = {2, 320, 64, 64};
+        args_t a = {0};
+        a.x = rand_tensor(ctx, SD_DTYPE_F32, 4, xs);
+        a.out = make_empty(ctx, 4, xs);
+        report(ctx, "group_norm+silu 2x320x64x64", 0, run_gn, &a);
+    }
+    sd_ctx_free(ctx);
+    return 0;
+}

@@ -1,0 +1,291 @@
+/*
+ * The runtime core: contexts, errors, cancellation, tensors, the arena, the thread pool,
+ * half-precision conversion, and every op's argument validation (bad input returns the
+ * right status and message, never aborts).
+ */
+#include "harness.h"
+
+#include "cpu.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static sd_ctx_t *ctx;
+
+static void test_status_and_params(void) {
+    const sd_status_t codes[] = {
+        SD_STATUS_OK,          SD_STATUS_INVALID_ARGUMENT, SD_STATUS_IO,
+        SD_STATUS_BAD_MODEL,   SD_STATUS_OUT_OF_MEMORY,    SD_STATUS_DEVICE,
+        SD_STATUS_UNSUPPORTED, SD_STATUS_CANCELLED,        SD_STATUS_INTERNAL};
+    for (size_t i = 0; i < sizeof codes / sizeof *codes; i++)
+        CHECK(strcmp(sd_status_string(codes[i]), "unknown status") != 0, "code %d", (int)codes[i]);
+    CHECK(strcmp(sd_status_string(-1000), "unknown status") == 0, "unknown code");
+    CHECK(sd_abi_version() == SD_ABI_VERSION, "abi");
+    CHECK(sd_sizeof_ctx_params() == sizeof(sd_ctx_params_t), "sizeof");
+
+    sd_ctx_params_t p;
+    sd_ctx_params_default(&p);
+    sd_ctx_t *c = (sd_ctx_t *)0x1;
+    char err[256];
+    p.n_threads = -1;
+    CHECK_STATUS(sd_ctx_init(&p, &c, err, sizeof err), SD_STATUS_INVALID_ARGUMENT);
+    CHECK(c == NULL && strstr(err, "n_threads") != NULL, "err: %s", err);
+    sd_ctx_params_default(&p);
+    p.backend = 99;
+    CHECK_STATUS(sd_ctx_init(&p, &c, err, sizeof err), SD_STATUS_INVALID_ARGUMENT);
+    p.backend = SD_BACKEND_CUDA;
+    sd_status_t st = sd_ctx_init(&p, &c, err, sizeof err);
+#ifdef SD_WITH_CUDA
+    CHECK(st == SD_STATUS_OK || st == SD_STATUS_DEVICE, "cuda init: %s", err);
+    sd_ctx_free(c);
+#else
+    CHECK(st == SD_STATUS_UNSUPPORTED && strstr(err, "CUDA"), "cuda in a CPU build: %d %s", st,
+          err);
+    CHECK(!sd_backend_available(SD_BACKEND_CUDA, err, sizeof err), "cuda available");
+#endif
+    CHECK(sd_backend_available(SD_BACKEND_CPU, NULL, 0), "cpu available");
+    CHECK_STATUS(sd_ctx_init(NULL, &c, err, sizeof err), SD_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sd_ctx_init(&p, NULL, NULL, 0), SD_STATUS_INVALID_ARGUMENT);
+    sd_ctx_free(NULL); /* no-op */
+}
+
+typedef struct {
+    int count;
+    int last_level;
+    char last[256];
+} log_sink_t;
+
+static void log_cb(int32_t level, const char *msg, void *user) {
+    log_sink_t *s = user;
+    s->count++;
+    s->last_level = level;
+    snprintf(s->last, sizeof s->last, "%s", msg);
+}
+
+static void test_errors_cancel_log(void) {
+    log_sink_t sink = {0};
+    sd_ctx_set_log(ctx, log_cb, &sink);
+    int64_t shape[2] = {2, 3};
+    sd_tensor_t *t = NULL;
+    CHECK_STATUS(sd_tensor_new(ctx, SD_DTYPE_F32, 2, shape, &t), SD_STATUS_OK);
+    float buf[6] = {0};
+    CHECK_STATUS(sd_tensor_upload(ctx, t, buf, 5), SD_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(sd_ctx_last_error(ctx), "5 bytes") != NULL, "msg: %s", sd_ctx_last_error(ctx));
+    CHECK(sink.count > 0 && sink.last_level == SD_LOG_DEBUG, "log callback called");
+    sd_ctx_set_log(ctx, NULL, NULL);
+
+    sd_ctx_cancel(ctx);
+    CHECK_STATUS(sd_op_activation(ctx, t, t, SD_ACT_SILU), SD_STATUS_CANCELLED);
+    CHECK_STATUS(sd_tensor_upload(ctx, t, buf, sizeof buf), SD_STATUS_CANCELLED);
+    sd_ctx_clear_cancel(ctx);
+    CHECK_STATUS(sd_tensor_upload(ctx, t, buf, sizeof buf), SD_STATUS_OK);
+    CHECK_STATUS(sd_op_activation(ctx, t, t, SD_ACT_SILU), SD_STATUS_OK);
+
+    int64_t bad[2] = {2, 0}, huge[4] = {1 << 20, 1 << 20, 1 << 20, 1};
+    sd_tensor_t *u = (sd_tensor_t *)0x1;
+    CHECK_STATUS(sd_tensor_new(ctx, SD_DTYPE_F32, 2, bad, &u), SD_STATUS_INVALID_ARGUMENT);
+    CHECK(u == NULL, "out cleared");
+    CHECK_STATUS(sd_tensor_new(ctx, SD_DTYPE_F32, 4, huge, &u), SD_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sd_tensor_new(ctx, 42, 2, shape, &u), SD_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sd_tensor_new(ctx, SD_DTYPE_F32, 5, shape, &u), SD_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sd_tensor_new(ctx, SD_DTYPE_F32, 2, NULL, &u), SD_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sd_tensor_download(ctx, t, NULL, 24), SD_STATUS_INVALID_ARGUMENT);
+    CHECK(sd_tensor_dim(t, 1) == 3 && sd_tensor_dim(t, 2) == 0 && sd_tensor_ndim(t) == 2, "dims");
+
+    sd_memory_stats_t ms;
+    CHECK_STATUS(sd_ctx_memory_stats(ctx, &ms), SD_STATUS_OK);
+    CHECK(ms.tensors_bytes >= 24, "tensor bytes %llu", (unsigned long long)ms.tensors_bytes);
+    /* t is left for sd_ctx_free to release. */
+}
+
+/* Every op rejects bad arguments with SD_STATUS_INVALID_ARGUMENT and a message. */
+static void test_op_validation(void) {
+    int64_t s4[4] = {1, 4, 5, 5}, s4b[4] = {1, 3, 5, 5}, w4[4] = {6, 4, 3, 3}, o4[4] = {1, 6, 5, 5};
+    int64_t s3[3] = {1, 7, 8}, s3k[3] = {1, 9, 8}, s3c[3] = {1, 7, 6}, s2[2] = {7, 8}, s1[1] = {5};
+    sd_tensor_t *x, *xb, *w, *o, *q, *k, *qc, *t2, *v5, *i2;
+    sd_tensor_new(ctx, SD_DTYPE_F32, 4, s4, &x);
+    sd_tensor_new(ctx, SD_DTYPE_F32, 4, s4b, &xb);
+    sd_tensor_new(ctx, SD_DTYPE_F16, 4, w4, &w);
+    sd_tensor_new(ctx, SD_DTYPE_F32, 4, o4, &o);
+    sd_tensor_new(ctx, SD_DTYPE_F32, 3, s3, &q);
+    sd_tensor_new(ctx, SD_DTYPE_F32, 3, s3k, &k);
+    sd_tensor_new(ctx, SD_DTYPE_F32, 3, s3c, &qc);
+    sd_tensor_new(ctx, SD_DTYPE_F32, 2, s2, &t2);
+    sd_tensor_new(ctx, SD_DTYPE_F32, 1, s1, &v5);
+    sd_tensor_new(ctx, SD_DTYPE_I32, 2, s2, &i2);
+    sd_conv2d_params_t cp;
+    sd_conv2d_params_default(&cp);
+    cp.pad_top = cp.pad_bottom = cp.pad_left = cp.pad_right = 1;
+    const sd_status_t INV = SD_STATUS_INVALID_ARGUMENT;
+
+    CHECK_STATUS(sd_op_conv2d(NULL, o, x, w, NULL, NULL, &cp), INV);
+    CHECK_STATUS(sd_op_conv2d(ctx, o, x, w, NULL, NULL, &cp), SD_STATUS_OK);
+    CHECK_STATUS(sd_op_conv2d(ctx, NULL, x, w, NULL, NULL, &cp), INV);
+    CHECK_STATUS(sd_op_conv2d(ctx, o, x, w, NULL, NULL, NULL), INV);
+    CHECK_STATUS(sd_op_conv2d(ctx, o, xb, w, NULL, NULL, &cp), INV); /* Cin mismatch */
+    CHECK(strstr(sd_ctx_last_error(ctx), "conv2d: w") != NULL, "msg: %s", sd_ctx_last_error(ctx));
+    CHECK_STATUS(sd_op_conv2d(ctx, x, x, w, NULL, NULL, &cp), INV); /* wrong out shape */
+    CHECK_STATUS(sd_op_conv2d(ctx, o, x, w, v5, NULL, &cp), INV);   /* bias (5) for 6 channels */
+    CHECK_STATUS(sd_op_conv2d(ctx, o, x, w, NULL, x, &cp), INV);    /* residual shape */
+    CHECK_STATUS(sd_op_conv2d(ctx, o, x, x, NULL, NULL, &cp), INV); /* weights shape */
+    CHECK_STATUS(sd_op_conv2d(ctx, o, w, w, NULL, NULL, &cp), INV); /* f16 input */
+    cp.stride_h = 0;
+    CHECK_STATUS(sd_op_conv2d(ctx, o, x, w, NULL, NULL, &cp), INV);
+    sd_conv2d_params_default(&cp); /* no padding: 5x5 input, 3x3 kernel -> 3x3 out, not 5x5 */
+    CHECK_STATUS(sd_op_conv2d(ctx, o, x, w, NULL, NULL, &cp), INV);
+    cp.pad_left = -1;
+    CHECK_STATUS(sd_op_conv2d(ctx, o, x, w, NULL, NULL, &cp), INV);
+
+    sd_linear_params_t lp;
+    sd_linear_params_default(&lp);
+    CHECK_STATUS(sd_op_linear(ctx, q, q, t2, NULL, NULL, &lp), INV);  /* out aliases x */
+    CHECK_STATUS(sd_op_linear(ctx, q, qc, t2, NULL, NULL, &lp), INV); /* K mismatch */
+    CHECK_STATUS(sd_op_linear(ctx, qc, q, t2, NULL, NULL, &lp), INV); /* N mismatch */
+    lp.in_layout = 7;
+    CHECK_STATUS(sd_op_linear(ctx, k, q, t2, NULL, NULL, &lp), INV);
+
+    CHECK_STATUS(sd_op_group_norm(ctx, x, x, NULL, NULL, 3, 1e-5f, false), INV); /* 4 % 3 */
+    CHECK_STATUS(sd_op_group_norm(ctx, x, x, NULL, NULL, 0, 1e-5f, false), INV);
+    CHECK_STATUS(sd_op_group_norm(ctx, x, x, NULL, NULL, 2, 0.0f, false), INV);
+    CHECK_STATUS(sd_op_group_norm(ctx, x, x, v5, NULL, 2, 1e-5f, false), INV);
+    CHECK_STATUS(sd_op_group_norm(ctx, o, x, NULL, NULL, 2, 1e-5f, false), INV);
+    CHECK_STATUS(sd_op_group_norm(ctx, x, x, NULL, NULL, 2, NAN, false), INV);
+    CHECK_STATUS(sd_op_layer_norm(ctx, q, q, v5, NULL, 1e-5f), INV);
+    CHECK_STATUS(sd_op_layer_norm(ctx, q, k, NULL, NULL, 1e-5f), INV);
+
+    sd_attention_params_t ap;
+    sd_attention_params_default(&ap);
+    ap.heads = 3; /* 8 % 3 */
+    CHECK_STATUS(sd_op_attention(ctx, o, q, k, k, &ap), INV);
+    ap.heads = 3;
+    CHECK_STATUS(sd_op_attention(ctx, qc, q, k, k, &ap), INV);
+    ap.heads = 2;
+    CHECK_STATUS(sd_op_attention(ctx, q, q, k, k, &ap), INV); /* out aliases q */
+    ap.causal = 1;
+    sd_tensor_t *oq;
+    sd_tensor_new(ctx, SD_DTYPE_F32, 3, s3, &oq);
+    CHECK_STATUS(sd_op_attention(ctx, oq, q, k, k, &ap), INV); /* causal needs Tq == Tk */
+    ap.causal = 0;
+    CHECK_STATUS(sd_op_attention(ctx, oq, q, k, k, &ap), SD_STATUS_OK);
+    CHECK_STATUS(sd_op_attention(ctx, oq, q, k, qc, &ap), INV);
+    ap.scale = -1;
+    CHECK_STATUS(sd_op_attention(ctx, oq, q, k, k, &ap), INV);
+
+    CHECK_STATUS(sd_op_activation(ctx, q, q, SD_ACT_COUNT), INV);
+    CHECK_STATUS(sd_op_activation(ctx, q, k, SD_ACT_SILU), INV);
+    CHECK_STATUS(sd_op_geglu(ctx, q, q), INV);
+    CHECK_STATUS(sd_op_upsample_nearest2x(ctx, x, x), INV);
+    CHECK_STATUS(sd_op_add(ctx, q, q, k), INV);
+    CHECK_STATUS(sd_op_add(ctx, q, q, v5), INV);
+    CHECK_STATUS(sd_op_add(ctx, q, q, t2), SD_STATUS_OK); /* (7, 8) suffix of (1, 7, 8) */
+    CHECK_STATUS(sd_op_mul(ctx, q, i2, t2), INV);         /* i32 input */
+    CHECK_STATUS(sd_op_concat(ctx, x, x, xb), INV);
+    CHECK_STATUS(sd_op_concat(ctx, o, xb, x), INV); /* 3 + 4 != 6 */
+
+    sd_timestep_embedding_params_t tp;
+    sd_timestep_embedding_params_default(&tp);
+    CHECK_STATUS(sd_op_timestep_embedding(ctx, t2, v5, &tp), INV); /* N 7 vs 5 */
+    tp.max_period = 0;
+    CHECK_STATUS(sd_op_timestep_embedding(ctx, t2, v5, &tp), INV);
+    CHECK_STATUS(sd_op_embedding(ctx, q, t2, t2), INV); /* f32 ids */
+    CHECK_STATUS(sd_op_embedding(ctx, q, i2, t2),
+                 SD_STATUS_INVALID_ARGUMENT); /* out (1,7,8) vs (7,8,8) */
+    sd_tensor_free(ctx, oq);
+    /* The rest is freed by sd_ctx_free. */
+}
+
+static void test_half(void) {
+    int mismatches = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = sd_f16_to_f32((uint16_t)h);
+        uint16_t back = sd_f32_to_f16(f);
+        bool nan = ((h >> 10) & 0x1f) == 0x1f && (h & 0x3ff);
+        if (nan ? !isnan(f) || ((back >> 10) & 0x1f) != 0x1f || !(back & 0x3ff) : back != h)
+            mismatches++;
+    }
+    CHECK(mismatches == 0, "%d f16 values do not round-trip", mismatches);
+    /* Rounding to nearest even, overflow, underflow, subnormals. */
+    CHECK(sd_f32_to_f16(1.0f + 1.0f / 2048) == 0x3c00, "tie rounds to even (down)");
+    CHECK(sd_f32_to_f16(1.0f + 3.0f / 2048) == 0x3c02, "tie rounds to even (up)");
+    CHECK(sd_f32_to_f16(65520.0f) == 0x7c00 && sd_f32_to_f16(65519.0f) == 0x7bff, "overflow");
+    CHECK(sd_f32_to_f16(5.96e-8f) == 0x0001 && sd_f32_to_f16(2.0e-8f) == 0, "subnormal / zero");
+    CHECK(sd_f16_to_f32(0x0001) == 5.9604644775390625e-08f, "smallest subnormal");
+    CHECK(sd_bf16_to_f32(sd_f32_to_bf16(1.00390625f)) == 1.0f, "bf16 tie to even");
+    CHECK(sd_bf16_to_f32(sd_f32_to_bf16(3.0f)) == 3.0f, "bf16 exact");
+}
+
+static void test_arena(void) {
+    sd_arena_t a;
+    sd_arena_init(&a, sd_ctx_backend_ptr(ctx), 64, 1 << 20);
+    void *p1 = sd_arena_alloc(&a, 1000), *p2 = sd_arena_alloc(&a, 5000),
+         *p3 = sd_arena_alloc(&a, 70);
+    CHECK(p1 && p2 && p3 && ((uintptr_t)p2 % 64) == 0, "allocations aligned");
+    CHECK(a.n_chunks == 1 && a.in_use == 1024 + 5056 + 128, "in use %zu", a.in_use);
+    memset(p2, 1, 5000);
+    sd_arena_free(&a, p2);
+    void *p4 = sd_arena_alloc(&a, 4000); /* best fit reuses p2's block */
+    CHECK(p4 == p2, "reuse");
+    sd_arena_free(&a, p1), sd_arena_free(&a, p4), sd_arena_free(&a, p3);
+    CHECK(a.in_use == 0 && a.chunks[0].n_blocks == 1, "coalesced: %d blocks", a.chunks[0].n_blocks);
+    size_t peak = a.peak;
+    /* A request larger than the chunk size gets its own chunk; the same sequence of requests
+     * again yields the same addresses and no new memory. */
+    void *big1 = sd_arena_alloc(&a, 3 << 20), *small1 = sd_arena_alloc(&a, 100);
+    sd_arena_free(&a, big1), sd_arena_free(&a, small1);
+    size_t reserved = a.reserved;
+    void *big2 = sd_arena_alloc(&a, 3 << 20), *small2 = sd_arena_alloc(&a, 100);
+    CHECK(big1 == big2 && small1 == small2 && a.reserved == reserved, "deterministic");
+    CHECK(a.peak >= peak, "peak");
+    sd_arena_free(&a, big2), sd_arena_free(&a, small2);
+    sd_arena_trim(&a);
+    CHECK(a.n_chunks == 0 && a.reserved == 0, "trimmed");
+    sd_arena_destroy(&a);
+}
+
+typedef struct {
+    _Atomic int64_t sum;
+    _Atomic int hits[64];
+} pool_job_t;
+
+static void pool_task(void *arg, int64_t task, int thread) {
+    pool_job_t *j = arg;
+    atomic_fetch_add(&j->sum, task);
+    atomic_fetch_add(&j->hits[task % 64], 1);
+    (void)thread;
+}
+
+static void test_pool(void) {
+    for (int threads = 1; threads <= 4; threads++) {
+        sd_pool_t *pool = sd_pool_create(threads);
+        CHECK(pool != NULL, "pool");
+        for (int rep = 0; rep < 50; rep++) {
+            pool_job_t job;
+            memset(&job, 0, sizeof job);
+            int64_t n = 1 + rep * 37;
+            sd_pool_run(pool, n, pool_task, &job);
+            CHECK(job.sum == n * (n - 1) / 2, "threads %d n %lld sum %lld", threads, (long long)n,
+                  (long long)job.sum);
+        }
+        sd_pool_destroy(pool);
+    }
+}
+
+int main(void) {
+    test_status_and_params();
+    sd_ctx_params_t p;
+    sd_ctx_params_default(&p);
+    p.n_threads = 2;
+    char err[256];
+    if (sd_ctx_init(&p, &ctx, err, sizeof err) != SD_STATUS_OK) {
+        fprintf(stderr, "sd_ctx_init: %s\n", err);
+        return 2;
+    }
+    test_errors_cancel_log();
+    test_op_validation();
+    test_half();
+    test_arena();
+    test_pool();
+    sd_ctx_free(ctx);
+    return test_summary("test_core");
+}
