@@ -126,6 +126,8 @@ sd_status_t sd_backend_cpu_create(const sd_ctx_params_t *p, sd_backend_t **out, 
     cpu->base.ops = &cpu_ops;
     cpu->base.kind = SD_BACKEND_CPU;
     cpu->base.alignment = CPU_ALIGN;
+    cpu->base.act_dtypes = 1u << SD_DTYPE_F32;
+    cpu->base.act_dtype = SD_DTYPE_F32;
     cpu->pool = sd_pool_create(n);
     cpu->scratch = calloc((size_t)n, sizeof *cpu->scratch);
     cpu->scratch_floats = calloc((size_t)n, sizeof *cpu->scratch_floats);

@@ -7,6 +7,8 @@
 #define FLOAT_DTYPES ((1u << SD_DTYPE_F32) | (1u << SD_DTYPE_F16) | (1u << SD_DTYPE_BF16))
 #define F32_ONLY     (1u << SD_DTYPE_F32)
 #define I32_ONLY     (1u << SD_DTYPE_I32)
+/* Activations: what the backend accepts (F32 everywhere, F16 on a GPU). */
+#define ACT (ctx->backend->act_dtypes)
 
 void sd_conv2d_params_default(sd_conv2d_params_t *p) {
     if (p) *p = (sd_conv2d_params_t){.stride_h = 1, .stride_w = 1};
@@ -63,6 +65,16 @@ static sd_status_t check(sd_ctx_t *ctx, const char *op, const char *name, const 
     return SD_STATUS_OK;
 }
 
+/* All activation tensors of a call share one dtype. */
+static sd_status_t same_act_dtype(sd_ctx_t *ctx, const char *op, const sd_tensor_t *ref,
+                                  const sd_tensor_t *const *others, int n) {
+    for (int i = 0; i < n; i++)
+        if (others[i] != NULL && others[i]->dtype != ref->dtype)
+            return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: activations mix dtypes %s and %s",
+                           op, sd_dtype_name(ref->dtype), sd_dtype_name(others[i]->dtype));
+    return SD_STATUS_OK;
+}
+
 static sd_status_t shape_error(sd_ctx_t *ctx, const char *op, const char *what,
                                const sd_tensor_t *got, const char *expected) {
     char buf[96];
@@ -87,11 +99,13 @@ sd_status_t sd_op_conv2d(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
     static const char op[] = "conv2d";
     OP_ENTER(ctx);
     if (p == NULL) return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: params is NULL", op);
-    SD_TRY(check(ctx, op, "out", out, true, F32_ONLY, 4, 4));
-    SD_TRY(check(ctx, op, "x", x, true, F32_ONLY, 4, 4));
+    SD_TRY(check(ctx, op, "out", out, true, ACT, 4, 4));
+    SD_TRY(check(ctx, op, "x", x, true, ACT, 4, 4));
+    SD_TRY(same_act_dtype(ctx, op, out, &x, 1));
     SD_TRY(check(ctx, op, "w", w, true, FLOAT_DTYPES, 4, 4));
-    SD_TRY(check(ctx, op, "bias", bias, false, F32_ONLY, 1, 2));
-    SD_TRY(check(ctx, op, "residual", residual, false, F32_ONLY, 4, 4));
+    SD_TRY(check(ctx, op, "bias", bias, false, F32_ONLY | ACT, 1, 2));
+    SD_TRY(check(ctx, op, "residual", residual, false, ACT, 4, 4));
+    SD_TRY(same_act_dtype(ctx, op, out, (const sd_tensor_t *[]){x, residual}, 2));
     if (p->stride_h < 1 || p->stride_w < 1 || p->pad_top < 0 || p->pad_bottom < 0 ||
         p->pad_left < 0 || p->pad_right < 0)
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
@@ -141,11 +155,13 @@ sd_status_t sd_op_linear(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
         p->out_layout >= SD_LAYOUT_COUNT)
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: invalid layout (%d, %d)", op,
                        (int)p->in_layout, (int)p->out_layout);
-    SD_TRY(check(ctx, op, "out", out, true, F32_ONLY, 1, SD_MAX_DIMS));
-    SD_TRY(check(ctx, op, "x", x, true, F32_ONLY, 1, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "out", out, true, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "x", x, true, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(same_act_dtype(ctx, op, out, &x, 1));
     SD_TRY(check(ctx, op, "w", w, true, FLOAT_DTYPES, 2, 2));
     SD_TRY(check(ctx, op, "bias", bias, false, F32_ONLY, 1, 1));
-    SD_TRY(check(ctx, op, "residual", residual, false, F32_ONLY, 1, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "residual", residual, false, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(same_act_dtype(ctx, op, out, (const sd_tensor_t *[]){x, residual}, 2));
     int64_t nout = w->shape[0], k = w->shape[1];
     char buf[128];
     /* Channel axis: last for TOKENS, 1 for CHANNELS_FIRST (which needs a batch axis). */
@@ -212,8 +228,9 @@ sd_status_t sd_op_group_norm(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t 
                              float eps, bool silu) {
     static const char op[] = "group_norm";
     OP_ENTER(ctx);
-    SD_TRY(check(ctx, op, "out", out, true, F32_ONLY, 2, SD_MAX_DIMS));
-    SD_TRY(check(ctx, op, "x", x, true, F32_ONLY, 2, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "out", out, true, ACT, 2, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "x", x, true, ACT, 2, SD_MAX_DIMS));
+    SD_TRY(same_act_dtype(ctx, op, out, &x, 1));
     if (!sd_tensor_same_shape(out, x)) return shape_error(ctx, op, "out", out, "x's shape");
     int64_t c = x->shape[1];
     if (groups < 1 || c % groups != 0)
@@ -229,8 +246,9 @@ sd_status_t sd_op_layer_norm(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t 
                              const sd_tensor_t *gamma, const sd_tensor_t *beta, float eps) {
     static const char op[] = "layer_norm";
     OP_ENTER(ctx);
-    SD_TRY(check(ctx, op, "out", out, true, F32_ONLY, 1, SD_MAX_DIMS));
-    SD_TRY(check(ctx, op, "x", x, true, F32_ONLY, 1, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "out", out, true, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "x", x, true, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(same_act_dtype(ctx, op, out, &x, 1));
     if (!sd_tensor_same_shape(out, x)) return shape_error(ctx, op, "out", out, "x's shape");
     SD_TRY(check_eps(ctx, op, eps));
     SD_TRY(check_affine(ctx, op, gamma, beta, x->shape[x->ndim - 1]));
@@ -243,10 +261,11 @@ sd_status_t sd_op_attention(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *
     static const char op[] = "attention";
     OP_ENTER(ctx);
     if (p == NULL) return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: params is NULL", op);
-    SD_TRY(check(ctx, op, "out", out, true, F32_ONLY, 3, 3));
-    SD_TRY(check(ctx, op, "q", q, true, F32_ONLY, 3, 3));
-    SD_TRY(check(ctx, op, "k", k, true, F32_ONLY, 3, 3));
-    SD_TRY(check(ctx, op, "v", v, true, F32_ONLY, 3, 3));
+    SD_TRY(check(ctx, op, "out", out, true, ACT, 3, 3));
+    SD_TRY(check(ctx, op, "q", q, true, ACT, 3, 3));
+    SD_TRY(check(ctx, op, "k", k, true, ACT, 3, 3));
+    SD_TRY(check(ctx, op, "v", v, true, ACT, 3, 3));
+    SD_TRY(same_act_dtype(ctx, op, out, (const sd_tensor_t *[]){q, k, v}, 3));
     int64_t b = q->shape[0], tq = q->shape[1], c = q->shape[2], tk = k->shape[1];
     char buf[96];
     snprintf(buf, sizeof buf, "(%lld, Tk, %lld) like q's batch and channels", (long long)b,
@@ -278,8 +297,9 @@ sd_status_t sd_op_activation(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t 
                              int32_t activation) {
     static const char op[] = "activation";
     OP_ENTER(ctx);
-    SD_TRY(check(ctx, op, "out", out, true, F32_ONLY, 1, SD_MAX_DIMS));
-    SD_TRY(check(ctx, op, "x", x, true, F32_ONLY, 1, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "out", out, true, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "x", x, true, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(same_act_dtype(ctx, op, out, &x, 1));
     if (!sd_tensor_same_shape(out, x)) return shape_error(ctx, op, "out", out, "x's shape");
     if (activation < 0 || activation >= SD_ACT_COUNT)
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: unknown activation %d", op,
@@ -290,8 +310,9 @@ sd_status_t sd_op_activation(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t 
 sd_status_t sd_op_geglu(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x) {
     static const char op[] = "geglu";
     OP_ENTER(ctx);
-    SD_TRY(check(ctx, op, "out", out, true, F32_ONLY, 1, SD_MAX_DIMS));
-    SD_TRY(check(ctx, op, "x", x, true, F32_ONLY, 1, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "out", out, true, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "x", x, true, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(same_act_dtype(ctx, op, out, &x, 1));
     int64_t c2 = x->shape[x->ndim - 1];
     bool ok = c2 % 2 == 0 && out->ndim == x->ndim && out->shape[out->ndim - 1] * 2 == c2;
     for (int i = 0; ok && i < x->ndim - 1; i++) ok = out->shape[i] == x->shape[i];
@@ -304,8 +325,9 @@ sd_status_t sd_op_geglu(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x) {
 sd_status_t sd_op_upsample_nearest2x(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x) {
     static const char op[] = "upsample_nearest2x";
     OP_ENTER(ctx);
-    SD_TRY(check(ctx, op, "out", out, true, F32_ONLY, 4, 4));
-    SD_TRY(check(ctx, op, "x", x, true, F32_ONLY, 4, 4));
+    SD_TRY(check(ctx, op, "out", out, true, ACT, 4, 4));
+    SD_TRY(check(ctx, op, "x", x, true, ACT, 4, 4));
+    SD_TRY(same_act_dtype(ctx, op, out, &x, 1));
     if (out->shape[0] != x->shape[0] || out->shape[1] != x->shape[1] ||
         out->shape[2] != 2 * x->shape[2] || out->shape[3] != 2 * x->shape[3])
         return shape_error(ctx, op, "out", out, "(N, C, 2H, 2W) of x");
@@ -316,9 +338,10 @@ sd_status_t sd_op_upsample_nearest2x(sd_ctx_t *ctx, sd_tensor_t *out, const sd_t
 static sd_status_t binary(sd_ctx_t *ctx, const char *op, sd_tensor_t *out, const sd_tensor_t *a,
                           const sd_tensor_t *b, int32_t kind) {
     OP_ENTER(ctx);
-    SD_TRY(check(ctx, op, "out", out, true, F32_ONLY, 1, SD_MAX_DIMS));
-    SD_TRY(check(ctx, op, "a", a, true, F32_ONLY, 1, SD_MAX_DIMS));
-    SD_TRY(check(ctx, op, "b", b, true, F32_ONLY, 1, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "out", out, true, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "a", a, true, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "b", b, true, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(same_act_dtype(ctx, op, out, (const sd_tensor_t *[]){a, b}, 2));
     if (!sd_tensor_same_shape(out, a)) return shape_error(ctx, op, "out", out, "a's shape");
     bool suffix = b->ndim <= a->ndim;
     for (int i = 0; suffix && i < b->ndim; i++)
@@ -341,9 +364,10 @@ sd_status_t sd_op_concat(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
                          const sd_tensor_t *b) {
     static const char op[] = "concat";
     OP_ENTER(ctx);
-    SD_TRY(check(ctx, op, "out", out, true, F32_ONLY, 2, SD_MAX_DIMS));
-    SD_TRY(check(ctx, op, "a", a, true, F32_ONLY, 2, SD_MAX_DIMS));
-    SD_TRY(check(ctx, op, "b", b, true, F32_ONLY, 2, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "out", out, true, ACT, 2, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "a", a, true, ACT, 2, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "b", b, true, ACT, 2, SD_MAX_DIMS));
+    SD_TRY(same_act_dtype(ctx, op, out, (const sd_tensor_t *[]){a, b}, 2));
     bool ok = a->ndim == b->ndim && out->ndim == a->ndim && a->shape[0] == b->shape[0] &&
               out->shape[0] == a->shape[0] && out->shape[1] == a->shape[1] + b->shape[1];
     for (int i = 2; ok && i < a->ndim; i++)
@@ -361,7 +385,7 @@ sd_status_t sd_op_timestep_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_t
     static const char op[] = "timestep_embedding";
     OP_ENTER(ctx);
     if (p == NULL) return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: params is NULL", op);
-    SD_TRY(check(ctx, op, "out", out, true, F32_ONLY, 2, 2));
+    SD_TRY(check(ctx, op, "out", out, true, ACT, 2, 2));
     SD_TRY(check(ctx, op, "t", t, true, F32_ONLY, 1, 1));
     if (out->shape[0] != t->shape[0])
         return shape_error(ctx, op, "out", out, "(N, D) with N = len(t)");
@@ -380,7 +404,7 @@ sd_status_t sd_op_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *
                             const sd_tensor_t *table) {
     static const char op[] = "embedding";
     OP_ENTER(ctx);
-    SD_TRY(check(ctx, op, "out", out, true, F32_ONLY, 3, 3));
+    SD_TRY(check(ctx, op, "out", out, true, ACT, 3, 3));
     SD_TRY(check(ctx, op, "ids", ids, true, I32_ONLY, 2, 2));
     SD_TRY(check(ctx, op, "table", table, true, FLOAT_DTYPES, 2, 2));
     if (out->shape[0] != ids->shape[0] || out->shape[1] != ids->shape[1] ||

@@ -199,6 +199,12 @@ struct sd_backend {
     int32_t kind; /* sd_backend_kind_t */
     char description[256];
     size_t alignment; /* of alloc results and arena blocks */
+    /* Bit mask (1 << dtype) of the activation dtypes the ops accept (inputs and outputs
+     * other than weights); all activations of one call share a dtype. The CPU takes F32
+     * only; a GPU backend may add F16. */
+    uint32_t act_dtypes;
+    /* The activation dtype model graphs use for their scratch tensors. */
+    int32_t act_dtype;
 };
 
 sd_status_t sd_backend_cpu_create(const sd_ctx_params_t *p, sd_backend_t **out, char *err,
