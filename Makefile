@@ -1,0 +1,54 @@
+# gosd: `make` builds the runtime libraries and the Go code, `make test` runs every C and
+# Go test, `make demo` draws a picture on the CPU. Missing build tools (cmake, ninja, a C
+# compiler) are installed with apt-get on Debian/Ubuntu.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+
+BUILD ?= build
+GO ?= go
+# SD_CUDA=AUTO builds libsd-cuda too when a CUDA toolkit is found (ON requires it, OFF skips).
+SD_CUDA ?= AUTO
+CMAKE_FLAGS ?=
+
+C_SOURCES = $(shell git ls-files 'csrc/*.c' 'csrc/*.h' 'cuda/*.cu' 'cuda/*.cuh' 2>/dev/null)
+
+.PHONY: all deps lib go test lint format bench clean
+
+all: lib go
+
+deps:
+	@tools/ensure-build-tools.sh
+
+lib: deps
+	@cmake -S . -B $(BUILD) -G Ninja -DSD_CUDA=$(SD_CUDA) $(CMAKE_FLAGS) >$(BUILD).cmake.log 2>&1 \
+		|| { cat $(BUILD).cmake.log; exit 1; }
+	@cmake --build $(BUILD)
+
+go:
+	$(GO) build ./...
+
+test: lib
+	ctest --test-dir $(BUILD) --output-on-failure
+	$(GO) vet ./...
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+		if [[ -n $$unformatted ]]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) test ./...
+
+# Formatting of the C/CUDA sources (clang-format) and the Go vet/fmt checks.
+lint: deps
+	@tools/ensure-build-tools.sh clang-format
+	clang-format --dry-run --Werror $(C_SOURCES)
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))"
+
+format:
+	clang-format -i $(C_SOURCES)
+	gofmt -w $$(git ls-files '*.go')
+
+# Op throughput on this CPU (GFLOP/s).
+bench: lib
+	$(BUILD)/csrc/tests/bench_ops
+
+clean:
+	rm -rf $(BUILD) $(BUILD).cmake.log

@@ -1,0 +1,459 @@
+package binding
+
+import (
+	"fmt"
+	"unsafe"
+)
+
+// Library is a loaded runtime library. Its methods mirror the functions of sd.h.
+type Library struct {
+	path     string
+	handle   uintptr
+	fallback string
+
+	// uint32_t sd_abi_version(void);
+	sdAbiVersion func() uint32
+	// size_t sd_sizeof_ctx_params(void); (and the other sd_sizeof_* functions)
+	sdSizeofCtxParams               func() uintptr
+	sdSizeofMemoryStats             func() uintptr
+	sdSizeofConv2dParams            func() uintptr
+	sdSizeofLinearParams            func() uintptr
+	sdSizeofAttentionParams         func() uintptr
+	sdSizeofTimestepEmbeddingParams func() uintptr
+
+	// const char *sd_status_string(sd_status_t status);
+	sdStatusString func(status Status) string
+	// bool sd_backend_available(int32_t backend, char *reason, size_t reason_len);
+	sdBackendAvailable func(backend Backend, reason *byte, reasonLen uintptr) bool
+
+	// void sd_ctx_params_default(sd_ctx_params_t *params);
+	sdCtxParamsDefault func(p *CtxParams)
+	// sd_status_t sd_ctx_init(const sd_ctx_params_t *params, sd_ctx_t **out, char *err, size_t err_len);
+	sdCtxInit func(p *CtxParams, out *Ctx, err *byte, errLen uintptr) Status
+	// void sd_ctx_free(sd_ctx_t *ctx);
+	sdCtxFree func(ctx Ctx)
+	// int32_t sd_ctx_backend(const sd_ctx_t *ctx);
+	sdCtxBackend func(ctx Ctx) Backend
+	// const char *sd_ctx_backend_description(const sd_ctx_t *ctx);
+	sdCtxBackendDescription func(ctx Ctx) string
+	// const char *sd_ctx_last_error(const sd_ctx_t *ctx);
+	sdCtxLastError func(ctx Ctx) string
+	// void sd_ctx_cancel(sd_ctx_t *ctx);
+	sdCtxCancel func(ctx Ctx)
+	// void sd_ctx_clear_cancel(sd_ctx_t *ctx);
+	sdCtxClearCancel func(ctx Ctx)
+	// void sd_ctx_set_log(sd_ctx_t *ctx, sd_log_fn fn, void *user_data);
+	sdCtxSetLog func(ctx Ctx, fn uintptr, userData uintptr)
+	// sd_status_t sd_ctx_memory_stats(sd_ctx_t *ctx, sd_memory_stats_t *out);
+	sdCtxMemoryStats func(ctx Ctx, out *MemoryStats) Status
+	// void sd_ctx_trim(sd_ctx_t *ctx);
+	sdCtxTrim func(ctx Ctx)
+
+	// size_t sd_dtype_size(int32_t dtype);
+	sdDtypeSize func(dtype DType) uintptr
+	// sd_status_t sd_tensor_new(sd_ctx_t *ctx, int32_t dtype, int32_t ndim, const int64_t *shape, sd_tensor_t **out);
+	sdTensorNew func(ctx Ctx, dtype DType, ndim int32, shape *int64, out *Tensor) Status
+	// void sd_tensor_free(sd_ctx_t *ctx, sd_tensor_t *t);
+	sdTensorFree func(ctx Ctx, t Tensor)
+	// sd_status_t sd_tensor_upload(sd_ctx_t *ctx, sd_tensor_t *t, const void *src, size_t nbytes);
+	sdTensorUpload func(ctx Ctx, t Tensor, src unsafe.Pointer, nbytes uintptr) Status
+	// sd_status_t sd_tensor_download(sd_ctx_t *ctx, const sd_tensor_t *t, void *dst, size_t nbytes);
+	sdTensorDownload func(ctx Ctx, t Tensor, dst unsafe.Pointer, nbytes uintptr) Status
+	// int32_t sd_tensor_dtype(const sd_tensor_t *t);
+	sdTensorDtype func(t Tensor) DType
+	// int32_t sd_tensor_ndim(const sd_tensor_t *t);
+	sdTensorNdim func(t Tensor) int32
+	// int64_t sd_tensor_dim(const sd_tensor_t *t, int32_t axis);
+	sdTensorDim func(t Tensor, axis int32) int64
+	// size_t sd_tensor_nbytes(const sd_tensor_t *t);
+	sdTensorNbytes func(t Tensor) uintptr
+
+	// void sd_conv2d_params_default(sd_conv2d_params_t *p);
+	sdConv2dParamsDefault func(p *Conv2DParams)
+	// sd_status_t sd_op_conv2d(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, const sd_tensor_t *w,
+	//                          const sd_tensor_t *bias, const sd_tensor_t *residual, const sd_conv2d_params_t *p);
+	sdOpConv2d func(ctx Ctx, out, x, w, bias, residual Tensor, p *Conv2DParams) Status
+	// void sd_linear_params_default(sd_linear_params_t *p);
+	sdLinearParamsDefault func(p *LinearParams)
+	// sd_status_t sd_op_linear(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, const sd_tensor_t *w,
+	//                          const sd_tensor_t *bias, const sd_tensor_t *residual, const sd_linear_params_t *p);
+	sdOpLinear func(ctx Ctx, out, x, w, bias, residual Tensor, p *LinearParams) Status
+	// sd_status_t sd_op_group_norm(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, const sd_tensor_t *gamma,
+	//                              const sd_tensor_t *beta, int32_t groups, float eps, bool silu);
+	sdOpGroupNorm func(ctx Ctx, out, x, gamma, beta Tensor, groups int32, eps float32, silu bool) Status
+	// sd_status_t sd_op_layer_norm(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, const sd_tensor_t *gamma,
+	//                              const sd_tensor_t *beta, float eps);
+	sdOpLayerNorm func(ctx Ctx, out, x, gamma, beta Tensor, eps float32) Status
+	// void sd_attention_params_default(sd_attention_params_t *p);
+	sdAttentionParamsDefault func(p *AttentionParams)
+	// sd_status_t sd_op_attention(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *q, const sd_tensor_t *k,
+	//                             const sd_tensor_t *v, const sd_attention_params_t *p);
+	sdOpAttention func(ctx Ctx, out, q, k, v Tensor, p *AttentionParams) Status
+	// sd_status_t sd_op_activation(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, int32_t activation);
+	sdOpActivation func(ctx Ctx, out, x Tensor, act Activation) Status
+	// sd_status_t sd_op_geglu(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
+	sdOpGeglu func(ctx Ctx, out, x Tensor) Status
+	// sd_status_t sd_op_upsample_nearest2x(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
+	sdOpUpsampleNearest2x func(ctx Ctx, out, x Tensor) Status
+	// sd_status_t sd_op_add(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a, const sd_tensor_t *b);
+	sdOpAdd func(ctx Ctx, out, a, b Tensor) Status
+	// sd_status_t sd_op_mul(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a, const sd_tensor_t *b);
+	sdOpMul func(ctx Ctx, out, a, b Tensor) Status
+	// sd_status_t sd_op_concat(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a, const sd_tensor_t *b);
+	sdOpConcat func(ctx Ctx, out, a, b Tensor) Status
+	// void sd_timestep_embedding_params_default(sd_timestep_embedding_params_t *p);
+	sdTimestepEmbeddingParamsDefault func(p *TimestepEmbeddingParams)
+	// sd_status_t sd_op_timestep_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,
+	//                                      const sd_timestep_embedding_params_t *p);
+	sdOpTimestepEmbedding func(ctx Ctx, out, t Tensor, p *TimestepEmbeddingParams) Status
+	// sd_status_t sd_op_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *ids, const sd_tensor_t *table);
+	sdOpEmbedding func(ctx Ctx, out, ids, table Tensor) Status
+}
+
+type symbol struct {
+	name string
+	fn   any // pointer to a func field
+}
+
+// Resolved first, so a foreign library is rejected before anything else is called.
+func (l *Library) abiSymbols() []symbol {
+	return []symbol{
+		{"sd_abi_version", &l.sdAbiVersion},
+		{"sd_sizeof_ctx_params", &l.sdSizeofCtxParams},
+		{"sd_sizeof_memory_stats", &l.sdSizeofMemoryStats},
+		{"sd_sizeof_conv2d_params", &l.sdSizeofConv2dParams},
+		{"sd_sizeof_linear_params", &l.sdSizeofLinearParams},
+		{"sd_sizeof_attention_params", &l.sdSizeofAttentionParams},
+		{"sd_sizeof_timestep_embedding_params", &l.sdSizeofTimestepEmbeddingParams},
+	}
+}
+
+func (l *Library) apiSymbols() []symbol {
+	return []symbol{
+		{"sd_status_string", &l.sdStatusString},
+		{"sd_backend_available", &l.sdBackendAvailable},
+		{"sd_ctx_params_default", &l.sdCtxParamsDefault},
+		{"sd_ctx_init", &l.sdCtxInit},
+		{"sd_ctx_free", &l.sdCtxFree},
+		{"sd_ctx_backend", &l.sdCtxBackend},
+		{"sd_ctx_backend_description", &l.sdCtxBackendDescription},
+		{"sd_ctx_last_error", &l.sdCtxLastError},
+		{"sd_ctx_cancel", &l.sdCtxCancel},
+		{"sd_ctx_clear_cancel", &l.sdCtxClearCancel},
+		{"sd_ctx_set_log", &l.sdCtxSetLog},
+		{"sd_ctx_memory_stats", &l.sdCtxMemoryStats},
+		{"sd_ctx_trim", &l.sdCtxTrim},
+		{"sd_dtype_size", &l.sdDtypeSize},
+		{"sd_tensor_new", &l.sdTensorNew},
+		{"sd_tensor_free", &l.sdTensorFree},
+		{"sd_tensor_upload", &l.sdTensorUpload},
+		{"sd_tensor_download", &l.sdTensorDownload},
+		{"sd_tensor_dtype", &l.sdTensorDtype},
+		{"sd_tensor_ndim", &l.sdTensorNdim},
+		{"sd_tensor_dim", &l.sdTensorDim},
+		{"sd_tensor_nbytes", &l.sdTensorNbytes},
+		{"sd_conv2d_params_default", &l.sdConv2dParamsDefault},
+		{"sd_op_conv2d", &l.sdOpConv2d},
+		{"sd_linear_params_default", &l.sdLinearParamsDefault},
+		{"sd_op_linear", &l.sdOpLinear},
+		{"sd_op_group_norm", &l.sdOpGroupNorm},
+		{"sd_op_layer_norm", &l.sdOpLayerNorm},
+		{"sd_attention_params_default", &l.sdAttentionParamsDefault},
+		{"sd_op_attention", &l.sdOpAttention},
+		{"sd_op_activation", &l.sdOpActivation},
+		{"sd_op_geglu", &l.sdOpGeglu},
+		{"sd_op_upsample_nearest2x", &l.sdOpUpsampleNearest2x},
+		{"sd_op_add", &l.sdOpAdd},
+		{"sd_op_mul", &l.sdOpMul},
+		{"sd_op_concat", &l.sdOpConcat},
+		{"sd_timestep_embedding_params_default", &l.sdTimestepEmbeddingParamsDefault},
+		{"sd_op_timestep_embedding", &l.sdOpTimestepEmbedding},
+		{"sd_op_embedding", &l.sdOpEmbedding},
+	}
+}
+
+// checkLayouts compares the library's struct sizes with this package's mirrors.
+func (l *Library) checkLayouts() error {
+	sizes := []struct {
+		name      string
+		lib, mine uintptr
+	}{
+		{"sd_ctx_params_t", l.sdSizeofCtxParams(), unsafe.Sizeof(CtxParams{})},
+		{"sd_memory_stats_t", l.sdSizeofMemoryStats(), unsafe.Sizeof(MemoryStats{})},
+		{"sd_conv2d_params_t", l.sdSizeofConv2dParams(), unsafe.Sizeof(Conv2DParams{})},
+		{"sd_linear_params_t", l.sdSizeofLinearParams(), unsafe.Sizeof(LinearParams{})},
+		{"sd_attention_params_t", l.sdSizeofAttentionParams(), unsafe.Sizeof(AttentionParams{})},
+		{"sd_timestep_embedding_params_t", l.sdSizeofTimestepEmbeddingParams(), unsafe.Sizeof(TimestepEmbeddingParams{})},
+	}
+	for _, s := range sizes {
+		if s.lib != s.mine {
+			return fmt.Errorf("%w: %s: %s is %d bytes in the library, %d in this binding",
+				ErrABIMismatch, l.path, s.name, s.lib, s.mine)
+		}
+	}
+	return nil
+}
+
+// Path is the file the library was loaded from (or the name the system resolved).
+func (l *Library) Path() string { return l.path }
+
+// FallbackReason says why a GPU build was not used when the CPU library was loaded
+// instead; empty when no GPU build was passed over.
+func (l *Library) FallbackReason() string { return l.fallback }
+
+// ABIVersion returns sd_abi_version() of the loaded library.
+func (l *Library) ABIVersion() uint32 { return l.sdAbiVersion() }
+
+// StatusString returns sd_status_string(s).
+func (l *Library) StatusString(s Status) string { return l.sdStatusString(s) }
+
+// BackendAvailable reports whether the backend can run here, and why not.
+func (l *Library) BackendAvailable(b Backend) (bool, string) {
+	buf := make([]byte, 512)
+	ok := l.sdBackendAvailable(b, &buf[0], uintptr(len(buf)))
+	return ok, cString(buf)
+}
+
+// check turns a status into nil or an *Error carrying the context's message.
+func (l *Library) check(ctx Ctx, op string, st Status) error {
+	if st == StatusOK {
+		return nil
+	}
+	msg := ""
+	if ctx != 0 {
+		msg = l.sdCtxLastError(ctx)
+	}
+	return &Error{Code: st, Op: op, Msg: msg}
+}
+
+// DefaultCtxParams returns sd_ctx_params_default's values.
+func (l *Library) DefaultCtxParams() CtxParams {
+	var p CtxParams
+	l.sdCtxParamsDefault(&p)
+	return p
+}
+
+// CtxInit creates a context; free it with CtxFree.
+func (l *Library) CtxInit(p *CtxParams) (Ctx, error) {
+	var ctx Ctx
+	buf := make([]byte, 512)
+	if st := l.sdCtxInit(p, &ctx, &buf[0], uintptr(len(buf))); st != StatusOK {
+		return 0, &Error{Code: st, Op: "sd_ctx_init", Msg: cString(buf)}
+	}
+	return ctx, nil
+}
+
+// CtxFree frees the context and everything still allocated on it. Zero is a no-op.
+func (l *Library) CtxFree(ctx Ctx) {
+	if ctx == 0 {
+		return
+	}
+	l.sdCtxFree(ctx)
+	forgetLog(ctx)
+}
+
+// CtxBackend is the backend the context runs on.
+func (l *Library) CtxBackend(ctx Ctx) Backend { return l.sdCtxBackend(ctx) }
+
+// CtxBackendDescription describes the backend (CPU features or GPU name).
+func (l *Library) CtxBackendDescription(ctx Ctx) string { return l.sdCtxBackendDescription(ctx) }
+
+// CtxLastError is the message of the last failed call on ctx.
+func (l *Library) CtxLastError(ctx Ctx) string { return l.sdCtxLastError(ctx) }
+
+// CtxCancel makes running and later calls on ctx fail with ErrCancelled until
+// CtxClearCancel. Safe from any goroutine.
+func (l *Library) CtxCancel(ctx Ctx) { l.sdCtxCancel(ctx) }
+
+// CtxClearCancel clears a cancellation request.
+func (l *Library) CtxClearCancel(ctx Ctx) { l.sdCtxClearCancel(ctx) }
+
+// CtxMemoryStats reports the context's backend memory use.
+func (l *Library) CtxMemoryStats(ctx Ctx) (MemoryStats, error) {
+	var s MemoryStats
+	return s, l.check(ctx, "sd_ctx_memory_stats", l.sdCtxMemoryStats(ctx, &s))
+}
+
+// CtxTrim returns unused scratch memory to the system.
+func (l *Library) CtxTrim(ctx Ctx) { l.sdCtxTrim(ctx) }
+
+// DTypeSize returns sd_dtype_size(d).
+func (l *Library) DTypeSize(d DType) int { return int(l.sdDtypeSize(d)) }
+
+// TensorNew allocates a tensor of the given dtype and shape in the context's backend
+// memory; free it with TensorFree (or CtxFree).
+func (l *Library) TensorNew(ctx Ctx, dtype DType, shape ...int64) (Tensor, error) {
+	var t Tensor
+	var shp [MaxDims]int64
+	copy(shp[:], shape)
+	return t, l.check(ctx, "sd_tensor_new", l.sdTensorNew(ctx, dtype, int32(len(shape)), &shp[0], &t))
+}
+
+// TensorFree frees a tensor. Zero is a no-op.
+func (l *Library) TensorFree(ctx Ctx, t Tensor) {
+	if t != 0 {
+		l.sdTensorFree(ctx, t)
+	}
+}
+
+// TensorUpload copies src (exactly the tensor's byte size) into the tensor.
+func (l *Library) TensorUpload(ctx Ctx, t Tensor, src []byte) error {
+	return l.check(ctx, "sd_tensor_upload", l.sdTensorUpload(ctx, t, bytesPtr(src), uintptr(len(src))))
+}
+
+// TensorDownload copies the tensor into dst (exactly its byte size).
+func (l *Library) TensorDownload(ctx Ctx, t Tensor, dst []byte) error {
+	return l.check(ctx, "sd_tensor_download", l.sdTensorDownload(ctx, t, bytesPtr(dst), uintptr(len(dst))))
+}
+
+// UploadFloat32 copies src into an F32 tensor of len(src) elements.
+func (l *Library) UploadFloat32(ctx Ctx, t Tensor, src []float32) error {
+	return l.TensorUpload(ctx, t, float32Bytes(src))
+}
+
+// DownloadFloat32 copies an F32 tensor into dst of its element count.
+func (l *Library) DownloadFloat32(ctx Ctx, t Tensor, dst []float32) error {
+	return l.TensorDownload(ctx, t, float32Bytes(dst))
+}
+
+// UploadInt32 copies src into an I32 tensor of len(src) elements.
+func (l *Library) UploadInt32(ctx Ctx, t Tensor, src []int32) error {
+	var b []byte
+	if len(src) > 0 {
+		b = unsafe.Slice((*byte)(unsafe.Pointer(&src[0])), 4*len(src))
+	}
+	return l.TensorUpload(ctx, t, b)
+}
+
+// TensorDType returns the tensor's dtype.
+func (l *Library) TensorDType(t Tensor) DType { return l.sdTensorDtype(t) }
+
+// TensorShape returns the tensor's dimensions.
+func (l *Library) TensorShape(t Tensor) []int64 {
+	n := l.sdTensorNdim(t)
+	shape := make([]int64, n)
+	for i := range shape {
+		shape[i] = l.sdTensorDim(t, int32(i))
+	}
+	return shape
+}
+
+// TensorNBytes returns the tensor's size in bytes.
+func (l *Library) TensorNBytes(t Tensor) int { return int(l.sdTensorNbytes(t)) }
+
+// DefaultConv2DParams returns sd_conv2d_params_default's values.
+func (l *Library) DefaultConv2DParams() Conv2DParams {
+	var p Conv2DParams
+	l.sdConv2dParamsDefault(&p)
+	return p
+}
+
+// OpConv2D: out = conv2d(x, w) + bias + residual (bias, residual may be 0).
+func (l *Library) OpConv2D(ctx Ctx, out, x, w, bias, residual Tensor, p *Conv2DParams) error {
+	return l.check(ctx, "sd_op_conv2d", l.sdOpConv2d(ctx, out, x, w, bias, residual, p))
+}
+
+// DefaultLinearParams returns sd_linear_params_default's values.
+func (l *Library) DefaultLinearParams() LinearParams {
+	var p LinearParams
+	l.sdLinearParamsDefault(&p)
+	return p
+}
+
+// OpLinear: out = x w^T + bias + residual (bias, residual may be 0).
+func (l *Library) OpLinear(ctx Ctx, out, x, w, bias, residual Tensor, p *LinearParams) error {
+	return l.check(ctx, "sd_op_linear", l.sdOpLinear(ctx, out, x, w, bias, residual, p))
+}
+
+// OpGroupNorm: group normalisation, optionally followed by SiLU.
+func (l *Library) OpGroupNorm(ctx Ctx, out, x, gamma, beta Tensor, groups int32, eps float32, silu bool) error {
+	return l.check(ctx, "sd_op_group_norm", l.sdOpGroupNorm(ctx, out, x, gamma, beta, groups, eps, silu))
+}
+
+// OpLayerNorm: layer normalisation over the last dimension.
+func (l *Library) OpLayerNorm(ctx Ctx, out, x, gamma, beta Tensor, eps float32) error {
+	return l.check(ctx, "sd_op_layer_norm", l.sdOpLayerNorm(ctx, out, x, gamma, beta, eps))
+}
+
+// DefaultAttentionParams returns sd_attention_params_default's values.
+func (l *Library) DefaultAttentionParams() AttentionParams {
+	var p AttentionParams
+	l.sdAttentionParamsDefault(&p)
+	return p
+}
+
+// OpAttention: multi-head scaled dot-product attention.
+func (l *Library) OpAttention(ctx Ctx, out, q, k, v Tensor, p *AttentionParams) error {
+	return l.check(ctx, "sd_op_attention", l.sdOpAttention(ctx, out, q, k, v, p))
+}
+
+// OpActivation: out = act(x).
+func (l *Library) OpActivation(ctx Ctx, out, x Tensor, act Activation) error {
+	return l.check(ctx, "sd_op_activation", l.sdOpActivation(ctx, out, x, act))
+}
+
+// OpGEGLU: out = a * gelu(gate) for x = [a, gate] along the last dimension.
+func (l *Library) OpGEGLU(ctx Ctx, out, x Tensor) error {
+	return l.check(ctx, "sd_op_geglu", l.sdOpGeglu(ctx, out, x))
+}
+
+// OpUpsampleNearest2x: nearest-neighbour 2x upsampling of NCHW.
+func (l *Library) OpUpsampleNearest2x(ctx Ctx, out, x Tensor) error {
+	return l.check(ctx, "sd_op_upsample_nearest2x", l.sdOpUpsampleNearest2x(ctx, out, x))
+}
+
+// OpAdd: out = a + b (b broadcast over leading dims).
+func (l *Library) OpAdd(ctx Ctx, out, a, b Tensor) error {
+	return l.check(ctx, "sd_op_add", l.sdOpAdd(ctx, out, a, b))
+}
+
+// OpMul: out = a * b (b broadcast over leading dims).
+func (l *Library) OpMul(ctx Ctx, out, a, b Tensor) error {
+	return l.check(ctx, "sd_op_mul", l.sdOpMul(ctx, out, a, b))
+}
+
+// OpConcat: concatenation along dim 1.
+func (l *Library) OpConcat(ctx Ctx, out, a, b Tensor) error {
+	return l.check(ctx, "sd_op_concat", l.sdOpConcat(ctx, out, a, b))
+}
+
+// DefaultTimestepEmbeddingParams returns sd_timestep_embedding_params_default's values.
+func (l *Library) DefaultTimestepEmbeddingParams() TimestepEmbeddingParams {
+	var p TimestepEmbeddingParams
+	l.sdTimestepEmbeddingParamsDefault(&p)
+	return p
+}
+
+// OpTimestepEmbedding: sinusoidal timestep embedding.
+func (l *Library) OpTimestepEmbedding(ctx Ctx, out, t Tensor, p *TimestepEmbeddingParams) error {
+	return l.check(ctx, "sd_op_timestep_embedding", l.sdOpTimestepEmbedding(ctx, out, t, p))
+}
+
+// OpEmbedding: out = table[ids].
+func (l *Library) OpEmbedding(ctx Ctx, out, ids, table Tensor) error {
+	return l.check(ctx, "sd_op_embedding", l.sdOpEmbedding(ctx, out, ids, table))
+}
+
+func bytesPtr(b []byte) unsafe.Pointer {
+	if len(b) == 0 {
+		return nil
+	}
+	return unsafe.Pointer(&b[0])
+}
+
+func float32Bytes(f []float32) []byte {
+	if len(f) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&f[0])), 4*len(f))
+}
+
+// cString returns the NUL-terminated prefix of b.
+func cString(b []byte) string {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
+}

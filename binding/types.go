@@ -1,0 +1,154 @@
+package binding
+
+import "fmt"
+
+// Ctx is an sd_ctx_t handle.
+type Ctx uintptr
+
+// Tensor is an sd_tensor_t handle.
+type Tensor uintptr
+
+// ABIVersion is the SD_ABI_VERSION this package was written against.
+const ABIVersion = 1
+
+// MaxDims mirrors SD_MAX_DIMS.
+const MaxDims = 4
+
+// Backend mirrors sd_backend_kind_t.
+type Backend int32
+
+const (
+	BackendCPU  Backend = 0
+	BackendCUDA Backend = 1
+)
+
+func (b Backend) String() string {
+	switch b {
+	case BackendCPU:
+		return "cpu"
+	case BackendCUDA:
+		return "cuda"
+	}
+	return fmt.Sprintf("backend(%d)", int32(b))
+}
+
+// DType mirrors sd_dtype_t.
+type DType int32
+
+const (
+	F32  DType = 0
+	F16  DType = 1
+	BF16 DType = 2
+	I32  DType = 3
+)
+
+func (d DType) String() string {
+	switch d {
+	case F32:
+		return "f32"
+	case F16:
+		return "f16"
+	case BF16:
+		return "bf16"
+	case I32:
+		return "i32"
+	}
+	return fmt.Sprintf("dtype(%d)", int32(d))
+}
+
+// Size is the element size in bytes (0 for an unknown dtype).
+func (d DType) Size() int {
+	switch d {
+	case F32, I32:
+		return 4
+	case F16, BF16:
+		return 2
+	}
+	return 0
+}
+
+// LogLevel mirrors sd_log_level_t.
+type LogLevel int32
+
+const (
+	LogDebug LogLevel = 0
+	LogInfo  LogLevel = 1
+	LogWarn  LogLevel = 2
+	LogError LogLevel = 3
+)
+
+func (l LogLevel) String() string {
+	switch l {
+	case LogDebug:
+		return "debug"
+	case LogInfo:
+		return "info"
+	case LogWarn:
+		return "warn"
+	case LogError:
+		return "error"
+	}
+	return fmt.Sprintf("level(%d)", int32(l))
+}
+
+// Activation mirrors sd_activation_t.
+type Activation int32
+
+const (
+	ActSiLU      Activation = 0
+	ActGELU      Activation = 1
+	ActGELUTanh  Activation = 2
+	ActQuickGELU Activation = 3
+)
+
+// Layout mirrors sd_layout_t.
+type Layout int32
+
+const (
+	LayoutTokens        Layout = 0
+	LayoutChannelsFirst Layout = 1
+)
+
+// CtxParams mirrors sd_ctx_params_t.
+type CtxParams struct {
+	Backend  Backend
+	NThreads int32 // CPU threads; 0 = one per online core
+	Device   int32 // GPU ordinal
+	Flags    uint32
+}
+
+// MemoryStats mirrors sd_memory_stats_t (bytes).
+type MemoryStats struct {
+	TensorsBytes       uint64
+	WeightsBytes       uint64
+	ArenaReservedBytes uint64
+	ArenaPeakBytes     uint64
+}
+
+// Conv2DParams mirrors sd_conv2d_params_t.
+type Conv2DParams struct {
+	StrideH, StrideW  int32
+	PadTop, PadBottom int32
+	PadLeft, PadRight int32
+}
+
+// LinearParams mirrors sd_linear_params_t.
+type LinearParams struct {
+	InLayout  Layout
+	OutLayout Layout
+}
+
+// AttentionParams mirrors sd_attention_params_t.
+type AttentionParams struct {
+	Heads  int32
+	Causal int32
+	Scale  float32 // 0 = 1/sqrt(head dim)
+}
+
+// TimestepEmbeddingParams mirrors sd_timestep_embedding_params_t.
+type TimestepEmbeddingParams struct {
+	FlipSinToCos       int32
+	DownscaleFreqShift float32
+	Scale              float32
+	MaxPeriod          float32
+}
