@@ -7,9 +7,9 @@ import (
 )
 
 // The reference is Hugging Face's CLIPTokenizer (the tokenizers-library one
-// that transformers uses by default): the text is lower-cased and runs of
-// white space collapse to one space, then it is split into words by the
-// pattern
+// that transformers uses by default): the text is normalized to NFC (nfc.go),
+// lower-cased, and runs of white space collapse to one space; then it is
+// split into words by the pattern
 //
 //	's|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+
 //

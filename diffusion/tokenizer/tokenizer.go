@@ -207,7 +207,7 @@ func (t *Tokenizer) Encode(text string) []int {
 }
 
 func (t *Tokenizer) appendWords(ids []int, text string) []int {
-	splitWords(lower(text), func(word string) {
+	splitWords(lower(nfc(text)), func(word string) {
 		wordIDs, ok := t.cache.get(word)
 		if !ok {
 			wordIDs = bpe(word, t.ranks, t.vocab, t.eos)

@@ -163,3 +163,17 @@ func TestEncodeConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// The reference normalizes to NFC first: decomposed accents tokenize like the
+// precomposed ones of the kit's prompt.
+func TestEncodeDecomposedAccents(t *testing.T) {
+	ref := loadReference(t)
+	const composed = "naïve café — résumé 東京 🍎"
+	want, ok := ref[composed]
+	require.True(t, ok, "kit prompt %q", composed)
+	decomposed := "nai\u0308ve cafe\u0301 — re\u0301sume\u0301 東京 🍎"
+	require.NotEqual(t, composed, decomposed)
+	tok, err := Default()
+	require.NoError(t, err)
+	assert.Equal(t, want.Padded, tok.EncodePadded(decomposed, tok.EOS()))
+}
