@@ -93,14 +93,16 @@ type Library struct {
 	sdOpActivation func(ctx Ctx, out, x Tensor, act Activation) Status
 	// sd_status_t sd_op_geglu(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
 	sdOpGeglu func(ctx Ctx, out, x Tensor) Status
-	// sd_status_t sd_op_upsample_nearest2x(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
-	sdOpUpsampleNearest2x func(ctx Ctx, out, x Tensor) Status
+	// sd_status_t sd_op_upsample_nearest(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
+	sdOpUpsampleNearest func(ctx Ctx, out, x Tensor) Status
 	// sd_status_t sd_op_add(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a, const sd_tensor_t *b);
 	sdOpAdd func(ctx Ctx, out, a, b Tensor) Status
 	// sd_status_t sd_op_mul(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a, const sd_tensor_t *b);
 	sdOpMul func(ctx Ctx, out, a, b Tensor) Status
 	// sd_status_t sd_op_concat(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a, const sd_tensor_t *b);
 	sdOpConcat func(ctx Ctx, out, a, b Tensor) Status
+	// sd_status_t sd_op_convert(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
+	sdOpConvert func(ctx Ctx, out, x Tensor) Status
 	// void sd_timestep_embedding_params_default(sd_timestep_embedding_params_t *p);
 	sdTimestepEmbeddingParamsDefault func(p *TimestepEmbeddingParams)
 	// sd_status_t sd_op_timestep_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,
@@ -162,10 +164,11 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_op_attention", &l.sdOpAttention},
 		{"sd_op_activation", &l.sdOpActivation},
 		{"sd_op_geglu", &l.sdOpGeglu},
-		{"sd_op_upsample_nearest2x", &l.sdOpUpsampleNearest2x},
+		{"sd_op_upsample_nearest", &l.sdOpUpsampleNearest},
 		{"sd_op_add", &l.sdOpAdd},
 		{"sd_op_mul", &l.sdOpMul},
 		{"sd_op_concat", &l.sdOpConcat},
+		{"sd_op_convert", &l.sdOpConvert},
 		{"sd_timestep_embedding_params_default", &l.sdTimestepEmbeddingParamsDefault},
 		{"sd_op_timestep_embedding", &l.sdOpTimestepEmbedding},
 		{"sd_op_embedding", &l.sdOpEmbedding},
@@ -397,9 +400,9 @@ func (l *Library) OpGEGLU(ctx Ctx, out, x Tensor) error {
 	return l.check(ctx, "sd_op_geglu", l.sdOpGeglu(ctx, out, x))
 }
 
-// OpUpsampleNearest2x: nearest-neighbour 2x upsampling of NCHW.
-func (l *Library) OpUpsampleNearest2x(ctx Ctx, out, x Tensor) error {
-	return l.check(ctx, "sd_op_upsample_nearest2x", l.sdOpUpsampleNearest2x(ctx, out, x))
+// OpUpsampleNearest: nearest-neighbour resize of NCHW to out's height and width.
+func (l *Library) OpUpsampleNearest(ctx Ctx, out, x Tensor) error {
+	return l.check(ctx, "sd_op_upsample_nearest", l.sdOpUpsampleNearest(ctx, out, x))
 }
 
 // OpAdd: out = a + b (b broadcast over leading dims).
@@ -415,6 +418,11 @@ func (l *Library) OpMul(ctx Ctx, out, a, b Tensor) error {
 // OpConcat: concatenation along dim 1.
 func (l *Library) OpConcat(ctx Ctx, out, a, b Tensor) error {
 	return l.check(ctx, "sd_op_concat", l.sdOpConcat(ctx, out, a, b))
+}
+
+// OpConvert: out = x converted to out's dtype.
+func (l *Library) OpConvert(ctx Ctx, out, x Tensor) error {
+	return l.check(ctx, "sd_op_convert", l.sdOpConvert(ctx, out, x))
 }
 
 // DefaultTimestepEmbeddingParams returns sd_timestep_embedding_params_default's values.

@@ -75,9 +75,10 @@ static const sd_backend_ops_t cpu_ops = {
     .attention = sd_cpu_attention,
     .activation = sd_cpu_activation,
     .geglu = sd_cpu_geglu,
-    .upsample_nearest2x = sd_cpu_upsample_nearest2x,
+    .upsample_nearest = sd_cpu_upsample_nearest,
     .binary = sd_cpu_binary,
     .concat = sd_cpu_concat,
+    .convert = sd_cpu_convert,
     .timestep_embedding = sd_cpu_timestep_embedding,
     .embedding = sd_cpu_embedding,
 };

@@ -187,11 +187,12 @@ sd_status_t sd_cpu_attention(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t 
 sd_status_t sd_cpu_activation(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                               int32_t activation);
 sd_status_t sd_cpu_geglu(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
-sd_status_t sd_cpu_upsample_nearest2x(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
+sd_status_t sd_cpu_upsample_nearest(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
 sd_status_t sd_cpu_binary(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
                           const sd_tensor_t *b, int32_t op);
 sd_status_t sd_cpu_concat(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
                           const sd_tensor_t *b);
+sd_status_t sd_cpu_convert(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
 sd_status_t sd_cpu_timestep_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,
                                       const sd_timestep_embedding_params_t *p);
 sd_status_t sd_cpu_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *ids,

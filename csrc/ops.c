@@ -322,17 +322,16 @@ sd_status_t sd_op_geglu(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x) {
     return ctx->backend->ops->geglu(ctx, out, x);
 }
 
-sd_status_t sd_op_upsample_nearest2x(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x) {
-    static const char op[] = "upsample_nearest2x";
+sd_status_t sd_op_upsample_nearest(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x) {
+    static const char op[] = "upsample_nearest";
     OP_ENTER(ctx);
     SD_TRY(check(ctx, op, "out", out, true, ACT, 4, 4));
     SD_TRY(check(ctx, op, "x", x, true, ACT, 4, 4));
     SD_TRY(same_act_dtype(ctx, op, out, &x, 1));
-    if (out->shape[0] != x->shape[0] || out->shape[1] != x->shape[1] ||
-        out->shape[2] != 2 * x->shape[2] || out->shape[3] != 2 * x->shape[3])
-        return shape_error(ctx, op, "out", out, "(N, C, 2H, 2W) of x");
+    if (out->shape[0] != x->shape[0] || out->shape[1] != x->shape[1])
+        return shape_error(ctx, op, "out", out, "x's (N, C, ...)");
     SD_TRY(no_alias(ctx, op, out, x, "x"));
-    return ctx->backend->ops->upsample_nearest2x(ctx, out, x);
+    return ctx->backend->ops->upsample_nearest(ctx, out, x);
 }
 
 static sd_status_t binary(sd_ctx_t *ctx, const char *op, sd_tensor_t *out, const sd_tensor_t *a,
@@ -378,6 +377,17 @@ sd_status_t sd_op_concat(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
     SD_TRY(no_alias(ctx, op, out, a, "a"));
     SD_TRY(no_alias(ctx, op, out, b, "b"));
     return ctx->backend->ops->concat(ctx, out, a, b);
+}
+
+sd_status_t sd_op_convert(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x) {
+    static const char op[] = "convert";
+    OP_ENTER(ctx);
+    SD_TRY(check(ctx, op, "out", out, true, FLOAT_DTYPES, 1, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "x", x, true, FLOAT_DTYPES, 1, SD_MAX_DIMS));
+    if (!sd_tensor_same_shape(out, x)) return shape_error(ctx, op, "out", out, "x's shape");
+    if (out->data == x->data && out->dtype != x->dtype)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: out must not alias x", op);
+    return ctx->backend->ops->convert(ctx, out, x);
 }
 
 sd_status_t sd_op_timestep_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,

@@ -173,12 +173,13 @@ typedef struct sd_backend_ops {
     sd_status_t (*activation)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                               int32_t activation);
     sd_status_t (*geglu)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
-    sd_status_t (*upsample_nearest2x)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
+    sd_status_t (*upsample_nearest)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
     /* op: 0 add, 1 mul. b is a's shape or a suffix of it (broadcast over leading dims). */
     sd_status_t (*binary)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
                           const sd_tensor_t *b, int32_t op);
     sd_status_t (*concat)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
                           const sd_tensor_t *b);
+    sd_status_t (*convert)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
     sd_status_t (*timestep_embedding)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,
                                       const sd_timestep_embedding_params_t *p);
     sd_status_t (*embedding)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *ids,

@@ -288,8 +288,11 @@ SD_API sd_status_t sd_op_activation(sd_ctx_t *ctx, sd_tensor_t *out, const sd_te
  * out (..., N) = a * gelu(gate) (exact GELU). */
 SD_API sd_status_t sd_op_geglu(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
 
-/* Nearest-neighbour 2x upsampling: x (N, C, H, W) -> out (N, C, 2H, 2W). */
-SD_API sd_status_t sd_op_upsample_nearest2x(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
+/* Nearest-neighbour resize of NCHW to out's (OH, OW), as torch.nn.functional.interpolate
+ * (mode='nearest'): source index floor(dst * in / out). With OH = 2H, OW = 2W this is the
+ * 2x upsampling of the UNet and VAE (diffusers passes the skip's size when latents are not
+ * divisible by 8). x (N, C, H, W) -> out (N, C, OH, OW). */
+SD_API sd_status_t sd_op_upsample_nearest(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
 
 /* out = a + b and out = a * b, elementwise. b has a's shape, or b's shape is a suffix of
  * a's and broadcasts over the leading dims (e.g. a position embedding). out may be a. */
@@ -316,6 +319,10 @@ SD_API size_t sd_sizeof_timestep_embedding_params(void);
  * t (N) F32 timesteps -> out (N, D); for odd D the last column is zero. */
 SD_API sd_status_t sd_op_timestep_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,
                                             const sd_timestep_embedding_params_t *p);
+
+/* Element type conversion: out = x with out's dtype (F32, F16, BF16; same shape).
+ * Rounds to nearest even. */
+SD_API sd_status_t sd_op_convert(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
 
 /* Row gather: ids (B, T) I32 in [0, V) -> out (B, T, C) = table[ids] with table (V, C)
  * F32/F16/BF16. An id out of range is SD_STATUS_INVALID_ARGUMENT. */

@@ -1,8 +1,10 @@
 /*
- * upsample.c - nearest-neighbour 2x upsampling on the CPU.
+ * upsample.c - nearest-neighbour resize on the CPU.
  *
- * x: (N, C, H, W) -> out: (N, C, 2H, 2W), f32. ref: torch.nn.functional.interpolate(
- * scale_factor=2, mode='nearest') as diffusers' Upsample2D uses it.
+ * x: (N, C, H, W) -> out: (N, C, OH, OW), f32. ref: torch.nn.functional.interpolate(
+ * mode='nearest'): source row floor(oy * H / OH) (clamped), likewise for columns. The 2x
+ * case (diffusers' Upsample2D with scale_factor=2) takes a fast path; the index rule gives
+ * the same result there.
  */
 #include "../cpu.h"
 
@@ -11,25 +13,43 @@
 typedef struct {
     const float *x;
     float *out;
-    int64_t h, w;
+    int64_t h, w, oh, ow;
+    const int64_t *src_col; /* source column of each output column */
 } up_job_t;
 
 static void up_task(void *arg, int64_t task, int thread) {
     (void)thread;
     const up_job_t *j = arg;
     const float *src = j->x + task * j->h * j->w;
-    float *dst = j->out + task * 4 * j->h * j->w;
-    const int64_t ow = 2 * j->w;
-    for (int64_t y = 0; y < j->h; y++) {
-        float *row = dst + 2 * y * ow;
-        for (int64_t xx = 0; xx < j->w; xx++) row[2 * xx] = row[2 * xx + 1] = src[y * j->w + xx];
-        memcpy(row + ow, row, (size_t)ow * sizeof(float));
+    float *dst = j->out + task * j->oh * j->ow;
+    if (j->oh == 2 * j->h && j->ow == 2 * j->w) {
+        for (int64_t y = 0; y < j->h; y++) {
+            float *row = dst + 2 * y * j->ow;
+            for (int64_t x = 0; x < j->w; x++) row[2 * x] = row[2 * x + 1] = src[y * j->w + x];
+            memcpy(row + j->ow, row, (size_t)j->ow * sizeof(float));
+        }
+        return;
+    }
+    const float scale = (float)j->h / (float)j->oh;
+    for (int64_t y = 0; y < j->oh; y++) {
+        int64_t sy = SD_MIN((int64_t)((float)y * scale), j->h - 1);
+        const float *srow = src + sy * j->w;
+        float *row = dst + y * j->ow;
+        for (int64_t x = 0; x < j->ow; x++) row[x] = srow[j->src_col[x]];
     }
 }
 
-sd_status_t sd_cpu_upsample_nearest2x(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x) {
+sd_status_t sd_cpu_upsample_nearest(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x) {
     sd_cpu_backend_t *cpu = sd_cpu(ctx);
-    up_job_t job = {x->data, out->data, x->shape[2], x->shape[3]};
+    up_job_t job = {x->data,       out->data,     x->shape[2], x->shape[3],
+                    out->shape[2], out->shape[3], NULL};
+    int64_t *cols = malloc((size_t)job.ow * sizeof *cols);
+    if (cols == NULL) return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "upsample: out of host memory");
+    /* torch computes the scale in float: in / out */
+    const float scale = (float)job.w / (float)job.ow;
+    for (int64_t i = 0; i < job.ow; i++) cols[i] = SD_MIN((int64_t)((float)i * scale), job.w - 1);
+    job.src_col = cols;
     sd_pool_run(cpu->pool, x->shape[0] * x->shape[1], up_task, &job);
+    free(cols);
     return SD_STATUS_OK;
 }

@@ -175,7 +175,7 @@ static void test_op_validation(void) {
     CHECK_STATUS(sd_op_activation(ctx, q, q, SD_ACT_COUNT), INV);
     CHECK_STATUS(sd_op_activation(ctx, q, k, SD_ACT_SILU), INV);
     CHECK_STATUS(sd_op_geglu(ctx, q, q), INV);
-    CHECK_STATUS(sd_op_upsample_nearest2x(ctx, x, x), INV);
+    CHECK_STATUS(sd_op_upsample_nearest(ctx, x, x), INV);
     CHECK_STATUS(sd_op_add(ctx, q, q, k), INV);
     CHECK_STATUS(sd_op_add(ctx, q, q, v5), INV);
     CHECK_STATUS(sd_op_add(ctx, q, q, t2), SD_STATUS_OK); /* (7, 8) suffix of (1, 7, 8) */

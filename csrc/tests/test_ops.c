@@ -402,16 +402,50 @@ static void test_shape_ops(void) {
     float *xv = frand(60, -1, 1);
     sd_tensor_t *x = make_tensor(ctx, SD_DTYPE_F32, 4, xs, xv, NULL);
     sd_tensor_t *out = make_empty(ctx, 4, os);
-    CHECK_STATUS(sd_op_upsample_nearest2x(ctx, out, x), SD_STATUS_OK);
+    CHECK_STATUS(sd_op_upsample_nearest(ctx, out, x), SD_STATUS_OK);
     double ref[240];
     for (int nc = 0; nc < 6; nc++)
         for (int y = 0; y < 4; y++)
             for (int xx = 0; xx < 10; xx++)
                 ref[(nc * 4 + y) * 10 + xx] = xv[(nc * 2 + y / 2) * 5 + xx / 2];
     float *got = fetch(ctx, out);
-    compare("upsample_nearest2x", got, ref, 240, 0, 0);
+    compare("upsample_nearest 2x", got, ref, 240, 0, 0);
     free(got);
     sd_tensor_free(ctx, out);
+
+    /* nearest resize to a size that is not 2x: (2, 3, 2, 5) -> (2, 3, 3, 7), torch's rule */
+    int64_t rs[4] = {2, 3, 3, 7};
+    sd_tensor_t *resized = make_empty(ctx, 4, rs);
+    CHECK_STATUS(sd_op_upsample_nearest(ctx, resized, x), SD_STATUS_OK);
+    double rref[126];
+    for (int nc = 0; nc < 6; nc++)
+        for (int y = 0; y < 3; y++)
+            for (int xx = 0; xx < 7; xx++) {
+                int sy = (int)floorf((float)y * (2.0f / 3.0f)),
+                    sx = (int)floorf((float)xx * (5.0f / 7.0f));
+                rref[(nc * 3 + y) * 7 + xx] = xv[(nc * 2 + sy) * 5 + sx];
+            }
+    got = fetch(ctx, resized);
+    compare("upsample_nearest to 3x7", got, rref, 126, 0, 0);
+    free(got);
+    sd_tensor_free(ctx, resized);
+
+    /* convert f32 -> f16 / bf16 -> f32 rounds like the host conversion */
+    for (int d = 1; d <= 2; d++) {
+        sd_tensor_t *half, *back;
+        sd_tensor_new(ctx, d == 1 ? SD_DTYPE_F16 : SD_DTYPE_BF16, 4, xs, &half);
+        back = make_empty(ctx, 4, xs);
+        CHECK_STATUS(sd_op_convert(ctx, half, x), SD_STATUS_OK);
+        CHECK_STATUS(sd_op_convert(ctx, back, half), SD_STATUS_OK);
+        double cref[60];
+        for (int i = 0; i < 60; i++)
+            cref[i] = d == 1 ? sd_f16_to_f32(sd_f32_to_f16(xv[i]))
+                             : sd_bf16_to_f32(sd_f32_to_bf16(xv[i]));
+        got = fetch(ctx, back);
+        compare(d == 1 ? "convert f16" : "convert bf16", got, cref, 60, 0, 0);
+        free(got);
+        sd_tensor_free(ctx, half), sd_tensor_free(ctx, back);
+    }
 
     /* add / mul: full shape and a broadcast suffix (3, 2, 5) over (2, 3, 2, 5) */
     int64_t bs[3] = {3, 2, 5};
