@@ -70,7 +70,7 @@
 // it. Against the conformance kit's diffusers rollouts the samples agree to
 // about 1e-6 of their magnitude. Stochastic samplers read noise through the
 // Noise interface in the order diffusers draws it, so a torch-compatible
-// generator reproduces diffusers' images.
+// generator can reproduce diffusers' images.
 //
 // Deliberate differences from diffusers, where it would fail or silently
 // compute something else: sigmoid and quadratic betas are accepted by every
@@ -78,8 +78,10 @@
 // rescale_betas_zero_snr is an error for the samplers whose class ignores it
 // (pndm, heun, dpm2, lms); trailing spacing never adds the extra timestep −1
 // that numpy's float arange gives diffusers for some step counts (61, 103,
-// ... of 1000); and DPM++ 2M and UniPC reject a schedule whose first integer
-// timestep repeats, on which diffusers steps past the end of its sigmas. Like
+// ... of 1000). DPM++ 2M and UniPC reject a schedule whose first integer
+// timestep repeats, on which diffusers steps past the end of its sigmas and
+// fails: Karras sigmas on the cosine schedule or, beyond 20 steps, on a
+// zero-terminal-SNR one, where the largest sigmas map to one timestep. Like
 // diffusers, LMS started mid-schedule (img2img) weighs its single derivative
 // with the first coefficient of the full-order method, and PNDM started
 // mid-schedule keeps its call-count based warm-up.
