@@ -20,6 +20,10 @@ type Library struct {
 	sdSizeofLinearParams            func() uintptr
 	sdSizeofAttentionParams         func() uintptr
 	sdSizeofTimestepEmbeddingParams func() uintptr
+	sdSizeofWeight                  func() uintptr
+	sdSizeofClipConfig              func() uintptr
+	sdSizeofUnetConfig              func() uintptr
+	sdSizeofVaeConfig               func() uintptr
 
 	// const char *sd_status_string(sd_status_t status);
 	sdStatusString func(status Status) string
@@ -108,8 +112,39 @@ type Library struct {
 	// sd_status_t sd_op_timestep_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,
 	//                                      const sd_timestep_embedding_params_t *p);
 	sdOpTimestepEmbedding func(ctx Ctx, out, t Tensor, p *TimestepEmbeddingParams) Status
+	// sd_status_t sd_op_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float lo, float hi);
+	sdOpClamp func(ctx Ctx, out, x Tensor, lo, hi float32) Status
 	// sd_status_t sd_op_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *ids, const sd_tensor_t *table);
 	sdOpEmbedding func(ctx Ctx, out, ids, table Tensor) Status
+
+	// void sd_clip_config_default(sd_clip_config_t *c);
+	sdClipConfigDefault func(c *CLIPConfig)
+	// void sd_unet_config_default(sd_unet_config_t *c);
+	sdUnetConfigDefault func(c *UNetConfig)
+	// void sd_vae_config_default(sd_vae_config_t *c);
+	sdVaeConfigDefault func(c *VAEConfig)
+	// sd_status_t sd_clip_load(sd_ctx_t *ctx, const sd_clip_config_t *config, const sd_weight_t *weights,
+	//                          int32_t n_weights, sd_model_t **out);
+	sdClipLoad func(ctx Ctx, c *CLIPConfig, weights uintptr, n int32, out *Model) Status
+	// sd_status_t sd_unet_load(sd_ctx_t *ctx, const sd_unet_config_t *config, const sd_weight_t *weights,
+	//                          int32_t n_weights, sd_model_t **out);
+	sdUnetLoad func(ctx Ctx, c *UNetConfig, weights uintptr, n int32, out *Model) Status
+	// sd_status_t sd_vae_load(sd_ctx_t *ctx, const sd_vae_config_t *config, const sd_weight_t *weights,
+	//                         int32_t n_weights, sd_model_t **out);
+	sdVaeLoad func(ctx Ctx, c *VAEConfig, weights uintptr, n int32, out *Model) Status
+	// void sd_model_free(sd_ctx_t *ctx, sd_model_t *model);
+	sdModelFree func(ctx Ctx, m Model)
+	// sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids, int32_t skip_layers,
+	//                             sd_tensor_t *hidden, sd_tensor_t *pooled);
+	sdClipForward func(ctx Ctx, m Model, ids Tensor, skipLayers int32, hidden, pooled Tensor) Status
+	// sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x, const sd_tensor_t *t,
+	//                             const sd_tensor_t *context, sd_tensor_t *out);
+	sdUnetForward func(ctx Ctx, m Model, x, t, context, out Tensor) Status
+	// sd_status_t sd_vae_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *z, sd_tensor_t *out);
+	sdVaeDecode func(ctx Ctx, m Model, z, out Tensor) Status
+	// sd_status_t sd_vae_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x, sd_tensor_t *mean,
+	//                           sd_tensor_t *logvar);
+	sdVaeEncode func(ctx Ctx, m Model, x, mean, logvar Tensor) Status
 }
 
 type symbol struct {
@@ -127,6 +162,10 @@ func (l *Library) abiSymbols() []symbol {
 		{"sd_sizeof_linear_params", &l.sdSizeofLinearParams},
 		{"sd_sizeof_attention_params", &l.sdSizeofAttentionParams},
 		{"sd_sizeof_timestep_embedding_params", &l.sdSizeofTimestepEmbeddingParams},
+		{"sd_sizeof_weight", &l.sdSizeofWeight},
+		{"sd_sizeof_clip_config", &l.sdSizeofClipConfig},
+		{"sd_sizeof_unet_config", &l.sdSizeofUnetConfig},
+		{"sd_sizeof_vae_config", &l.sdSizeofVaeConfig},
 	}
 }
 
@@ -171,7 +210,19 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_op_convert", &l.sdOpConvert},
 		{"sd_timestep_embedding_params_default", &l.sdTimestepEmbeddingParamsDefault},
 		{"sd_op_timestep_embedding", &l.sdOpTimestepEmbedding},
+		{"sd_op_clamp", &l.sdOpClamp},
 		{"sd_op_embedding", &l.sdOpEmbedding},
+		{"sd_clip_config_default", &l.sdClipConfigDefault},
+		{"sd_unet_config_default", &l.sdUnetConfigDefault},
+		{"sd_vae_config_default", &l.sdVaeConfigDefault},
+		{"sd_clip_load", &l.sdClipLoad},
+		{"sd_unet_load", &l.sdUnetLoad},
+		{"sd_vae_load", &l.sdVaeLoad},
+		{"sd_model_free", &l.sdModelFree},
+		{"sd_clip_forward", &l.sdClipForward},
+		{"sd_unet_forward", &l.sdUnetForward},
+		{"sd_vae_decode", &l.sdVaeDecode},
+		{"sd_vae_encode", &l.sdVaeEncode},
 	}
 }
 
@@ -187,6 +238,10 @@ func (l *Library) checkLayouts() error {
 		{"sd_linear_params_t", l.sdSizeofLinearParams(), unsafe.Sizeof(LinearParams{})},
 		{"sd_attention_params_t", l.sdSizeofAttentionParams(), unsafe.Sizeof(AttentionParams{})},
 		{"sd_timestep_embedding_params_t", l.sdSizeofTimestepEmbeddingParams(), unsafe.Sizeof(TimestepEmbeddingParams{})},
+		{"sd_weight_t", l.sdSizeofWeight(), unsafe.Sizeof(weightC{})},
+		{"sd_clip_config_t", l.sdSizeofClipConfig(), unsafe.Sizeof(CLIPConfig{})},
+		{"sd_unet_config_t", l.sdSizeofUnetConfig(), unsafe.Sizeof(UNetConfig{})},
+		{"sd_vae_config_t", l.sdSizeofVaeConfig(), unsafe.Sizeof(VAEConfig{})},
 	}
 	for _, s := range sizes {
 		if s.lib != s.mine {
@@ -440,6 +495,90 @@ func (l *Library) OpTimestepEmbedding(ctx Ctx, out, t Tensor, p *TimestepEmbeddi
 // OpEmbedding: out = table[ids].
 func (l *Library) OpEmbedding(ctx Ctx, out, ids, table Tensor) error {
 	return l.check(ctx, "sd_op_embedding", l.sdOpEmbedding(ctx, out, ids, table))
+}
+
+// OpClamp: out = min(max(x, lo), hi).
+func (l *Library) OpClamp(ctx Ctx, out, x Tensor, lo, hi float32) error {
+	return l.check(ctx, "sd_op_clamp", l.sdOpClamp(ctx, out, x, lo, hi))
+}
+
+// DefaultCLIPConfig returns sd_clip_config_default's values (SD 1.5's text encoder).
+func (l *Library) DefaultCLIPConfig() CLIPConfig {
+	var c CLIPConfig
+	l.sdClipConfigDefault(&c)
+	return c
+}
+
+// DefaultUNetConfig returns sd_unet_config_default's values (SD 1.5's UNet).
+func (l *Library) DefaultUNetConfig() UNetConfig {
+	var c UNetConfig
+	l.sdUnetConfigDefault(&c)
+	return c
+}
+
+// DefaultVAEConfig returns sd_vae_config_default's values (SD 1.5's VAE).
+func (l *Library) DefaultVAEConfig() VAEConfig {
+	var c VAEConfig
+	l.sdVaeConfigDefault(&c)
+	return c
+}
+
+func (l *Library) loadModel(ctx Ctx, op string, ws []Weight, load func(table uintptr, n int32, out *Model) Status) (Model, error) {
+	table, err := newWeightTable(ws)
+	if err != nil {
+		return 0, err
+	}
+	defer table.free()
+	var m Model
+	return m, l.check(ctx, op, load(table.ptr, int32(table.n), &m))
+}
+
+// CLIPLoad loads a text encoder; the weights' data must stay valid until ModelFree.
+func (l *Library) CLIPLoad(ctx Ctx, c *CLIPConfig, ws []Weight) (Model, error) {
+	return l.loadModel(ctx, "sd_clip_load", ws, func(t uintptr, n int32, out *Model) Status {
+		return l.sdClipLoad(ctx, c, t, n, out)
+	})
+}
+
+// UNetLoad loads a UNet; the weights' data must stay valid until ModelFree.
+func (l *Library) UNetLoad(ctx Ctx, c *UNetConfig, ws []Weight) (Model, error) {
+	return l.loadModel(ctx, "sd_unet_load", ws, func(t uintptr, n int32, out *Model) Status {
+		return l.sdUnetLoad(ctx, c, t, n, out)
+	})
+}
+
+// VAELoad loads a VAE; the weights' data must stay valid until ModelFree.
+func (l *Library) VAELoad(ctx Ctx, c *VAEConfig, ws []Weight) (Model, error) {
+	return l.loadModel(ctx, "sd_vae_load", ws, func(t uintptr, n int32, out *Model) Status {
+		return l.sdVaeLoad(ctx, c, t, n, out)
+	})
+}
+
+// ModelFree frees a model. Zero is a no-op.
+func (l *Library) ModelFree(ctx Ctx, m Model) {
+	if m != 0 {
+		l.sdModelFree(ctx, m)
+	}
+}
+
+// CLIPForward runs the text encoder (pooled may be 0).
+func (l *Library) CLIPForward(ctx Ctx, m Model, ids Tensor, skipLayers int32, hidden, pooled Tensor) error {
+	return l.check(ctx, "sd_clip_forward", l.sdClipForward(ctx, m, ids, skipLayers, hidden, pooled))
+}
+
+// UNetForward runs one UNet evaluation.
+func (l *Library) UNetForward(ctx Ctx, m Model, x, t, context, out Tensor) error {
+	return l.check(ctx, "sd_unet_forward", l.sdUnetForward(ctx, m, x, t, context, out))
+}
+
+// VAEDecode decodes raw latents.
+func (l *Library) VAEDecode(ctx Ctx, m Model, z, out Tensor) error {
+	return l.check(ctx, "sd_vae_decode", l.sdVaeDecode(ctx, m, z, out))
+}
+
+// VAEEncode encodes images to the latent distribution (mean or logvar may be 0).
+func (l *Library) VAEEncode(ctx Ctx, m Model, x, mean, logvar Tensor) error {
+	return l.check(ctx, "sd_vae_encode", l.sdVaeEncode(ctx, m, x, mean, logvar))
 }
 
 func bytesPtr(b []byte) unsafe.Pointer {

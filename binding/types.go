@@ -152,3 +152,67 @@ type TimestepEmbeddingParams struct {
 	Scale              float32
 	MaxPeriod          float32
 }
+
+// Model is an sd_model_t handle.
+type Model uintptr
+
+// MaxLevels mirrors SD_MAX_LEVELS.
+const MaxLevels = 8
+
+// CLIPConfig mirrors sd_clip_config_t.
+type CLIPConfig struct {
+	VocabSize    int32
+	MaxPositions int32
+	Hidden       int32
+	Intermediate int32
+	Layers       int32
+	Heads        int32
+	Activation   Activation
+	LayerNormEps float32
+	EOSID        int32
+}
+
+// UNetConfig mirrors sd_unet_config_t.
+type UNetConfig struct {
+	InChannels          int32
+	OutChannels         int32
+	Levels              int32
+	BlockOutChannels    [MaxLevels]int32
+	LayersPerBlock      int32
+	DownAttention       [MaxLevels]int32
+	UpAttention         [MaxLevels]int32
+	Heads               [MaxLevels]int32
+	TransformerLayers   [MaxLevels]int32
+	MidAttention        int32
+	CrossAttentionDim   int32
+	UseLinearProjection int32
+	NormGroups          int32
+	NormEps             float32
+	FlipSinToCos        int32
+	FreqShift           float32
+	ConvInKernel        int32
+	ConvOutKernel       int32
+}
+
+// VAEConfig mirrors sd_vae_config_t.
+type VAEConfig struct {
+	InChannels       int32
+	OutChannels      int32
+	LatentChannels   int32
+	Levels           int32
+	BlockOutChannels [MaxLevels]int32
+	LayersPerBlock   int32
+	NormGroups       int32
+	MidAttention     int32
+	UseQuantConv     int32
+	UsePostQuantConv int32
+}
+
+// weightC mirrors sd_weight_t; it lives in memory outside the Go heap (see WeightTable).
+type weightC struct {
+	name  uintptr
+	dtype DType
+	ndim  int32
+	shape [MaxDims]int64
+	data  uintptr
+}

@@ -78,6 +78,7 @@ static const sd_backend_ops_t cpu_ops = {
     .upsample_nearest = sd_cpu_upsample_nearest,
     .binary = sd_cpu_binary,
     .concat = sd_cpu_concat,
+    .clamp = sd_cpu_clamp,
     .convert = sd_cpu_convert,
     .timestep_embedding = sd_cpu_timestep_embedding,
     .embedding = sd_cpu_embedding,

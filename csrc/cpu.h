@@ -43,6 +43,7 @@ enum {
     SD_GEMM_B_KN = 0,     /* B[k][j] = data[k*ld + j] */
     SD_GEMM_B_NK = 1,     /* B[k][j] = data[j*ld + k] (a weight matrix used as W^T) */
     SD_GEMM_B_IM2COL = 2, /* B[k][j]: k = (ci, ky, kx), j = (n, oy, ox) of a convolution */
+    SD_GEMM_B_PACKED = 3, /* already packed by sd_gemm_pack_b (F32) */
 };
 
 typedef struct sd_gemm_conv {
@@ -54,9 +55,10 @@ typedef struct sd_gemm_conv {
 /* How the GEMM reads B (K x N). */
 typedef struct sd_gemm_b {
     const void *data;
-    int32_t dtype; /* F32, F16 or BF16 (F32 only for IM2COL) */
-    int32_t kind;  /* SD_GEMM_B_* */
-    int64_t ld;
+    int32_t dtype;       /* F32, F16 or BF16 (F32 only for IM2COL and PACKED) */
+    int32_t kind;        /* SD_GEMM_B_* */
+    int64_t ld;          /* PACKED: the N it was packed with */
+    int64_t packed_k;    /* PACKED: the K it was packed with; a GEMM may use a prefix of both */
     sd_gemm_conv_t conv; /* IM2COL only */
 } sd_gemm_b_t;
 
@@ -143,6 +145,14 @@ void sd_gemm_serial(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64_t 
                     float *scratch);
 size_t sd_gemm_scratch_floats(const sd_cpu_kernels_t *kern);
 
+/* Packs all of B (K x N) once, in the layout the GEMM's blocks read, so several GEMMs over
+ * the same B (attention's K and V for every query block) skip packing. dst holds
+ * sd_gemm_packed_floats(k, n) floats; use it as a SD_GEMM_B_PACKED operand with ld = n and
+ * packed_k = k. */
+size_t sd_gemm_packed_floats(const sd_cpu_kernels_t *kern, int64_t k, int64_t n);
+void sd_gemm_pack_b(const sd_cpu_kernels_t *kern, const sd_gemm_b_t *b, int64_t k, int64_t n,
+                    float *dst);
+
 /* ---------------------------------------------------------------------------------------
  * The backend
  * ------------------------------------------------------------------------------------- */
@@ -192,6 +202,7 @@ sd_status_t sd_cpu_binary(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
                           const sd_tensor_t *b, int32_t op);
 sd_status_t sd_cpu_concat(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
                           const sd_tensor_t *b);
+sd_status_t sd_cpu_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float lo, float hi);
 sd_status_t sd_cpu_convert(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
 sd_status_t sd_cpu_timestep_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,
                                       const sd_timestep_embedding_params_t *p);

@@ -379,6 +379,19 @@ sd_status_t sd_op_concat(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
     return ctx->backend->ops->concat(ctx, out, a, b);
 }
 
+sd_status_t sd_op_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float lo, float hi) {
+    static const char op[] = "clamp";
+    OP_ENTER(ctx);
+    SD_TRY(check(ctx, op, "out", out, true, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "x", x, true, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(same_act_dtype(ctx, op, out, &x, 1));
+    if (!sd_tensor_same_shape(out, x)) return shape_error(ctx, op, "out", out, "x's shape");
+    if (!(lo <= hi))
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: bounds [%g, %g] are not ordered", op,
+                       (double)lo, (double)hi);
+    return ctx->backend->ops->clamp(ctx, out, x, lo, hi);
+}
+
 sd_status_t sd_op_convert(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x) {
     static const char op[] = "convert";
     OP_ENTER(ctx);

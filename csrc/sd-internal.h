@@ -179,6 +179,7 @@ typedef struct sd_backend_ops {
                           const sd_tensor_t *b, int32_t op);
     sd_status_t (*concat)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
                           const sd_tensor_t *b);
+    sd_status_t (*clamp)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float lo, float hi);
     sd_status_t (*convert)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
     sd_status_t (*timestep_embedding)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,
                                       const sd_timestep_embedding_params_t *p);

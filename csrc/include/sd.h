@@ -320,6 +320,10 @@ SD_API size_t sd_sizeof_timestep_embedding_params(void);
 SD_API sd_status_t sd_op_timestep_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,
                                             const sd_timestep_embedding_params_t *p);
 
+/* out = min(max(x, lo), hi), elementwise; out may be x. lo <= hi. */
+SD_API sd_status_t sd_op_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float lo,
+                               float hi);
+
 /* Element type conversion: out = x with out's dtype (F32, F16, BF16; same shape).
  * Rounds to nearest even. */
 SD_API sd_status_t sd_op_convert(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
@@ -328,6 +332,125 @@ SD_API sd_status_t sd_op_convert(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tenso
  * F32/F16/BF16. An id out of range is SD_STATUS_INVALID_ARGUMENT. */
 SD_API sd_status_t sd_op_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *ids,
                                    const sd_tensor_t *table);
+
+/* ---------------------------------------------------------------------------------------
+ * Models: the three networks of Stable Diffusion. Weights arrive as a table of named
+ * tensors in host memory with diffusers' names (e.g. "down_blocks.0.resnets.0.conv1.weight";
+ * text encoder names with or without the "text_model." prefix); file formats and key
+ * renames are the caller's business. The table's `data` must stay valid and unchanged
+ * until sd_model_free: a backend may use it in place (the CPU backend keeps F16/BF16
+ * matrices as they are and converts while computing) instead of copying. Loading checks
+ * that every weight the config implies is present with the right shape
+ * (SD_STATUS_BAD_MODEL naming the first one that is not); extra weights are ignored.
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct sd_weight {
+    const char *name;           /* NUL-terminated; only read during the load call */
+    int32_t dtype;              /* F32, F16 or BF16 */
+    int32_t ndim;               /* 1..SD_MAX_DIMS */
+    int64_t shape[SD_MAX_DIMS]; /* first ndim entries used */
+    const void *data;           /* contiguous, row-major; valid until sd_model_free */
+} sd_weight_t;
+
+SD_API size_t sd_sizeof_weight(void);
+
+typedef struct sd_model sd_model_t;
+
+#define SD_MAX_LEVELS 8
+
+/* transformers' CLIPTextConfig. */
+typedef struct sd_clip_config {
+    int32_t vocab_size;    /* 49408 */
+    int32_t max_positions; /* 77 */
+    int32_t hidden;        /* 768 (SD 1.x), 1024 (SD 2.x) */
+    int32_t intermediate;  /* 3072, 4096 */
+    int32_t layers;        /* 12, 23 */
+    int32_t heads;         /* 12, 16 */
+    int32_t activation;    /* SD_ACT_QUICK_GELU (SD 1.x) or SD_ACT_GELU (SD 2.x) */
+    float layer_norm_eps;  /* 1e-5 */
+    int32_t eos_id;        /* 49407: the pooled output is taken at its first position */
+} sd_clip_config_t;
+
+/* diffusers' UNet2DConditionModel config, resolved per level (level 0 = highest
+ * resolution). Up blocks are given in diffusers' order (deepest first). */
+typedef struct sd_unet_config {
+    int32_t in_channels;  /* 4, or 9 for inpainting UNets */
+    int32_t out_channels; /* 4 */
+    int32_t levels;       /* len(block_out_channels), 1..SD_MAX_LEVELS */
+    int32_t block_out_channels[SD_MAX_LEVELS];
+    int32_t layers_per_block;                  /* 2 */
+    int32_t down_attention[SD_MAX_LEVELS];     /* 1: CrossAttnDownBlock2D, 0: DownBlock2D */
+    int32_t up_attention[SD_MAX_LEVELS];       /* 1: CrossAttnUpBlock2D, 0: UpBlock2D */
+    int32_t heads[SD_MAX_LEVELS];              /* attention heads per level (down order) */
+    int32_t transformer_layers[SD_MAX_LEVELS]; /* per level, >= 1 */
+    int32_t mid_attention;                     /* 1: UNetMidBlock2DCrossAttn, 0: none */
+    int32_t cross_attention_dim;               /* 768, 1024 */
+    int32_t use_linear_projection;             /* 1: linear proj_in/out (SD 2.x), 0: 1x1 conv */
+    int32_t norm_groups;                       /* 32 */
+    float norm_eps;                            /* 1e-5 */
+    int32_t flip_sin_to_cos;                   /* 1 */
+    float freq_shift;                          /* 0 */
+    int32_t conv_in_kernel, conv_out_kernel;   /* 3 */
+} sd_unet_config_t;
+
+/* diffusers' AutoencoderKL config. */
+typedef struct sd_vae_config {
+    int32_t in_channels;     /* 3 */
+    int32_t out_channels;    /* 3 */
+    int32_t latent_channels; /* 4 */
+    int32_t levels;          /* len(block_out_channels) */
+    int32_t block_out_channels[SD_MAX_LEVELS];
+    int32_t layers_per_block;    /* 2 */
+    int32_t norm_groups;         /* 32 */
+    int32_t mid_attention;       /* mid_block_add_attention, 1 */
+    int32_t use_quant_conv;      /* 1 */
+    int32_t use_post_quant_conv; /* 1 */
+} sd_vae_config_t;
+
+SD_API void sd_clip_config_default(sd_clip_config_t *c); /* SD 1.5's text encoder */
+SD_API void sd_unet_config_default(sd_unet_config_t *c); /* SD 1.5's UNet */
+SD_API void sd_vae_config_default(sd_vae_config_t *c);   /* SD 1.5's VAE */
+SD_API size_t sd_sizeof_clip_config(void);
+SD_API size_t sd_sizeof_unet_config(void);
+SD_API size_t sd_sizeof_vae_config(void);
+
+/* Load a network from a weight table. *out is freed with sd_model_free (or sd_ctx_free).
+ * Returns SD_STATUS_BAD_MODEL for an invalid config or missing / mis-shaped weights,
+ * SD_STATUS_OUT_OF_MEMORY, SD_STATUS_DEVICE. */
+SD_API sd_status_t sd_clip_load(sd_ctx_t *ctx, const sd_clip_config_t *config,
+                                const sd_weight_t *weights, int32_t n_weights, sd_model_t **out);
+SD_API sd_status_t sd_unet_load(sd_ctx_t *ctx, const sd_unet_config_t *config,
+                                const sd_weight_t *weights, int32_t n_weights, sd_model_t **out);
+SD_API sd_status_t sd_vae_load(sd_ctx_t *ctx, const sd_vae_config_t *config,
+                               const sd_weight_t *weights, int32_t n_weights, sd_model_t **out);
+SD_API void sd_model_free(sd_ctx_t *ctx, sd_model_t *model);
+
+/* Text encoder. ids (B, T) I32 with T <= max_positions. hidden (B, T, hidden) F32 receives
+ * the final layer norm applied to the output of layer (layers - skip_layers): skip_layers 0
+ * is last_hidden_state, 1 the penultimate layer ("clip skip 2" in A1111's numbering).
+ * pooled (B, hidden) F32 or NULL: last_hidden_state at the first eos_id of each row (the
+ * last position when a row has none). */
+SD_API sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids,
+                                   int32_t skip_layers, sd_tensor_t *hidden, sd_tensor_t *pooled);
+
+/* One UNet evaluation: x (B, in_channels, H, W) F32 latents, t (B) F32 timesteps, context
+ * (B, T, cross_attention_dim) F32 -> out (B, out_channels, H, W) F32. Any H, W >= 1
+ * (sizes not divisible by 2^(levels-1) follow diffusers' forward_upsample_size). */
+SD_API sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x,
+                                   const sd_tensor_t *t, const sd_tensor_t *context,
+                                   sd_tensor_t *out);
+
+/* VAE decoder on raw latents (no scaling factor applied): z (B, latent_channels, h, w) ->
+ * out (B, out_channels, h * 2^(levels-1), w * 2^(levels-1)) F32, roughly in [-1, 1]. */
+SD_API sd_status_t sd_vae_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *z,
+                                 sd_tensor_t *out);
+
+/* VAE encoder: x (B, in_channels, H, W) F32 in [-1, 1], H and W divisible by 2^(levels-1)
+ * -> mean and logvar (B, latent_channels, H / 2^(levels-1), W / 2^(levels-1)) F32 of the
+ * latent distribution (logvar clamped to [-30, 20] as diffusers does). Either output may
+ * be NULL. */
+SD_API sd_status_t sd_vae_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x,
+                                 sd_tensor_t *mean, sd_tensor_t *logvar);
 
 #ifdef __cplusplus
 }

@@ -4,7 +4,7 @@
  *
  * add/mul: a, out any shape; b a's shape or a suffix of it. ref: torch broadcasting of
  * trailing dims. concat: (N, Ca, ...) + (N, Cb, ...) -> (N, Ca + Cb, ...), ref: torch.cat
- * along dim 1 (the UNet's skip connections).
+ * along dim 1 (the UNet's skip connections). clamp: torch.clamp.
  */
 #include "../cpu.h"
 
@@ -57,5 +57,15 @@ sd_status_t sd_cpu_concat(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
         memcpy(dst, (const char *)a->data + (size_t)i * sa, sa);
         memcpy(dst + sa, (const char *)b->data + (size_t)i * sb, sb);
     }
+    return SD_STATUS_OK;
+}
+
+sd_status_t sd_cpu_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float lo,
+                         float hi) {
+    (void)ctx;
+    const int64_t n = sd_tensor_numel(x);
+    const float *src = x->data;
+    float *dst = out->data;
+    for (int64_t i = 0; i < n; i++) dst[i] = src[i] < lo ? lo : src[i] > hi ? hi : src[i];
     return SD_STATUS_OK;
 }

@@ -15,6 +15,25 @@ size_t sd_gemm_scratch_floats(const sd_cpu_kernels_t *kern) {
            (size_t)kern->mr * (size_t)kern->nr;
 }
 
+static int64_t padded_cols(const sd_cpu_kernels_t *kern, int64_t n) {
+    return (n + kern->nr - 1) / kern->nr * kern->nr;
+}
+
+size_t sd_gemm_packed_floats(const sd_cpu_kernels_t *kern, int64_t k, int64_t n) {
+    return (size_t)k * (size_t)padded_cols(kern, n);
+}
+
+/* Layout: for each KC block starting at k0, its panels of all columns, i.e. the packed
+ * block (k0, j0) starts at k0 * padded(N) + j0 * kc. */
+void sd_gemm_pack_b(const sd_cpu_kernels_t *kern, const sd_gemm_b_t *b, int64_t k, int64_t n,
+                    float *dst) {
+    const int64_t npad = padded_cols(kern, n);
+    for (int64_t pc = 0; pc < k; pc += kern->kc) {
+        int64_t kc = SD_MIN((int64_t)kern->kc, k - pc);
+        kern->pack_b(b, n, pc, 0, kc, n, dst + pc * npad);
+    }
+}
+
 /* Offset of C[i][j] (and of the residual) for the column-group layout. */
 static inline int64_t c_offset(const sd_gemm_c_t *c, int64_t i, int64_t j) {
     int64_t g = j / c->group_cols, jj = j - g * c->group_cols;
@@ -54,7 +73,15 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
         for (int64_t pc = 0; pc < k; pc += kern->kc) {
             int64_t kc = SD_MIN((int64_t)kern->kc, k - pc);
             bool accumulate = pc > 0;
-            kern->pack_b(b, n, pc, jc, kc, nc, bpack);
+            /* Panels hold `panel_kc` rows: kc, or the depth B was packed with. */
+            const float *bblock = bpack;
+            int64_t panel_kc = kc;
+            if (b->kind == SD_GEMM_B_PACKED) {
+                panel_kc = SD_MIN((int64_t)kern->kc, b->packed_k - pc);
+                bblock = (const float *)b->data + pc * padded_cols(kern, b->ld) + jc * panel_kc;
+            } else {
+                kern->pack_b(b, n, pc, jc, kc, nc, bpack);
+            }
             for (int64_t ic = i_lo; ic < i_hi; ic += kern->mc) {
                 int64_t mc = SD_MIN((int64_t)kern->mc, i_hi - ic);
                 kern->pack_a(a, m, ic, pc, mc, kc, apack);
@@ -63,7 +90,7 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
                     int cols = (int)SD_MIN((int64_t)nr, jc + nc - j);
                     int64_t g = j / c->group_cols;
                     bool same_group = (j + cols - 1) / c->group_cols == g;
-                    const float *bp = bpack + jr * kc;
+                    const float *bp = bblock + jr * panel_kc;
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int64_t i = ic + ir;
                         int rows = (int)SD_MIN((int64_t)mr, ic + mc - i);

@@ -1,0 +1,227 @@
+/*
+ * clip.c - the CLIP text transformer of Stable Diffusion.
+ *
+ * ref: transformers.models.clip.modeling_clip.CLIPTextModel: token + position
+ * embeddings; pre-LN layers [x += out_proj(causal_attn(ln1 x)); x += fc2(act(fc1(ln2 x)))];
+ * final_layer_norm; pooled output at the first eos token. SD 2.x's OpenCLIP tower is the
+ * same network once its weights are renamed (done on the Go side).
+ */
+#include "model.h"
+
+#include <string.h>
+
+typedef struct {
+    sd_norm_w ln1, ln2;
+    sd_linear_w q, k, v, o, fc1, fc2;
+} clip_layer_w;
+
+typedef struct {
+    sd_clip_config_t cfg;
+    const sd_tensor_t *token_embedding;    /* (vocab, hidden), file dtype */
+    const sd_tensor_t *position_embedding; /* (max_positions, hidden), activation dtype */
+    clip_layer_w *layers;
+    sd_norm_w final_ln;
+} clip_net_t;
+
+static void clip_free(void *p) {
+    clip_net_t *n = p;
+    if (n == NULL) return;
+    free(n->layers);
+    free(n);
+}
+
+void sd_clip_config_default(sd_clip_config_t *c) {
+    if (c == NULL) return;
+    *c = (sd_clip_config_t){
+        .vocab_size = 49408,
+        .max_positions = 77,
+        .hidden = 768,
+        .intermediate = 3072,
+        .layers = 12,
+        .heads = 12,
+        .activation = SD_ACT_QUICK_GELU,
+        .layer_norm_eps = 1e-5f,
+        .eos_id = 49407,
+    };
+}
+
+size_t sd_sizeof_clip_config(void) {
+    return sizeof(sd_clip_config_t);
+}
+
+static bool clip_config_ok(loader_t *L, const sd_clip_config_t *c) {
+    if (c->vocab_size < 1 || c->max_positions < 1 || c->hidden < 1 || c->intermediate < 1 ||
+        c->layers < 1 || c->layers > 1024 || c->heads < 1 || c->hidden % c->heads != 0) {
+        loader_fail(L,
+                    "invalid config (vocab %d, positions %d, hidden %d, intermediate %d, "
+                    "layers %d, heads %d)",
+                    c->vocab_size, c->max_positions, c->hidden, c->intermediate, c->layers,
+                    c->heads);
+        return false;
+    }
+    if (c->activation < 0 || c->activation >= SD_ACT_COUNT || !(c->layer_norm_eps > 0)) {
+        loader_fail(L, "invalid activation %d or layer norm eps %g", c->activation,
+                    (double)c->layer_norm_eps);
+        return false;
+    }
+    if (c->eos_id < 0 || c->eos_id >= c->vocab_size) {
+        loader_fail(L, "eos id %d outside the vocabulary", c->eos_id);
+        return false;
+    }
+    return true;
+}
+
+sd_status_t sd_clip_load(sd_ctx_t *ctx, const sd_clip_config_t *config, const sd_weight_t *weights,
+                         int32_t n_weights, sd_model_t **out) {
+    if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
+    if (out == NULL || config == NULL)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "clip_load: NULL config or out");
+    *out = NULL;
+    SD_TRY(sd_ctx_check(ctx));
+    loader_t *L = loader_new(ctx, "text encoder", SD_MODEL_CLIP, weights, n_weights, "text_model.");
+    if (L == NULL) return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "out of host memory");
+    clip_net_t *net = calloc(1, sizeof *net);
+    if (net == NULL) loader_oom(L);
+    if (loader_status(L) != SD_STATUS_OK || !clip_config_ok(L, config))
+        return loader_finish(L, net, clip_free, out);
+    net->cfg = *config;
+    const sd_clip_config_t *c = &net->cfg;
+    net->token_embedding =
+        ld_table(L, c->vocab_size, c->hidden, "embeddings.token_embedding.weight");
+    net->position_embedding =
+        ld_act(L, c->max_positions, c->hidden, "embeddings.position_embedding.weight");
+    net->layers = calloc((size_t)c->layers, sizeof *net->layers);
+    if (net->layers == NULL) loader_oom(L);
+    for (int32_t i = 0; i < c->layers && loader_status(L) == SD_STATUS_OK; i++) {
+        clip_layer_w *l = &net->layers[i];
+        char p[96];
+        snprintf(p, sizeof p, "encoder.layers.%d", (int)i);
+        l->ln1 = ld_norm(L, c->hidden, "%s.layer_norm1", p);
+        l->q = ld_linear(L, c->hidden, c->hidden, true, "%s.self_attn.q_proj", p);
+        l->k = ld_linear(L, c->hidden, c->hidden, true, "%s.self_attn.k_proj", p);
+        l->v = ld_linear(L, c->hidden, c->hidden, true, "%s.self_attn.v_proj", p);
+        l->o = ld_linear(L, c->hidden, c->hidden, true, "%s.self_attn.out_proj", p);
+        l->ln2 = ld_norm(L, c->hidden, "%s.layer_norm2", p);
+        l->fc1 = ld_linear(L, c->intermediate, c->hidden, true, "%s.mlp.fc1", p);
+        l->fc2 = ld_linear(L, c->hidden, c->intermediate, true, "%s.mlp.fc2", p);
+    }
+    net->final_ln = ld_norm(L, c->hidden, "final_layer_norm");
+    return loader_finish(L, net, clip_free, out);
+}
+
+static void clip_layer(graph_t *g, const clip_net_t *net, const clip_layer_w *l, sd_tensor_t *x) {
+    const int64_t b = x->shape[0], t = x->shape[1], c = net->cfg.hidden, f = net->cfg.intermediate;
+    const float eps = net->cfg.layer_norm_eps;
+    sd_tensor_t *n = g_new(g, 3, b, t, c, 0);
+    G(g, sd_op_layer_norm(g->ctx, n, x, l->ln1.gamma, l->ln1.beta, eps));
+    sd_tensor_t *q = g_new(g, 3, b, t, c, 0), *k = g_new(g, 3, b, t, c, 0),
+                *v = g_new(g, 3, b, t, c, 0);
+    g_linear(g, q, n, &l->q, NULL, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
+    g_linear(g, k, n, &l->k, NULL, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
+    g_linear(g, v, n, &l->v, NULL, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
+    sd_tensor_t *a = g_new(g, 3, b, t, c, 0);
+    sd_attention_params_t ap = {net->cfg.heads, 1, 0.0f};
+    G(g, sd_op_attention(g->ctx, a, q, k, v, &ap));
+    g_free(g, q);
+    g_free(g, k);
+    g_free(g, v);
+    g_linear(g, x, a, &l->o, x, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
+    g_free(g, a);
+    G(g, sd_op_layer_norm(g->ctx, n, x, l->ln2.gamma, l->ln2.beta, eps));
+    sd_tensor_t *hdn = g_new(g, 3, b, t, f, 0);
+    g_linear(g, hdn, n, &l->fc1, NULL, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
+    G(g, sd_op_activation(g->ctx, hdn, hdn, net->cfg.activation));
+    g_linear(g, x, hdn, &l->fc2, x, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
+    g_free(g, hdn);
+    g_free(g, n);
+}
+
+sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids,
+                            int32_t skip_layers, sd_tensor_t *hidden, sd_tensor_t *pooled) {
+    if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
+    SD_TRY(sd_ctx_check(ctx));
+    if (model == NULL || model->kind != SD_MODEL_CLIP)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "clip_forward: not a text encoder model");
+    const clip_net_t *net = model->net;
+    const sd_clip_config_t *cfg = &net->cfg;
+    char buf[96];
+    if (ids == NULL || ids->dtype != SD_DTYPE_I32 || ids->ndim != 2 ||
+        ids->shape[1] > cfg->max_positions)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "clip_forward: ids %s must be (B, T) i32 with T <= %d",
+                       sd_tensor_describe(ids, buf, sizeof buf), cfg->max_positions);
+    const int64_t b = ids->shape[0], t = ids->shape[1], c = cfg->hidden;
+    if (skip_layers < 0 || skip_layers >= cfg->layers)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "clip_forward: skip_layers %d not in [0, %d)", skip_layers, cfg->layers);
+    if (hidden == NULL || hidden->ndim != 3 || hidden->shape[0] != b || hidden->shape[1] != t ||
+        hidden->shape[2] != c)
+        return sd_fail(
+            ctx, SD_STATUS_INVALID_ARGUMENT, "clip_forward: hidden %s must be (%lld, %lld, %lld)",
+            sd_tensor_describe(hidden, buf, sizeof buf), (long long)b, (long long)t, (long long)c);
+    if (pooled != NULL && (pooled->ndim != 2 || pooled->shape[0] != b || pooled->shape[1] != c))
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "clip_forward: pooled %s must be (%lld, %lld)",
+                       sd_tensor_describe(pooled, buf, sizeof buf), (long long)b, (long long)c);
+
+    graph_t gr = graph_begin(ctx), *g = &gr;
+    sd_tensor_t *x = g_new(g, 3, b, t, c, 0);
+    G(g, sd_op_embedding(ctx, x, ids, net->token_embedding));
+    sd_tensor_t pos = sd_rows_view(net->position_embedding, 0, t);
+    G(g, sd_op_add(ctx, x, x, &pos));
+
+    /* Layers up to the one `hidden` reads; the rest only when pooled wants the last. */
+    const int32_t keep = cfg->layers - skip_layers;
+    const int32_t run = pooled != NULL ? cfg->layers : keep;
+    sd_tensor_t *tmp = g_new(g, 3, b, t, c, 0);
+    for (int32_t i = 0; i < run && g->st == SD_STATUS_OK; i++) {
+        clip_layer(g, net, &net->layers[i], x);
+        if (i + 1 == keep) {
+            G(g, sd_op_layer_norm(ctx, tmp, x, net->final_ln.gamma, net->final_ln.beta,
+                                  cfg->layer_norm_eps));
+            g_output(g, hidden, tmp);
+        }
+    }
+    if (pooled != NULL && g->st == SD_STATUS_OK) {
+        G(g, sd_op_layer_norm(ctx, tmp, x, net->final_ln.gamma, net->final_ln.beta,
+                              cfg->layer_norm_eps));
+        /* Row of the first eos per sample (row 0 when there is none, as argmax gives). */
+        int32_t *host_ids = malloc((size_t)(b * t) * sizeof *host_ids);
+        int32_t *rows = malloc((size_t)b * sizeof *rows);
+        sd_backend_t *be = sd_ctx_backend_ptr(ctx);
+        if (host_ids == NULL || rows == NULL) {
+            g->st = sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "out of host memory");
+        } else {
+            G(g, be->ops->download(ctx, host_ids, ids->data, ids->nbytes));
+            for (int64_t i = 0; i < b && g->st == SD_STATUS_OK; i++) {
+                int64_t pos_eos = 0;
+                for (int64_t j = 0; j < t; j++)
+                    if (host_ids[i * t + j] == cfg->eos_id) {
+                        pos_eos = j;
+                        break;
+                    }
+                rows[i] = (int32_t)(i * t + pos_eos);
+            }
+            int64_t rs[2] = {1, b};
+            sd_tensor_t *row_ids = NULL;
+            if (g->st == SD_STATUS_OK) g->st = sd_scratch_new(ctx, SD_DTYPE_I32, 2, rs, &row_ids);
+            G(g, be->ops->upload(ctx, row_ids->data, rows, (size_t)b * sizeof *rows));
+            int64_t ts[2] = {b * t, c}, ps[3] = {1, b, c};
+            sd_tensor_t table =
+                sd_tensor_view(tmp ? tmp->data : NULL, tmp ? tmp->dtype : g->act, 2, ts);
+            sd_tensor_t *rows_out = g_new(g, 3, 1, b, c, 0);
+            G(g, sd_op_embedding(ctx, rows_out, row_ids, &table));
+            if (g->st == SD_STATUS_OK) {
+                sd_tensor_t pooled3 = sd_tensor_view(pooled->data, pooled->dtype, 3, ps);
+                g_output(g, &pooled3, rows_out);
+            }
+            g_free(g, rows_out);
+            sd_scratch_free(ctx, row_ids);
+        }
+        free(host_ids);
+        free(rows);
+    }
+    g_free(g, tmp);
+    g_free(g, x);
+    return g->st;
+}
