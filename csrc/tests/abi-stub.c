@@ -20,12 +20,30 @@ size_t sd_sizeof_ctx_params(void) {
 #endif
 }
 
-size_t sd_sizeof_memory_stats(void) { return sizeof(sd_memory_stats_t); }
-size_t sd_sizeof_conv2d_params(void) { return sizeof(sd_conv2d_params_t); }
-size_t sd_sizeof_linear_params(void) { return sizeof(sd_linear_params_t); }
-size_t sd_sizeof_attention_params(void) { return sizeof(sd_attention_params_t); }
-size_t sd_sizeof_timestep_embedding_params(void) { return sizeof(sd_timestep_embedding_params_t); }
-size_t sd_sizeof_weight(void) { return sizeof(sd_weight_t); }
-size_t sd_sizeof_clip_config(void) { return sizeof(sd_clip_config_t); }
-size_t sd_sizeof_unet_config(void) { return sizeof(sd_unet_config_t); }
-size_t sd_sizeof_vae_config(void) { return sizeof(sd_vae_config_t); }
+size_t sd_sizeof_memory_stats(void) {
+    return sizeof(sd_memory_stats_t);
+}
+size_t sd_sizeof_conv2d_params(void) {
+    return sizeof(sd_conv2d_params_t);
+}
+size_t sd_sizeof_linear_params(void) {
+    return sizeof(sd_linear_params_t);
+}
+size_t sd_sizeof_attention_params(void) {
+    return sizeof(sd_attention_params_t);
+}
+size_t sd_sizeof_timestep_embedding_params(void) {
+    return sizeof(sd_timestep_embedding_params_t);
+}
+size_t sd_sizeof_weight(void) {
+    return sizeof(sd_weight_t);
+}
+size_t sd_sizeof_clip_config(void) {
+    return sizeof(sd_clip_config_t);
+}
+size_t sd_sizeof_unet_config(void) {
+    return sizeof(sd_unet_config_t);
+}
+size_t sd_sizeof_vae_config(void) {
+    return sizeof(sd_vae_config_t);
+}
