@@ -1,6 +1,14 @@
 package modelfile
 
-import "fmt"
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
 
 // Format is the container format of a weights file.
 type Format uint8
@@ -8,19 +16,23 @@ type Format uint8
 // Container formats.
 const (
 	FormatSafetensors Format = iota + 1 // safetensors: JSON header + raw data
+	FormatPyTorch                       // torch.save: zip of a pickle + storages, or the legacy stream
 )
 
-// String returns the format's name.
+// String returns "safetensors" or "pytorch".
 func (f Format) String() string {
 	switch f {
 	case FormatSafetensors:
 		return "safetensors"
+	case FormatPyTorch:
+		return "pytorch"
 	}
 	return fmt.Sprintf("Format(%d)", uint8(f))
 }
 
 // File is one opened weights file. Its tensors view a read-only mapping of
-// the file and are valid until Close.
+// the file (except the rare pickled tensors that had to be made contiguous
+// or were compressed) and are valid until Close.
 type File struct {
 	Path     string
 	Format   Format
@@ -62,4 +74,35 @@ func newFile(path string, format Format, meta map[string]string, tensors []Tenso
 		index[t.Name] = i
 	}
 	return &File{Path: path, Format: format, Metadata: meta, Tensors: tensors, index: index, release: release}, nil
+}
+
+// OpenFile opens a safetensors file or a PyTorch checkpoint (.ckpt, .pt,
+// .pth, .bin), choosing by extension and, for other names, by content.
+func OpenFile(path string) (*File, error) {
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".safetensors":
+		return OpenSafetensors(path)
+	case ".ckpt", ".pt", ".pth", ".bin":
+		return OpenCheckpoint(path)
+	}
+	head := make([]byte, 8)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	n, err := io.ReadFull(f, head)
+	f.Close()
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if looksLikeCheckpoint(head[:n]) {
+		return OpenCheckpoint(path)
+	}
+	return OpenSafetensors(path)
+}
+
+// looksLikeCheckpoint reports a zip local header or a pickle PROTO opcode:
+// torch.save's two formats.
+func looksLikeCheckpoint(head []byte) bool {
+	return bytes.HasPrefix(head, []byte("PK\x03\x04")) || (len(head) > 0 && head[0] == opProto)
 }
