@@ -10,22 +10,25 @@ import (
 	"strings"
 )
 
-// Format is the container format of a weights file.
+// Format is how weights are stored.
 type Format uint8
 
 // Container formats.
 const (
 	FormatSafetensors Format = iota + 1 // safetensors: JSON header + raw data
 	FormatPyTorch                       // torch.save: zip of a pickle + storages, or the legacy stream
+	FormatDiffusers                     // a diffusers folder (of safetensors or pickle files)
 )
 
-// String returns "safetensors" or "pytorch".
+// String returns "safetensors", "pytorch" or "diffusers".
 func (f Format) String() string {
 	switch f {
 	case FormatSafetensors:
 		return "safetensors"
 	case FormatPyTorch:
 		return "pytorch"
+	case FormatDiffusers:
+		return "diffusers"
 	}
 	return fmt.Sprintf("Format(%d)", uint8(f))
 }

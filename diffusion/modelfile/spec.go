@@ -150,7 +150,8 @@ func (c UNetConfig) TensorSpecs() ([]TensorSpec, error) {
 	return s, nil
 }
 
-func cond(c bool, a, b int) int {
+// cond is c ? a : b.
+func cond[T any](c bool, a, b T) T {
 	if c {
 		return a
 	}
