@@ -51,6 +51,7 @@ func (m *Model) fromDiffusers(dir string, o *options) error {
 	if o.textHeads > 0 {
 		text.NumAttentionHeads = o.textHeads
 	}
+	// Of the two families only SD 2.x projects into its transformers linearly.
 	m.Family = cond(unet.UseLinearProjection, FamilySD2, FamilySD1)
 	if o.family != 0 {
 		m.Family = o.family
@@ -70,7 +71,7 @@ func (m *Model) fromDiffusers(dir string, o *options) error {
 			m.Scheduler.PredictionType = o.prediction
 		}
 	case errors.Is(err, os.ErrNotExist):
-		m.Scheduler = defaultScheduler(m.Family, cond(o.prediction != 0, o.prediction, defaultPrediction(m.Family)))
+		m.Scheduler = defaultScheduler(m.Family, o.predictionFor(m.Family))
 	default:
 		return err
 	}

@@ -260,7 +260,7 @@ func TestLDMErrors(t *testing.T) {
 		}), options{textHeads: 4}, "vae: tensor decoder.mid_block.attentions.0.to_q.weight (first_stage_model.decoder.mid.attn_1.q.weight in the file) has shape [64 32 2 1], want [64 64]"},
 		{"text heads unknown", base, options{}, "text width 32 is not a multiple of CLIP's 64-wide heads: give the head count with WithTextHeads"},
 		{"sd2 heads unknown", base, options{family: FamilySD2, textHeads: 4}, "32 channels are not a multiple of SD 2.x's 64-wide heads"},
-		{"no text encoder", edit(deleteIf(func(n string) bool { return strings.HasPrefix(n, "cond_stage_model.") })), options{textHeads: 4}, "text encoder: tensor cond_stage_model.transformer.embeddings.token_embedding.weight is missing"},
+		{"no text encoder", edit(deleteIf(func(n string) bool { return strings.HasPrefix(n, "cond_stage_model.") })), options{textHeads: 4}, "text_encoder: tensor cond_stage_model.transformer.embeddings.token_embedding.weight is missing"},
 		{"no vae", edit(deleteIf(func(n string) bool { return strings.HasPrefix(n, "first_stage_model.") })), options{textHeads: 4}, "vae: tensor first_stage_model.encoder.conv_in.weight is missing"},
 	}
 	for _, c := range cases {
@@ -281,6 +281,20 @@ func TestLDMOptions(t *testing.T) {
 	assert.Equal(t, PredictEpsilon, m.Scheduler.PredictionType)
 	assert.Equal(t, 64, m.UNet.Config.SampleSize, "an epsilon SD 2.x model is a 512 px base model")
 	assert.Contains(t, string(m.Scheduler.Raw), `"prediction_type":"epsilon"`)
+
+	// Inpainting UNets take latents, mask and masked-image latents.
+	var inpaint []Tensor
+	for _, x := range base {
+		if x.Name == "model.diffusion_model.input_blocks.0.0.weight" {
+			x.Shape = []int64{32, 9, 3, 3}
+			x.Data = make([]byte, 2*32*9*3*3)
+		}
+		inpaint = append(inpaint, x)
+	}
+	m = &Model{}
+	require.NoError(t, m.fromLDM(inpaint, &options{textHeads: 4}))
+	assert.Equal(t, 9, m.UNet.Config.InChannels)
+	assert.Equal(t, []int64{32, 9, 3, 3}, m.UNet.Tensors["conv_in.weight"].Shape)
 
 	// Old transformers saved the text encoder without the text_model level.
 	var renamed []Tensor

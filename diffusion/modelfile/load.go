@@ -81,6 +81,20 @@ func WithTextHeads(n int) Option { return func(o *options) { o.textHeads = n } }
 // (diffusion_pytorch_model.fp16.safetensors) in folders.
 func WithVariant(v string) Option { return func(o *options) { o.variant = v } }
 
+func (o *options) validate() error {
+	switch {
+	case o.family != 0 && o.family != FamilySD1 && o.family != FamilySD2:
+		return fmt.Errorf("WithFamily: invalid %v", o.family)
+	case o.prediction != 0 && (o.prediction < PredictEpsilon || o.prediction > PredictSample):
+		return fmt.Errorf("WithPredictionType: invalid %v", o.prediction)
+	case o.textHeads < 0:
+		return fmt.Errorf("WithTextHeads: %d heads", o.textHeads)
+	case o.unetHeads != nil && slices.ContainsFunc(o.unetHeads, func(n int) bool { return n <= 0 }):
+		return fmt.Errorf("WithUNetHeads: %v heads", o.unetHeads)
+	}
+	return nil
+}
+
 // Load opens a model: a diffusers folder, or one original single-file
 // checkpoint (.safetensors, .ckpt, .pt). The family is detected unless
 // WithFamily sets it; configs come from the folder's config.json files or
@@ -89,6 +103,9 @@ func Load(path string, opts ...Option) (*Model, error) {
 	o := &options{}
 	for _, opt := range opts {
 		opt(o)
+	}
+	if err := o.validate(); err != nil {
+		return nil, err
 	}
 	st, err := os.Stat(path)
 	if err != nil {
@@ -100,10 +117,13 @@ func Load(path string, opts ...Option) (*Model, error) {
 	return loadSingleFile(path, o)
 }
 
-// defaultPrediction is what a family's checkpoints predict when nothing
-// says otherwise.
-func defaultPrediction(f Family) PredictionType {
-	if f == FamilySD2 {
+// predictionFor is the prediction type set by option, else what the
+// family's checkpoints predict when nothing says otherwise.
+func (o *options) predictionFor(f Family) PredictionType {
+	switch {
+	case o.prediction != 0:
+		return o.prediction
+	case f == FamilySD2:
 		return PredictV
 	}
 	return PredictEpsilon
@@ -168,7 +188,7 @@ func (m *Model) fromLDM(tensors []Tensor, o *options) error {
 	if o.family != 0 {
 		family = o.family
 	}
-	pred := cond(o.prediction != 0, o.prediction, defaultPrediction(family))
+	pred := o.predictionFor(family)
 	unet, err := ts.inferUNet(family, pred, o.unetHeads)
 	if err != nil {
 		return fmt.Errorf("unet: %w", err)
@@ -179,7 +199,7 @@ func (m *Model) fromLDM(tensors []Tensor, o *options) error {
 	}
 	text, textSource, err := ts.inferText(family, o.textHeads)
 	if err != nil {
-		return fmt.Errorf("text encoder: %w", err)
+		return fmt.Errorf("text_encoder: %w", err)
 	}
 	used := map[string]bool{}
 	if m.UNet, err = bindComponent("unet", unet, unetModules(unet).resolver(ldmUNet), ts.find, used); err != nil {
@@ -188,7 +208,7 @@ func (m *Model) fromLDM(tensors []Tensor, o *options) error {
 	if m.VAE, err = bindComponent("vae", vae, vaeModules(vae).resolver(ldmVAE), ts.find, used); err != nil {
 		return err
 	}
-	if m.TextEncoder, err = bindComponent("text encoder", text, textSource, ts.find, used); err != nil {
+	if m.TextEncoder, err = bindComponent("text_encoder", text, textSource, ts.find, used); err != nil {
 		return err
 	}
 	m.Family = family

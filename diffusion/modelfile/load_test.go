@@ -279,3 +279,18 @@ func TestLoadDiffusersErrors(t *testing.T) {
 	_, err := Load(filepath.Join(t.TempDir(), "absent"))
 	assert.ErrorIs(t, err, os.ErrNotExist)
 }
+
+func TestLoadRejectsInvalidOptions(t *testing.T) {
+	for _, c := range []struct {
+		opt     Option
+		wantErr string
+	}{
+		{WithFamily(Family(9)), "WithFamily: invalid Family(9)"},
+		{WithPredictionType(PredictionType(9)), "WithPredictionType: invalid PredictionType(9)"},
+		{WithTextHeads(-1), "WithTextHeads: -1 heads"},
+		{WithUNetHeads(8, 0), "WithUNetHeads: [8 0] heads"},
+	} {
+		_, err := Load(t.TempDir(), c.opt)
+		assert.EqualError(t, err, c.wantErr)
+	}
+}
