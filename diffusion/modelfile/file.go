@@ -67,11 +67,22 @@ func (f *File) Close() error {
 	return release()
 }
 
-// newFile indexes tensors by name, refusing duplicates.
-func newFile(path string, format Format, meta map[string]string, tensors []Tensor, release func() error) (*File, error) {
+// openMapped maps path and makes a File of what parse finds in the
+// mapping, indexing tensors by name and refusing duplicates.
+func openMapped(path string, format Format, parse func([]byte) (map[string]string, []Tensor, error)) (*File, error) {
+	data, release, err := mapFile(path)
+	if err != nil {
+		return nil, err
+	}
+	meta, tensors, err := parse(data)
+	if err != nil {
+		release()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	index := make(map[string]int, len(tensors))
 	for i, t := range tensors {
 		if _, dup := index[t.Name]; dup {
+			release()
 			return nil, fmt.Errorf("%s: tensor %q appears twice", path, t.Name)
 		}
 		index[t.Name] = i

@@ -24,21 +24,7 @@ const MaxSafetensorsHeader = 100 << 20
 // tensors tile the data region exactly (no overlap, no gap). Tensor data
 // are views of the mapping.
 func OpenSafetensors(path string) (*File, error) {
-	data, release, err := mapFile(path)
-	if err != nil {
-		return nil, err
-	}
-	meta, tensors, err := parseSafetensors(data)
-	if err != nil {
-		release()
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	f, err := newFile(path, FormatSafetensors, meta, tensors, release)
-	if err != nil {
-		release()
-		return nil, err
-	}
-	return f, nil
+	return openMapped(path, FormatSafetensors, parseSafetensors)
 }
 
 // safetensorsEntry is one header entry as written in the file.
@@ -50,7 +36,7 @@ type safetensorsEntry struct {
 
 // parseSafetensors validates a whole safetensors file held in memory and
 // returns its metadata and tensors (viewing buf) in data order. Duplicate
-// names are left to newFile.
+// names are left to openMapped.
 func parseSafetensors(buf []byte) (map[string]string, []Tensor, error) {
 	if len(buf) < 8 {
 		return nil, nil, fmt.Errorf("safetensors: %d bytes, too short for the header length", len(buf))

@@ -26,25 +26,14 @@ import (
 //
 // Tensors view the mapped file when their storage is stored uncompressed
 // and they are contiguous, which is how torch writes them. A compressed
-// storage is inflated (its size bounded by deflate's maximum ratio) and a
-// non-contiguous tensor is copied into a contiguous buffer; those copies
-// together may not exceed the file's size.
+// storage is inflated (its size bounded by deflate's maximum ratio), and
+// non-contiguous tensors are copied into contiguous buffers that together
+// may not exceed the file's size.
 func OpenCheckpoint(path string) (*File, error) {
-	data, release, err := mapFile(path)
-	if err != nil {
-		return nil, err
-	}
-	tensors, err := readCheckpoint(data)
-	if err != nil {
-		release()
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	f, err := newFile(path, FormatPyTorch, nil, tensors, release)
-	if err != nil {
-		release()
-		return nil, err
-	}
-	return f, nil
+	return openMapped(path, FormatPyTorch, func(data []byte) (map[string]string, []Tensor, error) {
+		tensors, err := readCheckpoint(data)
+		return nil, tensors, err
+	})
 }
 
 // storageRef is a typed storage named by a persistent id: elements
