@@ -30,6 +30,13 @@ var (
 	kitErr    error
 )
 
+// fullSizeModels pairs the kit's full-size table names with the
+// architectures that should match them.
+var fullSizeModels = []struct {
+	table string
+	arch  Architecture
+}{{"sd15", SD15()}, {"sd21", SD21()}}
+
 // fullSizeTables reads the kit's full-size tables once per test binary
 // ("sd15", "sd21").
 func fullSizeTables(t *testing.T) map[string]kitModel {
@@ -47,26 +54,18 @@ func fullSizeTables(t *testing.T) map[string]kitModel {
 
 func TestNamedConfigsMatchKit(t *testing.T) {
 	tables := fullSizeTables(t)
-	for _, c := range []struct {
-		model string
-		unet  UNetConfig
-		vae   VAEConfig
-		text  CLIPConfig
-	}{
-		{"sd15", SD15UNetConfig(), SD15VAEConfig(), SD15TextEncoderConfig()},
-		{"sd21", SD21UNetConfig(), SD21VAEConfig(), SD21TextEncoderConfig()},
-	} {
-		t.Run(c.model, func(t *testing.T) {
-			cfg := tables[c.model].Configs
+	for _, c := range fullSizeModels {
+		t.Run(c.table, func(t *testing.T) {
+			cfg := tables[c.table].Configs
 			unet, err := ParseUNetConfig(cfg["unet"])
 			require.NoError(t, err)
-			assert.Equal(t, c.unet, unet)
+			assert.Equal(t, c.arch.UNet, unet)
 			vae, err := ParseVAEConfig(cfg["vae"])
 			require.NoError(t, err)
-			assert.Equal(t, c.vae, vae)
+			assert.Equal(t, c.arch.VAE, vae)
 			text, err := ParseCLIPConfig(cfg["text_encoder"])
 			require.NoError(t, err)
-			assert.Equal(t, c.text, text)
+			assert.Equal(t, c.arch.TextEncoder, text)
 		})
 	}
 }

@@ -88,27 +88,17 @@ func ldmFromTable(table kitTable) []Tensor {
 
 func TestFullSizeSingleFileTables(t *testing.T) {
 	tables := fullSizeTables(t)
-	for _, c := range []struct {
-		model  string
-		family Family
-		pred   PredictionType
-		unet   UNetConfig
-		vae    VAEConfig
-		text   CLIPConfig
-	}{
-		{"sd15", FamilySD1, PredictEpsilon, SD15UNetConfig(), SD15VAEConfig(), SD15TextEncoderConfig()},
-		{"sd21", FamilySD2, PredictV, SD21UNetConfig(), SD21VAEConfig(), SD21TextEncoderConfig()},
-	} {
-		t.Run(c.model, func(t *testing.T) {
-			kit := tables[c.model]
+	for _, c := range fullSizeModels {
+		t.Run(c.table, func(t *testing.T) {
+			kit := tables[c.table]
 			m := &Model{}
 			require.NoError(t, m.fromLDM(ldmFromTable(kit.SingleFile), &options{}))
-			assert.Equal(t, c.family, m.Family)
-			assert.Equal(t, c.pred, m.Scheduler.PredictionType)
+			assert.Equal(t, c.arch.Family, m.Family)
+			assert.Equal(t, c.arch.Scheduler, m.Scheduler, "v_prediction for SD 2.x")
 			assert.Empty(t, m.Unused)
-			assert.Equal(t, c.unet, m.UNet.Config)
-			assert.Equal(t, c.vae, m.VAE.Config)
-			assert.Equal(t, c.text, m.TextEncoder.Config)
+			assert.Equal(t, c.arch.UNet, m.UNet.Config)
+			assert.Equal(t, c.arch.VAE, m.VAE.Config)
+			assert.Equal(t, c.arch.TextEncoder, m.TextEncoder.Config)
 			for comp, tensors := range map[string]map[string]Tensor{"unet": m.UNet.Tensors, "vae": m.VAE.Tensors, "text_encoder": m.TextEncoder.Tensors} {
 				got := map[string][]int64{}
 				for name, x := range tensors {

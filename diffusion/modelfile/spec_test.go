@@ -33,22 +33,14 @@ func tableShapes(table kitTable) map[string][]int64 {
 
 func TestSpecsMatchFullSizeTables(t *testing.T) {
 	tables := fullSizeTables(t)
-	for _, c := range []struct {
-		model string
-		unet  UNetConfig
-		vae   VAEConfig
-		text  CLIPConfig
-	}{
-		{"sd15", SD15UNetConfig(), SD15VAEConfig(), SD15TextEncoderConfig()},
-		{"sd21", SD21UNetConfig(), SD21VAEConfig(), SD21TextEncoderConfig()},
-	} {
-		t.Run(c.model, func(t *testing.T) {
-			d := tables[c.model].Diffusers
-			unet, err := c.unet.TensorSpecs()
+	for _, c := range fullSizeModels {
+		t.Run(c.table, func(t *testing.T) {
+			d := tables[c.table].Diffusers
+			unet, err := c.arch.UNet.TensorSpecs()
 			assert.Equal(t, tableShapes(d["unet"]), specShapes(t, unet, err))
-			vae, err := c.vae.TensorSpecs()
+			vae, err := c.arch.VAE.TensorSpecs()
 			assert.Equal(t, tableShapes(d["vae"]), specShapes(t, vae, err))
-			text, err := c.text.TensorSpecs()
+			text, err := c.arch.TextEncoder.TensorSpecs()
 			assert.Equal(t, tableShapes(d["text_encoder"]), specShapes(t, text, err))
 		})
 	}

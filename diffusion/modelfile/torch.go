@@ -167,12 +167,18 @@ func (r *checkpointReader) zipStorage(pid any) (any, error) {
 	if !ok || len(t) != 5 || t[0] != "storage" {
 		return nil, fmt.Errorf("persistent id %s is not a storage", pyTypeName(pid))
 	}
-	dtype, err := storageDType(t[1])
+	return r.rootStorage(t)
+}
+
+// rootStorage reads the fields both formats' storage ids start with:
+// ('storage', storage_type, key, location, numel, ...).
+func (r *checkpointReader) rootStorage(id pyTuple) (*storageRef, error) {
+	dtype, err := storageDType(id[1])
 	if err != nil {
 		return nil, err
 	}
-	key, ok1 := t[2].(string)
-	numel, ok2 := t[4].(int64)
+	key, ok1 := id[2].(string)
+	numel, ok2 := id[4].(int64)
 	if !ok1 || !ok2 {
 		return nil, errors.New("malformed storage persistent id")
 	}
@@ -455,18 +461,12 @@ func readLegacyCheckpoint(data []byte) ([]Tensor, error) {
 		if len(t) != 6 || t[0] != "storage" {
 			return nil, errors.New("malformed storage persistent id")
 		}
-		dtype, err := storageDType(t[1])
+		root, err := r.rootStorage(t)
 		if err != nil {
 			return nil, err
 		}
-		key, ok1 := t[2].(string)
-		numel, ok2 := t[4].(int64)
-		if !ok1 || !ok2 {
-			return nil, errors.New("malformed storage persistent id")
-		}
-		root, err := r.ref(key, dtype, numel)
-		if err != nil || t[5] == nil {
-			return root, err
+		if t[5] == nil {
+			return root, nil
 		}
 		view, ok := t[5].(pyTuple)
 		if !ok || len(view) != 3 {
@@ -474,10 +474,10 @@ func readLegacyCheckpoint(data []byte) ([]Tensor, error) {
 		}
 		off, ok1 := view[1].(int64)
 		n, ok2 := view[2].(int64)
-		if !ok1 || !ok2 || off < 0 || n < 0 || off > numel || n > numel-off {
-			return nil, fmt.Errorf("storage view [%v, +%v) outside storage %q of %d elements", view[1], view[2], key, numel)
+		if !ok1 || !ok2 || off < 0 || n < 0 || off > root.numel || n > root.numel-off {
+			return nil, fmt.Errorf("storage view [%v, +%v) outside storage %q of %d elements", view[1], view[2], root.key, root.numel)
 		}
-		return &storageRef{key: key, dtype: dtype, offset: off, numel: n}, nil
+		return &storageRef{key: root.key, dtype: root.dtype, offset: off, numel: n}, nil
 	}
 	top, err := u.load()
 	if err != nil {
