@@ -1,0 +1,200 @@
+package modelfile
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/gosd/gosd/internal/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// kitTable is one entry of full-size-tensor-tables.json.
+type kitTable map[string]struct {
+	DType string  `json:"dtype"`
+	Shape []int64 `json:"shape"`
+}
+
+type kitModel struct {
+	SingleFile kitTable                   `json:"single_file"`
+	Diffusers  map[string]kitTable        `json:"diffusers"`
+	Configs    map[string]json.RawMessage `json:"configs"`
+}
+
+var (
+	kitOnce   sync.Once
+	kitTables map[string]kitModel
+	kitErr    error
+)
+
+// fullSizeModels pairs the kit's full-size table names with the
+// architectures that should match them.
+var fullSizeModels = []struct {
+	table string
+	arch  Architecture
+}{{"sd15", SD15()}, {"sd21", SD21()}}
+
+// fullSizeTables reads the kit's full-size tables once per test binary
+// ("sd15", "sd21").
+func fullSizeTables(t *testing.T) map[string]kitModel {
+	t.Helper()
+	dir := testutil.ConformanceDir(t)
+	kitOnce.Do(func() {
+		var raw []byte
+		if raw, kitErr = os.ReadFile(filepath.Join(dir, "full-size-tensor-tables.json")); kitErr == nil {
+			kitErr = json.Unmarshal(raw, &kitTables)
+		}
+	})
+	require.NoError(t, kitErr)
+	return kitTables
+}
+
+func TestNamedConfigsMatchKit(t *testing.T) {
+	tables := fullSizeTables(t)
+	for _, c := range fullSizeModels {
+		t.Run(c.table, func(t *testing.T) {
+			cfg := tables[c.table].Configs
+			unet, err := ParseUNetConfig(cfg["unet"])
+			require.NoError(t, err)
+			assert.Equal(t, c.arch.UNet, unet)
+			vae, err := ParseVAEConfig(cfg["vae"])
+			require.NoError(t, err)
+			assert.Equal(t, c.arch.VAE, vae)
+			text, err := ParseCLIPConfig(cfg["text_encoder"])
+			require.NoError(t, err)
+			assert.Equal(t, c.arch.TextEncoder, text)
+		})
+	}
+}
+
+func TestTinyKitConfigs(t *testing.T) {
+	dir := testutil.ConformanceDir(t)
+	read := func(model, comp string) []byte {
+		b, err := os.ReadFile(filepath.Join(dir, model, "diffusers", comp, "config.json"))
+		require.NoError(t, err)
+		return b
+	}
+	sd1, err := ParseUNetConfig(read("sd1-tiny", "unet"))
+	require.NoError(t, err)
+	assert.Equal(t, []int{8, 8, 8, 8}, sd1.AttentionHeads, "attention_head_dim 8 is a head count")
+	assert.Equal(t, 32, sd1.CrossAttentionDim)
+	assert.Equal(t, 128, sd1.TimeEmbeddingDim, "null time_embedding_dim is 4 × block_out_channels[0]")
+	sd2, err := ParseUNetConfig(read("sd2-tiny-v", "unet"))
+	require.NoError(t, err)
+	assert.Equal(t, []int{2, 4, 4, 4}, sd2.AttentionHeads)
+	assert.True(t, sd2.UseLinearProjection)
+
+	text, err := ParseCLIPConfig(read("sd2-tiny-v", "text_encoder"))
+	require.NoError(t, err)
+	assert.Equal(t, CLIPConfig{VocabSize: 49408, HiddenSize: 48, IntermediateSize: 96, NumHiddenLayers: 3, NumAttentionHeads: 4,
+		MaxPositionEmbeddings: 77, HiddenAct: "gelu", LayerNormEps: 1e-5, BOSTokenID: 49406, EOSTokenID: 49407, PadTokenID: 49407, ProjectionDim: 512}, text)
+
+	b, err := os.ReadFile(filepath.Join(dir, "sd2-tiny-v", "diffusers", "scheduler", "scheduler_config.json"))
+	require.NoError(t, err)
+	sched, err := ParseSchedulerConfig(b)
+	require.NoError(t, err)
+	assert.Equal(t, PredictV, sched.PredictionType)
+	assert.Equal(t, "DDIMScheduler", sched.ClassName)
+	assert.Equal(t, 1, sched.StepsOffset)
+	assert.JSONEq(t, string(b), string(sched.Raw))
+}
+
+func TestConfigJSONRoundTrip(t *testing.T) {
+	for _, unet := range []UNetConfig{SD15UNetConfig(), SD21UNetConfig()} {
+		b, err := json.Marshal(unet)
+		require.NoError(t, err)
+		back, err := ParseUNetConfig(b)
+		require.NoError(t, err)
+		assert.Equal(t, unet, back)
+	}
+	vae := SD15VAEConfig()
+	vae.ShiftFactor = 0.1159
+	b, err := json.Marshal(vae)
+	require.NoError(t, err)
+	backVAE, err := ParseVAEConfig(b)
+	require.NoError(t, err)
+	assert.Equal(t, vae, backVAE)
+	for _, text := range []CLIPConfig{SD15TextEncoderConfig(), SD21TextEncoderConfig()} {
+		b, err := json.Marshal(text)
+		require.NoError(t, err)
+		back, err := ParseCLIPConfig(b)
+		require.NoError(t, err)
+		assert.Equal(t, text, back)
+	}
+	for _, s := range []SchedulerConfig{SD15SchedulerConfig(), SD21SchedulerConfig()} {
+		back, err := ParseSchedulerConfig(s.Raw)
+		require.NoError(t, err)
+		assert.Equal(t, s, back)
+	}
+}
+
+func TestUNetConfigDefaults(t *testing.T) {
+	// A config.json of the first diffusers releases: most keys absent.
+	c, err := ParseUNetConfig([]byte(`{"_class_name": "UNet2DConditionModel", "cross_attention_dim": 768, "sample_size": 64}`))
+	require.NoError(t, err)
+	assert.Equal(t, SD15UNetConfig(), c)
+}
+
+func TestConfigsRejectUnsupported(t *testing.T) {
+	cases := []struct {
+		name, json, wantErr string
+		parse               func([]byte) error
+	}{
+		{"sdxl", `{"addition_embed_type": "text_time"}`, `addition_embed_type "text_time" is not supported`, unetErr},
+		{"other class", `{"_class_name": "UNet2DModel"}`, "class UNet2DModel is not supported", unetErr},
+		{"block type", `{"down_block_types": ["SimpleCrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D"]}`, `unsupported down block type "SimpleCrossAttnDownBlock2D"`, unetErr},
+		{"up block type", `{"up_block_types": ["UpBlock2D", "UpBlock2D", "UpBlock2D", "AttnUpBlock2D"]}`, `unsupported up block type "AttnUpBlock2D"`, unetErr},
+		{"mid block", `{"mid_block_type": "UNetMidBlock2DSimpleCrossAttn"}`, "unsupported mid block type", unetErr},
+		{"heads list length", `{"attention_head_dim": [5, 10]}`, "attention_head_dim has 2 values for 4 blocks", unetErr},
+		{"heads do not divide", `{"attention_head_dim": 7}`, "do not split into 7 attention heads", unetErr},
+		{"groups do not divide", `{"norm_num_groups": 48}`, "do not split into 48 norm groups", unetErr},
+		{"block count mismatch", `{"up_block_types": ["UpBlock2D"]}`, "up_block_types has 1 entries for 4 levels", unetErr},
+		{"even kernel", `{"conv_in_kernel": 2}`, "must be odd", unetErr},
+		{"class embeddings", `{"class_embed_type": "timestep"}`, "class embeddings", unetErr},
+		{"lcm", `{"time_cond_proj_dim": 256}`, "time_cond_proj_dim", unetErr},
+		{"gelu resnets", `{"act_fn": "gelu"}`, `act_fn "gelu"`, unetErr},
+		{"per-block context", `{"cross_attention_dim": [768, 768, 768, 768]}`, "per-block cross_attention_dim", unetErr},
+		{"bad json", `{"in_channels": "four"}`, "unet config:", unetErr},
+		{"vae block", `{"down_block_types": ["DownBlock2D"]}`, `unsupported down block type "DownBlock2D"`, vaeErr},
+		{"vae class", `{"_class_name": "AutoencoderTiny"}`, "AutoencoderTiny is not supported", vaeErr},
+		{"vae levels", `{"block_out_channels": [64, 64]}`, "1 down and 1 up block types for 2 levels", vaeErr},
+		{"vae act", `{"act_fn": "relu"}`, `act_fn "relu"`, vaeErr},
+		{"clip act", `{"hidden_act": "relu"}`, `hidden_act "relu" is not supported`, clipErr},
+		{"clip heads", `{"hidden_size": 100, "num_attention_heads": 8}`, "does not split into 8 heads", clipErr},
+		{"clip vision", `{"model_type": "clip_vision_model"}`, "clip_vision_model", clipErr},
+		{"clip with projection", `{"architectures": ["CLIPTextModelWithProjection"]}`, "CLIPTextModelWithProjection is not supported", clipErr},
+		{"scheduler prediction", `{"prediction_type": "flow"}`, `unknown prediction type "flow"`, schedErr},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			assert.ErrorContains(t, c.parse([]byte(c.json)), c.wantErr)
+		})
+	}
+}
+
+func unetErr(b []byte) error  { _, err := ParseUNetConfig(b); return err }
+func vaeErr(b []byte) error   { _, err := ParseVAEConfig(b); return err }
+func clipErr(b []byte) error  { _, err := ParseCLIPConfig(b); return err }
+func schedErr(b []byte) error { _, err := ParseSchedulerConfig(b); return err }
+
+func TestEnumsRoundTrip(t *testing.T) {
+	for _, f := range []Family{FamilySD1, FamilySD2} {
+		got, err := ParseFamily(f.String())
+		require.NoError(t, err)
+		assert.Equal(t, f, got)
+	}
+	_, err := ParseFamily("sdxl")
+	assert.ErrorContains(t, err, `unknown model family "sdxl"`)
+	for _, p := range []PredictionType{PredictEpsilon, PredictV, PredictSample} {
+		got, err := ParsePredictionType(p.String())
+		require.NoError(t, err)
+		assert.Equal(t, p, got)
+	}
+	assert.Equal(t, "Family(0)", Family(0).String())
+	assert.Equal(t, "PredictionType(9)", PredictionType(9).String())
+	_, err = PredictionType(0).MarshalText()
+	assert.Error(t, err)
+}

@@ -1,0 +1,296 @@
+package modelfile
+
+import (
+	"archive/zip"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/gosd/gosd/internal/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestLoadDiffusersKitModels(t *testing.T) {
+	dir := testutil.ConformanceDir(t)
+	for _, c := range []struct {
+		model  string
+		family Family
+		pred   PredictionType
+	}{
+		{"sd1-tiny", FamilySD1, PredictEpsilon},
+		{"sd2-tiny-v", FamilySD2, PredictV},
+	} {
+		t.Run(c.model, func(t *testing.T) {
+			path := filepath.Join(dir, c.model, "diffusers")
+			m := loadModel(t, path)
+			assert.Equal(t, c.family, m.Family)
+			assert.Equal(t, FormatDiffusers, m.Format)
+			assert.Equal(t, c.pred, m.Scheduler.PredictionType)
+			assert.Equal(t, filepath.Join(path, "tokenizer"), m.TokenizerDir)
+			assert.Empty(t, m.Unused)
+			for name, comp := range map[string]struct {
+				n     int
+				specs func() ([]TensorSpec, error)
+			}{
+				"unet": {len(m.UNet.Tensors), m.UNet.Config.TensorSpecs},
+				"vae":  {len(m.VAE.Tensors), m.VAE.Config.TensorSpecs},
+				"text": {len(m.TextEncoder.Tensors), m.TextEncoder.Config.TensorSpecs},
+			} {
+				specs, err := comp.specs()
+				require.NoError(t, err)
+				assert.Equal(t, len(specs), comp.n, name)
+			}
+			x := m.UNet.Tensors["conv_in.weight"]
+			assert.Equal(t, F16, x.DType)
+			assert.Equal(t, []int64{32, 4, 3, 3}, x.Shape)
+
+			s := m.Summary()
+			assert.Equal(t, c.family, s.Family)
+			require.Len(t, s.Components, 3)
+			assert.Equal(t, len(m.UNet.Tensors), s.Components[0].DTypes[F16])
+			var params int64
+			for _, x := range m.VAE.Tensors {
+				params += x.NumElements()
+			}
+			assert.Equal(t, params, s.Components[1].Parameters)
+			assert.Equal(t, 2*params, s.Components[1].Bytes, "float16")
+			text := s.String()
+			assert.Contains(t, text, c.family.String()+" model (diffusers), "+c.pred.String()+" prediction")
+			assert.Contains(t, text, "F16×684")
+			assert.Contains(t, text, "0 file tensors unused")
+
+			require.NoError(t, m.Close())
+			require.NoError(t, m.Close(), "Close twice")
+		})
+	}
+}
+
+// kitFolder lays out a diffusers folder in a temporary directory linking
+// the kit's sd1-tiny files, except those in replace (relative path →
+// contents; nil deletes).
+func kitFolder(t *testing.T, replace map[string][]byte) string {
+	src := filepath.Join(testutil.ConformanceDir(t), "sd1-tiny", "diffusers")
+	dst := t.TempDir()
+	require.NoError(t, filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		if _, ok := replace[rel]; ok {
+			return nil
+		}
+		require.NoError(t, os.MkdirAll(filepath.Join(dst, filepath.Dir(rel)), 0o755))
+		return os.Symlink(p, filepath.Join(dst, rel))
+	}))
+	for rel, data := range replace {
+		if data != nil {
+			require.NoError(t, os.MkdirAll(filepath.Join(dst, filepath.Dir(rel)), 0o755))
+			writeFile(t, filepath.Join(dst, rel), data)
+		}
+	}
+	return dst
+}
+
+// kitTensors reads one sd1-tiny component file, renaming tensors with
+// rename (which may drop one by returning "").
+func kitTensors(t *testing.T, rel string, rename func(Tensor) Tensor) []Tensor {
+	f, err := OpenSafetensors(filepath.Join(testutil.ConformanceDir(t), "sd1-tiny", "diffusers", rel))
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	var out []Tensor
+	for _, x := range f.Tensors {
+		if x = rename(x); x.Name != "" {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func safetensorsBytes(t *testing.T, tensors []Tensor) []byte {
+	path := filepath.Join(t.TempDir(), "x.safetensors")
+	require.NoError(t, WriteSafetensors(path, tensors, nil))
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return b
+}
+
+const (
+	unetFile = "unet/diffusion_pytorch_model.safetensors"
+	vaeFile  = "vae/diffusion_pytorch_model.safetensors"
+	textFile = "text_encoder/model.safetensors"
+)
+
+func TestLoadDiffusersLayouts(t *testing.T) {
+	ref := loadModel(t, filepath.Join(testutil.ConformanceDir(t), "sd1-tiny", "diffusers"))
+	same := func(x Tensor) Tensor { return x }
+
+	t.Run("text encoder without text_model prefix", func(t *testing.T) {
+		tensors := kitTensors(t, textFile, func(x Tensor) Tensor { x.Name = strings.TrimPrefix(x.Name, "text_model."); return x })
+		m := loadModel(t, kitFolder(t, map[string][]byte{textFile: safetensorsBytes(t, tensors)}))
+		assertSameWeights(t, ref.TextEncoder.Tensors, m.TextEncoder.Tensors)
+	})
+
+	t.Run("only an fp16 variant", func(t *testing.T) {
+		m := loadModel(t, kitFolder(t, map[string][]byte{unetFile: nil, "unet/diffusion_pytorch_model.fp16.safetensors": safetensorsBytes(t, kitTensors(t, unetFile, same))}))
+		assertSameWeights(t, ref.UNet.Tensors, m.UNet.Tensors)
+	})
+
+	t.Run("variant chosen over the plain file", func(t *testing.T) {
+		// The variant differs from the plain file in dtype, so the choice shows.
+		f32 := kitTensors(t, vaeFile, func(x Tensor) Tensor {
+			v, err := x.Float32s()
+			require.NoError(t, err)
+			return Tensor{Name: x.Name, DType: F32, Shape: x.Shape, Data: floatBytes(v...)}
+		})
+		dir := kitFolder(t, map[string][]byte{"vae/diffusion_pytorch_model.fp32.safetensors": safetensorsBytes(t, f32)})
+		assert.Equal(t, F32, loadModel(t, dir, WithVariant("fp32")).VAE.Tensors["decoder.conv_in.weight"].DType)
+		assert.Equal(t, F16, loadModel(t, dir).VAE.Tensors["decoder.conv_in.weight"].DType, "the plain file wins without WithVariant")
+	})
+
+	t.Run("several variants", func(t *testing.T) {
+		b := safetensorsBytes(t, kitTensors(t, vaeFile, same))
+		dir := kitFolder(t, map[string][]byte{vaeFile: nil, "vae/diffusion_pytorch_model.fp16.safetensors": b, "vae/diffusion_pytorch_model.ema.safetensors": b})
+		_, err := Load(dir)
+		assert.ErrorContains(t, err, "several weight variants (diffusion_pytorch_model.ema.safetensors, diffusion_pytorch_model.fp16.safetensors): choose one with WithVariant")
+	})
+
+	t.Run("sharded", func(t *testing.T) {
+		tensors := kitTensors(t, unetFile, same)
+		half := len(tensors) / 2
+		index := map[string]string{}
+		for i, x := range tensors {
+			index[x.Name] = fmt.Sprintf("diffusion_pytorch_model-0000%d-of-00002.safetensors", 1+i/half)
+		}
+		indexJSON, err := json.Marshal(map[string]any{"metadata": map[string]int{"total_size": 1}, "weight_map": index})
+		require.NoError(t, err)
+		files := map[string][]byte{
+			unetFile: nil,
+			"unet/diffusion_pytorch_model.safetensors.index.json":     indexJSON,
+			"unet/diffusion_pytorch_model-00001-of-00002.safetensors": safetensorsBytes(t, tensors[:half]),
+			"unet/diffusion_pytorch_model-00002-of-00002.safetensors": safetensorsBytes(t, tensors[half:]),
+		}
+		m := loadModel(t, kitFolder(t, files))
+		assertSameWeights(t, ref.UNet.Tensors, m.UNet.Tensors)
+
+		index[tensors[0].Name] = "diffusion_pytorch_model-00002-of-00002.safetensors"
+		files["unet/diffusion_pytorch_model.safetensors.index.json"], _ = json.Marshal(map[string]any{"weight_map": index})
+		_, err = Load(kitFolder(t, files))
+		assert.ErrorContains(t, err, "tensor "+tensors[0].Name+" is not in diffusion_pytorch_model-00002-of-00002.safetensors as the index says")
+
+		index[tensors[0].Name] = "../vae/diffusion_pytorch_model.safetensors"
+		files["unet/diffusion_pytorch_model.safetensors.index.json"], _ = json.Marshal(map[string]any{"weight_map": index})
+		_, err = Load(kitFolder(t, files))
+		assert.ErrorContains(t, err, `shard "../vae/diffusion_pytorch_model.safetensors" is not a file beside the index`)
+	})
+
+	t.Run("pickled text encoder", func(t *testing.T) {
+		ckpt := ckptFromTensors(t, kitTensors(t, textFile, same))
+		m := loadModel(t, kitFolder(t, map[string][]byte{textFile: nil, "text_encoder/pytorch_model.bin": ckpt}))
+		assertSameWeights(t, ref.TextEncoder.Tensors, m.TextEncoder.Tensors)
+	})
+
+	t.Run("deprecated vae attention names", func(t *testing.T) {
+		old := map[string]string{"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+		tensors := kitTensors(t, vaeFile, func(x Tensor) Tensor {
+			for from, to := range old {
+				if strings.Contains(x.Name, "mid_block.attentions.0."+from+".") {
+					x.Name = strings.Replace(x.Name, from, to, 1)
+					if strings.HasSuffix(x.Name, "weight") {
+						x.Shape = append(x.Shape, 1, 1) // stored as 1×1 convs
+					}
+				}
+			}
+			return x
+		})
+		m := loadModel(t, kitFolder(t, map[string][]byte{vaeFile: safetensorsBytes(t, tensors)}))
+		assertSameWeights(t, ref.VAE.Tensors, m.VAE.Tensors)
+	})
+
+	t.Run("extras are counted", func(t *testing.T) {
+		tensors := append(kitTensors(t, textFile, same), Tensor{Name: "text_model.embeddings.position_ids", DType: I64, Shape: []int64{1, 77}, Data: make([]byte, 8*77)})
+		m := loadModel(t, kitFolder(t, map[string][]byte{textFile: safetensorsBytes(t, tensors)}))
+		assert.Equal(t, []string{"text_encoder/text_model.embeddings.position_ids"}, m.Unused)
+	})
+
+	t.Run("options override the files", func(t *testing.T) {
+		m := loadModel(t, kitFolder(t, nil), WithPredictionType(PredictV), WithFamily(FamilySD2), WithUNetHeads(4, 4, 4, 4), WithTextHeads(2))
+		assert.Equal(t, FamilySD2, m.Family)
+		assert.Equal(t, PredictV, m.Scheduler.PredictionType)
+		assert.Contains(t, string(m.Scheduler.Raw), `"prediction_type": "v_prediction"`)
+		assert.Contains(t, string(m.Scheduler.Raw), `"steps_offset": 1`, "the rest of the file is kept")
+		assert.Equal(t, []int{4, 4, 4, 4}, m.UNet.Config.AttentionHeads)
+		assert.Equal(t, 2, m.TextEncoder.Config.NumAttentionHeads)
+	})
+
+	t.Run("no scheduler or tokenizer", func(t *testing.T) {
+		m := loadModel(t, kitFolder(t, map[string][]byte{
+			"scheduler/scheduler_config.json": nil, "tokenizer/vocab.json": nil, "tokenizer/merges.txt": nil, "tokenizer/tokenizer_config.json": nil,
+		}))
+		assert.Equal(t, SD15SchedulerConfig(), m.Scheduler)
+		assert.Empty(t, m.TokenizerDir)
+	})
+}
+
+func TestLoadDiffusersErrors(t *testing.T) {
+	tensors := func(t *testing.T, drop string) []byte {
+		return safetensorsBytes(t, kitTensors(t, unetFile, func(x Tensor) Tensor {
+			if x.Name == drop {
+				x.Name = ""
+			}
+			return x
+		}))
+	}
+	cases := []struct {
+		name    string
+		files   func(t *testing.T) map[string][]byte
+		wantErr string
+	}{
+		{"sdxl", func(*testing.T) map[string][]byte {
+			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionXLPipeline", "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}`)}
+		}, "StableDiffusionXLPipeline pipelines (with a text_encoder_2) are not supported"},
+		{"xl class", func(*testing.T) map[string][]byte {
+			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder_2": [null, null]}`)}
+		}, "StableDiffusionXLImg2ImgPipeline is not supported"},
+		{"no model index", func(*testing.T) map[string][]byte { return map[string][]byte{"model_index.json": nil} }, "not a diffusers folder"},
+		{"bad unet config", func(*testing.T) map[string][]byte {
+			return map[string][]byte{"unet/config.json": []byte(`{"addition_embed_type": "text_time"}`)}
+		}, "unet/config.json: unet config: addition_embed_type"},
+		{"no weights", func(*testing.T) map[string][]byte { return map[string][]byte{vaeFile: nil} }, "vae: no weights (diffusion_pytorch_model.safetensors or .bin)"},
+		{"missing tensor", func(t *testing.T) map[string][]byte {
+			return map[string][]byte{unetFile: tensors(t, "mid_block.attentions.0.proj_in.weight")}
+		}, "unet: 1 of 684 tensors missing: mid_block.attentions.0.proj_in.weight"},
+		{"corrupt weights", func(*testing.T) map[string][]byte { return map[string][]byte{textFile: []byte("garbage!")} }, "text_encoder/model.safetensors: safetensors: header length"},
+		{"corrupt bin", func(*testing.T) map[string][]byte {
+			return map[string][]byte{textFile: nil, "text_encoder/pytorch_model.bin": zipBytes(t, []zipEntry{{"x/data.pkl", []byte{opNone}, zip.Store}})}
+		}, "pytorch_model.bin: pickle: truncated"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := kitFolder(t, c.files(t))
+			_, err := Load(dir)
+			assert.ErrorContains(t, err, dir)
+			assert.ErrorContains(t, err, c.wantErr)
+		})
+	}
+	_, err := Load(filepath.Join(t.TempDir(), "absent"))
+	assert.ErrorIs(t, err, os.ErrNotExist)
+}
+
+func TestLoadRejectsInvalidOptions(t *testing.T) {
+	for _, c := range []struct {
+		opt     Option
+		wantErr string
+	}{
+		{WithFamily(Family(9)), "WithFamily: invalid Family(9)"},
+		{WithPredictionType(PredictionType(9)), "WithPredictionType: invalid PredictionType(9)"},
+		{WithTextHeads(-1), "WithTextHeads: -1 heads"},
+		{WithUNetHeads(8, 0), "WithUNetHeads: [8 0] heads"},
+	} {
+		_, err := Load(t.TempDir(), c.opt)
+		assert.EqualError(t, err, c.wantErr)
+	}
+}
