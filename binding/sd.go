@@ -135,8 +135,8 @@ type Library struct {
 	// void sd_model_free(sd_ctx_t *ctx, sd_model_t *model);
 	sdModelFree func(ctx Ctx, m Model)
 	// sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids, int32_t skip_layers,
-	//                             sd_tensor_t *hidden, sd_tensor_t *pooled);
-	sdClipForward func(ctx Ctx, m Model, ids Tensor, skipLayers int32, hidden, pooled Tensor) Status
+	//                             bool final_norm, sd_tensor_t *hidden, sd_tensor_t *pooled);
+	sdClipForward func(ctx Ctx, m Model, ids Tensor, skipLayers int32, finalNorm bool, hidden, pooled Tensor) Status
 	// sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x, const sd_tensor_t *t,
 	//                             const sd_tensor_t *context, sd_tensor_t *out);
 	sdUnetForward func(ctx Ctx, m Model, x, t, context, out Tensor) Status
@@ -561,9 +561,10 @@ func (l *Library) ModelFree(ctx Ctx, m Model) {
 	}
 }
 
-// CLIPForward runs the text encoder (pooled may be 0).
-func (l *Library) CLIPForward(ctx Ctx, m Model, ids Tensor, skipLayers int32, hidden, pooled Tensor) error {
-	return l.check(ctx, "sd_clip_forward", l.sdClipForward(ctx, m, ids, skipLayers, hidden, pooled))
+// CLIPForward runs the text encoder: hidden gets layer (layers - skipLayers), with the
+// final layer norm when finalNorm; pooled (may be 0) the normed last layer at the eos.
+func (l *Library) CLIPForward(ctx Ctx, m Model, ids Tensor, skipLayers int32, finalNorm bool, hidden, pooled Tensor) error {
+	return l.check(ctx, "sd_clip_forward", l.sdClipForward(ctx, m, ids, skipLayers, finalNorm, hidden, pooled))
 }
 
 // UNetForward runs one UNet evaluation.

@@ -426,12 +426,15 @@ SD_API sd_status_t sd_vae_load(sd_ctx_t *ctx, const sd_vae_config_t *config,
 SD_API void sd_model_free(sd_ctx_t *ctx, sd_model_t *model);
 
 /* Text encoder. ids (B, T) I32 with T <= max_positions. hidden (B, T, hidden) F32 receives
- * the final layer norm applied to the output of layer (layers - skip_layers): skip_layers 0
- * is last_hidden_state, 1 the penultimate layer ("clip skip 2" in A1111's numbering).
- * pooled (B, hidden) F32 or NULL: last_hidden_state at the first eos_id of each row (the
- * last position when a row has none). */
+ * the output of layer (layers - skip_layers): skip_layers 0 is the last layer, 1 the
+ * penultimate one ("clip skip 2" in A1111's numbering). With final_norm the text model's
+ * final layer norm is applied to it, as diffusers' and A1111's pipelines do before the UNet
+ * (skip_layers 0 then gives last_hidden_state); without, it is transformers'
+ * hidden_states[-1 - skip_layers]. pooled (B, hidden) F32 or NULL: last_hidden_state at
+ * the first eos_id of each row (row 0 when a row has none, as transformers' argmax). */
 SD_API sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids,
-                                   int32_t skip_layers, sd_tensor_t *hidden, sd_tensor_t *pooled);
+                                   int32_t skip_layers, bool final_norm, sd_tensor_t *hidden,
+                                   sd_tensor_t *pooled);
 
 /* One UNet evaluation: x (B, in_channels, H, W) F32 latents, t (B) F32 timesteps, context
  * (B, T, cross_attention_dim) F32 -> out (B, out_channels, H, W) F32. Any H, W >= 1

@@ -137,7 +137,8 @@ static void clip_layer(graph_t *g, const clip_net_t *net, const clip_layer_w *l,
 }
 
 sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids,
-                            int32_t skip_layers, sd_tensor_t *hidden, sd_tensor_t *pooled) {
+                            int32_t skip_layers, bool final_norm, sd_tensor_t *hidden,
+                            sd_tensor_t *pooled) {
     if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
     SD_TRY(sd_ctx_check(ctx));
     if (model == NULL || model->kind != SD_MODEL_CLIP)
@@ -177,9 +178,13 @@ sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t 
     for (int32_t i = 0; i < run && g->st == SD_STATUS_OK; i++) {
         clip_layer(g, net, &net->layers[i], x);
         if (i + 1 == keep) {
-            G(g, sd_op_layer_norm(ctx, tmp, x, net->final_ln.gamma, net->final_ln.beta,
-                                  cfg->layer_norm_eps));
-            g_output(g, hidden, tmp);
+            if (final_norm) {
+                G(g, sd_op_layer_norm(ctx, tmp, x, net->final_ln.gamma, net->final_ln.beta,
+                                      cfg->layer_norm_eps));
+                g_output(g, hidden, tmp);
+            } else {
+                g_output(g, hidden, x);
+            }
         }
     }
     if (pooled != NULL && g->st == SD_STATUS_OK) {

@@ -1,0 +1,20 @@
+package diffusion
+
+import (
+	"errors"
+
+	"github.com/gosd/gosd/binding"
+)
+
+// Errors returned by this package, matched with errors.Is. Cancellation returns the
+// context's own error (context.Canceled or context.DeadlineExceeded).
+var (
+	// ErrInvalidRequest: a request field is out of range (the message names it).
+	ErrInvalidRequest = errors.New("invalid request")
+	// ErrClosed: the pipeline was closed.
+	ErrClosed = errors.New("pipeline is closed")
+	// ErrUnsupported: the model or request needs something this runtime does not do.
+	ErrUnsupported = binding.ErrUnsupported
+	// ErrBadModel: the model's files are inconsistent (missing or mis-shaped weights).
+	ErrBadModel = binding.ErrBadModel
+)
