@@ -1,0 +1,465 @@
+package diffusion
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"io"
+	"log/slog"
+	"math"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/gosd/gosd/binding"
+	"github.com/gosd/gosd/diffusion/modelfile"
+	"github.com/gosd/gosd/diffusion/rng"
+	"github.com/gosd/gosd/diffusion/schedule"
+	"github.com/gosd/gosd/diffusion/tokenizer"
+)
+
+// Pipeline is an opened Stable Diffusion model ready to generate images.
+//
+// A Pipeline is safe for concurrent use: calls are serialised, one at a time, on its
+// native context (which uses every CPU thread or the whole GPU on its own). To generate
+// in parallel, open several Pipelines; each holds its own activations (weights of the
+// same file are shared through the page cache on the CPU).
+type Pipeline struct {
+	mu     sync.Mutex
+	closed bool
+	model  *modelfile.Model
+	eng    *engine
+	tok    *tokenizer.Tokenizer
+	padID  int
+	sched  schedule.Config
+	info   ModelInfo
+	log    *slog.Logger
+}
+
+// ModelInfo describes an opened model.
+type ModelInfo struct {
+	Name           string // file or folder name
+	Path           string
+	Family         modelfile.Family
+	Prediction     modelfile.PredictionType
+	Width, Height  int     // native image size
+	DefaultSampler Sampler // the scheduler its config names
+	TextLayers     int
+	Inpainting     bool   // a 9-channel inpainting UNet
+	Device         Device // where it runs
+	Backend        string // the runtime's description of the device
+	Summary        modelfile.Summary
+}
+
+// Open loads a model: a single-file checkpoint (.safetensors, .ckpt) or a diffusers folder.
+// The family is detected (override with WithFamily).
+func Open(path string, opts ...Option) (*Pipeline, error) {
+	var o openOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	log := o.logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	m, err := modelfile.Load(path, o.model...)
+	if err != nil {
+		return nil, err
+	}
+	p, err := open(m, o, log)
+	if err != nil {
+		m.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func open(m *modelfile.Model, o openOptions, log *slog.Logger) (*Pipeline, error) {
+	pref := binding.PreferAuto
+	switch o.device {
+	case DeviceCPU:
+		pref = binding.PreferCPU
+	case DeviceCUDA:
+		pref = binding.PreferCUDA
+	case DeviceAuto:
+	default:
+		return nil, fmt.Errorf("%w: unknown device %d", ErrInvalidRequest, int(o.device))
+	}
+	lib, err := binding.Load(binding.LoadOptions{Path: o.library, Backend: pref})
+	if err != nil {
+		return nil, err
+	}
+	if r := lib.FallbackReason(); r != "" {
+		log.Info("using the CPU", "reason", r)
+	}
+	backend, device := binding.BackendCPU, DeviceCPU
+	if pref != binding.PreferCPU {
+		if ok, why := lib.BackendAvailable(binding.BackendCUDA); ok {
+			backend, device = binding.BackendCUDA, DeviceCUDA
+		} else if pref == binding.PreferCUDA {
+			return nil, fmt.Errorf("%w: no usable GPU: %s", binding.ErrDevice, why)
+		}
+	}
+	if o.threads < 0 {
+		return nil, fmt.Errorf("%w: threads %d", ErrInvalidRequest, o.threads)
+	}
+	eng, err := newEngine(lib, backend, o.threads)
+	if err != nil {
+		return nil, err
+	}
+	lib.CtxSetLog(eng.ctx, func(level binding.LogLevel, msg string) {
+		log.Log(context.Background(), slogLevel(level), msg, "component", "runtime")
+	})
+	if err := eng.load(m); err != nil {
+		eng.close()
+		return nil, err
+	}
+	p := &Pipeline{model: m, eng: eng, log: log}
+	if err := p.setup(m, device); err != nil {
+		eng.close()
+		return nil, err
+	}
+	log.Info("model opened", "path", m.Path, "family", m.Family, "device", device, "backend", lib.CtxBackendDescription(eng.ctx))
+	return p, nil
+}
+
+func slogLevel(l binding.LogLevel) slog.Level {
+	switch l {
+	case binding.LogDebug:
+		return slog.LevelDebug
+	case binding.LogInfo:
+		return slog.LevelInfo
+	case binding.LogWarn:
+		return slog.LevelWarn
+	}
+	return slog.LevelError
+}
+
+func (p *Pipeline) setup(m *modelfile.Model, device Device) error {
+	var err error
+	if m.TokenizerDir != "" {
+		p.tok, err = tokenizer.Load(m.TokenizerDir)
+		p.padID = p.tok.PadID()
+	} else {
+		p.tok, err = tokenizer.Default()
+		p.padID = p.tok.EOS()
+		if m.Family == modelfile.FamilySD2 {
+			p.padID = 0 // OpenCLIP pads with "!"
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if p.sched, err = schedule.ParseConfig(m.Scheduler.Raw); err != nil {
+		return fmt.Errorf("%w: scheduler config: %v", ErrBadModel, err)
+	}
+	switch m.Scheduler.PredictionType {
+	case modelfile.PredictV:
+		p.sched.PredictionType = schedule.PredictV
+	case modelfile.PredictSample:
+		p.sched.PredictionType = schedule.PredictSample
+	default:
+		p.sched.PredictionType = schedule.PredictEpsilon
+	}
+	def, ok := samplerForClass(m.Scheduler.ClassName)
+	if !ok {
+		def = Euler
+	}
+	f := p.eng.vaeFactor()
+	side := m.UNet.Config.SampleSize * f
+	p.info = ModelInfo{
+		Name:           filepath.Base(filepath.Clean(m.Path)),
+		Path:           m.Path,
+		Family:         m.Family,
+		Prediction:     m.Scheduler.PredictionType,
+		Width:          side,
+		Height:         side,
+		DefaultSampler: def,
+		TextLayers:     m.TextEncoder.Config.NumHiddenLayers,
+		Inpainting:     m.UNet.Config.InChannels == 9,
+		Device:         device,
+		Backend:        p.eng.lib.CtxBackendDescription(p.eng.ctx),
+		Summary:        m.Summary(),
+	}
+	return nil
+}
+
+// Info describes the opened model.
+func (p *Pipeline) Info() ModelInfo { return p.info }
+
+// Close frees the native resources and unmaps the model. It is idempotent; calls after
+// Close return ErrClosed.
+func (p *Pipeline) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	p.eng.close()
+	return p.model.Close()
+}
+
+// guard runs a native call so that ctx's cancellation interrupts it (the runtime checks
+// its cancel flag between operations) and reports ctx's error instead of the runtime's.
+func (p *Pipeline) guard(ctx context.Context, call func() error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	lib, c := p.eng.lib, p.eng.ctx
+	lib.CtxClearCancel(c)
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		lib.CtxCancel(c)
+		close(fired)
+	})
+	err := call()
+	if !stop() {
+		<-fired // the cancel ran: make sure it cannot reach a later call
+	}
+	if err != nil && errors.Is(err, binding.ErrCancelled) && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// Txt2Img generates images from a prompt.
+func (p *Pipeline) Txt2Img(ctx context.Context, req Request) (*Result, error) {
+	return p.generate(ctx, req, nil)
+}
+
+// Img2Img repaints an image guided by a prompt.
+func (p *Pipeline) Img2Img(ctx context.Context, req Img2ImgRequest) (*Result, error) {
+	if req.Image == nil {
+		return nil, invalid("img2img needs an image")
+	}
+	strength, err := resolveStrength(req.Strength, 0.8)
+	if err != nil {
+		return nil, err
+	}
+	req.Request = defaultSizeFrom(req.Request, req.Image)
+	return p.generate(ctx, req.Request, &initImage{image: req.Image, strength: strength})
+}
+
+// Inpaint repaints the masked part of an image. Models with a 9-channel inpainting UNet
+// get the mask and masked image as extra UNet input; others blend in latent space after
+// every step.
+func (p *Pipeline) Inpaint(ctx context.Context, req InpaintRequest) (*Result, error) {
+	if req.Image == nil || req.Mask == nil {
+		return nil, invalid("inpainting needs an image and a mask")
+	}
+	strength, err := resolveStrength(req.Strength, 1)
+	if err != nil {
+		return nil, err
+	}
+	req.Request = defaultSizeFrom(req.Request, req.Image)
+	return p.generate(ctx, req.Request, &initImage{image: req.Image, mask: req.Mask, strength: strength})
+}
+
+// initImage is the starting point of img2img and inpainting.
+type initImage struct {
+	image, mask image.Image
+	strength    float64
+}
+
+// defaultSizeFrom sizes a request like its image (rounded down to a multiple of 8).
+func defaultSizeFrom(r Request, img image.Image) Request {
+	b := img.Bounds()
+	if r.Width == 0 {
+		r.Width = b.Dx() / 8 * 8
+	}
+	if r.Height == 0 {
+		r.Height = b.Dy() / 8 * 8
+	}
+	return r
+}
+
+func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (*Result, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
+	start := time.Now()
+	par, err := p.resolve(req)
+	if err != nil {
+		return nil, err
+	}
+	if init != nil {
+		par.Strength = init.strength
+	}
+	if p.info.Inpainting && (init == nil || init.mask == nil) {
+		return nil, invalid("%s is an inpainting model: use Inpaint", p.info.Name)
+	}
+	sched, err := schedule.New(p.sched, schedule.Options{Sampler: samplerTable[par.Sampler].s, Sigmas: par.Schedule, Eta: par.Eta}, par.Steps)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
+	}
+	images, err := p.run(ctx, req, par, sched, init)
+	if err != nil {
+		return nil, err
+	}
+	par.Elapsed = time.Since(start)
+	return &Result{Images: images, Params: par}, nil
+}
+
+// run is the sampling loop shared by the three modes.
+func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched schedule.Scheduler, init *initImage) ([]image.Image, error) {
+	e := p.eng
+	f := e.vaeFactor()
+	b, lh, lw := par.BatchSize, par.Height/f, par.Width/f
+	lc := int(e.vaeCfg.LatentChannels)
+	n := b * lc * lh * lw
+	cfg := par.GuidanceScale > 1
+
+	var textCtx []float32
+	var tokens int
+	err := p.guard(ctx, func() (err error) {
+		textCtx, tokens, err = p.encodePrompts(par, cfg)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	gen := rng.New(par.RNG, par.Seed)
+	timesteps := sched.Timesteps()
+	first := 0
+	var x []float32
+	var blend *latentBlend
+	if init == nil {
+		x = make([]float32, n)
+		gen.Normal(x)
+		scale(x, float32(sched.InitNoiseSigma()))
+	} else {
+		if x, first, blend, err = p.prepareInit(ctx, par, sched, init, gen); err != nil {
+			return nil, err
+		}
+	}
+
+	total := len(timesteps) - first
+	began := time.Now()
+	uncondCond := 1
+	if cfg {
+		uncondCond = 2
+	}
+	unetIn := int(e.unetCfg.InChannels)
+	for i := first; i < len(timesteps); i++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		t := timesteps[i]
+		scaled := sched.ScaleModelInput(x, i)
+		in := scaled
+		if blend != nil && blend.unetExtra != nil { // 9-channel UNet: latents | mask | masked image
+			in = concatChannels(scaled, blend.unetExtra, b, lc, unetIn-lc, lh*lw)
+		}
+		batchIn := in
+		if cfg {
+			batchIn = append(append(make([]float32, 0, 2*len(in)), in...), in...)
+		}
+		ts := make([]float32, uncondCond*b)
+		for k := range ts {
+			ts[k] = float32(t)
+		}
+		var out []float32
+		err := p.guard(ctx, func() (err error) {
+			out, err = e.unetForward(batchIn, uncondCond*b, lh, lw, ts, textCtx, tokens)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		noise := out
+		if cfg {
+			noise = guide(out[:n], out[n:], par.GuidanceScale, par.GuidanceRescale, b)
+		}
+		if x, err = sched.Step(noise, i, x, gen); err != nil {
+			return nil, fmt.Errorf("sampler step %d: %w", i, err)
+		}
+		if blend != nil && blend.unetExtra == nil {
+			blend.apply(x, sched, i)
+		}
+		if req.onStep != nil {
+			req.onStep(i-first, x)
+		}
+		if req.Progress != nil {
+			pr := Progress{Step: i - first + 1, Steps: total, Timestep: t, Elapsed: time.Since(began)}
+			if req.Preview {
+				pr.Preview = latentPreview(x[:lc*lh*lw], lc, lh, lw)
+			}
+			req.Progress(pr)
+		}
+	}
+
+	// Decode: latents / scaling_factor + shift_factor, as diffusers.
+	vc := p.model.VAE.Config
+	z := make([]float32, n)
+	for k, v := range x {
+		z[k] = float32(float64(v)/vc.ScalingFactor + vc.ShiftFactor)
+	}
+	var pix []float32
+	err = p.guard(ctx, func() (err error) {
+		pix, err = e.vaeDecode(z, b, lh, lw)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return toImages(pix, b, par.Height, par.Width), nil
+}
+
+// guide applies classifier-free guidance u + g (c - u) and, when phi > 0, diffusers'
+// rescale_noise_cfg (std of the guided prediction matched to the conditional one).
+func guide(uncond, cond []float32, g, phi float64, batch int) []float32 {
+	out := make([]float32, len(cond))
+	gf := float32(g)
+	for k := range cond {
+		out[k] = uncond[k] + gf*(cond[k]-uncond[k])
+	}
+	if phi == 0 {
+		return out
+	}
+	per := len(cond) / batch
+	for bi := 0; bi < batch; bi++ {
+		o, c := out[bi*per:(bi+1)*per], cond[bi*per:(bi+1)*per]
+		ratio := stddev(c) / stddev(o)
+		for k := range o {
+			rescaled := float64(o[k]) * ratio
+			o[k] = float32(phi*rescaled + (1-phi)*float64(o[k]))
+		}
+	}
+	return out
+}
+
+// stddev is torch.std's unbiased standard deviation.
+func stddev(v []float32) float64 {
+	var mean float64
+	for _, x := range v {
+		mean += float64(x)
+	}
+	mean /= float64(len(v))
+	var ss float64
+	for _, x := range v {
+		d := float64(x) - mean
+		ss += d * d
+	}
+	return math.Sqrt(ss / float64(len(v)-1))
+}
+
+func scale(x []float32, s float32) {
+	for k := range x {
+		x[k] *= s
+	}
+}
+
+// concatChannels joins per-sample channel blocks: a (b, ca, hw) and extra (b, cb, hw).
+func concatChannels(a, extra []float32, b, ca, cb, hw int) []float32 {
+	out := make([]float32, 0, len(a)+len(extra))
+	for bi := 0; bi < b; bi++ {
+		out = append(out, a[bi*ca*hw:(bi+1)*ca*hw]...)
+		out = append(out, extra[bi*cb*hw:(bi+1)*cb*hw]...)
+	}
+	return out
+}

@@ -1,0 +1,355 @@
+package diffusion
+
+import (
+	"fmt"
+	"image"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/gosd/gosd/diffusion/rng"
+	"github.com/gosd/gosd/diffusion/schedule"
+)
+
+// Sampler is the sampling algorithm. The zero value, SamplerAuto, uses the scheduler the
+// model's scheduler_config.json names, as diffusers does.
+type Sampler int
+
+const (
+	SamplerAuto Sampler = iota
+	DDPM
+	DDIM
+	PNDM
+	Euler
+	EulerAncestral
+	Heun
+	DPM2
+	DPMPP2M
+	DPMPP2SAncestral
+	LMS
+	UniPC
+	LCM
+)
+
+var samplerTable = []struct {
+	s     schedule.Sampler
+	a1111 string
+}{
+	{}, // auto
+	{schedule.DDPM, "DDPM"},
+	{schedule.DDIM, "DDIM"},
+	{schedule.PNDM, "PLMS"},
+	{schedule.Euler, "Euler"},
+	{schedule.EulerAncestral, "Euler a"},
+	{schedule.Heun, "Heun"},
+	{schedule.DPM2, "DPM2"},
+	{schedule.DPMPP2M, "DPM++ 2M"},
+	{schedule.DPMPP2SAncestral, "DPM++ 2S a"},
+	{schedule.LMS, "LMS"},
+	{schedule.UniPC, "UniPC"},
+	{schedule.LCM, "LCM"},
+}
+
+func (s Sampler) valid() bool { return s >= 0 && int(s) < len(samplerTable) }
+
+// String is the sampler's name: "auto" or schedule's names (ddim, euler_a, dpmpp_2m, ...).
+func (s Sampler) String() string {
+	if s == SamplerAuto {
+		return "auto"
+	}
+	if !s.valid() {
+		return fmt.Sprintf("Sampler(%d)", int(s))
+	}
+	return samplerTable[s].s.String()
+}
+
+// A1111Name is the sampler's name in AUTOMATIC1111's generation parameters.
+func (s Sampler) A1111Name() string {
+	if s.valid() && s != SamplerAuto {
+		return samplerTable[s].a1111
+	}
+	return s.String()
+}
+
+// ParseSampler parses "auto" or a schedule sampler name.
+func ParseSampler(name string) (Sampler, error) {
+	if strings.EqualFold(name, "auto") || name == "" {
+		return SamplerAuto, nil
+	}
+	ss, err := schedule.ParseSampler(name)
+	if err != nil {
+		return 0, err
+	}
+	return samplerFrom(ss), nil
+}
+
+func samplerFrom(ss schedule.Sampler) Sampler {
+	for i, e := range samplerTable[1:] {
+		if e.s == ss {
+			return Sampler(i + 1)
+		}
+	}
+	return SamplerAuto
+}
+
+// samplerForClass maps a diffusers scheduler class to its sampler.
+func samplerForClass(class string) (Sampler, bool) {
+	switch class {
+	case "DDPMScheduler":
+		return DDPM, true
+	case "DDIMScheduler":
+		return DDIM, true
+	case "PNDMScheduler":
+		return PNDM, true
+	case "EulerDiscreteScheduler":
+		return Euler, true
+	case "EulerAncestralDiscreteScheduler":
+		return EulerAncestral, true
+	case "HeunDiscreteScheduler":
+		return Heun, true
+	case "KDPM2DiscreteScheduler":
+		return DPM2, true
+	case "DPMSolverMultistepScheduler":
+		return DPMPP2M, true
+	case "LMSDiscreteScheduler":
+		return LMS, true
+	case "UniPCMultistepScheduler":
+		return UniPC, true
+	case "LCMScheduler":
+		return LCM, true
+	}
+	return SamplerAuto, false
+}
+
+// Request describes one generation. Zero values are the documented defaults.
+type Request struct {
+	Prompt string
+	// NegativePrompt is what classifier-free guidance steers away from ("" is the empty
+	// prompt, as diffusers).
+	NegativePrompt string
+	// Width and Height in pixels, multiples of 8 (of the VAE's downsampling factor).
+	// 0: the model's native size (512 for SD 1.x).
+	Width, Height int
+	// Steps is the number of sampling steps (default 20; second-order samplers evaluate
+	// the UNet about twice per step).
+	Steps int
+	// GuidanceScale is the classifier-free guidance weight (default 7.5). At 1 or below
+	// the negative prompt is not used and each step is a single UNet batch; above 1,
+	// uncond and cond run as one UNet call on a doubled batch.
+	GuidanceScale float64
+	// GuidanceRescale is diffusers' guidance_rescale φ in [0, 1] (default 0: off).
+	GuidanceRescale float64
+	// Sampler is the sampling algorithm (default: the model's configured scheduler).
+	Sampler Sampler
+	// Schedule is the sigma schedule of sigma-based samplers (default: the scheduler
+	// config's). DPM++ 2M Karras is Sampler DPMPP2M with Schedule SigmasKarras.
+	Schedule schedule.SigmaSchedule
+	// Eta is DDIM's η (default 0).
+	Eta float64
+	// Seed seeds the noise generator; the zero value is seed 0. The initial noise of the
+	// whole batch is one draw of BatchSize latents, then stochastic samplers continue
+	// the same stream, as diffusers with one generator.
+	Seed uint64
+	// RNG is the generator family (default rng.CPU, torch's CPU generator as diffusers
+	// uses by default; rng.CUDA reproduces seeds of UIs that draw noise on the GPU).
+	RNG rng.Kind
+	// BatchSize is the number of images generated together, as one batch (default 1).
+	BatchSize int
+	// ClipSkip in AUTOMATIC1111's numbering: 0 or 1 uses the text encoder's last layer,
+	// 2 the penultimate one, and so on.
+	ClipSkip int
+	// Progress, when set, is called after every UNet evaluation.
+	Progress func(Progress)
+	// Preview asks for Progress.Preview (a fast approximation of the first image).
+	Preview bool
+
+	// onStep, for tests: the latents after each sampler step.
+	onStep func(step int, latents []float32)
+}
+
+// Progress reports one finished UNet evaluation.
+type Progress struct {
+	Step, Steps int // 1-based, out of the total evaluations
+	Timestep    float64
+	Elapsed     time.Duration
+	// Preview is the first image of the batch as the latents look now (latent
+	// resolution, a linear approximation of the VAE); nil unless Request.Preview.
+	Preview image.Image
+}
+
+// Img2ImgRequest transforms an image.
+type Img2ImgRequest struct {
+	Request
+	// Image is the starting picture; it is resized (Lanczos) to Width x Height, which
+	// default to its own size rounded down to a multiple of 8.
+	Image image.Image
+	// Strength in (0, 1] is how much is repainted: the run starts at that fraction of
+	// the schedule (default 0.8, diffusers' default).
+	Strength float64
+}
+
+// InpaintRequest repaints the masked part of an image. Outpainting is inpainting on an
+// extended canvas, see ExtendCanvas.
+type InpaintRequest struct {
+	Request
+	Image image.Image
+	// Mask selects what is repainted: white (>= 50% luminance) is new, black is kept.
+	// Resized to the image like it.
+	Mask image.Image
+	// Strength in (0, 1] (default 1: the masked area is generated from pure noise).
+	Strength float64
+}
+
+// Result is the output of one call.
+type Result struct {
+	Images []image.Image // *image.RGBA, one per batch element
+	Params Params
+}
+
+// Params are the parameters a generation actually used, defaults resolved.
+type Params struct {
+	Prompt, NegativePrompt string
+	Width, Height          int
+	Steps                  int
+	GuidanceScale          float64
+	GuidanceRescale        float64
+	Sampler                Sampler
+	Schedule               schedule.SigmaSchedule
+	Eta                    float64
+	Seed                   uint64
+	RNG                    rng.Kind
+	BatchSize              int
+	ClipSkip               int
+	Strength               float64 // img2img / inpaint; 0 for txt2img
+	Model                  string  // the model's file or folder name
+	Elapsed                time.Duration
+}
+
+// A1111 formats the parameters as AUTOMATIC1111's "parameters" PNG text chunk, which
+// image viewers and web UIs read back.
+func (p Params) A1111() string {
+	var b strings.Builder
+	b.WriteString(p.Prompt)
+	if p.NegativePrompt != "" {
+		b.WriteString("\nNegative prompt: " + p.NegativePrompt)
+	}
+	fmt.Fprintf(&b, "\nSteps: %d, Sampler: %s", p.Steps, p.Sampler.A1111Name())
+	if p.Schedule != schedule.SigmasDefault {
+		name := p.Schedule.String()
+		fmt.Fprintf(&b, ", Schedule type: %s", strings.ToUpper(name[:1])+name[1:])
+	}
+	fmt.Fprintf(&b, ", CFG scale: %g, Seed: %d, Size: %dx%d", p.GuidanceScale, p.Seed, p.Width, p.Height)
+	if p.Model != "" {
+		fmt.Fprintf(&b, ", Model: %s", p.Model)
+	}
+	if p.Strength > 0 {
+		fmt.Fprintf(&b, ", Denoising strength: %g", p.Strength)
+	}
+	if p.ClipSkip > 1 {
+		fmt.Fprintf(&b, ", Clip skip: %d", p.ClipSkip)
+	}
+	if p.GuidanceRescale > 0 {
+		fmt.Fprintf(&b, ", CFG rescale: %g", p.GuidanceRescale)
+	}
+	if p.Eta > 0 {
+		fmt.Fprintf(&b, ", Eta: %g", p.Eta)
+	}
+	if p.RNG == rng.CUDA {
+		b.WriteString(", RNG: NV")
+	}
+	if p.BatchSize > 1 {
+		fmt.Fprintf(&b, ", Batch size: %d", p.BatchSize)
+	}
+	b.WriteString(", Version: gosd")
+	return b.String()
+}
+
+// Limits of a request.
+const (
+	MaxSteps     = 1000
+	MaxBatchSize = 64
+	MaxSide      = 4096
+)
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidRequest}, args...)...)
+}
+
+// resolve fills defaults and validates a request against the model.
+func (p *Pipeline) resolve(r Request) (Params, error) {
+	par := Params{
+		Prompt:          r.Prompt,
+		NegativePrompt:  r.NegativePrompt,
+		Width:           r.Width,
+		Height:          r.Height,
+		Steps:           r.Steps,
+		GuidanceScale:   r.GuidanceScale,
+		GuidanceRescale: r.GuidanceRescale,
+		Sampler:         r.Sampler,
+		Schedule:        r.Schedule,
+		Eta:             r.Eta,
+		Seed:            r.Seed,
+		RNG:             r.RNG,
+		BatchSize:       r.BatchSize,
+		ClipSkip:        r.ClipSkip,
+		Model:           p.info.Name,
+	}
+	f := p.eng.vaeFactor()
+	if par.Width == 0 {
+		par.Width = p.info.Width
+	}
+	if par.Height == 0 {
+		par.Height = p.info.Height
+	}
+	if par.Width < f || par.Height < f || par.Width > MaxSide || par.Height > MaxSide ||
+		par.Width%f != 0 || par.Height%f != 0 {
+		return par, invalid("size %dx%d: width and height must be multiples of %d between %d and %d", par.Width, par.Height, f, f, MaxSide)
+	}
+	if par.Steps == 0 {
+		par.Steps = 20
+	}
+	if par.Steps < 1 || par.Steps > MaxSteps {
+		return par, invalid("steps %d not in [1, %d]", par.Steps, MaxSteps)
+	}
+	if par.GuidanceScale == 0 {
+		par.GuidanceScale = 7.5
+	}
+	if math.IsNaN(par.GuidanceScale) || math.IsInf(par.GuidanceScale, 0) || par.GuidanceScale < 0 || par.GuidanceScale > 100 {
+		return par, invalid("guidance scale %g not in [0, 100]", par.GuidanceScale)
+	}
+	if !(par.GuidanceRescale >= 0 && par.GuidanceRescale <= 1) {
+		return par, invalid("guidance rescale %g not in [0, 1]", par.GuidanceRescale)
+	}
+	if !par.Sampler.valid() {
+		return par, invalid("unknown sampler %d", int(par.Sampler))
+	}
+	if par.Sampler == SamplerAuto {
+		par.Sampler = p.info.DefaultSampler
+	}
+	if !(par.Eta >= 0 && par.Eta <= 1) {
+		return par, invalid("eta %g not in [0, 1]", par.Eta)
+	}
+	if par.BatchSize == 0 {
+		par.BatchSize = 1
+	}
+	if par.BatchSize < 1 || par.BatchSize > MaxBatchSize {
+		return par, invalid("batch size %d not in [1, %d]", par.BatchSize, MaxBatchSize)
+	}
+	if par.ClipSkip < 0 || par.ClipSkip > p.info.TextLayers {
+		return par, invalid("clip skip %d not in [0, %d]", par.ClipSkip, p.info.TextLayers)
+	}
+	if par.RNG != rng.CPU && par.RNG != rng.CUDA {
+		return par, invalid("unknown RNG %d", int(par.RNG))
+	}
+	return par, nil
+}
+
+func resolveStrength(s, def float64) (float64, error) {
+	if s == 0 {
+		return def, nil
+	}
+	if !(s > 0 && s <= 1) {
+		return 0, invalid("strength %g not in (0, 1]", s)
+	}
+	return s, nil
+}
