@@ -188,6 +188,21 @@ func (p *Pipeline) setup(m *modelfile.Model, device Device) error {
 // Info describes the opened model.
 func (p *Pipeline) Info() ModelInfo { return p.info }
 
+// MemoryStats is the runtime's device memory use: the high-water mark of activation
+// memory (ArenaPeakBytes) and weights copied to the device (WeightsBytes; weights used in
+// place from the mapped file on the CPU are not counted).
+type MemoryStats = binding.MemoryStats
+
+// MemoryStats reports the runtime's memory use so far.
+func (p *Pipeline) MemoryStats() (MemoryStats, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return MemoryStats{}, ErrClosed
+	}
+	return p.eng.lib.CtxMemoryStats(p.eng.ctx)
+}
+
 // Close frees the native resources and unmaps the model. It is idempotent; calls after
 // Close return ErrClosed.
 func (p *Pipeline) Close() error {
@@ -296,16 +311,18 @@ func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
 	}
-	images, err := p.run(ctx, req, par, sched, init)
+	var tm Timings
+	images, err := p.run(ctx, req, par, sched, init, &tm)
 	if err != nil {
 		return nil, err
 	}
-	par.Elapsed = time.Since(start)
-	return &Result{Images: images, Params: par}, nil
+	tm.Total = time.Since(start)
+	par.Elapsed = tm.Total
+	return &Result{Images: images, Params: par, Timings: tm}, nil
 }
 
 // run is the sampling loop shared by the three modes.
-func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched schedule.Scheduler, init *initImage) ([]image.Image, error) {
+func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched schedule.Scheduler, init *initImage, tm *Timings) ([]image.Image, error) {
 	e := p.eng
 	f := e.vaeFactor()
 	b, lh, lw := par.BatchSize, par.Height/f, par.Width/f
@@ -315,6 +332,7 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 
 	var textCtx []float32
 	var tokens int
+	phase := time.Now()
 	err := p.guard(ctx, func() (err error) {
 		textCtx, tokens, err = p.encodePrompts(par, cfg)
 		return err
@@ -322,6 +340,7 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	if err != nil {
 		return nil, err
 	}
+	tm.TextEncode = time.Since(phase)
 
 	gen := rng.New(par.RNG, par.Seed)
 	timesteps := sched.Timesteps()
@@ -333,9 +352,11 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 		gen.Normal(x)
 		scale(x, float32(sched.InitNoiseSigma()))
 	} else {
+		phase = time.Now()
 		if x, first, blend, err = p.prepareInit(ctx, par, sched, init, gen); err != nil {
 			return nil, err
 		}
+		tm.Encode = time.Since(phase)
 	}
 
 	total := len(timesteps) - first
@@ -349,6 +370,7 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		stepStart := time.Now()
 		t := timesteps[i]
 		scaled := sched.ScaleModelInput(x, i)
 		in := scaled
@@ -381,6 +403,7 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 		if blend != nil && blend.unetExtra == nil {
 			blend.apply(x, sched, i)
 		}
+		tm.Steps = append(tm.Steps, time.Since(stepStart))
 		if req.onStep != nil {
 			req.onStep(i-first, x)
 		}
@@ -394,6 +417,7 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	}
 
 	// Decode: latents / scaling_factor + shift_factor, as diffusers.
+	phase = time.Now()
 	vc := p.model.VAE.Config
 	z := make([]float32, n)
 	for k, v := range x {
@@ -407,7 +431,9 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	if err != nil {
 		return nil, err
 	}
-	return toImages(pix, b, par.Height, par.Width), nil
+	images := toImages(pix, b, par.Height, par.Width)
+	tm.Decode = time.Since(phase)
+	return images, nil
 }
 
 // guide applies classifier-free guidance u + g (c - u) and, when phi > 0, diffusers'

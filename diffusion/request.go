@@ -202,8 +202,27 @@ type InpaintRequest struct {
 
 // Result is the output of one call.
 type Result struct {
-	Images []image.Image // *image.RGBA, one per batch element
-	Params Params
+	Images  []image.Image // *image.RGBA, one per batch element
+	Params  Params
+	Timings Timings
+}
+
+// Timings splits a call's wall time by phase.
+type Timings struct {
+	TextEncode time.Duration   // tokenizer and text encoder
+	Encode     time.Duration   // VAE encoder (img2img, inpainting)
+	Steps      []time.Duration // each UNet evaluation with its sampler step
+	Decode     time.Duration   // VAE decoder and conversion to images
+	Total      time.Duration
+}
+
+// Sampling is the sum of Steps.
+func (t Timings) Sampling() time.Duration {
+	var d time.Duration
+	for _, s := range t.Steps {
+		d += s
+	}
+	return d
 }
 
 // Params are the parameters a generation actually used, defaults resolved.
