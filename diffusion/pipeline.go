@@ -253,7 +253,9 @@ func (p *Pipeline) Img2Img(ctx context.Context, req Img2ImgRequest) (*Result, er
 	if err != nil {
 		return nil, err
 	}
-	req.Request = defaultSizeFrom(req.Request, req.Image)
+	if req.Request, err = defaultSizeFrom(req.Request, req.Image); err != nil {
+		return nil, err
+	}
 	return p.generate(ctx, req.Request, &initImage{image: req.Image, strength: strength})
 }
 
@@ -268,7 +270,9 @@ func (p *Pipeline) Inpaint(ctx context.Context, req InpaintRequest) (*Result, er
 	if err != nil {
 		return nil, err
 	}
-	req.Request = defaultSizeFrom(req.Request, req.Image)
+	if req.Request, err = defaultSizeFrom(req.Request, req.Image); err != nil {
+		return nil, err
+	}
 	return p.generate(ctx, req.Request, &initImage{image: req.Image, mask: req.Mask, strength: strength})
 }
 
@@ -279,15 +283,18 @@ type initImage struct {
 }
 
 // defaultSizeFrom sizes a request like its image (rounded down to a multiple of 8).
-func defaultSizeFrom(r Request, img image.Image) Request {
+func defaultSizeFrom(r Request, img image.Image) (Request, error) {
 	b := img.Bounds()
+	if b.Dx() < 8 || b.Dy() < 8 {
+		return r, invalid("image %dx%d is smaller than 8 pixels", b.Dx(), b.Dy())
+	}
 	if r.Width == 0 {
 		r.Width = b.Dx() / 8 * 8
 	}
 	if r.Height == 0 {
 		r.Height = b.Dy() / 8 * 8
 	}
-	return r
+	return r, nil
 }
 
 func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (*Result, error) {
