@@ -15,6 +15,7 @@ Output: one compressed .npz (default data/emoji64.npz) holding
   pair_offsets  int32 (N+1)            captions of image i: pair_captions[pair_offsets[i]:pair_offsets[i+1]]
   pair_captions int32 (P)              indices into captions
   empty_ids     int32 (77)             ids of the empty prompt (classifier-free guidance)
+  heldout       str (H)                held-out prompts, in file order; heldout_ids int32 (H, 77) their ids
   meta          str                    JSON: sources, versions, counts
 
 Every prompt of heldout_prompts.json is removed from the training captions.
@@ -237,7 +238,8 @@ def main(argv=None):
 
     print(f"prepare_data: {len(entries)} images, {len(captions)} unique captions, {len(pairs)} pairs, "
           f"{removed} held-out captions removed; tokenizing ...", file=sys.stderr)
-    ids = tokenize([""] + captions, args.tokenizer_cmd)
+    held_list = [h["prompt"] for h in heldout["prompts"]]
+    ids = tokenize([""] + held_list + captions, args.tokenizer_cmd)
     images = np.stack([load_image(os.path.join(ds_dir, "img", "google", "64", e["image"])) for e in entries])
 
     meta = {
@@ -257,10 +259,12 @@ def main(argv=None):
         labels=np.array([e["label"] for e in entries]),
         image_weight=np.array([e["weight"] for e in entries], dtype=np.float32),
         captions=np.array(captions),
-        caption_ids=ids[1:],
+        caption_ids=ids[1 + len(held_list):],
         pair_offsets=np.array(offsets, dtype=np.int32),
         pair_captions=np.array(pairs, dtype=np.int32),
         empty_ids=ids[0],
+        heldout=np.array(held_list),
+        heldout_ids=ids[1:1 + len(held_list)],
         meta=np.array(json.dumps(meta)),
     )
     print(f"prepare_data: wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB)", file=sys.stderr)

@@ -577,8 +577,9 @@ class AutoencoderKL(nn.Module):
         return self.decoder(z)
 
     def forward(self, x, generator=None):
-        mean, logvar = self.encode(x)
-        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        """Reconstruction through a latent sample; returns (image, mean, logvar), the latter two float32."""
+        mean, logvar = (t.float() for t in self.encode(x))
+        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator, device=mean.device)
         return self.decode(z), mean, logvar
 
 
@@ -732,3 +733,151 @@ def text_encoder_state(state):
 
 def param_count(model):
     return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# full configs: the keys a diffusers / transformers folder carries, SD 1.x values by default.
+# full_config(kind, arch) overlays the architecture choices of a training config on these.
+
+UNET_DEFAULTS = {
+    "_class_name": "UNet2DConditionModel",
+    "act_fn": "silu",
+    "addition_embed_type": None,
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": None,
+    "attention_head_dim": 8,
+    "attention_type": "default",
+    "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False,
+    "class_embed_type": None,
+    "class_embeddings_concat": False,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "cross_attention_dim": 768,
+    "cross_attention_norm": None,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "downsample_padding": 1,
+    "dropout": 0.0,
+    "dual_cross_attention": False,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_only_cross_attention": None,
+    "mid_block_scale_factor": 1,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "num_attention_heads": None,
+    "num_class_embeds": None,
+    "only_cross_attention": False,
+    "out_channels": 4,
+    "projection_class_embeddings_input_dim": None,
+    "resnet_out_scale_factor": 1.0,
+    "resnet_skip_time_act": False,
+    "resnet_time_scale_shift": "default",
+    "reverse_transformer_layers_per_block": None,
+    "sample_size": 64,
+    "time_cond_proj_dim": None,
+    "time_embedding_act_fn": None,
+    "time_embedding_dim": None,
+    "time_embedding_type": "positional",
+    "timestep_post_act": None,
+    "transformer_layers_per_block": 1,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "upcast_attention": False,
+    "use_linear_projection": False,
+}
+
+VAE_DEFAULTS = {
+    "_class_name": "AutoencoderKL",
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "force_upcast": True,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "latents_mean": None,
+    "latents_std": None,
+    "layers_per_block": 2,
+    "mid_block_add_attention": True,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+    "shift_factor": None,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "use_post_quant_conv": True,
+    "use_quant_conv": True,
+}
+
+CLIP_DEFAULTS = {
+    "architectures": ["CLIPTextModel"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 49406,
+    "dropout": 0.0,
+    "eos_token_id": 49407,
+    "hidden_act": "quick_gelu",
+    "hidden_size": 768,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "intermediate_size": 3072,
+    "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 77,
+    "model_type": "clip_text_model",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "pad_token_id": 49407,
+    "projection_dim": 768,
+    "vocab_size": 49408,
+}
+
+_DEFAULTS = {"unet": UNET_DEFAULTS, "vae": VAE_DEFAULTS, "text_encoder": CLIP_DEFAULTS}
+_CLASSES = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel}
+
+
+def full_config(kind, arch):
+    """Defaults of `kind` ("unet", "vae", "text_encoder") overlaid with the dict arch; a new dict."""
+    cfg = json_copy(_DEFAULTS[kind])
+    cfg.update(json_copy(arch))
+    if kind != "text_encoder" and len(cfg["block_out_channels"]) != len(cfg["down_block_types"]):
+        raise ValueError(f"{kind}: block_out_channels and down_block_types differ in length")
+    return cfg
+
+
+def build(kind, arch):
+    """A freshly initialised model of `kind` from a (partial) architecture dict."""
+    model = _CLASSES[kind](full_config(kind, arch))
+    init_weights(model)
+    return model
+
+
+def init_weights(model):
+    """Initialisation for training from scratch. Convs/linears keep torch's defaults; CLIP
+    embeddings use N(0, 0.02) as in transformers; the UNet's and VAE's final convs and every
+    residual branch's last layer start at zero so each block begins as the identity
+    (a common trick that makes small diffusion models train faster)."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+        elif isinstance(m, nn.LayerNorm) or isinstance(m, nn.GroupNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    if isinstance(model, UNet2DConditionModel):
+        for m in model.modules():
+            if isinstance(m, ResnetBlock2D):
+                nn.init.zeros_(m.conv2.weight)
+                nn.init.zeros_(m.conv2.bias)
+            elif isinstance(m, Transformer2DModel):
+                nn.init.zeros_(m.proj_out.weight)
+                nn.init.zeros_(m.proj_out.bias)
+        nn.init.zeros_(model.conv_out.weight)
+        nn.init.zeros_(model.conv_out.bias)
+
+
+def json_copy(x):
+    import json
+
+    return json.loads(json.dumps(x))
