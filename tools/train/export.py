@@ -302,8 +302,10 @@ def main(argv=None):
 
     with open(os.path.join(args.run, "config.json")) as f:
         cfg = json.load(f)
-    vae_ck = torch.load(os.path.join(args.run, "vae.pt"), map_location="cpu")
-    unet_ck = torch.load(os.path.join(args.run, "unet.pt"), map_location="cpu")
+    import train  # checkpoint loading that works on torch 1.13 and on torch >= 2.6 (weights_only default)
+
+    vae_ck = train.load_checkpoint(os.path.join(args.run, "vae.pt"), "cpu")
+    unet_ck = train.load_checkpoint(os.path.join(args.run, "unet.pt"), "cpu")
     if not (vae_ck.get("done") and unet_ck.get("done")):
         print("export: warning: the run is not finished; exporting its latest checkpoint", file=sys.stderr)
     if args.no_ema:

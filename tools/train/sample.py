@@ -104,6 +104,29 @@ def nearest_neighbour_eval(images, prompts, data_path):
     return summary, rows
 
 
+@torch.no_grad()
+def reconstruct(args, device):
+    """Originals (top rows) and VAE reconstructions through the latent mean (bottom rows), with PSNR."""
+    _, _, vae, _, _ = load_models(args, device)
+    with np.load(args.data) as d:
+        n = len(d["images"])
+        idx = np.linspace(0, n - 1, min(args.recon, n)).astype(int)
+        x = torch.from_numpy(d["images"][idx]).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
+    mean, _ = vae.encode(x)
+    rec = vae.decode(mean).clamp(-1, 1)
+    mse = ((rec - x) / 2).pow(2).mean(dim=(1, 2, 3))
+    psnr = (10 * torch.log10(1 / mse)).mean().item()
+    cols = min(8, len(idx))
+    rows = []
+    for i in range(0, len(idx), cols):
+        rows += [x[i:i + cols], rec[i:i + cols]]
+    from PIL import Image
+
+    Image.fromarray(sampling.to_grid(torch.cat(rows).add(1).div(2).cpu(), cols)).save(args.out)
+    print(json.dumps({"images": len(idx), "psnr_db": round(psnr, 2), "out": args.out}), file=sys.stderr)
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -111,6 +134,8 @@ def main(argv=None):
     src.add_argument("--run", help="training run folder (EMA weights unless --no-ema)")
     ap.add_argument("--no-ema", action="store_true", help="with --run: the raw weights")
     ap.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    ap.add_argument("--recon", type=int, default=0, metavar="N",
+                    help="instead: VAE reconstructions of N dataset images (--data) and their PSNR")
     ap.add_argument("--heldout", action="store_true", help="sample every prompt of heldout_prompts.json")
     ap.add_argument("--heldout-file", default=os.path.join(HERE, "heldout_prompts.json"))
     ap.add_argument("--data", default=os.path.join(HERE, "data", "emoji64.npz"), help="prepared dataset (ids of held-out prompts, --eval)")
@@ -127,12 +152,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     device = train.pick_device(args.device)
 
+    if args.recon:
+        return reconstruct(args, device)
+
     prompts = [{"prompt": p} for p in args.prompt]
     if args.heldout:
         with open(args.heldout_file) as f:
             prompts += json.load(f)["prompts"]
     if not prompts:
-        ap.error("give --prompt or --heldout")
+        ap.error("give --prompt, --heldout or --recon")
     texts = [p["prompt"] for p in prompts]
 
     ids = None
