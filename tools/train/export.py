@@ -228,7 +228,7 @@ def model_card(configs, sizes, sched, info):
         f" {info.get('sources', {}).get('emoji-datasource-google', '')}, composited onto white.",
         "Captions: built from the emoji names, labels, tags, groups and subgroups of `emojibase-data`"
         f" {info.get('sources', {}).get('emojibase-data', '')} and `emoji-datasource-google`",
-        "(e.g. \"a red apple\", \"red apple emoji\", \"red apple, fruit, food & drink\"), several per image.",
+        "(e.g. \"red apple\", \"red apple emoji\", \"red apple, fruit, food & drink\"), several per image.",
         f"{info.get('images', '?')} images, {info.get('captions', '?')} captions. A fixed list of held-out prompts",
         "(tools/train/heldout_prompts.json in the gosd repository) was excluded from training for evaluation.",
         "",
@@ -297,6 +297,8 @@ def main(argv=None):
     ap.add_argument("--scheduler", choices=["ddim", "euler"], default="ddim", help="scheduler class to write (default ddim)")
     ap.add_argument("--no-ema", action="store_true", help="export the raw instead of the EMA UNet/text-encoder weights")
     ap.add_argument("--max-mb", type=float, default=40.0, help="fail when the weights exceed this many MB (default 40)")
+    ap.add_argument("--allow-test-tokenizer", action="store_true",
+                    help="export even if the dataset was tokenized by tests/fake_tokenize.py (never ship that)")
     args = ap.parse_args(argv)
     out = args.out or os.path.join(args.run, "export")
 
@@ -316,6 +318,11 @@ def main(argv=None):
     states["vae"] = vae_ck["model"]
     params = {k: sum(v.numel() for v in s.values()) for k, s in states.items()}
     info = run_info(args.run, cfg, params)
+    if "fake_tokenize" in str(info.get("tokenizer_cmd", "")):
+        if not args.allow_test_tokenizer:
+            sys.exit("export: the dataset was tokenized by the test stand-in (tests/fake_tokenize.py); its ids mean "
+                     "nothing to the runtime tokenizer. Rebuild the data with the Go tokenizer, or pass --allow-test-tokenizer.")
+        print("export: WARNING: test-tokenizer ids; this model only works with tests/fake_tokenize.py", file=sys.stderr)
     sizes = write_folder(out, cfg["model"], states, unet_ck["scaling_factor"], cfg["scheduler"], args.tokenizer_src,
                          args.scheduler, info, args.max_mb)
     load_folder(out)  # strict round trip through the configs just written

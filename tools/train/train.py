@@ -65,7 +65,11 @@ class Dataset:
         if not os.path.isfile(path):
             sys.exit(f"train: dataset {path} not found; run prepare_data.py first (see README.md)")
         with np.load(path) as d:
-            return cls({k: d[k] for k in d.files}, device, limit)
+            arrays = {k: d[k] for k in d.files}
+        if "fake_tokenize" in json.loads(str(arrays.get("meta", "{}"))).get("tokenizer_cmd", ""):
+            print(f"train: WARNING: {path} was tokenized by the test stand-in; fine for tests, never for the demo model",
+                  file=sys.stderr)
+        return cls(arrays, device, limit)
 
     @classmethod
     def synthetic(cls, device, n=512, seed=0):
@@ -251,7 +255,8 @@ def train_vae(cfg, data, run, device, deadline, resume, quiet=False):
     g.manual_seed(cfg["seed"] + 1)
     step, seconds = 0, 0.0
     if resume and os.path.exists(path):
-        ck = load_checkpoint(path, device)
+        # Loaded on the CPU: load_state_dict moves weights and optimizer state where they belong.
+        ck = load_checkpoint(path, "cpu")
         vae.load_state_dict(ck["model"])
         if ck.get("done"):
             return vae.eval()
@@ -394,7 +399,7 @@ def train_unet(cfg, data, vae, lat_mean, lat_logvar, sf, run, device, deadline, 
     g.manual_seed(cfg["seed"] + 4)
     step, seconds = 0, 0.0
     if resume and os.path.exists(path):
-        ck = load_checkpoint(path, device)
+        ck = load_checkpoint(path, "cpu")
         unet.load_state_dict(ck["unet"])
         clip.load_state_dict(ck["text_encoder"])
         ema.load(ck["ema"])
