@@ -67,7 +67,7 @@ def label_grid(images, labels, cols, scale=2):
         tile = Image.fromarray(arr[i]).resize((tw, th), Image.NEAREST)
         canvas.paste(tile, (c * tw, r * (th + text_h)))
         text = labels[i]
-        lines = [text[:22], text[22:44]] if len(text) > 22 else [text]
+        lines = [text[:20], text[20:40]] if len(text) > 20 else [text]  # ~6 px per character, 128 px tiles
         for j, line in enumerate(lines):
             draw.text((c * tw + 2, r * (th + text_h) + th + j * 11), line, fill=(0, 0, 0))
     return canvas
