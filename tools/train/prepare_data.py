@@ -32,7 +32,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-DEFAULT_TOKENIZER_CMD = "go run -tags gosd_tokenizer ./tools/train/tokenize"
+DEFAULT_TOKENIZER_CMD = "go run ./tools/train/tokenize"
 SKIN_TONE_WEIGHT = 0.25  # five tone variants of a gesture together weigh 1.25 base images
 
 

@@ -1,5 +1,3 @@
-//go:build gosd_tokenizer
-
 // Command tokenize turns captions into CLIP token ids with the runtime's own tokenizer, so the
 // demo model is trained on exactly the ids sdcli will feed it.
 //
@@ -7,8 +5,7 @@
 // (BOS 49406, the caption's tokens, EOS 49407, padded with 49407, truncated keeping EOS last).
 // An empty line is the empty prompt used for classifier-free guidance.
 //
-// The build tag keeps `go build ./...` green until package diffusion/tokenizer is on main;
-// prepare_data.py runs it as: go run -tags gosd_tokenizer ./tools/train/tokenize
+// prepare_data.py runs it as: go run ./tools/train/tokenize
 package main
 
 import (
