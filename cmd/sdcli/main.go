@@ -30,12 +30,18 @@ const (
 // app is the CLI with its environment; tests build one with their own.
 type app struct {
 	stdout, stderr io.Writer
+	// stderrTerminal: progress redraws one line with \r instead of printing lines.
+	stderrTerminal bool
+	// demoDirs are the folders searched for the demo model, in order.
+	demoDirs []string
 }
 
 func newApp(stdout, stderr io.Writer) *app {
 	return &app{
-		stdout: stdout,
-		stderr: stderr,
+		stdout:         stdout,
+		stderr:         stderr,
+		stderrTerminal: isTerminal(stderr),
+		demoDirs:       demoModelDirs(),
 	}
 }
 
@@ -56,6 +62,9 @@ type command struct {
 }
 
 var commands = []*command{
+	{name: "txt2img", summary: "Generate images from a prompt.", setup: generateCommand(modeTxt2Img)},
+	{name: "img2img", summary: "Repaint an image (-i) guided by a prompt.", setup: generateCommand(modeImg2Img)},
+	{name: "inpaint", summary: "Repaint the white part of a mask (--mask) over an image (-i), or extend the image (--outpaint).", setup: generateCommand(modeInpaint)},
 	{name: "version", summary: "Print the version of sdcli and of the runtime library it finds.", setup: versionCommand},
 }
 

@@ -14,11 +14,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// testApp is the CLI writing into buffers.
+// testApp is the CLI writing into buffers, with no demo model to find.
 func testApp(t *testing.T) (*app, *bytes.Buffer, *bytes.Buffer) {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
 	a := newApp(&stdout, &stderr)
+	a.demoDirs = []string{t.TempDir()}
 	return a, &stdout, &stderr
 }
 
@@ -43,11 +44,11 @@ func TestRunDispatch(t *testing.T) {
 		stderr []string
 	}{
 		{"no command", nil, exitUsage, nil, []string{"Usage: sdcli <command>", "Commands:"}},
-		{"help", []string{"help"}, exitOK, []string{"Usage: sdcli <command>", "version"}, nil},
+		{"help", []string{"help"}, exitOK, []string{"Usage: sdcli <command>", "txt2img", "img2img", "inpaint", "version"}, nil},
 		{"-h", []string{"-h"}, exitOK, []string{"Usage: sdcli <command>"}, nil},
-		{"help of a command", []string{"help", "version"}, exitOK, []string{"Usage: sdcli version [flags]", "--lib path"}, nil},
+		{"help of a command", []string{"help", "inpaint"}, exitOK, []string{"Usage: sdcli inpaint [flags]", "--outpaint L,T,R,B", "--mask path"}, nil},
 		{"help of an unknown command", []string{"help", "paint"}, exitUsage, nil, []string{`unknown command "paint"`}},
-		{"command -h", []string{"version", "-h"}, exitOK, []string{"Usage: sdcli version [flags]"}, nil},
+		{"command -h", []string{"txt2img", "-h"}, exitOK, []string{"Usage: sdcli txt2img [flags]", "--sampler NAME", "(default 20)"}, nil},
 		{"unknown command", []string{"paint"}, exitUsage, nil, []string{`sdcli: unknown command "paint"`}},
 		{"version", []string{"version"}, exitOK, []string{"sdcli ", runtime.Version(), "runtime library: "}, nil},
 		{"version with an argument", []string{"version", "x"}, exitUsage, nil, []string{`unexpected argument "x"`}},
