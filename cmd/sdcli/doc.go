@@ -5,6 +5,7 @@
 //	sdcli img2img -i photo.jpg -p "an oil painting" --strength 0.6 -o painting.png
 //	sdcli inpaint -i photo.png --mask mask.png -p "a straw hat" -o hat.png
 //	sdcli inpaint -i photo.png --outpaint 0,0,256,0 -o wider.png
+//	sdcli info v1-5-pruned-emaonly.safetensors
 //
 // Progress goes to stderr (one line redrawn on a terminal, plain lines otherwise) and
 // the paths of the images written to stdout, one per line. Ctrl-C cancels cleanly:
@@ -74,6 +75,16 @@
 //	                      (rounded up to keep it a multiple of 8) and paint the new area; the
 //	                      mask is made from the margins
 //	--strength x          how much is repainted, in (0, 1] (default 1)
+//
+// # sdcli info
+//
+//	sdcli info [MODEL]
+//
+// Describes a model file or diffusers folder (default: the demo model) without the
+// runtime library: family, format, prediction type, and per network (UNet, VAE, text
+// encoder) its configuration, a histogram of its tensors' types, its parameter count
+// and size; then its tokenizer, native image size and the scheduler that --sampler auto
+// uses.
 //
 // # sdcli version
 //

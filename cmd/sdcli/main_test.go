@@ -44,11 +44,12 @@ func TestRunDispatch(t *testing.T) {
 		stderr []string
 	}{
 		{"no command", nil, exitUsage, nil, []string{"Usage: sdcli <command>", "Commands:"}},
-		{"help", []string{"help"}, exitOK, []string{"Usage: sdcli <command>", "txt2img", "img2img", "inpaint", "version"}, nil},
+		{"help", []string{"help"}, exitOK, []string{"Usage: sdcli <command>", "txt2img", "img2img", "inpaint", "info", "version"}, nil},
 		{"-h", []string{"-h"}, exitOK, []string{"Usage: sdcli <command>"}, nil},
 		{"help of a command", []string{"help", "inpaint"}, exitOK, []string{"Usage: sdcli inpaint [flags]", "--outpaint L,T,R,B", "--mask path"}, nil},
 		{"help of an unknown command", []string{"help", "paint"}, exitUsage, nil, []string{`unknown command "paint"`}},
 		{"command -h", []string{"txt2img", "-h"}, exitOK, []string{"Usage: sdcli txt2img [flags]", "--sampler NAME", "(default 20)"}, nil},
+		{"info -h", []string{"info", "-h"}, exitOK, []string{"Usage: sdcli info [MODEL]\n"}, nil},
 		{"unknown command", []string{"paint"}, exitUsage, nil, []string{`sdcli: unknown command "paint"`}},
 		{"version", []string{"version"}, exitOK, []string{"sdcli ", runtime.Version(), "runtime library: "}, nil},
 		{"version with an argument", []string{"version", "x"}, exitUsage, nil, []string{`unexpected argument "x"`}},
