@@ -6,6 +6,7 @@
 //	sdcli inpaint -i photo.png --mask mask.png -p "a straw hat" -o hat.png
 //	sdcli inpaint -i photo.png --outpaint 0,0,256,0 -o wider.png
 //	sdcli info v1-5-pruned-emaonly.safetensors
+//	sdcli bench --arch sd15 --size 512
 //
 // Progress goes to stderr (one line redrawn on a terminal, plain lines otherwise) and
 // the paths of the images written to stdout, one per line. Ctrl-C cancels cleanly:
@@ -85,6 +86,26 @@
 // encoder) its configuration, a histogram of its tensors' types, its parameter count
 // and size; then its tokenizer, native image size and the scheduler that --sampler auto
 // uses.
+//
+// # sdcli bench
+//
+// Measures a txt2img run on random weights of a full-size architecture, so that speed
+// and memory can be compared without downloading a model. The weights (fp16) are
+// written once, by modelfile.WriteRandom, into a sub-folder of the cache per
+// architecture and type (a few GB, under a minute); later runs reuse them. The run
+// uses classifier-free guidance (a UNet batch of 2 per step) and the DDIM sampler.
+// The report gives the load time (Open), text encoding, the median step time, VAE
+// decoding, the total of the call, the peak resident memory of the process and the
+// runtime's peak activation memory.
+//
+//	--arch NAME           sd15 or sd21 (default sd15)
+//	--size px             image width and height, a multiple of 8 (default 512)
+//	--steps N             sampling steps whose median is reported (default 3)
+//	--cache dir           folder of the random weights (default $XDG_CACHE_HOME/gosd, else
+//	                      ~/.cache/gosd)
+//	--json                print the report as JSON instead of a table (default off)
+//	--threads N, --device NAME, --lib path, -v
+//	                      as for txt2img
 //
 // # sdcli version
 //

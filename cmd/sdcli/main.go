@@ -9,6 +9,7 @@ import (
 	"os/signal"
 
 	"github.com/gosd/gosd/diffusion"
+	"github.com/gosd/gosd/diffusion/modelfile"
 )
 
 func main() {
@@ -34,6 +35,8 @@ type app struct {
 	stderrTerminal bool
 	// demoDirs are the folders searched for the demo model, in order.
 	demoDirs []string
+	// archs are bench's --arch choices (tests substitute tiny architectures).
+	archs map[string]modelfile.Architecture
 }
 
 func newApp(stdout, stderr io.Writer) *app {
@@ -42,6 +45,7 @@ func newApp(stdout, stderr io.Writer) *app {
 		stderr:         stderr,
 		stderrTerminal: isTerminal(stderr),
 		demoDirs:       demoModelDirs(),
+		archs:          map[string]modelfile.Architecture{"sd15": modelfile.SD15(), "sd21": modelfile.SD21()},
 	}
 }
 
@@ -66,6 +70,7 @@ var commands = []*command{
 	{name: "img2img", summary: "Repaint an image (-i) guided by a prompt.", setup: generateCommand(modeImg2Img)},
 	{name: "inpaint", summary: "Repaint the white part of a mask (--mask) over an image (-i), or extend the image (--outpaint).", setup: generateCommand(modeInpaint)},
 	{name: "info", args: " [MODEL]", summary: "Describe a model file or diffusers folder (default: the demo model) without loading the runtime.", setup: infoCommand},
+	{name: "bench", summary: "Time a txt2img run on random full-size weights, written once to a cache folder.", setup: benchCommand},
 	{name: "version", summary: "Print the version of sdcli and of the runtime library it finds.", setup: versionCommand},
 }
 

@@ -43,12 +43,13 @@ func TestRunDispatch(t *testing.T) {
 		stdout []string
 		stderr []string
 	}{
-		{"no command", nil, exitUsage, nil, []string{"Usage: sdcli <command>", "Commands:"}},
-		{"help", []string{"help"}, exitOK, []string{"Usage: sdcli <command>", "txt2img", "img2img", "inpaint", "info", "version"}, nil},
+		{"no command", nil, exitUsage, nil, []string{"Usage: sdcli <command>", "txt2img", "bench"}},
+		{"help", []string{"help"}, exitOK, []string{"Usage: sdcli <command>", "txt2img", "img2img", "inpaint", "info", "bench", "version"}, nil},
 		{"-h", []string{"-h"}, exitOK, []string{"Usage: sdcli <command>"}, nil},
 		{"help of a command", []string{"help", "inpaint"}, exitOK, []string{"Usage: sdcli inpaint [flags]", "--outpaint L,T,R,B", "--mask path"}, nil},
 		{"help of an unknown command", []string{"help", "paint"}, exitUsage, nil, []string{`unknown command "paint"`}},
 		{"command -h", []string{"txt2img", "-h"}, exitOK, []string{"Usage: sdcli txt2img [flags]", "--sampler NAME", "(default 20)"}, nil},
+		{"command --help", []string{"bench", "--help"}, exitOK, []string{"Usage: sdcli bench [flags]", "--arch NAME", "(default 512)"}, nil},
 		{"info -h", []string{"info", "-h"}, exitOK, []string{"Usage: sdcli info [MODEL]\n"}, nil},
 		{"unknown command", []string{"paint"}, exitUsage, nil, []string{`sdcli: unknown command "paint"`}},
 		{"version", []string{"version"}, exitOK, []string{"sdcli ", runtime.Version(), "runtime library: "}, nil},
