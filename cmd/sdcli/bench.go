@@ -165,34 +165,47 @@ func median(v []float64) float64 {
 }
 
 func (r benchReport) table(w io.Writer) error {
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	threads := fmt.Sprintf("%d", r.Threads)
 	if r.Threads == 0 {
 		threads = fmt.Sprintf("one per core (%d)", r.CPUs)
 	}
-	rss := "not measured on this system"
+	rss, rssNote := "not measured", "getrusage is not read on this system"
 	if r.PeakRSS > 0 {
-		rss = formatBytes(r.PeakRSS) + "\tprocess, getrusage"
+		rss, rssNote = formatBytes(r.PeakRSS), "process, getrusage (mapped weights count once touched)"
 	}
-	rows := [][2]string{
-		{"model", fmt.Sprintf("%s %s random weights\t%s", r.Arch, r.DType, r.Model)},
-		{"device", fmt.Sprintf("%s\t%s", r.Device, r.Backend)},
-		{"threads", threads},
-		{"image", fmt.Sprintf("%d×%d, %d steps %s, CFG %g", r.Size, r.Size, r.Steps, r.Sampler, benchCFG)},
-		{"load", seconds(r.Load) + "\tOpen"},
-		{"text encode", seconds(r.TextEncode) + "\tprompt and negative prompt"},
-		{"step", fmt.Sprintf("%s\tmedian of %d (min %s, max %s), UNet batch 2 with CFG",
-			seconds(r.StepMedian), len(r.StepTimes), seconds(slices.Min(r.StepTimes)), seconds(slices.Max(r.StepTimes)))},
-		{"vae decode", seconds(r.Decode)},
-		{"total", seconds(r.Total) + "\ttxt2img, without load"},
-		{"peak RSS", rss},
-		{"arena peak", formatBytes(r.ArenaPeak) + "\truntime activations"},
-		{"device weights", formatBytes(r.WeightsCopy) + "\tcopied to the device (weights used in place from the file are not counted)"},
+	plural := "s"
+	if r.Steps == 1 {
+		plural = ""
 	}
+	rows := [][3]string{
+		{"model", fmt.Sprintf("%s %s random weights", r.Arch, r.DType), r.Model},
+		{"device", r.Device, r.Backend},
+		{"threads", threads, ""},
+		{"image", fmt.Sprintf("%d×%d", r.Size, r.Size), fmt.Sprintf("%d step%s %s, CFG %g", r.Steps, plural, r.Sampler, benchCFG)},
+		{"load", seconds(r.Load), "Open"},
+		{"text encode", seconds(r.TextEncode), "prompt and negative prompt"},
+		{"step", seconds(r.StepMedian), fmt.Sprintf("median of %d (min %s, max %s), UNet batch 2 with CFG",
+			len(r.StepTimes), seconds(slices.Min(r.StepTimes)), seconds(slices.Max(r.StepTimes)))},
+		{"vae decode", seconds(r.Decode), ""},
+		{"total", seconds(r.Total), "txt2img, without load"},
+		{"peak RSS", rss, rssNote},
+		{"arena peak", formatBytes(r.ArenaPeak), "runtime activations"},
+		{"device weights", formatBytes(r.WeightsCopy), "copied to the device (weights used in place from the file are not counted)"},
+	}
+	var buf strings.Builder
+	tw := tabwriter.NewWriter(&buf, 0, 8, 2, ' ', 0)
 	for _, row := range rows {
-		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", row[0], row[1], row[2])
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for line := range strings.Lines(buf.String()) {
+		if _, err := io.WriteString(w, strings.TrimRight(line, " \n")+"\n"); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func seconds(s float64) string { return fmt.Sprintf("%.3f s", s) }

@@ -160,8 +160,33 @@ func TestBenchTinyArchitecture(t *testing.T) {
 	r = bench("--steps", "2")
 	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
 	assert.NotContains(t, r.stderr, "writing", "the weights are reused")
-	for _, s := range []string{"model", "sd15 F16 random weights", "64×64, 2 steps ddim, CFG 7.5", "load", "text encode",
+	for _, s := range []string{"model", "sd15 F16 random weights", "64×64", "2 steps ddim, CFG 7.5", "load", "text encode",
 		"step", "median of 2", "vae decode", "total", "peak RSS", "arena peak", "device weights"} {
 		assert.Contains(t, r.stdout, s)
 	}
+}
+
+func TestBenchTable(t *testing.T) {
+	r := benchReport{
+		Arch: "sd15", DType: "F16", Model: "/cache/sd15-f16", Size: 256, Steps: 1, Sampler: "ddim",
+		Device: "cpu", Backend: "cpu, 2 threads", CPUs: 2,
+		Load: 0.146, TextEncode: 0.457, StepTimes: []float64{4.481}, StepMedian: 4.481, Decode: 5.12, Total: 10.059,
+		PeakRSS: 2254857830, ArenaPeak: 160 << 20,
+	}
+	var out strings.Builder
+	require.NoError(t, r.table(&out))
+	want := `model           sd15 F16 random weights  /cache/sd15-f16
+device          cpu                      cpu, 2 threads
+threads         one per core (2)
+image           256×256                  1 step ddim, CFG 7.5
+load            0.146 s                  Open
+text encode     0.457 s                  prompt and negative prompt
+step            4.481 s                  median of 1 (min 4.481 s, max 4.481 s), UNet batch 2 with CFG
+vae decode      5.120 s
+total           10.059 s                 txt2img, without load
+peak RSS        2.1 GiB                  process, getrusage (mapped weights count once touched)
+arena peak      160.0 MiB                runtime activations
+device weights  0 B                      copied to the device (weights used in place from the file are not counted)
+`
+	assert.Equal(t, want, out.String())
 }
