@@ -1,0 +1,267 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/gosd/gosd/diffusion"
+	"github.com/gosd/gosd/diffusion/modelfile"
+)
+
+type benchOptions struct {
+	arch  string
+	size  int
+	steps int
+	cache string
+	json  bool
+	pipe  pipelineOptions
+}
+
+// The benchmark's fixed choices: random fp16 weights of a fixed seed, and a run with
+// classifier-free guidance (a UNet batch of 2 per step) and a one-evaluation-per-step
+// sampler, so that steps are comparable.
+const (
+	benchDType   = modelfile.F16
+	benchSeed    = 1
+	benchPrompt  = "a photograph of an astronaut riding a horse"
+	benchCFG     = 7.5
+	benchSampler = diffusion.DDIM
+	// randomMarker is written last into a weights folder: a folder holding it is
+	// complete and never written again.
+	randomMarker = "gosd-random.json"
+)
+
+func benchCommand(a *app, fs *flagSet) func(context.Context, []string) error {
+	o := &benchOptions{arch: "sd15"}
+	names := slices.Sorted(func(yield func(string) bool) {
+		for n := range a.archs {
+			if !yield(n) {
+				return
+			}
+		}
+	})
+	fs.funcVar("arch", "NAME", "architecture: "+strings.Join(names, " or ")+" (default sd15)", func(s string) error {
+		if _, ok := a.archs[s]; !ok {
+			return fmt.Errorf("want %s", strings.Join(names, " or "))
+		}
+		o.arch = s
+		return nil
+	})
+	fs.intVar(&o.size, "size", "px", 512, "image width and height, a multiple of 8 (default 512)", side(diffusion.MaxSide))
+	fs.intVar(&o.steps, "steps", "N", 3, "sampling steps; the step time reported is their median (default 3)", intRange(1, diffusion.MaxSteps))
+	cacheDefault := "$XDG_CACHE_HOME/gosd or ~/.cache/gosd"
+	if dir, err := os.UserCacheDir(); err == nil {
+		o.cache = filepath.Join(dir, "gosd")
+		cacheDefault = o.cache
+	}
+	fs.stringVar(&o.cache, "cache", "dir", o.cache, "folder of the random weights, one sub-folder per architecture and dtype\n(default "+cacheDefault+")")
+	fs.boolVar(&o.json, "json", "print the report as JSON (default false: a table)")
+	o.pipe.define(fs)
+	return func(ctx context.Context, args []string) error { return a.bench(ctx, o, args) }
+}
+
+// benchReport is what bench measures. Times are in seconds, sizes in bytes.
+type benchReport struct {
+	Arch    string `json:"arch"`
+	DType   string `json:"dtype"`
+	Model   string `json:"model"`
+	Size    int    `json:"size"`
+	Steps   int    `json:"steps"`
+	Sampler string `json:"sampler"`
+	Device  string `json:"device"`
+	Backend string `json:"backend"`
+	Threads int    `json:"threads"` // 0: one per core
+	CPUs    int    `json:"cpus"`
+
+	Load        float64   `json:"load_s"`
+	TextEncode  float64   `json:"text_encode_s"`
+	StepTimes   []float64 `json:"step_s"` // each UNet evaluation with CFG and its sampler step
+	StepMedian  float64   `json:"step_median_s"`
+	Decode      float64   `json:"vae_decode_s"`
+	Total       float64   `json:"total_s"` // the txt2img call, without load
+	PeakRSS     uint64    `json:"peak_rss_bytes,omitempty"`
+	ArenaPeak   uint64    `json:"arena_peak_bytes"`
+	WeightsCopy uint64    `json:"device_weights_bytes"`
+}
+
+func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
+	if len(args) > 0 {
+		return usagef("unexpected argument %q", args[0])
+	}
+	if o.cache == "" {
+		return usagef("no cache folder: pass --cache")
+	}
+	dir, err := ensureRandomWeights(filepath.Join(o.cache, o.arch+"-"+strings.ToLower(benchDType.String())), a.archs[o.arch], a.stderr)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+
+	fmt.Fprintf(a.stderr, "loading %s\n", dir)
+	start := time.Now()
+	p, err := o.pipe.open(dir, a.stderr)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	load := time.Since(start)
+
+	bar := newProgressBar(a.stderr, a.stderrTerminal, "bench")
+	res, err := p.Txt2Img(ctx, diffusion.Request{
+		Prompt: benchPrompt, Width: o.size, Height: o.size, Steps: o.steps,
+		GuidanceScale: benchCFG, Sampler: benchSampler, Seed: benchSeed, Progress: bar.update,
+	})
+	bar.finish()
+	if err != nil {
+		return err
+	}
+	mem, err := p.MemoryStats()
+	if err != nil {
+		return err
+	}
+	info := p.Info()
+	r := benchReport{
+		Arch: o.arch, DType: benchDType.String(), Model: dir, Size: o.size, Steps: o.steps,
+		Sampler: benchSampler.String(), Device: info.Device.String(), Backend: info.Backend,
+		Threads: o.pipe.threads, CPUs: runtime.NumCPU(),
+		Load: load.Seconds(), TextEncode: res.Timings.TextEncode.Seconds(),
+		Decode: res.Timings.Decode.Seconds(), Total: res.Timings.Total.Seconds(),
+		ArenaPeak: mem.ArenaPeakBytes, WeightsCopy: mem.WeightsBytes,
+	}
+	for _, d := range res.Timings.Steps {
+		r.StepTimes = append(r.StepTimes, d.Seconds())
+	}
+	r.StepMedian = median(r.StepTimes)
+	r.PeakRSS, _ = peakRSS()
+	if o.json {
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	return r.table(a.stdout)
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Sorted(slices.Values(v))
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func (r benchReport) table(w io.Writer) error {
+	threads := fmt.Sprintf("%d", r.Threads)
+	if r.Threads == 0 {
+		threads = fmt.Sprintf("one per core (%d)", r.CPUs)
+	}
+	rss, rssNote := "not measured", "getrusage is not read on this system"
+	if r.PeakRSS > 0 {
+		rss, rssNote = formatBytes(r.PeakRSS), "process, getrusage (mapped weights count once touched)"
+	}
+	plural := "s"
+	if r.Steps == 1 {
+		plural = ""
+	}
+	rows := [][3]string{
+		{"model", fmt.Sprintf("%s %s random weights", r.Arch, r.DType), r.Model},
+		{"device", r.Device, r.Backend},
+		{"threads", threads, ""},
+		{"image", fmt.Sprintf("%d×%d", r.Size, r.Size), fmt.Sprintf("%d step%s %s, CFG %g", r.Steps, plural, r.Sampler, benchCFG)},
+		{"load", seconds(r.Load), "Open"},
+		{"text encode", seconds(r.TextEncode), "prompt and negative prompt"},
+		{"step", seconds(r.StepMedian), fmt.Sprintf("median of %d (min %s, max %s), UNet batch 2 with CFG",
+			len(r.StepTimes), seconds(slices.Min(r.StepTimes)), seconds(slices.Max(r.StepTimes)))},
+		{"vae decode", seconds(r.Decode), ""},
+		{"total", seconds(r.Total), "txt2img, without load"},
+		{"peak RSS", rss, rssNote},
+		{"arena peak", formatBytes(r.ArenaPeak), "runtime activations"},
+		{"device weights", formatBytes(r.WeightsCopy), "copied to the device (weights used in place from the file are not counted)"},
+	}
+	var buf strings.Builder
+	tw := tabwriter.NewWriter(&buf, 0, 8, 2, ' ', 0)
+	for _, row := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", row[0], row[1], row[2])
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for line := range strings.Lines(buf.String()) {
+		if _, err := io.WriteString(w, strings.TrimRight(line, " \n")+"\n"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func seconds(s float64) string { return fmt.Sprintf("%.3f s", s) }
+
+// formatBytes prints a size in binary units.
+func formatBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, i := float64(n)/unit, 0
+	for v >= unit && i < 3 {
+		v /= unit
+		i++
+	}
+	return fmt.Sprintf("%.1f %ciB", v, "KMGT"[i])
+}
+
+// ensureRandomWeights returns dir holding random weights of arch, writing them first
+// when dir is not complete (has no marker): into a temporary folder beside it, renamed
+// to dir once complete, so an interrupted write leaves nothing that looks usable.
+func ensureRandomWeights(dir string, arch modelfile.Architecture, log io.Writer) (string, error) {
+	marker := filepath.Join(dir, randomMarker)
+	if _, err := os.Stat(marker); err == nil {
+		return dir, nil
+	}
+	parent := filepath.Dir(dir)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return "", err
+	}
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".*.tmp")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp) // gone already once renamed
+	fmt.Fprintf(log, "writing random %s weights to %s (once; later runs reuse them)\n", benchDType, dir)
+	start := time.Now()
+	if err := modelfile.WriteRandom(tmp, arch, benchDType, benchSeed); err != nil {
+		return "", fmt.Errorf("writing random weights: %w", err)
+	}
+	note, err := json.Marshal(map[string]any{"family": arch.Family.String(), "dtype": benchDType.String(), "seed": benchSeed})
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, randomMarker), append(note, '\n'), 0o644); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		if _, statErr := os.Stat(marker); statErr == nil {
+			return dir, nil // another bench completed the same folder first
+		}
+		if _, statErr := os.Stat(dir); statErr == nil {
+			return "", fmt.Errorf("%s exists but is not a complete set of random weights (no %s): remove it", dir, randomMarker)
+		}
+		return "", err
+	}
+	fmt.Fprintf(log, "wrote %s in %s\n", dir, time.Since(start).Round(time.Second))
+	return dir, nil
+}

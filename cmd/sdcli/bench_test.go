@@ -1,0 +1,192 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/gosd/gosd/diffusion/modelfile"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestEnsureRandomWeights(t *testing.T) {
+	cache := t.TempDir()
+	dir := filepath.Join(cache, "tiny-f16")
+	var log strings.Builder
+	got, err := ensureRandomWeights(dir, tinyArch(), &log)
+	require.NoError(t, err)
+	assert.Equal(t, dir, got)
+	assert.Contains(t, log.String(), "writing random F16 weights to "+dir)
+	assert.FileExists(t, filepath.Join(dir, randomMarker))
+	m, err := modelfile.Load(dir)
+	require.NoError(t, err)
+	assert.Equal(t, tinyArch().UNet, m.UNet.Config)
+	require.NoError(t, m.Close())
+	entries, err := os.ReadDir(cache)
+	require.NoError(t, err)
+	assert.Len(t, entries, 1, "no temporary folder left")
+
+	// Complete weights are never written again.
+	unet := filepath.Join(dir, "unet", "diffusion_pytorch_model.safetensors")
+	require.NoError(t, os.WriteFile(unet, []byte("kept"), 0o644))
+	log.Reset()
+	got, err = ensureRandomWeights(dir, tinyArch(), &log)
+	require.NoError(t, err)
+	assert.Equal(t, dir, got)
+	assert.Empty(t, log.String())
+	data, err := os.ReadFile(unet)
+	require.NoError(t, err)
+	assert.Equal(t, "kept", string(data))
+}
+
+func TestEnsureRandomWeightsFailures(t *testing.T) {
+	t.Run("bad architecture", func(t *testing.T) {
+		cache := t.TempDir()
+		arch := tinyArch()
+		arch.UNet.BlockOutChannels = nil
+		_, err := ensureRandomWeights(filepath.Join(cache, "bad-f16"), arch, &strings.Builder{})
+		assert.ErrorContains(t, err, "writing random weights")
+		entries, err := os.ReadDir(cache)
+		require.NoError(t, err)
+		assert.Empty(t, entries, "nothing left behind")
+	})
+	t.Run("incomplete folder in the way", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "tiny-f16")
+		require.NoError(t, os.MkdirAll(filepath.Join(dir, "unet"), 0o755))
+		_, err := ensureRandomWeights(dir, tinyArch(), &strings.Builder{})
+		assert.ErrorContains(t, err, dir+" exists but is not a complete set of random weights (no "+randomMarker+"): remove it")
+		assert.NoFileExists(t, filepath.Join(dir, randomMarker))
+	})
+}
+
+func TestMedian(t *testing.T) {
+	tests := []struct {
+		in   []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{3}, 3},
+		{[]float64{5, 1, 4}, 4},
+		{[]float64{4, 1, 3, 2}, 2.5},
+	}
+	for _, tt := range tests {
+		in := slices.Clone(tt.in)
+		assert.Equal(t, tt.want, median(tt.in), "%v", tt.in)
+		assert.Equal(t, in, tt.in, "the input is not reordered")
+	}
+}
+
+func TestFormatBytes(t *testing.T) {
+	tests := []struct {
+		n    uint64
+		want string
+	}{
+		{0, "0 B"}, {1023, "1023 B"}, {1024, "1.0 KiB"}, {1536, "1.5 KiB"},
+		{3 << 20, "3.0 MiB"}, {5 << 30, "5.0 GiB"}, {2 << 40, "2.0 TiB"}, {3 << 50, "3072.0 TiB"},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, formatBytes(tt.n))
+	}
+}
+
+func TestBenchFlagValidation(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		msg  string
+	}{
+		{"unknown architecture", []string{"--arch", "sdxl"}, `invalid value "sdxl" for flag -arch: want sd15 or sd21`},
+		{"size not a multiple of 8", []string{"--size", "100"}, `invalid value "100" for flag -size: must be a multiple of 8`},
+		{"zero steps", []string{"--steps", "0"}, "flag -steps: must be between 1 and 1000"},
+		{"bad device", []string{"--device", "gpu"}, "flag -device: unknown device"},
+		{"argument", []string{"sd15"}, `unexpected argument "sd15"`},
+		{"no cache folder", []string{"--cache", ""}, "no cache folder: pass --cache"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := runArgs(t, append([]string{"bench"}, tt.args...)...)
+			assert.Equal(t, exitUsage, r.code)
+			assert.Contains(t, r.stderr, "sdcli bench: ")
+			assert.Contains(t, r.stderr, tt.msg)
+			assert.Empty(t, r.stdout)
+		})
+	}
+}
+
+// bench end to end on a tiny architecture standing in for sd15: the weights are written
+// on the first run only, and the report holds every measurement.
+func TestBenchTinyArchitecture(t *testing.T) {
+	_, rt := tinyModel(t)
+	cache := t.TempDir()
+	bench := func(extra ...string) runResult {
+		a, stdout, stderr := testApp(t)
+		a.archs = map[string]modelfile.Architecture{"sd15": tinyArch()}
+		code := a.run(t.Context(), slices.Concat([]string{"bench", "--cache", cache, "--size", "64"}, extra, rt))
+		return runResult{code, stdout.String(), stderr.String()}
+	}
+
+	r := bench("--steps", "3", "--json")
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	assert.Contains(t, r.stderr, "writing random F16 weights to "+filepath.Join(cache, "sd15-f16"))
+	assert.Contains(t, r.stderr, "bench |")
+	var rep benchReport
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep))
+	assert.Equal(t, "sd15", rep.Arch)
+	assert.Equal(t, "F16", rep.DType)
+	assert.Equal(t, 64, rep.Size)
+	assert.Equal(t, "ddim", rep.Sampler)
+	assert.Equal(t, "cpu", rep.Device)
+	assert.Equal(t, 2, rep.Threads)
+	require.Len(t, rep.StepTimes, 3)
+	assert.GreaterOrEqual(t, rep.StepMedian, slices.Min(rep.StepTimes))
+	assert.LessOrEqual(t, rep.StepMedian, slices.Max(rep.StepTimes))
+	for name, v := range map[string]float64{"load": rep.Load, "text encode": rep.TextEncode, "decode": rep.Decode} {
+		assert.Positive(t, v, name)
+	}
+	phases := rep.TextEncode + rep.Decode
+	for _, s := range rep.StepTimes {
+		phases += s
+	}
+	assert.GreaterOrEqual(t, rep.Total, phases, "the phases are parts of the call")
+	assert.Positive(t, rep.ArenaPeak)
+	if _, ok := peakRSS(); ok {
+		assert.Positive(t, rep.PeakRSS)
+	}
+
+	r = bench("--steps", "2")
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	assert.NotContains(t, r.stderr, "writing", "the weights are reused")
+	for _, s := range []string{"model", "sd15 F16 random weights", "64×64", "2 steps ddim, CFG 7.5", "load", "text encode",
+		"step", "median of 2", "vae decode", "total", "peak RSS", "arena peak", "device weights"} {
+		assert.Contains(t, r.stdout, s)
+	}
+}
+
+func TestBenchTable(t *testing.T) {
+	r := benchReport{
+		Arch: "sd15", DType: "F16", Model: "/cache/sd15-f16", Size: 256, Steps: 1, Sampler: "ddim",
+		Device: "cpu", Backend: "cpu, 2 threads", CPUs: 2,
+		Load: 0.146, TextEncode: 0.457, StepTimes: []float64{4.481}, StepMedian: 4.481, Decode: 5.12, Total: 10.059,
+		PeakRSS: 2254857830, ArenaPeak: 160 << 20,
+	}
+	var out strings.Builder
+	require.NoError(t, r.table(&out))
+	want := `model           sd15 F16 random weights  /cache/sd15-f16
+device          cpu                      cpu, 2 threads
+threads         one per core (2)
+image           256×256                  1 step ddim, CFG 7.5
+load            0.146 s                  Open
+text encode     0.457 s                  prompt and negative prompt
+step            4.481 s                  median of 1 (min 4.481 s, max 4.481 s), UNet batch 2 with CFG
+vae decode      5.120 s
+total           10.059 s                 txt2img, without load
+peak RSS        2.1 GiB                  process, getrusage (mapped weights count once touched)
+arena peak      160.0 MiB                runtime activations
+device weights  0 B                      copied to the device (weights used in place from the file are not counted)
+`
+	assert.Equal(t, want, out.String())
+}

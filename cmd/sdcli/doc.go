@@ -1,0 +1,115 @@
+// Sdcli generates images with Stable Diffusion 1.x and 2.x models from the command line,
+// with flags in the style of stable-diffusion.cpp, and measures the runtime.
+//
+//	sdcli txt2img -p "a red apple on a wooden table" -o apple.png
+//	sdcli img2img -i photo.jpg -p "an oil painting" --strength 0.6 -o painting.png
+//	sdcli inpaint -i photo.png --mask mask.png -p "a straw hat" -o hat.png
+//	sdcli inpaint -i photo.png --outpaint 0,0,256,0 -o wider.png
+//	sdcli info v1-5-pruned-emaonly.safetensors
+//	sdcli bench --arch sd15 --size 512
+//
+// Progress goes to stderr (one line redrawn on a terminal, plain lines otherwise) and
+// the paths of the images written to stdout, one per line. Ctrl-C cancels cleanly:
+// nothing is written. Exit codes: 0 success, 1 error, 2 invalid command line or
+// request, 130 cancelled.
+//
+// Flags are given as -name or --name; sdcli help COMMAND and sdcli COMMAND -h print
+// them with their defaults.
+//
+// # sdcli txt2img
+//
+// Generates images from a prompt. Each image is a PNG carrying its generation
+// parameters in a "parameters" text chunk, as AUTOMATIC1111's web UI writes it, so that
+// web UIs and image viewers show (and can reproduce) how it was made.
+//
+//	-m path               model file (.safetensors, .ckpt) or diffusers folder; default: the
+//	                      demo model, the diffusers folder models/gosd-emoji looked for beside
+//	                      the executable's folder, in its parent, then in the working
+//	                      directory and its parents
+//	-p text               prompt (default empty)
+//	-n text               negative prompt (default empty)
+//	-W px, -H px          width and height, multiples of 8 (default: the model's native size)
+//	--steps N             sampling steps (default 20)
+//	--cfg scale           classifier-free guidance scale, 1 to 100; 1 turns it off (default 7.5)
+//	--sampler NAME        auto ddpm ddim pndm euler euler_a heun dpm2 dpmpp_2m dpmpp_2s_a lms
+//	                      unipc lcm (default auto: the scheduler the model's config names)
+//	--schedule NAME       sigma spacing of sigma-based samplers: default, karras or
+//	                      exponential (default "default": the scheduler config's)
+//	--seed N              seed; -1 picks a random 32-bit seed (default -1). The seed used is
+//	                      printed on stderr and recorded in the PNG.
+//	--rng NAME            cpu: torch's CPU generator, as diffusers (default); cuda: torch's
+//	                      CUDA generator, to reproduce seeds of web UIs that draw noise on the GPU
+//	--batch N             images generated together (default 1)
+//	-o path               output PNG (default output.png); with --batch N > 1 the files are
+//	                      name-1.png ... name-N.png. Existing files are replaced, never left
+//	                      half-written: each image is written to a temporary file in the same
+//	                      folder and renamed.
+//	--clip-skip N         text encoder layers to skip, AUTOMATIC1111's numbering (default 0)
+//	--guidance-rescale x  diffusers' guidance_rescale in [0, 1] (default 0)
+//	--eta x               DDIM's eta in [0, 1] (default 0)
+//	--threads N           CPU threads (default 0: one per core)
+//	--device NAME         auto, cpu or cuda (default auto: a CUDA GPU when the GPU build of the
+//	                      runtime and a usable GPU are present)
+//	--lib path            the runtime library, a file or a folder holding it (default: search
+//	                      SD_LIB, lib/ beside the executable, build/, the system path)
+//	-v                    log the runtime's and the pipeline's messages on stderr (default off)
+//
+// # sdcli img2img
+//
+// Repaints an image guided by a prompt. It takes the flags of txt2img and:
+//
+//	-i path               the init image, PNG or JPEG (required)
+//	--strength x          how much is repainted, in (0, 1] (default 0.8)
+//
+// -W and -H default to the init image's size rounded down to a multiple of 8; another
+// size resizes it (Lanczos).
+//
+// # sdcli inpaint
+//
+// Repaints the white part of a mask over an image, or extends the image (outpainting).
+// It takes the flags of txt2img and:
+//
+//	-i path               the image, PNG or JPEG (required)
+//	--mask path           the mask, PNG or JPEG: white is repainted, black kept (required
+//	                      unless --outpaint)
+//	--outpaint L,T,R,B    extend the canvas by these many pixels left, top, right and bottom
+//	                      (rounded up to keep it a multiple of 8) and paint the new area; the
+//	                      mask is made from the margins
+//	--strength x          how much is repainted, in (0, 1] (default 1)
+//
+// # sdcli info
+//
+//	sdcli info [MODEL]
+//
+// Describes a model file or diffusers folder (default: the demo model) without the
+// runtime library: family, format, prediction type, and per network (UNet, VAE, text
+// encoder) its configuration, a histogram of its tensors' types, its parameter count
+// and size; then its tokenizer, native image size and the scheduler that --sampler auto
+// uses.
+//
+// # sdcli bench
+//
+// Measures a txt2img run on random weights of a full-size architecture, so that speed
+// and memory can be compared without downloading a model. The weights (fp16) are
+// written once, by modelfile.WriteRandom, into a sub-folder of the cache per
+// architecture and type (a few GB, under a minute); later runs reuse them. The run
+// uses classifier-free guidance (a UNet batch of 2 per step) and the DDIM sampler.
+// The report gives the load time (Open), text encoding, the median step time, VAE
+// decoding, the total of the call, the peak resident memory of the process and the
+// runtime's peak activation memory.
+//
+//	--arch NAME           sd15 or sd21 (default sd15)
+//	--size px             image width and height, a multiple of 8 (default 512)
+//	--steps N             sampling steps whose median is reported (default 3)
+//	--cache dir           folder of the random weights (default $XDG_CACHE_HOME/gosd, else
+//	                      ~/.cache/gosd)
+//	--json                print the report as JSON instead of a table (default off)
+//	--threads N, --device NAME, --lib path, -v
+//	                      as for txt2img
+//
+// # sdcli version
+//
+// Prints the version of sdcli and the runtime library it finds (or why none loads).
+//
+//	--lib path            the runtime library to report on (default: the usual search)
+package main

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/gosd/gosd/diffusion/modelfile"
+	"github.com/gosd/gosd/internal/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// tinyArch is SD 1.5's layout at a few channels (with the VAE's four levels, so 8
+// pixels per latent), for tests: its weights take 4 MB.
+func tinyArch() modelfile.Architecture {
+	a := modelfile.SD15()
+	a.UNet.SampleSize = 8
+	a.UNet.BlockOutChannels = []int{32, 64}
+	a.UNet.LayersPerBlock = []int{1, 1}
+	a.UNet.DownBlockTypes = []string{"CrossAttnDownBlock2D", "DownBlock2D"}
+	a.UNet.UpBlockTypes = []string{"UpBlock2D", "CrossAttnUpBlock2D"}
+	a.UNet.AttentionHeads = []int{2, 2}
+	a.UNet.TransformerLayersPerBlock = []int{1, 1}
+	a.UNet.CrossAttentionDim = 32
+	a.UNet.TimeEmbeddingDim = 128
+	a.VAE.BlockOutChannels = []int{32, 32, 32, 32}
+	a.VAE.LayersPerBlock = 1
+	a.TextEncoder.HiddenSize = 32
+	a.TextEncoder.IntermediateSize = 64
+	a.TextEncoder.NumHiddenLayers = 2
+	a.TextEncoder.NumAttentionHeads = 2
+	return a
+}
+
+// info reads files only: it works where no runtime library loads.
+func TestInfo(t *testing.T) {
+	kit := testutil.ConformanceDir(t)
+	t.Setenv("SD_LIB", filepath.Join(t.TempDir(), "no-such-library.so"))
+	folder := filepath.Join(kit, "sd1-tiny", "diffusers")
+	random := t.TempDir()
+	require.NoError(t, modelfile.WriteRandom(random, tinyArch(), modelfile.F16, 1))
+	tests := []struct {
+		name  string
+		model string
+		want  []string
+	}{
+		{"diffusers folder", folder, []string{
+			folder + ": sd1 model (diffusers), epsilon prediction\n",
+			"  unet          684 tensors,    3.2M parameters,     6.1 MiB [F16×684]\n",
+			"channels [32 64 64 64], layers [2 2 2 2], heads [8 8 8 8], context 32",
+			"  vae ", "  text_encoder ", "hidden 32, layers 4, heads 4",
+			"  tokenizer    " + filepath.Join(folder, "tokenizer") + "\n",
+			"  native size  64×64\n",
+			"  scheduler    DDIMScheduler (--sampler auto uses it)\n",
+		}},
+		{"folder without tokenizer", random, []string{
+			random + ": sd1 model (diffusers), epsilon prediction\n",
+			"  tokenizer    built-in CLIP BPE vocabulary (the model has no tokenizer folder)\n",
+			"  native size  64×64\n",
+			"  scheduler    PNDMScheduler (--sampler auto uses it)\n",
+		}},
+		{"SD 2.x v-prediction", filepath.Join(kit, "sd2-tiny-v", "diffusers"), []string{
+			": sd2 model (diffusers), v_prediction prediction\n",
+			"linear projection true",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := runArgs(t, "info", tt.model)
+			require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+			for _, s := range tt.want {
+				assert.Contains(t, r.stdout, s)
+			}
+			assert.Empty(t, r.stderr)
+		})
+	}
+}
+
+func TestInfoErrors(t *testing.T) {
+	dir := t.TempDir()
+	junk := filepath.Join(dir, "junk.safetensors")
+	require.NoError(t, os.WriteFile(junk, []byte("not a model"), 0o644))
+	tests := []struct {
+		name string
+		args []string
+		code int
+		msg  string
+	}{
+		{"no demo model", []string{"info"}, exitUsage, "pass -m with a model file"},
+		{"two models", []string{"info", "a", "b"}, exitUsage, `unexpected argument "b": info takes one model`},
+		{"missing file", []string{"info", filepath.Join(dir, "nothing.safetensors")}, exitError, "nothing.safetensors: no such file or folder"},
+		{"not a model", []string{"info", junk}, exitError, "junk.safetensors"},
+		{"unknown flag", []string{"info", "--json"}, exitUsage, "flag provided but not defined: -json"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := runArgs(t, tt.args...)
+			assert.Equal(t, tt.code, r.code, "stderr: %s", r.stderr)
+			assert.Contains(t, r.stderr, "sdcli info: ")
+			assert.Contains(t, r.stderr, tt.msg)
+			assert.Empty(t, r.stdout)
+		})
+	}
+}
+
+// With no MODEL, info describes the demo model, found in the folders searched.
+func TestInfoDemoModel(t *testing.T) {
+	kit := testutil.ConformanceDir(t)
+	root := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(root, "models"), 0o755))
+	require.NoError(t, os.Symlink(filepath.Join(kit, "sd1-tiny", "diffusers"), filepath.Join(root, demoModel)))
+	a, stdout, stderr := testApp(t)
+	a.demoDirs = []string{t.TempDir(), root}
+	require.Equal(t, exitOK, a.run(t.Context(), []string{"info"}), "stderr: %s", stderr)
+	assert.Contains(t, stdout.String(), filepath.Join(root, demoModel)+": sd1 model (diffusers)")
+}

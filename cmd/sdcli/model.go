@@ -1,0 +1,107 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/gosd/gosd/binding"
+	"github.com/gosd/gosd/diffusion"
+)
+
+// demoModel is the bundled demo model, a diffusers folder, relative to the folders
+// searched.
+var demoModel = filepath.Join("models", "gosd-emoji")
+
+// demoModelDirs lists where the demo model is looked for, in order: beside the
+// executable's folder and in its parent (an unpacked release: bin/sdcli and models/),
+// then the working directory and each of its parents (a source checkout).
+func demoModelDirs() []string {
+	var dirs []string
+	add := func(d string) {
+		if !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	if exe, err := os.Executable(); err == nil {
+		if exe, err = filepath.EvalSymlinks(exe); err == nil {
+			d := filepath.Dir(exe)
+			add(d)
+			add(filepath.Dir(d))
+		}
+	}
+	if wd, err := os.Getwd(); err == nil {
+		for d := wd; ; d = filepath.Dir(d) {
+			add(d)
+			if filepath.Dir(d) == d {
+				break
+			}
+		}
+	}
+	return dirs
+}
+
+// modelPath is the model a command uses: path when given, else the demo model.
+func (a *app) modelPath(path string) (string, error) {
+	if path != "" {
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("model %s: no such file or folder", path)
+		} else if err != nil {
+			return "", fmt.Errorf("model %s: %w", path, err)
+		}
+		return path, nil
+	}
+	var tried []string
+	for _, d := range a.demoDirs {
+		p := filepath.Join(d, demoModel)
+		if _, err := os.Stat(filepath.Join(p, "model_index.json")); err == nil {
+			return p, nil
+		}
+		tried = append(tried, p)
+	}
+	return "", usagef("no model given and the demo model %s was not found (looked for %s);\npass -m with a model file (.safetensors, .ckpt) or a diffusers folder",
+		demoModel, strings.Join(tried, ", "))
+}
+
+// pipelineOptions are the flags that open a model.
+type pipelineOptions struct {
+	threads int
+	device  diffusion.Device
+	lib     string
+	verbose bool
+}
+
+func (o *pipelineOptions) define(fs *flagSet) {
+	fs.intVar(&o.threads, "threads", "N", 0, "CPU threads (default 0: one per core)", intRange(0, 1024))
+	fs.funcVar("device", "NAME", "where the networks run: auto, cpu or cuda (default auto: a CUDA GPU when usable)",
+		func(s string) (err error) {
+			o.device, err = diffusion.ParseDevice(s)
+			return err
+		})
+	fs.stringVar(&o.lib, "lib", "path", "", "runtime library file or folder\n(default: search SD_LIB, lib/ beside the executable, build/, the system path)")
+	fs.boolVar(&o.verbose, "v", "verbose: log the runtime's and the pipeline's messages on stderr (default false)")
+}
+
+// open opens the model with these options, logging on stderr.
+func (o *pipelineOptions) open(path string, stderr io.Writer) (*diffusion.Pipeline, error) {
+	level := slog.LevelWarn
+	if o.verbose {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	opts := []diffusion.Option{diffusion.WithDevice(o.device), diffusion.WithThreads(o.threads), diffusion.WithLogger(logger)}
+	if o.lib != "" {
+		opts = append(opts, diffusion.WithLibrary(o.lib))
+	}
+	p, err := diffusion.Open(path, opts...)
+	if errors.Is(err, binding.ErrLibraryNotFound) {
+		return nil, fmt.Errorf("%w; or pass --lib", err)
+	}
+	return p, err
+}
