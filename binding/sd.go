@@ -52,6 +52,12 @@ type Library struct {
 	sdCtxMemoryStats func(ctx Ctx, out *MemoryStats) Status
 	// void sd_ctx_trim(sd_ctx_t *ctx);
 	sdCtxTrim func(ctx Ctx)
+	// void sd_ctx_set_profiling(sd_ctx_t *ctx, bool enabled);
+	sdCtxSetProfiling func(ctx Ctx, enabled bool)
+	// size_t sd_ctx_profile_report(const sd_ctx_t *ctx, char *buf, size_t len);
+	sdCtxProfileReport func(ctx Ctx, buf *byte, n uintptr) uintptr
+	// void sd_ctx_profile_reset(sd_ctx_t *ctx);
+	sdCtxProfileReset func(ctx Ctx)
 
 	// size_t sd_dtype_size(int32_t dtype);
 	sdDtypeSize func(dtype DType) uintptr
@@ -184,6 +190,9 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_ctx_set_log", &l.sdCtxSetLog},
 		{"sd_ctx_memory_stats", &l.sdCtxMemoryStats},
 		{"sd_ctx_trim", &l.sdCtxTrim},
+		{"sd_ctx_set_profiling", &l.sdCtxSetProfiling},
+		{"sd_ctx_profile_report", &l.sdCtxProfileReport},
+		{"sd_ctx_profile_reset", &l.sdCtxProfileReset},
 		{"sd_dtype_size", &l.sdDtypeSize},
 		{"sd_tensor_new", &l.sdTensorNew},
 		{"sd_tensor_free", &l.sdTensorFree},
@@ -334,6 +343,20 @@ func (l *Library) CtxMemoryStats(ctx Ctx) (MemoryStats, error) {
 
 // CtxTrim returns unused scratch memory to the system.
 func (l *Library) CtxTrim(ctx Ctx) { l.sdCtxTrim(ctx) }
+
+// CtxSetProfiling turns per-op timing on or off.
+func (l *Library) CtxSetProfiling(ctx Ctx, enabled bool) { l.sdCtxSetProfiling(ctx, enabled) }
+
+// CtxProfileReport returns the per-op timing table.
+func (l *Library) CtxProfileReport(ctx Ctx) string {
+	n := l.sdCtxProfileReport(ctx, nil, 0)
+	buf := make([]byte, n+1)
+	l.sdCtxProfileReport(ctx, &buf[0], uintptr(len(buf)))
+	return cString(buf)
+}
+
+// CtxProfileReset clears the per-op timing counters.
+func (l *Library) CtxProfileReset(ctx Ctx) { l.sdCtxProfileReset(ctx) }
 
 // DTypeSize returns sd_dtype_size(d).
 func (l *Library) DTypeSize(d DType) int { return int(l.sdDtypeSize(d)) }

@@ -2,15 +2,25 @@
 #include "cpu.h"
 
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define CPU_ALIGN 64
 
+void *sd_host_alloc_large(size_t nbytes) {
+    const size_t huge = (size_t)2 << 20;
+    if (nbytes < huge) return aligned_alloc(64, (nbytes + 63) / 64 * 64);
+    size_t size = (nbytes + huge - 1) / huge * huge;
+    void *p = aligned_alloc(huge, size);
+#ifdef MADV_HUGEPAGE
+    if (p != NULL) madvise(p, size, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
 static void *cpu_alloc(sd_backend_t *be, size_t nbytes) {
     (void)be;
-    size_t size = (nbytes + CPU_ALIGN - 1) / CPU_ALIGN * CPU_ALIGN;
-    if (size == 0) size = CPU_ALIGN;
-    return aligned_alloc(CPU_ALIGN, size);
+    return sd_host_alloc_large(nbytes == 0 ? CPU_ALIGN : nbytes);
 }
 
 static void cpu_free(sd_backend_t *be, void *p) {
@@ -34,16 +44,31 @@ static void cpu_destroy(sd_backend_t *be) {
     free(cpu);
 }
 
-/* Matrices and tables stay in the caller's memory in their own dtype (the GEMM packers
- * and the gather convert on the fly); small vectors are widened to F32 once. */
+/* Tables and conv weights stay in the caller's memory in their own dtype; the gather and
+ * the GEMM packer (which transposes in registers) convert on the fly. Weights used as the
+ * GEMM's B operand (linear layers with token output, W^T) are packed once into B panels,
+ * still in their dtype, because their per-call packing is a strided transpose repeated by
+ * every thread and dominated the small-row GEMMs of low-resolution transformer blocks and
+ * the text encoder. Packing conv weights too would save another ~10% of a step but needs a
+ * second copy of the UNet's largest weights while loading (peak memory over 4 GiB for SD
+ * 1.5) and seconds of first-touch page faults. Small vectors are widened to F32. */
 static sd_status_t cpu_weight_from_host(sd_ctx_t *ctx, const sd_tensor_t *host, int32_t role,
                                         sd_tensor_t *out) {
     *out = *host;
     out->prev = out->next = NULL;
-    if (role != SD_WEIGHT_VECTOR || host->dtype == SD_DTYPE_F32) {
-        out->kind = SD_TENSOR_VIEW;
+    out->packed = NULL;
+    out->kind = SD_TENSOR_VIEW;
+    if (role == SD_WEIGHT_MATRIX_B) {
+        int64_t rows = host->shape[0], k = sd_tensor_numel(host) / rows;
+        sd_cpu_backend_t *cpu = sd_cpu(ctx);
+        sd_packed_weight_t *p = sd_packed_weight_new(cpu->pool, cpu->kern, host->data, host->dtype,
+                                                     rows, k, role == SD_WEIGHT_MATRIX_B);
+        if (p == NULL) return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "cannot pack a weight");
+        out->packed = p;
+        ctx->weights_bytes += sd_packed_weight_bytes(p);
         return SD_STATUS_OK;
     }
+    if (role != SD_WEIGHT_VECTOR || host->dtype == SD_DTYPE_F32) return SD_STATUS_OK;
     int64_t n = sd_tensor_numel(host);
     float *data = cpu_alloc(NULL, (size_t)n * sizeof(float));
     if (data == NULL) return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "cannot allocate a weight");
@@ -52,12 +77,21 @@ static sd_status_t cpu_weight_from_host(sd_ctx_t *ctx, const sd_tensor_t *host, 
     out->dtype = SD_DTYPE_F32;
     out->nbytes = (size_t)n * sizeof(float);
     out->kind = SD_TENSOR_OWNED;
+    ctx->weights_bytes += out->nbytes;
     return SD_STATUS_OK;
 }
 
-static void cpu_weight_free(sd_backend_t *be, sd_tensor_t *w) {
-    if (w->kind == SD_TENSOR_OWNED) cpu_free(be, w->data);
+static void cpu_weight_free(sd_ctx_t *ctx, sd_tensor_t *w) {
+    if (w->kind == SD_TENSOR_OWNED) {
+        ctx->weights_bytes -= w->nbytes;
+        cpu_free(NULL, w->data);
+    }
+    if (w->packed != NULL) {
+        ctx->weights_bytes -= sd_packed_weight_bytes(w->packed);
+        sd_packed_weight_free(w->packed);
+    }
     w->data = NULL;
+    w->packed = NULL;
 }
 
 static const sd_backend_ops_t cpu_ops = {

@@ -2,6 +2,7 @@
 #include "sd-internal.h"
 
 #include <string.h>
+#include <time.h>
 
 void sd_assert_fail(const char *cond, const char *file, int line) {
     fprintf(stderr, "gosd: internal invariant failed: %s (%s:%d)\n", cond, file, line);
@@ -220,4 +221,80 @@ sd_status_t sd_ctx_check(sd_ctx_t *ctx) {
         return sd_fail(ctx, SD_STATUS_CANCELLED, "cancelled");
     }
     return SD_STATUS_OK;
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void sd_ctx_set_profiling(sd_ctx_t *ctx, bool enabled) {
+    if (ctx) ctx->profiling = enabled;
+}
+
+void sd_ctx_profile_reset(sd_ctx_t *ctx) {
+    if (ctx) memset(ctx->profile, 0, sizeof ctx->profile);
+}
+
+uint64_t sd_profile_begin(sd_ctx_t *ctx) {
+    if (!ctx->profiling) return 0;
+    if (ctx->backend->ops->synchronize) ctx->backend->ops->synchronize(ctx);
+    return now_ns();
+}
+
+void sd_profile_end(sd_ctx_t *ctx, const char *name, double flops, uint64_t begin) {
+    if (begin == 0) return;
+    if (ctx->backend->ops->synchronize) ctx->backend->ops->synchronize(ctx);
+    uint64_t ns = now_ns() - begin;
+    for (int i = 0; i < SD_PROFILE_SLOTS; i++) {
+        sd_profile_slot_t *s = &ctx->profile[i];
+        if (s->name == NULL) s->name = name;
+        if (s->name == name || strcmp(s->name, name) == 0) {
+            s->calls++;
+            s->ns += ns;
+            s->flops += flops;
+            return;
+        }
+    }
+}
+
+static int by_time(const void *a, const void *b) {
+    const sd_profile_slot_t *x = a, *y = b;
+    return (x->ns < y->ns) - (x->ns > y->ns);
+}
+
+size_t sd_ctx_profile_report(const sd_ctx_t *ctx, char *buf, size_t len) {
+    if (ctx == NULL) return 0;
+    sd_profile_slot_t slots[SD_PROFILE_SLOTS];
+    int n = 0;
+    uint64_t total = 0;
+    for (int i = 0; i < SD_PROFILE_SLOTS && ctx->profile[i].name; i++) {
+        slots[n++] = ctx->profile[i];
+        total += ctx->profile[i].ns;
+    }
+    qsort(slots, (size_t)n, sizeof *slots, by_time);
+    char line[160];
+    size_t used = 0;
+#define EMIT(...)                                                                                  \
+    do {                                                                                           \
+        int k_ = snprintf(line, sizeof line, __VA_ARGS__);                                         \
+        if (buf && used < len) snprintf(buf + used, len - used, "%s", line);                       \
+        used += (size_t)k_;                                                                        \
+    } while (0)
+    EMIT("%-24s %8s %11s %6s %9s\n", "op", "calls", "time ms", "share", "GFLOP/s");
+    for (int i = 0; i < n; i++) {
+        const sd_profile_slot_t *s = &slots[i];
+        double ms = (double)s->ns / 1e6;
+        if (s->flops > 0)
+            EMIT("%-24s %8llu %11.1f %5.1f%% %9.1f\n", s->name, (unsigned long long)s->calls, ms,
+                 total ? 100.0 * (double)s->ns / (double)total : 0.0,
+                 s->flops / ((double)s->ns + 1));
+        else
+            EMIT("%-24s %8llu %11.1f %5.1f%% %9s\n", s->name, (unsigned long long)s->calls, ms,
+                 total ? 100.0 * (double)s->ns / (double)total : 0.0, "-");
+    }
+    EMIT("%-24s %8s %11.1f\n", "total", "", (double)total / 1e6);
+#undef EMIT
+    return used;
 }

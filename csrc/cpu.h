@@ -31,19 +31,33 @@ void sd_pool_run(sd_pool_t *pool, int64_t n_tasks, sd_task_fn fn, void *arg);
  * AVX2+FMA+F16C, AVX-512) and the best one the CPU supports is chosen at run time.
  * ------------------------------------------------------------------------------------- */
 
+/* A weight packed once at load in the layout the GEMM reads, in its file dtype (F16 and
+ * BF16 are widened while a block is staged, which is a contiguous conversion instead of a
+ * strided gather). For each KC block starting at k0, the panels of all rows (A: MR rows
+ * interleaved per k) or columns (B: NR columns per k), i.e. block (k0, panel p) starts at
+ * k0 * padded + p * width * kc. */
+typedef struct sd_packed_weight {
+    int32_t dtype;   /* F32, F16 or BF16 */
+    bool as_b;       /* B panels of W^T (NR columns) rather than A panels (MR rows) */
+    int64_t rows, k; /* W is rows x k */
+    int64_t padded;  /* rows rounded up to whole panels */
+    void *data;
+} sd_packed_weight_t;
+
 /* How the GEMM reads A (M x K). */
 typedef struct sd_gemm_a {
     const void *data;
     int32_t dtype;  /* F32, F16 or BF16 */
     bool col_major; /* false: A[i][k] = data[i*ld + k]; true: data[k*ld + i] */
     int64_t ld;
+    const sd_packed_weight_t *packed; /* when set (A panels), used instead of data */
 } sd_gemm_a_t;
 
 enum {
     SD_GEMM_B_KN = 0,     /* B[k][j] = data[k*ld + j] */
     SD_GEMM_B_NK = 1,     /* B[k][j] = data[j*ld + k] (a weight matrix used as W^T) */
     SD_GEMM_B_IM2COL = 2, /* B[k][j]: k = (ci, ky, kx), j = (n, oy, ox) of a convolution */
-    SD_GEMM_B_PACKED = 3, /* already packed by sd_gemm_pack_b (F32) */
+    SD_GEMM_B_PACKED = 3, /* already packed by sd_gemm_pack_b, in dtype */
 };
 
 typedef struct sd_gemm_conv {
@@ -121,6 +135,8 @@ typedef struct sd_cpu_kernels {
     void (*scale_shift)(float *dst, const float *src, int64_t n, float scale, float shift,
                         bool silu);
     void (*f16_to_f32)(float *dst, const uint16_t *src, int64_t n);
+    /* Narrows n floats to dtype (F16 or BF16, round to nearest even). */
+    void (*narrow)(uint16_t *dst, const float *src, int32_t dtype, int64_t n);
 } sd_cpu_kernels_t;
 
 extern const sd_cpu_kernels_t sd_cpu_kernels_generic;
@@ -153,6 +169,14 @@ size_t sd_gemm_packed_floats(const sd_cpu_kernels_t *kern, int64_t k, int64_t n)
 void sd_gemm_pack_b(const sd_cpu_kernels_t *kern, const sd_gemm_b_t *b, int64_t k, int64_t n,
                     float *dst);
 
+/* Packs a weight W (rows x k, in its dtype) for use as A or as B = W^T; NULL when out of
+ * memory. Free with sd_packed_weight_free. */
+sd_packed_weight_t *sd_packed_weight_new(sd_pool_t *pool, const sd_cpu_kernels_t *kern,
+                                         const void *w, int32_t dtype, int64_t rows, int64_t k,
+                                         bool as_b);
+void sd_packed_weight_free(sd_packed_weight_t *p);
+size_t sd_packed_weight_bytes(const sd_packed_weight_t *p);
+
 /* ---------------------------------------------------------------------------------------
  * The backend
  * ------------------------------------------------------------------------------------- */
@@ -175,6 +199,10 @@ static inline sd_cpu_backend_t *sd_cpu(sd_ctx_t *ctx) {
 float *sd_cpu_scratch(sd_cpu_backend_t *cpu, int thread, size_t n);
 /* Makes sure every thread's scratch holds n floats; false when out of memory. */
 bool sd_cpu_scratch_reserve(sd_cpu_backend_t *cpu, size_t n);
+
+/* Large host allocations (packed weights, arena chunks): 2 MiB aligned and backed by
+ * transparent huge pages where the kernel offers them, to save page faults. */
+void *sd_host_alloc_large(size_t nbytes);
 
 /* Kernel table chosen for this CPU; honours SD_CPU_ISA=generic|avx2|avx512. */
 const sd_cpu_kernels_t *sd_cpu_select_kernels(char *why, size_t why_len);

@@ -42,6 +42,15 @@ size_t sd_sizeof_timestep_embedding_params(void) {
     return sizeof(sd_timestep_embedding_params_t);
 }
 
+/* Calls the backend, timing it when profiling is on. */
+#define DISPATCH(ctx, name, flops, call)                                                           \
+    do {                                                                                           \
+        uint64_t t0_ = sd_profile_begin(ctx);                                                      \
+        sd_status_t st_ = (call);                                                                  \
+        sd_profile_end(ctx, name, t0_ ? (flops) : 0.0, t0_);                                       \
+        return st_;                                                                                \
+    } while (0)
+
 /* Entry check shared by every op: a context, not cancelled, not broken. */
 #define OP_ENTER(ctx)                                                                              \
     do {                                                                                           \
@@ -142,7 +151,14 @@ sd_status_t sd_op_conv2d(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
         return shape_error(ctx, op, "residual", residual, "out's shape");
     SD_TRY(no_alias(ctx, op, out, x, "x"));
     SD_TRY(no_alias(ctx, op, out, bias, "bias"));
-    return ctx->backend->ops->conv2d(ctx, out, x, w, bias, residual, p);
+    static const char *names[] = {"conv2d 1x1", "conv2d 3x3", "conv2d 3x3 stride 2",
+                                  "conv2d other"};
+    const char *name = kh == 1 && kw == 1                                           ? names[0]
+                       : kh == 3 && kw == 3 && p->stride_h == 1 && p->stride_w == 1 ? names[1]
+                       : kh == 3 && kw == 3 && p->stride_h == 2 && p->stride_w == 2 ? names[2]
+                                                                                    : names[3];
+    DISPATCH(ctx, name, 2.0 * (double)sd_tensor_numel(out) * (double)(cin * kh * kw),
+             ctx->backend->ops->conv2d(ctx, out, x, w, bias, residual, p));
 }
 
 sd_status_t sd_op_linear(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
@@ -202,7 +218,8 @@ sd_status_t sd_op_linear(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
     if (residual != NULL && !sd_tensor_same_shape(residual, out))
         return shape_error(ctx, op, "residual", residual, "out's shape");
     SD_TRY(no_alias(ctx, op, out, x, "x"));
-    return ctx->backend->ops->linear(ctx, out, x, w, bias, residual, p);
+    DISPATCH(ctx, "linear", 2.0 * (double)x_rows * (double)k * (double)nout,
+             ctx->backend->ops->linear(ctx, out, x, w, bias, residual, p));
 }
 
 static sd_status_t check_affine(sd_ctx_t *ctx, const char *op, const sd_tensor_t *gamma,
@@ -239,7 +256,8 @@ sd_status_t sd_op_group_norm(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t 
                        (int)groups);
     SD_TRY(check_eps(ctx, op, eps));
     SD_TRY(check_affine(ctx, op, gamma, beta, c));
-    return ctx->backend->ops->group_norm(ctx, out, x, gamma, beta, groups, eps, silu);
+    DISPATCH(ctx, silu ? "group_norm+silu" : "group_norm", 0,
+             ctx->backend->ops->group_norm(ctx, out, x, gamma, beta, groups, eps, silu));
 }
 
 sd_status_t sd_op_layer_norm(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
@@ -252,7 +270,7 @@ sd_status_t sd_op_layer_norm(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t 
     if (!sd_tensor_same_shape(out, x)) return shape_error(ctx, op, "out", out, "x's shape");
     SD_TRY(check_eps(ctx, op, eps));
     SD_TRY(check_affine(ctx, op, gamma, beta, x->shape[x->ndim - 1]));
-    return ctx->backend->ops->layer_norm(ctx, out, x, gamma, beta, eps);
+    DISPATCH(ctx, "layer_norm", 0, ctx->backend->ops->layer_norm(ctx, out, x, gamma, beta, eps));
 }
 
 sd_status_t sd_op_attention(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *q,
@@ -290,7 +308,9 @@ sd_status_t sd_op_attention(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *
     SD_TRY(no_alias(ctx, op, out, k, "k"));
     SD_TRY(no_alias(ctx, op, out, v, "v"));
     float scale = p->scale != 0 ? p->scale : 1.0f / sqrtf((float)(c / p->heads));
-    return ctx->backend->ops->attention(ctx, out, q, k, v, p->heads, p->causal != 0, scale);
+    DISPATCH(ctx, tq == tk ? "attention self" : "attention cross",
+             4.0 * (double)b * (double)tq * (double)tk * (double)c,
+             ctx->backend->ops->attention(ctx, out, q, k, v, p->heads, p->causal != 0, scale));
 }
 
 sd_status_t sd_op_activation(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
@@ -304,7 +324,7 @@ sd_status_t sd_op_activation(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t 
     if (activation < 0 || activation >= SD_ACT_COUNT)
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: unknown activation %d", op,
                        (int)activation);
-    return ctx->backend->ops->activation(ctx, out, x, activation);
+    DISPATCH(ctx, "activation", 0, ctx->backend->ops->activation(ctx, out, x, activation));
 }
 
 sd_status_t sd_op_geglu(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x) {
@@ -319,7 +339,7 @@ sd_status_t sd_op_geglu(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x) {
     if (!ok)
         return shape_error(ctx, op, "out", out, "x's shape with the last dim halved (x's even)");
     SD_TRY(no_alias(ctx, op, out, x, "x"));
-    return ctx->backend->ops->geglu(ctx, out, x);
+    DISPATCH(ctx, "geglu", 0, ctx->backend->ops->geglu(ctx, out, x));
 }
 
 sd_status_t sd_op_upsample_nearest(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x) {
@@ -331,7 +351,7 @@ sd_status_t sd_op_upsample_nearest(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
     if (out->shape[0] != x->shape[0] || out->shape[1] != x->shape[1])
         return shape_error(ctx, op, "out", out, "x's (N, C, ...)");
     SD_TRY(no_alias(ctx, op, out, x, "x"));
-    return ctx->backend->ops->upsample_nearest(ctx, out, x);
+    DISPATCH(ctx, "upsample_nearest", 0, ctx->backend->ops->upsample_nearest(ctx, out, x));
 }
 
 static sd_status_t binary(sd_ctx_t *ctx, const char *op, sd_tensor_t *out, const sd_tensor_t *a,
@@ -348,7 +368,8 @@ static sd_status_t binary(sd_ctx_t *ctx, const char *op, sd_tensor_t *out, const
     if (!suffix) return shape_error(ctx, op, "b", b, "a's shape or a suffix of it");
     if (b->data == out->data && !sd_tensor_same_shape(a, b))
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: out must not alias a broadcast b", op);
-    return ctx->backend->ops->binary(ctx, out, a, b, kind);
+    DISPATCH(ctx, kind == SD_BINARY_ADD ? "add" : "mul", 0,
+             ctx->backend->ops->binary(ctx, out, a, b, kind));
 }
 
 sd_status_t sd_op_add(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a, const sd_tensor_t *b) {
@@ -376,7 +397,7 @@ sd_status_t sd_op_concat(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
                            "(N, Ca + Cb, ...) with a and b agreeing on the other dims");
     SD_TRY(no_alias(ctx, op, out, a, "a"));
     SD_TRY(no_alias(ctx, op, out, b, "b"));
-    return ctx->backend->ops->concat(ctx, out, a, b);
+    DISPATCH(ctx, "concat", 0, ctx->backend->ops->concat(ctx, out, a, b));
 }
 
 sd_status_t sd_op_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float lo, float hi) {
@@ -389,7 +410,7 @@ sd_status_t sd_op_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, f
     if (!(lo <= hi))
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: bounds [%g, %g] are not ordered", op,
                        (double)lo, (double)hi);
-    return ctx->backend->ops->clamp(ctx, out, x, lo, hi);
+    DISPATCH(ctx, "clamp", 0, ctx->backend->ops->clamp(ctx, out, x, lo, hi));
 }
 
 sd_status_t sd_op_convert(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x) {
@@ -400,7 +421,7 @@ sd_status_t sd_op_convert(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x)
     if (!sd_tensor_same_shape(out, x)) return shape_error(ctx, op, "out", out, "x's shape");
     if (out->data == x->data && out->dtype != x->dtype)
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: out must not alias x", op);
-    return ctx->backend->ops->convert(ctx, out, x);
+    DISPATCH(ctx, "convert", 0, ctx->backend->ops->convert(ctx, out, x));
 }
 
 sd_status_t sd_op_timestep_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,
@@ -420,7 +441,7 @@ sd_status_t sd_op_timestep_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_t
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
                        "%s: invalid params (freq shift %g, scale %g, max period %g)", op,
                        (double)p->downscale_freq_shift, (double)p->scale, (double)p->max_period);
-    return ctx->backend->ops->timestep_embedding(ctx, out, t, p);
+    DISPATCH(ctx, "timestep_embedding", 0, ctx->backend->ops->timestep_embedding(ctx, out, t, p));
 }
 
 sd_status_t sd_op_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *ids,
@@ -433,5 +454,5 @@ sd_status_t sd_op_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *
     if (out->shape[0] != ids->shape[0] || out->shape[1] != ids->shape[1] ||
         out->shape[2] != table->shape[1])
         return shape_error(ctx, op, "out", out, "(B, T, C) for ids (B, T) and table (V, C)");
-    return ctx->backend->ops->embedding(ctx, out, ids, table);
+    DISPATCH(ctx, "embedding", 0, ctx->backend->ops->embedding(ctx, out, ids, table));
 }

@@ -57,6 +57,9 @@ struct sd_tensor {
     void *data; /* backend memory (host memory for the CPU backend) */
     size_t nbytes;
     int32_t kind;
+    /* A backend's own form of a weight (e.g. pre-packed GEMM panels), made by
+     * weight_from_host and freed by weight_free; NULL for other tensors. */
+    void *packed;
     /* Public tensors (sd_tensor_new) are linked into the context so sd_ctx_free can free
      * what the caller leaked. */
     struct sd_tensor *prev, *next;
@@ -151,10 +154,11 @@ typedef struct sd_backend_ops {
     /* Makes a weight usable by this backend from host memory that stays valid until the
      * model is freed. `role` tells what it is used as, so a backend can choose a storage
      * format (the CPU backend keeps matrices as they are and widens small vectors to F32;
-     * a GPU backend uploads). The result is freed with weight_free. */
+     * a GPU backend uploads). The result is freed with weight_free. Both keep the context's
+     * weights_bytes (backend memory held for weights) up to date. */
     sd_status_t (*weight_from_host)(sd_ctx_t *ctx, const sd_tensor_t *host, int32_t role,
                                     sd_tensor_t *out);
-    void (*weight_free)(sd_backend_t *be, sd_tensor_t *w);
+    void (*weight_free)(sd_ctx_t *ctx, sd_tensor_t *w);
 
     sd_status_t (*conv2d)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                           const sd_tensor_t *w, const sd_tensor_t *bias,
@@ -185,15 +189,21 @@ typedef struct sd_backend_ops {
                                       const sd_timestep_embedding_params_t *p);
     sd_status_t (*embedding)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *ids,
                              const sd_tensor_t *table);
+    /* Waits for queued work (for profiling); NULL when ops complete synchronously. */
+    sd_status_t (*synchronize)(sd_ctx_t *ctx);
 } sd_backend_ops_t;
 
 enum { SD_BINARY_ADD = 0, SD_BINARY_MUL = 1 };
 
 /* Roles for weight_from_host. */
 enum {
-    SD_WEIGHT_MATRIX = 0, /* conv / linear weights: streamed by GEMM kernels */
     SD_WEIGHT_VECTOR = 1, /* biases, norm scales: small, read per element */
     SD_WEIGHT_TABLE = 2,  /* embedding tables: rows gathered */
+    /* Conv / linear weights (rows = output channels), and how the GEMM will use them: as
+     * its A operand (conv2d, linear with channels-first output) or as its B operand
+     * (linear with token output, where B = W^T). A backend may pre-pack for that use. */
+    SD_WEIGHT_MATRIX_A = 3,
+    SD_WEIGHT_MATRIX_B = 4,
 };
 
 struct sd_backend {
@@ -225,8 +235,18 @@ bool sd_backend_cuda_available(char *reason, size_t reason_len);
  * be C++ (CUDA), use the functions below. */
 #ifndef __cplusplus
 #include <stdatomic.h>
+#define SD_PROFILE_SLOTS 24
+
+typedef struct sd_profile_slot {
+    const char *name; /* static string; NULL = free slot */
+    uint64_t calls, ns;
+    double flops;
+} sd_profile_slot_t;
+
 struct sd_ctx {
     sd_backend_t *backend;
+    bool profiling;
+    sd_profile_slot_t profile[SD_PROFILE_SLOTS];
     sd_arena_t arena;
     atomic_int cancelled;
     /* A sticky device failure: every later call fails with this status and message. */
@@ -250,6 +270,11 @@ sd_status_t sd_fail_device(sd_ctx_t *ctx, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void sd_log(sd_ctx_t *ctx, int32_t level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Profiling around one backend call: begin returns a timestamp (0 when disabled), end
+ * adds the elapsed time and flops to the slot named `name` (a static string). */
+uint64_t sd_profile_begin(sd_ctx_t *ctx);
+void sd_profile_end(sd_ctx_t *ctx, const char *name, double flops, uint64_t begin);
 
 /* SD_STATUS_CANCELLED (with the message set) when cancellation was requested, the sticky
  * device status when the context is broken, else OK. Called by every op. */

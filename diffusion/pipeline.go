@@ -115,6 +115,11 @@ func open(m *modelfile.Model, o openOptions, log *slog.Logger) (*Pipeline, error
 		eng.close()
 		return nil, err
 	}
+	// The runtime has packed or uploaded what it uses often; the file's pages need not
+	// stay resident (what is still read, like embedding rows, faults back in).
+	if err := m.ReleaseMemory(); err != nil {
+		log.Warn("releasing the model's mapped pages", "err", err)
+	}
 	p := &Pipeline{model: m, eng: eng, log: log}
 	if err := p.setup(m, device); err != nil {
 		eng.close()
@@ -192,6 +197,28 @@ func (p *Pipeline) Info() ModelInfo { return p.info }
 // memory (ArenaPeakBytes) and weights copied to the device (WeightsBytes; weights used in
 // place from the mapped file on the CPU are not counted).
 type MemoryStats = binding.MemoryStats
+
+// SetProfiling turns the runtime's per-op timing on (clearing earlier counts) or off.
+// Profiling on a GPU waits for every op, which slows the run.
+func (p *Pipeline) SetProfiling(enabled bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	p.eng.lib.CtxProfileReset(p.eng.ctx)
+	p.eng.lib.CtxSetProfiling(p.eng.ctx, enabled)
+}
+
+// ProfileReport is the runtime's per-op timing table since SetProfiling(true).
+func (p *Pipeline) ProfileReport() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return ""
+	}
+	return p.eng.lib.CtxProfileReport(p.eng.ctx)
+}
 
 // MemoryStats reports the runtime's memory use so far.
 func (p *Pipeline) MemoryStats() (MemoryStats, error) {

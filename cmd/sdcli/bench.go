@@ -18,12 +18,13 @@ import (
 )
 
 type benchOptions struct {
-	arch  string
-	size  int
-	steps int
-	cache string
-	json  bool
-	pipe  pipelineOptions
+	arch    string
+	size    int
+	steps   int
+	cache   string
+	json    bool
+	profile bool
+	pipe    pipelineOptions
 }
 
 // The benchmark's fixed choices: random fp16 weights of a fixed seed, and a run with
@@ -65,6 +66,7 @@ func benchCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 	}
 	fs.stringVar(&o.cache, "cache", "dir", o.cache, "folder of the random weights, one sub-folder per architecture and dtype\n(default "+cacheDefault+")")
 	fs.boolVar(&o.json, "json", "print the report as JSON (default false: a table)")
+	fs.boolVar(&o.profile, "profile", "also print the runtime's time per op kind on stderr (default false)")
 	o.pipe.define(fs)
 	return func(ctx context.Context, args []string) error { return a.bench(ctx, o, args) }
 }
@@ -117,6 +119,7 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 	defer p.Close()
 	load := time.Since(start)
 
+	p.SetProfiling(o.profile)
 	bar := newProgressBar(a.stderr, a.stderrTerminal, "bench")
 	res, err := p.Txt2Img(ctx, diffusion.Request{
 		Prompt: benchPrompt, Width: o.size, Height: o.size, Steps: o.steps,
@@ -125,6 +128,9 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 	bar.finish()
 	if err != nil {
 		return err
+	}
+	if o.profile {
+		fmt.Fprint(a.stderr, p.ProfileReport())
 	}
 	mem, err := p.MemoryStats()
 	if err != nil {

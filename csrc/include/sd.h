@@ -171,6 +171,14 @@ SD_API sd_status_t sd_ctx_memory_stats(sd_ctx_t *ctx, sd_memory_stats_t *out);
 /* Gives reserved scratch memory that is not in use back to the system. */
 SD_API void sd_ctx_trim(sd_ctx_t *ctx);
 
+/* Op profiling: while enabled, every op's wall time (on a GPU after waiting for it, which
+ * slows the run) and arithmetic are added up per op kind. The report is a text table
+ * sorted by time, written to buf (len bytes, NUL-terminated, may be NULL); the return
+ * value is the length of the whole table. Reset clears the counters. */
+SD_API void sd_ctx_set_profiling(sd_ctx_t *ctx, bool enabled);
+SD_API size_t sd_ctx_profile_report(const sd_ctx_t *ctx, char *buf, size_t len);
+SD_API void sd_ctx_profile_reset(sd_ctx_t *ctx);
+
 /* ---------------------------------------------------------------------------------------
  * Tensors in backend memory
  * ------------------------------------------------------------------------------------- */

@@ -62,7 +62,7 @@ sd_status_t loader_status(const loader_t *L) {
 
 static void model_free_weights(sd_ctx_t *ctx, sd_model_t *m) {
     sd_backend_t *be = sd_ctx_backend_ptr(ctx);
-    for (int32_t i = 0; i < m->n_weights; i++) be->ops->weight_free(be, &m->weights[i]);
+    for (int32_t i = 0; i < m->n_weights; i++) be->ops->weight_free(ctx, &m->weights[i]);
     for (int32_t i = 0; i < m->n_owned; i++) be->ops->free(be, m->owned[i].data);
     free(m->weights);
     free(m->owned);
@@ -203,20 +203,35 @@ static void vprefix(char *buf, size_t len, const char *fmt, va_list ap) {
     vsnprintf(buf, len, fmt, ap);
 }
 
-sd_linear_w ld_linear(loader_t *L, int64_t n_out, int64_t n_in, bool bias, const char *fmt, ...) {
+static sd_linear_w ld_linear_role(loader_t *L, int32_t role, int64_t n_out, int64_t n_in, bool bias,
+                                  const char *fmt, va_list ap) {
     char prefix[320], name[384];
-    va_list ap;
-    va_start(ap, fmt);
     vprefix(prefix, sizeof prefix, fmt, ap);
-    va_end(ap);
     sd_linear_w l = {0};
     int64_t ws[2] = {n_out, n_in}, bs[1] = {n_out};
     snprintf(name, sizeof name, "%s.weight", prefix);
-    l.w = ld_weight(L, SD_WEIGHT_MATRIX, 2, ws, name, false);
+    l.w = ld_weight(L, role, 2, ws, name, false);
     if (bias) {
         snprintf(name, sizeof name, "%s.bias", prefix);
         l.b = ld_weight(L, SD_WEIGHT_VECTOR, 1, bs, name, false);
     }
+    return l;
+}
+
+sd_linear_w ld_linear(loader_t *L, int64_t n_out, int64_t n_in, bool bias, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    sd_linear_w l = ld_linear_role(L, SD_WEIGHT_MATRIX_B, n_out, n_in, bias, fmt, ap);
+    va_end(ap);
+    return l;
+}
+
+sd_linear_w ld_linear_cf(loader_t *L, int64_t n_out, int64_t n_in, bool bias, const char *fmt,
+                         ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    sd_linear_w l = ld_linear_role(L, SD_WEIGHT_MATRIX_A, n_out, n_in, bias, fmt, ap);
+    va_end(ap);
     return l;
 }
 
@@ -229,7 +244,7 @@ sd_conv_w ld_conv(loader_t *L, int64_t c_out, int64_t c_in, int64_t k, const cha
     sd_conv_w c = {0};
     int64_t ws[4] = {c_out, c_in, k, k}, bs[1] = {c_out};
     snprintf(name, sizeof name, "%s.weight", prefix);
-    c.w = ld_weight(L, SD_WEIGHT_MATRIX, 4, ws, name, false);
+    c.w = ld_weight(L, SD_WEIGHT_MATRIX_A, 4, ws, name, false);
     snprintf(name, sizeof name, "%s.bias", prefix);
     c.b = ld_weight(L, SD_WEIGHT_VECTOR, 1, bs, name, false);
     return c;
@@ -302,6 +317,7 @@ sd_tensor_t sd_rows_view(const sd_tensor_t *t, int64_t r0, int64_t r1) {
     v.shape[0] = r1 - r0;
     v.nbytes = (size_t)(r1 - r0) * row_bytes;
     v.kind = SD_TENSOR_VIEW;
+    v.packed = NULL; /* a packed form covers all rows: the view reads data in place */
     v.prev = v.next = NULL;
     return v;
 }
@@ -457,7 +473,7 @@ void ld_transformer(loader_t *L, transformer_w *t, int64_t channels, int64_t hea
         b->ff1 = ld_linear(L, 2 * t->ff_inner, channels, true, "%s.ff.net.0.proj", p);
         b->ff2 = ld_linear(L, channels, t->ff_inner, true, "%s.ff.net.2", p);
     }
-    t->proj_out = ld_linear(L, channels, channels, true, "%s.proj_out", prefix);
+    t->proj_out = ld_linear_cf(L, channels, channels, true, "%s.proj_out", prefix);
 }
 
 void free_transformer(transformer_w *t) {
@@ -535,7 +551,7 @@ void ld_vae_attention(loader_t *L, vae_attn_w *a, int64_t channels, const char *
     a->q = ld_linear(L, channels, channels, true, "%s.to_q", prefix);
     a->k = ld_linear(L, channels, channels, true, "%s.to_k", prefix);
     a->v = ld_linear(L, channels, channels, true, "%s.to_v", prefix);
-    a->o = ld_linear(L, channels, channels, true, "%s.to_out.0", prefix);
+    a->o = ld_linear_cf(L, channels, channels, true, "%s.to_out.0", prefix);
 }
 
 sd_tensor_t *g_vae_attention(graph_t *g, const vae_attn_w *a, const sd_tensor_t *x, int32_t groups,

@@ -54,6 +54,9 @@ void loader_oom(loader_t *L);
  * the first error and returns a zeroed struct (later calls then do nothing). */
 sd_linear_w ld_linear(loader_t *L, int64_t n_out, int64_t n_in, bool bias, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
+/* The same for a linear layer whose output is channels-first (its weight is the GEMM's A). */
+sd_linear_w ld_linear_cf(loader_t *L, int64_t n_out, int64_t n_in, bool bias, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 sd_conv_w ld_conv(loader_t *L, int64_t c_out, int64_t c_in, int64_t k, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 sd_norm_w ld_norm(loader_t *L, int64_t c, const char *fmt, ...)

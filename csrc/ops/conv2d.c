@@ -20,7 +20,9 @@ sd_status_t sd_cpu_conv2d(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
     const int64_t oh = out->shape[2], ow = out->shape[3], ohw = oh * ow;
     const int64_t k = cin * kh * kw;
 
-    sd_gemm_a_t a = {.data = w->data, .dtype = w->dtype, .col_major = false, .ld = k};
+    const sd_packed_weight_t *pw = w->packed;
+    sd_gemm_a_t a = {
+        .data = w->data, .dtype = w->dtype, .ld = k, .packed = pw != NULL && !pw->as_b ? pw : NULL};
     sd_gemm_b_t b = {
         .data = x->data,
         .dtype = SD_DTYPE_F32,

@@ -137,6 +137,24 @@ static void f16_to_f32(float *dst, const uint16_t *src, int64_t n) {
     for (; i < n; i++) dst[i] = sd_f16_to_f32(src[i]);
 }
 
+static void narrow_n(uint16_t *dst, const float *src, int32_t dtype, int64_t n) {
+    int64_t i = 0;
+    if (dtype == SD_DTYPE_F16) {
+#if SD_ISA == SD_ISA_AVX512
+        for (; i + 16 <= n; i += 16)
+            _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtps_ph(_mm512_loadu_ps(src + i),
+                                                                      _MM_FROUND_TO_NEAREST_INT));
+#elif SD_ISA == SD_ISA_AVX2
+        for (; i + 8 <= n; i += 8)
+            _mm_storeu_si128((__m128i *)(dst + i),
+                             _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+        for (; i < n; i++) dst[i] = sd_f32_to_f16(src[i]);
+        return;
+    }
+    for (; i < n; i++) dst[i] = sd_f32_to_bf16(src[i]);
+}
+
 static void load_f32(float *dst, const void *src, int32_t dtype, int64_t offset, int64_t n) {
     switch (dtype) {
     case SD_DTYPE_F32:
@@ -156,6 +174,7 @@ static void load_f32(float *dst, const void *src, int32_t dtype, int64_t offset,
  * Packing
  * ------------------------------------------------------------------------------------- */
 
+#if SD_ISA != SD_ISA_AVX512
 /* Interleaves `rows` rows of kc floats (tmp[r*kc + k]) into dst[k*width + r], zero-filling
  * rows past `rows` up to `width`. */
 static void interleave(float *restrict dst, const float *restrict tmp, int rows, int width,
@@ -170,6 +189,68 @@ static void interleave(float *restrict dst, const float *restrict tmp, int rows,
         for (int r = rows; r < width; r++) dst[k * width + r] = 0.0f;
     }
 }
+#endif
+
+#if SD_ISA == SD_ISA_AVX512
+/* Up to 16 elements of a row as floats, zero-filled past n. */
+static inline __m512 load_row16(const void *src, int32_t dtype, int64_t offset, int n) {
+    __mmask16 m = (__mmask16)((1u << n) - 1);
+    switch (dtype) {
+    case SD_DTYPE_F32:
+        return _mm512_maskz_loadu_ps(m, (const float *)src + offset);
+    case SD_DTYPE_F16:
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)src + offset));
+    default: /* BF16: the high half of a float */
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)src + offset)),
+            16));
+    }
+}
+
+/* In-register transpose of a 16x16 float block: r[i] lane j becomes r[j] lane i. */
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int j = 0; j < 4; j++) {
+        __m512d a = _mm512_castps_pd(t[4 * j]), b = _mm512_castps_pd(t[4 * j + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * j + 2]), d = _mm512_castps_pd(t[4 * j + 3]);
+        u[4 * j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * j + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[4 * j + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    /* Now u[4j+m] lane group g (4 floats) holds rows 4j..4j+3 of column 4g+m. */
+    for (int m = 0; m < 4; m++) {
+        __m512 a = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88); /* groups 0,2 | 0,2 */
+        __m512 b = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xdd); /* groups 1,3 | 1,3 */
+        __m512 c = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88);
+        __m512 d = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xdd);
+        r[m] = _mm512_shuffle_f32x4(a, c, 0x88);      /* column m */
+        r[8 + m] = _mm512_shuffle_f32x4(a, c, 0xdd);  /* column 8+m */
+        r[4 + m] = _mm512_shuffle_f32x4(b, d, 0x88);  /* column 4+m */
+        r[12 + m] = _mm512_shuffle_f32x4(b, d, 0xdd); /* column 12+m */
+    }
+}
+
+/* Packs `rows` (<= 16) rows of kc elements, row i starting at row_offset[i] of src, into
+ * dst[k*stride + i] for i < lanes (rows past `rows` are zero). */
+static void pack_rows_t16(float *restrict dst, const void *src, int32_t dtype,
+                          const int64_t *row_offset, int rows, int lanes, int stride, int64_t kc) {
+    const __mmask16 out_mask = (__mmask16)((1u << lanes) - 1);
+    for (int64_t k = 0; k < kc; k += 16) {
+        int n = (int)SD_MIN((int64_t)16, kc - k);
+        __m512 r[16];
+        for (int i = 0; i < 16; i++)
+            r[i] = i < rows ? load_row16(src, dtype, row_offset[i] + k, n) : _mm512_setzero_ps();
+        transpose16(r);
+        for (int kk = 0; kk < n; kk++)
+            _mm512_mask_storeu_ps(dst + (k + kk) * stride, out_mask, r[kk]);
+    }
+}
+#endif
 
 static void pack_a(const sd_gemm_a_t *a, int64_t m, int64_t i0, int64_t k0, int64_t mc, int64_t kc,
                    float *dst) {
@@ -186,9 +267,16 @@ static void pack_a(const sd_gemm_a_t *a, int64_t m, int64_t i0, int64_t k0, int6
             }
             continue;
         }
+#if SD_ISA == SD_ISA_AVX512
+        int64_t offs[16];
+        for (int r = 0; r < rows; r++) offs[r] = (r0 + r) * a->ld + k0;
+        pack_rows_t16(dst, a->data, a->dtype, offs, rows, MR, MR, kc);
+        (void)tmp;
+#else
         for (int r = 0; r < rows; r++)
             load_f32(tmp + r * kc, a->data, a->dtype, (r0 + r) * a->ld + k0, kc);
         interleave(dst, tmp, rows, MR, kc);
+#endif
     }
 }
 
@@ -211,9 +299,20 @@ static void pack_b_nk(const sd_gemm_b_t *b, int64_t n, int64_t k0, int64_t j0, i
     for (int64_t p = 0; p * NR < nc; p++, dst += NR * kc) {
         int64_t c0 = j0 + p * NR;
         int cols = (int)SD_MIN((int64_t)NR, SD_MIN(n - c0, nc - p * NR));
+#if SD_ISA == SD_ISA_AVX512
+        /* Two 16-column halves, each a transposed block of rows. */
+        for (int h = 0; h < NR / 16; h++) {
+            int64_t offs[16];
+            int half = SD_MAX(0, SD_MIN(16, cols - 16 * h));
+            for (int c = 0; c < half; c++) offs[c] = (c0 + 16 * h + c) * b->ld + k0;
+            pack_rows_t16(dst + 16 * h, b->data, b->dtype, offs, half, 16, NR, kc);
+        }
+        (void)tmp;
+#else
         for (int c = 0; c < cols; c++)
             load_f32(tmp + c * kc, b->data, b->dtype, (c0 + c) * b->ld + k0, kc);
         interleave(dst, tmp, cols, NR, kc);
+#endif
     }
 }
 
@@ -492,4 +591,5 @@ const sd_cpu_kernels_t KERNELS_SYM = {
     .sum_sq_dev = sum_sq_dev_n,
     .scale_shift = scale_shift_n,
     .f16_to_f32 = f16_to_f32,
+    .narrow = narrow_n,
 };

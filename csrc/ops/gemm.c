@@ -34,6 +34,84 @@ void sd_gemm_pack_b(const sd_cpu_kernels_t *kern, const sd_gemm_b_t *b, int64_t 
     }
 }
 
+static int64_t padded_rows(const sd_cpu_kernels_t *kern, int64_t m) {
+    return (m + kern->mr - 1) / kern->mr * kern->mr;
+}
+
+/* Converts n packed elements of dtype to float32 (dst may not alias src). */
+static void stage(const sd_cpu_kernels_t *kern, float *dst, const void *src, int32_t dtype,
+                  int64_t offset, int64_t n) {
+    if (dtype == SD_DTYPE_F16)
+        kern->f16_to_f32(dst, (const uint16_t *)src + offset, n);
+    else if (dtype == SD_DTYPE_F32)
+        memcpy(dst, (const float *)src + offset, (size_t)n * sizeof(float));
+    else
+        sd_convert_to_f32(dst, (const uint16_t *)src + offset, dtype, n);
+}
+
+/* One task per panel: the kernels' packers (which transpose in registers) produce the
+ * panel as float32, and it is narrowed back to the weight's dtype, exactly, as the values
+ * came from it. */
+typedef struct {
+    const sd_cpu_kernels_t *kern;
+    const void *src;
+    void *dst;
+    int32_t dtype;
+    bool as_b;
+    int64_t rows, k, width, padded;
+} pack_weight_job_t;
+
+static void pack_weight_task(void *arg, int64_t panel, int thread) {
+    (void)thread;
+    const pack_weight_job_t *j = arg;
+    const sd_cpu_kernels_t *kern = j->kern;
+    const int64_t r0 = panel * j->width, n = SD_MIN(j->width, j->rows - r0);
+    float tmp[64 * 256]; /* width x KC of every kernel table */
+    SD_ASSERT(j->width * kern->kc <= 64 * 256);
+    for (int64_t pc = 0; pc < j->k; pc += kern->kc) {
+        const int64_t kc = SD_MIN((int64_t)kern->kc, j->k - pc);
+        if (j->as_b) {
+            sd_gemm_b_t b = {.data = j->src, .dtype = j->dtype, .kind = SD_GEMM_B_NK, .ld = j->k};
+            kern->pack_b(&b, j->rows, pc, r0, kc, n, tmp);
+        } else {
+            sd_gemm_a_t a = {.data = j->src, .dtype = j->dtype, .ld = j->k};
+            kern->pack_a(&a, j->rows, r0, pc, n, kc, tmp);
+        }
+        const int64_t at = pc * j->padded + r0 * kc, count = j->width * kc;
+        if (j->dtype == SD_DTYPE_F32)
+            memcpy((float *)j->dst + at, tmp, (size_t)count * sizeof(float));
+        else
+            kern->narrow((uint16_t *)j->dst + at, tmp, j->dtype, count);
+    }
+}
+
+sd_packed_weight_t *sd_packed_weight_new(sd_pool_t *pool, const sd_cpu_kernels_t *kern,
+                                         const void *w, int32_t dtype, int64_t rows, int64_t k,
+                                         bool as_b) {
+    const int64_t width = as_b ? kern->nr : kern->mr;
+    const int64_t padded = (rows + width - 1) / width * width;
+    sd_packed_weight_t *p = malloc(sizeof *p);
+    void *data = sd_host_alloc_large((size_t)(padded * k) * sd_dtype_size(dtype));
+    if (p == NULL || data == NULL) {
+        free(p), free(data);
+        return NULL;
+    }
+    *p = (sd_packed_weight_t){dtype, as_b, rows, k, padded, data};
+    pack_weight_job_t job = {kern, w, data, dtype, as_b, rows, k, width, padded};
+    sd_pool_run(pool, padded / width, pack_weight_task, &job);
+    return p;
+}
+
+void sd_packed_weight_free(sd_packed_weight_t *p) {
+    if (p == NULL) return;
+    free(p->data);
+    free(p);
+}
+
+size_t sd_packed_weight_bytes(const sd_packed_weight_t *p) {
+    return p ? (size_t)(p->k * p->padded) * sd_dtype_size(p->dtype) : 0;
+}
+
 /* Offset of C[i][j] (and of the residual) for the column-group layout. */
 static inline int64_t c_offset(const sd_gemm_c_t *c, int64_t i, int64_t j) {
     int64_t g = j / c->group_cols, jj = j - g * c->group_cols;
@@ -78,13 +156,23 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
             int64_t panel_kc = kc;
             if (b->kind == SD_GEMM_B_PACKED) {
                 panel_kc = SD_MIN((int64_t)kern->kc, b->packed_k - pc);
-                bblock = (const float *)b->data + pc * padded_cols(kern, b->ld) + jc * panel_kc;
+                int64_t at = pc * padded_cols(kern, b->ld) + jc * panel_kc;
+                if (b->dtype == SD_DTYPE_F32)
+                    bblock = (const float *)b->data + at;
+                else /* stage this block's panels as float32 */
+                    stage(kern, bpack, b->data, b->dtype, at, padded_cols(kern, nc) * panel_kc);
             } else {
                 kern->pack_b(b, n, pc, jc, kc, nc, bpack);
             }
             for (int64_t ic = i_lo; ic < i_hi; ic += kern->mc) {
                 int64_t mc = SD_MIN((int64_t)kern->mc, i_hi - ic);
-                kern->pack_a(a, m, ic, pc, mc, kc, apack);
+                if (a->packed != NULL) {
+                    const sd_packed_weight_t *pw = a->packed;
+                    stage(kern, apack, pw->data, pw->dtype, pc * pw->padded + ic * kc,
+                          padded_rows(kern, mc) * kc);
+                } else {
+                    kern->pack_a(a, m, ic, pc, mc, kc, apack);
+                }
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int64_t j = jc + jr;
                     int cols = (int)SD_MIN((int64_t)nr, jc + nc - j);
@@ -158,10 +246,11 @@ sd_status_t sd_gemm(sd_ctx_t *ctx, int64_t m, int64_t n, int64_t k, const sd_gem
         return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "gemm: cannot allocate pack buffers");
     int64_t threads = sd_pool_threads(cpu->pool);
     int64_t tiles_m = (m + kern->mr - 1) / kern->mr, tiles_n = (n + kern->nr - 1) / kern->nr;
-    /* Prefer splitting columns (each part packs its own B, A is re-packed per part);
-     * split rows when there are too few column tiles to go round. */
+    /* Each part packs its own rows of A and columns of B, so the operand that is not split
+     * is packed once per part: split the larger dimension (counting elements, not tiles)
+     * so the redundant packing is the smaller operand. */
     gemm_job_t job = {cpu, m, n, k, 1, threads, a, b, c};
-    if (tiles_n < 2 * threads && tiles_m >= tiles_n) {
+    if (m > n) {
         job.parts_m = threads;
         job.parts_n = 1;
     }

@@ -7,9 +7,32 @@
  *
  * Token output: C = X (rows x K) W^T, bias per column. Channels-first output computes the
  * transpose, C = W X^T (N x T per batch), so rows of C are output channels and the bias is
- * per row. Either way no permuted copy of x or out is made.
+ * per row. Either way no permuted copy of x or out is made. A weight packed at load for
+ * the side it is used on is read in that form.
  */
 #include "../cpu.h"
+
+/* W^T as the GEMM's B operand. */
+static sd_gemm_b_t weight_as_b(const sd_tensor_t *w) {
+    const sd_packed_weight_t *pw = w->packed;
+    if (pw != NULL && pw->as_b)
+        return (sd_gemm_b_t){.data = pw->data,
+                             .dtype = pw->dtype,
+                             .kind = SD_GEMM_B_PACKED,
+                             .ld = pw->rows,
+                             .packed_k = pw->k};
+    return (sd_gemm_b_t){
+        .data = w->data, .dtype = w->dtype, .kind = SD_GEMM_B_NK, .ld = w->shape[1]};
+}
+
+/* W as the GEMM's A operand. */
+static sd_gemm_a_t weight_as_a(const sd_tensor_t *w) {
+    const sd_packed_weight_t *pw = w->packed;
+    return (sd_gemm_a_t){.data = w->data,
+                         .dtype = w->dtype,
+                         .ld = w->shape[1],
+                         .packed = pw != NULL && !pw->as_b ? pw : NULL};
+}
 
 sd_status_t sd_cpu_linear(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                           const sd_tensor_t *w, const sd_tensor_t *bias,
@@ -25,7 +48,7 @@ sd_status_t sd_cpu_linear(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
 
     if (!x_cf && !out_cf) {
         sd_gemm_a_t a = {.data = xd, .dtype = SD_DTYPE_F32, .ld = k};
-        sd_gemm_b_t b = {.data = w->data, .dtype = w->dtype, .kind = SD_GEMM_B_NK, .ld = k};
+        sd_gemm_b_t b = weight_as_b(w);
         sd_gemm_c_t c = {.data = od,
                          .ldc = nout,
                          .group_cols = nout,
@@ -41,7 +64,7 @@ sd_status_t sd_cpu_linear(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
         int64_t ob = i * t * nout;
         if (!out_cf) { /* x (K, T) channels-first -> out (T, N) */
             sd_gemm_a_t a = {.data = xb, .dtype = SD_DTYPE_F32, .col_major = true, .ld = t};
-            sd_gemm_b_t b = {.data = w->data, .dtype = w->dtype, .kind = SD_GEMM_B_NK, .ld = k};
+            sd_gemm_b_t b = weight_as_b(w);
             sd_gemm_c_t c = {.data = od + ob,
                              .ldc = nout,
                              .group_cols = nout,
@@ -50,7 +73,7 @@ sd_status_t sd_cpu_linear(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                              .residual = rd ? rd + ob : NULL};
             SD_TRY(sd_gemm(ctx, t, nout, k, &a, &b, &c));
         } else { /* out (N, T) = W x_b^T */
-            sd_gemm_a_t a = {.data = w->data, .dtype = w->dtype, .ld = k};
+            sd_gemm_a_t a = weight_as_a(w);
             sd_gemm_b_t b = {.data = xb,
                              .dtype = SD_DTYPE_F32,
                              .kind = x_cf ? SD_GEMM_B_KN : SD_GEMM_B_NK,

@@ -6,7 +6,7 @@
  */
 #include "harness.h"
 
-#include "sd-internal.h"
+#include "cpu.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -123,8 +123,8 @@ static void test_conv2d(void) {
 /* ---- linear ------------------------------------------------------------------------------ */
 
 static void test_linear_case(int64_t batch, int64_t t, int64_t k, int64_t nout, int32_t in_layout,
-                             int32_t out_layout, int32_t wdtype, bool with_bias,
-                             int residual_kind) {
+                             int32_t out_layout, int32_t wdtype, bool with_bias, int residual_kind,
+                             bool packed) {
     int64_t rows = batch * t;
     float *xv = frand(rows * k, -1, 1), *wv = frand(nout * k, -0.5f, 0.5f);
     float *wr = malloc((size_t)(nout * k) * 4), *bv = frand(nout, -1, 1),
@@ -135,6 +135,10 @@ static void test_linear_case(int64_t batch, int64_t t, int64_t k, int64_t nout, 
     int64_t ws[2] = {nout, k}, bs[1] = {nout};
     sd_tensor_t *x = make_tensor(ctx, SD_DTYPE_F32, 3, xs, xv, NULL);
     sd_tensor_t *w = make_tensor(ctx, wdtype, 2, ws, wv, wr);
+    if (packed) { /* as the CPU backend packs model weights: for the side the GEMM reads */
+        sd_cpu_backend_t *cpu = sd_cpu(ctx);
+        w->packed = sd_packed_weight_new(cpu->pool, cpu->kern, w->data, wdtype, nout, k, !ocf);
+    }
     sd_tensor_t *b = with_bias ? make_tensor(ctx, SD_DTYPE_F32, 1, bs, bv, NULL) : NULL;
     sd_tensor_t *out = residual_kind == 2 ? make_tensor(ctx, SD_DTYPE_F32, 3, os, rv, NULL)
                                           : make_empty(ctx, 3, os);
@@ -158,9 +162,10 @@ static void test_linear_case(int64_t batch, int64_t t, int64_t k, int64_t nout, 
             }
     float *got = fetch(ctx, out);
     char what[160];
-    snprintf(what, sizeof what, "linear b%lld t%lld k%lld n%lld in%d out%d %s bias%d res%d",
-             (long long)batch, (long long)t, (long long)k, (long long)nout, in_layout, out_layout,
-             sd_dtype_name(wdtype), with_bias, residual_kind);
+    snprintf(what, sizeof what,
+             "linear b%lld t%lld k%lld n%lld in%d out%d %s bias%d res%d packed%d", (long long)batch,
+             (long long)t, (long long)k, (long long)nout, in_layout, out_layout,
+             sd_dtype_name(wdtype), with_bias, residual_kind, packed);
     compare(what, got, ref, rows * nout, RTOL, ATOL);
     free(got), free(ref), free(xv), free(wv), free(wr), free(bv), free(rv);
     sd_tensor_free(ctx, x), sd_tensor_free(ctx, w), sd_tensor_free(ctx, b),
@@ -176,8 +181,10 @@ static void test_linear(void) {
         for (int in = 0; in < 2; in++)
             for (int out = 0; out < 2; out++)
                 for (int d = 0; d < 3; d++)
-                    test_linear_case(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], in,
-                                     out, dtypes[d], (s + d) % 2 == 0, (int)((s + in + out) % 3));
+                    for (int packed = 0; packed < 2; packed++)
+                        test_linear_case(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], in,
+                                         out, dtypes[d], (s + d) % 2 == 0,
+                                         (int)((s + in + out) % 3), packed);
     /* A 2-D (rows, K) input in the token layout. */
     float xv[6] = {1, 2, 3, 4, 5, 6}, wv[2] = {0.5f, -1};
     int64_t xs[2] = {3, 2}, ws[2] = {1, 2}, os[2] = {3, 1};

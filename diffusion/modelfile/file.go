@@ -43,6 +43,7 @@ type File struct {
 	Tensors  []Tensor          // in file order
 
 	index   map[string]int
+	mapping []byte
 	release func() error
 }
 
@@ -54,6 +55,13 @@ func (f *File) Tensor(name string) (Tensor, bool) {
 	}
 	return f.Tensors[i], true
 }
+
+// ReleaseMemory tells the operating system that the mapped file need not stay in this
+// process's memory: tensors stay valid and are read back from the file when touched
+// again. Useful once their contents have been copied elsewhere (packed or uploaded to a
+// GPU). Tensors copied out of compressed or non-contiguous checkpoint storage are not
+// affected.
+func (f *File) ReleaseMemory() error { return releaseMapping(f.mapping) }
 
 // Close unmaps the file. Every Tensor.Data taken from it becomes invalid.
 // Closing twice is harmless.
@@ -87,7 +95,7 @@ func openMapped(path string, format Format, parse func([]byte) (map[string]strin
 		}
 		index[t.Name] = i
 	}
-	return &File{Path: path, Format: format, Metadata: meta, Tensors: tensors, index: index, release: release}, nil
+	return &File{Path: path, Format: format, Metadata: meta, Tensors: tensors, index: index, mapping: data, release: release}, nil
 }
 
 // OpenFile opens a safetensors file or a PyTorch checkpoint (.ckpt, .pt,

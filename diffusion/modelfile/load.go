@@ -37,6 +37,15 @@ type Model struct {
 	files []*File
 }
 
+// ReleaseMemory applies File.ReleaseMemory to every file of the model.
+func (m *Model) ReleaseMemory() error {
+	var errs []error
+	for _, f := range m.files {
+		errs = append(errs, f.ReleaseMemory())
+	}
+	return errors.Join(errs...)
+}
+
 // Close unmaps the model's files. Every Tensor of the model is invalid
 // afterwards. Closing twice is harmless.
 func (m *Model) Close() error {

@@ -294,3 +294,14 @@ func TestLoadRejectsInvalidOptions(t *testing.T) {
 		assert.EqualError(t, err, c.wantErr)
 	}
 }
+
+func TestReleaseMemoryKeepsTensorsValid(t *testing.T) {
+	kit := testutil.ConformanceDir(t)
+	m, err := Load(filepath.Join(kit, "sd1-tiny", "diffusers"))
+	require.NoError(t, err)
+	defer m.Close()
+	w := m.UNet.Tensors["conv_in.weight"]
+	before := append([]byte(nil), w.Data...)
+	require.NoError(t, m.ReleaseMemory())
+	assert.Equal(t, before, w.Data, "the mapping reads back from the file")
+}

@@ -36,3 +36,13 @@ func mapFile(path string) ([]byte, func() error, error) {
 	}
 	return data, func() error { return unix.Munmap(data) }, nil
 }
+
+// releaseMapping drops the mapping's resident pages (MADV_DONTNEED). The mapping is
+// read-only and backed by the file, so its contents stay valid and come back from the file
+// (or the page cache) on the next access.
+func releaseMapping(data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	return unix.Madvise(data, unix.MADV_DONTNEED)
+}
