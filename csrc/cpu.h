@@ -135,6 +135,14 @@ typedef struct sd_cpu_kernels {
     void (*scale_shift)(float *dst, const float *src, int64_t n, float scale, float shift,
                         bool silu);
     void (*f16_to_f32)(float *dst, const uint16_t *src, int64_t n);
+    /* Online softmax step over one B panel of scores (rows x NR, row stride NR), column by
+     * column: with the running max m and sum l of each column, updates m, writes the
+     * factor earlier partial results must be scaled by to alpha, replaces the scores by
+     * exp(s - m), and updates l = l * alpha + sum. Causal: row i is a key that column c may
+     * see only when c + causal_offset >= i (other rows become 0); causal_offset < 0 with
+     * causal false means every row counts. */
+    void (*softmax_panel)(float *s, int64_t rows, float *m, float *l, float *alpha, bool causal,
+                          int64_t causal_offset);
     /* Narrows n floats to dtype (F16 or BF16, round to nearest even). */
     void (*narrow)(uint16_t *dst, const float *src, int32_t dtype, int64_t n);
 } sd_cpu_kernels_t;
@@ -166,6 +174,10 @@ size_t sd_gemm_scratch_floats(const sd_cpu_kernels_t *kern);
  * sd_gemm_packed_floats(k, n) floats; use it as a SD_GEMM_B_PACKED operand with ld = n and
  * packed_k = k. */
 size_t sd_gemm_packed_floats(const sd_cpu_kernels_t *kern, int64_t k, int64_t n);
+/* The same for A (M x K) in A panels: the layout of sd_packed_weight_t with F32 data. */
+size_t sd_gemm_packed_a_floats(const sd_cpu_kernels_t *kern, int64_t m, int64_t k);
+void sd_gemm_pack_a(const sd_cpu_kernels_t *kern, const sd_gemm_a_t *a, int64_t m, int64_t k,
+                    float *dst);
 void sd_gemm_pack_b(const sd_cpu_kernels_t *kern, const sd_gemm_b_t *b, int64_t k, int64_t n,
                     float *dst);
 

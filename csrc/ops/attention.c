@@ -1,92 +1,134 @@
 /*
- * attention.c - multi-head scaled dot-product attention on the CPU.
+ * attention.c - multi-head scaled dot-product attention on the CPU, flash-style.
  *
  * q: (B, Tq, C), k, v: (B, Tk, C), out: (B, Tq, C), f32; H heads of d = C/H channels,
  * head h being channels [h*d, (h+1)*d). ref: torch.nn.functional.scaled_dot_product_attention
  * (diffusers' AttnProcessor2_0); causal as CLIP's mask (query i sees keys 0..i).
  *
- * Two parallel phases. First K^T and V of every (batch, head) are packed once into GEMM
- * panels. Then one task per (batch, head, block of QB queries): S = scale * Q K^T for the
- * block (a QB x Tk buffer in the thread's scratch, never the Tq x Tk matrix), a numerically
- * stable softmax per row (max subtracted), then out = P V, both on the packed panels.
+ * Everything is computed transposed, with queries as GEMM columns:
+ *   S^T = scale * K Q^T     (keys x queries) for a block of KB keys and QB queries,
+ *   P^T = softmax over each column (online across key blocks, flash-attention style),
+ *   O^T += V^T P^T          (d x queries), rescaled when a column's running max grows.
+ * The first GEMM writes S^T straight into the panel layout the second one reads as B, the
+ * softmax runs down columns with queries in vector lanes, and O^T has d rows (40 for SD
+ * 1.x) where O would have d columns padded to the GEMM's panel width. No Tq x Tk matrix is
+ * ever formed; a task's blocks stay in L2. K and V^T are packed once per head and key
+ * block, shared by all query blocks.
  */
 #include "../cpu.h"
 
+#include <math.h>
 #include <string.h>
 
-#define QB 32
+#define QB 128 /* queries per task: a whole number of B panels for every kernel table */
 
 typedef struct {
     sd_cpu_backend_t *cpu;
     const float *q, *k, *v;
     float *out;
     int64_t tq, tk, c, d, heads, qblocks;
+    int64_t kb, kblocks; /* keys per block: a multiple of MR that fits one KC block */
     bool causal;
     float scale;
-    size_t gemm_floats;
-    float *kpack, *vpack; /* per (batch, head) */
-    size_t kpack_floats, vpack_floats;
+    float *kpack, *vpack;      /* per (batch, head): every key block's K and V^T panels */
+    size_t kblock_f, vblock_f; /* floats per key block */
+    size_t gemm_f, s_f, o_f;   /* per-thread scratch layout */
 } attn_job_t;
 
+static int64_t keys_in(const attn_job_t *j, int64_t kbi) {
+    return SD_MIN(j->kb, j->tk - kbi * j->kb);
+}
+
+/* Phase 1: one task per (batch, head, key block) packs K (rows = keys) and V^T. */
 static void pack_task(void *arg, int64_t task, int thread) {
     (void)thread;
     const attn_job_t *j = arg;
-    const int64_t bh = task / 2, b = bh / j->heads, h = bh % j->heads;
-    const float *src = (task % 2 == 0 ? j->k : j->v) + b * j->tk * j->c + h * j->d;
-    if (task % 2 == 0) { /* K^T: (d x Tk), read from K's rows */
-        sd_gemm_b_t kb = {.data = src, .dtype = SD_DTYPE_F32, .kind = SD_GEMM_B_NK, .ld = j->c};
-        sd_gemm_pack_b(j->cpu->kern, &kb, j->d, j->tk, j->kpack + bh * j->kpack_floats);
-    } else { /* V: (Tk x d) */
-        sd_gemm_b_t vb = {.data = src, .dtype = SD_DTYPE_F32, .kind = SD_GEMM_B_KN, .ld = j->c};
-        sd_gemm_pack_b(j->cpu->kern, &vb, j->tk, j->d, j->vpack + bh * j->vpack_floats);
-    }
+    const sd_cpu_kernels_t *kern = j->cpu->kern;
+    const int64_t kbi = task % j->kblocks, bh = task / j->kblocks;
+    const int64_t b = bh / j->heads, h = bh % j->heads, k0 = kbi * j->kb, n = keys_in(j, kbi);
+    const size_t at = (size_t)(bh * j->kblocks + kbi);
+    const int64_t row = (b * j->tk + k0) * j->c + h * j->d;
+    sd_gemm_a_t ka = {.data = j->k + row, .dtype = SD_DTYPE_F32, .ld = j->c};
+    sd_gemm_pack_a(kern, &ka, n, j->d, j->kpack + at * j->kblock_f);
+    sd_gemm_a_t va = {.data = j->v + row, .dtype = SD_DTYPE_F32, .col_major = true, .ld = j->c};
+    sd_gemm_pack_a(kern, &va, j->d, n, j->vpack + at * j->vblock_f);
 }
 
+/* Phase 2: one task per (batch, head, block of QB queries). */
 static void attn_task(void *arg, int64_t task, int thread) {
     const attn_job_t *j = arg;
     const sd_cpu_kernels_t *kern = j->cpu->kern;
+    const int nr = kern->nr;
     const int64_t qb = task % j->qblocks, bh = task / j->qblocks, b = bh / j->heads,
                   h = bh % j->heads;
-    const int64_t q0 = qb * QB, rows = SD_MIN((int64_t)QB, j->tq - q0);
-    /* Causal: the block's last query sees keys up to its own index. */
-    const int64_t keys = j->causal ? q0 + rows : j->tk;
+    const int64_t q0 = qb * QB, nq = SD_MIN((int64_t)QB, j->tq - q0);
+    const int64_t panels = (nq + nr - 1) / nr;
     float *scratch = j->cpu->scratch[thread];
-    float *s = scratch + j->gemm_floats;
+    float *s = scratch + j->gemm_f; /* S^T / P^T: panels of (kb x nr) */
+    float *o = s + j->s_f;          /* O^T: (d x QB) */
+    float *m = o + j->o_f, *l = m + QB, *alpha = l + QB;
 
-    const float *qh = j->q + (b * j->tq + q0) * j->c + h * j->d;
-    float *oh = j->out + (b * j->tq + q0) * j->c + h * j->d;
+    for (int64_t c = 0; c < QB; c++) m[c] = -INFINITY, l[c] = 0.0f;
+    memset(o, 0, (size_t)(j->d * QB) * sizeof(float));
+    /* Columns past nq in the last panel are never read back; keep them finite. */
+    if (nq % nr) memset(s, 0, j->s_f * sizeof(float));
 
-    sd_gemm_a_t qa = {.data = qh, .dtype = SD_DTYPE_F32, .ld = j->c};
-    sd_gemm_b_t kb = {.data = j->kpack + bh * j->kpack_floats,
+    /* Q^T as B: B[dd][q] = Q[q][dd]. */
+    sd_gemm_b_t qt = {.data = j->q + (b * j->tq + q0) * j->c + h * j->d,
                       .dtype = SD_DTYPE_F32,
-                      .kind = SD_GEMM_B_PACKED,
-                      .ld = j->tk,
-                      .packed_k = j->d};
-    sd_gemm_c_t sc = {.data = s, .ldc = keys, .group_cols = keys, .alpha = j->scale};
-    sd_gemm_serial(kern, rows, keys, j->d, &qa, &kb, &sc, scratch);
+                      .kind = SD_GEMM_B_NK,
+                      .ld = j->c};
+    /* Causal: keys past the block's last query are never visible. */
+    const int64_t last_key = j->causal ? SD_MIN(j->tk, q0 + nq) : j->tk;
+    for (int64_t kbi = 0; kbi * j->kb < last_key; kbi++) {
+        const int64_t k0 = kbi * j->kb, n = keys_in(j, kbi);
+        const size_t at = (size_t)(bh * j->kblocks + kbi);
+        sd_packed_weight_t kp = {SD_DTYPE_F32,
+                                 false,
+                                 n,
+                                 j->d,
+                                 (n + kern->mr - 1) / kern->mr * kern->mr,
+                                 j->kpack + at * j->kblock_f};
+        sd_gemm_a_t ka = {.packed = &kp};
+        /* S^T: row i (key), column c (query) at panel c / nr, i * nr + c % nr. */
+        sd_gemm_c_t sc = {
+            .data = s, .ldc = nr, .group_cols = nr, .group_stride = n * nr, .alpha = j->scale};
+        sd_gemm_serial(kern, n, nq, j->d, &ka, &qt, &sc, scratch);
 
-    for (int64_t r = 0; r < rows; r++) {
-        float *row = s + r * keys;
-        int64_t valid = j->causal ? q0 + r + 1 : keys;
-        float inv = 1.0f / kern->exp_sum(row, valid, kern->max(row, valid));
-        for (int64_t i = 0; i < valid; i++) row[i] *= inv;
-        if (valid < keys) memset(row + valid, 0, (size_t)(keys - valid) * sizeof(float));
+        for (int64_t p = 0; p < panels; p++) {
+            kern->softmax_panel(s + p * n * nr, n, m + p * nr, l + p * nr, alpha + p * nr,
+                                j->causal, q0 + p * nr - k0);
+        }
+        /* Earlier key blocks were weighted with a smaller max: rescale O^T's columns. */
+        if (kbi > 0)
+            for (int64_t dd = 0; dd < j->d; dd++)
+                for (int64_t c = 0; c < nq; c++) o[dd * QB + c] *= alpha[c];
+
+        sd_packed_weight_t vp = {SD_DTYPE_F32,
+                                 false,
+                                 j->d,
+                                 n,
+                                 (j->d + kern->mr - 1) / kern->mr * kern->mr,
+                                 j->vpack + at * j->vblock_f};
+        sd_gemm_a_t va = {.packed = &vp};
+        sd_gemm_b_t pt = {
+            .data = s, .dtype = SD_DTYPE_F32, .kind = SD_GEMM_B_PACKED, .ld = nq, .packed_k = n};
+        sd_gemm_c_t oc = {.data = o, .ldc = QB, .group_cols = QB, .alpha = 1.0f, .residual = o};
+        sd_gemm_serial(kern, j->d, nq, n, &va, &pt, &oc, scratch);
     }
 
-    sd_gemm_a_t pa = {.data = s, .dtype = SD_DTYPE_F32, .ld = keys};
-    sd_gemm_b_t vb = {.data = j->vpack + bh * j->vpack_floats,
-                      .dtype = SD_DTYPE_F32,
-                      .kind = SD_GEMM_B_PACKED,
-                      .ld = j->d,
-                      .packed_k = j->tk};
-    sd_gemm_c_t oc = {.data = oh, .ldc = j->c, .group_cols = j->d, .alpha = 1.0f};
-    sd_gemm_serial(kern, rows, j->d, keys, &pa, &vb, &oc, scratch);
+    float *out = j->out + (b * j->tq + q0) * j->c + h * j->d;
+    for (int64_t c = 0; c < nq; c++) {
+        const float inv = 1.0f / l[c];
+        for (int64_t dd = 0; dd < j->d; dd++) out[c * j->c + dd] = o[dd * QB + c] * inv;
+    }
 }
 
 sd_status_t sd_cpu_attention(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *q,
                              const sd_tensor_t *k, const sd_tensor_t *v, int32_t heads, bool causal,
                              float scale) {
     sd_cpu_backend_t *cpu = sd_cpu(ctx);
+    const sd_cpu_kernels_t *kern = cpu->kern;
     attn_job_t job = {
         .cpu = cpu,
         .q = q->data,
@@ -100,24 +142,29 @@ sd_status_t sd_cpu_attention(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t 
         .heads = heads,
         .causal = causal,
         .scale = scale,
-        .gemm_floats = sd_gemm_scratch_floats(cpu->kern),
     };
     const int64_t bh = q->shape[0] * heads;
     job.qblocks = (job.tq + QB - 1) / QB;
-    /* Keep every buffer 64-byte aligned. */
-    job.gemm_floats = (job.gemm_floats + 15) / 16 * 16;
-    job.kpack_floats = (sd_gemm_packed_floats(cpu->kern, job.d, job.tk) + 15) / 16 * 16;
-    job.vpack_floats = (sd_gemm_packed_floats(cpu->kern, job.tk, job.d) + 15) / 16 * 16;
-    if (!sd_cpu_scratch_reserve(cpu, job.gemm_floats + (size_t)QB * (size_t)job.tk))
-        return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "attention: cannot allocate score rows");
-    size_t pack_bytes = (size_t)bh * (job.kpack_floats + job.vpack_floats) * sizeof(float);
+    job.kb = kern->kc / kern->mr * kern->mr;
+    job.kblocks = (job.tk + job.kb - 1) / job.kb;
+    /* Keep every buffer 64-byte aligned (16 floats). */
+#define ALIGN16(n) (((size_t)(n) + 15) / 16 * 16)
+    job.kblock_f = ALIGN16(sd_gemm_packed_a_floats(kern, job.kb, job.d));
+    job.vblock_f = ALIGN16(sd_gemm_packed_a_floats(kern, job.d, job.kb));
+    job.gemm_f = ALIGN16(sd_gemm_scratch_floats(kern));
+    job.s_f = ALIGN16(job.kb * QB);
+    job.o_f = ALIGN16(job.d * QB);
+#undef ALIGN16
+    if (!sd_cpu_scratch_reserve(cpu, job.gemm_f + job.s_f + job.o_f + 3 * QB))
+        return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "attention: cannot allocate work buffers");
+    size_t pack_bytes = (size_t)(bh * job.kblocks) * (job.kblock_f + job.vblock_f) * sizeof(float);
     float *packs = sd_arena_alloc(&ctx->arena, pack_bytes);
     if (packs == NULL)
         return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "attention: cannot allocate %zu bytes",
                        pack_bytes);
     job.kpack = packs;
-    job.vpack = packs + (size_t)bh * job.kpack_floats;
-    sd_pool_run(cpu->pool, 2 * bh, pack_task, &job);
+    job.vpack = packs + (size_t)(bh * job.kblocks) * job.kblock_f;
+    sd_pool_run(cpu->pool, bh * job.kblocks, pack_task, &job);
     sd_pool_run(cpu->pool, bh * job.qblocks, attn_task, &job);
     sd_arena_free(&ctx->arena, packs);
     return SD_STATUS_OK;

@@ -507,6 +507,36 @@ static float exp_sum(float *x, int64_t n, float max) {
     return s;
 }
 
+static void softmax_panel(float *s, int64_t rows, float *m, float *l, float *alpha, bool causal,
+                          int64_t causal_offset) {
+    vf mx[NV], sum[NV];
+    vi lane;
+    for (int t = 0; t < VW; t++) lane[t] = t;
+    for (int v = 0; v < NV; v++) mx[v] = vload(m + v * VW);
+        /* Keys a column may see: c + causal_offset >= i. */
+#define VISIBLE(i, v) (lane + (v * VW) + (int32_t)causal_offset >= (int32_t)(i))
+    for (int64_t i = 0; i < rows; i++)
+        for (int v = 0; v < NV; v++) {
+            vf x = vload(s + i * NR + v * VW);
+            mx[v] = causal ? vselect(VISIBLE(i, v), vmax(mx[v], x), mx[v]) : vmax(mx[v], x);
+        }
+    for (int v = 0; v < NV; v++) {
+        vstore(alpha + v * VW, vexp(vload(m + v * VW) - mx[v]));
+        vstore(m + v * VW, mx[v]);
+        sum[v] = (vf){0};
+    }
+    for (int64_t i = 0; i < rows; i++)
+        for (int v = 0; v < NV; v++) {
+            vf e = vexp(vload(s + i * NR + v * VW) - mx[v]);
+            if (causal) e = vselect(VISIBLE(i, v), e, (vf){0});
+            vstore(s + i * NR + v * VW, e);
+            sum[v] += e;
+        }
+#undef VISIBLE
+    for (int v = 0; v < NV; v++)
+        vstore(l + v * VW, vload(l + v * VW) * vload(alpha + v * VW) + sum[v]);
+}
+
 static float max_n(const float *x, int64_t n) {
     vf m = vsplat(-INFINITY);
     int64_t i = 0;
@@ -592,4 +622,5 @@ const sd_cpu_kernels_t KERNELS_SYM = {
     .scale_shift = scale_shift_n,
     .f16_to_f32 = f16_to_f32,
     .narrow = narrow_n,
+    .softmax_panel = softmax_panel,
 };

@@ -112,6 +112,17 @@ size_t sd_packed_weight_bytes(const sd_packed_weight_t *p) {
     return p ? (size_t)(p->k * p->padded) * sd_dtype_size(p->dtype) : 0;
 }
 
+size_t sd_gemm_packed_a_floats(const sd_cpu_kernels_t *kern, int64_t m, int64_t k) {
+    return (size_t)k * (size_t)padded_rows(kern, m);
+}
+
+void sd_gemm_pack_a(const sd_cpu_kernels_t *kern, const sd_gemm_a_t *a, int64_t m, int64_t k,
+                    float *dst) {
+    const int64_t mpad = padded_rows(kern, m);
+    for (int64_t pc = 0; pc < k; pc += kern->kc)
+        kern->pack_a(a, m, 0, pc, m, SD_MIN((int64_t)kern->kc, k - pc), dst + pc * mpad);
+}
+
 /* Offset of C[i][j] (and of the residual) for the column-group layout. */
 static inline int64_t c_offset(const sd_gemm_c_t *c, int64_t i, int64_t j) {
     int64_t g = j / c->group_cols, jj = j - g * c->group_cols;
@@ -166,10 +177,14 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
             }
             for (int64_t ic = i_lo; ic < i_hi; ic += kern->mc) {
                 int64_t mc = SD_MIN((int64_t)kern->mc, i_hi - ic);
+                const float *ablock = apack;
                 if (a->packed != NULL) {
                     const sd_packed_weight_t *pw = a->packed;
-                    stage(kern, apack, pw->data, pw->dtype, pc * pw->padded + ic * kc,
-                          padded_rows(kern, mc) * kc);
+                    int64_t at = pc * pw->padded + ic * kc;
+                    if (pw->dtype == SD_DTYPE_F32)
+                        ablock = (const float *)pw->data + at;
+                    else
+                        stage(kern, apack, pw->data, pw->dtype, at, padded_rows(kern, mc) * kc);
                 } else {
                     kern->pack_a(a, m, ic, pc, mc, kc, apack);
                 }
@@ -182,7 +197,7 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int64_t i = ic + ir;
                         int rows = (int)SD_MIN((int64_t)mr, ic + mc - i);
-                        const float *ap = apack + ir * kc;
+                        const float *ap = ablock + ir * kc;
                         if (rows == mr && cols == nr && same_group) {
                             int64_t off = c_offset(c, i, j);
                             sd_tile_epilogue_t ep = {
