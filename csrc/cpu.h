@@ -143,6 +143,14 @@ typedef struct sd_cpu_kernels {
      * causal false means every row counts. */
     void (*softmax_panel)(float *s, int64_t rows, float *m, float *l, float *alpha, bool causal,
                           int64_t causal_offset);
+    /* Winograd F(4x4, 3x3) transforms, vectorised over tiles (see ops/winograd.c).
+     * wino_input: n <= NR tiles of one tile row, tile i's 6x6 patch starting at column
+     * 4*i of `rows` (6 rows of a zero-padded buffer, row stride ld). The 36 transformed
+     * values of tile i go to dst[xi * xi_stride + i].
+     * wino_output: for n <= NR tiles, m[xi * xi_stride + i] holds tile i's 36 products;
+     * writes the 4x4 output of tile i to y[r * 4 * NR + 4 * i + c]. */
+    void (*wino_input)(const float *rows, int64_t ld, int n, float *dst, int64_t xi_stride);
+    void (*wino_output)(const float *m, int64_t xi_stride, int n, float *y);
     /* Narrows n floats to dtype (F16 or BF16, round to nearest even). */
     void (*narrow)(uint16_t *dst, const float *src, int32_t dtype, int64_t n);
 } sd_cpu_kernels_t;
@@ -168,6 +176,11 @@ void sd_gemm_serial(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64_t 
                     const sd_gemm_a_t *a, const sd_gemm_b_t *b, const sd_gemm_c_t *c,
                     float *scratch);
 size_t sd_gemm_scratch_floats(const sd_cpu_kernels_t *kern);
+/* Only the columns [j0, j1) of that GEMM (j0 a multiple of NR), for callers that split
+ * several GEMMs into one set of parallel tasks. */
+void sd_gemm_serial_cols(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64_t k, int64_t j0,
+                         int64_t j1, const sd_gemm_a_t *a, const sd_gemm_b_t *b,
+                         const sd_gemm_c_t *c, float *scratch);
 
 /* Packs all of B (K x N) once, in the layout the GEMM's blocks read, so several GEMMs over
  * the same B (attention's K and V for every query block) skip packing. dst holds
@@ -223,6 +236,12 @@ const sd_cpu_kernels_t *sd_cpu_select_kernels(char *why, size_t why_len);
 sd_status_t sd_cpu_conv2d(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                           const sd_tensor_t *w, const sd_tensor_t *bias,
                           const sd_tensor_t *residual, const sd_conv2d_params_t *p);
+/* Winograd F(4x4, 3x3) for the 3x3 stride-1 convolutions where it pays (ops/winograd.c). */
+bool sd_cpu_winograd_applies(const sd_tensor_t *x, const sd_tensor_t *w,
+                             const sd_conv2d_params_t *p, int64_t oh, int64_t ow);
+sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                                   const sd_tensor_t *w, const sd_tensor_t *bias,
+                                   const sd_tensor_t *residual, const sd_conv2d_params_t *p);
 sd_status_t sd_cpu_linear(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                           const sd_tensor_t *w, const sd_tensor_t *bias,
                           const sd_tensor_t *residual, const sd_linear_params_t *p);

@@ -9,6 +9,7 @@
  * (converted to f32 while packing), the im2col matrix is packed straight from the image,
  * and the batch is folded into the GEMM's columns (one column group per image). Bias,
  * per-sample bias (time embedding) and the residual are added in the GEMM epilogue.
+ * 3x3 stride-1 convolutions with enough channels and tiles go to winograd.c instead.
  */
 #include "../cpu.h"
 
@@ -19,6 +20,8 @@ sd_status_t sd_cpu_conv2d(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
     const int64_t cout = w->shape[0], kh = w->shape[2], kw = w->shape[3];
     const int64_t oh = out->shape[2], ow = out->shape[3], ohw = oh * ow;
     const int64_t k = cin * kh * kw;
+    if (sd_cpu_winograd_applies(x, w, p, oh, ow))
+        return sd_cpu_conv2d_winograd(ctx, out, x, w, bias, residual, p);
 
     const sd_packed_weight_t *pw = w->packed;
     sd_gemm_a_t a = {

@@ -537,6 +537,89 @@ static void softmax_panel(float *s, int64_t rows, float *m, float *l, float *alp
         vstore(l + v * VW, vload(l + v * VW) * vload(alpha + v * VW) + sum[v]);
 }
 
+/* ---------------------------------------------------------------------------------------
+ * Winograd F(4x4, 3x3) transforms, VW tiles per vector. The 1-D transforms written out:
+ * B^T d for d0..d5 and A^T m for m0..m5 (Lavin & Gray's points 0, +-1, +-2).
+ * ------------------------------------------------------------------------------------- */
+
+static inline void bt6(const vf d[6], vf r[6]) {
+    const vf two = vsplat(2.0f), four = vsplat(4.0f), five = vsplat(5.0f);
+    r[0] = four * d[0] - five * d[2] + d[4];
+    r[1] = -four * (d[1] + d[2]) + d[3] + d[4];
+    r[2] = four * (d[1] - d[2]) - d[3] + d[4];
+    r[3] = two * (d[3] - d[1]) - d[2] + d[4];
+    r[4] = two * (d[1] - d[3]) - d[2] + d[4];
+    r[5] = four * d[1] - five * d[3] + d[5];
+}
+
+static inline void at6(const vf m[6], vf y[4]) {
+    const vf two = vsplat(2.0f), four = vsplat(4.0f), eight = vsplat(8.0f);
+    vf s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
+    y[0] = m[0] + s12 + s34;
+    y[1] = d12 + two * d34;
+    y[2] = s12 + four * s34;
+    y[3] = d12 + eight * d34 + m[5];
+}
+
+/* Lanes base[4 * lane] (lanes past n are don't-care but stay in bounds: callers pad). */
+static inline vf vgather4(const float *base) {
+#if SD_ISA == SD_ISA_AVX512
+    const __m512i idx =
+        _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60);
+    return _mm512_i32gather_ps(idx, base, 4);
+#elif SD_ISA == SD_ISA_AVX2
+    const __m256i idx = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    return _mm256_i32gather_ps(base, idx, 4);
+#else
+    vf v;
+    for (int t = 0; t < VW; t++) v[t] = base[4 * t];
+    return v;
+#endif
+}
+
+static void wino_input(const float *rows, int64_t ld, int n, float *dst, int64_t xi_stride) {
+    for (int t0 = 0; t0 < n; t0 += VW) {
+        vf cols[6][6]; /* B^T applied along each patch row: cols[a][b'] */
+        for (int a = 0; a < 6; a++) {
+            vf d[6];
+            for (int b = 0; b < 6; b++) d[b] = vgather4(rows + a * ld + 4 * t0 + b);
+            bt6(d, cols[a]);
+        }
+        for (int b = 0; b < 6; b++) {
+            vf d[6], r[6];
+            for (int a = 0; a < 6; a++) d[a] = cols[a][b];
+            bt6(d, r);
+            for (int a = 0; a < 6; a++) {
+                float *o = dst + (int64_t)(a * 6 + b) * xi_stride + t0;
+                if (t0 + VW <= n) {
+                    vstore(o, r[a]);
+                } else {
+                    for (int t = 0; t < n - t0; t++) o[t] = r[a][t];
+                }
+            }
+        }
+    }
+}
+
+static void wino_output(const float *m, int64_t xi_stride, int n, float *y) {
+    for (int t0 = 0; t0 < n; t0 += VW) {
+        vf rows[4][6]; /* A^T applied down each column: rows[r][b] */
+        for (int b = 0; b < 6; b++) {
+            vf col[6], r[4];
+            for (int a = 0; a < 6; a++) col[a] = vload(m + (int64_t)(a * 6 + b) * xi_stride + t0);
+            at6(col, r);
+            for (int k = 0; k < 4; k++) rows[k][b] = r[k];
+        }
+        for (int k = 0; k < 4; k++) {
+            vf out[4];
+            at6(rows[k], out);
+            float *yr = y + k * 4 * NR + 4 * t0;
+            for (int t = 0; t < VW && t0 + t < n; t++)
+                for (int c = 0; c < 4; c++) yr[4 * t + c] = out[c][t];
+        }
+    }
+}
+
 static float max_n(const float *x, int64_t n) {
     vf m = vsplat(-INFINITY);
     int64_t i = 0;
@@ -623,4 +706,6 @@ const sd_cpu_kernels_t KERNELS_SYM = {
     .f16_to_f32 = f16_to_f32,
     .narrow = narrow_n,
     .softmax_panel = softmax_panel,
+    .wino_input = wino_input,
+    .wino_output = wino_output,
 };

@@ -228,6 +228,12 @@ void sd_gemm_serial(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64_t 
     gemm_block(kern, m, n, k, 0, m, 0, n, a, b, c, scratch);
 }
 
+void sd_gemm_serial_cols(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64_t k, int64_t j0,
+                         int64_t j1, const sd_gemm_a_t *a, const sd_gemm_b_t *b,
+                         const sd_gemm_c_t *c, float *scratch) {
+    gemm_block(kern, m, n, k, 0, m, j0, j1, a, b, c, scratch);
+}
+
 typedef struct {
     sd_cpu_backend_t *cpu;
     int64_t m, n, k;

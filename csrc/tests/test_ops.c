@@ -111,13 +111,20 @@ static void test_conv2d(void) {
         {2, 31, 19, 37, 29, 3, 3, 1, 1, 1, 1, 1},  /* K = 279 > KC, rows across NR panels */
         {1, 17, 40, 40, 150, 3, 3, 1, 1, 1, 1, 1}, /* M = 150 > MC */
         {2, 3, 48, 47, 4, 1, 1, 1, 0, 0, 0, 0},    /* N = 4512 > NC */
+        /* Winograd: >= 32 channels, >= 64 tiles; ragged edges, uneven padding, many chunks */
+        {2, 33, 24, 23, 40, 3, 3, 1, 1, 1, 1, 1},
+        {1, 32, 30, 37, 35, 3, 3, 1, 0, 1, 2, 0},
+        {1, 48, 70, 66, 32, 3, 3, 1, 1, 1, 1, 1},
     };
     const int32_t dtypes[] = {SD_DTYPE_F32, SD_DTYPE_F16, SD_DTYPE_BF16};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         for (int d = 0; d < 3; d++) test_conv2d_case(&cases[i], dtypes[d], d % 3, 0);
-    /* Bias and residual combinations on one mid-size case. */
+    /* Bias and residual combinations on one mid-size case, direct and Winograd. */
     for (int bias = 0; bias < 3; bias++)
-        for (int res = 0; res < 3; res++) test_conv2d_case(&cases[7], SD_DTYPE_F16, bias, res);
+        for (int res = 0; res < 3; res++) {
+            test_conv2d_case(&cases[7], SD_DTYPE_F16, bias, res);
+            test_conv2d_case(&cases[10], SD_DTYPE_F16, bias, res);
+        }
 }
 
 /* ---- linear ------------------------------------------------------------------------------ */
