@@ -167,10 +167,6 @@ func (p *Pipeline) setup(m *modelfile.Model, device Device) error {
 	default:
 		p.sched.PredictionType = schedule.PredictEpsilon
 	}
-	def, ok := samplerForClass(m.Scheduler.ClassName)
-	if !ok {
-		def = Euler
-	}
 	f := p.eng.vaeFactor()
 	side := m.UNet.Config.SampleSize * f
 	p.info = ModelInfo{
@@ -180,7 +176,7 @@ func (p *Pipeline) setup(m *modelfile.Model, device Device) error {
 		Prediction:     m.Scheduler.PredictionType,
 		Width:          side,
 		Height:         side,
-		DefaultSampler: def,
+		DefaultSampler: ConfiguredSampler(m.Scheduler),
 		TextLayers:     m.TextEncoder.Config.NumHiddenLayers,
 		Inpainting:     m.UNet.Config.InChannels == 9,
 		Device:         device,

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gosd/gosd/diffusion/modelfile"
 	"github.com/gosd/gosd/diffusion/rng"
 	"github.com/gosd/gosd/diffusion/schedule"
 )
@@ -78,9 +79,18 @@ func ParseSampler(name string) (Sampler, error) {
 	}
 	ss, err := schedule.ParseSampler(name)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("%w (or auto: the model's scheduler)", err)
 	}
 	return samplerFrom(ss), nil
+}
+
+// ConfiguredSampler is the sampler SamplerAuto means for a model: the scheduler class its
+// scheduler_config.json names (Euler when the class is not one of the samplers).
+func ConfiguredSampler(cfg modelfile.SchedulerConfig) Sampler {
+	if s, ok := samplerForClass(cfg.ClassName); ok {
+		return s
+	}
+	return Euler
 }
 
 func samplerFrom(ss schedule.Sampler) Sampler {

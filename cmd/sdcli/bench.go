@@ -102,7 +102,7 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 	if o.cache == "" {
 		return usagef("no cache folder: pass --cache")
 	}
-	dir, err := ensureRandomWeights(filepath.Join(o.cache, o.arch+"-"+strings.ToLower(benchDType.String())), a.archs[o.arch], a.stderr)
+	dir, err := ensureRandomWeights(ctx, filepath.Join(o.cache, o.arch+"-"+strings.ToLower(benchDType.String())), a.archs[o.arch], a.stderr)
 	if err != nil {
 		return err
 	}
@@ -233,7 +233,7 @@ func formatBytes(n uint64) string {
 // ensureRandomWeights returns dir holding random weights of arch, writing them first
 // when dir is not complete (has no marker): into a temporary folder beside it, renamed
 // to dir once complete, so an interrupted write leaves nothing that looks usable.
-func ensureRandomWeights(dir string, arch modelfile.Architecture, log io.Writer) (string, error) {
+func ensureRandomWeights(ctx context.Context, dir string, arch modelfile.Architecture, log io.Writer) (string, error) {
 	marker := filepath.Join(dir, randomMarker)
 	if _, err := os.Stat(marker); err == nil {
 		return dir, nil
@@ -249,7 +249,7 @@ func ensureRandomWeights(dir string, arch modelfile.Architecture, log io.Writer)
 	defer os.RemoveAll(tmp) // gone already once renamed
 	fmt.Fprintf(log, "writing random %s weights to %s (once; later runs reuse them)\n", benchDType, dir)
 	start := time.Now()
-	if err := modelfile.WriteRandom(tmp, arch, benchDType, benchSeed); err != nil {
+	if err := modelfile.WriteRandom(ctx, tmp, arch, benchDType, benchSeed); err != nil {
 		return "", fmt.Errorf("writing random weights: %w", err)
 	}
 	note, err := json.Marshal(map[string]any{"family": arch.Family.String(), "dtype": benchDType.String(), "seed": benchSeed})

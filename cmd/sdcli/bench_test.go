@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -17,7 +18,7 @@ func TestEnsureRandomWeights(t *testing.T) {
 	cache := t.TempDir()
 	dir := filepath.Join(cache, "tiny-f16")
 	var log strings.Builder
-	got, err := ensureRandomWeights(dir, tinyArch(), &log)
+	got, err := ensureRandomWeights(context.Background(), dir, tinyArch(), &log)
 	require.NoError(t, err)
 	assert.Equal(t, dir, got)
 	assert.Contains(t, log.String(), "writing random F16 weights to "+dir)
@@ -34,7 +35,7 @@ func TestEnsureRandomWeights(t *testing.T) {
 	unet := filepath.Join(dir, "unet", "diffusion_pytorch_model.safetensors")
 	require.NoError(t, os.WriteFile(unet, []byte("kept"), 0o644))
 	log.Reset()
-	got, err = ensureRandomWeights(dir, tinyArch(), &log)
+	got, err = ensureRandomWeights(context.Background(), dir, tinyArch(), &log)
 	require.NoError(t, err)
 	assert.Equal(t, dir, got)
 	assert.Empty(t, log.String())
@@ -48,7 +49,7 @@ func TestEnsureRandomWeightsFailures(t *testing.T) {
 		cache := t.TempDir()
 		arch := tinyArch()
 		arch.UNet.BlockOutChannels = nil
-		_, err := ensureRandomWeights(filepath.Join(cache, "bad-f16"), arch, &strings.Builder{})
+		_, err := ensureRandomWeights(context.Background(), filepath.Join(cache, "bad-f16"), arch, &strings.Builder{})
 		assert.ErrorContains(t, err, "writing random weights")
 		entries, err := os.ReadDir(cache)
 		require.NoError(t, err)
@@ -57,7 +58,7 @@ func TestEnsureRandomWeightsFailures(t *testing.T) {
 	t.Run("incomplete folder in the way", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "tiny-f16")
 		require.NoError(t, os.MkdirAll(filepath.Join(dir, "unet"), 0o755))
-		_, err := ensureRandomWeights(dir, tinyArch(), &strings.Builder{})
+		_, err := ensureRandomWeights(context.Background(), dir, tinyArch(), &strings.Builder{})
 		assert.ErrorContains(t, err, dir+" exists but is not a complete set of random weights (no "+randomMarker+"): remove it")
 		assert.NoFileExists(t, filepath.Join(dir, randomMarker))
 	})

@@ -104,6 +104,7 @@
 //	--cache dir           folder of the random weights (default $XDG_CACHE_HOME/gosd, else
 //	                      ~/.cache/gosd)
 //	--json                print the report as JSON instead of a table (default off)
+//	--profile             also print the runtime's time per op kind on stderr (default off)
 //	--threads N, --device NAME, --lib path, -v
 //	                      as for txt2img
 //

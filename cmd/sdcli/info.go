@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/gosd/gosd/diffusion"
 	"github.com/gosd/gosd/diffusion/modelfile"
 )
 
@@ -43,7 +44,7 @@ func describeModel(m *modelfile.Model) string {
 	side := m.UNet.Config.SampleSize << (len(m.VAE.Config.BlockOutChannels) - 1)
 	s += fmt.Sprintf("  tokenizer    %s\n", tok)
 	s += fmt.Sprintf("  native size  %d×%d\n", side, side)
-	s += fmt.Sprintf("  scheduler    %s (--sampler auto uses it)\n", m.Scheduler.ClassName)
+	s += fmt.Sprintf("  scheduler    %s (--sampler auto: %s)\n", m.Scheduler.ClassName, diffusion.ConfiguredSampler(m.Scheduler))
 	if m.UNet.Config.InChannels == 9 {
 		s += "  inpainting   yes: a 9-channel UNet (use inpaint)\n"
 	}

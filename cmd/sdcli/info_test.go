@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -39,7 +40,7 @@ func TestInfo(t *testing.T) {
 	t.Setenv("SD_LIB", filepath.Join(t.TempDir(), "no-such-library.so"))
 	folder := filepath.Join(kit, "sd1-tiny", "diffusers")
 	random := t.TempDir()
-	require.NoError(t, modelfile.WriteRandom(random, tinyArch(), modelfile.F16, 1))
+	require.NoError(t, modelfile.WriteRandom(context.Background(), random, tinyArch(), modelfile.F16, 1))
 	tests := []struct {
 		name  string
 		model string
@@ -52,13 +53,13 @@ func TestInfo(t *testing.T) {
 			"  vae ", "  text_encoder ", "hidden 32, layers 4, heads 4",
 			"  tokenizer    " + filepath.Join(folder, "tokenizer") + "\n",
 			"  native size  64×64\n",
-			"  scheduler    DDIMScheduler (--sampler auto uses it)\n",
+			"  scheduler    DDIMScheduler (--sampler auto: ddim)\n",
 		}},
 		{"folder without tokenizer", random, []string{
 			random + ": sd1 model (diffusers), epsilon prediction\n",
 			"  tokenizer    built-in CLIP BPE vocabulary (the model has no tokenizer folder)\n",
 			"  native size  64×64\n",
-			"  scheduler    PNDMScheduler (--sampler auto uses it)\n",
+			"  scheduler    PNDMScheduler (--sampler auto: pndm)\n",
 		}},
 		{"SD 2.x v-prediction", filepath.Join(kit, "sd2-tiny-v", "diffusers"), []string{
 			": sd2 model (diffusers), v_prediction prediction\n",

@@ -1,6 +1,7 @@
 package modelfile
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -41,8 +42,8 @@ func SD21() Architecture {
 // weight is normal with standard deviation 1/sqrt(fan_in), so activations
 // keep their scale and stay finite. The same seed writes the same bytes.
 // Weights are generated and written in chunks, so memory stays small
-// whatever the model's size.
-func WriteRandom(dir string, arch Architecture, dtype DType, seed uint64) error {
+// whatever the model's size. Cancelling ctx stops between tensors.
+func WriteRandom(ctx context.Context, dir string, arch Architecture, dtype DType, seed uint64) error {
 	if !dtype.IsFloat() {
 		return fmt.Errorf("random weights of type %s: want F32, F16 or BF16", dtype)
 	}
@@ -84,6 +85,9 @@ func WriteRandom(dir string, arch Architecture, dtype DType, seed uint64) error 
 		// not depend on one another's sizes.
 		gen := &randomWeights{seed: seed, stream: hashString(c.dir), bufs: make([][]byte, runtime.GOMAXPROCS(0))}
 		if err := writeSafetensors(filepath.Join(dir, c.dir, c.weights), heads, map[string]string{"format": "pt"}, func(w io.Writer, i int) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			return gen.write(w, heads[i], uint64(i))
 		}); err != nil {
 			return err

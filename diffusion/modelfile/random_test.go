@@ -2,6 +2,7 @@ package modelfile
 
 import (
 	"bytes"
+	"context"
 	"math"
 	"os"
 	"path/filepath"
@@ -39,7 +40,7 @@ func tinyArchitecture() Architecture {
 func TestWriteRandomLoadsBack(t *testing.T) {
 	arch := tinyArchitecture()
 	dir := t.TempDir()
-	require.NoError(t, WriteRandom(dir, arch, F16, 7))
+	require.NoError(t, WriteRandom(context.Background(), dir, arch, F16, 7))
 	m := loadModel(t, dir)
 
 	assert.Equal(t, FamilySD1, m.Family)
@@ -86,7 +87,7 @@ func TestWriteRandomIsDeterministic(t *testing.T) {
 	arch := tinyArchitecture()
 	read := func(seed uint64, dtype DType) []byte {
 		dir := t.TempDir()
-		require.NoError(t, WriteRandom(dir, arch, dtype, seed))
+		require.NoError(t, WriteRandom(context.Background(), dir, arch, dtype, seed))
 		b, err := os.ReadFile(filepath.Join(dir, "text_encoder", "model.safetensors"))
 		require.NoError(t, err)
 		return b
@@ -95,11 +96,11 @@ func TestWriteRandomIsDeterministic(t *testing.T) {
 	assert.Equal(t, a, read(1, F32), "same seed, same bytes")
 	assert.NotEqual(t, a, read(2, F32))
 
-	err := WriteRandom(t.TempDir(), arch, I64, 1)
+	err := WriteRandom(context.Background(), t.TempDir(), arch, I64, 1)
 	assert.ErrorContains(t, err, "random weights of type I64")
 	bad := tinyArchitecture()
 	bad.UNet.MidBlockType = "UNetMidBlock2D"
-	assert.ErrorContains(t, WriteRandom(t.TempDir(), bad, F16, 1), "unsupported mid block type")
+	assert.ErrorContains(t, WriteRandom(context.Background(), t.TempDir(), bad, F16, 1), "unsupported mid block type")
 }
 
 func TestRandomWeightsIndependentOfWorkers(t *testing.T) {
@@ -161,7 +162,7 @@ func TestFullSizeArchitectureParameterCounts(t *testing.T) {
 // binding, with no weight read.
 func BenchmarkLoadSD15(b *testing.B) {
 	dir := b.TempDir()
-	require.NoError(b, WriteRandom(dir, SD15(), F16, 0))
+	require.NoError(b, WriteRandom(context.Background(), dir, SD15(), F16, 0))
 	for b.Loop() {
 		m, err := Load(dir)
 		require.NoError(b, err)
