@@ -62,8 +62,12 @@ static inline sd_status_t sd_cuda_check_launch(sd_ctx_t *ctx, const char *what) 
     return err == cudaSuccess ? SD_STATUS_OK : sd_cuda_fail(ctx, err, what);
 }
 
-/* Entry of every op: the device current, no error pending. */
+/* Entry of every op: the device current, no error pending. A non-sticky error left on this
+ * thread by someone else (a library, the caller's own CUDA code) is cleared so the launch
+ * check after our kernels does not blame them for it; a sticky error cannot be cleared and
+ * fails that check. */
 static inline sd_status_t sd_cuda_enter(sd_ctx_t *ctx, const char *op) {
+    (void)cudaGetLastError();
     cudaError_t err = sd_cuda_set_device(sd_cuda(ctx));
     return err == cudaSuccess ? SD_STATUS_OK : sd_cuda_fail(ctx, err, op);
 }
