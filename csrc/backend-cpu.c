@@ -65,7 +65,7 @@ static sd_status_t cpu_weight_from_host(sd_ctx_t *ctx, const sd_tensor_t *host, 
                                                      rows, k, role == SD_WEIGHT_MATRIX_B);
         if (p == NULL) return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "cannot pack a weight");
         out->packed = p;
-        ctx->weights_bytes += sd_packed_weight_bytes(p);
+        sd_ctx_add_weights_bytes(ctx, (int64_t)sd_packed_weight_bytes(p));
         return SD_STATUS_OK;
     }
     if (role != SD_WEIGHT_VECTOR || host->dtype == SD_DTYPE_F32) return SD_STATUS_OK;
@@ -77,17 +77,17 @@ static sd_status_t cpu_weight_from_host(sd_ctx_t *ctx, const sd_tensor_t *host, 
     out->dtype = SD_DTYPE_F32;
     out->nbytes = (size_t)n * sizeof(float);
     out->kind = SD_TENSOR_OWNED;
-    ctx->weights_bytes += out->nbytes;
+    sd_ctx_add_weights_bytes(ctx, (int64_t)out->nbytes);
     return SD_STATUS_OK;
 }
 
 static void cpu_weight_free(sd_ctx_t *ctx, sd_tensor_t *w) {
     if (w->kind == SD_TENSOR_OWNED) {
-        ctx->weights_bytes -= w->nbytes;
+        sd_ctx_add_weights_bytes(ctx, -(int64_t)w->nbytes);
         cpu_free(NULL, w->data);
     }
     if (w->packed != NULL) {
-        ctx->weights_bytes -= sd_packed_weight_bytes(w->packed);
+        sd_ctx_add_weights_bytes(ctx, -(int64_t)sd_packed_weight_bytes(w->packed));
         sd_packed_weight_free(w->packed);
     }
     w->data = NULL;

@@ -139,6 +139,10 @@ sd_backend_t *sd_ctx_backend_ptr(sd_ctx_t *ctx) {
     return ctx->backend;
 }
 
+void sd_ctx_add_weights_bytes(sd_ctx_t *ctx, int64_t delta) {
+    ctx->weights_bytes = (uint64_t)((int64_t)ctx->weights_bytes + delta);
+}
+
 int32_t sd_ctx_backend(const sd_ctx_t *ctx) {
     return ctx ? ctx->backend->kind : -1;
 }

@@ -261,6 +261,8 @@ struct sd_ctx {
 #endif
 
 sd_backend_t *sd_ctx_backend_ptr(sd_ctx_t *ctx);
+/* Adds delta (may be negative) to the backend memory reported as held by weights. */
+void sd_ctx_add_weights_bytes(sd_ctx_t *ctx, int64_t delta);
 
 /* Records a failure on ctx (printf-style message) and returns `status`. */
 sd_status_t sd_fail(sd_ctx_t *ctx, sd_status_t status, const char *fmt, ...)

@@ -18,6 +18,7 @@
 #include "activation.cuh"
 #include "attention.cuh"
 #include "conv2d.cuh"
+#include "convert.cuh"
 #include "elementwise.cuh"
 #include "embedding.cuh"
 #include "group-norm.cuh"
@@ -198,12 +199,21 @@ static sd_status_t cuda_weight_from_host(sd_ctx_t *ctx, const sd_tensor_t *host,
         return st;
     }
     *out = t;
+    sd_ctx_add_weights_bytes(ctx, (int64_t)t.nbytes);
     return SD_STATUS_OK;
 }
 
-static void cuda_weight_free(sd_backend_t *be, sd_tensor_t *w) {
-    if (w->kind == SD_TENSOR_OWNED) cuda_free(be, w->data);
+static void cuda_weight_free(sd_ctx_t *ctx, sd_tensor_t *w) {
+    if (w->kind == SD_TENSOR_OWNED) {
+        sd_ctx_add_weights_bytes(ctx, -(int64_t)w->nbytes);
+        cuda_free(sd_ctx_backend_ptr(ctx), w->data);
+    }
     w->data = NULL;
+}
+
+static sd_status_t cuda_synchronize(sd_ctx_t *ctx) {
+    cudaError_t err = cudaStreamSynchronize(sd_cuda(ctx)->stream);
+    return err == cudaSuccess ? SD_STATUS_OK : sd_cuda_fail(ctx, err, "synchronize");
 }
 
 /* ---- lifetime ---------------------------------------------------------------------------- */
@@ -239,11 +249,14 @@ static const sd_backend_ops_t cuda_ops = {
     /* .attention = */ sd_cuda_attention,
     /* .activation = */ sd_cuda_activation,
     /* .geglu = */ sd_cuda_geglu,
-    /* .upsample_nearest2x = */ sd_cuda_upsample_nearest2x,
+    /* .upsample_nearest = */ sd_cuda_upsample_nearest,
     /* .binary = */ sd_cuda_binary,
     /* .concat = */ sd_cuda_concat,
+    /* .clamp = */ sd_cuda_clamp,
+    /* .convert = */ sd_cuda_convert,
     /* .timestep_embedding = */ sd_cuda_timestep_embedding,
     /* .embedding = */ sd_cuda_embedding,
+    /* .synchronize = */ cuda_synchronize,
 };
 
 static void copy_reason(char *dst, size_t len, const char *fmt, ...)

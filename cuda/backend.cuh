@@ -109,6 +109,9 @@ template <> __device__ __forceinline__ float sd_from_f32<float>(float x) {
 template <> __device__ __forceinline__ __half sd_from_f32<__half>(float x) {
     return __float2half_rn(x);
 }
+template <> __device__ __forceinline__ __nv_bfloat16 sd_from_f32<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
 
 /* 16 bytes of T: 4 floats or 8 halves, loaded and stored as one vector. */
 template <typename T> struct sd_vec {

@@ -63,7 +63,10 @@ sd_status_t loader_status(const loader_t *L) {
 static void model_free_weights(sd_ctx_t *ctx, sd_model_t *m) {
     sd_backend_t *be = sd_ctx_backend_ptr(ctx);
     for (int32_t i = 0; i < m->n_weights; i++) be->ops->weight_free(ctx, &m->weights[i]);
-    for (int32_t i = 0; i < m->n_owned; i++) be->ops->free(be, m->owned[i].data);
+    for (int32_t i = 0; i < m->n_owned; i++) {
+        be->ops->free(be, m->owned[i]->data);
+        free(m->owned[i]);
+    }
     free(m->weights);
     free(m->owned);
 }
@@ -274,6 +277,37 @@ const sd_tensor_t *ld_table(loader_t *L, int64_t rows, int64_t cols, const char 
     return t;
 }
 
+/* A tensor the model owns in backend memory (freed with it); NULL after a failure. */
+static sd_tensor_t *owned_tensor(loader_t *L, int32_t dtype, int ndim, const int64_t *shape) {
+    if (L->st != SD_STATUS_OK) return NULL;
+    sd_model_t *m = L->model;
+    sd_backend_t *be = sd_ctx_backend_ptr(L->ctx);
+    if (m->n_owned == m->cap_owned) {
+        int32_t cap = m->cap_owned ? 2 * m->cap_owned : 16;
+        sd_tensor_t **o = realloc(m->owned, (size_t)cap * sizeof *o);
+        if (o == NULL) {
+            loader_oom(L);
+            return NULL;
+        }
+        m->owned = o;
+        m->cap_owned = cap;
+    }
+    sd_tensor_t *dst = malloc(sizeof *dst);
+    if (dst == NULL) {
+        loader_oom(L);
+        return NULL;
+    }
+    *dst = sd_tensor_view(NULL, dtype, ndim, shape);
+    dst->data = be->ops->alloc(be, dst->nbytes);
+    if (dst->data == NULL) {
+        fail(L, SD_STATUS_OUT_OF_MEMORY, "cannot allocate %zu bytes", dst->nbytes);
+        free(dst);
+        return NULL;
+    }
+    m->owned[m->n_owned++] = dst;
+    return dst;
+}
+
 const sd_tensor_t *ld_act(loader_t *L, int64_t rows, int64_t cols, const char *fmt, ...) {
     int64_t s[2] = {rows, cols};
     va_list ap;
@@ -283,25 +317,8 @@ const sd_tensor_t *ld_act(loader_t *L, int64_t rows, int64_t cols, const char *f
     sd_backend_t *be = sd_ctx_backend_ptr(L->ctx);
     if (t == NULL || t->dtype == be->act_dtype) return t;
     /* Convert once into a model-owned tensor of the activation dtype. */
-    sd_model_t *m = L->model;
-    if (m->n_owned == m->cap_owned) {
-        int32_t cap = m->cap_owned ? 2 * m->cap_owned : 4;
-        sd_tensor_t *o = realloc(m->owned, (size_t)cap * sizeof *o);
-        if (o == NULL) {
-            loader_oom(L);
-            return NULL;
-        }
-        m->owned = o;
-        m->cap_owned = cap;
-    }
-    sd_tensor_t *dst = &m->owned[m->n_owned];
-    *dst = sd_tensor_view(NULL, be->act_dtype, 2, s);
-    dst->data = be->ops->alloc(be, dst->nbytes);
-    if (dst->data == NULL) {
-        fail(L, SD_STATUS_OUT_OF_MEMORY, "cannot allocate %zu bytes", dst->nbytes);
-        return NULL;
-    }
-    m->n_owned++;
+    sd_tensor_t *dst = owned_tensor(L, be->act_dtype, 2, s);
+    if (dst == NULL) return NULL;
     sd_status_t st = sd_op_convert(L->ctx, dst, t);
     if (st != SD_STATUS_OK) {
         L->st = st;
@@ -393,7 +410,17 @@ void ld_resnet(loader_t *L, resnet_w *r, int64_t c_in, int64_t c_out, int64_t te
     r->c_out = c_out;
     r->norm1 = ld_norm(L, c_in, "%s.norm1", prefix);
     r->conv1 = ld_conv(L, c_out, c_in, 3, "%s.conv1", prefix);
-    if (temb_dim > 0) r->temb = ld_linear(L, c_out, temb_dim, true, "%s.time_emb_proj", prefix);
+    if (temb_dim > 0) {
+        r->temb = ld_linear(L, c_out, temb_dim, true, "%s.time_emb_proj", prefix);
+        /* conv1's bias joins the time embedding's: one per-sample bias for conv1. */
+        int64_t bs[1] = {c_out};
+        sd_tensor_t *fused = owned_tensor(L, SD_DTYPE_F32, 1, bs);
+        if (fused != NULL) {
+            sd_status_t st = sd_op_add(L->ctx, fused, r->temb.b, r->conv1.b);
+            if (st != SD_STATUS_OK) L->st = st;
+            r->temb.b = fused;
+        }
+    }
     r->norm2 = ld_norm(L, c_out, "%s.norm2", prefix);
     r->conv2 = ld_conv(L, c_out, c_out, 3, "%s.conv2", prefix);
     if (c_in != c_out) r->shortcut = ld_conv(L, c_out, c_in, 1, "%s.conv_shortcut", prefix);
@@ -405,12 +432,12 @@ sd_tensor_t *g_resnet(graph_t *g, const resnet_w *r, const sd_tensor_t *x,
     const int64_t b = x->shape[0], h = x->shape[2], w = x->shape[3];
     sd_tensor_t *n1 = g_new(g, 4, b, r->c_in, h, w);
     G(g, sd_op_group_norm(g->ctx, n1, x, r->norm1.gamma, r->norm1.beta, groups, eps, true));
-    /* The time embedding becomes a per-sample bias of conv1: temb_proj(..) + conv1.bias. */
+    /* The time embedding becomes a per-sample bias of conv1: temb_proj(..) + conv1.bias
+     * (the two biases were summed at load). */
     sd_tensor_t *tb = NULL;
     if (temb_silu != NULL && r->temb.w != NULL) {
         tb = g_new(g, 2, b, r->c_out, 0, 0);
         g_linear(g, tb, temb_silu, &r->temb, NULL, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
-        G(g, sd_op_add(g->ctx, tb, tb, r->conv1.b));
     }
     sd_tensor_t *h1 = g_new(g, 4, b, r->c_out, h, w);
     g_conv(g, h1, n1, &r->conv1, tb, NULL, 1, 1, 1, 1, 1);

@@ -15,7 +15,8 @@ struct sd_model {
     int32_t kind;
     sd_tensor_t *weights; /* backend weights, freed with the model */
     int32_t n_weights, cap_weights;
-    sd_tensor_t *owned; /* tensors the model converted itself (scratch-free, backend memory) */
+    sd_tensor_t **owned; /* tensors the model made itself (backend memory), each allocated
+                          * alone so pointers to them stay valid as the list grows */
     int32_t n_owned, cap_owned;
     void *net; /* clip_net_t, unet_net_t or vae_net_t */
     void (*free_net)(void *net);
@@ -117,7 +118,7 @@ typedef struct {
     int64_t c_in, c_out;
     sd_norm_w norm1, norm2;
     sd_conv_w conv1, conv2, shortcut; /* shortcut.w NULL when c_in == c_out */
-    sd_linear_w temb;                 /* temb.w NULL without a time embedding (VAE) */
+    sd_linear_w temb; /* temb.w NULL without a time embedding (VAE); temb.b includes conv1's */
 } resnet_w;
 
 void ld_resnet(loader_t *L, resnet_w *r, int64_t c_in, int64_t c_out, int64_t temb_dim,

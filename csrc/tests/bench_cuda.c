@@ -127,7 +127,7 @@ static sd_status_t run_add(void *p) {
 }
 static sd_status_t run_upsample(void *p) {
     args_t *a = p;
-    return sd_op_upsample_nearest2x(ctx, a->out, a->x);
+    return sd_op_upsample_nearest(ctx, a->out, a->x);
 }
 
 static void bench_linear(int32_t act, int32_t wdt) {

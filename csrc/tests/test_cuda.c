@@ -440,9 +440,9 @@ static void test_shape_ops(void) {
         pair_t x = pair_act(4, shape, xv), b = pair_act(4, shape, bv),
                b2 = pair_act(3, suffix, b2v);
         pair_t o = pair_out(4, up);
-        CHECK_OK(cpu, sd_op_upsample_nearest2x(cpu, o.c, x.c));
-        CHECK_OK(gpu, sd_op_upsample_nearest2x(gpu, o.g, x.g));
-        check_pair("upsample_nearest2x", o, 0);
+        CHECK_OK(cpu, sd_op_upsample_nearest(cpu, o.c, x.c));
+        CHECK_OK(gpu, sd_op_upsample_nearest(gpu, o.g, x.g));
+        check_pair("upsample_nearest 2x", o, 0);
         pair_free(&o);
 
         o = pair_out(4, shape);
@@ -622,8 +622,8 @@ static void test_unaligned(void) {
         check_view("unaligned concat", cat.g, cat.c, 0);
         pair_t up = pair_out(4, su);
         sd_tensor_t upg = shifted(act, 4, su, NULL, 1, &bk[2]);
-        CHECK_OK(cpu, sd_op_upsample_nearest2x(cpu, up.c, x.c));
-        CHECK_OK(gpu, sd_op_upsample_nearest2x(gpu, &upg, &xg));
+        CHECK_OK(cpu, sd_op_upsample_nearest(cpu, up.c, x.c));
+        CHECK_OK(gpu, sd_op_upsample_nearest(gpu, &upg, &xg));
         check_view("unaligned upsample", &upg, up.c, 0);
         free(xv), free(bv);
         pair_free(&x), pair_free(&o), pair_free(&b), pair_free(&cat), pair_free(&up);
@@ -677,9 +677,9 @@ static void test_weights(void) {
         sd_tensor_t whost = sd_tensor_view(wh, dtypes[d], 2, ws);
         sd_tensor_t bhost = sd_tensor_view(bh, dtypes[d], 1, bs);
         sd_tensor_t wg, bg, wc, bc;
-        CHECK_OK(gpu, gops->weight_from_host(gpu, &whost, SD_WEIGHT_MATRIX, &wg));
+        CHECK_OK(gpu, gops->weight_from_host(gpu, &whost, SD_WEIGHT_MATRIX_B, &wg));
         CHECK_OK(gpu, gops->weight_from_host(gpu, &bhost, SD_WEIGHT_VECTOR, &bg));
-        CHECK_OK(cpu, cops->weight_from_host(cpu, &whost, SD_WEIGHT_MATRIX, &wc));
+        CHECK_OK(cpu, cops->weight_from_host(cpu, &whost, SD_WEIGHT_MATRIX_B, &wc));
         CHECK_OK(cpu, cops->weight_from_host(cpu, &bhost, SD_WEIGHT_VECTOR, &bc));
         CHECK(wg.dtype == SD_DTYPE_F16 && bg.dtype == SD_DTYPE_F32, "stored as %s and %s",
               sd_dtype_name(wg.dtype), sd_dtype_name(bg.dtype));
@@ -698,18 +698,18 @@ static void test_weights(void) {
         compare(name, g, ref, 960, F16_RTOL, 0);
         free(c), free(g), free(ref);
         pair_free(&x), pair_free(&o);
-        gops->weight_free(sd_ctx_backend_ptr(gpu), &wg);
-        gops->weight_free(sd_ctx_backend_ptr(gpu), &bg);
-        cops->weight_free(sd_ctx_backend_ptr(cpu), &wc);
-        cops->weight_free(sd_ctx_backend_ptr(cpu), &bc);
+        gops->weight_free(gpu, &wg);
+        gops->weight_free(gpu, &bg);
+        cops->weight_free(cpu, &wc);
+        cops->weight_free(cpu, &bc);
         free(wh), free(bh);
     }
     float huge[4] = {1, 2, 1e6f, 3};
     int64_t hs[2] = {2, 2};
     sd_tensor_t hh = sd_tensor_view(huge, SD_DTYPE_F32, 2, hs), hg;
-    CHECK_ST(gpu, gops->weight_from_host(gpu, &hh, SD_WEIGHT_MATRIX, &hg), SD_STATUS_BAD_MODEL);
+    CHECK_ST(gpu, gops->weight_from_host(gpu, &hh, SD_WEIGHT_MATRIX_B, &hg), SD_STATUS_BAD_MODEL);
     CHECK_OK(gpu, gops->weight_from_host(gpu, &hh, SD_WEIGHT_VECTOR, &hg)); /* f32: fine */
-    gops->weight_free(sd_ctx_backend_ptr(gpu), &hg);
+    gops->weight_free(gpu, &hg);
     free(wv), free(bv), free(xv);
 }
 
