@@ -17,6 +17,7 @@ void sd_arena_init(sd_arena_t *a, sd_backend_t *backend, size_t alignment, size_
 
 static void release_chunk(sd_arena_t *a, int32_t i) {
     sd_arena_chunk_t *c = &a->chunks[i];
+    a->epoch++;
     a->backend->ops->free(a->backend, c->base);
     a->reserved -= c->size;
     free(c->blocks);

@@ -127,6 +127,9 @@ struct sd_arena {
     sd_arena_chunk_t *chunks;
     int32_t n_chunks, cap_chunks;
     size_t in_use, peak, reserved;
+    /* Counts releases of chunks: a recorded graph that used arena memory is valid only
+     * while the epoch it was recorded in lasts. */
+    uint64_t epoch;
 };
 
 void sd_arena_init(sd_arena_t *a, sd_backend_t *backend, size_t alignment, size_t min_chunk);
@@ -191,6 +194,15 @@ typedef struct sd_backend_ops {
                              const sd_tensor_t *table);
     /* Waits for queued work (for profiling); NULL when ops complete synchronously. */
     sd_status_t (*synchronize)(sd_ctx_t *ctx);
+
+    /* Whole-forward replay, optional (NULL where ops run immediately, as on the CPU).
+     * graph_begin records the ops queued on the context instead of running them; recorded
+     * ops must not allocate. graph_end stops recording and returns an executable graph;
+     * graph_launch queues it; graph_free releases it. */
+    sd_status_t (*graph_begin)(sd_ctx_t *ctx);
+    sd_status_t (*graph_end)(sd_ctx_t *ctx, void **graph);
+    sd_status_t (*graph_launch)(sd_ctx_t *ctx, void *graph);
+    void (*graph_free)(sd_backend_t *be, void *graph);
 } sd_backend_ops_t;
 
 enum { SD_BINARY_ADD = 0, SD_BINARY_MUL = 1 };
@@ -277,6 +289,11 @@ void sd_log(sd_ctx_t *ctx, int32_t level, const char *fmt, ...)
  * adds the elapsed time and flops to the slot named `name` (a static string). */
 uint64_t sd_profile_begin(sd_ctx_t *ctx);
 void sd_profile_end(sd_ctx_t *ctx, const char *name, double flops, uint64_t begin);
+
+/* Whether graph recording may be used now (a backend that supports it, profiling off). */
+bool sd_ctx_graphs_enabled(sd_ctx_t *ctx);
+/* The arena's epoch (see sd_arena). */
+uint64_t sd_ctx_arena_epoch(sd_ctx_t *ctx);
 
 /* SD_STATUS_CANCELLED (with the message set) when cancellation was requested, the sticky
  * device status when the context is broken, else OK. Called by every op. */

@@ -216,6 +216,47 @@ static sd_status_t cuda_synchronize(sd_ctx_t *ctx) {
     return err == cudaSuccess ? SD_STATUS_OK : sd_cuda_fail(ctx, err, "synchronize");
 }
 
+/* ---- graphs ------------------------------------------------------------------------------ */
+
+/* Thread-local capture: other threads (other contexts) may keep allocating meanwhile. */
+static sd_status_t cuda_graph_begin(sd_ctx_t *ctx) {
+    SD_TRY(sd_cuda_enter(ctx, "graph capture"));
+    cudaError_t err =
+        cudaStreamBeginCapture(sd_cuda(ctx)->stream, cudaStreamCaptureModeThreadLocal);
+    return err == cudaSuccess ? SD_STATUS_OK : sd_cuda_fail(ctx, err, "cudaStreamBeginCapture");
+}
+
+/* Ends the capture even when an op failed inside it. A capture the driver invalidated (an
+ * op did something that cannot be recorded) is not a device failure: the context stays
+ * usable and the caller runs eagerly instead. */
+static sd_status_t cuda_graph_end(sd_ctx_t *ctx, void **out) {
+    *out = NULL;
+    cudaGraph_t graph = NULL;
+    cudaError_t err = cudaStreamEndCapture(sd_cuda(ctx)->stream, &graph);
+    if (err != cudaSuccess) {
+        if (graph) (void)cudaGraphDestroy(graph);
+        (void)cudaGetLastError();
+        return sd_fail(ctx, SD_STATUS_UNSUPPORTED, "graph capture: %s", cudaGetErrorString(err));
+    }
+    cudaGraphExec_t exec = NULL;
+    err = cudaGraphInstantiateWithFlags(&exec, graph, 0);
+    (void)cudaGraphDestroy(graph);
+    if (err != cudaSuccess) return sd_cuda_fail(ctx, err, "cudaGraphInstantiateWithFlags");
+    *out = (void *)exec;
+    return SD_STATUS_OK;
+}
+
+static sd_status_t cuda_graph_launch(sd_ctx_t *ctx, void *graph) {
+    SD_TRY(sd_cuda_enter(ctx, "graph launch"));
+    cudaError_t err = cudaGraphLaunch((cudaGraphExec_t)graph, sd_cuda(ctx)->stream);
+    return err == cudaSuccess ? SD_STATUS_OK : sd_cuda_fail(ctx, err, "cudaGraphLaunch");
+}
+
+static void cuda_graph_free(sd_backend_t *be, void *graph) {
+    (void)be;
+    if (graph) (void)cudaGraphExecDestroy((cudaGraphExec_t)graph);
+}
+
 /* ---- lifetime ---------------------------------------------------------------------------- */
 
 static void cuda_destroy(sd_backend_t *be) {
@@ -257,6 +298,10 @@ static const sd_backend_ops_t cuda_ops = {
     /* .timestep_embedding = */ sd_cuda_timestep_embedding,
     /* .embedding = */ sd_cuda_embedding,
     /* .synchronize = */ cuda_synchronize,
+    /* .graph_begin = */ cuda_graph_begin,
+    /* .graph_end = */ cuda_graph_end,
+    /* .graph_launch = */ cuda_graph_launch,
+    /* .graph_free = */ cuda_graph_free,
 };
 
 static void copy_reason(char *dst, size_t len, const char *fmt, ...)
@@ -423,25 +468,15 @@ void *sd_cuda_ctx_stream(sd_ctx_t *ctx) {
 }
 
 sd_status_t sd_cuda_capture_begin(sd_ctx_t *ctx) {
-    SD_TRY(sd_cuda_enter(ctx, "capture"));
-    cudaError_t err = cudaStreamBeginCapture(sd_cuda(ctx)->stream, cudaStreamCaptureModeGlobal);
-    return err == cudaSuccess ? SD_STATUS_OK : sd_cuda_fail(ctx, err, "cudaStreamBeginCapture");
+    return cuda_graph_begin(ctx);
 }
 
 sd_status_t sd_cuda_capture_end_and_replay(sd_ctx_t *ctx, int replays) {
-    SD_TRY(sd_cuda_enter(ctx, "capture"));
-    cudaStream_t s = sd_cuda(ctx)->stream;
-    cudaGraph_t graph = NULL;
-    cudaGraphExec_t exec = NULL;
-    cudaError_t err = cudaStreamEndCapture(s, &graph);
-    const char *what = "cudaStreamEndCapture";
-    if (err == cudaSuccess)
-        what = "cudaGraphInstantiateWithFlags",
-        err = cudaGraphInstantiateWithFlags(&exec, graph, 0);
-    for (int i = 0; err == cudaSuccess && i < replays; i++)
-        what = "cudaGraphLaunch", err = cudaGraphLaunch(exec, s);
-    if (err == cudaSuccess) what = "cudaStreamSynchronize", err = cudaStreamSynchronize(s);
-    if (exec) (void)cudaGraphExecDestroy(exec);
-    if (graph) (void)cudaGraphDestroy(graph);
-    return err == cudaSuccess ? SD_STATUS_OK : sd_cuda_fail(ctx, err, what);
+    void *graph = NULL;
+    SD_TRY(cuda_graph_end(ctx, &graph));
+    sd_status_t st = SD_STATUS_OK;
+    for (int i = 0; st == SD_STATUS_OK && i < replays; i++) st = cuda_graph_launch(ctx, graph);
+    if (st == SD_STATUS_OK) st = cuda_synchronize(ctx);
+    cuda_graph_free(sd_ctx_backend_ptr(ctx), graph);
+    return st;
 }

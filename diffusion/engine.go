@@ -22,6 +22,15 @@ type engine struct {
 	// freed: pinned so the garbage collector leaves them be (file mappings are not Go
 	// memory and pin to nothing).
 	pins runtime.Pinner
+	// UNet inputs and output stay allocated between steps of the same shape, so a step
+	// allocates nothing (and a recorded GPU graph sees the same buffers).
+	unetBufs map[unetShape]*unetBuffers
+}
+
+type unetShape struct{ batch, h, w, tokens int }
+
+type unetBuffers struct {
+	x, t, context, out binding.Tensor
 }
 
 func newEngine(lib *binding.Library, backend binding.Backend, threads int) (*engine, error) {
@@ -282,29 +291,63 @@ func (e *engine) vaeFactor() int { return 1 << (e.vaeCfg.Levels - 1) }
 // unetForward evaluates the UNet on x (batch, in, h, w) at per-sample timesteps with
 // context (batch, tokens, width).
 func (e *engine) unetForward(x []float32, batch, h, w int, t []float32, context []float32, tokens int) ([]float32, error) {
-	s := &scope{e: e}
-	defer s.done()
-	b, hh, ww := int64(batch), int64(h), int64(w)
-	tx, err := s.f32(x, b, int64(e.unetCfg.InChannels), hh, ww)
+	bufs, err := e.unetBuffers(unetShape{batch, h, w, tokens})
 	if err != nil {
 		return nil, err
 	}
-	tt, err := s.f32(t, b)
+	if err := e.lib.UploadFloat32(e.ctx, bufs.x, x); err != nil {
+		return nil, err
+	}
+	if err := e.lib.UploadFloat32(e.ctx, bufs.t, t); err != nil {
+		return nil, err
+	}
+	if err := e.lib.UploadFloat32(e.ctx, bufs.context, context); err != nil {
+		return nil, err
+	}
+	if err := e.lib.UNetForward(e.ctx, e.unet, bufs.x, bufs.t, bufs.context, bufs.out); err != nil {
+		return nil, err
+	}
+	out := make([]float32, batch*int(e.unetCfg.OutChannels)*h*w)
+	return out, e.lib.DownloadFloat32(e.ctx, bufs.out, out)
+}
+
+// unetBuffers returns the native tensors of a UNet call shape, allocating them the first
+// time (and dropping the others beyond a few shapes).
+func (e *engine) unetBuffers(sh unetShape) (*unetBuffers, error) {
+	if b, ok := e.unetBufs[sh]; ok {
+		return b, nil
+	}
+	if e.unetBufs == nil {
+		e.unetBufs = map[unetShape]*unetBuffers{}
+	}
+	if len(e.unetBufs) >= 4 {
+		for k, b := range e.unetBufs {
+			e.freeUNetBuffers(b)
+			delete(e.unetBufs, k)
+		}
+	}
+	b := &unetBuffers{}
+	n, hh, ww := int64(sh.batch), int64(sh.h), int64(sh.w)
+	var err error
+	if b.x, err = e.tensor(nil, n, int64(e.unetCfg.InChannels), hh, ww); err == nil {
+		if b.t, err = e.tensor(nil, n); err == nil {
+			if b.context, err = e.tensor(nil, n, int64(sh.tokens), int64(e.unetCfg.CrossAttentionDim)); err == nil {
+				b.out, err = e.tensor(nil, n, int64(e.unetCfg.OutChannels), hh, ww)
+			}
+		}
+	}
 	if err != nil {
+		e.freeUNetBuffers(b)
 		return nil, err
 	}
-	tc, err := s.f32(context, b, int64(tokens), int64(e.unetCfg.CrossAttentionDim))
-	if err != nil {
-		return nil, err
+	e.unetBufs[sh] = b
+	return b, nil
+}
+
+func (e *engine) freeUNetBuffers(b *unetBuffers) {
+	for _, t := range []binding.Tensor{b.x, b.t, b.context, b.out} {
+		e.lib.TensorFree(e.ctx, t)
 	}
-	out, err := s.f32(nil, b, int64(e.unetCfg.OutChannels), hh, ww)
-	if err != nil {
-		return nil, err
-	}
-	if err := e.lib.UNetForward(e.ctx, e.unet, tx, tt, tc, out); err != nil {
-		return nil, err
-	}
-	return s.read(out, batch*int(e.unetCfg.OutChannels)*h*w)
 }
 
 // vaeDecode decodes raw latents z (batch, latent, h, w) into images (batch, out, f*h, f*w).

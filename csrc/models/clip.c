@@ -23,7 +23,8 @@ typedef struct {
     sd_norm_w final_ln;
 } clip_net_t;
 
-static void clip_free(void *p) {
+static void clip_free(sd_ctx_t *ctx, void *p) {
+    (void)ctx;
     clip_net_t *n = p;
     if (n == NULL) return;
     free(n->layers);

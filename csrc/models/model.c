@@ -112,7 +112,8 @@ loader_t *loader_new(sd_ctx_t *ctx, const char *what, int32_t kind, const sd_wei
     return L;
 }
 
-sd_status_t loader_finish(loader_t *L, void *net, void (*free_net)(void *), sd_model_t **out) {
+sd_status_t loader_finish(loader_t *L, void *net, void (*free_net)(sd_ctx_t *, void *),
+                          sd_model_t **out) {
     sd_status_t st = L->st;
     sd_model_t *m = L->model;
     if (st == SD_STATUS_OK) {
@@ -120,7 +121,7 @@ sd_status_t loader_finish(loader_t *L, void *net, void (*free_net)(void *), sd_m
         m->free_net = free_net;
         *out = m;
     } else {
-        if (free_net && net) free_net(net);
+        if (free_net && net) free_net(L->ctx, net);
         if (m) {
             model_free_weights(L->ctx, m);
             free(m);
@@ -341,7 +342,7 @@ sd_tensor_t sd_rows_view(const sd_tensor_t *t, int64_t r0, int64_t r1) {
 
 void sd_model_free(sd_ctx_t *ctx, sd_model_t *model) {
     if (ctx == NULL || model == NULL) return;
-    if (model->free_net) model->free_net(model->net);
+    if (model->free_net) model->free_net(ctx, model->net);
     model_free_weights(ctx, model);
     free(model);
 }

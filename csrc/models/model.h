@@ -19,7 +19,7 @@ struct sd_model {
                           * alone so pointers to them stay valid as the list grows */
     int32_t n_owned, cap_owned;
     void *net; /* clip_net_t, unet_net_t or vae_net_t */
-    void (*free_net)(void *net);
+    void (*free_net)(sd_ctx_t *ctx, void *net);
 };
 
 /* ---------------------------------------------------------------------------------------
@@ -44,7 +44,8 @@ loader_t *loader_new(sd_ctx_t *ctx, const char *what, int32_t kind, const sd_wei
                      int32_t n, const char *strip_prefix);
 /* Ends loading: on success hands the model over (*out), else frees it and returns the
  * first error. */
-sd_status_t loader_finish(loader_t *L, void *net, void (*free_net)(void *), sd_model_t **out);
+sd_status_t loader_finish(loader_t *L, void *net, void (*free_net)(sd_ctx_t *, void *),
+                          sd_model_t **out);
 sd_status_t loader_status(const loader_t *L);
 /* Records a config error (SD_STATUS_BAD_MODEL) unless one is already recorded. */
 void loader_fail(loader_t *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

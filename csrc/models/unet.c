@@ -18,9 +18,26 @@ typedef struct {
     sd_conv_w sampler;         /* downsampler / upsampler conv; w NULL for the last block */
 } unet_block_w;
 
+/* A recorded forward pass for one input shape (backends with graphs): inputs are staged
+ * into, and the result read from, its own buffers, whose addresses the graph captured. */
+typedef struct {
+    int64_t b, h, w, tokens;
+    sd_tensor_t x, t, context, out; /* backend memory, not the arena */
+    void *graph;
+    uint64_t epoch; /* the arena epoch the graph was recorded in */
+    int eager_runs; /* the first run is eager: it sizes the arena */
+    bool no_graph;  /* recording failed: always eager */
+    uint64_t used;  /* for least-recently-used replacement */
+} unet_graph_t;
+
+#define UNET_GRAPHS 4
+
 typedef struct {
     sd_unet_config_t cfg;
     int64_t temb_dim;
+    unet_graph_t graphs[UNET_GRAPHS];
+    int n_graphs;
+    uint64_t calls;
     sd_conv_w conv_in, conv_out;
     sd_linear_w time1, time2;
     unet_block_w down[SD_MAX_LEVELS], up[SD_MAX_LEVELS];
@@ -37,9 +54,20 @@ static void free_block(unet_block_w *b) {
     free(b->resnets);
 }
 
-static void unet_free(void *p) {
+static void free_graph(sd_ctx_t *ctx, unet_graph_t *e) {
+    sd_backend_t *be = sd_ctx_backend_ptr(ctx);
+    if (e->graph) be->ops->graph_free(be, e->graph);
+    sd_tensor_t *bufs[4] = {&e->x, &e->t, &e->context, &e->out};
+    for (int i = 0; i < 4; i++)
+        if (bufs[i]->data) be->ops->free(be, bufs[i]->data);
+    memset(e, 0, sizeof *e);
+    e->b = -1;
+}
+
+static void unet_free(sd_ctx_t *ctx, void *p) {
     unet_net_t *n = p;
     if (n == NULL) return;
+    for (int i = 0; i < n->n_graphs; i++) free_graph(ctx, &n->graphs[i]);
     for (int i = 0; i < SD_MAX_LEVELS; i++) {
         free_block(&n->down[i]);
         free_block(&n->up[i]);
@@ -195,47 +223,27 @@ sd_status_t sd_unet_load(sd_ctx_t *ctx, const sd_unet_config_t *config, const sd
 
 #define MAX_SKIPS (1 + SD_MAX_LEVELS * 65)
 
-sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x,
-                            const sd_tensor_t *t, const sd_tensor_t *context, sd_tensor_t *out) {
-    if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
-    SD_TRY(sd_ctx_check(ctx));
-    if (model == NULL || model->kind != SD_MODEL_UNET)
-        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "unet_forward: not a UNet model");
-    const unet_net_t *net = model->net;
+/* The forward pass on inputs in the activation dtype: xi (B, in, H, W), t (B) F32 and cond
+ * (B, T, cross dim), writing res (B, out, H, W). */
+static void unet_run(graph_t *g, const unet_net_t *net, const sd_tensor_t *xi, const sd_tensor_t *t,
+                     const sd_tensor_t *cond, sd_tensor_t *res) {
+    if (g->st != SD_STATUS_OK) return;
     const sd_unet_config_t *c = &net->cfg;
-    char b1[96], b2[96], b3[96], b4[96];
-    if (x == NULL || t == NULL || context == NULL || out == NULL)
-        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "unet_forward: NULL tensor");
-    const int64_t b = x->shape[0], h = x->shape[2], w = x->shape[3];
-    bool ok = x->ndim == 4 && x->shape[1] == c->in_channels && t->ndim == 1 && t->shape[0] == b &&
-              t->dtype == SD_DTYPE_F32 && context->ndim == 3 && context->shape[0] == b &&
-              context->shape[2] == c->cross_attention_dim && out->ndim == 4 && out->shape[0] == b &&
-              out->shape[1] == c->out_channels && out->shape[2] == h && out->shape[3] == w;
-    if (!ok)
-        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
-                       "unet_forward: x %s, t %s, context %s, out %s: expected x (B, %d, H, W), "
-                       "t (B) f32, context (B, T, %d), out (B, %d, H, W)",
-                       sd_tensor_describe(x, b1, sizeof b1), sd_tensor_describe(t, b2, sizeof b2),
-                       sd_tensor_describe(context, b3, sizeof b3),
-                       sd_tensor_describe(out, b4, sizeof b4), c->in_channels,
-                       c->cross_attention_dim, c->out_channels);
-
-    graph_t gr = graph_begin(ctx), *g = &gr;
+    const int64_t b = xi->shape[0], h = xi->shape[2], w = xi->shape[3];
     const int32_t levels = c->levels, groups = c->norm_groups;
     const float eps = c->norm_eps;
     const int64_t c0 = c->block_out_channels[0];
-    sd_tensor_t *xi = g_input(g, x), *cond = g_input(g, context);
 
     /* Time embedding; the ResNets only ever see SiLU(temb). */
     sd_tensor_t *te = g_new(g, 2, b, c0, 0, 0);
     sd_timestep_embedding_params_t tp = {c->flip_sin_to_cos, c->freq_shift, 1.0f, 10000.0f};
-    G(g, sd_op_timestep_embedding(ctx, te, t, &tp));
+    G(g, sd_op_timestep_embedding(g->ctx, te, t, &tp));
     sd_tensor_t *t1 = g_new(g, 2, b, net->temb_dim, 0, 0);
     g_linear(g, t1, te, &net->time1, NULL, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
-    G(g, sd_op_activation(ctx, t1, t1, SD_ACT_SILU));
+    G(g, sd_op_activation(g->ctx, t1, t1, SD_ACT_SILU));
     sd_tensor_t *temb = g_new(g, 2, b, net->temb_dim, 0, 0);
     g_linear(g, temb, t1, &net->time2, NULL, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
-    G(g, sd_op_activation(ctx, temb, temb, SD_ACT_SILU));
+    G(g, sd_op_activation(g->ctx, temb, temb, SD_ACT_SILU));
     g_free(g, te);
     g_free(g, t1);
 
@@ -281,7 +289,7 @@ sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t 
             sd_tensor_t *cat = NULL;
             if (g->st == SD_STATUS_OK)
                 cat = g_new(g, 4, b, hcur->shape[1] + s->shape[1], hcur->shape[2], hcur->shape[3]);
-            G(g, sd_op_concat(ctx, cat, hcur, s));
+            G(g, sd_op_concat(g->ctx, cat, hcur, s));
             g_free(g, hcur);
             g_free(g, s);
             sd_tensor_t *r = g_resnet(g, &blk->resnets[j], cat, temb, groups, eps);
@@ -303,18 +311,140 @@ sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t 
         }
     }
 
-    G(g, sd_op_group_norm(ctx, hcur, hcur, net->norm_out.gamma, net->norm_out.beta, groups, eps,
+    G(g, sd_op_group_norm(g->ctx, hcur, hcur, net->norm_out.gamma, net->norm_out.beta, groups, eps,
                           true));
     const int32_t kout = c->conv_out_kernel / 2;
-    sd_tensor_t *res = out->dtype == g->act ? out : g_new(g, 4, b, c->out_channels, h, w);
     g_conv(g, res, hcur, &net->conv_out, NULL, NULL, 1, kout, kout, kout, kout);
+    g_free(g, hcur);
+    while (n_skips > 0) g_free(g, skips[--n_skips]);
+    g_free(g, temb);
+}
+
+static bool alloc_like(sd_backend_t *be, sd_tensor_t *dst, int32_t dtype, const sd_tensor_t *like) {
+    *dst = sd_tensor_view(NULL, dtype, like->ndim, like->shape);
+    dst->data = be->ops->alloc(be, dst->nbytes);
+    return dst->data != NULL;
+}
+
+/* The graph entry for this call's shapes, created (replacing the least recently used one)
+ * on first sight; NULL when out of memory. */
+static unet_graph_t *graph_entry(sd_ctx_t *ctx, unet_net_t *net, const sd_tensor_t *x,
+                                 const sd_tensor_t *t, const sd_tensor_t *context,
+                                 const sd_tensor_t *out, int32_t act) {
+    sd_backend_t *be = sd_ctx_backend_ptr(ctx);
+    const int64_t b = x->shape[0], h = x->shape[2], w = x->shape[3], tokens = context->shape[1];
+    unet_graph_t *e = NULL;
+    for (int i = 0; i < net->n_graphs; i++) {
+        unet_graph_t *c = &net->graphs[i];
+        if (c->b == b && c->h == h && c->w == w && c->tokens == tokens) e = c;
+    }
+    if (e == NULL) {
+        if (net->n_graphs < UNET_GRAPHS) {
+            e = &net->graphs[net->n_graphs++];
+        } else {
+            e = &net->graphs[0];
+            for (int i = 1; i < UNET_GRAPHS; i++)
+                if (net->graphs[i].used < e->used) e = &net->graphs[i];
+            free_graph(ctx, e);
+        }
+        e->b = b, e->h = h, e->w = w, e->tokens = tokens;
+        if (!alloc_like(be, &e->x, act, x) || !alloc_like(be, &e->t, SD_DTYPE_F32, t) ||
+            !alloc_like(be, &e->context, act, context) || !alloc_like(be, &e->out, act, out)) {
+            free_graph(ctx, e); /* leaves an entry no shape matches */
+            return NULL;
+        }
+    }
+    e->used = ++net->calls;
+    return e;
+}
+
+/* Runs through a recorded graph: inputs staged into the entry's buffers, the first call
+ * eager (it grows the arena to this shape's needs, so recording allocates nothing), the
+ * second recorded, later ones replayed. A graph is dropped when the arena has released
+ * memory since it was recorded. */
+static void unet_graph_forward(graph_t *g, unet_net_t *net, unet_graph_t *e, const sd_tensor_t *x,
+                               const sd_tensor_t *t, const sd_tensor_t *context, sd_tensor_t *out) {
+    sd_ctx_t *ctx = g->ctx;
+    sd_backend_t *be = sd_ctx_backend_ptr(ctx);
+    G(g, sd_op_convert(ctx, &e->x, x));
+    G(g, sd_op_convert(ctx, &e->t, t));
+    G(g, sd_op_convert(ctx, &e->context, context));
+    if (g->st != SD_STATUS_OK) return;
+    if (e->graph != NULL && e->epoch != sd_ctx_arena_epoch(ctx)) {
+        be->ops->graph_free(be, e->graph);
+        e->graph = NULL;
+        e->eager_runs = 0;
+    }
+    if (e->graph == NULL && !e->no_graph && e->eager_runs > 0) {
+        sd_status_t st = be->ops->graph_begin(ctx);
+        if (st == SD_STATUS_OK) {
+            unet_run(g, net, &e->x, &e->t, &e->context, &e->out);
+            void *graph = NULL;
+            st = be->ops->graph_end(ctx, &graph);
+            if (g->st == SD_STATUS_OK && st == SD_STATUS_OK) {
+                e->graph = graph;
+                e->epoch = sd_ctx_arena_epoch(ctx);
+            } else if (graph != NULL) {
+                be->ops->graph_free(be, graph);
+            }
+        }
+        if (e->graph == NULL) {
+            if (g->st == SD_STATUS_CANCELLED) return;
+            sd_log(ctx, SD_LOG_WARN, "unet: recording a graph failed (%s); running eagerly",
+                   sd_ctx_last_error(ctx));
+            e->no_graph = true;
+            g->st = SD_STATUS_OK;
+        }
+    }
+    if (e->graph != NULL) {
+        G(g, be->ops->graph_launch(ctx, e->graph));
+    } else {
+        unet_run(g, net, &e->x, &e->t, &e->context, &e->out);
+        e->eager_runs++;
+    }
+    g_output(g, out, &e->out);
+}
+
+sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x,
+                            const sd_tensor_t *t, const sd_tensor_t *context, sd_tensor_t *out) {
+    if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
+    SD_TRY(sd_ctx_check(ctx));
+    if (model == NULL || model->kind != SD_MODEL_UNET)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "unet_forward: not a UNet model");
+    const unet_net_t *net = model->net;
+    const sd_unet_config_t *c = &net->cfg;
+    char b1[96], b2[96], b3[96], b4[96];
+    if (x == NULL || t == NULL || context == NULL || out == NULL)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "unet_forward: NULL tensor");
+    const int64_t b = x->shape[0], h = x->shape[2], w = x->shape[3];
+    bool ok = x->ndim == 4 && x->shape[1] == c->in_channels && t->ndim == 1 && t->shape[0] == b &&
+              t->dtype == SD_DTYPE_F32 && context->ndim == 3 && context->shape[0] == b &&
+              context->shape[2] == c->cross_attention_dim && out->ndim == 4 && out->shape[0] == b &&
+              out->shape[1] == c->out_channels && out->shape[2] == h && out->shape[3] == w;
+    if (!ok)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "unet_forward: x %s, t %s, context %s, out %s: expected x (B, %d, H, W), "
+                       "t (B) f32, context (B, T, %d), out (B, %d, H, W)",
+                       sd_tensor_describe(x, b1, sizeof b1), sd_tensor_describe(t, b2, sizeof b2),
+                       sd_tensor_describe(context, b3, sizeof b3),
+                       sd_tensor_describe(out, b4, sizeof b4), c->in_channels,
+                       c->cross_attention_dim, c->out_channels);
+
+    graph_t gr = graph_begin(ctx), *g = &gr;
+    if (sd_ctx_graphs_enabled(ctx)) {
+        unet_graph_t *e = graph_entry(ctx, model->net, x, t, context, out, g->act);
+        if (e == NULL)
+            return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "unet: cannot allocate graph buffers");
+        unet_graph_forward(g, model->net, e, x, t, context, out);
+        return g->st;
+    }
+    sd_tensor_t *xi = g_input(g, x), *cond = g_input(g, context);
+    sd_tensor_t *res = out->dtype == g->act ? out : g_new(g, 4, b, c->out_channels, h, w);
+    unet_run(g, net, xi, t, cond, res);
     if (res != out) {
         g_output(g, out, res);
         g_free(g, res);
     }
-    g_free(g, hcur);
-    while (n_skips > 0) g_free(g, skips[--n_skips]);
-    g_free(g, temb);
     g_release_input(g, x, xi);
     g_release_input(g, context, cond);
     return g->st;

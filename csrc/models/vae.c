@@ -34,7 +34,8 @@ typedef struct {
     sd_norm_w enc_norm, dec_norm;
 } vae_net_t;
 
-static void vae_free(void *p) {
+static void vae_free(sd_ctx_t *ctx, void *p) {
+    (void)ctx;
     vae_net_t *n = p;
     if (n == NULL) return;
     for (int i = 0; i < SD_MAX_LEVELS; i++) {
