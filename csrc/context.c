@@ -237,7 +237,9 @@ bool sd_ctx_graphs_enabled(sd_ctx_t *ctx) {
     return ctx->backend->ops->graph_begin != NULL && !ctx->profiling;
 }
 
-uint64_t sd_ctx_arena_epoch(sd_ctx_t *ctx) { return ctx->arena.epoch; }
+uint64_t sd_ctx_arena_epoch(sd_ctx_t *ctx) {
+    return ctx->arena.epoch;
+}
 
 void sd_ctx_set_profiling(sd_ctx_t *ctx, bool enabled) {
     if (ctx) ctx->profiling = enabled;
