@@ -1,19 +1,29 @@
 # gosd: `make` builds the runtime libraries and the Go code, `make test` runs every C and
 # Go test, `make demo` draws a picture on the CPU. Missing build tools (cmake, ninja, a C
-# compiler) are installed with apt-get on Debian/Ubuntu.
+# compiler) are installed with apt-get on Debian/Ubuntu, and a Go toolchain is fetched from
+# the Go module proxy when none new enough is installed (tools/ensure-go.sh).
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
 
 BUILD ?= build
-GO ?= go
+# GO: the go command; by default found (or fetched) once, when a recipe first needs it.
+ifeq ($(origin GO),undefined)
+GO = $(eval GO := $$(shell tools/ensure-go.sh))$(or $(GO),$(error no Go toolchain, see above))
+endif
+GOFMT = $(if $(findstring /,$(GO)),$(dir $(GO))gofmt,gofmt)
 # SD_CUDA=AUTO builds libsd-cuda too when a CUDA toolkit is found (ON requires it, OFF skips).
 SD_CUDA ?= AUTO
 CMAKE_FLAGS ?=
 
 C_SOURCES = $(shell git ls-files 'csrc/*.c' 'csrc/*.h' 'cuda/*.cu' 'cuda/*.cuh' 2>/dev/null)
 
-.PHONY: all deps lib go test lint format bench clean
+# make demo PROMPT="a slice of pizza" SEED=7: the bundled demo model, on the CPU.
+PROMPT ?= a red apple
+SEED ?= 1
+DEMO_OUT ?= demo.png
+
+.PHONY: all deps lib go test lint format bench demo clean
 
 all: lib go
 
@@ -31,7 +41,7 @@ go:
 test: lib
 	ctest --test-dir $(BUILD) --output-on-failure
 	$(GO) vet ./...
-	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	@unformatted=$$($(GOFMT) -l $$(git ls-files '*.go')); \
 		if [[ -n $$unformatted ]]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) test ./...
 
@@ -40,15 +50,19 @@ lint: deps
 	@tools/ensure-build-tools.sh clang-format
 	clang-format --dry-run --Werror $(C_SOURCES)
 	$(GO) vet ./...
-	@test -z "$$(gofmt -l $$(git ls-files '*.go'))"
+	@test -z "$$($(GOFMT) -l $$(git ls-files '*.go'))"
 
 format:
 	clang-format -i $(C_SOURCES)
-	gofmt -w $$(git ls-files '*.go')
+	$(GOFMT) -w $$(git ls-files '*.go')
 
 # Op throughput on this CPU (GFLOP/s).
 bench: lib
 	$(BUILD)/csrc/tests/bench_ops
+
+demo: lib
+	$(GO) build -o $(BUILD)/sdcli ./cmd/sdcli
+	$(BUILD)/sdcli txt2img --lib $(BUILD) --device cpu -p "$(PROMPT)" --seed $(SEED) --batch 4 -o $(DEMO_OUT)
 
 clean:
 	rm -rf $(BUILD) $(BUILD).cmake.log

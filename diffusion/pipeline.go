@@ -91,7 +91,7 @@ func open(m *modelfile.Model, o openOptions, log *slog.Logger) (*Pipeline, error
 		return nil, err
 	}
 	if r := lib.FallbackReason(); r != "" {
-		log.Info("using the CPU", "reason", r)
+		log.Warn("the GPU build of the runtime is not usable; using the CPU", "reason", r)
 	}
 	backend, device := binding.BackendCPU, DeviceCPU
 	if pref != binding.PreferCPU {

@@ -12,9 +12,9 @@ for cmd in "${need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${package[$cmd]:-$cmd}")
 done
 
-if ! command -v go >/dev/null 2>&1; then
-  echo "error: Go is not installed; get Go 1.25 or newer from https://go.dev/dl/" >&2
-  exit 1
+# Without a new enough Go, tools/ensure-go.sh downloads one: it needs curl and unzip.
+if ! "$(dirname "${BASH_SOURCE[0]}")/ensure-go.sh" --check; then
+  need+=(curl unzip)
 fi
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 

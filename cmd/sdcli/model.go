@@ -94,7 +94,13 @@ func (o *pipelineOptions) open(path string, stderr io.Writer) (*diffusion.Pipeli
 	if o.verbose {
 		level = slog.LevelDebug
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{} // a CLI's messages need no timestamps
+			}
+			return a
+		}}))
 	opts := []diffusion.Option{diffusion.WithDevice(o.device), diffusion.WithThreads(o.threads), diffusion.WithLogger(logger)}
 	if o.lib != "" {
 		opts = append(opts, diffusion.WithLibrary(o.lib))
