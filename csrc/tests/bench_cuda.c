@@ -75,16 +75,6 @@ static void report(const char *name, double flops, double bytes, bench_fn fn, vo
         printf("%-56s %9.3f ms %8.1f GB/s\n", name, s * 1e3, bytes / s * 1e-9);
 }
 
-static sd_tensor_t *rand_tensor(int32_t dtype, int ndim, const int64_t *shape) {
-    int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= shape[i];
-    float *v = malloc((size_t)n * sizeof(float));
-    rng_fill(v, n, -1, 1);
-    sd_tensor_t *t = make_tensor(ctx, dtype, ndim, shape, v, NULL);
-    free(v);
-    return t;
-}
-
 typedef struct {
     sd_tensor_t *out, *x, *w, *b, *k, *v;
     sd_conv2d_params_t cp;
@@ -137,10 +127,10 @@ static void bench_linear(int32_t act, int32_t wdt) {
     if (!want(name)) return;
     int64_t xs[2] = {4096, 1280}, ws[2] = {1280, 1280}, bs[1] = {1280};
     args_t a = {0};
-    a.x = rand_tensor(act, 2, xs);
-    a.w = rand_tensor(wdt, 2, ws);
-    a.b = rand_tensor(SD_DTYPE_F32, 1, bs);
-    a.out = rand_tensor(act, 2, xs);
+    a.x = make_random(ctx, act, 2, xs);
+    a.w = make_random(ctx, wdt, 2, ws);
+    a.b = make_random(ctx, SD_DTYPE_F32, 1, bs);
+    a.out = make_random(ctx, act, 2, xs);
     sd_linear_params_default(&a.lp);
     report(name, 2.0 * 4096 * 1280 * 1280, 0, run_linear, &a);
     free_args(&a);
@@ -153,10 +143,10 @@ static void bench_conv(int32_t act, int64_t n, int64_t c, int64_t hw) {
     if (!want(name)) return;
     int64_t xs[4] = {n, c, hw, hw}, ws[4] = {c, c, 3, 3}, bs[1] = {c};
     args_t a = {0};
-    a.x = rand_tensor(act, 4, xs);
-    a.w = rand_tensor(act == SD_DTYPE_F16 ? SD_DTYPE_F16 : SD_DTYPE_F32, 4, ws);
-    a.b = rand_tensor(SD_DTYPE_F32, 1, bs);
-    a.out = rand_tensor(act, 4, xs);
+    a.x = make_random(ctx, act, 4, xs);
+    a.w = make_random(ctx, act == SD_DTYPE_F16 ? SD_DTYPE_F16 : SD_DTYPE_F32, 4, ws);
+    a.b = make_random(ctx, SD_DTYPE_F32, 1, bs);
+    a.out = make_random(ctx, act, 4, xs);
     sd_conv2d_params_default(&a.cp);
     a.cp.pad_top = a.cp.pad_bottom = a.cp.pad_left = a.cp.pad_right = 1;
     report(name, 2.0 * n * c * c * 9 * hw * hw, 0, run_conv, &a);
@@ -172,10 +162,10 @@ static void bench_attention(int32_t act, int64_t b, int64_t tq, int64_t tk, int6
     if (!want(name)) return;
     int64_t qs[3] = {b, tq, c}, ks[3] = {b, tk, c};
     args_t a = {0};
-    a.x = rand_tensor(act, 3, qs);
-    a.k = rand_tensor(act, 3, ks);
-    a.v = rand_tensor(act, 3, ks);
-    a.out = rand_tensor(act, 3, qs);
+    a.x = make_random(ctx, act, 3, qs);
+    a.k = make_random(ctx, act, 3, ks);
+    a.v = make_random(ctx, act, 3, ks);
+    a.out = make_random(ctx, act, 3, qs);
     sd_attention_params_default(&a.ap);
     a.ap.heads = heads;
     a.ap.causal = causal;
@@ -192,10 +182,10 @@ static void bench_memory_bound(int32_t act) {
     if (want(name)) {
         int64_t xs[4] = {2, 320, 64, 64}, cs[1] = {320};
         args_t a = {0};
-        a.x = rand_tensor(act, 4, xs);
-        a.w = rand_tensor(SD_DTYPE_F32, 1, cs);
-        a.b = rand_tensor(SD_DTYPE_F32, 1, cs);
-        a.out = rand_tensor(act, 4, xs);
+        a.x = make_random(ctx, act, 4, xs);
+        a.w = make_random(ctx, SD_DTYPE_F32, 1, cs);
+        a.b = make_random(ctx, SD_DTYPE_F32, 1, cs);
+        a.out = make_random(ctx, act, 4, xs);
         report(name, 0, 2.0 * 2 * 320 * 64 * 64 * es, run_gn, &a);
         free_args(&a);
     }
@@ -203,10 +193,10 @@ static void bench_memory_bound(int32_t act) {
     if (want(name)) {
         int64_t xs[2] = {8192, 320}, cs[1] = {320};
         args_t a = {0};
-        a.x = rand_tensor(act, 2, xs);
-        a.w = rand_tensor(SD_DTYPE_F32, 1, cs);
-        a.b = rand_tensor(SD_DTYPE_F32, 1, cs);
-        a.out = rand_tensor(act, 2, xs);
+        a.x = make_random(ctx, act, 2, xs);
+        a.w = make_random(ctx, SD_DTYPE_F32, 1, cs);
+        a.b = make_random(ctx, SD_DTYPE_F32, 1, cs);
+        a.out = make_random(ctx, act, 2, xs);
         report(name, 0, 2.0 * 8192 * 320 * es, run_ln, &a);
         free_args(&a);
     }
@@ -214,8 +204,8 @@ static void bench_memory_bound(int32_t act) {
     if (want(name)) {
         int64_t xs[3] = {2, 4096, 2560}, os[3] = {2, 4096, 1280};
         args_t a = {0};
-        a.x = rand_tensor(act, 3, xs);
-        a.out = rand_tensor(act, 3, os);
+        a.x = make_random(ctx, act, 3, xs);
+        a.out = make_random(ctx, act, 3, os);
         report(name, 0, 3.0 * 2 * 4096 * 1280 * es, run_geglu, &a);
         free_args(&a);
     }
@@ -223,9 +213,9 @@ static void bench_memory_bound(int32_t act) {
     if (want(name)) {
         int64_t xs[4] = {2, 320, 64, 64};
         args_t a = {0};
-        a.x = rand_tensor(act, 4, xs);
-        a.k = rand_tensor(act, 4, xs);
-        a.out = rand_tensor(act, 4, xs);
+        a.x = make_random(ctx, act, 4, xs);
+        a.k = make_random(ctx, act, 4, xs);
+        a.out = make_random(ctx, act, 4, xs);
         report(name, 0, 3.0 * 2 * 320 * 64 * 64 * es, run_add, &a);
         free_args(&a);
     }
@@ -233,8 +223,8 @@ static void bench_memory_bound(int32_t act) {
     if (want(name)) {
         int64_t xs[4] = {2, 640, 32, 32}, os[4] = {2, 640, 64, 64};
         args_t a = {0};
-        a.x = rand_tensor(act, 4, xs);
-        a.out = rand_tensor(act, 4, os);
+        a.x = make_random(ctx, act, 4, xs);
+        a.out = make_random(ctx, act, 4, os);
         report(name, 0, 5.0 * 2 * 640 * 32 * 32 * es, run_upsample, &a);
         free_args(&a);
     }

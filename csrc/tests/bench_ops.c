@@ -41,16 +41,6 @@ static void report(sd_ctx_t *ctx, const char *name, double flops, bench_fn fn, v
            flops > 0 ? flops / t[REPS / 2] * 1e-9 : 0.0);
 }
 
-static sd_tensor_t *rand_tensor(sd_ctx_t *ctx, int32_t dtype, int ndim, const int64_t *shape) {
-    int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= shape[i];
-    float *v = malloc((size_t)n * sizeof(float));
-    rng_fill(v, n, -1, 1);
-    sd_tensor_t *t = make_tensor(ctx, dtype, ndim, shape, v, NULL);
-    free(v);
-    return t;
-}
-
 typedef struct {
     sd_tensor_t *out, *x, *w, *b, *k, *v;
     sd_conv2d_params_t cp;
@@ -99,9 +89,9 @@ int main(int argc, char **argv) {
         if (want(filter, name)) {
             int64_t xs[2] = {4096, 1280}, ws[2] = {1280, 1280}, bs[1] = {1280};
             args_t a = {0};
-            a.x = rand_tensor(ctx, SD_DTYPE_F32, 2, xs);
-            a.w = rand_tensor(ctx, wdt[d], 2, ws);
-            a.b = rand_tensor(ctx, SD_DTYPE_F32, 1, bs);
+            a.x = make_random(ctx, SD_DTYPE_F32, 2, xs);
+            a.w = make_random(ctx, wdt[d], 2, ws);
+            a.b = make_random(ctx, SD_DTYPE_F32, 1, bs);
             a.out = make_empty(ctx, 2, xs);
             sd_linear_params_default(&a.lp);
             report(ctx, name, 2.0 * 4096 * 1280 * 1280, run_linear, &a);
@@ -110,9 +100,9 @@ int main(int argc, char **argv) {
         if (want(filter, name)) {
             int64_t xs[4] = {2, 320, 64, 64}, ws[4] = {320, 320, 3, 3}, bs[1] = {320};
             args_t a = {0};
-            a.x = rand_tensor(ctx, SD_DTYPE_F32, 4, xs);
-            a.w = rand_tensor(ctx, wdt[d], 4, ws);
-            a.b = rand_tensor(ctx, SD_DTYPE_F32, 1, bs);
+            a.x = make_random(ctx, SD_DTYPE_F32, 4, xs);
+            a.w = make_random(ctx, wdt[d], 4, ws);
+            a.b = make_random(ctx, SD_DTYPE_F32, 1, bs);
             a.out = make_empty(ctx, 4, xs);
             sd_conv2d_params_default(&a.cp);
             a.cp.pad_top = a.cp.pad_bottom = a.cp.pad_left = a.cp.pad_right = 1;
@@ -122,8 +112,8 @@ int main(int argc, char **argv) {
     if (want(filter, "conv2d 3x3 1280->1280 2x8x8 f16")) {
         int64_t xs[4] = {2, 1280, 8, 8}, ws[4] = {1280, 1280, 3, 3};
         args_t a = {0};
-        a.x = rand_tensor(ctx, SD_DTYPE_F32, 4, xs);
-        a.w = rand_tensor(ctx, SD_DTYPE_F16, 4, ws);
+        a.x = make_random(ctx, SD_DTYPE_F32, 4, xs);
+        a.w = make_random(ctx, SD_DTYPE_F16, 4, ws);
         a.out = make_empty(ctx, 4, xs);
         sd_conv2d_params_default(&a.cp);
         a.cp.pad_top = a.cp.pad_bottom = a.cp.pad_left = a.cp.pad_right = 1;
@@ -133,24 +123,24 @@ int main(int argc, char **argv) {
     if (want(filter, "attention")) {
         int64_t qs[3] = {2, 4096, 320}, ks[3] = {2, 4096, 320}, cs[3] = {2, 77, 320};
         args_t a = {0};
-        a.x = rand_tensor(ctx, SD_DTYPE_F32, 3, qs);
-        a.k = rand_tensor(ctx, SD_DTYPE_F32, 3, ks);
-        a.v = rand_tensor(ctx, SD_DTYPE_F32, 3, ks);
+        a.x = make_random(ctx, SD_DTYPE_F32, 3, qs);
+        a.k = make_random(ctx, SD_DTYPE_F32, 3, ks);
+        a.v = make_random(ctx, SD_DTYPE_F32, 3, ks);
         a.out = make_empty(ctx, 3, qs);
         sd_attention_params_default(&a.ap);
         a.ap.heads = 8;
         report(ctx, "attention self 2x4096x320 8 heads", 2.0 * 2 * 2 * 4096.0 * 4096 * 320,
                run_attn, &a);
         args_t c = a;
-        c.k = rand_tensor(ctx, SD_DTYPE_F32, 3, cs);
-        c.v = rand_tensor(ctx, SD_DTYPE_F32, 3, cs);
+        c.k = make_random(ctx, SD_DTYPE_F32, 3, cs);
+        c.v = make_random(ctx, SD_DTYPE_F32, 3, cs);
         report(ctx, "attention cross 2x4096x77x320 8 heads", 2.0 * 2 * 2 * 4096.0 * 77 * 320,
                run_attn, &c);
     }
     if (want(filter, "group_norm")) {
         int64_t xs[4] = {2, 320, 64, 64};
         args_t a = {0};
-        a.x = rand_tensor(ctx, SD_DTYPE_F32, 4, xs);
+        a.x = make_random(ctx, SD_DTYPE_F32, 4, xs);
         a.out = make_empty(ctx, 4, xs);
         report(ctx, "group_norm+silu 2x320x64x64", 0, run_gn, &a);
     }

@@ -70,6 +70,20 @@ sd_tensor_t *make_tensor(sd_ctx_t *ctx, int32_t dtype, int ndim, const int64_t *
     return t;
 }
 
+sd_tensor_t *make_random(sd_ctx_t *ctx, int32_t dtype, int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    float *v = malloc((size_t)n * sizeof(float));
+    if (v == NULL) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    rng_fill(v, n, -1, 1);
+    sd_tensor_t *t = make_tensor(ctx, dtype, ndim, shape, v, NULL);
+    free(v);
+    return t;
+}
+
 sd_tensor_t *make_empty(sd_ctx_t *ctx, int ndim, const int64_t *shape) {
     int64_t n = numel(ndim, shape);
     float *nan = malloc((size_t)n * sizeof(float));
@@ -107,6 +121,32 @@ int compare(const char *what, const float *got, const double *ref, int64_t n, do
         return 0;
     }
     return 1;
+}
+
+int compare_floats(const char *what, const float *got, const float *ref, int64_t n, double rtol,
+                   double atol) {
+    double *r = malloc((size_t)n * sizeof(double));
+    if (r == NULL) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    for (int64_t i = 0; i < n; i++) r[i] = ref[i];
+    int ok = compare(what, got, r, n, rtol, atol);
+    free(r);
+    return ok;
+}
+
+double ref_activation(int act, double x) {
+    switch (act) {
+    case SD_ACT_SILU:
+        return x / (1 + exp(-x));
+    case SD_ACT_GELU:
+        return 0.5 * x * (1 + erf(x / sqrt(2.0)));
+    case SD_ACT_GELU_TANH:
+        return 0.5 * x * (1 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+    default:
+        return x / (1 + exp(-1.702 * x));
+    }
 }
 
 int test_summary(const char *name) {

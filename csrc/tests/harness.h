@@ -40,12 +40,20 @@ void rng_fill(float *x, int64_t n, float lo, float hi);
 sd_tensor_t *make_tensor(sd_ctx_t *ctx, int32_t dtype, int ndim, const int64_t *shape,
                          const float *values, float *rounded);
 sd_tensor_t *make_empty(sd_ctx_t *ctx, int ndim, const int64_t *shape);
+/* A tensor of the given dtype filled with uniform values in [-1, 1) from the test rng. */
+sd_tensor_t *make_random(sd_ctx_t *ctx, int32_t dtype, int ndim, const int64_t *shape);
 /* Downloads an F32 tensor into a malloc'd buffer. */
 float *fetch(sd_ctx_t *ctx, const sd_tensor_t *t);
 
 /* max |got - ref| <= rtol * max |ref| + atol; prints the worst element on failure. */
 int compare(const char *what, const float *got, const double *ref, int64_t n, double rtol,
             double atol);
+/* compare() against a float reference (another backend's result). */
+int compare_floats(const char *what, const float *got, const float *ref, int64_t n, double rtol,
+                   double atol);
+
+/* The activations of sd_op_activation in double precision (SD_ACT_*). */
+double ref_activation(int act, double x);
 
 int test_summary(const char *name);
 

@@ -117,15 +117,13 @@ static float *fetch_any(sd_ctx_t *c, const sd_tensor_t *t) {
 /* The GPU result against the CPU one, with the pass's tolerance (rtol32 for F32). */
 static void check_pair(const char *what, pair_t out, double rtol32) {
     float *c = fetch_any(cpu, out.c), *g = fetch_any(gpu, out.g);
-    double *ref = malloc((size_t)out.n * sizeof(double));
-    for (int64_t i = 0; i < out.n; i++) ref[i] = c[i];
     char name[256];
     snprintf(name, sizeof name, "%s [%s]", what, sd_dtype_name(act));
     if (act == SD_DTYPE_F16)
-        compare(name, g, ref, out.n, F16_RTOL, 0);
+        compare_floats(name, g, c, out.n, F16_RTOL, 0);
     else
-        compare(name, g, ref, out.n, rtol32, F32_ATOL);
-    free(c), free(g), free(ref);
+        compare_floats(name, g, c, out.n, rtol32, F32_ATOL);
+    free(c), free(g);
 }
 
 /* ---- conv2d (cases of test_ops.c, then SD sizes) ------------------------------------------- */
@@ -361,19 +359,6 @@ static void test_attention(void) {
 
 /* ---- elementwise --------------------------------------------------------------------------- */
 
-static double act_ref(int a, double x) {
-    switch (a) {
-    case SD_ACT_SILU:
-        return x / (1 + exp(-x));
-    case SD_ACT_GELU:
-        return 0.5 * x * (1 + erf(x / sqrt(2.0)));
-    case SD_ACT_GELU_TANH:
-        return 0.5 * x * (1 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
-    default:
-        return x / (1 + exp(-1.702 * x));
-    }
-}
-
 static void test_activations(void) {
     const int64_t n = 1000 + 37;
     int64_t shape[2] = {1, n};
@@ -401,7 +386,7 @@ static void test_activations(void) {
             if (!(fabs((double)g[i] - c[i]) <= tol) && !bad++)
                 fprintf(stderr, "FAIL activation %d [%s] at x=%g: gpu %.9g cpu %.9g (exact %.9g)\n",
                         a, sd_dtype_name(act), (double)v[i], (double)g[i], (double)c[i],
-                        act_ref(a, v[i]));
+                        ref_activation(a, v[i]));
         }
         test_checks++;
         if (bad) test_failures++;
@@ -493,12 +478,10 @@ static void test_timestep_embedding(void) {
         /* The same float32 steps on both sides; a 1-ulp difference in a libm result moves
          * an argument near 999 rad by ~6e-5: test_ops.c's 2e-4 absolute bound. */
         float *c = fetch_any(cpu, out.c), *g = fetch_any(gpu, out.g);
-        double *ref = malloc((size_t)out.n * sizeof(double));
-        for (int64_t i = 0; i < out.n; i++) ref[i] = c[i];
         char name[96];
         snprintf(name, sizeof name, "%s [%s]", what, sd_dtype_name(act));
-        compare(name, g, ref, out.n, act == SD_DTYPE_F16 ? F16_RTOL : 0, 2e-4);
-        free(c), free(g), free(ref);
+        compare_floats(name, g, c, out.n, act == SD_DTYPE_F16 ? F16_RTOL : 0, 2e-4);
+        free(c), free(g);
         pair_free(&out);
     }
     pair_free(&t);
@@ -690,13 +673,11 @@ static void test_weights(void) {
         CHECK_OK(gpu, sd_op_linear(gpu, o.g, x.g, &wg, &bg, NULL, &p));
         /* The GPU holds the weights in f16: F32 passes see their rounding too. */
         float *c = fetch_any(cpu, o.c), *g = fetch_any(gpu, o.g);
-        double *ref = malloc(960 * sizeof(double));
-        for (int i = 0; i < 960; i++) ref[i] = c[i];
         char name[64];
         snprintf(name, sizeof name, "weight_from_host %s [%s]", sd_dtype_name(dtypes[d]),
                  sd_dtype_name(act));
-        compare(name, g, ref, 960, F16_RTOL, 0);
-        free(c), free(g), free(ref);
+        compare_floats(name, g, c, 960, F16_RTOL, 0);
+        free(c), free(g);
         pair_free(&x), pair_free(&o);
         gops->weight_free(gpu, &wg);
         gops->weight_free(gpu, &bg);
@@ -836,12 +817,10 @@ static void test_graph_capture(void) {
     for (int i = 0; i < nouts; i++) {
         float *g = fetch_any(gpu, outs[i]);
         int64_t n = numel(outs[i]->ndim, outs[i]->shape);
-        double *ref = malloc((size_t)n * sizeof(double));
-        for (int64_t j = 0; j < n; j++) ref[j] = eager[i][j];
         char name[64];
         snprintf(name, sizeof name, "graph replay output %d [%s]", i, sd_dtype_name(act));
-        compare(name, g, ref, n, act == SD_DTYPE_F16 ? F16_RTOL : F32_RTOL, 0);
-        free(g), free(ref), free(eager[i]);
+        compare_floats(name, g, eager[i], n, act == SD_DTYPE_F16 ? F16_RTOL : F32_RTOL, 0);
+        free(g), free(eager[i]);
     }
     for (int i = 0; i < nouts; i++) sd_tensor_free(gpu, outs[i]);
     sd_tensor_free(gpu, x), sd_tensor_free(gpu, w), sd_tensor_free(gpu, lin);

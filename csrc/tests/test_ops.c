@@ -350,19 +350,6 @@ static void test_attention(void) {
 
 /* ---- elementwise ------------------------------------------------------------------------- */
 
-static double ref_act(int act, double x) {
-    switch (act) {
-    case SD_ACT_SILU:
-        return x / (1 + exp(-x));
-    case SD_ACT_GELU:
-        return 0.5 * x * (1 + erf(x / sqrt(2.0)));
-    case SD_ACT_GELU_TANH:
-        return 0.5 * x * (1 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
-    default:
-        return x / (1 + exp(-1.702 * x));
-    }
-}
-
 static void test_activations(void) {
     const int64_t n = 1000 + 37;
     int64_t shape[2] = {1, n};
@@ -378,7 +365,7 @@ static void test_activations(void) {
         /* Relative per element (|ref| can be 3e38 or 1e-20). */
         int bad = 0;
         for (int64_t i = 0; i < n; i++) {
-            double r = ref_act(act, xv[i]);
+            double r = ref_activation(act, xv[i]);
             double tol = 2e-6 * fabs(r) + 2e-7 * (fabs(xv[i]) < 10 ? 1 : 0) + 1e-30;
             if (!(fabs(got[i] - r) <= tol)) {
                 if (!bad++)
@@ -403,7 +390,7 @@ static void test_activations(void) {
     double ref[190];
     for (int64_t r = 0; r < 10; r++)
         for (int64_t i = 0; i < 19; i++)
-            ref[r * 19 + i] = gv[r * 38 + i] * ref_act(SD_ACT_GELU, gv[r * 38 + 19 + i]);
+            ref[r * 19 + i] = gv[r * 38 + i] * ref_activation(SD_ACT_GELU, gv[r * 38 + 19 + i]);
     float *got = fetch(ctx, out);
     compare("geglu", got, ref, 190, RTOL, ATOL);
     free(got), free(gv);
