@@ -3,18 +3,23 @@
 
   python3 sample.py --model runs/demo/export --prompt "a red apple" --prompt "a cat face"
   python3 sample.py --run runs/demo --heldout --eval            # held-out prompts + nearest-neighbour score
+  python3 sample.py --model ../../models/gosd-emoji --sdcli /tmp/sdcli --heldout --eval --seeds 0,1,2
 
 Prompts are tokenized by the runtime tokenizer (--tokenizer-cmd, as prepare_data.py does); the
 held-out prompts' ids also come precomputed in the dataset .npz, so --heldout needs no Go.
---eval finds, for every generated image of a held-out prompt that names an emoji, the nearest
-dataset image (pixel L2 at 32x32) and reports how often it is that emoji, the same emoji in any
-skin tone, or the same subcategory.
+With --sdcli the images are made by the Go runtime (sdcli txt2img on the exported folder,
+DDIM, the same steps and guidance) instead of PyTorch: what users of the demo get.
+--eval finds, for every generated image of a held-out prompt that names an emoji (one per seed
+of --seeds), the nearest dataset image (pixel L2 at 64x64) and reports how often it is that
+emoji, the same emoji in any skin tone, or the same subcategory. The grid shows the first seed.
 """
 
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -74,16 +79,14 @@ def label_grid(images, labels, cols, scale=2):
 
 
 def nearest_neighbour_eval(images, prompts, data_path):
-    """Scores named held-out prompts by the nearest dataset image. images: (N, 3, 64, 64) in [0, 1]."""
+    """Scores named held-out prompts by the nearest dataset image (pixel L2 at 64x64).
+    images: (N, 3, 64, 64) in [0, 1], generated for prompts[i] (a list as long as images)."""
     with np.load(data_path) as d:
         ref = torch.from_numpy(d["images"]).permute(0, 3, 1, 2).float() / 255.0
         ids = [str(s) for s in d["image_ids"]]
         subcats = [str(s) for s in d["subcategory"]]
         labels = [str(s) for s in d["labels"]] if "labels" in d.files else ids
-    pool = torch.nn.functional.avg_pool2d
-    ref32 = pool(ref, 2).reshape(len(ref), -1)
-    gen32 = pool(images.float().cpu(), 2).reshape(len(images), -1)
-    dist = torch.cdist(gen32, ref32)
+    dist = torch.cdist(images.float().cpu().reshape(len(images), -1), ref.reshape(len(ref), -1))
     nearest = dist.argmin(dim=1).tolist()
     rows, hits = [], {"id": 0, "any_tone": 0, "subcategory": 0}
     scored = 0
@@ -97,9 +100,10 @@ def nearest_neighbour_eval(images, prompts, data_path):
                        hit_subcategory=subcats[j] == p["subcategory"])
             hits["id"] += row["hit_id"]
             hits["any_tone"] += row["hit_any_tone"]
-            hits["subcategory"] += row["hit_subcategory"]
+            hits["subcategory"] += row["hit_id"] or row["hit_subcategory"]
         rows.append(row)
-    summary = {k: f"{v}/{scored}" for k, v in hits.items()}
+    summary = {k: f"{v}/{scored} ({100 * v / max(scored, 1):.1f}%)" for k, v in hits.items()}
+    summary["id_or_subcategory"] = summary.pop("subcategory")
     summary["chance_id"] = f"1/{len(ids)}"
     return summary, rows
 
@@ -127,6 +131,43 @@ def reconstruct(args, device):
     return 0
 
 
+@torch.no_grad()
+def generate_torch(args, unet, clip, vae, sf, sched, ids, seed, device):
+    """One image per prompt (ids[0] is the empty prompt) -> (N, 3, H, W) in [0, 1] on the CPU."""
+    latent_hw = args.size // vae.scale_factor
+    shape = (unet.config.get("in_channels", 4), latent_hw, latent_hw)
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    images = []
+    empty = clip(ids[:1])["last_hidden_state"]
+    for start in range(1, len(ids), 16):
+        chunk = ids[start:start + 16]
+        ctx = clip(chunk)["last_hidden_state"]
+        lat = sampling.sample(unet, ctx, empty.expand(len(chunk), -1, -1), sched, args.steps, args.guidance,
+                              args.sampler, g, shape)
+        images.append(sampling.decode(vae, lat, sf).cpu())
+    return torch.cat(images)
+
+
+def generate_sdcli(args, texts, seed):
+    """One image per prompt made by `sdcli txt2img` (the Go runtime) -> (N, 3, H, W) in [0, 1]."""
+    from PIL import Image
+
+    images = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, text in enumerate(texts):
+            out = os.path.join(tmp, f"{i}.png")
+            r = subprocess.run([args.sdcli, "txt2img", "-m", args.model, "-p", text, "--seed", str(seed),
+                                "--steps", str(args.steps), "--cfg", str(args.guidance), "--sampler", args.sampler,
+                                "-W", str(args.size), "-H", str(args.size), "-o", out],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"sdcli failed for {text!r}: {r.stderr.strip()}")
+            arr = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32) / 255.0
+            images.append(torch.from_numpy(arr).permute(2, 0, 1))
+    return torch.stack(images)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -145,7 +186,9 @@ def main(argv=None):
     ap.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
     ap.add_argument("--sampler", choices=["ddim", "euler"], default="ddim", help="default ddim")
     ap.add_argument("--seed", type=int, default=0, help="default 0")
-    ap.add_argument("--per-prompt", type=int, default=1, help="images per prompt (default 1)")
+    ap.add_argument("--seeds", default="", help="comma-separated seeds, one image per prompt each (default: --seed)")
+    ap.add_argument("--sdcli", default="", help="generate with this sdcli binary (the Go runtime) instead of PyTorch")
+    ap.add_argument("--grid", type=int, default=0, help="prompts shown in the PNG grid (default 0: all)")
     ap.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
     ap.add_argument("--device", default="auto", help="cuda, cpu or auto (default auto)")
     ap.add_argument("--out", default="samples.png", help="grid PNG to write (default samples.png)")
@@ -163,39 +206,35 @@ def main(argv=None):
         ap.error("give --prompt, --heldout or --recon")
     texts = [p["prompt"] for p in prompts]
 
-    ids = None
-    if os.path.exists(args.data) and not args.prompt:
-        with np.load(args.data) as d:
-            if "heldout" in d.files and [str(s) for s in d["heldout"]] == texts:
-                ids = np.concatenate([d["empty_ids"][None], d["heldout_ids"]])
-    if ids is None:
-        ids = prepare_data.tokenize([""] + texts, args.tokenizer_cmd)
-    ids = torch.from_numpy(ids.astype(np.int64)).to(device)
-
-    unet, clip, vae, sf, sched = load_models(args, device)
-    latent_hw = args.size // vae.scale_factor
-    shape = (unet.config.get("in_channels", 4), latent_hw, latent_hw)
-    g = torch.Generator(device=device)
-    g.manual_seed(args.seed)
-    images, labels = [], []
-    with torch.no_grad():
-        empty = clip(ids[:1])["last_hidden_state"]
-        for start in range(1, len(ids), 16):
-            chunk = ids[start:start + 16].repeat_interleave(args.per_prompt, dim=0)
-            ctx = clip(chunk)["last_hidden_state"]
-            lat = sampling.sample(unet, ctx, empty.expand(len(chunk), -1, -1), sched, args.steps, args.guidance,
-                                  args.sampler, g, shape)
-            images.append(sampling.decode(vae, lat, sf).cpu())
-            labels += [t for t in texts[start - 1:start - 1 + 16] for _ in range(args.per_prompt)]
-    images = torch.cat(images)
-    label_grid(images, labels, cols=min(8, len(images))).save(args.out)
-    print(f"sample: wrote {args.out} ({len(images)} images)", file=sys.stderr)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
+    per_seed = []
+    if args.sdcli:
+        if not args.model:
+            ap.error("--sdcli needs --model (an exported folder)")
+        for seed in seeds:
+            per_seed.append(generate_sdcli(args, texts, seed))
+    else:
+        ids = None
+        if os.path.exists(args.data) and not args.prompt:
+            with np.load(args.data) as d:
+                if "heldout" in d.files and [str(s) for s in d["heldout"]] == texts:
+                    ids = np.concatenate([d["empty_ids"][None], d["heldout_ids"]])
+        if ids is None:
+            ids = prepare_data.tokenize([""] + texts, args.tokenizer_cmd)
+        ids = torch.from_numpy(ids.astype(np.int64)).to(device)
+        unet, clip, vae, sf, sched = load_models(args, device)
+        for seed in seeds:
+            per_seed.append(generate_torch(args, unet, clip, vae, sf, sched, ids, seed, device))
+    n = min(args.grid or len(texts), len(texts))
+    label_grid(per_seed[0][:n], texts[:n], cols=min(8, n)).save(args.out)
+    print(f"sample: wrote {args.out} ({n} of {len(texts)} prompts, seed {seeds[0]})", file=sys.stderr)
 
     if args.eval:
         if not args.heldout or not os.path.exists(args.data):
             ap.error("--eval needs --heldout and --data")
-        first = [i * args.per_prompt for i in range(len(prompts))]
-        summary, rows = nearest_neighbour_eval(images[first], prompts, args.data)
+        summary, rows = nearest_neighbour_eval(torch.cat(per_seed), prompts * len(seeds), args.data)
+        summary.update(seeds=seeds, source="sdcli (Go runtime)" if args.sdcli else "PyTorch",
+                       steps=args.steps, guidance=args.guidance, sampler=args.sampler)
         report = os.path.splitext(args.out)[0] + "-eval.json"
         with open(report, "w") as f:
             json.dump({"summary": summary, "prompts": rows}, f, indent=1)
