@@ -174,8 +174,16 @@ class SmokeTest(unittest.TestCase):
                 self.assertEqual(sample.main(["--model", out, "--heldout", "--heldout-file", heldout, "--data", data,
                                               "--eval", "--steps", "2", "--out", png]), 0)
                 self.assertTrue(os.path.isfile(png))
-                with open(os.path.join(tmp, "s-eval.json")) as f:
-                    self.assertIn("summary", json.load(f))
+                report = os.path.join(tmp, "s-eval.json")
+                with open(report) as f:
+                    summary = json.load(f)["summary"]
+
+                # The model card quotes the evaluation it is given.
+                self.assertEqual(export.main(["--run", run, "--out", out, "--eval", report]), 0)
+                with open(os.path.join(out, "README.md")) as f:
+                    card = f.read()
+                self.assertIn("## Evaluation", card)
+                self.assertIn(summary["id_or_subcategory"], card)
 
     def test_time_budget_and_resume(self):
         with tempfile.TemporaryDirectory() as tmp:
