@@ -168,6 +168,17 @@ def generate_sdcli(args, texts, seed):
     return torch.stack(images)
 
 
+def save_each(per_seed, seeds, folder):
+    """Writes image i of seed s as folder/<i>-seed<s>.png, unscaled."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    for seed, images in zip(seeds, per_seed):
+        arr = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        for i, a in enumerate(arr):
+            Image.fromarray(a).save(os.path.join(folder, f"{i:03d}-seed{seed}.png"))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -192,6 +203,8 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
     ap.add_argument("--device", default="auto", help="cuda, cpu or auto (default auto)")
     ap.add_argument("--out", default="samples.png", help="grid PNG to write (default samples.png)")
+    ap.add_argument("--save-each", default="", metavar="DIR",
+                    help="also write every image at its own size as DIR/<prompt index>-seed<seed>.png")
     args = ap.parse_args(argv)
     device = train.pick_device(args.device)
 
@@ -225,6 +238,8 @@ def main(argv=None):
         unet, clip, vae, sf, sched = load_models(args, device)
         for seed in seeds:
             per_seed.append(generate_torch(args, unet, clip, vae, sf, sched, ids, seed, device))
+    if args.save_each:
+        save_each(per_seed, seeds, args.save_each)
     n = min(args.grid or len(texts), len(texts))
     label_grid(per_seed[0][:n], texts[:n], cols=min(8, n)).save(args.out)
     print(f"sample: wrote {args.out} ({n} of {len(texts)} prompts, seed {seeds[0]})", file=sys.stderr)

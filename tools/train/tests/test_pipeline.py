@@ -18,6 +18,7 @@ import unittest
 
 import numpy as np
 import torch
+from PIL import Image
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 TRAIN = os.path.dirname(TESTS)
@@ -172,8 +173,10 @@ class SmokeTest(unittest.TestCase):
                     json.dump({"prompts": [{"prompt": "a red disc", "id": "X0", "subcategory": "disc"},
                                            {"prompt": "a blue ball", "id": None, "subcategory": None}]}, f)
                 self.assertEqual(sample.main(["--model", out, "--heldout", "--heldout-file", heldout, "--data", data,
-                                              "--eval", "--steps", "2", "--out", png]), 0)
+                                              "--eval", "--steps", "2", "--out", png, "--save-each", tmp]), 0)
                 self.assertTrue(os.path.isfile(png))
+                with Image.open(os.path.join(tmp, "001-seed0.png")) as im:
+                    self.assertEqual(im.size, (64, 64))
                 report = os.path.join(tmp, "s-eval.json")
                 with open(report) as f:
                     summary = json.load(f)["summary"]
