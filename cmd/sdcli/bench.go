@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 )
 
 type benchOptions struct {
+	model   string
 	arch    string
 	size    int
 	steps   int
@@ -42,7 +44,7 @@ const (
 )
 
 func benchCommand(a *app, fs *flagSet) func(context.Context, []string) error {
-	o := &benchOptions{arch: "sd15"}
+	o := &benchOptions{}
 	names := slices.Sorted(func(yield func(string) bool) {
 		for n := range a.archs {
 			if !yield(n) {
@@ -57,7 +59,8 @@ func benchCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 		o.arch = s
 		return nil
 	})
-	fs.intVar(&o.size, "size", "px", 512, "image width and height, a multiple of 8 (default 512)", side(diffusion.MaxSide))
+	fs.stringVar(&o.model, "m", "path", "", "time this model file or diffusers folder (default: random weights of --arch)")
+	fs.intVar(&o.size, "size", "px", 0, "image width and height, a multiple of 8\n(default 512; with -m the model's native size)", side(diffusion.MaxSide))
 	fs.intVar(&o.steps, "steps", "N", 3, "sampling steps; the step time reported is their median (default 3)", intRange(1, diffusion.MaxSteps))
 	cacheDefault := "$XDG_CACHE_HOME/gosd or ~/.cache/gosd"
 	if dir, err := os.UserCacheDir(); err == nil {
@@ -73,9 +76,9 @@ func benchCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 
 // benchReport is what bench measures. Times are in seconds, sizes in bytes.
 type benchReport struct {
-	Arch    string `json:"arch"`
-	DType   string `json:"dtype"`
-	Model   string `json:"model"`
+	Arch    string `json:"arch,omitempty"`  // random weights of this architecture; empty with -m
+	DType   string `json:"dtype,omitempty"` // the random weights' dtype
+	Model   string `json:"model"`           // the model file or folder timed
 	Size    int    `json:"size"`
 	Steps   int    `json:"steps"`
 	Sampler string `json:"sampler"`
@@ -99,20 +102,35 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 	if len(args) > 0 {
 		return usagef("unexpected argument %q", args[0])
 	}
-	if o.cache == "" {
+	if o.cache == "" && o.model == "" {
 		return usagef("no cache folder: pass --cache")
 	}
-	dir, err := ensureRandomWeights(ctx, filepath.Join(o.cache, o.arch+"-"+strings.ToLower(benchDType.String())), a.archs[o.arch], a.stderr)
-	if err != nil {
-		return err
+	r := benchReport{Model: o.model}
+	size := o.size
+	if o.model != "" {
+		if o.arch != "" {
+			return usagef("-m and --arch exclude each other")
+		}
+		path, err := a.modelPath(o.model)
+		if err != nil {
+			return err
+		}
+		r.Model = path
+	} else {
+		r.Arch, r.DType = cmp.Or(o.arch, "sd15"), benchDType.String()
+		dir, err := ensureRandomWeights(ctx, filepath.Join(o.cache, r.Arch+"-"+strings.ToLower(r.DType)), a.archs[r.Arch], a.stderr)
+		if err != nil {
+			return err
+		}
+		r.Model, size = dir, cmp.Or(size, 512)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 
-	fmt.Fprintf(a.stderr, "loading %s\n", dir)
+	fmt.Fprintf(a.stderr, "loading %s\n", r.Model)
 	start := time.Now()
-	p, err := o.pipe.open(dir, a.stderr)
+	p, err := o.pipe.open(r.Model, a.stderr)
 	if err != nil {
 		return err
 	}
@@ -122,7 +140,7 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 	p.SetProfiling(o.profile)
 	bar := newProgressBar(a.stderr, a.stderrTerminal, "bench")
 	res, err := p.Txt2Img(ctx, diffusion.Request{
-		Prompt: benchPrompt, Width: o.size, Height: o.size, Steps: o.steps,
+		Prompt: benchPrompt, Width: size, Height: size, Steps: o.steps,
 		GuidanceScale: benchCFG, Sampler: benchSampler, Seed: benchSeed, Progress: bar.update,
 	})
 	bar.finish()
@@ -137,14 +155,11 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 		return err
 	}
 	info := p.Info()
-	r := benchReport{
-		Arch: o.arch, DType: benchDType.String(), Model: dir, Size: o.size, Steps: o.steps,
-		Sampler: benchSampler.String(), Device: info.Device.String(), Backend: info.Backend,
-		Threads: o.pipe.threads, CPUs: runtime.NumCPU(),
-		Load: load.Seconds(), TextEncode: res.Timings.TextEncode.Seconds(),
-		Decode: res.Timings.Decode.Seconds(), Total: res.Timings.Total.Seconds(),
-		ArenaPeak: mem.ArenaPeakBytes, WeightsCopy: mem.WeightsBytes,
-	}
+	r.Size, r.Steps, r.Sampler = res.Images[0].Bounds().Dx(), o.steps, benchSampler.String()
+	r.Device, r.Backend, r.Threads, r.CPUs = info.Device.String(), info.Backend, o.pipe.threads, runtime.NumCPU()
+	r.Load, r.TextEncode = load.Seconds(), res.Timings.TextEncode.Seconds()
+	r.Decode, r.Total = res.Timings.Decode.Seconds(), res.Timings.Total.Seconds()
+	r.ArenaPeak, r.WeightsCopy = mem.ArenaPeakBytes, mem.WeightsBytes
 	for _, d := range res.Timings.Steps {
 		r.StepTimes = append(r.StepTimes, d.Seconds())
 	}
@@ -183,8 +198,12 @@ func (r benchReport) table(w io.Writer) error {
 	if r.Steps == 1 {
 		plural = ""
 	}
+	model := "given with -m"
+	if r.Arch != "" {
+		model = fmt.Sprintf("%s %s random weights", r.Arch, r.DType)
+	}
 	rows := [][3]string{
-		{"model", fmt.Sprintf("%s %s random weights", r.Arch, r.DType), r.Model},
+		{"model", model, r.Model},
 		{"device", r.Device, r.Backend},
 		{"threads", threads, ""},
 		{"image", fmt.Sprintf("%d×%d", r.Size, r.Size), fmt.Sprintf("%d step%s %s, CFG %g", r.Steps, plural, r.Sampler, benchCFG)},

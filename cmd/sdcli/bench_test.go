@@ -106,6 +106,7 @@ func TestBenchFlagValidation(t *testing.T) {
 		{"bad device", []string{"--device", "gpu"}, "flag -device: unknown device"},
 		{"argument", []string{"sd15"}, `unexpected argument "sd15"`},
 		{"no cache folder", []string{"--cache", ""}, "no cache folder: pass --cache"},
+		{"model and arch", []string{"-m", t.TempDir(), "--arch", "sd21"}, "-m and --arch exclude each other"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -165,6 +166,31 @@ func TestBenchTinyArchitecture(t *testing.T) {
 		"step", "median of 2", "vae decode", "total", "peak RSS", "arena peak", "device weights"} {
 		assert.Contains(t, r.stdout, s)
 	}
+}
+
+// bench -m times a given model at its native size and writes no random weights.
+func TestBenchModel(t *testing.T) {
+	model, rt := tinyModel(t)
+	cache := t.TempDir()
+	r := runArgs(t, slices.Concat([]string{"bench", "-m", model, "--cache", cache, "--steps", "1", "--json"}, rt)...)
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	var rep benchReport
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep))
+	assert.Equal(t, model, rep.Model)
+	assert.Empty(t, rep.Arch)
+	assert.Equal(t, 64, rep.Size, "sd1-tiny's native size")
+	require.Len(t, rep.StepTimes, 1)
+	entries, err := os.ReadDir(cache)
+	require.NoError(t, err)
+	assert.Empty(t, entries)
+
+	r = runArgs(t, slices.Concat([]string{"bench", "-m", model, "--steps", "1"}, rt)...)
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	assert.Contains(t, r.stdout, "given with -m")
+
+	r = runArgs(t, "bench", "-m", filepath.Join(cache, "missing"))
+	assert.Equal(t, exitError, r.code)
+	assert.Contains(t, r.stderr, "no such file or folder")
 }
 
 func TestBenchTable(t *testing.T) {

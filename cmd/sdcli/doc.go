@@ -96,10 +96,13 @@
 // uses classifier-free guidance (a UNet batch of 2 per step) and the DDIM sampler.
 // The report gives the load time (Open), text encoding, the median step time, VAE
 // decoding, the total of the call, the peak resident memory of the process and the
-// runtime's peak activation memory.
+// runtime's peak activation memory. With -m it times that model instead, at its native
+// size unless --size is given.
 //
 //	--arch NAME           sd15 or sd21 (default sd15)
-//	--size px             image width and height, a multiple of 8 (default 512)
+//	-m path               a model file or diffusers folder to time instead (not with --arch)
+//	--size px             image width and height, a multiple of 8 (default 512; with -m
+//	                      the model's native size)
 //	--steps N             sampling steps whose median is reported (default 3)
 //	--cache dir           folder of the random weights (default $XDG_CACHE_HOME/gosd, else
 //	                      ~/.cache/gosd)

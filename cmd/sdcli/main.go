@@ -70,7 +70,7 @@ var commands = []*command{
 	{name: "img2img", summary: "Repaint an image (-i) guided by a prompt.", setup: generateCommand(modeImg2Img)},
 	{name: "inpaint", summary: "Repaint the white part of a mask (--mask) over an image (-i), or extend the image (--outpaint).", setup: generateCommand(modeInpaint)},
 	{name: "info", args: " [MODEL]", summary: "Describe a model file or diffusers folder (default: the demo model) without loading the runtime.", setup: infoCommand},
-	{name: "bench", summary: "Time a txt2img run on random full-size weights, written once to a cache folder.", setup: benchCommand},
+	{name: "bench", summary: "Time a txt2img run on random full-size weights (written once to a cache folder) or on a model.", setup: benchCommand},
 	{name: "version", summary: "Print the version of sdcli and of the runtime library it finds.", setup: versionCommand},
 }
 
