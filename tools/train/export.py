@@ -196,6 +196,10 @@ def model_card(configs, sizes, sched, info):
         "",
         "# gosd emoji demo model",
         "",
+    ]
+    if info.get("note"):
+        lines += ["**Status:** " + info["note"], ""]
+    lines += [
         "A very small Stable Diffusion model (the SD 1.x architecture, scaled down) trained from scratch on",
         "Noto Color Emoji images, so that gosd can make a real picture from a prompt on any CPU with",
         "nothing to download. It draws 64x64 emoji-style images: \"a red apple\", \"a cat face\",",
@@ -315,6 +319,7 @@ def main(argv=None):
                     help="export even if the dataset was tokenized by tests/fake_tokenize.py (never ship that)")
     ap.add_argument("--eval", default="", metavar="JSON",
                     help="evaluation report of this model (sample.py --eval writes it) to summarise in the model card")
+    ap.add_argument("--note", default="", help="a status paragraph put at the top of the model card")
     args = ap.parse_args(argv)
     out = args.out or os.path.join(args.run, "export")
 
@@ -334,6 +339,8 @@ def main(argv=None):
     states["vae"] = vae_ck["model"]
     params = {k: sum(v.numel() for v in s.values()) for k, s in states.items()}
     info = run_info(args.run, cfg, params)
+    if args.note:
+        info["note"] = args.note
     if args.eval:
         with open(args.eval) as f:
             info["eval"] = json.load(f)
