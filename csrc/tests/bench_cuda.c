@@ -14,18 +14,12 @@
 
 #include <cuda_runtime_api.h>
 #include <stdlib.h>
-#include <string.h>
 
 #define REPS  7
 #define ITERS 20
 
 static sd_ctx_t *ctx;
 static const char *filter;
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 typedef sd_status_t (*bench_fn)(void *arg);
 
@@ -58,12 +52,7 @@ static double time_op(bench_fn fn, void *arg) {
     }
     cudaEventDestroy(start);
     cudaEventDestroy(stop);
-    qsort(t, REPS, sizeof *t, cmp_double);
-    return t[REPS / 2];
-}
-
-static bool want(const char *name) {
-    return filter == NULL || strstr(name, filter) != NULL;
+    return median(t, REPS);
 }
 
 /* flops > 0: report TFLOP/s, else bytes as GB/s. */
@@ -124,7 +113,7 @@ static void bench_linear(int32_t act, int32_t wdt) {
     char name[96];
     snprintf(name, sizeof name, "linear 4096x1280 @ 1280x1280^T %s act, %s w", sd_dtype_name(act),
              sd_dtype_name(wdt));
-    if (!want(name)) return;
+    if (!bench_selected(filter, name)) return;
     int64_t xs[2] = {4096, 1280}, ws[2] = {1280, 1280}, bs[1] = {1280};
     args_t a = {0};
     a.x = make_random(ctx, act, 2, xs);
@@ -140,7 +129,7 @@ static void bench_conv(int32_t act, int64_t n, int64_t c, int64_t hw) {
     char name[96];
     snprintf(name, sizeof name, "conv2d 3x3 %lld->%lld %lldx%lldx%lld %s", (long long)c,
              (long long)c, (long long)n, (long long)hw, (long long)hw, sd_dtype_name(act));
-    if (!want(name)) return;
+    if (!bench_selected(filter, name)) return;
     int64_t xs[4] = {n, c, hw, hw}, ws[4] = {c, c, 3, 3}, bs[1] = {c};
     args_t a = {0};
     a.x = make_random(ctx, act, 4, xs);
@@ -159,7 +148,7 @@ static void bench_attention(int32_t act, int64_t b, int64_t tq, int64_t tk, int6
     snprintf(name, sizeof name, "attention %s %lldx%lldx%lld %d heads x %lld%s %s",
              tq == tk ? "self" : "cross", (long long)b, (long long)tq, (long long)tk, heads,
              (long long)(c / heads), causal ? " causal" : "", sd_dtype_name(act));
-    if (!want(name)) return;
+    if (!bench_selected(filter, name)) return;
     int64_t qs[3] = {b, tq, c}, ks[3] = {b, tk, c};
     args_t a = {0};
     a.x = make_random(ctx, act, 3, qs);
@@ -179,7 +168,7 @@ static void bench_memory_bound(int32_t act) {
     const double es = (double)sd_dtype_size(act);
     char name[96];
     snprintf(name, sizeof name, "group_norm+silu 2x320x64x64 %s", sd_dtype_name(act));
-    if (want(name)) {
+    if (bench_selected(filter, name)) {
         int64_t xs[4] = {2, 320, 64, 64}, cs[1] = {320};
         args_t a = {0};
         a.x = make_random(ctx, act, 4, xs);
@@ -190,7 +179,7 @@ static void bench_memory_bound(int32_t act) {
         free_args(&a);
     }
     snprintf(name, sizeof name, "layer_norm 8192x320 %s", sd_dtype_name(act));
-    if (want(name)) {
+    if (bench_selected(filter, name)) {
         int64_t xs[2] = {8192, 320}, cs[1] = {320};
         args_t a = {0};
         a.x = make_random(ctx, act, 2, xs);
@@ -201,7 +190,7 @@ static void bench_memory_bound(int32_t act) {
         free_args(&a);
     }
     snprintf(name, sizeof name, "geglu 2x4096x(2*1280) %s", sd_dtype_name(act));
-    if (want(name)) {
+    if (bench_selected(filter, name)) {
         int64_t xs[3] = {2, 4096, 2560}, os[3] = {2, 4096, 1280};
         args_t a = {0};
         a.x = make_random(ctx, act, 3, xs);
@@ -210,7 +199,7 @@ static void bench_memory_bound(int32_t act) {
         free_args(&a);
     }
     snprintf(name, sizeof name, "add 2x320x64x64 %s", sd_dtype_name(act));
-    if (want(name)) {
+    if (bench_selected(filter, name)) {
         int64_t xs[4] = {2, 320, 64, 64};
         args_t a = {0};
         a.x = make_random(ctx, act, 4, xs);
@@ -220,7 +209,7 @@ static void bench_memory_bound(int32_t act) {
         free_args(&a);
     }
     snprintf(name, sizeof name, "upsample_nearest2x 2x640x32x32 %s", sd_dtype_name(act));
-    if (want(name)) {
+    if (bench_selected(filter, name)) {
         int64_t xs[4] = {2, 640, 32, 32}, os[4] = {2, 640, 64, 64};
         args_t a = {0};
         a.x = make_random(ctx, act, 4, xs);

@@ -8,18 +8,12 @@
 #include "sd-internal.h"
 
 #include <stdlib.h>
-#include <string.h>
 #include <time.h>
 
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 typedef sd_status_t (*bench_fn)(sd_ctx_t *ctx, void *arg);
@@ -36,9 +30,8 @@ static void report(sd_ctx_t *ctx, const char *name, double flops, bench_fn fn, v
         fn(ctx, arg);
         t[i] = now() - t0;
     }
-    qsort(t, REPS, sizeof *t, cmp_double);
-    printf("%-48s %9.2f ms %8.1f GFLOP/s\n", name, t[REPS / 2] * 1e3,
-           flops > 0 ? flops / t[REPS / 2] * 1e-9 : 0.0);
+    const double m = median(t, REPS);
+    printf("%-48s %9.2f ms %8.1f GFLOP/s\n", name, m * 1e3, flops > 0 ? flops / m * 1e-9 : 0.0);
 }
 
 typedef struct {
@@ -65,10 +58,6 @@ static sd_status_t run_gn(sd_ctx_t *ctx, void *p) {
     return sd_op_group_norm(ctx, a->out, a->x, NULL, NULL, 32, 1e-5f, true);
 }
 
-static bool want(const char *filter, const char *name) {
-    return filter == NULL || strstr(name, filter) != NULL;
-}
-
 int main(int argc, char **argv) {
     sd_ctx_params_t p;
     sd_ctx_params_default(&p);
@@ -86,7 +75,7 @@ int main(int argc, char **argv) {
     for (int d = 0; d < 2; d++) {
         char name[96];
         snprintf(name, sizeof name, "linear 4096x1280 @ 1280x1280^T %s", d ? "f32" : "f16");
-        if (want(filter, name)) {
+        if (bench_selected(filter, name)) {
             int64_t xs[2] = {4096, 1280}, ws[2] = {1280, 1280}, bs[1] = {1280};
             args_t a = {0};
             a.x = make_random(ctx, SD_DTYPE_F32, 2, xs);
@@ -97,7 +86,7 @@ int main(int argc, char **argv) {
             report(ctx, name, 2.0 * 4096 * 1280 * 1280, run_linear, &a);
         }
         snprintf(name, sizeof name, "conv2d 3x3 320->320 2x64x64 %s", d ? "f32" : "f16");
-        if (want(filter, name)) {
+        if (bench_selected(filter, name)) {
             int64_t xs[4] = {2, 320, 64, 64}, ws[4] = {320, 320, 3, 3}, bs[1] = {320};
             args_t a = {0};
             a.x = make_random(ctx, SD_DTYPE_F32, 4, xs);
@@ -109,7 +98,7 @@ int main(int argc, char **argv) {
             report(ctx, name, 2.0 * 2 * 320 * 320 * 9 * 64 * 64, run_conv, &a);
         }
     }
-    if (want(filter, "conv2d 3x3 1280->1280 2x8x8 f16")) {
+    if (bench_selected(filter, "conv2d 3x3 1280->1280 2x8x8 f16")) {
         int64_t xs[4] = {2, 1280, 8, 8}, ws[4] = {1280, 1280, 3, 3};
         args_t a = {0};
         a.x = make_random(ctx, SD_DTYPE_F32, 4, xs);
@@ -120,7 +109,7 @@ int main(int argc, char **argv) {
         report(ctx, "conv2d 3x3 1280->1280 2x8x8 f16", 2.0 * 2 * 1280 * 1280 * 9 * 64, run_conv,
                &a);
     }
-    if (want(filter, "attention")) {
+    if (bench_selected(filter, "attention")) {
         int64_t qs[3] = {2, 4096, 320}, ks[3] = {2, 4096, 320}, cs[3] = {2, 77, 320};
         args_t a = {0};
         a.x = make_random(ctx, SD_DTYPE_F32, 3, qs);
@@ -137,7 +126,7 @@ int main(int argc, char **argv) {
         report(ctx, "attention cross 2x4096x77x320 8 heads", 2.0 * 2 * 2 * 4096.0 * 77 * 320,
                run_attn, &c);
     }
-    if (want(filter, "group_norm")) {
+    if (bench_selected(filter, "group_norm")) {
         int64_t xs[4] = {2, 320, 64, 64};
         args_t a = {0};
         a.x = make_random(ctx, SD_DTYPE_F32, 4, xs);

@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 int test_failures;
 int test_checks;
@@ -152,4 +153,18 @@ double ref_activation(int act, double x) {
 int test_summary(const char *name) {
     printf("%s: %d checks, %d failures\n", name, test_checks, test_failures);
     return test_failures == 0 ? 0 : 1;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+bool bench_selected(const char *filter, const char *name) {
+    return filter == NULL || strstr(name, filter) != NULL;
 }

@@ -5,6 +5,7 @@
 
 #include "sd.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -56,5 +57,10 @@ int compare_floats(const char *what, const float *got, const float *ref, int64_t
 double ref_activation(int act, double x);
 
 int test_summary(const char *name);
+
+/* Benchmarks: the median of v[0..n) (reorders v), and whether the benchmark called name runs
+ * under a command-line filter (NULL: every one; else a substring of name). */
+double median(double *v, int n);
+bool bench_selected(const char *filter, const char *name);
 
 #endif
