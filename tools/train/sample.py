@@ -66,7 +66,7 @@ def label_grid(images, labels, cols, scale=2):
     rows = (n + cols - 1) // cols
     canvas = Image.new("RGB", (cols * tw, rows * (th + text_h)), "white")
     draw = ImageDraw.Draw(canvas)
-    arr = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    arr = sampling.to_uint8(images)
     for i in range(n):
         r, c = divmod(i, cols)
         tile = Image.fromarray(arr[i]).resize((tw, th), Image.NEAREST)
@@ -174,8 +174,7 @@ def save_each(per_seed, seeds, folder):
 
     os.makedirs(folder, exist_ok=True)
     for seed, images in zip(seeds, per_seed):
-        arr = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-        for i, a in enumerate(arr):
+        for i, a in enumerate(sampling.to_uint8(images)):
             Image.fromarray(a).save(os.path.join(folder, f"{i:03d}-seed{seed}.png"))
 
 

@@ -99,6 +99,13 @@ def decode(vae, latents, scaling_factor):
     return (vae.decode(latents / scaling_factor) / 2 + 0.5).clamp(0, 1)
 
 
+def to_uint8(images):
+    """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8 numpy array."""
+    import numpy as np
+
+    return (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+
 def to_grid(images, cols):
     """(N, 3, H, W) in [0, 1] -> uint8 HWC grid (numpy), white padding to fill the last row."""
     import numpy as np
@@ -106,7 +113,7 @@ def to_grid(images, cols):
     n, _, h, w = images.shape
     rows = (n + cols - 1) // cols
     grid = np.full((rows * h, cols * w, 3), 255, dtype=np.uint8)
-    arr = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    arr = to_uint8(images)
     for i in range(n):
         r, c = divmod(i, cols)
         grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = arr[i]
