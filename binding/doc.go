@@ -9,9 +9,10 @@
 // # Loading
 //
 // [Load] looks for the library in this order: the path given in [LoadOptions], the SD_LIB
-// environment variable, the directories lib/ next to the executable (and ../lib), a CMake
-// build tree (build/ in the working directory or one of its parents), then the system's
-// default search path. Where a GPU build (libsd-cuda) is found and a usable GPU is present
+// environment variable, the executable's own folder, the directories lib/ next to the
+// executable (and ../lib), a CMake build tree (build/ in the working directory or one of
+// its parents), then the system's default search path. When none loads, the error lists
+// every path tried. Where a GPU build (libsd-cuda) is found and a usable GPU is present
 // it is preferred; otherwise the CPU library is used and [Library.FallbackReason] says why.
 // Before anything else the ABI version and the sizes of the parameter structs are checked,
 // and every function is resolved, so a stale or foreign library is an error at load time

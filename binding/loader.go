@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 
@@ -27,7 +28,7 @@ const (
 // LoadOptions tells Load where to look.
 type LoadOptions struct {
 	// Path is a library file, or a directory holding libsd / libsd-cuda. Empty: search
-	// SD_LIB, lib/ next to the executable, a build/ tree and the system path.
+	// SD_LIB, the executable's folder, lib/ beside it, a build/ tree and the system path.
 	Path string
 	// Backend chooses the library build; the zero value is PreferAuto.
 	Backend Preference
@@ -57,18 +58,31 @@ func (p Preference) files() []string {
 	return []string{libFile(true), libFile(false)}
 }
 
-// searchDirs lists the directories searched when no explicit path is given.
+// executable is os.Executable; tests substitute a fake program's path.
+var executable = os.Executable
+
+// searchDirs lists the directories searched when no explicit path is given, in order and
+// without repeats: the executable's own folder (build/sdcli beside build/libsd.so),
+// lib/ beside it and ../lib (an unpacked release), then build/ in the working directory
+// and each of its parents.
 func searchDirs() []string {
 	var dirs []string
-	if exe, err := os.Executable(); err == nil {
+	add := func(d string) {
+		if d = filepath.Clean(d); !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	if exe, err := executable(); err == nil {
 		if exe, err = filepath.EvalSymlinks(exe); err == nil {
 			d := filepath.Dir(exe)
-			dirs = append(dirs, filepath.Join(d, "lib"), filepath.Join(d, "..", "lib"))
+			add(d)
+			add(filepath.Join(d, "lib"))
+			add(filepath.Join(d, "..", "lib"))
 		}
 	}
 	if wd, err := os.Getwd(); err == nil {
 		for d := wd; ; d = filepath.Dir(d) {
-			dirs = append(dirs, filepath.Join(d, "build"))
+			add(filepath.Join(d, "build"))
 			if filepath.Dir(d) == d {
 				break
 			}
@@ -82,6 +96,11 @@ type candidate struct {
 	cuda bool
 	// required: an explicit file, whose failure to load is final.
 	required bool
+	// missing: a file looked for in a directory and absent; it is not opened, only
+	// reported among the places tried.
+	missing bool
+	// system: a bare name left to the dynamic linker's search path.
+	system bool
 }
 
 func candidates(opts LoadOptions) []candidate {
@@ -93,9 +112,8 @@ func candidates(opts LoadOptions) []candidate {
 	addDir := func(dir string) {
 		for _, f := range opts.Backend.files() {
 			p := filepath.Join(dir, f)
-			if _, err := os.Stat(p); err == nil {
-				out = append(out, candidate{path: p, cuda: strings.Contains(f, "-cuda")})
-			}
+			_, err := os.Stat(p)
+			out = append(out, candidate{path: p, cuda: strings.Contains(f, "-cuda"), missing: err != nil})
 		}
 	}
 	if explicit != "" {
@@ -110,7 +128,7 @@ func candidates(opts LoadOptions) []candidate {
 	}
 	// Last, the system's own search path (LD_LIBRARY_PATH, ld.so.cache).
 	for _, f := range opts.Backend.files() {
-		out = append(out, candidate{path: f, cuda: strings.Contains(f, "-cuda")})
+		out = append(out, candidate{path: f, cuda: strings.Contains(f, "-cuda"), system: true})
 	}
 	return out
 }
@@ -121,12 +139,22 @@ func Load(opts LoadOptions) (*Library, error) {
 	var tried []string
 	var fallback []string
 	for _, c := range candidates(opts) {
+		if c.missing {
+			tried = append(tried, c.path)
+			continue
+		}
 		h, err := purego.Dlopen(c.path, purego.RTLD_NOW|purego.RTLD_LOCAL)
 		if err != nil {
-			if c.required {
+			switch {
+			case c.required:
 				return nil, fmt.Errorf("%w: %s: %v", ErrLibraryNotFound, c.path, err)
+			case c.system:
+				tried = append(tried, c.path+" (system path)")
+			default:
+				// The file is there but does not load: say why, or the list reads
+				// as if it were absent (dlerror names the file already).
+				tried = append(tried, fmt.Sprintf("%s (%s)", c.path, strings.TrimPrefix(err.Error(), c.path+": ")))
 			}
-			tried = append(tried, c.path)
 			if c.cuda && filepath.IsAbs(c.path) {
 				fallback = append(fallback, fmt.Sprintf("%s did not load: %v", c.path, err))
 			}
