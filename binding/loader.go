@@ -145,15 +145,16 @@ func Load(opts LoadOptions) (*Library, error) {
 		}
 		h, err := purego.Dlopen(c.path, purego.RTLD_NOW|purego.RTLD_LOCAL)
 		if err != nil {
+			why := strings.TrimPrefix(err.Error(), c.path+": ") // dlerror names the file already
 			switch {
 			case c.required:
-				return nil, fmt.Errorf("%w: %s: %v", ErrLibraryNotFound, c.path, err)
+				return nil, fmt.Errorf("%w: %s: %s", ErrLibraryNotFound, c.path, why)
 			case c.system:
 				tried = append(tried, c.path+" (system path)")
 			default:
 				// The file is there but does not load: say why, or the list reads
-				// as if it were absent (dlerror names the file already).
-				tried = append(tried, fmt.Sprintf("%s (%s)", c.path, strings.TrimPrefix(err.Error(), c.path+": ")))
+				// as if it were absent.
+				tried = append(tried, fmt.Sprintf("%s (%s)", c.path, why))
 			}
 			if c.cuda && filepath.IsAbs(c.path) {
 				fallback = append(fallback, fmt.Sprintf("%s did not load: %v", c.path, err))

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -121,4 +122,25 @@ func TestLoadTriedSaysWhy(t *testing.T) {
 	_, err := Load(LoadOptions{Path: dir, Backend: PreferCPU})
 	require.ErrorIs(t, err, ErrLibraryNotFound)
 	assert.Regexp(t, `\(tried `+regexp.QuoteMeta(bad)+` \(.+\)\)`, err.Error())
+}
+
+// An explicit file that does not load is named once, not again by dlerror's own text.
+func TestLoadExplicitNamedOnce(t *testing.T) {
+	tests := []struct {
+		name, content string
+	}{
+		{"missing", ""},
+		{"not a library", "not an ELF file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), libFile(false))
+			if tt.content != "" {
+				require.NoError(t, os.WriteFile(path, []byte(tt.content), 0o644))
+			}
+			_, err := Load(LoadOptions{Path: path})
+			require.ErrorIs(t, err, ErrLibraryNotFound)
+			assert.Equal(t, 1, strings.Count(err.Error(), path), err.Error())
+		})
+	}
 }
