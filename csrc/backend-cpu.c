@@ -1,6 +1,10 @@
 /* The CPU backend: host memory, thread pool, kernel selection, op table. */
+#define _GNU_SOURCE /* sched_getaffinity and the CPU_*_S macros */
 #include "cpu.h"
 
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -145,6 +149,103 @@ const sd_cpu_kernels_t *sd_cpu_select_kernels(char *why, size_t why_len) {
     return best;
 }
 
+/* Reads up to two integers from root/dir/name; returns how many were read (0 when the file
+ * is missing or starts with something else, e.g. cgroup v2's "max"). */
+static int read_numbers(const char *root, const char *dir, const char *name, long long v[2]) {
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s%s/%s", root, dir, name) >= (int)sizeof path) return 0;
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return 0;
+    int n = fscanf(f, "%lld %lld", &v[0], &v[1]);
+    fclose(f);
+    return n < 0 ? 0 : n;
+}
+
+/* The smallest CPU quota (quota / period, rounded up) of root/rel and its parents up to root
+ * (rel is "" or starts with '/'); 0 when none is set. cgroup v2 keeps "quota period" (or
+ * "max period") in cpu.max, v1 the two numbers in separate files. */
+static int quota_in_tree(const char *root, const char *rel, bool v2) {
+    char dir[4096];
+    if (snprintf(dir, sizeof dir, "%s", rel) >= (int)sizeof dir) return 0;
+    int best = 0;
+    for (;;) {
+        long long quota[2] = {-1, 0}, period[2] = {0, 0};
+        bool set = v2 ? read_numbers(root, dir, "cpu.max", quota) == 2
+                      : read_numbers(root, dir, "cpu.cfs_quota_us", quota) >= 1 &&
+                            read_numbers(root, dir, "cpu.cfs_period_us", period) >= 1;
+        const long long q = quota[0], per = v2 ? quota[1] : period[0];
+        if (set && q > 0 && per > 0) {
+            long long cpus = (q + per - 1) / per;
+            int c = cpus > 1 << 20 ? 1 << 20 : (int)cpus;
+            if (best == 0 || c < best) best = c;
+        }
+        char *slash = strrchr(dir, '/');
+        if (slash == NULL) break;
+        *slash = '\0';
+    }
+    return best;
+}
+
+int sd_cgroup_cpu_limit(const char *root, const char *self_cgroup) {
+    FILE *f = fopen(self_cgroup, "r");
+    if (f == NULL) return 0;
+    char line[4096], v1_root[4096];
+    int best = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        /* "id:controllers:path"; v2 is "0::path", v1 lists its controllers, e.g. "cpu,cpuacct" */
+        line[strcspn(line, "\n")] = '\0';
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (c2 == NULL) continue;
+        *c1 = *c2 = '\0';
+        char *controllers = c1 + 1;
+        const char *rel = strcmp(c2 + 1, "/") == 0 ? "" : c2 + 1;
+        int limit = 0;
+        if (strcmp(line, "0") == 0 && controllers[0] == '\0') {
+            limit = quota_in_tree(root, rel, true);
+        } else {
+            bool has_cpu = false;
+            char *save = NULL;
+            for (char *c = strtok_r(controllers, ",", &save); c && !has_cpu;
+                 c = strtok_r(NULL, ",", &save))
+                has_cpu = strcmp(c, "cpu") == 0;
+            if (!has_cpu) continue;
+            /* The v1 hierarchy is mounted at root/cpu (often a link to cpu,cpuacct). In a
+             * container the path may name the host's cgroup, which is not mounted: the walk
+             * up then ends at the container's own. */
+            if (snprintf(v1_root, sizeof v1_root, "%s/cpu", root) < (int)sizeof v1_root)
+                limit = quota_in_tree(v1_root, rel, false);
+        }
+        if (limit > 0 && (best == 0 || limit < best)) best = limit;
+    }
+    fclose(f);
+    return best;
+}
+
+int sd_cpu_available(void) {
+    int n = 0;
+#ifdef __linux__
+    /* The affinity mask (taskset, cpusets), in a set large enough for any machine. */
+    for (int size = 1024; size <= 1 << 18; size *= 4) {
+        cpu_set_t *set = CPU_ALLOC(size);
+        if (set == NULL) break;
+        size_t bytes = CPU_ALLOC_SIZE(size);
+        int rc = sched_getaffinity(0, bytes, set), err = errno;
+        if (rc == 0) n = CPU_COUNT_S(bytes, set);
+        CPU_FREE(set);
+        if (rc == 0 || err != EINVAL) break; /* EINVAL: the set is smaller than the kernel's */
+    }
+#endif
+    if (n == 0) {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        n = online > 0 ? (int)online : 1;
+    }
+#ifdef __linux__
+    int quota = sd_cgroup_cpu_limit("/sys/fs/cgroup", "/proc/self/cgroup");
+    if (quota > 0 && quota < n) n = quota;
+#endif
+    return n;
+}
+
 sd_status_t sd_backend_cpu_create(const sd_ctx_params_t *p, sd_backend_t **out, char *err,
                                   size_t err_len) {
     sd_cpu_backend_t *cpu = calloc(1, sizeof *cpu);
@@ -152,10 +253,15 @@ sd_status_t sd_backend_cpu_create(const sd_ctx_params_t *p, sd_backend_t **out, 
         snprintf(err, err_len, "out of host memory");
         return SD_STATUS_OUT_OF_MEMORY;
     }
-    int n = p->n_threads;
-    if (n == 0) {
-        long online = sysconf(_SC_NPROCESSORS_ONLN);
-        n = online > 0 ? (int)online : 1;
+    /* More threads than CPUs only slow a fork-join pool down: a descheduled thread holds
+     * up every op it has a task of. */
+    const int avail = sd_cpu_available();
+    int n = p->n_threads == 0 ? avail : p->n_threads;
+    if (n > avail) {
+        snprintf(cpu->base.warning, sizeof cpu->base.warning,
+                 "n_threads %d is more than the %d CPUs available to this process; using %d", n,
+                 avail, avail);
+        n = avail;
     }
     char why[160] = "";
     cpu->kern = sd_cpu_select_kernels(why, sizeof why);

@@ -85,9 +85,8 @@ sd_status_t sd_ctx_init(const sd_ctx_params_t *params, sd_ctx_t **out, char *err
         copy_message(err, err_len, "sd_ctx_init: params is NULL");
         return SD_STATUS_INVALID_ARGUMENT;
     }
-    if (params->n_threads < 0 || params->n_threads > 1024) {
-        snprintf(err, err_len, "sd_ctx_init: n_threads %d out of range [0, 1024]",
-                 (int)params->n_threads);
+    if (params->n_threads < 0) {
+        snprintf(err, err_len, "sd_ctx_init: n_threads %d is negative", (int)params->n_threads);
         return SD_STATUS_INVALID_ARGUMENT;
     }
     if (params->flags != 0) {
@@ -167,6 +166,10 @@ void sd_ctx_set_log(sd_ctx_t *ctx, sd_log_fn fn, void *user_data) {
     if (ctx == NULL) return;
     ctx->log_fn = fn;
     ctx->log_user = user_data;
+    if (fn != NULL && ctx->backend->warning[0] != '\0') {
+        sd_log(ctx, SD_LOG_WARN, "%s", ctx->backend->warning);
+        ctx->backend->warning[0] = '\0';
+    }
 }
 
 sd_status_t sd_ctx_memory_stats(sd_ctx_t *ctx, sd_memory_stats_t *out) {

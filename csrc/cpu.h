@@ -229,6 +229,14 @@ bool sd_cpu_scratch_reserve(sd_cpu_backend_t *cpu, size_t n);
  * transparent huge pages where the kernel offers them, to save page faults. */
 void *sd_host_alloc_large(size_t nbytes);
 
+/* The CPUs this process may run on: its affinity mask, capped by the CPU quota of its
+ * cgroups; at least 1. The CPU backend uses no more threads than this. */
+int sd_cpu_available(void);
+/* The smallest CPU quota, in whole CPUs rounded up, of the cgroups that `self_cgroup` (the
+ * format of /proc/self/cgroup) names under `root` (where cgroupfs is mounted: v2 directly,
+ * v1's cpu controller at root/cpu) and their parents; 0 when none is set. */
+int sd_cgroup_cpu_limit(const char *root, const char *self_cgroup);
+
 /* Kernel table chosen for this CPU; honours SD_CPU_ISA=generic|avx2|avx512. */
 const sd_cpu_kernels_t *sd_cpu_select_kernels(char *why, size_t why_len);
 

@@ -222,6 +222,9 @@ struct sd_backend {
     const sd_backend_ops_t *ops;
     int32_t kind; /* sd_backend_kind_t */
     char description[256];
+    /* A warning from creating the backend (e.g. n_threads clamped). No log callback can be
+     * set yet, so sd_ctx_set_log delivers it to the first one. */
+    char warning[192];
     size_t alignment; /* of alloc results and arena blocks */
     /* Bit mask (1 << dtype) of the activation dtypes the ops accept (inputs and outputs
      * other than weights); all activations of one call share a dtype. The CPU takes F32

@@ -116,10 +116,12 @@ SD_API bool sd_backend_available(int32_t backend, char *reason, size_t reason_le
 typedef struct sd_ctx sd_ctx_t;
 
 typedef struct sd_ctx_params {
-    int32_t backend;   /* sd_backend_kind_t; default SD_BACKEND_CPU */
-    int32_t n_threads; /* CPU threads for compute; 0 = one per online core */
-    int32_t device;    /* GPU ordinal for the CUDA backend; ignored by the CPU backend */
-    uint32_t flags;    /* reserved, must be 0 */
+    int32_t backend; /* sd_backend_kind_t; default SD_BACKEND_CPU */
+    /* CPU threads for compute; 0 = one per CPU available to the process (its affinity
+     * mask and cgroup CPU quota). More than that is clamped, with a warning logged. */
+    int32_t n_threads;
+    int32_t device; /* GPU ordinal for the CUDA backend; ignored by the CPU backend */
+    uint32_t flags; /* reserved, must be 0 */
 } sd_ctx_params_t;
 
 SD_API void sd_ctx_params_default(sd_ctx_params_t *params);
@@ -153,7 +155,8 @@ SD_API void sd_ctx_clear_cancel(sd_ctx_t *ctx);
 
 /* Log messages of this context go to `fn` (NULL: discarded, the default). `user_data` is
  * passed back unchanged. Called on the thread making the call that logs; `msg` is valid
- * only during the callback. The library never prints to stdout or stderr itself. */
+ * only during the callback. The library never prints to stdout or stderr itself. A warning
+ * from sd_ctx_init (n_threads clamped) goes to the first callback set, from this call. */
 typedef void (*sd_log_fn)(int32_t level, const char *msg, void *user_data);
 SD_API void sd_ctx_set_log(sd_ctx_t *ctx, sd_log_fn fn, void *user_data);
 

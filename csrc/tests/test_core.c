@@ -1,15 +1,20 @@
 /*
- * The runtime core: contexts, errors, cancellation, tensors, the arena, the thread pool,
- * half-precision conversion, and every op's argument validation (bad input returns the
- * right status and message, never aborts).
+ * The runtime core: contexts, errors, cancellation, tensors, the arena, the thread pool and
+ * its size (the CPUs the process may use), half-precision conversion, and every op's
+ * argument validation (bad input returns the right status and message, never aborts).
  */
+#define _GNU_SOURCE /* sched_getaffinity, pthread_setaffinity_np */
 #include "harness.h"
 
 #include "cpu.h"
 
 #include <math.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 static sd_ctx_t *ctx;
 
@@ -103,17 +108,17 @@ static void test_errors_cancel_log(void) {
 static void test_op_validation(void) {
     int64_t s4[4] = {1, 4, 5, 5}, s4b[4] = {1, 3, 5, 5}, w4[4] = {6, 4, 3, 3}, o4[4] = {1, 6, 5, 5};
     int64_t s3[3] = {1, 7, 8}, s3k[3] = {1, 9, 8}, s3c[3] = {1, 7, 6}, s2[2] = {7, 8}, s1[1] = {5};
-    sd_tensor_t *x, *xb, *w, *o, *q, *k, *qc, *t2, *v5, *i2;
-    sd_tensor_new(ctx, SD_DTYPE_F32, 4, s4, &x);
-    sd_tensor_new(ctx, SD_DTYPE_F32, 4, s4b, &xb);
-    sd_tensor_new(ctx, SD_DTYPE_F16, 4, w4, &w);
-    sd_tensor_new(ctx, SD_DTYPE_F32, 4, o4, &o);
-    sd_tensor_new(ctx, SD_DTYPE_F32, 3, s3, &q);
-    sd_tensor_new(ctx, SD_DTYPE_F32, 3, s3k, &k);
-    sd_tensor_new(ctx, SD_DTYPE_F32, 3, s3c, &qc);
-    sd_tensor_new(ctx, SD_DTYPE_F32, 2, s2, &t2);
-    sd_tensor_new(ctx, SD_DTYPE_F32, 1, s1, &v5);
-    sd_tensor_new(ctx, SD_DTYPE_I32, 2, s2, &i2);
+    /* Filled, because the calls that pass validation run (valgrind checks what they read). */
+    sd_tensor_t *x = make_random(ctx, SD_DTYPE_F32, 4, s4);
+    sd_tensor_t *xb = make_random(ctx, SD_DTYPE_F32, 4, s4b);
+    sd_tensor_t *w = make_random(ctx, SD_DTYPE_F16, 4, w4);
+    sd_tensor_t *o = make_empty(ctx, 4, o4);
+    sd_tensor_t *q = make_random(ctx, SD_DTYPE_F32, 3, s3);
+    sd_tensor_t *k = make_random(ctx, SD_DTYPE_F32, 3, s3k);
+    sd_tensor_t *qc = make_random(ctx, SD_DTYPE_F32, 3, s3c);
+    sd_tensor_t *t2 = make_random(ctx, SD_DTYPE_F32, 2, s2);
+    sd_tensor_t *v5 = make_random(ctx, SD_DTYPE_F32, 1, s1);
+    sd_tensor_t *i2 = make_random(ctx, SD_DTYPE_I32, 2, s2);
     sd_conv2d_params_t cp;
     sd_conv2d_params_default(&cp);
     cp.pad_top = cp.pad_bottom = cp.pad_left = cp.pad_right = 1;
@@ -163,8 +168,7 @@ static void test_op_validation(void) {
     ap.heads = 2;
     CHECK_STATUS(sd_op_attention(ctx, q, q, k, k, &ap), INV); /* out aliases q */
     ap.causal = 1;
-    sd_tensor_t *oq;
-    sd_tensor_new(ctx, SD_DTYPE_F32, 3, s3, &oq);
+    sd_tensor_t *oq = make_empty(ctx, 3, s3);
     CHECK_STATUS(sd_op_attention(ctx, oq, q, k, k, &ap), INV); /* causal needs Tq == Tk */
     ap.causal = 0;
     CHECK_STATUS(sd_op_attention(ctx, oq, q, k, k, &ap), SD_STATUS_OK);
@@ -271,6 +275,148 @@ static void test_pool(void) {
     }
 }
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Many small jobs on a pool with more threads than CPUs: the caller must not wait for
+ * workers that have not been scheduled yet, and waiting workers must give the CPU up (a
+ * pool that spins for milliseconds per job takes seconds here). */
+static void test_pool_oversubscribed(void) {
+    cpu_set_t saved, one;
+    if (pthread_getaffinity_np(pthread_self(), sizeof saved, &saved) != 0) return;
+    int cpu = 0;
+    while (!CPU_ISSET(cpu, &saved)) cpu++;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    CHECK(pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0, "pin to one CPU");
+    sd_pool_t *pool = sd_pool_create(4); /* workers inherit the one-CPU mask */
+    CHECK(pool != NULL, "pool");
+    enum { JOBS = 2000 };
+    int64_t bad = 0;
+    const double t0 = now_s();
+    for (int rep = 0; rep < JOBS; rep++) {
+        pool_job_t job;
+        memset(&job, 0, sizeof job);
+        sd_pool_run(pool, 4, pool_task, &job);
+        bad += job.sum != 6;
+    }
+    const double dt = now_s() - t0;
+    sd_pool_destroy(pool);
+    pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
+    CHECK(bad == 0, "%lld jobs with a wrong sum", (long long)bad);
+    CHECK(dt < 1.0, "%d jobs of 4 threads on one CPU took %.2f s", JOBS, dt);
+}
+
+/* n_threads is capped at the CPUs the process may use: 0 means that many, more is clamped
+ * with a warning (delivered to the log callback set after sd_ctx_init). */
+static void test_thread_cap(void) {
+    const int avail = sd_cpu_available();
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CHECK(sched_getaffinity(0, sizeof set, &set) == 0, "sched_getaffinity");
+    CHECK(avail >= 1 && avail <= CPU_COUNT(&set), "%d available, affinity %d", avail,
+          CPU_COUNT(&set));
+    const int32_t asks[] = {0, 1, 1024, 1 << 20};
+    for (size_t i = 0; i < sizeof asks / sizeof *asks; i++) {
+        sd_ctx_params_t p;
+        sd_ctx_params_default(&p);
+        p.n_threads = asks[i];
+        sd_ctx_t *c = NULL;
+        char err[256];
+        CHECK_STATUS(sd_ctx_init(&p, &c, err, sizeof err), SD_STATUS_OK);
+        if (c == NULL) continue;
+        int threads = 0;
+        sscanf(sd_ctx_backend_description(c), "cpu, %d threads", &threads);
+        const int want = asks[i] == 0 || asks[i] > avail ? avail : asks[i];
+        CHECK(threads == want, "n_threads %d: %s, want %d threads", asks[i],
+              sd_ctx_backend_description(c), want);
+        log_sink_t sink = {0};
+        sd_ctx_set_log(c, log_cb, &sink);
+        if (asks[i] > avail)
+            CHECK(sink.count == 1 && sink.last_level == SD_LOG_WARN &&
+                      strstr(sink.last, "n_threads") != NULL,
+                  "n_threads %d: %d messages, last %s", asks[i], sink.count, sink.last);
+        else
+            CHECK(sink.count == 0, "n_threads %d: unexpected log %s", asks[i], sink.last);
+        sd_ctx_set_log(c, log_cb, &sink); /* delivered once */
+        CHECK(sink.count == (asks[i] > avail), "warning repeated");
+        sd_ctx_free(c);
+    }
+}
+
+/* Writes text to root/rel, creating the directories on the way. */
+static void put_file(const char *root, const char *rel, const char *text) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", root, rel);
+    for (char *p = path + strlen(root) + 1; (p = strchr(p, '/')) != NULL; p++) {
+        *p = '\0';
+        mkdir(path, 0700);
+        *p = '/';
+    }
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL, "create %s", path);
+    if (f == NULL) return;
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_cgroup_limit(void) {
+    char root[] = "/tmp/sd-cgroup-XXXXXX";
+    if (mkdtemp(root) == NULL) {
+        CHECK(false, "mkdtemp");
+        return;
+    }
+    char self[600];
+    snprintf(self, sizeof self, "%s/self", root);
+    CHECK(sd_cgroup_cpu_limit(root, self) == 0, "no /proc/self/cgroup");
+
+    /* v2: the tightest quota on the way up from the process's cgroup, rounded up. */
+    put_file(root, "cpu.max", "max 100000\n");
+    put_file(root, "self", "0::/\n");
+    CHECK(sd_cgroup_cpu_limit(root, self) == 0, "v2 without a quota");
+    put_file(root, "a/cpu.max", "250000 100000\n");
+    put_file(root, "a/b/cpu.max", "max 100000\n");
+    put_file(root, "self", "0::/a/b\n");
+    CHECK(sd_cgroup_cpu_limit(root, self) == 3, "v2 parent quota: %d",
+          sd_cgroup_cpu_limit(root, self));
+    put_file(root, "a/b/cpu.max", "100000 100000\n");
+    CHECK(sd_cgroup_cpu_limit(root, self) == 1, "v2 own quota: %d",
+          sd_cgroup_cpu_limit(root, self));
+
+    /* v1: the cpu controller's hierarchy, whose path in a container is the host's. */
+    put_file(root, "cpu/cpu.cfs_quota_us", "-1\n");
+    put_file(root, "cpu/cpu.cfs_period_us", "100000\n");
+    put_file(root, "self", "4:memory:/docker/x\n3:cpuacct,cpu:/docker/x\n");
+    CHECK(sd_cgroup_cpu_limit(root, self) == 0, "v1 without a quota");
+    put_file(root, "cpu/cpu.cfs_quota_us", "50000\n");
+    CHECK(sd_cgroup_cpu_limit(root, self) == 1, "v1 half a CPU: %d",
+          sd_cgroup_cpu_limit(root, self));
+    put_file(root, "cpu/cpu.cfs_quota_us", "400000\n");
+    CHECK(sd_cgroup_cpu_limit(root, self) == 4, "v1 quota: %d", sd_cgroup_cpu_limit(root, self));
+    put_file(root, "self", "3:cpuacct,cpu:/docker/x\n0::/a\n"); /* both: the smaller */
+    CHECK(sd_cgroup_cpu_limit(root, self) == 3, "v1 and v2: %d", sd_cgroup_cpu_limit(root, self));
+
+    const char *files[] = {"self",
+                           "cpu.max",
+                           "a/b/cpu.max",
+                           "a/cpu.max",
+                           "cpu/cpu.cfs_quota_us",
+                           "cpu/cpu.cfs_period_us"};
+    const char *dirs[] = {"a/b", "a", "cpu", ""};
+    char path[600];
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        snprintf(path, sizeof path, "%s/%s", root, files[i]);
+        unlink(path);
+    }
+    for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
+        snprintf(path, sizeof path, "%s/%s", root, dirs[i]);
+        rmdir(path);
+    }
+}
+
 int main(void) {
     test_status_and_params();
     sd_ctx_params_t p;
@@ -286,6 +432,9 @@ int main(void) {
     test_half();
     test_arena();
     test_pool();
+    test_pool_oversubscribed();
     sd_ctx_free(ctx);
+    test_thread_cap();
+    test_cgroup_limit();
     return test_summary("test_core");
 }
