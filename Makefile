@@ -1,7 +1,8 @@
 # gosd: `make` builds the runtime libraries and the Go code, `make test` runs every C and
-# Go test, `make demo` draws a picture on the CPU. Missing build tools (cmake, ninja, a C
-# compiler) are installed with apt-get on Debian/Ubuntu, and a Go toolchain is fetched from
-# the Go module proxy when none new enough is installed (tools/ensure-go.sh).
+# Go test, `make sanitize` the C tests under ASan and UBSan, `make demo` draws a picture on
+# the CPU. Missing build tools (cmake, ninja, a C compiler) are installed with apt-get on
+# Debian/Ubuntu, and a Go toolchain is fetched from the Go module proxy when none new enough
+# is installed (tools/ensure-go.sh).
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
@@ -23,7 +24,7 @@ PROMPT ?= a red apple
 SEED ?= 1
 DEMO_OUT ?= demo.png
 
-.PHONY: all deps lib go test lint format bench demo clean
+.PHONY: all deps lib go test sanitize lint format bench demo clean
 
 all: lib go
 
@@ -45,6 +46,16 @@ test: lib
 		if [[ -n $$unformatted ]]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) test ./...
 
+# The CPU library and C tests under AddressSanitizer (leaks included) and UBSan.
+SANITIZE_BUILD ?= build-asan
+sanitize: deps
+	@cmake -S . -B $(SANITIZE_BUILD) -G Ninja -DSD_CUDA=OFF -DSD_SANITIZE=ON \
+		-DCMAKE_BUILD_TYPE=RelWithDebInfo >$(SANITIZE_BUILD).cmake.log 2>&1 \
+		|| { cat $(SANITIZE_BUILD).cmake.log; exit 1; }
+	@cmake --build $(SANITIZE_BUILD)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		ctest --test-dir $(SANITIZE_BUILD) --output-on-failure
+
 # Formatting of the C/CUDA sources (clang-format) and the Go vet/fmt checks.
 lint: deps
 	@tools/ensure-build-tools.sh clang-format
@@ -65,4 +76,4 @@ demo: lib
 	$(BUILD)/sdcli txt2img --lib $(BUILD) --device cpu -p "$(PROMPT)" --seed $(SEED) --batch 4 -o $(DEMO_OUT)
 
 clean:
-	rm -rf $(BUILD) $(BUILD).cmake.log
+	rm -rf $(BUILD) $(BUILD).cmake.log $(SANITIZE_BUILD) $(SANITIZE_BUILD).cmake.log

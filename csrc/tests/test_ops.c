@@ -94,6 +94,9 @@ static void test_conv2d_case(const conv_case_t *cc, int32_t wdtype, int bias_kin
         cc->pl, cc->pr, sd_dtype_name(wdtype), bias_kind, residual_kind);
     compare(what, got, ref, no, RTOL, ATOL);
     free(got), free(ref), free(xv), free(wv), free(wr), free(bv), free(rv);
+    /* Only model weights own a packed form (freed by weight_free); this one is the test's. */
+    sd_packed_weight_free(w->packed);
+    w->packed = NULL;
     sd_tensor_free(ctx, x), sd_tensor_free(ctx, w), sd_tensor_free(ctx, b),
         sd_tensor_free(ctx, out);
     if (residual_kind == 1) sd_tensor_free(ctx, res);
@@ -175,6 +178,9 @@ static void test_linear_case(int64_t batch, int64_t t, int64_t k, int64_t nout, 
              sd_dtype_name(wdtype), with_bias, residual_kind, packed);
     compare(what, got, ref, rows * nout, RTOL, ATOL);
     free(got), free(ref), free(xv), free(wv), free(wr), free(bv), free(rv);
+    /* Only model weights own a packed form (freed by weight_free); this one is the test's. */
+    sd_packed_weight_free(w->packed);
+    w->packed = NULL;
     sd_tensor_free(ctx, x), sd_tensor_free(ctx, w), sd_tensor_free(ctx, b),
         sd_tensor_free(ctx, out);
     if (residual_kind == 1) sd_tensor_free(ctx, res);
