@@ -1,7 +1,9 @@
 package schedule
 
 import (
+	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -103,14 +105,15 @@ func ParsePredictionType(s string) (PredictionType, error) {
 }
 
 // Config mirrors the fields of a diffusers scheduler_config.json that change
-// what a scheduler computes. Fields left at their zero value take the default
-// that diffusers would use: first the default of ClassName's scheduler class
-// when that class has the parameter (diffusers records every parameter of the
-// class that loaded the file, and from_config hands them to the next class),
-// then the default of the class that implements the chosen Sampler. So the
-// zero Config with Options{Sampler: DDIM} is DDIMScheduler() with no
-// arguments, and a Config parsed from a PNDMScheduler file behaves as
-// EulerDiscreteScheduler.from_config(pndm.config) when Euler is chosen.
+// what a scheduler computes. A field left at its zero value is one the file
+// does not set, and takes the default of the class that implements the chosen
+// Sampler. That is diffusers' rule when a pipeline switches schedulers with
+// SchedulerX.from_config(pipe.scheduler.config): the loaded config lists the
+// keys the old class filled with its own defaults (_use_default_values) and
+// from_config drops them, so only the keys present in the file carry over. So
+// the zero Config with Options{Sampler: DDIM} is DDIMScheduler() with no
+// arguments, and a PNDMScheduler file without timestep_spacing gives Euler
+// EulerDiscreteScheduler's linspace spacing, not PNDM's leading.
 //
 // Fields not listed here (thresholding, variance_type, solver_order,
 // algorithm_type, interpolation_type, final_sigmas_type, ...) are not read:
@@ -118,7 +121,8 @@ func ParsePredictionType(s string) (PredictionType, error) {
 // implement (see the package documentation).
 type Config struct {
 	// ClassName is "_class_name", the diffusers scheduler class the file
-	// was written for, e.g. "PNDMScheduler". Unknown or empty: no class.
+	// was written for, e.g. "PNDMScheduler". It is informational: the
+	// defaults of unset fields come from the sampler's class (see Config).
 	ClassName string
 
 	// NumTrainTimesteps is num_train_timesteps, T; 0 means 1000.
@@ -175,9 +179,10 @@ type Config struct {
 
 // DefaultConfig returns the scheduler configuration of Stable Diffusion 1.x
 // (runwayml/stable-diffusion-v1-5's scheduler_config.json): scaled_linear
-// betas from 0.00085 to 0.012 over 1000 steps, leading spacing with
-// steps_offset 1, epsilon prediction, no clipping, set_alpha_to_one false and
-// PNDM without Runge-Kutta warm-up.
+// betas from 0.00085 to 0.012 over 1000 steps, steps_offset 1, epsilon
+// prediction, no clipping, set_alpha_to_one false and PNDM without
+// Runge-Kutta warm-up. The file has no timestep_spacing, so each sampler
+// uses its class default: leading for PNDM and DDIM, linspace for Euler.
 func DefaultConfig() Config {
 	return Config{
 		ClassName:         "PNDMScheduler",
@@ -186,7 +191,6 @@ func DefaultConfig() Config {
 		BetaEnd:           0.012,
 		BetaSchedule:      BetaScaledLinear,
 		PredictionType:    PredictEpsilon,
-		TimestepSpacing:   SpacingLeading,
 		StepsOffset:       1,
 		ClipSample:        boolPtr(false),
 		SetAlphaToOne:     boolPtr(false),
@@ -283,10 +287,15 @@ func ParseConfig(data []byte) (Config, error) {
 	return cfg, nil
 }
 
+// ErrInvalidConfig is wrapped by the errors of ParseConfig and New that come
+// from the Config itself rather than from Options or the step count, so that
+// callers can tell a broken model from a bad request.
+var ErrInvalidConfig = errors.New("schedule: invalid config")
+
 // validate checks the values that make no sense whatever the sampler.
 func (c Config) validate() error {
 	bad := func(format string, args ...any) error {
-		return fmt.Errorf("schedule: invalid config: "+format, args...)
+		return fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...)
 	}
 	switch {
 	case c.NumTrainTimesteps < 0:
@@ -297,6 +306,10 @@ func (c Config) validate() error {
 		return bad("beta_start %v is outside [0, 1)", c.BetaStart)
 	case c.BetaEnd < 0 || c.BetaEnd >= 1 || math.IsNaN(c.BetaEnd):
 		return bad("beta_end %v is outside [0, 1)", c.BetaEnd)
+	case c.BetaStart != 0 && c.BetaEnd != 0 && c.usesBetaRange() && c.BetaStart > c.BetaEnd:
+		// New also checks a range completed by class defaults; this
+		// catches a file that sets both ends when it is parsed.
+		return bad("beta_start %v is above beta_end %v", c.BetaStart, c.BetaEnd)
 	case c.BetaSchedule < 0 || int(c.BetaSchedule) >= len(betaScheduleNames):
 		return bad("unknown beta schedule %d", int(c.BetaSchedule))
 	case c.PredictionType < 0 || int(c.PredictionType) >= len(predictionNames):
@@ -326,6 +339,9 @@ func (c Config) validate() error {
 	}
 	return nil
 }
+
+// usesBetaRange reports whether BetaStart and BetaEnd shape the betas.
+func (c Config) usesBetaRange() bool { return c.TrainedBetas == nil && c.BetaSchedule != BetaCosine }
 
 func (c Config) numTrainTimesteps() int {
 	if c.NumTrainTimesteps == 0 {
@@ -381,27 +397,13 @@ type settings struct {
 	timestepScaling float64
 }
 
-// resolve fills c's unset fields for the named target class, consulting
-// c.ClassName's class first (see Config).
+// resolve fills c's unset fields with the defaults of the named target
+// class (see Config). The parameters whose defaults agree across classes
+// (num_train_timesteps, prediction_type, steps_offset, ...) are 0 or false in
+// every class and need no table.
 func (c Config) resolve(target string) settings {
-	src, hasSrc := diffusersClasses[c.ClassName]
-	dst := diffusersClasses[target]
-	pick := func(get func(classDefaults) *bool) bool {
-		if hasSrc {
-			if v := get(src); v != nil {
-				return *v
-			}
-		}
-		if v := get(dst); v != nil {
-			return *v
-		}
-		return false
-	}
-	def := dst
-	if hasSrc {
-		def = src // every class has the beta and spacing parameters
-	}
-	s := settings{
+	def := diffusersClasses[target]
+	return settings{
 		numTrain:        c.numTrainTimesteps(),
 		betaStart:       orDefault(c.BetaStart, def.betaStart),
 		betaEnd:         orDefault(c.BetaEnd, def.betaEnd),
@@ -411,23 +413,36 @@ func (c Config) resolve(target string) settings {
 		prediction:      c.PredictionType,
 		spacing:         orDefault(c.TimestepSpacing, def.spacing),
 		stepsOffset:     c.StepsOffset,
-		clipSample:      pick(func(d classDefaults) *bool { return d.clipSample }),
+		clipSample:      derefOr(cmp.Or(c.ClipSample, def.clipSample), false),
 		clipRange:       orDefault(c.ClipSampleRange, 1),
-		setAlphaToOne:   pick(func(d classDefaults) *bool { return d.setAlphaToOne }),
-		skipPRKSteps:    pick(func(d classDefaults) *bool { return d.skipPRKSteps }),
+		setAlphaToOne:   derefOr(cmp.Or(c.SetAlphaToOne, def.setAlphaToOne), false),
+		skipPRKSteps:    derefOr(cmp.Or(c.SkipPRKSteps, def.skipPRKSteps), false),
 		originalSteps:   orDefault(c.OriginalInferenceSteps, 50),
 		timestepScaling: orDefault(c.TimestepScaling, 10),
 	}
-	if c.ClipSample != nil {
-		s.clipSample = *c.ClipSample
+}
+
+// checkBetas rejects a resolved beta range that runs backwards (beta_start
+// above beta_end). diffusers builds such a schedule without complaint, but no
+// model is trained with noise that grows more slowly at the end than at the
+// start: the config is broken or mistyped, and sampling with it gives
+// garbage (an all-black image). The cosine schedule and trained_betas ignore
+// the range.
+func (s settings) checkBetas() error {
+	if s.trainedBetas != nil || s.betaSchedule == BetaCosine || s.betaStart <= s.betaEnd {
+		return nil
 	}
-	if c.SetAlphaToOne != nil {
-		s.setAlphaToOne = *c.SetAlphaToOne
+	return fmt.Errorf("%w: beta_start %v is above beta_end %v", ErrInvalidConfig, s.betaStart, s.betaEnd)
+}
+
+// Spacing returns the timestep spacing sampler smp runs with under c when
+// Options.Spacing is SpacingDefault: the file's timestep_spacing, else the
+// sampler's class default.
+func (c Config) Spacing(smp Sampler) TimestepSpacing {
+	if !smp.valid() {
+		return c.TimestepSpacing
 	}
-	if c.SkipPRKSteps != nil {
-		s.skipPRKSteps = *c.SkipPRKSteps
-	}
-	return s
+	return c.resolve(samplerClasses[smp]).spacing
 }
 
 func boolPtr(v bool) *bool { return &v }

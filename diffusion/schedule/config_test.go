@@ -1,6 +1,7 @@
 package schedule
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -169,13 +170,14 @@ func TestDefaultConfig(t *testing.T) {
 	s := cfg.resolve("EulerDiscreteScheduler")
 	assert.Equal(t, settings{
 		numTrain: 1000, betaStart: 0.00085, betaEnd: 0.012, betaSchedule: BetaScaledLinear,
-		prediction: PredictEpsilon, spacing: SpacingLeading, stepsOffset: 1,
+		prediction: PredictEpsilon, spacing: SpacingLinspace, stepsOffset: 1,
 		clipRange: 1, skipPRKSteps: true, originalSteps: 50, timestepScaling: 10,
 	}, s)
 }
 
-// TestConfigDefaults checks that unset fields take diffusers' defaults: those
-// of the file's class first, then those of the sampler's class.
+// TestConfigDefaults checks that unset fields take the defaults of the
+// sampler's class whatever class the file names, as diffusers' from_config
+// drops the keys the file's class filled with its own defaults.
 func TestConfigDefaults(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -203,16 +205,20 @@ func TestConfigDefaults(t *testing.T) {
 			assert.Equal(t, 50, s.originalSteps)
 		}, LCM},
 		{"Euler from a PNDM file", Config{ClassName: "PNDMScheduler"}, "EulerDiscreteScheduler", func(t *testing.T, s settings) {
-			assert.Equal(t, SpacingLeading, s.spacing, "PNDM's recorded default wins")
+			assert.Equal(t, SpacingLinspace, s.spacing, "PNDM's default leading is not carried over")
 		}, Euler},
 		{"Heun from a DDPM file", Config{ClassName: "DDPMScheduler"}, "HeunDiscreteScheduler", func(t *testing.T, s settings) {
-			assert.True(t, s.clipSample, "DDPM records clip_sample=True, Heun reads it")
-			assert.Equal(t, 0.0001, s.betaStart)
+			assert.False(t, s.clipSample, "DDPM's default clip_sample=True is not carried over")
+			assert.Equal(t, 0.00085, s.betaStart, "Heun's own default")
 		}, Heun},
 		{"DDIM from an Euler file", Config{ClassName: "EulerDiscreteScheduler"}, "DDIMScheduler", func(t *testing.T, s settings) {
-			assert.Equal(t, SpacingLinspace, s.spacing)
+			assert.Equal(t, SpacingLeading, s.spacing)
 			assert.True(t, s.clipSample, "Euler has no clip_sample: DDIM's default")
 		}, DDIM},
+		{"PNDM from a DDIM file", Config{ClassName: "DDIMScheduler"}, "PNDMScheduler", func(t *testing.T, s settings) {
+			assert.False(t, s.setAlphaToOne, "DDIM's default set_alpha_to_one=True is not carried over")
+			assert.False(t, s.skipPRKSteps)
+		}, PNDM},
 		{"unknown class", Config{ClassName: "FlowMatchEulerDiscreteScheduler"}, "EulerDiscreteScheduler", func(t *testing.T, s settings) {
 			assert.Equal(t, SpacingLinspace, s.spacing)
 		}, Euler},
@@ -228,4 +234,129 @@ func TestConfigDefaults(t *testing.T) {
 			tt.check(t, tt.cfg.resolve(tt.class))
 		})
 	}
+}
+
+// sd15SchedulerFile is runwayml/stable-diffusion-v1-5's
+// scheduler/scheduler_config.json as released: PNDM, and no
+// timestep_spacing key.
+const sd15SchedulerFile = `{
+	"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0",
+	"beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+	"num_train_timesteps": 1000, "set_alpha_to_one": false, "skip_prk_steps": true,
+	"steps_offset": 1, "trained_betas": null, "clip_sample": false
+}`
+
+// TestSwitchingSamplerUsesNewClassDefaults checks diffusers'
+// SchedulerX.from_config(pipe.scheduler.config): keys the file sets carry
+// over, keys it lacks take the new class's defaults.
+func TestSwitchingSamplerUsesNewClassDefaults(t *testing.T) {
+	sd15, err := ParseConfig([]byte(sd15SchedulerFile))
+	require.NoError(t, err)
+	trailing, err := ParseConfig([]byte(`{"_class_name": "PNDMScheduler", "beta_schedule": "scaled_linear",
+		"beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1, "timestep_spacing": "trailing"}`))
+	require.NoError(t, err)
+	tests := []struct {
+		name string
+		cfg  Config
+		opts Options
+		want []float64
+	}{
+		{"sd15 euler: linspace", sd15, Options{Sampler: Euler}, []float64{999, 666, 333, 0}},
+		{"sd15 euler_a: linspace", sd15, Options{Sampler: EulerAncestral}, []float64{999, 666, 333, 0}},
+		{"sd15 lms: linspace", sd15, Options{Sampler: LMS}, []float64{999, 666, 333, 0}},
+		{"sd15 dpmpp_2m: linspace", sd15, Options{Sampler: DPMPP2M}, []float64{999, 749, 500, 250}},
+		{"sd15 ddim: leading", sd15, Options{Sampler: DDIM}, []float64{751, 501, 251, 1}},
+		{"sd15 pndm: leading", sd15, Options{Sampler: PNDM}, []float64{751, 501, 501, 251, 1}},
+		{"file's trailing kept by euler", trailing, Options{Sampler: Euler}, []float64{999, 749, 499, 249}},
+		{"file's trailing kept by ddim", trailing, Options{Sampler: DDIM}, []float64{999, 749, 499, 249}},
+		{"override beats the class default", sd15, Options{Sampler: DDIM, Spacing: SpacingLinspace}, []float64{999, 666, 333, 0}},
+		{"override beats the file", trailing, Options{Sampler: Euler, Spacing: SpacingLeading}, []float64{751, 501, 251, 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := New(tt.cfg, tt.opts, 4)
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, s.Timesteps())
+		})
+	}
+	for smp, want := range map[Sampler]TimestepSpacing{
+		Euler: SpacingLinspace, UniPC: SpacingLinspace, DDIM: SpacingLeading, PNDM: SpacingLeading, LCM: SpacingLeading,
+	} {
+		assert.Equal(t, want, sd15.Spacing(smp), "%v", smp)
+		assert.Equal(t, SpacingTrailing, trailing.Spacing(smp), "%v", smp)
+	}
+}
+
+// TestSD15PNDMWithoutRungeKutta checks that the released SD 1.5 config runs
+// PNDM as diffusers does with skip_prk_steps: steps+1 model calls, and any
+// step count from 1.
+func TestSD15PNDMWithoutRungeKutta(t *testing.T) {
+	for _, cfg := range []Config{mustParse(t, sd15SchedulerFile), DefaultConfig()} {
+		for _, tt := range []struct{ steps, calls int }{{1, 1}, {2, 3}, {3, 4}, {20, 21}} {
+			s, err := New(cfg, Options{Sampler: PNDM}, tt.steps)
+			require.NoError(t, err, "%d steps", tt.steps)
+			assert.Len(t, s.Timesteps(), tt.calls, "%d steps", tt.steps)
+		}
+	}
+}
+
+func mustParse(t *testing.T, data string) Config {
+	t.Helper()
+	cfg, err := ParseConfig([]byte(data))
+	require.NoError(t, err)
+	return cfg
+}
+
+// TestBetaRangeErrors checks that beta ranges that would give a broken
+// schedule are config errors, whether the file sets both ends or a class
+// default completes the range.
+func TestBetaRangeErrors(t *testing.T) {
+	parseErrors := map[string]string{
+		"inverted":       `{"beta_start": 0.012, "beta_end": 0.00085}`,
+		"negative start": `{"beta_start": -0.001}`,
+		"zero end":       `{"beta_end": 0}`,
+		"end of 1":       `{"beta_end": 1}`,
+		"start above 1":  `{"beta_start": 2}`,
+	}
+	for name, data := range parseErrors {
+		t.Run("parse/"+name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(data))
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "beta_")
+		})
+	}
+	newErrors := []struct {
+		name    string
+		cfg     Config
+		sampler Sampler
+	}{
+		{"inverted", Config{BetaStart: 0.012, BetaEnd: 0.00085}, Euler},
+		{"inverted scaled_linear", Config{BetaStart: 0.012, BetaEnd: 0.00085, BetaSchedule: BetaScaledLinear}, PNDM},
+		{"start above euler's default end 0.02", Config{BetaStart: 0.05}, Euler},
+		{"start above heun's default end 0.012", Config{BetaStart: 0.015}, Heun},
+		{"end below ddim's default start 0.0001", Config{BetaEnd: 0.00005}, DDIM},
+		{"NaN start", Config{BetaStart: math.NaN()}, Euler},
+		{"infinite end", Config{BetaEnd: math.Inf(1)}, Euler},
+		{"negative end", Config{BetaEnd: -0.01}, Euler},
+	}
+	for _, tt := range newErrors {
+		t.Run("new/"+tt.name, func(t *testing.T) {
+			_, err := New(tt.cfg, Options{Sampler: tt.sampler}, 10)
+			require.Error(t, err)
+			assert.ErrorIs(t, err, ErrInvalidConfig)
+		})
+	}
+	// The range is unused by the cosine schedule and by trained_betas, and
+	// a start above Euler's default end is fine for a class whose default
+	// end is higher.
+	for _, cfg := range []Config{
+		{BetaStart: 0.012, BetaEnd: 0.00085, BetaSchedule: BetaCosine},
+		{NumTrainTimesteps: 2, BetaStart: 0.5, BetaEnd: 0.1, TrainedBetas: []float64{0.1, 0.2}},
+		{BetaStart: 0.012, BetaEnd: 0.012},
+	} {
+		_, err := New(cfg, Options{Sampler: DDIM}, 2)
+		assert.NoError(t, err, "%+v", cfg)
+	}
+	_, err := New(Config{BetaStart: 0.015}, Options{Sampler: Euler}, 10)
+	assert.NoError(t, err, "Euler's default beta_end is 0.02")
 }

@@ -103,6 +103,10 @@ type Options struct {
 	// Eta is DDIM's η in [0, 1]: 0 is deterministic DDIM, 1 matches DDPM's
 	// variance. Other samplers require 0.
 	Eta float64
+	// Spacing overrides the Config's timestep spacing, as passing
+	// timestep_spacing to from_config does in diffusers; SpacingDefault
+	// keeps the Config's (see Config.Spacing).
+	Spacing TimestepSpacing
 }
 
 // Noise is a source of standard normal samples, such as a torch-compatible

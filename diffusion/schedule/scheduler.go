@@ -71,16 +71,17 @@ type Scheduler interface {
 // diffusers class reads them (all sigma-based samplers but Euler ancestral
 // and DPM++ 2S ancestral).
 //
-// New fails on an invalid Config or Options, on steps outside
-// [1, NumTrainTimesteps], and on combinations that diffusers rejects or would
-// silently mishandle: a SigmaSchedule with DDPM, DDIM, PNDM or LCM; Eta with
-// any sampler but DDIM; sample prediction with Euler ancestral, DPM2 or PNDM;
-// RescaleBetasZeroSNR with PNDM, Heun, DPM2 or LMS (their diffusers classes
-// ignore it); PNDM with Runge-Kutta warm-up and fewer than 4 steps; LCM with
-// more steps than OriginalInferenceSteps; DDPM, DDIM, PNDM or LCM timesteps
-// outside the training range (a large StepsOffset); and DPM++ 2M or UniPC
-// schedules whose first integer timestep repeats (diffusers then indexes past
-// its sigmas).
+// New fails on an invalid Config (the error wraps ErrInvalidConfig; so does
+// a beta range that the class defaults complete backwards) or Options, on
+// steps outside [1, NumTrainTimesteps], and on combinations that diffusers
+// rejects or would silently mishandle: a SigmaSchedule with DDPM, DDIM, PNDM
+// or LCM; Eta with any sampler but DDIM; sample prediction with Euler
+// ancestral, DPM2 or PNDM; RescaleBetasZeroSNR with PNDM, Heun, DPM2 or LMS
+// (their diffusers classes ignore it); PNDM with Runge-Kutta warm-up and
+// fewer than 4 steps; LCM with more steps than OriginalInferenceSteps; DDPM,
+// DDIM, PNDM or LCM timesteps outside the training range (a large
+// StepsOffset); and DPM++ 2M or UniPC schedules whose first integer timestep
+// repeats (diffusers then indexes past its sigmas).
 func New(cfg Config, opts Options, steps int) (Scheduler, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -97,7 +98,14 @@ func New(cfg Config, opts Options, steps int) (Scheduler, error) {
 	if opts.Eta != 0 && opts.Sampler != DDIM {
 		return nil, fmt.Errorf("schedule: eta applies to ddim only, not %v", opts.Sampler)
 	}
+	if opts.Spacing < 0 || int(opts.Spacing) >= len(spacingNames) {
+		return nil, fmt.Errorf("schedule: unknown timestep spacing %d", int(opts.Spacing))
+	}
 	s := cfg.resolve(samplerClasses[opts.Sampler])
+	s.spacing = orDefault(opts.Spacing, s.spacing)
+	if err := s.checkBetas(); err != nil {
+		return nil, err
+	}
 	if steps < 1 || steps > s.numTrain {
 		return nil, fmt.Errorf("schedule: %d steps is outside [1, %d]", steps, s.numTrain)
 	}

@@ -44,9 +44,9 @@ func TestConfigDefaultsReachSchedulers(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []float64{999, 888, 777, 666, 555, 444, 333, 222, 111, 0}, s.Timesteps())
 
-	// From a PNDM file Euler inherits leading spacing, and with it the
+	// A file that sets leading spacing passes it to Euler, and with it the
 	// √(σ²+1) initial noise scale.
-	s, err = New(Config{ClassName: "PNDMScheduler", StepsOffset: 1}, Options{Sampler: Euler}, 10)
+	s, err = New(Config{ClassName: "PNDMScheduler", TimestepSpacing: SpacingLeading, StepsOffset: 1}, Options{Sampler: Euler}, 10)
 	require.NoError(t, err)
 	assert.Equal(t, 901.0, s.Timesteps()[0])
 	sigma := s.Sigmas()[0]
@@ -65,6 +65,7 @@ func TestNewErrors(t *testing.T) {
 		{"more steps than training timesteps", sd1, Options{Sampler: DDIM}, 1001},
 		{"unknown sampler", sd1, Options{Sampler: Sampler(len(samplerNames))}, 10},
 		{"unknown sigma schedule", sd1, Options{Sampler: Euler, Sigmas: SigmaSchedule(7)}, 10},
+		{"unknown timestep spacing", sd1, Options{Sampler: Euler, Spacing: TimestepSpacing(4)}, 10},
 		{"invalid config", Config{StepsOffset: -1}, Options{Sampler: Euler}, 10},
 		{"karras with ddim", sd1, Options{Sampler: DDIM, Sigmas: SigmasKarras}, 10},
 		{"exponential with lcm", sd1, Options{Sampler: LCM, Sigmas: SigmasExponential}, 4},
