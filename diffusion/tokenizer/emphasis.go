@@ -3,6 +3,7 @@ package tokenizer
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"unicode"
@@ -21,8 +22,26 @@ import (
 // An unmatched ")" or "]" is literal text; an unclosed "(" or "[" applies
 // its factor up to the end of the prompt. "(text:w)" needs a round bracket
 // open, else ":w)" is literal text.
+//
+// Two bounds the web UI does not have keep weights finite: a bracket opened
+// while maxEmphasisDepth brackets are already open is literal text (so the
+// closing bracket that would match it closes an outer one or is literal in
+// turn), and every weight, explicit or multiplied out, is clamped to
+// ±maxEmphasisWeight, a non-zero one to at least 1/maxEmphasisWeight in
+// magnitude. Without them 1000 nested "(" weigh 1.1^1000, which is +Inf in
+// float32 and turns the whole image black; within them nothing a person
+// would write changes.
 
 const breakWord = "BREAK"
+
+const (
+	// maxEmphasisDepth is the deepest bracket nesting that is emphasis:
+	// 32 round brackets weigh 1.1^32 ≈ 21, already far past useful.
+	maxEmphasisDepth = 32
+	// maxEmphasisWeight bounds weight magnitudes. Text encoder outputs are
+	// of order 1-100, so products stay far inside float32.
+	maxEmphasisWeight = 1000.0
+)
 
 // The bracket factors, computed in float64 as the web UI computes them, so
 // that equal weights (which merge) stay equal bit for bit.
@@ -71,6 +90,9 @@ func ParseEmphasis(prompt string) ([]Segment, error) {
 				res = append(res, Segment{"", 1})
 				i++
 			}
+		case (c == '(' || c == '[') && len(round)+len(square) >= maxEmphasisDepth:
+			res = appendText(res, prompt[i:i+1])
+			i++
 		case c == '(':
 			round = append(round, len(res))
 			i++
@@ -89,7 +111,7 @@ func ParseEmphasis(prompt string) ([]Segment, error) {
 				if err != nil && !errors.Is(err, strconv.ErrRange) {
 					return nil, fmt.Errorf("tokenizer: emphasis weight %q at byte %d is not a number", weight, i)
 				}
-				multiplyFromAt(round[len(round)-1], w)
+				multiplyFromAt(round[len(round)-1], clampWeight(w))
 				round = round[:len(round)-1]
 			default:
 				res = appendText(res, prompt[i:i+n])
@@ -124,6 +146,9 @@ func ParseEmphasis(prompt string) ([]Segment, error) {
 	if len(res) == 0 {
 		return []Segment{{"", 1}}, nil
 	}
+	for i := range res {
+		res[i].Weight = clampWeight(res[i].Weight)
+	}
 	merged := res[:1]
 	for _, s := range res[1:] {
 		if last := &merged[len(merged)-1]; last.Weight == s.Weight {
@@ -133,6 +158,22 @@ func ParseEmphasis(prompt string) ([]Segment, error) {
 		}
 	}
 	return merged, nil
+}
+
+// clampWeight bounds a weight's magnitude to [1/maxEmphasisWeight,
+// maxEmphasisWeight], keeping 0 (a way to mute words) and the sign. An
+// explicit weight too large for float64 (ParseFloat's ±Inf) is clamped before
+// it multiplies anything, so that a 0 nested in it cannot become NaN.
+func clampWeight(w float64) float64 {
+	switch a := math.Abs(w); {
+	case w == 0:
+		return 0
+	case a > maxEmphasisWeight:
+		return math.Copysign(maxEmphasisWeight, w)
+	case a < 1/maxEmphasisWeight:
+		return math.Copysign(1/maxEmphasisWeight, w)
+	}
+	return w
 }
 
 // parseWeight matches `:\s*([+-]?[.\d]+)\s*\)` at the start of s and returns
