@@ -43,15 +43,21 @@
 //	-o path               output PNG (default output.png); with --batch N > 1 the files are
 //	                      name-1.png ... name-N.png. Existing files are replaced, never left
 //	                      half-written: each image is written to a temporary file in the same
-//	                      folder and renamed.
+//	                      folder and renamed. The folder is checked (it exists and a file can
+//	                      be created in it) before anything is generated.
 //	--clip-skip N         text encoder layers to skip, AUTOMATIC1111's numbering (default 0)
 //	--guidance-rescale x  diffusers' guidance_rescale in [0, 1] (default 0)
 //	--eta x               DDIM's eta in [0, 1] (default 0)
+//	--text-heads N        the text encoder's attention head count, for single-file
+//	                      checkpoints whose text width is not SD's (default: the folder's
+//	                      config, else the width / 64); N,N2 (a second text encoder's count)
+//	                      is refused: no model supported has two yet
 //	--threads N           CPU threads (default 0: one per core)
 //	--device NAME         auto, cpu or cuda (default auto: a CUDA GPU when the GPU build of the
 //	                      runtime and a usable GPU are present)
 //	--lib path            the runtime library, a file or a folder holding it (default: search
-//	                      SD_LIB, lib/ beside the executable, build/, the system path)
+//	                      SD_LIB, the executable's folder, lib/ beside it, build/, the system
+//	                      path)
 //	-v                    log the runtime's and the pipeline's messages on stderr (default off)
 //
 // # sdcli img2img
@@ -62,7 +68,8 @@
 //	--strength x          how much is repainted, in (0, 1] (default 0.8)
 //
 // -W and -H default to the init image's size rounded down to a multiple of 8; another
-// size resizes it (Lanczos).
+// size resizes it (Lanczos). Images (and masks) of more than 4096 pixels a side are
+// refused, from the size their header declares, before they are decoded.
 //
 // # sdcli inpaint
 //
@@ -87,6 +94,8 @@
 // and size; then its tokenizer, native image size and the scheduler that --sampler auto
 // uses.
 //
+//	--text-heads N        as for txt2img
+//
 // # sdcli bench
 //
 // Measures a txt2img run on random weights of a full-size architecture, so that speed
@@ -108,12 +117,13 @@
 //	                      ~/.cache/gosd)
 //	--json                print the report as JSON instead of a table (default off)
 //	--profile             also print the runtime's time per op kind on stderr (default off)
-//	--threads N, --device NAME, --lib path, -v
+//	--threads N, --device NAME, --lib path, -v, --text-heads N (with -m)
 //	                      as for txt2img
 //
 // # sdcli version
 //
-// Prints the version of sdcli and the runtime library it finds (or why none loads).
+// Prints the version of sdcli and the runtime library it finds. When none loads it exits
+// with status 1 and says why on stderr, having printed sdcli's own version.
 //
 //	--lib path            the runtime library to report on (default: the usual search)
 package main

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -197,8 +198,8 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 	if err := o.check(args); err != nil {
 		return err
 	}
-	if info, err := os.Stat(filepath.Dir(o.output)); err != nil || !info.IsDir() {
-		return fmt.Errorf("-o %s: the folder %s does not exist", o.output, filepath.Dir(o.output))
+	if err := checkOutput(o.output, o.batch); err != nil {
+		return err
 	}
 	modelPath, err := a.modelPath(o.model)
 	if err != nil {
@@ -267,19 +268,43 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 	return nil
 }
 
-// readImage decodes a PNG or JPEG file.
+// readImage decodes a PNG or JPEG file, checking the size its header declares first: a
+// file of a megabyte can declare 20000×20000 pixels, whose decoding takes gigabytes.
+// Images larger than the largest request (diffusion.MaxSide a side, so at most
+// MaxSide² pixels) are refused; they would have to be scaled down anyway.
 func readImage(path string) (image.Image, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	img, format, err := image.Decode(f)
+	// The header read is kept and replayed to the decoder rather than seeking back, so
+	// that a pipe (-i <(curl ...)) works too.
+	var header bytes.Buffer
+	cfg, format, err := image.DecodeConfig(io.TeeReader(f, &header))
 	if errors.Is(err, image.ErrFormat) {
 		return nil, fmt.Errorf("%s: not a PNG or JPEG image", path)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s: %w", path, format, err)
+		return nil, decodeError(path, format, err)
+	}
+	if cfg.Width > diffusion.MaxSide || cfg.Height > diffusion.MaxSide {
+		return nil, fmt.Errorf("%s declares %d×%d pixels: at most %d a side (%.1f Mpixels) are accepted; scale it down first",
+			path, cfg.Width, cfg.Height, diffusion.MaxSide, float64(diffusion.MaxSide*diffusion.MaxSide)/1e6)
+	}
+	img, _, err := image.Decode(io.MultiReader(&header, f))
+	if err != nil {
+		return nil, decodeError(path, format, err)
 	}
 	return img, nil
+}
+
+// decodeError names the file and the format of a decoding error, the format only where the
+// decoder's message does not already ("png: invalid format", "invalid JPEG format"), so as
+// not to print "png: png:".
+func decodeError(path, format string, err error) error {
+	if strings.Contains(strings.ToLower(err.Error()), format) {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return fmt.Errorf("%s: %s: %w", path, format, err)
 }

@@ -9,6 +9,8 @@ import (
 )
 
 func infoCommand(a *app, fs *flagSet) func(context.Context, []string) error {
+	var mo modelOptions
+	mo.define(fs)
 	return func(ctx context.Context, args []string) error {
 		if len(args) > 1 {
 			return usagef("unexpected argument %q: info takes one model", args[1])
@@ -21,7 +23,7 @@ func infoCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 		if err != nil {
 			return err
 		}
-		m, err := modelfile.Load(path)
+		m, err := modelfile.Load(path, mo.options()...)
 		if err != nil {
 			return err
 		}

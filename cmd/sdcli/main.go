@@ -97,8 +97,7 @@ func (a *app) run(ctx context.Context, args []string) int {
 		return exitUsage
 	}
 	name, rest := args[0], args[1:]
-	switch name {
-	case "help", "-h", "-help", "--help":
+	if isHelp(name) {
 		return a.help(rest)
 	}
 	c := findCommand(name)
@@ -115,9 +114,18 @@ func (a *app) run(ctx context.Context, args []string) int {
 	return a.exitCode(c, fs, err)
 }
 
+// isHelp reports whether arg asks for the general help: help itself or its flags.
+func isHelp(arg string) bool {
+	switch arg {
+	case "help", "-h", "-help", "--help":
+		return true
+	}
+	return false
+}
+
 func (a *app) help(args []string) int {
-	if len(args) == 0 {
-		a.usage(a.stdout)
+	if len(args) == 0 || len(args) == 1 && isHelp(args[0]) {
+		a.usage(a.stdout) // sdcli help -h, sdcli help help: the help of help is this
 		return exitOK
 	}
 	c := findCommand(args[0])

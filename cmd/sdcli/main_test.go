@@ -5,11 +5,13 @@ import (
 	"context"
 	"flag"
 	"os"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"strings"
 	"testing"
 
+	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -36,6 +38,7 @@ func runArgs(t *testing.T, args ...string) runResult {
 }
 
 func TestRunDispatch(t *testing.T) {
+	noLib := filepath.Join(t.TempDir(), "no-such-lib")
 	tests := []struct {
 		name   string
 		args   []string
@@ -46,13 +49,20 @@ func TestRunDispatch(t *testing.T) {
 		{"no command", nil, exitUsage, nil, []string{"Usage: sdcli <command>", "txt2img", "bench"}},
 		{"help", []string{"help"}, exitOK, []string{"Usage: sdcli <command>", "txt2img", "img2img", "inpaint", "info", "bench", "version"}, nil},
 		{"-h", []string{"-h"}, exitOK, []string{"Usage: sdcli <command>"}, nil},
+		{"help -h", []string{"help", "-h"}, exitOK, []string{"Usage: sdcli <command>"}, nil},
+		{"help --help", []string{"help", "--help"}, exitOK, []string{"Usage: sdcli <command>"}, nil},
+		{"help help", []string{"help", "help"}, exitOK, []string{"Usage: sdcli <command>"}, nil},
+		{"help txt2img", []string{"help", "txt2img"}, exitOK, []string{"Usage: sdcli txt2img [flags]", "--text-heads N[,N2]"}, nil},
+		{"help of a flag", []string{"help", "-x"}, exitUsage, nil, []string{`unknown command "-x"`}},
 		{"help of a command", []string{"help", "inpaint"}, exitOK, []string{"Usage: sdcli inpaint [flags]", "--outpaint L,T,R,B", "--mask path"}, nil},
 		{"help of an unknown command", []string{"help", "paint"}, exitUsage, nil, []string{`unknown command "paint"`}},
 		{"command -h", []string{"txt2img", "-h"}, exitOK, []string{"Usage: sdcli txt2img [flags]", "--sampler NAME", "(default 20)"}, nil},
 		{"command --help", []string{"bench", "--help"}, exitOK, []string{"Usage: sdcli bench [flags]", "--arch NAME", "-m path", "(default 512;"}, nil},
-		{"info -h", []string{"info", "-h"}, exitOK, []string{"Usage: sdcli info [MODEL]\n"}, nil},
+		{"info -h", []string{"info", "-h"}, exitOK, []string{"Usage: sdcli info [flags] [MODEL]\n", "--text-heads N[,N2]"}, nil},
 		{"unknown command", []string{"paint"}, exitUsage, nil, []string{`sdcli: unknown command "paint"`}},
-		{"version", []string{"version"}, exitOK, []string{"sdcli ", runtime.Version(), "runtime library: "}, nil},
+		{"version without a library", []string{"version", "--lib", noLib}, exitError,
+			[]string{"sdcli ", runtime.Version(), "runtime library: none loads\n"},
+			[]string{"sdcli version: runtime library not found: " + noLib}},
 		{"version with an argument", []string{"version", "x"}, exitUsage, nil, []string{`unexpected argument "x"`}},
 	}
 	for _, tt := range tests {
@@ -107,4 +117,20 @@ func TestFlagsDocumented(t *testing.T) {
 			}
 		})
 	}
+}
+
+// version reports the library it loads, and exits 0 only then.
+func TestVersionFindsLibrary(t *testing.T) {
+	build := filepath.Join(testutil.RepoRoot(t), "build")
+	lib := filepath.Join(build, "libsd.so")
+	if runtime.GOOS == "darwin" {
+		lib = filepath.Join(build, "libsd.dylib")
+	}
+	if _, err := os.Stat(lib); err != nil {
+		t.Skipf("runtime library not built (run make): %v", err)
+	}
+	r := runArgs(t, "version", "--lib", lib)
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	assert.Contains(t, r.stdout, "runtime library: "+lib+" (ABI ")
+	assert.Empty(t, r.stderr)
 }

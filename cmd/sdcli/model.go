@@ -9,10 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/gosd/gosd/binding"
 	"github.com/gosd/gosd/diffusion"
+	"github.com/gosd/gosd/diffusion/modelfile"
 )
 
 // demoModel is the bundled demo model, a diffusers folder, relative to the folders
@@ -69,22 +71,67 @@ func (a *app) modelPath(path string) (string, error) {
 		demoModel, strings.Join(tried, ", "))
 }
 
+// modelOptions are the flags saying what a model file does not record.
+type modelOptions struct {
+	textHeads int // 0: the folder's config, else the text width / 64 as in SD's checkpoints
+}
+
+// maxHeads bounds --text-heads: far above any CLIP, low enough to stay a plausible count.
+const maxHeads = 1024
+
+func (o *modelOptions) define(fs *flagSet) {
+	fs.funcVar("text-heads", "N[,N2]", "attention heads of the text encoder, for single files of a width other than SD's\n(N2, a second text encoder's, is not supported yet; default: the config, else the width / 64)",
+		o.setTextHeads)
+}
+
+func (o *modelOptions) setTextHeads(s string) error {
+	parts := strings.Split(s, ",")
+	if len(parts) > 2 {
+		return errors.New("want N or N,N2")
+	}
+	heads := make([]int, len(parts))
+	for i, p := range parts {
+		n, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || n < 1 || n > maxHeads {
+			return fmt.Errorf("%q: want a head count between 1 and %d", p, maxHeads)
+		}
+		heads[i] = n
+	}
+	if len(heads) == 2 {
+		// SD 1.x and 2.x have one text encoder; the API has no place for a second one's
+		// heads yet (SDXL's), and dropping N2 silently would mislead.
+		return errors.New("N2, a second text encoder's head count, is not supported yet: the models supported have one text encoder")
+	}
+	o.textHeads = heads[0]
+	return nil
+}
+
+// options are the modelfile.Load options the flags ask for.
+func (o *modelOptions) options() []modelfile.Option {
+	if o.textHeads == 0 {
+		return nil
+	}
+	return []modelfile.Option{modelfile.WithTextHeads(o.textHeads)}
+}
+
 // pipelineOptions are the flags that open a model.
 type pipelineOptions struct {
 	threads int
 	device  diffusion.Device
 	lib     string
 	verbose bool
+	model   modelOptions
 }
 
 func (o *pipelineOptions) define(fs *flagSet) {
+	o.model.define(fs)
 	fs.intVar(&o.threads, "threads", "N", 0, "CPU threads (default 0: one per core)", intRange(0, 1024))
 	fs.funcVar("device", "NAME", "where the networks run: auto, cpu or cuda (default auto: a CUDA GPU when usable)",
 		func(s string) (err error) {
 			o.device, err = diffusion.ParseDevice(s)
 			return err
 		})
-	fs.stringVar(&o.lib, "lib", "path", "", "runtime library file or folder\n(default: search SD_LIB, lib/ beside the executable, build/, the system path)")
+	fs.stringVar(&o.lib, "lib", "path", "", "runtime library file or folder\n(default: search SD_LIB, the executable's folder, lib/ beside it, build/, the system path)")
 	fs.boolVar(&o.verbose, "v", "verbose: log the runtime's and the pipeline's messages on stderr (default false)")
 }
 
@@ -101,7 +148,8 @@ func (o *pipelineOptions) open(path string, stderr io.Writer) (*diffusion.Pipeli
 			}
 			return a
 		}}))
-	opts := []diffusion.Option{diffusion.WithDevice(o.device), diffusion.WithThreads(o.threads), diffusion.WithLogger(logger)}
+	opts := []diffusion.Option{diffusion.WithDevice(o.device), diffusion.WithThreads(o.threads), diffusion.WithLogger(logger),
+		diffusion.WithModelOptions(o.model.options()...)}
 	if o.lib != "" {
 		opts = append(opts, diffusion.WithLibrary(o.lib))
 	}

@@ -11,7 +11,7 @@ import (
 
 func versionCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 	var lib string
-	fs.stringVar(&lib, "lib", "path", "", "runtime library file or folder to report on\n(default: search SD_LIB, lib/ beside the executable, build/, the system path)")
+	fs.stringVar(&lib, "lib", "path", "", "runtime library file or folder to report on\n(default: search SD_LIB, the executable's folder, lib/ beside it, build/, the system path)")
 	return func(ctx context.Context, args []string) error {
 		if len(args) > 0 {
 			return usagef("unexpected argument %q", args[0])
@@ -19,8 +19,10 @@ func versionCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 		fmt.Fprintf(a.stdout, "sdcli %s (%s %s/%s)\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		l, err := binding.Load(binding.LoadOptions{Path: lib})
 		if err != nil {
-			fmt.Fprintf(a.stdout, "runtime library: not found: %v\n", err)
-			return nil
+			// A failure, for scripts that check an installation with sdcli version;
+			// the reason goes to stderr with the other errors.
+			fmt.Fprintln(a.stdout, "runtime library: none loads")
+			return err
 		}
 		defer l.Close()
 		fmt.Fprintf(a.stdout, "runtime library: %s (ABI %d)\n", l.Path(), l.ABIVersion())
