@@ -3,6 +3,8 @@ package binding
 import (
 	"errors"
 	"fmt"
+
+	"github.com/gosd/gosd/internal/sderr"
 )
 
 // Status mirrors sd_status_t.
@@ -21,14 +23,16 @@ const (
 	StatusInternal        Status = -8
 )
 
-// Sentinel errors matched by [*Error] through errors.Is.
+// Sentinel errors matched by [*Error] through errors.Is. ErrBadModel and
+// ErrUnsupported are also what the pure-Go model and tokenizer readers mark their
+// errors with, so one test matches a bad model whichever layer found it.
 var (
 	ErrInvalidArgument = errors.New("invalid argument")
 	ErrIO              = errors.New("i/o error")
-	ErrBadModel        = errors.New("bad model")
+	ErrBadModel        = sderr.BadModel
 	ErrOutOfMemory     = errors.New("out of memory")
 	ErrDevice          = errors.New("device error")
-	ErrUnsupported     = errors.New("unsupported")
+	ErrUnsupported     = sderr.Unsupported
 	ErrCancelled       = errors.New("cancelled")
 	ErrInternal        = errors.New("internal error")
 )

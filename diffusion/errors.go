@@ -14,7 +14,9 @@ var (
 	// ErrClosed: the pipeline was closed.
 	ErrClosed = errors.New("pipeline is closed")
 	// ErrUnsupported: the model or request needs something this runtime does not do.
+	// It is modelfile.ErrUnsupported too.
 	ErrUnsupported = binding.ErrUnsupported
-	// ErrBadModel: the model's files are inconsistent (missing or mis-shaped weights).
+	// ErrBadModel: the model's files are inconsistent (malformed or truncated files,
+	// missing or mis-shaped weights, a broken tokenizer). It is modelfile.ErrBadModel too.
 	ErrBadModel = binding.ErrBadModel
 )

@@ -6,6 +6,7 @@ import (
 
 	"github.com/gosd/gosd/diffusion"
 	"github.com/gosd/gosd/diffusion/modelfile"
+	"github.com/gosd/gosd/diffusion/tokenizer"
 )
 
 func infoCommand(a *app, fs *flagSet) func(context.Context, []string) error {
@@ -28,6 +29,13 @@ func infoCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 			return err
 		}
 		defer m.Close()
+		// Reading the tokenizer is pure Go too: a broken one fails here as it
+		// would fail generation.
+		if m.TokenizerDir != "" {
+			if _, err := tokenizer.Load(m.TokenizerDir); err != nil {
+				return err
+			}
+		}
 		fmt.Fprint(a.stdout, describeModel(m))
 		return nil
 	}

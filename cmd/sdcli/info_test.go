@@ -116,3 +116,52 @@ func TestInfoDemoModel(t *testing.T) {
 	require.Equal(t, exitOK, a.run(t.Context(), []string{"info"}), "stderr: %s", stderr)
 	assert.Contains(t, stdout.String(), filepath.Join(root, demoModel)+": sd1 model (diffusers)")
 }
+
+// A broken model fails info, which reads files only, without allocating for
+// what its configs claim.
+func TestInfoBrokenModels(t *testing.T) {
+	kit := testutil.ConformanceDir(t)
+	t.Setenv("SD_LIB", filepath.Join(t.TempDir(), "no-such-library.so"))
+	// folder links the kit's sd1-tiny files, but for rel, written with content.
+	folder := func(rel, content string) string {
+		src := filepath.Join(kit, "sd1-tiny", "diffusers")
+		dst := t.TempDir()
+		entries, err := os.ReadDir(src)
+		require.NoError(t, err)
+		for _, e := range entries {
+			name := e.Name()
+			if name != filepath.Dir(rel) {
+				require.NoError(t, os.Symlink(filepath.Join(src, name), filepath.Join(dst, name)))
+				continue
+			}
+			require.NoError(t, os.Mkdir(filepath.Join(dst, name), 0o755))
+			files, err := os.ReadDir(filepath.Join(src, name))
+			require.NoError(t, err)
+			for _, f := range files {
+				if f.Name() != filepath.Base(rel) {
+					require.NoError(t, os.Symlink(filepath.Join(src, name, f.Name()), filepath.Join(dst, name, f.Name())))
+				}
+			}
+			require.NoError(t, os.WriteFile(filepath.Join(dst, rel), []byte(content), 0o644))
+		}
+		return dst
+	}
+	text := `{"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1000000000}`
+	unet := `{"block_out_channels": [32, 64, 64, 64], "cross_attention_dim": 32, "layers_per_block": 1000000}`
+	for _, tt := range []struct {
+		name, model, msg string
+	}{
+		{"text layers beyond the weights", folder("text_encoder/config.json", text), "num_hidden_layers 1000000000 exceeds the tensors the weights hold (68)"},
+		{"unet layers beyond the weights", folder("unet/config.json", unet), "layers_per_block [1000000 1000000 1000000 1000000]"},
+		{"vocab not json", folder("tokenizer/vocab.json", "{"), "vocab.json"},
+		{"empty merges", folder("tokenizer/merges.txt", ""), "merges.txt: no merges"},
+		{"empty vocab.json", folder("tokenizer/vocab.json", ""), "vocab.json: unexpected end of JSON input"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := runArgs(t, "info", tt.model)
+			assert.Equal(t, exitError, r.code, "stderr: %s", r.stderr)
+			assert.Contains(t, r.stderr, tt.msg)
+			assert.Empty(t, r.stdout)
+		})
+	}
+}

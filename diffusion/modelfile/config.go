@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 )
 
@@ -263,25 +264,25 @@ func ParseUNetConfig(data []byte) (UNetConfig, error) {
 func (j unetJSON) resolve() (UNetConfig, error) {
 	switch {
 	case j.ClassName != "" && j.ClassName != "UNet2DConditionModel":
-		return UNetConfig{}, fmt.Errorf("class %s is not supported (want UNet2DConditionModel)", j.ClassName)
+		return UNetConfig{}, unsupportedf("class %s is not supported (want UNet2DConditionModel)", j.ClassName)
 	case j.AdditionEmbedType != nil:
-		return UNetConfig{}, fmt.Errorf("addition_embed_type %q is not supported (an SDXL-style UNet?)", *j.AdditionEmbedType)
+		return UNetConfig{}, unsupportedf("addition_embed_type %q is not supported (an SDXL-style UNet?)", *j.AdditionEmbedType)
 	case j.ClassEmbedType != nil || j.NumClassEmbeds != nil:
-		return UNetConfig{}, errors.New("class embeddings are not supported")
+		return UNetConfig{}, unsupportedf("class embeddings are not supported")
 	case j.EncoderHidDimType != nil:
-		return UNetConfig{}, errors.New("encoder_hid_dim_type is not supported")
+		return UNetConfig{}, unsupportedf("encoder_hid_dim_type is not supported")
 	case j.TimeCondProjDim != nil:
-		return UNetConfig{}, errors.New("time_cond_proj_dim (guidance-distilled UNets) is not supported")
+		return UNetConfig{}, unsupportedf("time_cond_proj_dim (guidance-distilled UNets) is not supported")
 	case j.DualCrossAttention || j.AttentionType != "default" || (j.OnlyCrossAttention != nil && j.OnlyCrossAttention != false):
-		return UNetConfig{}, errors.New("dual_cross_attention, only_cross_attention and non-default attention_type are not supported")
+		return UNetConfig{}, unsupportedf("dual_cross_attention, only_cross_attention and non-default attention_type are not supported")
 	case j.ReverseTransformerLayersPerBlock.set:
-		return UNetConfig{}, errors.New("reverse_transformer_layers_per_block is not supported")
+		return UNetConfig{}, unsupportedf("reverse_transformer_layers_per_block is not supported")
 	case j.ActFn != "silu" || j.ResnetTimeScaleShift != "default" || j.TimeEmbeddingType != "positional":
-		return UNetConfig{}, fmt.Errorf("act_fn %q, resnet_time_scale_shift %q, time_embedding_type %q: only silu, default, positional are supported", j.ActFn, j.ResnetTimeScaleShift, j.TimeEmbeddingType)
+		return UNetConfig{}, unsupportedf("act_fn %q, resnet_time_scale_shift %q, time_embedding_type %q: only silu, default, positional are supported", j.ActFn, j.ResnetTimeScaleShift, j.TimeEmbeddingType)
 	case j.CenterInputSample || j.DownsamplePadding != 1 || j.MidBlockScaleFactor != 1:
-		return UNetConfig{}, errors.New("center_input_sample, downsample_padding != 1 and mid_block_scale_factor != 1 are not supported")
+		return UNetConfig{}, unsupportedf("center_input_sample, downsample_padding != 1 and mid_block_scale_factor != 1 are not supported")
 	case j.CrossAttentionDim.list:
-		return UNetConfig{}, errors.New("a per-block cross_attention_dim is not supported")
+		return UNetConfig{}, unsupportedf("a per-block cross_attention_dim is not supported")
 	}
 	levels := len(j.DownBlockTypes)
 	c := UNetConfig{
@@ -324,6 +325,25 @@ func (j unetJSON) resolve() (UNetConfig, error) {
 	return c, nil
 }
 
+// Bounds on config sizes, far above those of any Stable Diffusion model (its
+// widest layer is the text encoder's 4096-wide MLP, its latents 96 a side):
+// a config beyond them is corrupt, and within them the sizes derived from it
+// neither overflow nor lose bits converted to the runtime's int32 fields.
+// Layer counts are bounded by the weights instead (see fitsIn).
+const (
+	maxWidth      = 1 << 16 // channels, hidden, MLP and context widths
+	maxKernel     = 15      // conv kernel side
+	maxSampleSize = 1 << 10 // latent side length
+	maxVocab      = 1 << 20
+	maxPositions  = 1 << 14
+)
+
+// inRange reports 0 < v <= hi.
+func inRange(v, hi int) bool { return v > 0 && v <= hi }
+
+// validEps reports a usable normalisation epsilon (not NaN, not absurd).
+func validEps(eps float64) bool { return eps > 0 && eps < 1 }
+
 // Validate checks that the config describes a UNet this package can list
 // the tensors of (SD 1.x/2.x-style blocks).
 func (c UNetConfig) Validate() error {
@@ -338,15 +358,17 @@ func (c UNetConfig) Validate() error {
 	}
 	for i := range levels {
 		if t := c.DownBlockTypes[i]; t != crossAttnDown && t != plainDown {
-			return fmt.Errorf("unet config: unsupported down block type %q (want %s or %s)", t, crossAttnDown, plainDown)
+			return unsupportedf("unet config: unsupported down block type %q (want %s or %s)", t, crossAttnDown, plainDown)
 		}
 		if t := c.UpBlockTypes[i]; t != crossAttnUp && t != plainUp {
-			return fmt.Errorf("unet config: unsupported up block type %q (want %s or %s)", t, crossAttnUp, plainUp)
+			return unsupportedf("unet config: unsupported up block type %q (want %s or %s)", t, crossAttnUp, plainUp)
 		}
 		ch := c.BlockOutChannels[i]
 		switch {
 		case ch <= 0 || c.LayersPerBlock[i] <= 0 || c.AttentionHeads[i] <= 0 || c.TransformerLayersPerBlock[i] <= 0:
 			return fmt.Errorf("unet config: level %d: channels, layers, heads and transformer layers must be positive", i)
+		case ch > maxWidth:
+			return fmt.Errorf("unet config: level %d: %d channels (at most %d)", i, ch, maxWidth)
 		case c.NormNumGroups <= 0 || ch%c.NormNumGroups != 0:
 			return fmt.Errorf("unet config: level %d: %d channels do not split into %d norm groups", i, ch, c.NormNumGroups)
 		case ch%c.AttentionHeads[i] != 0:
@@ -354,15 +376,17 @@ func (c UNetConfig) Validate() error {
 		}
 	}
 	if c.MidBlockType != crossAttnMid {
-		return fmt.Errorf("unet config: unsupported mid block type %q (want %s)", c.MidBlockType, crossAttnMid)
+		return unsupportedf("unet config: unsupported mid block type %q (want %s)", c.MidBlockType, crossAttnMid)
 	}
 	switch {
-	case c.InChannels <= 0 || c.OutChannels <= 0 || c.CrossAttentionDim <= 0 || c.TimeEmbeddingDim <= 0:
-		return errors.New("unet config: in/out channels, cross_attention_dim and time embedding dim must be positive")
-	case c.ConvInKernel <= 0 || c.ConvInKernel%2 == 0 || c.ConvOutKernel <= 0 || c.ConvOutKernel%2 == 0:
-		return fmt.Errorf("unet config: conv kernels %d, %d must be odd and positive", c.ConvInKernel, c.ConvOutKernel)
-	case c.NormEps <= 0:
-		return errors.New("unet config: norm_eps must be positive")
+	case !inRange(c.InChannels, maxWidth) || !inRange(c.OutChannels, maxWidth) || !inRange(c.CrossAttentionDim, maxWidth) || !inRange(c.TimeEmbeddingDim, maxWidth):
+		return fmt.Errorf("unet config: in/out channels %d, %d, cross_attention_dim %d and time embedding dim %d must be in 1..%d", c.InChannels, c.OutChannels, c.CrossAttentionDim, c.TimeEmbeddingDim, maxWidth)
+	case !inRange(c.ConvInKernel, maxKernel) || c.ConvInKernel%2 == 0 || !inRange(c.ConvOutKernel, maxKernel) || c.ConvOutKernel%2 == 0:
+		return fmt.Errorf("unet config: conv kernels %d, %d must be odd, in 1..%d", c.ConvInKernel, c.ConvOutKernel, maxKernel)
+	case c.SampleSize < 0 || c.SampleSize > maxSampleSize:
+		return fmt.Errorf("unet config: sample_size %d (at most %d)", c.SampleSize, maxSampleSize)
+	case !validEps(c.NormEps):
+		return fmt.Errorf("unet config: norm_eps %g must be in (0, 1)", c.NormEps)
 	}
 	return nil
 }
@@ -442,10 +466,10 @@ func ParseVAEConfig(data []byte) (VAEConfig, error) {
 		return VAEConfig{}, fmt.Errorf("vae config: %w", err)
 	}
 	if j.ClassName != "" && j.ClassName != "AutoencoderKL" {
-		return VAEConfig{}, fmt.Errorf("vae config: class %s is not supported (want AutoencoderKL)", j.ClassName)
+		return VAEConfig{}, unsupportedf("vae config: class %s is not supported (want AutoencoderKL)", j.ClassName)
 	}
 	if j.ActFn != "silu" {
-		return VAEConfig{}, fmt.Errorf("vae config: act_fn %q is not supported (want silu)", j.ActFn)
+		return VAEConfig{}, unsupportedf("vae config: act_fn %q is not supported (want silu)", j.ActFn)
 	}
 	c := VAEConfig{
 		InChannels: j.InChannels, OutChannels: j.OutChannels, LatentChannels: j.LatentChannels,
@@ -473,17 +497,21 @@ func (c VAEConfig) Validate() error {
 		return fmt.Errorf("vae config: %d down and %d up block types for %d levels", len(c.DownBlockTypes), len(c.UpBlockTypes), levels)
 	case c.InChannels <= 0 || c.OutChannels <= 0 || c.LatentChannels <= 0 || c.LayersPerBlock <= 0:
 		return errors.New("vae config: channels and layers_per_block must be positive")
-	case c.ScalingFactor <= 0:
-		return errors.New("vae config: scaling_factor must be positive")
+	case c.InChannels > maxWidth || c.OutChannels > maxWidth || c.LatentChannels > maxWidth:
+		return fmt.Errorf("vae config: in/out/latent channels %d, %d, %d (at most %d)", c.InChannels, c.OutChannels, c.LatentChannels, maxWidth)
+	case !(c.ScalingFactor > 0) || math.IsInf(c.ScalingFactor, 0) || math.IsNaN(c.ShiftFactor) || math.IsInf(c.ShiftFactor, 0):
+		return fmt.Errorf("vae config: scaling_factor %g must be positive and shift_factor %g finite", c.ScalingFactor, c.ShiftFactor)
 	}
 	for i, ch := range c.BlockOutChannels {
 		switch {
 		case c.DownBlockTypes[i] != vaeDown:
-			return fmt.Errorf("vae config: unsupported down block type %q (want %s)", c.DownBlockTypes[i], vaeDown)
+			return unsupportedf("vae config: unsupported down block type %q (want %s)", c.DownBlockTypes[i], vaeDown)
 		case c.UpBlockTypes[i] != vaeUp:
-			return fmt.Errorf("vae config: unsupported up block type %q (want %s)", c.UpBlockTypes[i], vaeUp)
+			return unsupportedf("vae config: unsupported up block type %q (want %s)", c.UpBlockTypes[i], vaeUp)
 		case ch <= 0 || c.NormNumGroups <= 0 || ch%c.NormNumGroups != 0:
 			return fmt.Errorf("vae config: level %d: %d channels do not split into %d norm groups", i, ch, c.NormNumGroups)
+		case ch > maxWidth:
+			return fmt.Errorf("vae config: level %d: %d channels (at most %d)", i, ch, maxWidth)
 		}
 	}
 	return nil
@@ -550,11 +578,11 @@ func ParseCLIPConfig(data []byte) (CLIPConfig, error) {
 		return CLIPConfig{}, fmt.Errorf("text encoder config: %w", err)
 	}
 	if j.ModelType != "clip_text_model" {
-		return CLIPConfig{}, fmt.Errorf("text encoder config: model_type %q is not supported (want clip_text_model)", j.ModelType)
+		return CLIPConfig{}, unsupportedf("text encoder config: model_type %q is not supported (want clip_text_model)", j.ModelType)
 	}
 	for _, a := range j.Architectures {
 		if a != "CLIPTextModel" {
-			return CLIPConfig{}, fmt.Errorf("text encoder config: architecture %s is not supported (want CLIPTextModel)", a)
+			return CLIPConfig{}, unsupportedf("text encoder config: architecture %s is not supported (want CLIPTextModel)", a)
 		}
 	}
 	c := CLIPConfig{
@@ -571,12 +599,15 @@ func (c CLIPConfig) Validate() error {
 	switch {
 	case c.VocabSize <= 0 || c.HiddenSize <= 0 || c.IntermediateSize <= 0 || c.NumHiddenLayers <= 0 || c.NumAttentionHeads <= 0 || c.MaxPositionEmbeddings <= 0:
 		return errors.New("text encoder config: sizes must be positive")
+	case c.HiddenSize > maxWidth || c.IntermediateSize > maxWidth || c.VocabSize > maxVocab || c.MaxPositionEmbeddings > maxPositions:
+		return fmt.Errorf("text encoder config: hidden %d, intermediate %d (at most %d), vocab %d (at most %d), positions %d (at most %d)",
+			c.HiddenSize, c.IntermediateSize, maxWidth, c.VocabSize, maxVocab, c.MaxPositionEmbeddings, maxPositions)
 	case c.HiddenSize%c.NumAttentionHeads != 0:
 		return fmt.Errorf("text encoder config: hidden size %d does not split into %d heads", c.HiddenSize, c.NumAttentionHeads)
 	case c.HiddenAct != "quick_gelu" && c.HiddenAct != "gelu":
-		return fmt.Errorf("text encoder config: hidden_act %q is not supported (want quick_gelu or gelu)", c.HiddenAct)
-	case c.LayerNormEps <= 0:
-		return errors.New("text encoder config: layer_norm_eps must be positive")
+		return unsupportedf("text encoder config: hidden_act %q is not supported (want quick_gelu or gelu)", c.HiddenAct)
+	case !validEps(c.LayerNormEps):
+		return fmt.Errorf("text encoder config: layer_norm_eps %g must be in (0, 1)", c.LayerNormEps)
 	}
 	return nil
 }
@@ -624,6 +655,11 @@ func ParseSchedulerConfig(data []byte) (SchedulerConfig, error) {
 	}
 	if err := json.Unmarshal(data, &c); err != nil {
 		return SchedulerConfig{}, fmt.Errorf("scheduler config: %w", err)
+	}
+	// null unmarshals into the defaults above, but Raw must be an object
+	// for the scheduler's own keys to be read and set.
+	if bytes.Equal(bytes.TrimSpace(data), []byte("null")) {
+		return SchedulerConfig{}, errors.New("scheduler config: null, not a JSON object")
 	}
 	c.Raw = slices.Clone(data)
 	return c, nil

@@ -2,6 +2,7 @@ package modelfile
 
 import (
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -173,6 +174,38 @@ func TestConfigsRejectUnsupported(t *testing.T) {
 			assert.ErrorContains(t, c.parse([]byte(c.json)), c.wantErr)
 		})
 	}
+}
+
+// Sizes no Stable Diffusion model comes near are refused whatever the
+// weights say, so nothing derived from them overflows or loses bits on its
+// way to the runtime's int32 fields.
+func TestConfigsRejectAbsurdSizes(t *testing.T) {
+	cases := []struct {
+		name, json, wantErr string
+		parse               func([]byte) error
+	}{
+		{"unet channels", `{"block_out_channels": [4294967328, 640, 1280, 1280]}`, "level 0: 4294967328 channels (at most 65536)", unetErr},
+		{"unet in channels", `{"in_channels": 100000}`, "in/out channels 100000, 4", unetErr},
+		{"unet context", `{"cross_attention_dim": 1000000}`, "cross_attention_dim 1000000", unetErr},
+		{"unet kernel", `{"conv_in_kernel": 1000001}`, "conv kernels 1000001, 3 must be odd, in 1..15", unetErr},
+		{"unet sample size", `{"sample_size": 1000000}`, "sample_size 1000000 (at most 1024)", unetErr},
+		{"unet eps", `{"norm_eps": 2}`, "norm_eps 2 must be in (0, 1)", unetErr},
+		{"vae channels", `{"block_out_channels": [1048576]}`, "level 0: 1048576 channels (at most 65536)", vaeErr},
+		{"vae latent channels", `{"latent_channels": 1000000}`, "in/out/latent channels 3, 3, 1000000", vaeErr},
+		{"clip hidden", `{"hidden_size": 1048576, "num_attention_heads": 1}`, "hidden 1048576, intermediate 2048 (at most 65536)", clipErr},
+		{"clip vocab", `{"vocab_size": 100000000}`, "vocab 100000000 (at most 1048576)", clipErr},
+		{"clip positions", `{"max_position_embeddings": 1000000}`, "positions 1000000 (at most 16384)", clipErr},
+		{"clip eps", `{"layer_norm_eps": 0}`, "layer_norm_eps 0 must be in (0, 1)", clipErr},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			assert.ErrorContains(t, c.parse([]byte(c.json)), c.wantErr)
+		})
+	}
+	// JSON has no NaN: only configs built in Go can carry one.
+	vae := SD15VAEConfig()
+	vae.ShiftFactor = math.NaN()
+	assert.ErrorContains(t, vae.Validate(), "shift_factor NaN finite")
 }
 
 func unetErr(b []byte) error  { _, err := ParseUNetConfig(b); return err }

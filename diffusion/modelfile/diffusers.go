@@ -17,7 +17,7 @@ func loadDiffusers(dir string, o *options) (*Model, error) {
 	m := &Model{Path: dir, Format: FormatDiffusers}
 	if err := m.fromDiffusers(dir, o); err != nil {
 		m.Close()
-		return nil, fmt.Errorf("%s: %w", dir, err)
+		return nil, badModel(fmt.Errorf("%s: %w", dir, err))
 	}
 	return m, nil
 }
@@ -90,8 +90,15 @@ func (m *Model) fromDiffusers(dir string, o *options) error {
 	}
 	slices.Sort(m.Unused)
 
+	// Without a tokenizer folder the family's built-in vocabulary serves;
+	// a folder lacking a file is broken, not absent.
 	tok := filepath.Join(dir, "tokenizer")
-	if fileExists(filepath.Join(tok, "vocab.json")) && fileExists(filepath.Join(tok, "merges.txt")) {
+	if st, err := os.Stat(tok); err == nil && st.IsDir() {
+		for _, name := range []string{"vocab.json", "merges.txt"} {
+			if !fileExists(filepath.Join(tok, name)) {
+				return fmt.Errorf("tokenizer: no %s in the tokenizer folder", name)
+			}
+		}
 		m.TokenizerDir = tok
 	}
 	return nil
@@ -111,11 +118,11 @@ func checkModelIndex(dir string) error {
 	_ = json.Unmarshal(index["_class_name"], &class) // absent or not a string: no class to check
 	for _, other := range []string{"text_encoder_2", "transformer", "prior", "image_encoder_2"} {
 		if v, ok := index[other]; ok && !isNullPair(v) {
-			return fmt.Errorf("model_index.json: %s pipelines (with a %s) are not supported", cond(class != "", class, "such"), other)
+			return unsupportedf("model_index.json: %s pipelines (with a %s) are not supported", cond(class != "", class, "such"), other)
 		}
 	}
 	if strings.Contains(class, "XL") {
-		return fmt.Errorf("model_index.json: %s is not supported", class)
+		return unsupportedf("model_index.json: %s is not supported", class)
 	}
 	return nil
 }
@@ -175,7 +182,7 @@ func bindFolder[C specLister](m *Model, dir, name string, cfg C, bases []string,
 		return source{name: cands[0]}
 	}
 	used := map[string]bool{}
-	if *out, err = bindComponent(name, cfg, resolve, find, used); err != nil {
+	if *out, err = bindComponent(name, cfg, len(all), resolve, find, used); err != nil {
 		return err
 	}
 	for n := range all {

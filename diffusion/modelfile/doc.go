@@ -46,6 +46,16 @@
 // inferred from tensor shapes; what shapes cannot tell comes from the
 // family (see WithPredictionType, WithUNetHeads, WithTextHeads).
 //
+// # Errors
+//
+// Load's errors are ErrUnsupported for a model of a kind this package does
+// not read (SDXL, an F8 tensor, another activation) and ErrBadModel for any
+// other fault of the files: malformed or truncated, a missing file or
+// tensor, a shape, dtype or layer count the rest contradicts. They are the
+// values of diffusion.ErrUnsupported and diffusion.ErrBadModel. What loads
+// but looks wrong for a real model (a single file's text encoder of
+// non-standard width, as tiny test models have) is listed in Model.Warnings.
+//
 // # Pickles
 //
 // PyTorch checkpoints are read by a restricted unpickler that never imports

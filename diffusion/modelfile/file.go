@@ -85,13 +85,13 @@ func openMapped(path string, format Format, parse func([]byte) (map[string]strin
 	meta, tensors, err := parse(data)
 	if err != nil {
 		release()
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, badModel(fmt.Errorf("%s: %w", path, err))
 	}
 	index := make(map[string]int, len(tensors))
 	for i, t := range tensors {
 		if _, dup := index[t.Name]; dup {
 			release()
-			return nil, fmt.Errorf("%s: tensor %q appears twice", path, t.Name)
+			return nil, badModelf("%s: tensor %q appears twice", path, t.Name)
 		}
 		index[t.Name] = i
 	}
@@ -99,7 +99,9 @@ func openMapped(path string, format Format, parse func([]byte) (map[string]strin
 }
 
 // OpenFile opens a safetensors file or a PyTorch checkpoint (.ckpt, .pt,
-// .pth, .bin), choosing by extension and, for other names, by content.
+// .pth, .bin), choosing by extension and, for other names, by content. A
+// file that does not parse is an ErrBadModel, or ErrUnsupported where it is
+// well formed but holds what this package does not read (an F8 dtype).
 func OpenFile(path string) (*File, error) {
 	switch strings.ToLower(filepath.Ext(path)) {
 	case ".safetensors":

@@ -62,6 +62,19 @@ func (ts ldmTensors) indices(prefix string) []int {
 	return out
 }
 
+// layerCount returns the number of layers numbered under prefix, which must
+// be 0..n-1: a gap is a layer missing from the file, which a count of the
+// indices would silently skip.
+func (ts ldmTensors) layerCount(prefix string) (int, error) {
+	idx := ts.indices(prefix)
+	for i, n := range idx {
+		if n != i {
+			return 0, fmt.Errorf("layer %s%d.* is missing (the file has layers up to %d)", prefix, i, idx[len(idx)-1])
+		}
+	}
+	return len(idx), nil
+}
+
 func (ts ldmTensors) hasPrefix(prefix string) bool {
 	for name := range ts {
 		if strings.HasPrefix(name, prefix) {
@@ -77,11 +90,11 @@ func (ts ldmTensors) hasPrefix(prefix string) bool {
 func (ts ldmTensors) detectFamily() (Family, error) {
 	switch {
 	case ts.hasPrefix("conditioner.embedders."):
-		return 0, errors.New("an SDXL-style checkpoint (conditioner.embedders.*) is not supported")
+		return 0, unsupportedf("an SDXL-style checkpoint (conditioner.embedders.*) is not supported")
 	case ts.hasPrefix(ldmUNet + "label_emb."):
-		return 0, errors.New("a class-conditioned UNet (label_emb: SDXL or unCLIP) is not supported")
+		return 0, unsupportedf("a class-conditioned UNet (label_emb: SDXL or unCLIP) is not supported")
 	case !ts.hasPrefix(ldmUNet + "input_blocks.0.0."):
-		return 0, errors.New("no " + ldmUNet + "input_blocks.*: not a Stable Diffusion 1.x/2.x single-file checkpoint")
+		return 0, unsupportedf("no %sinput_blocks.*: not a Stable Diffusion 1.x/2.x single-file checkpoint", ldmUNet)
 	case ts.hasPrefix(ldmOpenCLIP):
 		return FamilySD2, nil
 	}
@@ -141,6 +154,12 @@ func (ts ldmTensors) inferUNet(family Family, pred PredictionType, heads []int) 
 		up := fmt.Sprintf("%soutput_blocks.%d.1.proj_in.", p, l*(n+1))
 		c.UpBlockTypes = append(c.UpBlockTypes, cond(ts.hasPrefix(up), crossAttnUp, plainUp))
 	}
+	if convIn[0] != int64(c.BlockOutChannels[0]) {
+		// conv_in is mis-shaped (transposed, say), so its second dimension is
+		// no channel count: expect the latent width the UNet puts out, for
+		// bind to report the tensor against the shape it should have.
+		c.InChannels = c.OutChannels
+	}
 	toK, err := ts.shape(p+"middle_block.1.transformer_blocks.0.attn2.to_k.weight", 2)
 	if err != nil {
 		return UNetConfig{}, fmt.Errorf("mid block attention: %w", err)
@@ -159,7 +178,7 @@ func (ts ldmTensors) inferUNet(family Family, pred PredictionType, heads []int) 
 	default:
 		for _, ch := range c.BlockOutChannels {
 			if ch%64 != 0 {
-				return UNetConfig{}, fmt.Errorf("%d channels are not a multiple of SD 2.x's 64-wide heads: give the head counts with WithUNetHeads", ch)
+				return UNetConfig{}, unsupportedf("%d channels are not a multiple of SD 2.x's 64-wide heads: give the head counts with WithUNetHeads", ch)
 			}
 			c.AttentionHeads = append(c.AttentionHeads, ch/64)
 		}
@@ -373,7 +392,11 @@ func (ts ldmTensors) inferText(family Family, heads int) (CLIPConfig, func(strin
 		if fc1, err = ts.shape(p+"transformer.resblocks.0.mlp.c_fc.weight", 2); err != nil {
 			return c, nil, err
 		}
-		c.NumHiddenLayers = len(ts.indices(p+"transformer.resblocks.")) - 1
+		blocks, err := ts.layerCount(p + "transformer.resblocks.")
+		if err != nil {
+			return c, nil, err
+		}
+		c.NumHiddenLayers = blocks - 1
 		if proj, err := ts.shape(p+"text_projection", 2); err == nil {
 			c.ProjectionDim = int(proj[1])
 		}
@@ -392,7 +415,9 @@ func (ts ldmTensors) inferText(family Family, heads int) (CLIPConfig, func(strin
 		if fc1, err = ts.shape(p+"encoder.layers.0.mlp.fc1.weight", 2); err != nil {
 			return c, nil, err
 		}
-		c.NumHiddenLayers = len(ts.indices(p + "encoder.layers."))
+		if c.NumHiddenLayers, err = ts.layerCount(p + "encoder.layers."); err != nil {
+			return c, nil, err
+		}
 		resolve = func(name string) source { return source{name: p + strings.TrimPrefix(name, "text_model.")} }
 	}
 	c.VocabSize, c.HiddenSize, c.MaxPositionEmbeddings, c.IntermediateSize = int(tok[0]), int(tok[1]), int(pos[0]), int(fc1[0])
@@ -402,9 +427,41 @@ func (ts ldmTensors) inferText(family Family, heads int) (CLIPConfig, func(strin
 	case c.HiddenSize%64 == 0:
 		c.NumAttentionHeads = c.HiddenSize / 64 // both CLIP ViT-L and ViT-H text towers
 	default:
-		return c, nil, fmt.Errorf("text width %d is not a multiple of CLIP's 64-wide heads: give the head count with WithTextHeads", c.HiddenSize)
+		return c, nil, unsupportedf("text width %d is not a multiple of CLIP's 64-wide heads: give the head count with WithTextHeads", c.HiddenSize)
 	}
 	return c, resolve, nil
+}
+
+// textDepth is the depth of the text encoders real SD single files hold, by
+// layout and width: CLIP ViT-L/14 (SD 1.x); OpenCLIP ViT-H/14 (SD 2.x) with
+// all 24 residual blocks, or as diffusers' conversion saves it, in 23
+// CLIPTextModel layers without the last one SD 2.x skips.
+var textDepth = map[textLayout]int{{openCLIP: false, width: 768}: 12, {openCLIP: false, width: 1024}: 23, {openCLIP: true, width: 1024}: 24}
+
+type textLayout struct {
+	openCLIP bool
+	width    int
+}
+
+// checkTextDepth compares the text encoder c found in the file with the
+// standard one of its width. A standard-width encoder of another depth lost
+// (or gained) layers and is refused: loading it would condition on the
+// wrong layer without a word. Other widths are not SD's own encoders (the
+// tiny test models), which load with the warning returned.
+func (ts ldmTensors) checkTextDepth(c CLIPConfig) (warning string, err error) {
+	layout := textLayout{openCLIP: ts.hasPrefix(ldmOpenCLIP), width: c.HiddenSize}
+	depth, unit := c.NumHiddenLayers, "layers"
+	if layout.openCLIP {
+		depth, unit = depth+1, "residual blocks" // with the one SD 2.x skips
+	}
+	want, standard := textDepth[layout]
+	switch {
+	case !standard:
+		return fmt.Sprintf("text_encoder: %d %s of width %d are not the text encoder of SD 1.x or 2.x (a test model?); loaded as found", depth, unit, c.HiddenSize), nil
+	case depth != want:
+		return "", fmt.Errorf("%d %s of width %d, but the SD text encoder of that width has %d: the checkpoint is truncated or altered", depth, unit, c.HiddenSize, want)
+	}
+	return "", nil
 }
 
 // openCLIPSource maps CLIPTextModel names to OpenCLIP's, splitting the

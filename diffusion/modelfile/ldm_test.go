@@ -96,6 +96,7 @@ func TestFullSizeSingleFileTables(t *testing.T) {
 			assert.Equal(t, c.arch.Family, m.Family)
 			assert.Equal(t, c.arch.Scheduler, m.Scheduler, "v_prediction for SD 2.x")
 			assert.Empty(t, m.Unused)
+			assert.Empty(t, m.Warnings, "the standard text encoder")
 			assert.Equal(t, c.arch.UNet, m.UNet.Config)
 			assert.Equal(t, c.arch.VAE, m.VAE.Config)
 			assert.Equal(t, c.arch.TextEncoder, m.TextEncoder.Config)
@@ -252,6 +253,14 @@ func TestLDMErrors(t *testing.T) {
 		{"sd2 heads unknown", base, options{family: FamilySD2, textHeads: 4}, "32 channels are not a multiple of SD 2.x's 64-wide heads"},
 		{"no text encoder", edit(deleteIf(func(n string) bool { return strings.HasPrefix(n, "cond_stage_model.") })), options{textHeads: 4}, "text_encoder: tensor cond_stage_model.transformer.embeddings.token_embedding.weight is missing"},
 		{"no vae", edit(deleteIf(func(n string) bool { return strings.HasPrefix(n, "first_stage_model.") })), options{textHeads: 4}, "vae: tensor first_stage_model.encoder.conv_in.weight is missing"},
+		// The expected shape is the UNet's, not one read off the mis-shaped tensor.
+		{"transposed conv_in", edit(func(m map[string]Tensor) {
+			x := m["model.diffusion_model.input_blocks.0.0.weight"]
+			x.Shape = []int64{4, 32, 3, 3}
+			m[x.Name] = x
+		}), options{textHeads: 4}, "unet: tensor conv_in.weight (model.diffusion_model.input_blocks.0.0.weight in the file) has shape [4 32 3 3], want [32 4 3 3]"},
+		{"text layer gap", edit(deleteIf(func(n string) bool { return strings.Contains(n, ".encoder.layers.1.") })), options{textHeads: 4},
+			"text_encoder: layer cond_stage_model.transformer.text_model.encoder.layers.1.* is missing (the file has layers up to 3)"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -333,4 +342,68 @@ func TestLoadCheckpointSingleFile(t *testing.T) {
 func writeFile(t *testing.T, path string, data []byte) {
 	t.Helper()
 	require.NoError(t, os.WriteFile(path, data, 0o644))
+}
+
+// A single file's text encoder must have the depth of the architecture it
+// is: one that lost its last layer would load as a shallower encoder. Only
+// non-standard (test) encoders load at any depth, with a warning.
+func TestLDMTextEncoderDepth(t *testing.T) {
+	tables := fullSizeTables(t)
+	dropLayer := func(tensors []Tensor, layer string) []Tensor {
+		return slices.DeleteFunc(slices.Clone(tensors), func(x Tensor) bool { return strings.Contains(x.Name, ".encoder.layers."+layer+".") })
+	}
+	cases := []struct {
+		name        string
+		tensors     []Tensor
+		opts        options
+		wantErr     string
+		wantWarning string
+	}{
+		{"SD 1.5", ldmFromTable(tables["sd15"].SingleFile), options{}, "", ""},
+		{"SD 1.5 without its last layer", dropLayer(ldmFromTable(tables["sd15"].SingleFile), "11"), options{},
+			"text_encoder: 11 layers of width 768, but the SD text encoder of that width has 12", ""},
+		{"SD 1.5 without a middle layer", dropLayer(ldmFromTable(tables["sd15"].SingleFile), "5"), options{},
+			"text_encoder: layer cond_stage_model.transformer.text_model.encoder.layers.5.* is missing (the file has layers up to 11)", ""},
+		{"SD 2.1 without its last layer", dropLayer(ldmFromTable(tables["sd21"].SingleFile), "22"), options{},
+			"text_encoder: 22 layers of width 1024, but the SD text encoder of that width has 23", ""},
+		{"tiny test model", tinyLDM(t), options{textHeads: 4}, "",
+			"text_encoder: 4 layers of width 32 are not the text encoder of SD 1.x or 2.x (a test model?); loaded as found"},
+		{"tiny test model without its last layer", dropLayer(tinyLDM(t), "3"), options{textHeads: 4}, "", "text_encoder: 3 layers of width 32"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			m := &Model{}
+			err := m.fromLDM(c.tensors, &c.opts)
+			if c.wantErr != "" {
+				assert.ErrorContains(t, err, c.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			if c.wantWarning == "" {
+				assert.Empty(t, m.Warnings)
+				return
+			}
+			require.Len(t, m.Warnings, 1)
+			assert.Contains(t, m.Warnings[0], c.wantWarning)
+			assert.Contains(t, m.Summary().String(), "\n  warning      "+m.Warnings[0]+"\n", "the summary shows it")
+		})
+	}
+
+	// OpenCLIP towers count the residual block SD 2.x skips.
+	openCLIP := ldmTensors{ldmOpenCLIP + "token_embedding.weight": {}}
+	for _, c := range []struct {
+		width, layers int
+		wantErr       string
+	}{
+		{1024, 23, ""},
+		{1024, 22, "23 residual blocks of width 1024, but the SD text encoder of that width has 24"},
+		{768, 11, ""}, // not SD's: a warning
+	} {
+		_, err := openCLIP.checkTextDepth(CLIPConfig{HiddenSize: c.width, NumHiddenLayers: c.layers})
+		if c.wantErr == "" {
+			assert.NoError(t, err)
+		} else {
+			assert.ErrorContains(t, err, c.wantErr)
+		}
+	}
 }

@@ -33,6 +33,10 @@ type Model struct {
 	// position_ids buffers, OpenCLIP's last layer and projection, ...);
 	// for folders they are prefixed with the component's folder.
 	Unused []string
+	// Warnings name what loaded but looks wrong for a real model, such as a
+	// text encoder of non-standard depth in a single file (tiny test models
+	// have one); Summary shows them.
+	Warnings []string
 
 	files []*File
 }
@@ -108,6 +112,10 @@ func (o *options) validate() error {
 // checkpoint (.safetensors, .ckpt, .pt). The family is detected unless
 // WithFamily sets it; configs come from the folder's config.json files or
 // are inferred from a single file's tensor shapes. No weight is copied.
+//
+// Its errors, other than for an invalid option or a path it cannot open, are
+// ErrUnsupported for a model of a kind this package does not read and
+// ErrBadModel for anything else wrong with the files.
 func Load(path string, opts ...Option) (*Model, error) {
 	o := &options{}
 	for _, opt := range opts {
@@ -151,12 +159,20 @@ func defaultScheduler(f Family, pred PredictionType) SchedulerConfig {
 
 // specLister is what every component config is.
 type specLister interface {
+	Validate() error
+	fitsIn(tensors int) error
 	TensorSpecs() ([]TensorSpec, error)
 }
 
-// bindComponent binds a component's tensors and records the file tensors
-// it used.
-func bindComponent[C specLister](name string, cfg C, resolve func(string) source, find func(string) (Tensor, bool), used map[string]bool) (Component[C], error) {
+// bindComponent binds a component's tensors, found among the given number
+// of file tensors, and records the file tensors it used.
+func bindComponent[C specLister](name string, cfg C, fileTensors int, resolve func(string) source, find func(string) (Tensor, bool), used map[string]bool) (Component[C], error) {
+	if err := cfg.Validate(); err != nil {
+		return Component[C]{}, err
+	}
+	if err := cfg.fitsIn(fileTensors); err != nil {
+		return Component[C]{}, err
+	}
 	specs, err := cfg.TensorSpecs()
 	if err != nil {
 		return Component[C]{}, err
@@ -180,7 +196,7 @@ func loadSingleFile(path string, o *options) (*Model, error) {
 	m := &Model{Path: path, Format: f.Format, files: []*File{f}}
 	if err := m.fromLDM(f.Tensors, o); err != nil {
 		m.Close()
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, badModel(fmt.Errorf("%s: %w", path, err))
 	}
 	return m, nil
 }
@@ -210,18 +226,25 @@ func (m *Model) fromLDM(tensors []Tensor, o *options) error {
 	if err != nil {
 		return fmt.Errorf("text_encoder: %w", err)
 	}
+	warning, err := ts.checkTextDepth(text)
+	if err != nil {
+		return fmt.Errorf("text_encoder: %w", err)
+	}
 	used := map[string]bool{}
-	if m.UNet, err = bindComponent("unet", unet, unetModules(unet).resolver(ldmUNet), ts.find, used); err != nil {
+	if m.UNet, err = bindComponent("unet", unet, len(ts), unetModules(unet).resolver(ldmUNet), ts.find, used); err != nil {
 		return err
 	}
-	if m.VAE, err = bindComponent("vae", vae, vaeModules(vae).resolver(ldmVAE), ts.find, used); err != nil {
+	if m.VAE, err = bindComponent("vae", vae, len(ts), vaeModules(vae).resolver(ldmVAE), ts.find, used); err != nil {
 		return err
 	}
-	if m.TextEncoder, err = bindComponent("text_encoder", text, textSource, ts.find, used); err != nil {
+	if m.TextEncoder, err = bindComponent("text_encoder", text, len(ts), textSource, ts.find, used); err != nil {
 		return err
 	}
 	m.Family = family
 	m.Scheduler = defaultScheduler(family, pred)
+	if warning != "" {
+		m.Warnings = append(m.Warnings, warning)
+	}
 	for name := range ts {
 		if !used[name] {
 			m.Unused = append(m.Unused, name)
@@ -238,7 +261,8 @@ type Summary struct {
 	Path           string
 	PredictionType PredictionType
 	Components     []ComponentSummary
-	Unused         int // file tensors no component needs
+	Unused         int      // file tensors no component needs
+	Warnings       []string // Model.Warnings
 }
 
 // ComponentSummary describes one network.
@@ -258,6 +282,7 @@ func (m *Model) Summary() Summary {
 		Family: m.Family, Format: m.Format, Path: m.Path,
 		PredictionType: m.Scheduler.PredictionType,
 		Unused:         len(m.Unused),
+		Warnings:       slices.Clone(m.Warnings),
 		Components: []ComponentSummary{
 			summarize("unet", m.UNet.Tensors, fmt.Sprintf("in %d out %d, channels %v, layers %v, heads %v, context %d, linear projection %t, sample %d",
 				u.InChannels, u.OutChannels, u.BlockOutChannels, u.LayersPerBlock, u.AttentionHeads, u.CrossAttentionDim, u.UseLinearProjection, u.SampleSize)),
@@ -295,5 +320,8 @@ func (s Summary) String() string {
 		bytes += c.Bytes
 	}
 	fmt.Fprintf(&b, "  total        %.1fM parameters, %.1f MiB; %d file tensors unused\n", float64(params)/1e6, float64(bytes)/(1<<20), s.Unused)
+	for _, w := range s.Warnings {
+		fmt.Fprintf(&b, "  warning      %s\n", w)
+	}
 	return b.String()
 }

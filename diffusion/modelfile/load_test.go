@@ -305,3 +305,34 @@ func TestReleaseMemoryKeepsTensorsValid(t *testing.T) {
 	require.NoError(t, m.ReleaseMemory())
 	assert.Equal(t, before, w.Data, "the mapping reads back from the file")
 }
+
+// A config counting more layers than its weights can hold is refused before
+// any per-layer list is built: these configs would otherwise allocate specs
+// until the process is killed.
+func TestLoadBoundsCountsByWeights(t *testing.T) {
+	text := `{"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": %d}`
+	unet := `{"block_out_channels": [32, 64, 64, 64], "cross_attention_dim": 32, "layers_per_block": %s, "transformer_layers_per_block": %s}`
+	vae := `{"block_out_channels": [32, 64, 64, 64], "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+		"up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"], "layers_per_block": %d}`
+	cases := []struct {
+		name, file, config, wantErr string
+	}{
+		{"text layers", "text_encoder/config.json", fmt.Sprintf(text, 1000000000),
+			"text encoder config: num_hidden_layers 1000000000 exceeds the tensors the weights hold (68)"},
+		{"text layers at the limit of int", "text_encoder/config.json", fmt.Sprintf(text, int64(1)<<62), "exceeds the tensors"},
+		{"unet layers", "unet/config.json", fmt.Sprintf(unet, "1000000", "1"),
+			"unet config: layers_per_block [1000000 1000000 1000000 1000000] and transformer_layers_per_block [1 1 1 1] count more ResNets and transformer blocks than the weights hold tensors (684)"},
+		{"unet transformer layers", "unet/config.json", fmt.Sprintf(unet, "2", "[1, 1000000, 1, 1]"), "count more ResNets and transformer blocks"},
+		{"unet layers times transformer layers", "unet/config.json", fmt.Sprintf(unet, "600", "600"), "count more ResNets and transformer blocks"},
+		{"vae layers", "vae/config.json", fmt.Sprintf(vae, 1000000), "vae config: 4 levels of layers_per_block 1000000 count more ResNets than the weights hold tensors"},
+		// Within the budget, the counts are checked tensor by tensor as before.
+		{"one text layer too many", "text_encoder/config.json", fmt.Sprintf(text, 5), "text_encoder: 16 of 84 tensors missing: text_model.encoder.layers.4."},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Load(kitFolder(t, map[string][]byte{c.file: []byte(c.config)}))
+			assert.ErrorContains(t, err, c.wantErr)
+			assert.ErrorIs(t, err, ErrBadModel)
+		})
+	}
+}

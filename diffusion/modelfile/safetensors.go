@@ -143,7 +143,7 @@ func (e safetensorsEntry) check(regionLen uint64) (t Tensor, begin, end uint64, 
 	}
 	t.DType = dtypeFromSafetensors(*e.DType)
 	if t.DType == 0 {
-		return t, 0, 0, fmt.Errorf("unsupported dtype %q", *e.DType)
+		return t, 0, 0, unsupportedf("unsupported dtype %q", *e.DType)
 	}
 	t.Shape = make([]int64, len(*e.Shape))
 	for i, d := range *e.Shape {

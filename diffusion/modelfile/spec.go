@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/gosd/gosd/internal/sderr"
 )
 
 // TensorSpec is one tensor a network needs: its diffusers name and shape.
@@ -150,6 +152,69 @@ func (c UNetConfig) TensorSpecs() ([]TensorSpec, error) {
 	return s, nil
 }
 
+// blockBudget counts the blocks a config implies against the tensors of the
+// weights. Every ResNet, transformer block and text layer has tensors of its
+// own, so a config counting more blocks than the weights hold tensors cannot
+// match them; fitsIn refuses it before TensorSpecs lists every block, which
+// for a config.json giving 10⁹ layers would exhaust memory first.
+type blockBudget struct{ left int }
+
+// take spends n blocks of k each (n, k >= 0) and reports whether the
+// tensors still suffice; once they do not, it stays false.
+func (b *blockBudget) take(n, k int) bool {
+	if b.left < 0 || (k > 0 && n > b.left/k) {
+		b.left = -1
+		return false
+	}
+	b.left -= n * k
+	return true
+}
+
+// fitsIn checks the UNet's block counts against the weights' tensor count;
+// the config must be valid.
+func (c UNetConfig) fitsIn(tensors int) error {
+	b := blockBudget{left: tensors}
+	levels := len(c.BlockOutChannels)
+	ok := b.take(2, 1) && b.take(c.TransformerLayersPerBlock[levels-1], 1) // the mid block
+	for i := range levels {
+		// Down level i and the up level mirroring it, which has one ResNet more.
+		n, blocks := c.LayersPerBlock[i], c.TransformerLayersPerBlock[i]
+		ok = ok && b.take(n, 1) && b.take(n+1, 1)
+		if c.DownBlockTypes[i] == crossAttnDown {
+			ok = ok && b.take(n, blocks)
+		}
+		if c.UpBlockTypes[levels-1-i] == crossAttnUp {
+			ok = ok && b.take(n+1, blocks)
+		}
+	}
+	if !ok {
+		return badModelf("unet config: layers_per_block %v and transformer_layers_per_block %v count more ResNets and transformer blocks than the weights hold tensors (%d)",
+			c.LayersPerBlock, c.TransformerLayersPerBlock, tensors)
+	}
+	return nil
+}
+
+// fitsIn checks the autoencoder's ResNet count against the weights' tensor
+// count; the config must be valid.
+func (c VAEConfig) fitsIn(tensors int) error {
+	b := blockBudget{left: tensors}
+	// Per level, the encoder's ResNets and the decoder's one more; two
+	// mid-block ResNets in each.
+	if !b.take(c.LayersPerBlock, 1) || !b.take(len(c.BlockOutChannels), 2*c.LayersPerBlock+1) || !b.take(4, 1) {
+		return badModelf("vae config: %d levels of layers_per_block %d count more ResNets than the weights hold tensors (%d)", len(c.BlockOutChannels), c.LayersPerBlock, tensors)
+	}
+	return nil
+}
+
+// fitsIn checks the text encoder's layer count against the weights' tensor
+// count; the config must be valid.
+func (c CLIPConfig) fitsIn(tensors int) error {
+	if b := (blockBudget{left: tensors}); !b.take(c.NumHiddenLayers, 1) {
+		return badModelf("text encoder config: num_hidden_layers %d exceeds the tensors the weights hold (%d)", c.NumHiddenLayers, tensors)
+	}
+	return nil
+}
+
 // cond is c ? a : b.
 func cond[T any](c bool, a, b T) T {
 	if c {
@@ -281,7 +346,11 @@ func bind(component string, specs []TensorSpec, resolve func(string) source, fin
 			continue
 		}
 		if !t.DType.IsFloat() {
-			return nil, nil, fmt.Errorf("%s: tensor %s has dtype %s, want F32, F16 or BF16", component, describeSource(spec.Name, src.name), t.DType)
+			kind := ErrBadModel
+			if t.DType == F64 {
+				kind = ErrUnsupported // a weight all the same, of a precision the runtime does not compute in
+			}
+			return nil, nil, sderr.Mark(kind, fmt.Errorf("%s: tensor %s has dtype %s, want F32, F16 or BF16", component, describeSource(spec.Name, src.name), t.DType))
 		}
 		if src.parts > 1 {
 			var err error

@@ -65,7 +65,7 @@ func storageDType(v any) (DType, error) {
 			return d, nil
 		}
 	}
-	return 0, fmt.Errorf("unsupported storage type %s", pyTypeName(v))
+	return 0, unsupportedf("unsupported storage type %s", pyTypeName(v))
 }
 
 // rebuildTensor implements torch._utils._rebuild_tensor_v2(storage,
@@ -125,7 +125,7 @@ func stateDict(top any) ([]stateDictEntry, error) {
 	d, ok := top.(*pyDict)
 	if !ok {
 		if o, isObj := top.(*pyObject); isObj {
-			return nil, fmt.Errorf("the checkpoint holds an instance of %s, not a state dict (a whole pickled module is not supported: save its state_dict())", o.class)
+			return nil, unsupportedf("the checkpoint holds an instance of %s, not a state dict (a whole pickled module is not supported: save its state_dict())", o.class)
 		}
 		return nil, fmt.Errorf("the checkpoint holds a %s, not a state dict", pyTypeName(top))
 	}
@@ -303,7 +303,7 @@ func readCheckpoint(data []byte) ([]Tensor, error) {
 	case len(data) > 0 && data[0] == opProto:
 		return readLegacyCheckpoint(data)
 	case len(data) > 262 && string(data[257:262]) == "ustar":
-		return nil, errors.New("the tar-based torch.save format of PyTorch < 0.4 is not supported")
+		return nil, unsupportedf("the tar-based torch.save format of PyTorch < 0.4 is not supported")
 	}
 	return nil, errors.New("not a PyTorch checkpoint (neither a zip archive nor a pickle)")
 }
@@ -361,7 +361,7 @@ func readZipCheckpoint(data []byte) ([]Tensor, error) {
 			}
 			return buf, nil
 		}
-		return nil, fmt.Errorf("zip entry %s: unsupported compression method %d", f.Name, f.Method)
+		return nil, unsupportedf("zip entry %s: unsupported compression method %d", f.Name, f.Method)
 	}
 
 	if f := entries[prefix+"byteorder"]; f != nil {
@@ -370,7 +370,7 @@ func readZipCheckpoint(data []byte) ([]Tensor, error) {
 			return nil, err
 		}
 		if string(b) != "little" {
-			return nil, fmt.Errorf("byte order %q is not supported", b)
+			return nil, unsupportedf("byte order %q is not supported", b)
 		}
 	}
 	pkl, err := entryBytes(entries[pickleName])
@@ -435,7 +435,7 @@ func readLegacyCheckpoint(data []byte) ([]Tensor, error) {
 		return nil, errors.New("a pickle, but not a torch.save checkpoint (wrong magic number)")
 	}
 	if v, err := u.load(); err != nil || v != int64(1001) {
-		return nil, fmt.Errorf("legacy checkpoint protocol %v is not supported", v)
+		return nil, unsupportedf("legacy checkpoint protocol %v is not supported", v)
 	}
 	info, err := u.load()
 	if err != nil {
@@ -443,7 +443,7 @@ func readLegacyCheckpoint(data []byte) ([]Tensor, error) {
 	}
 	if d, ok := info.(*pyDict); ok {
 		if le, ok := d.get("little_endian"); ok && le != true {
-			return nil, errors.New("big-endian checkpoints are not supported")
+			return nil, unsupportedf("big-endian checkpoints are not supported")
 		}
 	}
 

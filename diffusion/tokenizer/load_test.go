@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/gosd/gosd/internal/sderr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -38,6 +39,13 @@ func TestLoad(t *testing.T) {
 		{"missing folder files", map[string]string{}, 0, "vocab.json"},
 		{"vocab not json", map[string]string{"vocab.json": "{", "merges.txt": tinyMerges}, 0, "vocab.json"},
 		{"empty vocab", map[string]string{"vocab.json": "{}", "merges.txt": tinyMerges}, 0, "empty vocabulary"},
+		{"vocab is a list", map[string]string{"vocab.json": "[]", "merges.txt": tinyMerges}, 0, "vocab.json"},
+		{"vocab is null", map[string]string{"vocab.json": "null", "merges.txt": tinyMerges}, 0, "empty vocabulary"},
+		{"vocab of strings", map[string]string{"vocab.json": `{"a": "0"}`, "merges.txt": tinyMerges}, 0, "vocab.json"},
+		{"negative id", map[string]string{"vocab.json": `{"<|startoftext|>": 0, "<|endoftext|>": -1}`, "merges.txt": tinyMerges}, 0, `token "<|endoftext|>" has id -1, outside 0..1`},
+		{"id past the vocabulary", map[string]string{"vocab.json": `{"<|startoftext|>": 0, "<|endoftext|>": 49407}`, "merges.txt": tinyMerges}, 0, "has id 49407, outside 0..1"},
+		{"empty merges", map[string]string{"vocab.json": tinyVocab, "merges.txt": ""}, 0, "no merges"},
+		{"garbage merges", map[string]string{"vocab.json": tinyVocab, "merges.txt": "\x00\x01\x02garbage\n"}, 0, "line 1: want two space-separated symbols"},
 		{"missing merges", map[string]string{"vocab.json": tinyVocab}, 0, "merges.txt"},
 		{"bad merge line", map[string]string{"vocab.json": tinyVocab, "merges.txt": "#version: 0.2\na b c\n"}, 0, "line 2"},
 		{"no merges", map[string]string{"vocab.json": tinyVocab, "merges.txt": "#version: 0.2\n"}, 0, "no merges"},
@@ -51,6 +59,7 @@ func TestLoad(t *testing.T) {
 			if tc.wantErr != "" {
 				require.Error(t, err)
 				assert.Contains(t, err.Error(), tc.wantErr)
+				assert.ErrorIs(t, err, sderr.BadModel, "diffusion.ErrBadModel")
 				return
 			}
 			require.NoError(t, err)

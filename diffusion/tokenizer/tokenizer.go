@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/gosd/gosd/internal/sderr"
 	"github.com/gosd/gosd/third_party/clip"
 )
 
@@ -92,14 +93,31 @@ func Default() (*Tokenizer, error) { return defaultTokenizer() }
 
 // Load reads a Hugging Face tokenizer folder (a diffusers model's tokenizer/):
 // vocab.json, merges.txt and, when present, tokenizer_config.json for the
-// begin/end-of-text and padding tokens (SD 2.x pads with "!", id 0).
+// begin/end-of-text and padding tokens (SD 2.x pads with "!", id 0). The
+// vocabulary must map tokens to the ids 0..n-1 (as Hugging Face writes it)
+// and hold the special tokens; merges.txt must hold merges. Every error,
+// a missing file included, matches diffusion.ErrBadModel (and
+// modelfile.ErrBadModel) with errors.Is.
 func Load(dir string) (*Tokenizer, error) {
+	t, err := load(dir)
+	return t, sderr.Mark(sderr.BadModel, err)
+}
+
+func load(dir string) (*Tokenizer, error) {
+	vocabPath := filepath.Join(dir, "vocab.json")
 	var vocab map[string]int
-	if err := readJSON(filepath.Join(dir, "vocab.json"), &vocab); err != nil {
+	if err := readJSON(vocabPath, &vocab); err != nil {
 		return nil, err
 	}
 	if len(vocab) == 0 {
-		return nil, fmt.Errorf("tokenizer: %s: empty vocabulary", filepath.Join(dir, "vocab.json"))
+		return nil, fmt.Errorf("tokenizer: %s: empty vocabulary", vocabPath)
+	}
+	// Ids index the text encoder's embedding table, which the caller sizes
+	// against VocabSize: one outside 0..n-1 would be out of its range.
+	for tok, id := range vocab {
+		if id < 0 || id >= len(vocab) {
+			return nil, fmt.Errorf("tokenizer: %s: token %q has id %d, outside 0..%d", vocabPath, tok, id, len(vocab)-1)
+		}
 	}
 	mergesPath := filepath.Join(dir, "merges.txt")
 	f, err := os.Open(mergesPath)
