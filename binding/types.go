@@ -112,7 +112,7 @@ const (
 // CtxParams mirrors sd_ctx_params_t.
 type CtxParams struct {
 	Backend  Backend
-	NThreads int32 // CPU threads; 0 = one per online core
+	NThreads int32 // CPU threads; 0 = one per CPU the process may use, which also caps it
 	Device   int32 // GPU ordinal
 	Flags    uint32
 }

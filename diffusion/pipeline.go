@@ -142,27 +142,19 @@ func slogLevel(l binding.LogLevel) slog.Level {
 }
 
 func (p *Pipeline) setup(m *modelfile.Model, device Device) error {
-	for _, w := range m.Warnings {
-		p.log.Warn(w, "path", m.Path)
-	}
 	var err error
 	if m.TokenizerDir != "" {
-		if p.tok, err = tokenizer.Load(m.TokenizerDir); err != nil {
-			return err
-		}
+		p.tok, err = tokenizer.Load(m.TokenizerDir)
 		p.padID = p.tok.PadID()
 	} else {
-		if p.tok, err = tokenizer.Default(); err != nil {
-			return err
-		}
+		p.tok, err = tokenizer.Default()
 		p.padID = p.tok.EOS()
 		if m.Family == modelfile.FamilySD2 {
 			p.padID = 0 // OpenCLIP pads with "!"
 		}
 	}
-	// Every id the tokenizer can produce must index the text encoder's embedding table.
-	if n, embedded := p.tok.VocabSize(), m.TextEncoder.Config.VocabSize; n > embedded {
-		return fmt.Errorf("%w: the tokenizer has %d tokens, the text encoder embeds %d", ErrBadModel, n, embedded)
+	if err != nil {
+		return err
 	}
 	if p.sched, err = schedule.ParseConfig(m.Scheduler.Raw); err != nil {
 		return fmt.Errorf("%w: scheduler config: %v", ErrBadModel, err)
@@ -345,7 +337,14 @@ func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (
 	if p.info.Inpainting && (init == nil || init.mask == nil) {
 		return nil, invalid("%s is an inpainting model: use Inpaint", p.info.Name)
 	}
-	sched, err := schedule.New(p.sched, schedule.Options{Sampler: samplerTable[par.Sampler].s, Sigmas: par.Schedule, Eta: par.Eta}, par.Steps)
+	sched, err := schedule.New(p.sched, schedule.Options{
+		Sampler: samplerTable[par.Sampler].s, Sigmas: par.Schedule, Eta: par.Eta, Spacing: par.TimestepSpacing,
+	}, par.Steps)
+	if errors.Is(err, schedule.ErrInvalidConfig) {
+		// The model's own scheduler config is broken (e.g. a backwards beta range
+		// that the sampler's class defaults complete), whatever was asked.
+		return nil, fmt.Errorf("%w: scheduler config: %v", ErrBadModel, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
 	}

@@ -156,6 +156,14 @@ type Request struct {
 	Schedule schedule.SigmaSchedule
 	// Eta is DDIM's η (default 0).
 	Eta float64
+	// TimestepSpacing overrides the scheduler config's timestep_spacing (leading,
+	// trailing or linspace). The default is the config's value, or when the config has
+	// none the sampler's diffusers class default: leading for DDIM and PNDM, linspace
+	// for Euler and the other k-diffusion and multistep samplers.
+	TimestepSpacing schedule.TimestepSpacing
+	// PromptSyntax is how prompts are read (default PromptA1111: emphasis, BREAK and
+	// chunks of 75 tokens; PromptPlain: tokenized as diffusers does).
+	PromptSyntax PromptSyntax
 	// Seed seeds the noise generator; the zero value is seed 0. The initial noise of the
 	// whole batch is one draw of BatchSize latents, then stochastic samplers continue
 	// the same stream, as diffusers with one generator.
@@ -245,6 +253,8 @@ type Params struct {
 	Sampler                Sampler
 	Schedule               schedule.SigmaSchedule
 	Eta                    float64
+	TimestepSpacing        schedule.TimestepSpacing // resolved: never SpacingDefault
+	PromptSyntax           PromptSyntax
 	Seed                   uint64
 	RNG                    rng.Kind
 	BatchSize              int
@@ -317,6 +327,8 @@ func (p *Pipeline) resolve(r Request) (Params, error) {
 		Sampler:         r.Sampler,
 		Schedule:        r.Schedule,
 		Eta:             r.Eta,
+		TimestepSpacing: r.TimestepSpacing,
+		PromptSyntax:    r.PromptSyntax,
 		Seed:            r.Seed,
 		RNG:             r.RNG,
 		BatchSize:       r.BatchSize,
@@ -357,6 +369,15 @@ func (p *Pipeline) resolve(r Request) (Params, error) {
 	}
 	if !(par.Eta >= 0 && par.Eta <= 1) {
 		return par, invalid("eta %g not in [0, 1]", par.Eta)
+	}
+	if par.TimestepSpacing < schedule.SpacingDefault || par.TimestepSpacing > schedule.SpacingLinspace {
+		return par, invalid("unknown timestep spacing %d", int(par.TimestepSpacing))
+	}
+	if par.TimestepSpacing == schedule.SpacingDefault {
+		par.TimestepSpacing = p.sched.Spacing(samplerTable[par.Sampler].s)
+	}
+	if !par.PromptSyntax.valid() {
+		return par, invalid("unknown prompt syntax %d", int(par.PromptSyntax))
 	}
 	if par.BatchSize == 0 {
 		par.BatchSize = 1

@@ -35,6 +35,13 @@
 //	                      unipc lcm (default auto: the scheduler the model's config names)
 //	--schedule NAME       sigma spacing of sigma-based samplers: default, karras or
 //	                      exponential (default "default": the scheduler config's)
+//	--timestep-spacing NAME  leading, trailing or linspace: how the steps' timesteps are
+//	                      spread (default: the scheduler config's timestep_spacing, else the
+//	                      sampler's diffusers default: leading for ddim and pndm, linspace
+//	                      for euler and most others)
+//	--prompt-syntax NAME  a1111: AUTOMATIC1111's (emphasis:1.2), [less] and BREAK, prompts
+//	                      past 75 tokens in chunks (default); plain: the prompt as diffusers
+//	                      reads it, brackets literal, cut at 75 tokens
 //	--seed N              seed; -1 picks a random 32-bit seed (default -1). The seed used is
 //	                      printed on stderr and recorded in the PNG.
 //	--rng NAME            cpu: torch's CPU generator, as diffusers (default); cuda: torch's

@@ -41,6 +41,8 @@ type genOptions struct {
 	cfg              float64
 	sampler          diffusion.Sampler
 	schedule         schedule.SigmaSchedule
+	spacing          schedule.TimestepSpacing
+	syntax           diffusion.PromptSyntax
 	seed             uint64
 	randomSeed       bool
 	rng              rng.Kind
@@ -130,6 +132,16 @@ func (o *genOptions) define(fs *flagSet) {
 	fs.funcVar("schedule", "NAME", "sigma schedule of sigma-based samplers: default, karras or exponential\n(default \"default\": the scheduler config's)",
 		func(s string) (err error) {
 			o.schedule, err = schedule.ParseSigmaSchedule(s)
+			return err
+		})
+	fs.funcVar("timestep-spacing", "NAME", "how the steps' timesteps are spread: leading, trailing or linspace\n(default: the scheduler config's, else the sampler's diffusers default)",
+		func(s string) (err error) {
+			o.spacing, err = schedule.ParseTimestepSpacing(s)
+			return err
+		})
+	fs.funcVar("prompt-syntax", "NAME", "a1111: (emphasis:1.2), [less], BREAK and prompts past 75 tokens, as AUTOMATIC1111;\nplain: the prompt as diffusers reads it, brackets literal, cut at 75 tokens\n(default a1111)",
+		func(s string) (err error) {
+			o.syntax, err = diffusion.ParsePromptSyntax(s)
 			return err
 		})
 	o.randomSeed = true
@@ -237,6 +249,7 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		Width: o.width, Height: o.height,
 		Steps: o.steps, GuidanceScale: o.cfg, GuidanceRescale: o.rescale,
 		Sampler: o.sampler, Schedule: o.schedule, Eta: o.eta,
+		TimestepSpacing: o.spacing, PromptSyntax: o.syntax,
 		Seed: o.seed, RNG: o.rng, BatchSize: o.batch, ClipSkip: o.clipSkip,
 		Progress: bar.update,
 	}

@@ -93,3 +93,20 @@ func (t *Tokenizer) chunk(ids []int, weights []float32, padID int) Chunk {
 	c.IDs[1+len(ids)] = int32(t.eos)
 	return c
 }
+
+// EncodePlain tokenizes a prompt as diffusers' pipelines do, without emphasis
+// syntax: one chunk of EncodePadded's ids (brackets and BREAK are ordinary
+// text), all weights 1. dropped counts the tokens past ChunkLength that were
+// cut off, for the warning diffusers prints.
+func (t *Tokenizer) EncodePlain(prompt string, padID int) (c Chunk, dropped int) {
+	ids := t.Encode(prompt)
+	if len(ids) > ChunkLength {
+		dropped = len(ids) - ChunkLength
+		ids = ids[:ChunkLength]
+	}
+	weights := make([]float32, len(ids))
+	for i := range weights {
+		weights[i] = 1
+	}
+	return t.chunk(ids, weights, padID), dropped
+}

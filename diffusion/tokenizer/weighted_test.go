@@ -154,3 +154,37 @@ func TestEncodeWeightedBadWeight(t *testing.T) {
 	_, err = tok.EncodeWeighted("(cat:1..2)", tok.EOS())
 	require.Error(t, err)
 }
+
+// TestEncodePlainMatchesDiffusers checks plain prompts against the kit's
+// diffusers encodings, brackets and over-long prompts included: one chunk of
+// the truncated ids, weights 1, and the count of the tokens cut off.
+func TestEncodePlainMatchesDiffusers(t *testing.T) {
+	tok, err := Default()
+	require.NoError(t, err)
+	ref := loadReference(t)
+	require.Contains(t, ref, "(masterpiece) [best quality] don't stop; it's 1024x768 #tags @user 3.14", "a prompt with brackets")
+	for prompt, want := range ref {
+		t.Run(prompt, func(t *testing.T) {
+			c, dropped := tok.EncodePlain(prompt, tok.EOS())
+			ids := make([]int, ContextLength)
+			for i, id := range c.IDs {
+				ids[i] = int(id)
+				assert.Equal(t, float32(1), c.Weights[i])
+			}
+			assert.Equal(t, want.Padded, ids)
+			assert.Equal(t, max(len(want.Untruncated)-ContextLength, 0), dropped)
+		})
+	}
+	// Emphasis syntax is text, and long prompts are cut, not chunked (SD 2.x
+	// padding).
+	for _, prompt := range []string{"(detailed) [x] BREAK (y:1.5)", strings.Repeat("((word)) ", 80)} {
+		c, dropped := tok.EncodePlain(prompt, 0)
+		padded := tok.EncodePadded(prompt, 0)
+		for i := range ContextLength {
+			assert.Equal(t, int32(padded[i]), c.IDs[i], "%q id %d", prompt, i)
+			assert.Equal(t, float32(1), c.Weights[i], "%q weight %d", prompt, i)
+		}
+		assert.Equal(t, max(len(tok.Encode(prompt))-ChunkLength, 0), dropped, prompt)
+	}
+	assert.Contains(t, tok.Encode("(detailed)"), single(t, tok, "("), "brackets are tokens")
+}
