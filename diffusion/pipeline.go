@@ -142,19 +142,27 @@ func slogLevel(l binding.LogLevel) slog.Level {
 }
 
 func (p *Pipeline) setup(m *modelfile.Model, device Device) error {
+	for _, w := range m.Warnings {
+		p.log.Warn(w, "path", m.Path)
+	}
 	var err error
 	if m.TokenizerDir != "" {
-		p.tok, err = tokenizer.Load(m.TokenizerDir)
+		if p.tok, err = tokenizer.Load(m.TokenizerDir); err != nil {
+			return err
+		}
 		p.padID = p.tok.PadID()
 	} else {
-		p.tok, err = tokenizer.Default()
+		if p.tok, err = tokenizer.Default(); err != nil {
+			return err
+		}
 		p.padID = p.tok.EOS()
 		if m.Family == modelfile.FamilySD2 {
 			p.padID = 0 // OpenCLIP pads with "!"
 		}
 	}
-	if err != nil {
-		return err
+	// Every id the tokenizer can produce must index the text encoder's embedding table.
+	if n, embedded := p.tok.VocabSize(), m.TextEncoder.Config.VocabSize; n > embedded {
+		return fmt.Errorf("%w: the tokenizer has %d tokens, the text encoder embeds %d", ErrBadModel, n, embedded)
 	}
 	if p.sched, err = schedule.ParseConfig(m.Scheduler.Raw); err != nil {
 		return fmt.Errorf("%w: scheduler config: %v", ErrBadModel, err)
