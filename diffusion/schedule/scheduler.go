@@ -61,6 +61,8 @@ type Scheduler interface {
 	// strength is clamped to [0, 1]; 1 gives 0 and 0 gives
 	// len(Timesteps()), an empty run.
 	StartIndex(strength float64) int
+	// StepOf returns the 0-based sampling step that model call i belongs to.
+	StepOf(i int) int
 }
 
 // New returns a scheduler running the chosen sampler for steps model steps
