@@ -62,7 +62,7 @@ func TestInfo(t *testing.T) {
 			"  scheduler    PNDMScheduler (--sampler auto: pndm)\n",
 		}},
 		{"SD 2.x v-prediction", filepath.Join(kit, "sd2-tiny-v", "diffusers"), []string{
-			": sd2 model (diffusers), v_prediction prediction\n",
+			": sd2 model (diffusers), v-prediction\n",
 			"linear projection true",
 		}},
 	}

@@ -427,7 +427,7 @@ func (ts ldmTensors) inferText(family Family, heads int) (CLIPConfig, func(strin
 	case c.HiddenSize%64 == 0:
 		c.NumAttentionHeads = c.HiddenSize / 64 // both CLIP ViT-L and ViT-H text towers
 	default:
-		return c, nil, unsupportedf("text width %d is not a multiple of CLIP's 64-wide heads: give the head count with WithTextHeads", c.HiddenSize)
+		return c, nil, unsupportedf("text width %d is not a multiple of CLIP's 64-wide heads: give the head count with WithTextHeads (sdcli: --text-heads N)", c.HiddenSize)
 	}
 	return c, resolve, nil
 }

@@ -307,7 +307,11 @@ func summarize(name string, tensors map[string]Tensor, config string) ComponentS
 // String formats the summary as a few human-readable lines.
 func (s Summary) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s: %s model (%s), %s prediction\n", s.Path, s.Family, s.Format, s.PredictionType)
+	pred := s.PredictionType.String() + " prediction"
+	if s.PredictionType == PredictV {
+		pred = "v-prediction" // the usual name; "v_prediction prediction" reads badly
+	}
+	fmt.Fprintf(&b, "%s: %s model (%s), %s\n", s.Path, s.Family, s.Format, pred)
 	var params, bytes int64
 	for _, c := range s.Components {
 		var hist []string

@@ -59,7 +59,11 @@ func TestLoadDiffusersKitModels(t *testing.T) {
 			assert.Equal(t, params, s.Components[1].Parameters)
 			assert.Equal(t, 2*params, s.Components[1].Bytes, "float16")
 			text := s.String()
-			assert.Contains(t, text, c.family.String()+" model (diffusers), "+c.pred.String()+" prediction")
+			pred := c.pred.String() + " prediction"
+			if c.pred == PredictV {
+				pred = "v-prediction"
+			}
+			assert.Contains(t, text, c.family.String()+" model (diffusers), "+pred)
 			assert.Contains(t, text, "F16×684")
 			assert.Contains(t, text, "0 file tensors unused")
 
