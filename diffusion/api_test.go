@@ -108,7 +108,7 @@ func TestDefaultsAndParams(t *testing.T) {
 	par.Prompt, par.NegativePrompt, par.Seed, par.ClipSkip = "an apple", "blurry", 42, 2
 	par.Sampler, par.Schedule, par.RNG = DPMPP2M, schedule.SigmasKarras, rng.CUDA
 	assert.Equal(t, "an apple\nNegative prompt: blurry\nSteps: 2, Sampler: DPM++ 2M, Schedule type: Karras, "+
-		"CFG scale: 7.5, Seed: 42, Size: 64x64, Model: diffusers, Clip skip: 2, RNG: NV, Version: gosd", par.A1111())
+		"CFG scale: 7.5, Seed: 42, Size: 64x64, Model: diffusers, Clip skip: 2, RNG: NV, Version: gosd", par.A1111(0))
 }
 
 func TestSamplerNames(t *testing.T) {
@@ -261,12 +261,16 @@ func TestProgressAndPreview(t *testing.T) {
 	res, err := p.Txt2Img(context.Background(), r)
 	require.NoError(t, err)
 	require.Len(t, seen, 5) // 2*3 - 1
+	var steps []int
 	for i, pr := range seen {
-		assert.Equal(t, i+1, pr.Step)
-		assert.Equal(t, 5, pr.Steps)
+		assert.Equal(t, i+1, pr.Evaluation)
+		assert.Equal(t, 5, pr.Evaluations)
+		assert.Equal(t, 3, pr.Steps, "progress counts sampling steps, not UNet evaluations")
+		steps = append(steps, pr.Step)
 		require.NotNil(t, pr.Preview)
 		assert.Equal(t, image.Rect(0, 0, 8, 8), pr.Preview.Bounds())
 	}
+	assert.Equal(t, []int{0, 1, 1, 2, 3}, steps, "a step ends with its second evaluation")
 	assert.Len(t, res.Timings.Steps, 5)
 }
 
@@ -317,7 +321,8 @@ func TestInpaint(t *testing.T) {
 	assert.Equal(t, 1.0, a.Params.Strength)
 
 	// Outpainting: the extended area is generated.
-	canvas, mask := ExtendCanvas(solidImage(40, 40, color.White), 8, 0, 10, 4)
+	canvas, mask, err := ExtendCanvas(solidImage(40, 40, color.White), 8, 0, 10, 4)
+	require.NoError(t, err)
 	assert.Equal(t, image.Rect(0, 0, 64, 48), canvas.Bounds(), "margins rounded up to multiples of 8")
 	assert.Equal(t, uint8(255), mask.GrayAt(0, 0).Y)
 	assert.Equal(t, uint8(0), mask.GrayAt(20, 20).Y)

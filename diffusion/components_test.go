@@ -1,6 +1,7 @@
 package diffusion
 
 import (
+	"context"
 	"math"
 	"path/filepath"
 	"testing"
@@ -107,7 +108,7 @@ func TestComponentsMatchDiffusers(t *testing.T) {
 			e, err := newEngine(lib, binding.BackendCPU, 2)
 			require.NoError(t, err)
 			defer e.close()
-			require.NoError(t, e.load(m))
+			require.NoError(t, e.load(context.Background(), m))
 			g := openGolden(t, filepath.Join(kit, tc.golden))
 
 			for _, u := range []string{"unet0", "unet1"} {

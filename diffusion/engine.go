@@ -1,6 +1,7 @@
 package diffusion
 
 import (
+	"context"
 	"fmt"
 	"runtime"
 	"unsafe"
@@ -56,9 +57,9 @@ func (e *engine) close() {
 	e.pins.Unpin()
 }
 
-// load hands the model's three networks to the runtime. The model's files must stay open
-// until close.
-func (e *engine) load(m *modelfile.Model) error {
+// load hands the model's three networks to the runtime, checking ctx before each (a
+// network's own load is not interrupted). The model's files must stay open until close.
+func (e *engine) load(ctx context.Context, m *modelfile.Model) error {
 	cc, err := clipConfig(m.TextEncoder.Config)
 	if err != nil {
 		return err
@@ -71,25 +72,28 @@ func (e *engine) load(m *modelfile.Model) error {
 	if err != nil {
 		return err
 	}
-	ws, err := e.weights(m.TextEncoder.Tensors)
-	if err != nil {
-		return err
-	}
 	e.text, e.unetCfg, e.vaeCfg = cc, uc, vc
-	if e.clip, err = e.lib.CLIPLoad(e.ctx, &cc, ws); err != nil {
-		return err
+	steps := []struct {
+		tensors map[string]modelfile.Tensor
+		load    func([]binding.Weight) error
+	}{
+		{m.TextEncoder.Tensors, func(ws []binding.Weight) (err error) { e.clip, err = e.lib.CLIPLoad(e.ctx, &cc, ws); return err }},
+		{m.UNet.Tensors, func(ws []binding.Weight) (err error) { e.unet, err = e.lib.UNetLoad(e.ctx, &uc, ws); return err }},
+		{m.VAE.Tensors, func(ws []binding.Weight) (err error) { e.vae, err = e.lib.VAELoad(e.ctx, &vc, ws); return err }},
 	}
-	if ws, err = e.weights(m.UNet.Tensors); err != nil {
-		return err
+	for _, st := range steps {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ws, err := e.weights(st.tensors)
+		if err != nil {
+			return err
+		}
+		if err := st.load(ws); err != nil {
+			return err
+		}
 	}
-	if e.unet, err = e.lib.UNetLoad(e.ctx, &uc, ws); err != nil {
-		return err
-	}
-	if ws, err = e.weights(m.VAE.Tensors); err != nil {
-		return err
-	}
-	e.vae, err = e.lib.VAELoad(e.ctx, &vc, ws)
-	return err
+	return ctx.Err()
 }
 
 func (e *engine) weights(ts map[string]modelfile.Tensor) ([]binding.Weight, error) {

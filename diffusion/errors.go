@@ -13,6 +13,9 @@ var (
 	ErrInvalidRequest = errors.New("invalid request")
 	// ErrClosed: the pipeline was closed.
 	ErrClosed = errors.New("pipeline is closed")
+	// ErrNonFinite: a network produced NaN or infinite values (the message names the
+	// stage): corrupt weights, or settings the model cannot work with.
+	ErrNonFinite = errors.New("non-finite values")
 	// ErrUnsupported: the model or request needs something this runtime does not do.
 	// It is modelfile.ErrUnsupported too.
 	ErrUnsupported = binding.ErrUnsupported

@@ -194,9 +194,22 @@ func latentPreview(x []float32, c, h, w int) image.Image {
 // ExtendCanvas prepares outpainting: it returns img on a canvas grown by the given
 // margins (the new area repeats the nearest edge pixels, a neutral start for the
 // sampler) and the matching mask (white where the canvas was extended). Pass both to
-// Inpaint. Margins are rounded up so the canvas stays a multiple of 8.
-func ExtendCanvas(img image.Image, left, top, right, bottom int) (canvas *image.RGBA, mask *image.Gray) {
+// Inpaint. Margins are rounded up so the canvas stays a multiple of 8. Margins must not
+// be negative, and the canvas may not exceed MaxSide a side.
+func ExtendCanvas(img image.Image, left, top, right, bottom int) (canvas *image.RGBA, mask *image.Gray, err error) {
+	if err := checkImage("image to extend", img); err != nil {
+		return nil, nil, err
+	}
+	if left < 0 || top < 0 || right < 0 || bottom < 0 {
+		return nil, nil, invalid("canvas margins %d,%d,%d,%d: must not be negative", left, top, right, bottom)
+	}
 	b := img.Bounds()
+	// Each margin is at most MaxSide here, so the sums cannot overflow.
+	if left > MaxSide || top > MaxSide || right > MaxSide || bottom > MaxSide ||
+		b.Dx()+left+right > MaxSide || b.Dy()+top+bottom > MaxSide {
+		return nil, nil, invalid("extended canvas of %dx%d plus margins %d,%d,%d,%d exceeds %d pixels a side",
+			b.Dx(), b.Dy(), left, top, right, bottom, MaxSide)
+	}
 	w, h := b.Dx()+left+right, b.Dy()+top+bottom
 	right += (8 - w%8) % 8
 	bottom += (8 - h%8) % 8
@@ -213,5 +226,5 @@ func ExtendCanvas(img image.Image, left, top, right, bottom int) (canvas *image.
 			}
 		}
 	}
-	return canvas, mask
+	return canvas, mask, nil
 }

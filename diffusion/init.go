@@ -4,7 +4,6 @@ import (
 	"context"
 	"math"
 
-	"github.com/gosd/gosd/diffusion/rng"
 	"github.com/gosd/gosd/diffusion/schedule"
 )
 
@@ -35,7 +34,7 @@ func (l *latentBlend) apply(x []float32, sched schedule.Scheduler, i int) {
 // prepareInit encodes the init image and returns the starting latents, the first step
 // and, for inpainting, the blend. The generator is drawn from in diffusers' order:
 // posterior sample of the image, initial noise, posterior sample of the masked image.
-func (p *Pipeline) prepareInit(ctx context.Context, par Params, sched schedule.Scheduler, init *initImage, gen rng.Generator) ([]float32, int, *latentBlend, error) {
+func (p *Pipeline) prepareInit(ctx context.Context, par Params, sched schedule.Scheduler, init *initImage, gen batchGenerator) ([]float32, int, *latentBlend, error) {
 	e := p.eng
 	f := e.vaeFactor()
 	b, lh, lw := par.BatchSize, par.Height/f, par.Width/f
@@ -51,12 +50,11 @@ func (p *Pipeline) prepareInit(ctx context.Context, par Params, sched schedule.S
 	strengthMax := par.Strength == 1
 
 	var imageLatents []float32
+	var err error
 	if !inpaint || !p.info.Inpainting || !strengthMax {
-		lat, err := p.encodeImage(ctx, img, par, gen)
-		if err != nil {
+		if imageLatents, err = p.encodeImage(ctx, img, par, gen); err != nil {
 			return nil, 0, nil, err
 		}
-		imageLatents = repeat(lat, b)
 	}
 	noise := make([]float32, n)
 	gen.Normal(noise)
@@ -79,7 +77,7 @@ func (p *Pipeline) prepareInit(ctx context.Context, par Params, sched schedule.S
 			masked[k] = img[k]
 		}
 	}
-	maskedLatents, err := p.encodeImage(ctx, masked, par, gen)
+	maskedLatents, err := p.encodeImage(ctx, masked, par, gen) // (b, c, h, w)
 	if err != nil {
 		return nil, 0, nil, err
 	}
@@ -92,15 +90,15 @@ func (p *Pipeline) prepareInit(ctx context.Context, par Params, sched schedule.S
 	}
 	blend := &latentBlend{mask: repeat(lm, b), imageLatents: imageLatents, noise: noise, c: lc, hw: hw}
 	if p.info.Inpainting {
-		one := append(append([]float32(nil), lm...), maskedLatents...)
-		blend.unetExtra = repeat(one, b)
+		blend.unetExtra = concatChannels(blend.mask, maskedLatents, b, 1, lc, hw)
 	}
 	return x, first, blend, nil
 }
 
-// encodeImage encodes one image (1, 3, H, W) in [-1, 1] into scaled latents, sampling the
-// posterior with gen as diffusers' retrieve_latents(sample_mode="sample").
-func (p *Pipeline) encodeImage(ctx context.Context, img []float32, par Params, gen rng.Generator) ([]float32, error) {
+// encodeImage encodes one image (1, 3, H, W) in [-1, 1] into scaled latents for each image
+// of the batch, (b, c, h, w): the posterior is sampled once per image, each with its own
+// generator, as diffusers' retrieve_latents(sample_mode="sample").
+func (p *Pipeline) encodeImage(ctx context.Context, img []float32, par Params, gen batchGenerator) ([]float32, error) {
 	var mean, logvar []float32
 	err := p.guard(ctx, func() (err error) {
 		mean, logvar, err = p.eng.vaeEncode(img, 1, par.Height, par.Width)
@@ -109,13 +107,20 @@ func (p *Pipeline) encodeImage(ctx context.Context, img []float32, par Params, g
 	if err != nil {
 		return nil, err
 	}
-	eps := make([]float32, len(mean))
+	if err := checkFinite("VAE encoder", mean); err != nil {
+		return nil, err
+	}
+	if err := checkFinite("VAE encoder", logvar); err != nil {
+		return nil, err
+	}
+	eps := make([]float32, len(gen)*len(mean))
 	gen.Normal(eps)
 	vc := p.model.VAE.Config
-	out := make([]float32, len(mean))
-	for k := range mean {
-		std := math.Exp(0.5 * float64(logvar[k]))
-		z := float64(mean[k]) + std*float64(eps[k])
+	out := make([]float32, len(eps))
+	for k := range out {
+		m := k % len(mean)
+		std := math.Exp(0.5 * float64(logvar[m]))
+		z := float64(mean[m]) + std*float64(eps[k])
 		out[k] = float32((z - vc.ShiftFactor) * vc.ScalingFactor)
 	}
 	return out, nil

@@ -14,7 +14,6 @@ import (
 
 	"github.com/gosd/gosd/binding"
 	"github.com/gosd/gosd/diffusion/modelfile"
-	"github.com/gosd/gosd/diffusion/rng"
 	"github.com/gosd/gosd/diffusion/schedule"
 	"github.com/gosd/gosd/diffusion/tokenizer"
 )
@@ -22,19 +21,27 @@ import (
 // Pipeline is an opened Stable Diffusion model ready to generate images.
 //
 // A Pipeline is safe for concurrent use: calls are serialised, one at a time, on its
-// native context (which uses every CPU thread or the whole GPU on its own). To generate
-// in parallel, open several Pipelines; each holds its own activations (weights of the
-// same file are shared through the page cache on the CPU).
+// native context (which uses every CPU thread or the whole GPU on its own). A call
+// waiting for its turn returns its context's error as soon as the context ends. To
+// generate in parallel, open several Pipelines; each holds its own activations (weights
+// of the same file are shared through the page cache on the CPU).
 type Pipeline struct {
-	mu     sync.Mutex
-	closed bool
-	model  *modelfile.Model
-	eng    *engine
-	tok    *tokenizer.Tokenizer
-	padID  int
-	sched  schedule.Config
-	info   ModelInfo
-	log    *slog.Logger
+	// turn is held by the call using the native context (a one-slot semaphore, so that
+	// waiting for it can be abandoned when the caller's context ends).
+	turn chan struct{}
+	// closing is cancelled by Close: it interrupts the running call and every waiter.
+	closing   context.Context
+	stopAll   context.CancelFunc
+	closeOnce sync.Once
+	closeErr  error
+	model     *modelfile.Model
+	eng       *engine
+	tok       *tokenizer.Tokenizer
+	padID     int
+	sched     schedule.Config
+	info      ModelInfo
+	hash      *modelHash
+	log       *slog.Logger
 }
 
 // ModelInfo describes an opened model.
@@ -55,6 +62,16 @@ type ModelInfo struct {
 // Open loads a model: a single-file checkpoint (.safetensors, .ckpt) or a diffusers folder.
 // The family is detected (override with WithFamily).
 func Open(path string, opts ...Option) (*Pipeline, error) {
+	return OpenContext(context.Background(), path, opts...)
+}
+
+// OpenContext is Open with a context: a load that ctx cancels stops at the next of its
+// phases (reading the files, loading each network into the runtime) and returns ctx's
+// error, with everything it had loaded freed.
+func OpenContext(ctx context.Context, path string, opts ...Option) (*Pipeline, error) {
+	if ctx == nil {
+		return nil, invalid("nil context")
+	}
 	var o openOptions
 	for _, opt := range opts {
 		opt(&o)
@@ -63,11 +80,14 @@ func Open(path string, opts ...Option) (*Pipeline, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	m, err := modelfile.Load(path, o.model...)
 	if err != nil {
 		return nil, err
 	}
-	p, err := open(m, o, log)
+	p, err := open(ctx, m, o, log)
 	if err != nil {
 		m.Close()
 		return nil, err
@@ -75,7 +95,10 @@ func Open(path string, opts ...Option) (*Pipeline, error) {
 	return p, nil
 }
 
-func open(m *modelfile.Model, o openOptions, log *slog.Logger) (*Pipeline, error) {
+func open(ctx context.Context, m *modelfile.Model, o openOptions, log *slog.Logger) (*Pipeline, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	pref := binding.PreferAuto
 	switch o.device {
 	case DeviceCPU:
@@ -111,7 +134,7 @@ func open(m *modelfile.Model, o openOptions, log *slog.Logger) (*Pipeline, error
 	lib.CtxSetLog(eng.ctx, func(level binding.LogLevel, msg string) {
 		log.Log(context.Background(), slogLevel(level), msg, "component", "runtime")
 	})
-	if err := eng.load(m); err != nil {
+	if err := eng.load(ctx, m); err != nil {
 		eng.close()
 		return nil, err
 	}
@@ -120,7 +143,8 @@ func open(m *modelfile.Model, o openOptions, log *slog.Logger) (*Pipeline, error
 	if err := m.ReleaseMemory(); err != nil {
 		log.Warn("releasing the model's mapped pages", "err", err)
 	}
-	p := &Pipeline{model: m, eng: eng, log: log}
+	p := &Pipeline{turn: make(chan struct{}, 1), model: m, eng: eng, hash: hashModelFile(m.Path), log: log}
+	p.closing, p.stopAll = context.WithCancel(context.Background())
 	if err := p.setup(m, device); err != nil {
 		eng.close()
 		return nil, err
@@ -205,47 +229,72 @@ type MemoryStats = binding.MemoryStats
 // SetProfiling turns the runtime's per-op timing on (clearing earlier counts) or off.
 // Profiling on a GPU waits for every op, which slows the run.
 func (p *Pipeline) SetProfiling(enabled bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
+	if p.acquire(context.Background()) != nil {
 		return
 	}
+	defer p.release()
 	p.eng.lib.CtxProfileReset(p.eng.ctx)
 	p.eng.lib.CtxSetProfiling(p.eng.ctx, enabled)
 }
 
 // ProfileReport is the runtime's per-op timing table since SetProfiling(true).
 func (p *Pipeline) ProfileReport() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
+	if p.acquire(context.Background()) != nil {
 		return ""
 	}
+	defer p.release()
 	return p.eng.lib.CtxProfileReport(p.eng.ctx)
 }
 
 // MemoryStats reports the runtime's memory use so far.
 func (p *Pipeline) MemoryStats() (MemoryStats, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return MemoryStats{}, ErrClosed
+	if err := p.acquire(context.Background()); err != nil {
+		return MemoryStats{}, err
 	}
+	defer p.release()
 	return p.eng.lib.CtxMemoryStats(p.eng.ctx)
 }
 
-// Close frees the native resources and unmaps the model. It is idempotent; calls after
-// Close return ErrClosed.
+// Close cancels the call that is running (it returns ErrClosed within one operation of
+// the runtime), makes every waiting and later call return ErrClosed, then frees the
+// native resources and unmaps the model. It waits for the running call to return, not
+// for it to finish its work. Close is idempotent.
 func (p *Pipeline) Close() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return nil
-	}
-	p.closed = true
-	p.eng.close()
-	return p.model.Close()
+	p.closeOnce.Do(func() {
+		p.stopAll()
+		p.turn <- struct{}{} // held for good: nothing runs after this
+		p.eng.close()
+		p.closeErr = p.model.Close()
+	})
+	return p.closeErr
 }
+
+// acquire waits for the native context, giving up when ctx ends or the pipeline closes.
+func (p *Pipeline) acquire(ctx context.Context) error {
+	if ctx == nil {
+		return invalid("nil context")
+	}
+	if p.closing.Err() != nil {
+		return ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case p.turn <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-p.closing.Done():
+		return ErrClosed
+	}
+	if p.closing.Err() != nil { // Close won the race for the slot's next holder
+		p.release()
+		return ErrClosed
+	}
+	return nil
+}
+
+func (p *Pipeline) release() { <-p.turn }
 
 // guard runs a native call so that ctx's cancellation interrupts it (the runtime checks
 // its cancel flag between operations) and reports ctx's error instead of the runtime's.
@@ -277,14 +326,14 @@ func (p *Pipeline) Txt2Img(ctx context.Context, req Request) (*Result, error) {
 
 // Img2Img repaints an image guided by a prompt.
 func (p *Pipeline) Img2Img(ctx context.Context, req Img2ImgRequest) (*Result, error) {
-	if req.Image == nil {
-		return nil, invalid("img2img needs an image")
+	if err := checkImage("img2img image", req.Image); err != nil {
+		return nil, err
 	}
 	strength, err := resolveStrength(req.Strength, 0.8)
 	if err != nil {
 		return nil, err
 	}
-	if req.Request, err = defaultSizeFrom(req.Request, req.Image); err != nil {
+	if req.Request, err = p.defaultSizeFrom(req.Request, req.Image); err != nil {
 		return nil, err
 	}
 	return p.generate(ctx, req.Request, &initImage{image: req.Image, strength: strength})
@@ -294,14 +343,17 @@ func (p *Pipeline) Img2Img(ctx context.Context, req Img2ImgRequest) (*Result, er
 // get the mask and masked image as extra UNet input; others blend in latent space after
 // every step.
 func (p *Pipeline) Inpaint(ctx context.Context, req InpaintRequest) (*Result, error) {
-	if req.Image == nil || req.Mask == nil {
-		return nil, invalid("inpainting needs an image and a mask")
+	if err := checkImage("inpainting image", req.Image); err != nil {
+		return nil, err
+	}
+	if err := checkImage("inpainting mask", req.Mask); err != nil {
+		return nil, err
 	}
 	strength, err := resolveStrength(req.Strength, 1)
 	if err != nil {
 		return nil, err
 	}
-	if req.Request, err = defaultSizeFrom(req.Request, req.Image); err != nil {
+	if req.Request, err = p.defaultSizeFrom(req.Request, req.Image); err != nil {
 		return nil, err
 	}
 	return p.generate(ctx, req.Request, &initImage{image: req.Image, mask: req.Mask, strength: strength})
@@ -313,27 +365,50 @@ type initImage struct {
 	strength    float64
 }
 
-// defaultSizeFrom sizes a request like its image (rounded down to a multiple of 8).
-func defaultSizeFrom(r Request, img image.Image) (Request, error) {
+// defaultSizeFrom sizes a request like its image (rounded down to a multiple of the
+// size unit, and scaled to fit MaxSide).
+func (p *Pipeline) defaultSizeFrom(r Request, img image.Image) (Request, error) {
 	b := img.Bounds()
-	if b.Dx() < 8 || b.Dy() < 8 {
-		return r, invalid("image %dx%d is smaller than 8 pixels", b.Dx(), b.Dy())
+	u := p.sizeUnit()
+	if b.Dx() < u || b.Dy() < u {
+		return r, invalid("image %dx%d is smaller than %d pixels", b.Dx(), b.Dy(), u)
+	}
+	// An image larger than MaxSide is scaled down as a whole, keeping its shape.
+	w, h := b.Dx(), b.Dy()
+	if long := max(w, h); long > MaxSide {
+		w, h = max(w*MaxSide/long, u), max(h*MaxSide/long, u)
 	}
 	if r.Width == 0 {
-		r.Width = b.Dx() / 8 * 8
+		r.Width = w / u * u
 	}
 	if r.Height == 0 {
-		r.Height = b.Dy() / 8 * 8
+		r.Height = h / u * u
 	}
 	return r, nil
 }
 
+// sizeUnit is what image sides must be a multiple of: 8, as diffusers requires of Stable
+// Diffusion, and the VAE's downsampling factor when that is larger.
+func (p *Pipeline) sizeUnit() int { return max(8, p.eng.vaeFactor()) }
+
 func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (*Result, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
+	if err := p.acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer p.release()
+	// The call stops when its own context ends or when Close interrupts it.
+	runCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(p.closing, func() { cancel(ErrClosed) })
+	defer stop()
+	res, err := p.generateLocked(runCtx, req, init)
+	if err != nil && errors.Is(context.Cause(runCtx), ErrClosed) {
 		return nil, ErrClosed
 	}
+	return res, err
+}
+
+func (p *Pipeline) generateLocked(ctx context.Context, req Request, init *initImage) (*Result, error) {
 	start := time.Now()
 	par, err := p.resolve(req)
 	if err != nil {
@@ -361,6 +436,7 @@ func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (
 	if err != nil {
 		return nil, err
 	}
+	par.ModelHash = p.hash.get()
 	tm.Total = time.Since(start)
 	par.Elapsed = tm.Total
 	return &Result{Images: images, Params: par, Timings: tm}, nil
@@ -385,9 +461,12 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	if err != nil {
 		return nil, err
 	}
+	if err := checkFinite("text encoder", textCtx); err != nil {
+		return nil, err
+	}
 	tm.TextEncode = time.Since(phase)
 
-	gen := rng.New(par.RNG, par.Seed)
+	gen := newBatchGenerator(par.RNG, par.Seed, b)
 	timesteps := sched.Timesteps()
 	first := 0
 	var x []float32
@@ -405,6 +484,8 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	}
 
 	total := len(timesteps) - first
+	firstStep := sched.StepOf(first)
+	steps := sched.StepOf(len(timesteps)-1) + 1 - firstStep
 	began := time.Now()
 	uncondCond := 1
 	if cfg {
@@ -438,12 +519,18 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 		if err != nil {
 			return nil, err
 		}
+		if err := checkFinite(fmt.Sprintf("UNet at step %d", i-first+1), out); err != nil {
+			return nil, err
+		}
 		noise := out
 		if cfg {
 			noise = guide(out[:n], out[n:], par.GuidanceScale, par.GuidanceRescale, b)
 		}
 		if x, err = sched.Step(noise, i, x, gen); err != nil {
 			return nil, fmt.Errorf("sampler step %d: %w", i, err)
+		}
+		if err := checkFinite(fmt.Sprintf("sampler at step %d", i-first+1), x); err != nil {
+			return nil, err
 		}
 		if blend != nil && blend.unetExtra == nil {
 			blend.apply(x, sched, i)
@@ -453,7 +540,12 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 			req.onStep(i-first, x)
 		}
 		if req.Progress != nil {
-			pr := Progress{Step: i - first + 1, Steps: total, Timestep: t, Elapsed: time.Since(began)}
+			done := sched.StepOf(len(timesteps)-1) + 1 // after the last call
+			if i+1 < len(timesteps) {
+				done = sched.StepOf(i + 1)
+			}
+			pr := Progress{Step: done - firstStep, Steps: steps, Evaluation: i - first + 1, Evaluations: total,
+				Timestep: t, Elapsed: time.Since(began)}
 			if req.Preview {
 				pr.Preview = latentPreview(x[:lc*lh*lw], lc, lh, lw)
 			}
@@ -474,6 +566,9 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 		return err
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := checkFinite("VAE decoder", pix); err != nil {
 		return nil, err
 	}
 	images := toImages(pix, b, par.Height, par.Width)

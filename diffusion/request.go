@@ -1,6 +1,7 @@
 package diffusion
 
 import (
+	"encoding/json"
 	"fmt"
 	"image"
 	"math"
@@ -176,7 +177,8 @@ type Request struct {
 	// ClipSkip in AUTOMATIC1111's numbering: 0 or 1 uses the text encoder's last layer,
 	// 2 the penultimate one, and so on.
 	ClipSkip int
-	// Progress, when set, is called after every UNet evaluation.
+	// Progress, when set, is called after every UNet evaluation (on the calling
+	// goroutine; a slow callback slows the run).
 	Progress func(Progress)
 	// Preview asks for Progress.Preview (a fast approximation of the first image).
 	Preview bool
@@ -187,9 +189,14 @@ type Request struct {
 
 // Progress reports one finished UNet evaluation.
 type Progress struct {
-	Step, Steps int // 1-based, out of the total evaluations
-	Timestep    float64
-	Elapsed     time.Duration
+	// Step is the number of sampling steps finished, out of Steps (those the call runs:
+	// fewer than Request.Steps for img2img). Second-order samplers evaluate the UNet
+	// twice a step, so Step can repeat.
+	Step, Steps int
+	// Evaluation is the UNet evaluation just finished (1-based), out of Evaluations.
+	Evaluation, Evaluations int
+	Timestep                float64
+	Elapsed                 time.Duration
 	// Preview is the first image of the batch as the latents look now (latent
 	// resolution, a linear approximation of the VAE); nil unless Request.Preview.
 	Preview image.Image
@@ -261,46 +268,74 @@ type Params struct {
 	ClipSkip               int
 	Strength               float64 // img2img / inpaint; 0 for txt2img
 	Model                  string  // the model's file or folder name
-	Elapsed                time.Duration
+	// ModelHash is AUTOMATIC1111's short model hash (the first 10 hex digits of the
+	// file's SHA-256) for single-file models; "" for folders.
+	ModelHash string
+	Elapsed   time.Duration
 }
 
-// A1111 formats the parameters as AUTOMATIC1111's "parameters" PNG text chunk, which
-// image viewers and web UIs read back.
-func (p Params) A1111() string {
+// A1111 formats the parameters of image index of the batch as AUTOMATIC1111's
+// "parameters" PNG text chunk, which image viewers and web UIs read back: the image's own
+// seed (Seed+index), values containing "," or ":" quoted as the web UI quotes them, and
+// valid UTF-8 only.
+func (p Params) A1111(index int) string {
 	var b strings.Builder
 	b.WriteString(p.Prompt)
 	if p.NegativePrompt != "" {
 		b.WriteString("\nNegative prompt: " + p.NegativePrompt)
 	}
-	fmt.Fprintf(&b, "\nSteps: %d, Sampler: %s", p.Steps, p.Sampler.A1111Name())
-	if p.Schedule != schedule.SigmasDefault {
-		name := p.Schedule.String()
-		fmt.Fprintf(&b, ", Schedule type: %s", strings.ToUpper(name[:1])+name[1:])
+	b.WriteString("\n")
+	fields := []struct {
+		key, value string
+		on         bool
+	}{
+		{"Steps", fmt.Sprint(p.Steps), true},
+		{"Sampler", p.Sampler.A1111Name(), true},
+		{"Schedule type", scheduleTypeName(p.Schedule), p.Schedule != schedule.SigmasDefault},
+		{"CFG scale", fmt.Sprint(p.GuidanceScale), true},
+		{"Seed", fmt.Sprint(p.Seed + uint64(index)), true},
+		{"Size", fmt.Sprintf("%dx%d", p.Width, p.Height), true},
+		{"Model hash", p.ModelHash, p.ModelHash != ""},
+		{"Model", p.Model, p.Model != ""},
+		{"Batch size", fmt.Sprint(p.BatchSize), p.BatchSize > 1},
+		{"Batch pos", fmt.Sprint(index), p.BatchSize > 1},
+		{"Denoising strength", fmt.Sprint(p.Strength), p.Strength > 0},
+		{"Clip skip", fmt.Sprint(p.ClipSkip), p.ClipSkip > 1},
+		{"RNG", map[rng.Kind]string{rng.CPU: "CPU", rng.CUDA: "NV"}[p.RNG], true},
+		{"Eta DDIM", fmt.Sprint(p.Eta), p.Eta > 0},
+		{"CFG rescale", fmt.Sprint(p.GuidanceRescale), p.GuidanceRescale > 0},
+		{"Version", "gosd", true},
 	}
-	fmt.Fprintf(&b, ", CFG scale: %g, Seed: %d, Size: %dx%d", p.GuidanceScale, p.Seed, p.Width, p.Height)
-	if p.Model != "" {
-		fmt.Fprintf(&b, ", Model: %s", p.Model)
+	first := true
+	for _, f := range fields {
+		if !f.on {
+			continue
+		}
+		if !first {
+			b.WriteString(", ")
+		}
+		first = false
+		b.WriteString(f.key + ": " + a1111Quote(f.value))
 	}
-	if p.Strength > 0 {
-		fmt.Fprintf(&b, ", Denoising strength: %g", p.Strength)
+	return strings.ToValidUTF8(b.String(), "\uFFFD")
+}
+
+func scheduleTypeName(s schedule.SigmaSchedule) string {
+	name := s.String()
+	return strings.ToUpper(name[:1]) + name[1:]
+}
+
+// a1111Quote quotes a value that holds a separator (",", ":" or a newline) as a JSON
+// string, as the web UI does, so the text parses back into the same fields.
+func a1111Quote(v string) string {
+	if !strings.ContainsAny(v, ",:\n") {
+		return v
 	}
-	if p.ClipSkip > 1 {
-		fmt.Fprintf(&b, ", Clip skip: %d", p.ClipSkip)
-	}
-	if p.GuidanceRescale > 0 {
-		fmt.Fprintf(&b, ", CFG rescale: %g", p.GuidanceRescale)
-	}
-	if p.Eta > 0 {
-		fmt.Fprintf(&b, ", Eta: %g", p.Eta)
-	}
-	if p.RNG == rng.CUDA {
-		b.WriteString(", RNG: NV")
-	}
-	if p.BatchSize > 1 {
-		fmt.Fprintf(&b, ", Batch size: %d", p.BatchSize)
-	}
-	b.WriteString(", Version: gosd")
-	return b.String()
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v) // a string always encodes
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 // Limits of a request.
@@ -335,16 +370,16 @@ func (p *Pipeline) resolve(r Request) (Params, error) {
 		ClipSkip:        r.ClipSkip,
 		Model:           p.info.Name,
 	}
-	f := p.eng.vaeFactor()
+	u := p.sizeUnit()
 	if par.Width == 0 {
 		par.Width = p.info.Width
 	}
 	if par.Height == 0 {
 		par.Height = p.info.Height
 	}
-	if par.Width < f || par.Height < f || par.Width > MaxSide || par.Height > MaxSide ||
-		par.Width%f != 0 || par.Height%f != 0 {
-		return par, invalid("size %dx%d: width and height must be multiples of %d between %d and %d", par.Width, par.Height, f, f, MaxSide)
+	if par.Width < u || par.Height < u || par.Width > MaxSide || par.Height > MaxSide ||
+		par.Width%u != 0 || par.Height%u != 0 {
+		return par, invalid("size %dx%d: width and height must be multiples of %d between %d and %d", par.Width, par.Height, u, u, MaxSide)
 	}
 	if par.Steps == 0 {
 		par.Steps = 20

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -123,7 +122,7 @@ func (o *genOptions) define(fs *flagSet) {
 		})
 	}
 	fs.intVar(&o.steps, "steps", "N", 20, "sampling steps (default 20)", intRange(1, diffusion.MaxSteps))
-	fs.floatVar(&o.cfg, "cfg", "scale", 7.5, "classifier-free guidance scale; 1 turns guidance off (default 7.5)", floatRange(1, 100))
+	fs.floatVar(&o.cfg, "cfg", "scale", 7.5, "classifier-free guidance scale; at most 1 turns guidance off (default 7.5)", floatRange(0, 100))
 	fs.funcVar("sampler", "NAME", "sampler: auto ddpm ddim pndm euler euler_a heun dpm2 dpmpp_2m dpmpp_2s_a lms unipc lcm\n(default auto: the model's scheduler)",
 		func(s string) (err error) {
 			o.sampler, err = diffusion.ParseSampler(s)
@@ -230,7 +229,9 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 	}
 	if o.outpaint != nil {
 		m := o.outpaint
-		initImg, mask = diffusion.ExtendCanvas(initImg, m.left, m.top, m.right, m.bottom)
+		if initImg, mask, err = diffusion.ExtendCanvas(initImg, m.left, m.top, m.right, m.bottom); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintf(a.stderr, "loading %s\n", modelPath)
 	p, err := o.pipe.open(modelPath, a.stderr)
@@ -247,7 +248,7 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 	req := diffusion.Request{
 		Prompt: o.prompt, NegativePrompt: o.negative,
 		Width: o.width, Height: o.height,
-		Steps: o.steps, GuidanceScale: o.cfg, GuidanceRescale: o.rescale,
+		Steps: o.steps, GuidanceScale: guidanceScale(o.cfg), GuidanceRescale: o.rescale,
 		Sampler: o.sampler, Schedule: o.schedule, Eta: o.eta,
 		TimestepSpacing: o.spacing, PromptSyntax: o.syntax,
 		Seed: o.seed, RNG: o.rng, BatchSize: o.batch, ClipSkip: o.clipSkip,
@@ -270,9 +271,8 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		return err // cancelled as the run ended: write nothing
 	}
 	fmt.Fprintf(a.stderr, "%d×%d, %d steps in %s\n", res.Params.Width, res.Params.Height, res.Params.Steps, res.Timings.Total.Round(10*time.Millisecond))
-	parameters := res.Params.A1111()
 	for i, path := range outputPaths(o.output, len(res.Images)) {
-		img := res.Images[i]
+		img, parameters := res.Images[i], res.Params.A1111(i)
 		if err := writeFileAtomic(path, func(w io.Writer) error { return encodePNG(w, img, parameters) }); err != nil {
 			return err
 		}
@@ -281,43 +281,28 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 	return nil
 }
 
-// readImage decodes a PNG or JPEG file, checking the size its header declares first: a
-// file of a megabyte can declare 20000×20000 pixels, whose decoding takes gigabytes.
-// Images larger than the largest request (diffusion.MaxSide a side, so at most
-// MaxSide² pixels) are refused; they would have to be scaled down anyway.
+// guidanceScale maps --cfg to the API, where 0 asks for the default: 0 (no guidance, as
+// anything up to 1) becomes 1.
+func guidanceScale(cfg float64) float64 {
+	if cfg == 0 {
+		return 1
+	}
+	return cfg
+}
+
+// readImage decodes a PNG or JPEG file, checking the size its header declares first (a
+// tiny file can declare a picture that would take gigabytes to decode).
 func readImage(path string) (image.Image, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	// The header read is kept and replayed to the decoder rather than seeking back, so
-	// that a pipe (-i <(curl ...)) works too.
-	var header bytes.Buffer
-	cfg, format, err := image.DecodeConfig(io.TeeReader(f, &header))
-	if errors.Is(err, image.ErrFormat) {
-		return nil, fmt.Errorf("%s: not a PNG or JPEG image", path)
-	}
+	img, err := diffusion.DecodeImage(f, path)
 	if err != nil {
-		return nil, decodeError(path, format, err)
-	}
-	if cfg.Width > diffusion.MaxSide || cfg.Height > diffusion.MaxSide {
-		return nil, fmt.Errorf("%s declares %d×%d pixels: at most %d a side (%.1f Mpixels) are accepted; scale it down first",
-			path, cfg.Width, cfg.Height, diffusion.MaxSide, float64(diffusion.MaxSide*diffusion.MaxSide)/1e6)
-	}
-	img, _, err := image.Decode(io.MultiReader(&header, f))
-	if err != nil {
-		return nil, decodeError(path, format, err)
+		// A bad file is an error (exit 1), not a mistake on the command line (exit 2),
+		// which the API's ErrInvalidRequest would map to.
+		return nil, errors.New(err.Error())
 	}
 	return img, nil
-}
-
-// decodeError names the file and the format of a decoding error, the format only where the
-// decoder's message does not already ("png: invalid format", "invalid JPEG format"), so as
-// not to print "png: png:".
-func decodeError(path, format string, err error) error {
-	if strings.Contains(strings.ToLower(err.Error()), format) {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return fmt.Errorf("%s: %s: %w", path, format, err)
 }

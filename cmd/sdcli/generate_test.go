@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"image"
 	"image/color"
 	"image/jpeg"
@@ -13,6 +14,7 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -62,8 +64,8 @@ func TestGenerateFlagValidation(t *testing.T) {
 		{"width not a number", []string{"txt2img", "-W", "wide"}, exitUsage, `invalid value "wide" for flag -W: not an integer`},
 		{"negative steps", []string{"txt2img", "--steps", "-5"}, exitUsage, `invalid value "-5" for flag -steps: must be between 1 and 1000`},
 		{"zero steps", []string{"txt2img", "--steps", "0"}, exitUsage, "flag -steps: must be between 1 and 1000"},
-		{"guidance below 1", []string{"txt2img", "--cfg", "0.5"}, exitUsage, `invalid value "0.5" for flag -cfg: must be between 1 and 100`},
-		{"guidance NaN", []string{"txt2img", "--cfg", "NaN"}, exitUsage, "flag -cfg: must be between 1 and 100"},
+		{"guidance below 0", []string{"txt2img", "--cfg", "-0.5"}, exitUsage, `invalid value "-0.5" for flag -cfg: must be between 0 and 100`},
+		{"guidance NaN", []string{"txt2img", "--cfg", "NaN"}, exitUsage, "flag -cfg: must be between 0 and 100"},
 		{"guidance not a number", []string{"txt2img", "--cfg", "high"}, exitUsage, "flag -cfg: not a number"},
 		{"bad rng", []string{"txt2img", "--rng", "gpu"}, exitUsage, `invalid value "gpu" for flag -rng`},
 		{"seed below -1", []string{"txt2img", "--seed", "-2"}, exitUsage, `invalid value "-2" for flag -seed: want -1 or an integer`},
@@ -157,7 +159,7 @@ func TestTxt2ImgMatchesDiffusers(t *testing.T) {
 	img, params := pngParameters(t, out)
 	require.Equal(t, image.Rect(0, 0, 64, 64), img.Bounds())
 	assert.Equal(t, "a red apple on a table\nNegative prompt: blurry\n"+
-		"Steps: 6, Sampler: DDIM, CFG scale: 7.5, Seed: 50, Size: 64x64, Model: diffusers, Version: gosd", params)
+		"Steps: 6, Sampler: DDIM, CFG scale: 7.5, Seed: 50, Size: 64x64, Model: diffusers, RNG: CPU, Version: gosd", params)
 
 	f, err := modelfile.OpenSafetensors(filepath.Join(testutil.ConformanceDir(t), "sd1-tiny", "txt2img-ddim.safetensors"))
 	require.NoError(t, err)
@@ -191,11 +193,14 @@ func TestTxt2ImgBatchRandomSeed(t *testing.T) {
 	assert.Equal(t, strings.Join(paths, "\n")+"\n", r.stdout)
 	seed := regexp.MustCompile(`(?m)^seed (\d+)$`).FindStringSubmatch(r.stderr)
 	require.NotNil(t, seed, "stderr: %s", r.stderr)
-	for _, p := range paths {
+	first, err := strconv.ParseUint(seed[1], 10, 64)
+	require.NoError(t, err)
+	for i, p := range paths {
 		img, params := pngParameters(t, p)
 		assert.Equal(t, image.Rect(0, 0, 64, 64), img.Bounds(), "native size")
-		assert.Contains(t, params, "Sampler: Euler a, Schedule type: Karras, CFG scale: 7.5, Seed: "+seed[1]+", Size: 64x64")
-		assert.Contains(t, params, "RNG: NV, Batch size: 2")
+		// Each image records its own seed, which regenerates it alone.
+		assert.Contains(t, params, fmt.Sprintf("Sampler: Euler a, Schedule type: Karras, CFG scale: 7.5, Seed: %d, Size: 64x64", first+uint64(i)))
+		assert.Contains(t, params, fmt.Sprintf("Batch size: 2, Batch pos: %d, RNG: NV", i))
 	}
 	entries, err := os.ReadDir(dir)
 	require.NoError(t, err)

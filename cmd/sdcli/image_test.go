@@ -50,9 +50,10 @@ func TestReadImageDeclaredSize(t *testing.T) {
 		data func(t *testing.T) []byte
 		msg  string // "" when the image is accepted
 	}{
-		{"20000×20000 declared", func(t *testing.T) []byte { return declaringPNG(t, 20000, 20000) }, "declares 20000×20000 pixels: at most 4096 a side (16.8 Mpixels)"},
-		{"one side too wide", func(t *testing.T) []byte { return declaringPNG(t, 4097, 8) }, "declares 4097×8 pixels"},
-		{"one side too tall", func(t *testing.T) []byte { return declaringPNG(t, 8, 4097) }, "declares 8×4097 pixels"},
+		{"20000×20000 declared", func(t *testing.T) []byte { return declaringPNG(t, 20000, 20000) }, "declares 20000×20000 pixels: at most 16384 a side and 64 Mpixels in all"},
+		{"one side too wide", func(t *testing.T) []byte { return declaringPNG(t, 16385, 8) }, "declares 16385×8 pixels"},
+		{"one side too tall", func(t *testing.T) []byte { return declaringPNG(t, 8, 16385) }, "declares 8×16385 pixels"},
+		{"too many pixels", func(t *testing.T) []byte { return declaringPNG(t, 16000, 16000) }, "declares 16000×16000 pixels"},
 		{"4096 wide", func(t *testing.T) []byte { return pngBytes(t, 4096, 8) }, ""},
 		{"small", func(t *testing.T) []byte { return pngBytes(t, 8, 8) }, ""},
 	}

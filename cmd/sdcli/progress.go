@@ -30,7 +30,7 @@ func newProgressBar(w io.Writer, terminal bool, label string) *progressBar {
 
 // update is a diffusion.Request.Progress callback.
 func (p *progressBar) update(pr diffusion.Progress) {
-	last := pr.Step == pr.Steps
+	last := pr.Evaluation == pr.Evaluations
 	if p.terminal {
 		fmt.Fprintf(p.w, "\r%s\x1b[K", progressLine(p.label, pr))
 		p.open = !last
@@ -39,7 +39,7 @@ func (p *progressBar) update(pr diffusion.Progress) {
 		}
 		return
 	}
-	if pr.Step == 1 || last || pr.Elapsed-p.printed >= p.interval {
+	if pr.Evaluation == 1 || last || pr.Elapsed-p.printed >= p.interval {
 		fmt.Fprintln(p.w, progressLine(p.label, pr))
 		p.printed = pr.Elapsed
 	}
@@ -53,7 +53,8 @@ func (p *progressBar) finish() {
 	}
 }
 
-// progressLine is e.g. "txt2img |======      | 3/12 4.2s 1.40s/it".
+// progressLine is e.g. "txt2img |======      | 3/12 4.2s 1.40s/it", counting sampling
+// steps (a Heun step, two UNet evaluations, is one).
 func progressLine(label string, pr diffusion.Progress) string {
 	done := 0
 	if pr.Steps > 0 {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/gosd/gosd/diffusion"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestProgressLine(t *testing.T) {
@@ -28,7 +29,7 @@ func TestProgressLine(t *testing.T) {
 func steps(n int, each time.Duration) []diffusion.Progress {
 	prs := make([]diffusion.Progress, n)
 	for i := range prs {
-		prs[i] = diffusion.Progress{Step: i + 1, Steps: n, Elapsed: time.Duration(i+1) * each}
+		prs[i] = diffusion.Progress{Step: i + 1, Steps: n, Evaluation: i + 1, Evaluations: n, Elapsed: time.Duration(i+1) * each}
 	}
 	return prs
 }
@@ -73,4 +74,23 @@ func TestProgressTerminal(t *testing.T) {
 	bar.finish()
 	bar.finish()
 	assert.Equal(t, 1, strings.Count(buf.String(), "\n"))
+}
+
+// A second-order sampler's 20 steps are 39 UNet evaluations: the bar counts the steps.
+func TestProgressCountsSteps(t *testing.T) {
+	var buf bytes.Buffer
+	bar := newProgressBar(&buf, false, "x")
+	for e := 1; e <= 39; e++ {
+		step := e / 2 // as the pipeline reports Heun: a step ends with its second evaluation
+		if e == 39 {
+			step = 20
+		}
+		bar.update(diffusion.Progress{Step: step, Steps: 20, Evaluation: e, Evaluations: 39, Elapsed: time.Duration(e) * time.Millisecond})
+	}
+	bar.finish()
+	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	require.Len(t, lines, 2, "the first and the last evaluation")
+	assert.Equal(t, "0/20", stepRE.FindString(lines[0]))
+	assert.Equal(t, "20/20", stepRE.FindString(lines[1]))
+	assert.NotContains(t, buf.String(), "/39")
 }
