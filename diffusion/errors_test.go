@@ -13,31 +13,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// brokenKit is the kit's sd1-tiny diffusers folder, its files linked, with
-// the files in replace (relative path → contents; nil deletes) written over.
-func brokenKit(t *testing.T, replace map[string][]byte) string {
-	t.Helper()
-	src := filepath.Join(testutil.ConformanceDir(t), "sd1-tiny", "diffusers")
-	dst := t.TempDir()
-	require.NoError(t, filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		require.NoError(t, os.MkdirAll(filepath.Join(dst, filepath.Dir(rel)), 0o755))
-		if _, ok := replace[rel]; ok {
-			return nil
-		}
-		return os.Symlink(p, filepath.Join(dst, rel))
-	}))
-	for rel, data := range replace {
-		if data != nil {
-			require.NoError(t, os.WriteFile(filepath.Join(dst, rel), data, 0o644))
-		}
-	}
-	return dst
-}
-
 // safetensorsFile assembles a safetensors file from a raw header and data.
 func safetensorsFile(header string, data []byte) []byte {
 	b := binary.LittleEndian.AppendUint64(nil, uint64(len(header)))
@@ -74,7 +49,7 @@ func TestOpenModelErrorKinds(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := Open(brokenKit(t, c.replace), WithLibrary(filepath.Join(t.TempDir(), "no-library")))
+			_, err := Open(testutil.KitFolder(t, "sd1-tiny/diffusers", c.replace), WithLibrary(filepath.Join(t.TempDir(), "no-library")))
 			assert.ErrorContains(t, err, c.wantErr)
 			assert.ErrorIs(t, err, c.kind)
 		})
@@ -96,7 +71,7 @@ func TestOpenRejectsBrokenTokenizer(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			dir := brokenKit(t, map[string][]byte{filepath.Join("tokenizer", c.file): []byte(c.content)})
+			dir := testutil.KitFolder(t, "sd1-tiny/diffusers", map[string][]byte{filepath.Join("tokenizer", c.file): []byte(c.content)})
 			p, err := Open(dir, WithDevice(DeviceCPU), WithThreads(2), WithLibrary(filepath.Join(testutil.RepoRoot(t), "build")))
 			if err == nil {
 				p.Close()

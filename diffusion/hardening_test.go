@@ -7,10 +7,8 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
-	"hash/crc32"
 	"image"
 	"image/color"
-	"image/png"
 	"math"
 	"os"
 	"path/filepath"
@@ -75,28 +73,16 @@ func TestExtendCanvasLimits(t *testing.T) {
 	assert.Equal(t, c.Bounds(), m.Bounds())
 }
 
-// pngDeclaring is a valid 1x1 PNG whose header is rewritten to declare w x h pixels.
-func pngDeclaring(t *testing.T, w, h uint32) []byte {
-	var buf bytes.Buffer
-	require.NoError(t, png.Encode(&buf, image.NewGray(image.Rect(0, 0, 1, 1))))
-	b := buf.Bytes()
-	// signature (8), IHDR length (4), "IHDR" (4), width, height, ...; CRC over type+data.
-	binary.BigEndian.PutUint32(b[16:], w)
-	binary.BigEndian.PutUint32(b[20:], h)
-	binary.BigEndian.PutUint32(b[29:], crc32.ChecksumIEEE(b[12:29]))
-	return b
-}
-
 func TestDecodeImageChecksDeclaredSize(t *testing.T) {
-	_, err := DecodeImage(bytes.NewReader(pngDeclaring(t, 20000, 20000)), "big.png")
+	_, err := DecodeImage(bytes.NewReader(testutil.DeclaringPNG(t, 20000, 20000)), "big.png")
 	require.ErrorIs(t, err, ErrInvalidRequest)
 	assert.Contains(t, err.Error(), "big.png declares 20000×20000 pixels")
-	_, err = DecodeImage(bytes.NewReader(pngDeclaring(t, 16000, 16000)), "many.png")
+	_, err = DecodeImage(bytes.NewReader(testutil.DeclaringPNG(t, 16000, 16000)), "many.png")
 	assert.ErrorIs(t, err, ErrInvalidRequest, "under the side limit but over the pixel limit")
 	_, err = DecodeImage(strings.NewReader("GIF89a not really"), "x.gif")
 	require.ErrorIs(t, err, ErrInvalidRequest)
 	assert.NotContains(t, err.Error(), "png: png:")
-	img, err := DecodeImage(bytes.NewReader(pngDeclaring(t, 1, 1)), "ok.png")
+	img, err := DecodeImage(bytes.NewReader(testutil.DeclaringPNG(t, 1, 1)), "ok.png")
 	require.NoError(t, err)
 	assert.Equal(t, 1, img.Bounds().Dx())
 }
@@ -165,26 +151,8 @@ func TestOpenContextCancelled(t *testing.T) {
 	assert.ErrorIs(t, err, context.Canceled)
 }
 
-// copyTree copies the regular files under src to dst.
-func copyTree(t *testing.T, src, dst string) {
-	require.NoError(t, filepath.Walk(src, func(path string, info os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, path)
-		if info.IsDir() {
-			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
-		}
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(dst, rel), data, 0o644)
-	}))
-}
-
-// poisonTensor writes value into every element of one tensor of a safetensors file.
-func poisonTensor(t *testing.T, file, name string, value float32) {
+// poisonTensor is a safetensors file with value written into every element of one tensor.
+func poisonTensor(t *testing.T, file, name string, value float32) []byte {
 	data, err := os.ReadFile(file)
 	require.NoError(t, err)
 	n := binary.LittleEndian.Uint64(data)
@@ -210,7 +178,7 @@ func poisonTensor(t *testing.T, file, name string, value float32) {
 	default:
 		t.Fatalf("dtype %s", info.DType)
 	}
-	require.NoError(t, os.WriteFile(file, data, 0o644))
+	return data
 }
 
 // A NaN or an infinity in a network's output fails the call naming the network, instead of
@@ -229,9 +197,8 @@ func TestNonFiniteOutputDetected(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.stage, func(t *testing.T) {
-			dir := t.TempDir()
-			copyTree(t, filepath.Join(kit, "sd1-tiny", "diffusers"), dir)
-			poisonTensor(t, filepath.Join(dir, tc.file), tc.tensor, tc.value)
+			poisoned := poisonTensor(t, filepath.Join(kit, "sd1-tiny", "diffusers", tc.file), tc.tensor, tc.value)
+			dir := testutil.KitFolder(t, "sd1-tiny/diffusers", map[string][]byte{tc.file: poisoned})
 			p, err := Open(dir, WithDevice(DeviceCPU), WithThreads(2), WithLibrary(filepath.Join(testutil.RepoRoot(t), "build")))
 			require.NoError(t, err)
 			defer p.Close()

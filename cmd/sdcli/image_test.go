@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
-	"hash/crc32"
 	"image"
 	"image/png"
 	"os"
@@ -11,6 +10,7 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -21,18 +21,6 @@ func pngBytes(t *testing.T, w, h int) []byte {
 	var buf bytes.Buffer
 	require.NoError(t, png.Encode(&buf, image.NewGray(image.Rect(0, 0, w, h))))
 	return buf.Bytes()
-}
-
-// declaringPNG is a valid 1×1 PNG whose header declares w×h pixels: a file of a few dozen
-// bytes that a decoder would allocate w×h bytes for.
-func declaringPNG(t *testing.T, w, h int) []byte {
-	t.Helper()
-	b := pngBytes(t, 1, 1)
-	require.Equal(t, "IHDR", string(b[12:16]))
-	binary.BigEndian.PutUint32(b[16:], uint32(w))
-	binary.BigEndian.PutUint32(b[20:], uint32(h))
-	binary.BigEndian.PutUint32(b[29:], crc32.ChecksumIEEE(b[12:29])) // type and data
-	return b
 }
 
 func writeTemp(t *testing.T, name string, data []byte) string {
@@ -50,10 +38,10 @@ func TestReadImageDeclaredSize(t *testing.T) {
 		data func(t *testing.T) []byte
 		msg  string // "" when the image is accepted
 	}{
-		{"20000×20000 declared", func(t *testing.T) []byte { return declaringPNG(t, 20000, 20000) }, "declares 20000×20000 pixels: at most 16384 a side and 64 Mpixels in all"},
-		{"one side too wide", func(t *testing.T) []byte { return declaringPNG(t, 16385, 8) }, "declares 16385×8 pixels"},
-		{"one side too tall", func(t *testing.T) []byte { return declaringPNG(t, 8, 16385) }, "declares 8×16385 pixels"},
-		{"too many pixels", func(t *testing.T) []byte { return declaringPNG(t, 16000, 16000) }, "declares 16000×16000 pixels"},
+		{"20000×20000 declared", func(t *testing.T) []byte { return testutil.DeclaringPNG(t, 20000, 20000) }, "declares 20000×20000 pixels: at most 16384 a side and 64 Mpixels in all"},
+		{"one side too wide", func(t *testing.T) []byte { return testutil.DeclaringPNG(t, 16385, 8) }, "declares 16385×8 pixels"},
+		{"one side too tall", func(t *testing.T) []byte { return testutil.DeclaringPNG(t, 8, 16385) }, "declares 8×16385 pixels"},
+		{"too many pixels", func(t *testing.T) []byte { return testutil.DeclaringPNG(t, 16000, 16000) }, "declares 16000×16000 pixels"},
 		{"4096 wide", func(t *testing.T) []byte { return pngBytes(t, 4096, 8) }, ""},
 		{"small", func(t *testing.T) []byte { return pngBytes(t, 8, 8) }, ""},
 	}
@@ -79,7 +67,7 @@ func TestReadImageDeclaredSize(t *testing.T) {
 
 // The command fails on an oversized init image or mask before any model is opened.
 func TestGenerateRefusesHugeImages(t *testing.T) {
-	huge := writeTemp(t, "huge.png", declaringPNG(t, 20000, 20000))
+	huge := writeTemp(t, "huge.png", testutil.DeclaringPNG(t, 20000, 20000))
 	small := writeTemp(t, "small.png", pngBytes(t, 64, 64))
 	model := t.TempDir() // exists; never opened
 	out := filepath.Join(t.TempDir(), "out.png")

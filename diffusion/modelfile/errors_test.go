@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -79,7 +80,7 @@ func TestLoadErrorKinds(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			dir := kitFolder(t, c.files(t))
+			dir := testutil.KitFolder(t, "sd1-tiny/diffusers", c.files(t))
 			_, err := Load(dir)
 			require.Error(t, err)
 			assert.ErrorContains(t, err, c.wantErr)

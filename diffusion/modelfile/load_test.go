@@ -73,32 +73,6 @@ func TestLoadDiffusersKitModels(t *testing.T) {
 	}
 }
 
-// kitFolder lays out a diffusers folder in a temporary directory linking
-// the kit's sd1-tiny files, except those in replace (relative path →
-// contents; nil deletes).
-func kitFolder(t *testing.T, replace map[string][]byte) string {
-	src := filepath.Join(testutil.ConformanceDir(t), "sd1-tiny", "diffusers")
-	dst := t.TempDir()
-	require.NoError(t, filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		if _, ok := replace[rel]; ok {
-			return nil
-		}
-		require.NoError(t, os.MkdirAll(filepath.Join(dst, filepath.Dir(rel)), 0o755))
-		return os.Symlink(p, filepath.Join(dst, rel))
-	}))
-	for rel, data := range replace {
-		if data != nil {
-			require.NoError(t, os.MkdirAll(filepath.Join(dst, filepath.Dir(rel)), 0o755))
-			writeFile(t, filepath.Join(dst, rel), data)
-		}
-	}
-	return dst
-}
-
 // kitTensors reads one sd1-tiny component file, renaming tensors with
 // rename (which may drop one by returning "").
 func kitTensors(t *testing.T, rel string, rename func(Tensor) Tensor) []Tensor {
@@ -134,12 +108,12 @@ func TestLoadDiffusersLayouts(t *testing.T) {
 
 	t.Run("text encoder without text_model prefix", func(t *testing.T) {
 		tensors := kitTensors(t, textFile, func(x Tensor) Tensor { x.Name = strings.TrimPrefix(x.Name, "text_model."); return x })
-		m := loadModel(t, kitFolder(t, map[string][]byte{textFile: safetensorsBytes(t, tensors)}))
+		m := loadModel(t, testutil.KitFolder(t, "sd1-tiny/diffusers", map[string][]byte{textFile: safetensorsBytes(t, tensors)}))
 		assertSameWeights(t, ref.TextEncoder.Tensors, m.TextEncoder.Tensors)
 	})
 
 	t.Run("only an fp16 variant", func(t *testing.T) {
-		m := loadModel(t, kitFolder(t, map[string][]byte{unetFile: nil, "unet/diffusion_pytorch_model.fp16.safetensors": safetensorsBytes(t, kitTensors(t, unetFile, same))}))
+		m := loadModel(t, testutil.KitFolder(t, "sd1-tiny/diffusers", map[string][]byte{unetFile: nil, "unet/diffusion_pytorch_model.fp16.safetensors": safetensorsBytes(t, kitTensors(t, unetFile, same))}))
 		assertSameWeights(t, ref.UNet.Tensors, m.UNet.Tensors)
 	})
 
@@ -150,14 +124,14 @@ func TestLoadDiffusersLayouts(t *testing.T) {
 			require.NoError(t, err)
 			return Tensor{Name: x.Name, DType: F32, Shape: x.Shape, Data: floatBytes(v...)}
 		})
-		dir := kitFolder(t, map[string][]byte{"vae/diffusion_pytorch_model.fp32.safetensors": safetensorsBytes(t, f32)})
+		dir := testutil.KitFolder(t, "sd1-tiny/diffusers", map[string][]byte{"vae/diffusion_pytorch_model.fp32.safetensors": safetensorsBytes(t, f32)})
 		assert.Equal(t, F32, loadModel(t, dir, WithVariant("fp32")).VAE.Tensors["decoder.conv_in.weight"].DType)
 		assert.Equal(t, F16, loadModel(t, dir).VAE.Tensors["decoder.conv_in.weight"].DType, "the plain file wins without WithVariant")
 	})
 
 	t.Run("several variants", func(t *testing.T) {
 		b := safetensorsBytes(t, kitTensors(t, vaeFile, same))
-		dir := kitFolder(t, map[string][]byte{vaeFile: nil, "vae/diffusion_pytorch_model.fp16.safetensors": b, "vae/diffusion_pytorch_model.ema.safetensors": b})
+		dir := testutil.KitFolder(t, "sd1-tiny/diffusers", map[string][]byte{vaeFile: nil, "vae/diffusion_pytorch_model.fp16.safetensors": b, "vae/diffusion_pytorch_model.ema.safetensors": b})
 		_, err := Load(dir)
 		assert.ErrorContains(t, err, "several weight variants (diffusion_pytorch_model.ema.safetensors, diffusion_pytorch_model.fp16.safetensors): choose one with WithVariant")
 	})
@@ -177,23 +151,23 @@ func TestLoadDiffusersLayouts(t *testing.T) {
 			"unet/diffusion_pytorch_model-00001-of-00002.safetensors": safetensorsBytes(t, tensors[:half]),
 			"unet/diffusion_pytorch_model-00002-of-00002.safetensors": safetensorsBytes(t, tensors[half:]),
 		}
-		m := loadModel(t, kitFolder(t, files))
+		m := loadModel(t, testutil.KitFolder(t, "sd1-tiny/diffusers", files))
 		assertSameWeights(t, ref.UNet.Tensors, m.UNet.Tensors)
 
 		index[tensors[0].Name] = "diffusion_pytorch_model-00002-of-00002.safetensors"
 		files["unet/diffusion_pytorch_model.safetensors.index.json"], _ = json.Marshal(map[string]any{"weight_map": index})
-		_, err = Load(kitFolder(t, files))
+		_, err = Load(testutil.KitFolder(t, "sd1-tiny/diffusers", files))
 		assert.ErrorContains(t, err, "tensor "+tensors[0].Name+" is not in diffusion_pytorch_model-00002-of-00002.safetensors as the index says")
 
 		index[tensors[0].Name] = "../vae/diffusion_pytorch_model.safetensors"
 		files["unet/diffusion_pytorch_model.safetensors.index.json"], _ = json.Marshal(map[string]any{"weight_map": index})
-		_, err = Load(kitFolder(t, files))
+		_, err = Load(testutil.KitFolder(t, "sd1-tiny/diffusers", files))
 		assert.ErrorContains(t, err, `shard "../vae/diffusion_pytorch_model.safetensors" is not a file beside the index`)
 	})
 
 	t.Run("pickled text encoder", func(t *testing.T) {
 		ckpt := ckptFromTensors(t, kitTensors(t, textFile, same))
-		m := loadModel(t, kitFolder(t, map[string][]byte{textFile: nil, "text_encoder/pytorch_model.bin": ckpt}))
+		m := loadModel(t, testutil.KitFolder(t, "sd1-tiny/diffusers", map[string][]byte{textFile: nil, "text_encoder/pytorch_model.bin": ckpt}))
 		assertSameWeights(t, ref.TextEncoder.Tensors, m.TextEncoder.Tensors)
 	})
 
@@ -210,18 +184,18 @@ func TestLoadDiffusersLayouts(t *testing.T) {
 			}
 			return x
 		})
-		m := loadModel(t, kitFolder(t, map[string][]byte{vaeFile: safetensorsBytes(t, tensors)}))
+		m := loadModel(t, testutil.KitFolder(t, "sd1-tiny/diffusers", map[string][]byte{vaeFile: safetensorsBytes(t, tensors)}))
 		assertSameWeights(t, ref.VAE.Tensors, m.VAE.Tensors)
 	})
 
 	t.Run("extras are counted", func(t *testing.T) {
 		tensors := append(kitTensors(t, textFile, same), Tensor{Name: "text_model.embeddings.position_ids", DType: I64, Shape: []int64{1, 77}, Data: make([]byte, 8*77)})
-		m := loadModel(t, kitFolder(t, map[string][]byte{textFile: safetensorsBytes(t, tensors)}))
+		m := loadModel(t, testutil.KitFolder(t, "sd1-tiny/diffusers", map[string][]byte{textFile: safetensorsBytes(t, tensors)}))
 		assert.Equal(t, []string{"text_encoder/text_model.embeddings.position_ids"}, m.Unused)
 	})
 
 	t.Run("options override the files", func(t *testing.T) {
-		m := loadModel(t, kitFolder(t, nil), WithPredictionType(PredictV), WithFamily(FamilySD2), WithUNetHeads(4, 4, 4, 4), WithTextHeads(2))
+		m := loadModel(t, testutil.KitFolder(t, "sd1-tiny/diffusers", nil), WithPredictionType(PredictV), WithFamily(FamilySD2), WithUNetHeads(4, 4, 4, 4), WithTextHeads(2))
 		assert.Equal(t, FamilySD2, m.Family)
 		assert.Equal(t, PredictV, m.Scheduler.PredictionType)
 		assert.Contains(t, string(m.Scheduler.Raw), `"prediction_type": "v_prediction"`)
@@ -231,7 +205,7 @@ func TestLoadDiffusersLayouts(t *testing.T) {
 	})
 
 	t.Run("no scheduler or tokenizer", func(t *testing.T) {
-		m := loadModel(t, kitFolder(t, map[string][]byte{
+		m := loadModel(t, testutil.KitFolder(t, "sd1-tiny/diffusers", map[string][]byte{
 			"scheduler/scheduler_config.json": nil, "tokenizer/vocab.json": nil, "tokenizer/merges.txt": nil, "tokenizer/tokenizer_config.json": nil,
 		}))
 		assert.Equal(t, SD15SchedulerConfig(), m.Scheduler)
@@ -274,7 +248,7 @@ func TestLoadDiffusersErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			dir := kitFolder(t, c.files(t))
+			dir := testutil.KitFolder(t, "sd1-tiny/diffusers", c.files(t))
 			_, err := Load(dir)
 			assert.ErrorContains(t, err, dir)
 			assert.ErrorContains(t, err, c.wantErr)
@@ -334,7 +308,7 @@ func TestLoadBoundsCountsByWeights(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := Load(kitFolder(t, map[string][]byte{c.file: []byte(c.config)}))
+			_, err := Load(testutil.KitFolder(t, "sd1-tiny/diffusers", map[string][]byte{c.file: []byte(c.config)}))
 			assert.ErrorContains(t, err, c.wantErr)
 			assert.ErrorIs(t, err, ErrBadModel)
 		})
