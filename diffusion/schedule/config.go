@@ -293,6 +293,9 @@ func ParseConfig(data []byte) (Config, error) {
 var ErrInvalidConfig = errors.New("schedule: invalid config")
 
 // validate checks the values that make no sense whatever the sampler.
+// MaxTrainTimesteps bounds num_train_timesteps (Stable Diffusion models use 1000).
+const MaxTrainTimesteps = 1 << 16
+
 func (c Config) validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...)
@@ -302,6 +305,9 @@ func (c Config) validate() error {
 		return bad("num_train_timesteps %d is negative", c.NumTrainTimesteps)
 	case c.NumTrainTimesteps == 1:
 		return bad("num_train_timesteps must be at least 2")
+	case c.NumTrainTimesteps > MaxTrainTimesteps:
+		// Tables of this length are built per call: a hostile file must not size them.
+		return bad("num_train_timesteps %d is above %d", c.NumTrainTimesteps, MaxTrainTimesteps)
 	case c.BetaStart < 0 || c.BetaStart >= 1 || math.IsNaN(c.BetaStart):
 		return bad("beta_start %v is outside [0, 1)", c.BetaStart)
 	case c.BetaEnd < 0 || c.BetaEnd >= 1 || math.IsNaN(c.BetaEnd):

@@ -145,6 +145,7 @@ func TestParseConfigErrors(t *testing.T) {
 		"unknown spacing":            `{"timestep_spacing": "even"}`,
 		"zero train timesteps":       `{"num_train_timesteps": 0}`,
 		"one train timestep":         `{"num_train_timesteps": 1}`,
+		"a billion train timesteps":  `{"num_train_timesteps": 1000000000}`,
 		"fractional train steps":     `{"num_train_timesteps": 1000.5}`,
 		"zero beta_start":            `{"beta_start": 0}`,
 		"beta_end of 1":              `{"beta_end": 1}`,
