@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/gosd/gosd/diffusion/modelfile"
+	"github.com/gosd/gosd/diffusion/schedule"
 )
 
 // Device chooses where the networks run.
@@ -71,7 +72,7 @@ func WithFamily(f modelfile.Family) Option {
 
 // WithPredictionType overrides what the UNet predicts (single files do not record it;
 // SD 2.x defaults to v-prediction).
-func WithPredictionType(p modelfile.PredictionType) Option {
+func WithPredictionType(p schedule.PredictionType) Option {
 	return func(o *openOptions) { o.model = append(o.model, modelfile.WithPredictionType(p)) }
 }
 

@@ -49,7 +49,7 @@ type ModelInfo struct {
 	Name           string // file or folder name
 	Path           string
 	Family         modelfile.Family
-	Prediction     modelfile.PredictionType
+	Prediction     schedule.PredictionType
 	Width, Height  int     // native image size
 	DefaultSampler Sampler // the scheduler its config names
 	TextLayers     int
@@ -188,16 +188,10 @@ func (p *Pipeline) setup(m *modelfile.Model, device Device) error {
 	if n, embedded := p.tok.VocabSize(), m.TextEncoder.Config.VocabSize; n > embedded {
 		return fmt.Errorf("%w: the tokenizer has %d tokens, the text encoder embeds %d", ErrBadModel, n, embedded)
 	}
+	// Raw carries prediction_type too: modelfile writes WithPredictionType's value and
+	// the family default of single files into it.
 	if p.sched, err = schedule.ParseConfig(m.Scheduler.Raw); err != nil {
 		return fmt.Errorf("%w: scheduler config: %v", ErrBadModel, err)
-	}
-	switch m.Scheduler.PredictionType {
-	case modelfile.PredictV:
-		p.sched.PredictionType = schedule.PredictV
-	case modelfile.PredictSample:
-		p.sched.PredictionType = schedule.PredictSample
-	default:
-		p.sched.PredictionType = schedule.PredictEpsilon
 	}
 	f := p.eng.vaeFactor()
 	side := m.UNet.Config.SampleSize * f

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math"
 	"slices"
+
+	"github.com/gosd/gosd/diffusion/schedule"
 )
 
 // Family is a Stable Diffusion model family: one network layout with its
@@ -38,51 +40,6 @@ func ParseFamily(s string) (Family, error) {
 		}
 	}
 	return 0, fmt.Errorf("unknown model family %q (want sd1 or sd2)", s)
-}
-
-// PredictionType is what the UNet predicts, as diffusers names it.
-type PredictionType uint8
-
-// Prediction types.
-const (
-	PredictEpsilon PredictionType = iota + 1 // the added noise
-	PredictV                                 // v = alpha*noise - sigma*x0 (SD 2.x 768-v models)
-	PredictSample                            // x0 itself
-)
-
-var predictionNames = [...]string{PredictEpsilon: "epsilon", PredictV: "v_prediction", PredictSample: "sample"}
-
-// String returns the diffusers name: "epsilon", "v_prediction" or "sample".
-func (p PredictionType) String() string {
-	if p >= PredictEpsilon && p <= PredictSample {
-		return predictionNames[p]
-	}
-	return fmt.Sprintf("PredictionType(%d)", uint8(p))
-}
-
-// ParsePredictionType is the inverse of String.
-func ParsePredictionType(s string) (PredictionType, error) {
-	for p := PredictEpsilon; p <= PredictSample; p++ {
-		if s == predictionNames[p] {
-			return p, nil
-		}
-	}
-	return 0, fmt.Errorf("unknown prediction type %q (want epsilon, v_prediction or sample)", s)
-}
-
-// MarshalText writes the diffusers name.
-func (p PredictionType) MarshalText() ([]byte, error) {
-	if p < PredictEpsilon || p > PredictSample {
-		return nil, fmt.Errorf("invalid prediction type %d", uint8(p))
-	}
-	return []byte(p.String()), nil
-}
-
-// UnmarshalText parses the diffusers name.
-func (p *PredictionType) UnmarshalText(b []byte) error {
-	v, err := ParsePredictionType(string(b))
-	*p = v
-	return err
 }
 
 // intOrList is a diffusers config value that is either one int for every
@@ -627,13 +584,13 @@ func (c CLIPConfig) MarshalJSON() ([]byte, error) {
 // that every Stable Diffusion scheduler shares; Raw keeps the whole file
 // for scheduler-specific keys.
 type SchedulerConfig struct {
-	ClassName         string         `json:"_class_name"`
-	NumTrainTimesteps int            `json:"num_train_timesteps"`
-	BetaStart         float64        `json:"beta_start"`
-	BetaEnd           float64        `json:"beta_end"`
-	BetaSchedule      string         `json:"beta_schedule"`
-	PredictionType    PredictionType `json:"prediction_type"`
-	StepsOffset       int            `json:"steps_offset"`
+	ClassName         string                  `json:"_class_name"`
+	NumTrainTimesteps int                     `json:"num_train_timesteps"`
+	BetaStart         float64                 `json:"beta_start"`
+	BetaEnd           float64                 `json:"beta_end"`
+	BetaSchedule      string                  `json:"beta_schedule"`
+	PredictionType    schedule.PredictionType `json:"prediction_type"`
+	StepsOffset       int                     `json:"steps_offset"`
 	// TimestepSpacing is "" when the file has no timestep_spacing: each
 	// scheduler class then uses its own default (schedule.Config).
 	TimestepSpacing string `json:"timestep_spacing,omitempty"`
@@ -651,7 +608,7 @@ type SchedulerConfig struct {
 func ParseSchedulerConfig(data []byte) (SchedulerConfig, error) {
 	c := SchedulerConfig{
 		NumTrainTimesteps: 1000, BetaStart: 0.0001, BetaEnd: 0.02, BetaSchedule: "linear",
-		PredictionType: PredictEpsilon,
+		PredictionType: schedule.PredictEpsilon,
 	}
 	if err := json.Unmarshal(data, &c); err != nil {
 		return SchedulerConfig{}, fmt.Errorf("scheduler config: %w", err)
@@ -760,7 +717,7 @@ func SD15SchedulerConfig() SchedulerConfig {
 	return SchedulerConfig{
 		ClassName: "PNDMScheduler", NumTrainTimesteps: 1000,
 		BetaStart: 0.00085, BetaEnd: 0.012, BetaSchedule: "scaled_linear",
-		PredictionType: PredictEpsilon, StepsOffset: 1, SkipPRKSteps: true,
+		PredictionType: schedule.PredictEpsilon, StepsOffset: 1, SkipPRKSteps: true,
 	}.withRaw()
 }
 
@@ -769,6 +726,6 @@ func SD15SchedulerConfig() SchedulerConfig {
 func SD21SchedulerConfig() SchedulerConfig {
 	c := SD15SchedulerConfig()
 	c.ClassName = "DDIMScheduler"
-	c.PredictionType = PredictV
+	c.PredictionType = schedule.PredictV
 	return c.withRaw()
 }

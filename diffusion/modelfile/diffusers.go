@@ -63,12 +63,12 @@ func (m *Model) fromDiffusers(dir string, o *options) error {
 		if m.Scheduler, err = ParseSchedulerConfig(sched); err != nil {
 			return err
 		}
-		if o.prediction != 0 {
+		if o.prediction != nil {
 			m.Scheduler.Raw, err = setJSONField(m.Scheduler.Raw, "prediction_type", o.prediction.String())
 			if err != nil {
 				return fmt.Errorf("scheduler config: %w", err)
 			}
-			m.Scheduler.PredictionType = o.prediction
+			m.Scheduler.PredictionType = *o.prediction
 		}
 	case errors.Is(err, os.ErrNotExist):
 		m.Scheduler = defaultScheduler(m.Family, o.predictionFor(m.Family))

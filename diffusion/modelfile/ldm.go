@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/gosd/gosd/diffusion/schedule"
 )
 
 // Original (CompVis/LDM) single-file checkpoints keep all three networks in
@@ -114,7 +116,7 @@ type ldmUNetLayout struct {
 // inferUNet reads the UNet config off the tensor shapes. What shapes do
 // not tell comes from the family: SD 1.x has 8 heads per level, SD 2.x
 // 64-wide heads; norm groups 32, eps 1e-5, cos-first timestep embedding.
-func (ts ldmTensors) inferUNet(family Family, pred PredictionType, heads []int) (UNetConfig, error) {
+func (ts ldmTensors) inferUNet(family Family, pred schedule.PredictionType, heads []int) (UNetConfig, error) {
 	p := ldmUNet
 	convIn, err := ts.shape(p+"input_blocks.0.0.weight", 4)
 	if err != nil {
@@ -167,7 +169,7 @@ func (ts ldmTensors) inferUNet(family Family, pred PredictionType, heads []int) 
 	c.CrossAttentionDim = int(toK[1])
 	c.UseLinearProjection = len(ts[p+"middle_block.1.proj_in.weight"].Shape) == 2
 
-	if family == FamilySD2 && pred == PredictV {
+	if family == FamilySD2 && pred == schedule.PredictV {
 		c.SampleSize = 96 // the 768 px v-prediction models
 	}
 	switch {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/gosd/gosd/diffusion/schedule"
 	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -63,7 +64,7 @@ func TestLoadTinyLDMMatchesDiffusers(t *testing.T) {
 	assert.Equal(t, FormatSafetensors, got.Format)
 	assert.Empty(t, got.Unused)
 	assert.Empty(t, got.TokenizerDir)
-	assert.Equal(t, PredictEpsilon, got.Scheduler.PredictionType)
+	assert.Equal(t, schedule.PredictEpsilon, got.Scheduler.PredictionType)
 	assertSameWeights(t, want.UNet.Tensors, got.UNet.Tensors)
 	assertSameWeights(t, want.VAE.Tensors, got.VAE.Tensors)
 	assertSameWeights(t, want.TextEncoder.Tensors, got.TextEncoder.Tensors)
@@ -164,7 +165,7 @@ func TestLoadOpenCLIPSingleFile(t *testing.T) {
 	got := loadModel(t, path, WithUNetHeads(2, 4, 4, 4), WithTextHeads(4))
 
 	assert.Equal(t, FamilySD2, got.Family)
-	assert.Equal(t, PredictV, got.Scheduler.PredictionType, "SD 2.x single files default to v-prediction")
+	assert.Equal(t, schedule.PredictV, got.Scheduler.PredictionType, "SD 2.x single files default to v-prediction")
 	assert.Equal(t, 96, got.UNet.Config.SampleSize)
 	assert.Equal(t, 24, got.TextEncoder.Config.ProjectionDim, "from text_projection")
 	assertSameWeights(t, want.UNet.Tensors, got.UNet.Tensors)
@@ -273,11 +274,13 @@ func TestLDMErrors(t *testing.T) {
 func TestLDMOptions(t *testing.T) {
 	base := tinyLDM(t)
 	m := &Model{}
-	require.NoError(t, m.fromLDM(base, &options{family: FamilySD2, unetHeads: []int{2, 4, 4, 4}, textHeads: 4, prediction: PredictEpsilon}))
+	o := &options{family: FamilySD2, unetHeads: []int{2, 4, 4, 4}, textHeads: 4}
+	WithPredictionType(schedule.PredictEpsilon)(o)
+	require.NoError(t, m.fromLDM(base, o))
 	assert.Equal(t, FamilySD2, m.Family)
 	assert.Equal(t, []int{2, 4, 4, 4}, m.UNet.Config.AttentionHeads)
 	assert.Equal(t, "gelu", m.TextEncoder.Config.HiddenAct, "the family sets what weights do not record")
-	assert.Equal(t, PredictEpsilon, m.Scheduler.PredictionType)
+	assert.Equal(t, schedule.PredictEpsilon, m.Scheduler.PredictionType)
 	assert.Equal(t, 64, m.UNet.Config.SampleSize, "an epsilon SD 2.x model is a 512 px base model")
 	assert.Contains(t, string(m.Scheduler.Raw), `"prediction_type":"epsilon"`)
 

@@ -7,6 +7,8 @@ import (
 	"os"
 	"slices"
 	"strings"
+
+	"github.com/gosd/gosd/diffusion/schedule"
 )
 
 // Component is one network: its config and its tensors keyed by diffusers
@@ -66,7 +68,7 @@ type Option func(*options)
 
 type options struct {
 	family     Family
-	prediction PredictionType
+	prediction *schedule.PredictionType // nil: not set
 	unetHeads  []int
 	textHeads  int
 	variant    string
@@ -79,8 +81,10 @@ func WithFamily(f Family) Option { return func(o *options) { o.family = f } }
 
 // WithPredictionType overrides the prediction type. Single files do not
 // record it: SD 1.x defaults to epsilon and SD 2.x to v_prediction (the
-// 768 px models); SD 2.x 512 px "base" checkpoints need PredictEpsilon.
-func WithPredictionType(p PredictionType) Option { return func(o *options) { o.prediction = p } }
+// 768 px models); SD 2.x 512 px "base" checkpoints need schedule.PredictEpsilon.
+func WithPredictionType(p schedule.PredictionType) Option {
+	return func(o *options) { o.prediction = &p }
+}
 
 // WithUNetHeads sets the attention head count of each UNet level.
 func WithUNetHeads(perLevel ...int) Option {
@@ -98,8 +102,8 @@ func (o *options) validate() error {
 	switch {
 	case o.family != 0 && o.family != FamilySD1 && o.family != FamilySD2:
 		return fmt.Errorf("WithFamily: invalid %v", o.family)
-	case o.prediction != 0 && (o.prediction < PredictEpsilon || o.prediction > PredictSample):
-		return fmt.Errorf("WithPredictionType: invalid %v", o.prediction)
+	case o.prediction != nil && !o.prediction.Valid():
+		return fmt.Errorf("WithPredictionType: invalid %v", *o.prediction)
 	case o.textHeads < 0:
 		return fmt.Errorf("WithTextHeads: %d heads", o.textHeads)
 	case o.unetHeads != nil && slices.ContainsFunc(o.unetHeads, func(n int) bool { return n <= 0 }):
@@ -136,19 +140,19 @@ func Load(path string, opts ...Option) (*Model, error) {
 
 // predictionFor is the prediction type set by option, else what the
 // family's checkpoints predict when nothing says otherwise.
-func (o *options) predictionFor(f Family) PredictionType {
+func (o *options) predictionFor(f Family) schedule.PredictionType {
 	switch {
-	case o.prediction != 0:
-		return o.prediction
+	case o.prediction != nil:
+		return *o.prediction
 	case f == FamilySD2:
-		return PredictV
+		return schedule.PredictV
 	}
-	return PredictEpsilon
+	return schedule.PredictEpsilon
 }
 
 // defaultScheduler is the scheduler config of the family's reference
 // model, with the given prediction type.
-func defaultScheduler(f Family, pred PredictionType) SchedulerConfig {
+func defaultScheduler(f Family, pred schedule.PredictionType) SchedulerConfig {
 	s := SD15SchedulerConfig()
 	if f == FamilySD2 {
 		s = SD21SchedulerConfig()
@@ -259,7 +263,7 @@ type Summary struct {
 	Family         Family
 	Format         Format
 	Path           string
-	PredictionType PredictionType
+	PredictionType schedule.PredictionType
 	Components     []ComponentSummary
 	Unused         int      // file tensors no component needs
 	Warnings       []string // Model.Warnings
@@ -308,7 +312,7 @@ func summarize(name string, tensors map[string]Tensor, config string) ComponentS
 func (s Summary) String() string {
 	var b strings.Builder
 	pred := s.PredictionType.String() + " prediction"
-	if s.PredictionType == PredictV {
+	if s.PredictionType == schedule.PredictV {
 		pred = "v-prediction" // the usual name; "v_prediction prediction" reads badly
 	}
 	fmt.Fprintf(&b, "%s: %s model (%s), %s\n", s.Path, s.Family, s.Format, pred)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gosd/gosd/diffusion/schedule"
 	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -19,10 +20,10 @@ func TestLoadDiffusersKitModels(t *testing.T) {
 	for _, c := range []struct {
 		model  string
 		family Family
-		pred   PredictionType
+		pred   schedule.PredictionType
 	}{
-		{"sd1-tiny", FamilySD1, PredictEpsilon},
-		{"sd2-tiny-v", FamilySD2, PredictV},
+		{"sd1-tiny", FamilySD1, schedule.PredictEpsilon},
+		{"sd2-tiny-v", FamilySD2, schedule.PredictV},
 	} {
 		t.Run(c.model, func(t *testing.T) {
 			path := filepath.Join(dir, c.model, "diffusers")
@@ -60,7 +61,7 @@ func TestLoadDiffusersKitModels(t *testing.T) {
 			assert.Equal(t, 2*params, s.Components[1].Bytes, "float16")
 			text := s.String()
 			pred := c.pred.String() + " prediction"
-			if c.pred == PredictV {
+			if c.pred == schedule.PredictV {
 				pred = "v-prediction"
 			}
 			assert.Contains(t, text, c.family.String()+" model (diffusers), "+pred)
@@ -195,9 +196,9 @@ func TestLoadDiffusersLayouts(t *testing.T) {
 	})
 
 	t.Run("options override the files", func(t *testing.T) {
-		m := loadModel(t, testutil.KitFolder(t, "sd1-tiny/diffusers", nil), WithPredictionType(PredictV), WithFamily(FamilySD2), WithUNetHeads(4, 4, 4, 4), WithTextHeads(2))
+		m := loadModel(t, testutil.KitFolder(t, "sd1-tiny/diffusers", nil), WithPredictionType(schedule.PredictV), WithFamily(FamilySD2), WithUNetHeads(4, 4, 4, 4), WithTextHeads(2))
 		assert.Equal(t, FamilySD2, m.Family)
-		assert.Equal(t, PredictV, m.Scheduler.PredictionType)
+		assert.Equal(t, schedule.PredictV, m.Scheduler.PredictionType)
 		assert.Contains(t, string(m.Scheduler.Raw), `"prediction_type": "v_prediction"`)
 		assert.Contains(t, string(m.Scheduler.Raw), `"steps_offset": 1`, "the rest of the file is kept")
 		assert.Equal(t, []int{4, 4, 4, 4}, m.UNet.Config.AttentionHeads)
@@ -264,7 +265,7 @@ func TestLoadRejectsInvalidOptions(t *testing.T) {
 		wantErr string
 	}{
 		{WithFamily(Family(9)), "WithFamily: invalid Family(9)"},
-		{WithPredictionType(PredictionType(9)), "WithPredictionType: invalid PredictionType(9)"},
+		{WithPredictionType(schedule.PredictionType(9)), "WithPredictionType: invalid PredictionType(9)"},
 		{WithTextHeads(-1), "WithTextHeads: -1 heads"},
 		{WithUNetHeads(8, 0), "WithUNetHeads: [8 0] heads"},
 	} {

@@ -18,20 +18,20 @@ func TestSingleFileDefaultScheduler(t *testing.T) {
 	tests := []struct {
 		name    string
 		family  Family
-		pred    PredictionType
+		pred    schedule.PredictionType
 		sampler schedule.Sampler
 		steps   int
 		want    []float64 // timesteps; nil: only count them
 		calls   int
 	}{
-		{"sd1 pndm 20 steps", FamilySD1, PredictEpsilon, schedule.PNDM, 20, nil, 21},
-		{"sd1 pndm 1 step", FamilySD1, PredictEpsilon, schedule.PNDM, 1, []float64{1}, 1},
-		{"sd1 pndm 2 steps", FamilySD1, PredictEpsilon, schedule.PNDM, 2, []float64{501, 1, 1}, 3},
-		{"sd1 pndm 3 steps", FamilySD1, PredictEpsilon, schedule.PNDM, 3, []float64{667, 334, 334, 1}, 4},
-		{"sd1 euler: linspace", FamilySD1, PredictEpsilon, schedule.Euler, 4, []float64{999, 666, 333, 0}, 4},
-		{"sd1 ddim: leading", FamilySD1, PredictEpsilon, schedule.DDIM, 4, []float64{751, 501, 251, 1}, 4},
-		{"sd2 ddim: leading", FamilySD2, PredictV, schedule.DDIM, 4, []float64{751, 501, 251, 1}, 4},
-		{"sd2 euler: linspace", FamilySD2, PredictV, schedule.Euler, 4, []float64{999, 666, 333, 0}, 4},
+		{"sd1 pndm 20 steps", FamilySD1, schedule.PredictEpsilon, schedule.PNDM, 20, nil, 21},
+		{"sd1 pndm 1 step", FamilySD1, schedule.PredictEpsilon, schedule.PNDM, 1, []float64{1}, 1},
+		{"sd1 pndm 2 steps", FamilySD1, schedule.PredictEpsilon, schedule.PNDM, 2, []float64{501, 1, 1}, 3},
+		{"sd1 pndm 3 steps", FamilySD1, schedule.PredictEpsilon, schedule.PNDM, 3, []float64{667, 334, 334, 1}, 4},
+		{"sd1 euler: linspace", FamilySD1, schedule.PredictEpsilon, schedule.Euler, 4, []float64{999, 666, 333, 0}, 4},
+		{"sd1 ddim: leading", FamilySD1, schedule.PredictEpsilon, schedule.DDIM, 4, []float64{751, 501, 251, 1}, 4},
+		{"sd2 ddim: leading", FamilySD2, schedule.PredictV, schedule.DDIM, 4, []float64{751, 501, 251, 1}, 4},
+		{"sd2 euler: linspace", FamilySD2, schedule.PredictV, schedule.Euler, 4, []float64{999, 666, 333, 0}, 4},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

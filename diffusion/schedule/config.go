@@ -79,7 +79,9 @@ func ParseTimestepSpacing(s string) (TimestepSpacing, error) {
 }
 
 // PredictionType is what the denoising model outputs (diffusers'
-// prediction_type).
+// prediction_type). It is the one prediction type of the module: modelfile
+// reads it from scheduler configs and the diffusion API takes it as an
+// option, so a model's value reaches the samplers unconverted.
 type PredictionType int
 
 // Prediction types; the zero value is epsilon, every diffusers default.
@@ -102,6 +104,25 @@ func (p PredictionType) String() string { return enumName(predictionNames, int(p
 func ParsePredictionType(s string) (PredictionType, error) {
 	v, err := parseEnum(predictionNames, s, "prediction type")
 	return PredictionType(v), err
+}
+
+// Valid reports whether p is one of the prediction types above.
+func (p PredictionType) Valid() bool { return p >= 0 && int(p) < len(predictionNames) }
+
+// MarshalText writes the diffusers name, so that the type can be a field of
+// a JSON config.
+func (p PredictionType) MarshalText() ([]byte, error) {
+	if !p.Valid() {
+		return nil, fmt.Errorf("invalid prediction type %d", int(p))
+	}
+	return []byte(p.String()), nil
+}
+
+// UnmarshalText parses the diffusers name.
+func (p *PredictionType) UnmarshalText(b []byte) error {
+	v, err := ParsePredictionType(string(b))
+	*p = v
+	return err
 }
 
 // Config mirrors the fields of a diffusers scheduler_config.json that change
@@ -318,7 +339,7 @@ func (c Config) validate() error {
 		return bad("beta_start %v is above beta_end %v", c.BetaStart, c.BetaEnd)
 	case c.BetaSchedule < 0 || int(c.BetaSchedule) >= len(betaScheduleNames):
 		return bad("unknown beta schedule %d", int(c.BetaSchedule))
-	case c.PredictionType < 0 || int(c.PredictionType) >= len(predictionNames):
+	case !c.PredictionType.Valid():
 		return bad("unknown prediction type %d", int(c.PredictionType))
 	case c.TimestepSpacing < 0 || int(c.TimestepSpacing) >= len(spacingNames):
 		return bad("unknown timestep spacing %d", int(c.TimestepSpacing))

@@ -53,6 +53,23 @@ func TestEnumNamesRoundTrip(t *testing.T) {
 	}
 }
 
+// PredictionType is a JSON field of modelfile's scheduler config: it reads and
+// writes diffusers' names and refuses a value that is none of them.
+func TestPredictionTypeText(t *testing.T) {
+	for _, p := range []PredictionType{PredictEpsilon, PredictV, PredictSample} {
+		b, err := p.MarshalText()
+		require.NoError(t, err)
+		var got PredictionType
+		require.NoError(t, got.UnmarshalText(b))
+		assert.Equal(t, p, got)
+	}
+	_, err := PredictionType(9).MarshalText()
+	assert.Error(t, err)
+	var p PredictionType
+	assert.ErrorContains(t, p.UnmarshalText([]byte("flow")), `unknown prediction type "flow"`)
+	assert.False(t, PredictionType(-1).Valid())
+}
+
 func TestSamplerNames(t *testing.T) {
 	want := map[Sampler]string{
 		DDPM: "ddpm", DDIM: "ddim", PNDM: "pndm", Euler: "euler", EulerAncestral: "euler_a",
