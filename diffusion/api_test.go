@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/gosd/gosd/binding"
+	"github.com/gosd/gosd/diffusion/modelfile"
 	"github.com/gosd/gosd/diffusion/rng"
 	"github.com/gosd/gosd/diffusion/schedule"
 	"github.com/gosd/gosd/internal/testutil"
@@ -124,6 +125,10 @@ func TestSamplerNames(t *testing.T) {
 	_, err = ParseSampler("dpm_fast")
 	assert.Error(t, err)
 	assert.Equal(t, "euler_a", EulerAncestral.String())
+	assert.Equal(t, "DPM++ 2S a", DPMPP2SAncestral.A1111Name())
+	assert.Equal(t, "Sampler(13)", (LCM + 1).String(), "LCM is schedule's last sampler")
+	assert.Equal(t, EulerAncestral, ConfiguredSampler(modelfile.SchedulerConfig{ClassName: "EulerAncestralDiscreteScheduler"}))
+	assert.Equal(t, Euler, ConfiguredSampler(modelfile.SchedulerConfig{ClassName: "FlowMatchEulerDiscreteScheduler"}))
 	d, err := ParseDevice("CUDA")
 	require.NoError(t, err)
 	assert.Equal(t, DeviceCUDA, d)

@@ -415,7 +415,7 @@ func (p *Pipeline) generateLocked(ctx context.Context, req Request, init *initIm
 		return nil, invalid("%s is an inpainting model: use Inpaint", p.info.Name)
 	}
 	sched, err := schedule.New(p.sched, schedule.Options{
-		Sampler: samplerTable[par.Sampler].s, Sigmas: par.Schedule, Eta: par.Eta, Spacing: par.TimestepSpacing,
+		Sampler: par.Sampler.scheduleSampler(), Sigmas: par.Schedule, Eta: par.Eta, Spacing: par.TimestepSpacing,
 	}, par.Steps)
 	if errors.Is(err, schedule.ErrInvalidConfig) {
 		// The model's own scheduler config is broken (e.g. a backwards beta range

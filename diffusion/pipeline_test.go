@@ -52,7 +52,7 @@ func TestTxt2ImgStepsMatchDiffusers(t *testing.T) {
 				require.NoError(t, err)
 				cond, tokens, err := p.encodePrompts(par, true)
 				require.NoError(t, err)
-				sched, err := schedule.New(p.sched, schedule.Options{Sampler: samplerTable[par.Sampler].s}, par.Steps)
+				sched, err := schedule.New(p.sched, schedule.Options{Sampler: par.Sampler.scheduleSampler()}, par.Steps)
 				require.NoError(t, err)
 				refT, _ := g.floats("timesteps")
 				got := make([]float32, len(sched.Timesteps()))

@@ -13,46 +13,34 @@ import (
 	"github.com/gosd/gosd/diffusion/schedule"
 )
 
-// Sampler is the sampling algorithm. The zero value, SamplerAuto, uses the scheduler the
-// model's scheduler_config.json names, as diffusers does.
+// Sampler is the sampling algorithm: SamplerAuto, the zero value, uses the scheduler the
+// model's scheduler_config.json names, as diffusers does; the others are schedule's
+// samplers, shifted by one to make room for it (names and classes live in schedule).
 type Sampler int
 
 const (
-	SamplerAuto Sampler = iota
-	DDPM
-	DDIM
-	PNDM
-	Euler
-	EulerAncestral
-	Heun
-	DPM2
-	DPMPP2M
-	DPMPP2SAncestral
-	LMS
-	UniPC
-	LCM
+	SamplerAuto      Sampler = 0
+	DDPM             Sampler = Sampler(schedule.DDPM + 1)
+	DDIM             Sampler = Sampler(schedule.DDIM + 1)
+	PNDM             Sampler = Sampler(schedule.PNDM + 1)
+	Euler            Sampler = Sampler(schedule.Euler + 1)
+	EulerAncestral   Sampler = Sampler(schedule.EulerAncestral + 1)
+	Heun             Sampler = Sampler(schedule.Heun + 1)
+	DPM2             Sampler = Sampler(schedule.DPM2 + 1)
+	DPMPP2M          Sampler = Sampler(schedule.DPMPP2M + 1)
+	DPMPP2SAncestral Sampler = Sampler(schedule.DPMPP2SAncestral + 1)
+	LMS              Sampler = Sampler(schedule.LMS + 1)
+	UniPC            Sampler = Sampler(schedule.UniPC + 1)
+	LCM              Sampler = Sampler(schedule.LCM + 1)
 )
 
-var samplerTable = []struct {
-	s     schedule.Sampler
-	a1111 string
-}{
-	{}, // auto
-	{schedule.DDPM, "DDPM"},
-	{schedule.DDIM, "DDIM"},
-	{schedule.PNDM, "PLMS"},
-	{schedule.Euler, "Euler"},
-	{schedule.EulerAncestral, "Euler a"},
-	{schedule.Heun, "Heun"},
-	{schedule.DPM2, "DPM2"},
-	{schedule.DPMPP2M, "DPM++ 2M"},
-	{schedule.DPMPP2SAncestral, "DPM++ 2S a"},
-	{schedule.LMS, "LMS"},
-	{schedule.UniPC, "UniPC"},
-	{schedule.LCM, "LCM"},
-}
+// samplerOf is the Sampler that runs schedule's ss.
+func samplerOf(ss schedule.Sampler) Sampler { return Sampler(ss) + 1 }
 
-func (s Sampler) valid() bool { return s >= 0 && int(s) < len(samplerTable) }
+// scheduleSampler is the schedule sampler s runs; s must not be SamplerAuto.
+func (s Sampler) scheduleSampler() schedule.Sampler { return schedule.Sampler(s - 1) }
+
+func (s Sampler) valid() bool { return s == SamplerAuto || s.scheduleSampler().Valid() }
 
 // String is the sampler's name: "auto" or schedule's names (ddim, euler_a, dpmpp_2m, ...).
 func (s Sampler) String() string {
@@ -62,13 +50,13 @@ func (s Sampler) String() string {
 	if !s.valid() {
 		return fmt.Sprintf("Sampler(%d)", int(s))
 	}
-	return samplerTable[s].s.String()
+	return s.scheduleSampler().String()
 }
 
 // A1111Name is the sampler's name in AUTOMATIC1111's generation parameters.
 func (s Sampler) A1111Name() string {
 	if s.valid() && s != SamplerAuto {
-		return samplerTable[s].a1111
+		return s.scheduleSampler().A1111Name()
 	}
 	return s.String()
 }
@@ -82,54 +70,16 @@ func ParseSampler(name string) (Sampler, error) {
 	if err != nil {
 		return 0, fmt.Errorf("%w (or auto: the model's scheduler)", err)
 	}
-	return samplerFrom(ss), nil
+	return samplerOf(ss), nil
 }
 
 // ConfiguredSampler is the sampler SamplerAuto means for a model: the scheduler class its
 // scheduler_config.json names (Euler when the class is not one of the samplers).
 func ConfiguredSampler(cfg modelfile.SchedulerConfig) Sampler {
-	if s, ok := samplerForClass(cfg.ClassName); ok {
-		return s
+	if ss, ok := schedule.SamplerForClass(cfg.ClassName); ok {
+		return samplerOf(ss)
 	}
 	return Euler
-}
-
-func samplerFrom(ss schedule.Sampler) Sampler {
-	for i, e := range samplerTable[1:] {
-		if e.s == ss {
-			return Sampler(i + 1)
-		}
-	}
-	return SamplerAuto
-}
-
-// samplerForClass maps a diffusers scheduler class to its sampler.
-func samplerForClass(class string) (Sampler, bool) {
-	switch class {
-	case "DDPMScheduler":
-		return DDPM, true
-	case "DDIMScheduler":
-		return DDIM, true
-	case "PNDMScheduler":
-		return PNDM, true
-	case "EulerDiscreteScheduler":
-		return Euler, true
-	case "EulerAncestralDiscreteScheduler":
-		return EulerAncestral, true
-	case "HeunDiscreteScheduler":
-		return Heun, true
-	case "KDPM2DiscreteScheduler":
-		return DPM2, true
-	case "DPMSolverMultistepScheduler":
-		return DPMPP2M, true
-	case "LMSDiscreteScheduler":
-		return LMS, true
-	case "UniPCMultistepScheduler":
-		return UniPC, true
-	case "LCMScheduler":
-		return LCM, true
-	}
-	return SamplerAuto, false
 }
 
 // Request describes one generation. Zero values are the documented defaults.
@@ -409,7 +359,7 @@ func (p *Pipeline) resolve(r Request) (Params, error) {
 		return par, invalid("unknown timestep spacing %d", int(par.TimestepSpacing))
 	}
 	if par.TimestepSpacing == schedule.SpacingDefault {
-		par.TimestepSpacing = p.sched.Spacing(samplerTable[par.Sampler].s)
+		par.TimestepSpacing = p.sched.Spacing(par.Sampler.scheduleSampler())
 	}
 	if !par.PromptSyntax.valid() {
 		return par, invalid("unknown prompt syntax %d", int(par.PromptSyntax))

@@ -466,10 +466,10 @@ func (s settings) checkBetas() error {
 // Options.Spacing is SpacingDefault: the file's timestep_spacing, else the
 // sampler's class default.
 func (c Config) Spacing(smp Sampler) TimestepSpacing {
-	if !smp.valid() {
+	if !smp.Valid() {
 		return c.TimestepSpacing
 	}
-	return c.resolve(samplerClasses[smp]).spacing
+	return c.resolve(smp.ClassName()).spacing
 }
 
 func boolPtr(v bool) *bool { return &v }

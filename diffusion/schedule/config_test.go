@@ -77,10 +77,28 @@ func TestSamplerNames(t *testing.T) {
 		LMS: "lms", UniPC: "unipc", LCM: "lcm",
 	}
 	require.Len(t, samplerNames, len(want))
-	require.Len(t, samplerClasses, len(want))
+	require.Len(t, samplers, len(want))
 	for s, name := range want {
 		assert.Equal(t, name, s.String())
+		assert.NotEmpty(t, s.A1111Name())
+		// Each class a config names runs the sampler that reproduces it;
+		// dpmpp_2s_a only borrows euler_a's class.
+		back, ok := SamplerForClass(s.ClassName())
+		require.True(t, ok, s.ClassName())
+		assert.Equal(t, s.ClassName(), back.ClassName())
+		if s != DPMPP2SAncestral {
+			assert.Equal(t, s, back)
+		}
 	}
+	assert.Equal(t, "DPM++ 2M", DPMPP2M.A1111Name())
+	assert.Equal(t, "PLMS", PNDM.A1111Name())
+	assert.Equal(t, "Sampler(99)", Sampler(99).A1111Name())
+	assert.Empty(t, Sampler(-1).ClassName())
+	if s, ok := SamplerForClass("EulerAncestralDiscreteScheduler"); assert.True(t, ok) {
+		assert.Equal(t, EulerAncestral, s)
+	}
+	_, ok := SamplerForClass("FlowMatchEulerDiscreteScheduler")
+	assert.False(t, ok)
 	for _, name := range []string{"karras", "default", "exponential"} {
 		_, err := ParseSigmaSchedule(name)
 		assert.NoError(t, err, name)
@@ -248,7 +266,7 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			require.Equal(t, tt.class, samplerClasses[tt.sampler])
+			require.Equal(t, tt.class, tt.sampler.ClassName())
 			tt.check(t, tt.cfg.resolve(tt.class))
 		})
 	}

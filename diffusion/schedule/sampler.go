@@ -21,20 +21,36 @@ const (
 	LCM                             // LCMScheduler, for latent consistency models
 )
 
-var samplerNames = []string{
-	"ddpm", "ddim", "pndm", "euler", "euler_a", "heun", "dpm2",
-	"dpmpp_2m", "dpmpp_2s_a", "lms", "unipc", "lcm",
+// samplers is the one table of sampler names: the name here (String), the
+// diffusers class the sampler reproduces, whose defaults fill the unset
+// Config fields, and the name in AUTOMATIC1111's generation parameters. DPM++
+// 2S ancestral has no diffusers class and runs on
+// EulerAncestralDiscreteScheduler's schedule; SamplerForClass maps that class
+// to EulerAncestral, the earlier row.
+var samplers = []struct{ name, class, a1111 string }{
+	DDPM:             {"ddpm", "DDPMScheduler", "DDPM"},
+	DDIM:             {"ddim", "DDIMScheduler", "DDIM"},
+	PNDM:             {"pndm", "PNDMScheduler", "PLMS"},
+	Euler:            {"euler", "EulerDiscreteScheduler", "Euler"},
+	EulerAncestral:   {"euler_a", "EulerAncestralDiscreteScheduler", "Euler a"},
+	Heun:             {"heun", "HeunDiscreteScheduler", "Heun"},
+	DPM2:             {"dpm2", "KDPM2DiscreteScheduler", "DPM2"},
+	DPMPP2M:          {"dpmpp_2m", "DPMSolverMultistepScheduler", "DPM++ 2M"},
+	DPMPP2SAncestral: {"dpmpp_2s_a", "EulerAncestralDiscreteScheduler", "DPM++ 2S a"},
+	LMS:              {"lms", "LMSDiscreteScheduler", "LMS"},
+	UniPC:            {"unipc", "UniPCMultistepScheduler", "UniPC"},
+	LCM:              {"lcm", "LCMScheduler", "LCM"},
 }
 
-// samplerClasses names the diffusers class each sampler reproduces; it also
-// supplies the defaults of unset Config fields. DPM++ 2S ancestral has no
-// diffusers class and runs on EulerAncestralDiscreteScheduler's schedule.
-var samplerClasses = []string{
-	"DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
-	"EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
-	"DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler",
-	"UniPCMultistepScheduler", "LCMScheduler",
-}
+// samplerNames are the names of samplers, in Sampler order, for the enum
+// helpers.
+var samplerNames = func() []string {
+	names := make([]string, len(samplers))
+	for i, s := range samplers {
+		names[i] = s.name
+	}
+	return names
+}()
 
 // String returns the sampler's name: ddpm ddim pndm euler euler_a heun dpm2
 // dpmpp_2m dpmpp_2s_a lms unipc lcm.
@@ -46,7 +62,37 @@ func ParseSampler(s string) (Sampler, error) {
 	return Sampler(v), err
 }
 
-func (s Sampler) valid() bool { return s >= 0 && int(s) < len(samplerNames) }
+// ClassName is the diffusers scheduler class the sampler reproduces
+// ("EulerDiscreteScheduler"); "" for an invalid Sampler.
+func (s Sampler) ClassName() string {
+	if !s.Valid() {
+		return ""
+	}
+	return samplers[s].class
+}
+
+// A1111Name is the sampler's name in AUTOMATIC1111's generation parameters
+// ("Euler a", "DPM++ 2M"), or String for an invalid Sampler.
+func (s Sampler) A1111Name() string {
+	if !s.Valid() {
+		return s.String()
+	}
+	return samplers[s].a1111
+}
+
+// SamplerForClass is the sampler a scheduler_config.json's _class_name
+// names, and false for a class no sampler reproduces.
+func SamplerForClass(class string) (Sampler, bool) {
+	for i, s := range samplers {
+		if s.class == class {
+			return Sampler(i), true
+		}
+	}
+	return 0, false
+}
+
+// Valid reports whether s is one of the samplers above.
+func (s Sampler) Valid() bool { return s >= 0 && int(s) < len(samplers) }
 
 // usesSigmas reports whether the sampler works on a sigma schedule and so
 // accepts a SigmaSchedule other than SigmasDefault.

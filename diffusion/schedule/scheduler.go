@@ -88,7 +88,7 @@ func New(cfg Config, opts Options, steps int) (Scheduler, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if !opts.Sampler.valid() {
+	if !opts.Sampler.Valid() {
 		return nil, fmt.Errorf("schedule: unknown sampler %d", int(opts.Sampler))
 	}
 	if opts.Sigmas < 0 || int(opts.Sigmas) >= len(sigmaScheduleNames) {
@@ -103,7 +103,7 @@ func New(cfg Config, opts Options, steps int) (Scheduler, error) {
 	if opts.Spacing < 0 || int(opts.Spacing) >= len(spacingNames) {
 		return nil, fmt.Errorf("schedule: unknown timestep spacing %d", int(opts.Spacing))
 	}
-	s := cfg.resolve(samplerClasses[opts.Sampler])
+	s := cfg.resolve(opts.Sampler.ClassName())
 	s.spacing = orDefault(opts.Spacing, s.spacing)
 	if err := s.checkBetas(); err != nil {
 		return nil, err
