@@ -128,6 +128,8 @@ sd_status_t sd_ctx_init(const sd_ctx_params_t *params, sd_ctx_t **out, char *err
 
 void sd_ctx_free(sd_ctx_t *ctx) {
     if (ctx == NULL) return;
+    /* Models first: their weights and cached graphs live in the backend destroyed below. */
+    sd_models_free_all(ctx);
     while (ctx->tensors != NULL) sd_tensor_free(ctx, ctx->tensors);
     sd_arena_destroy(&ctx->arena);
     ctx->backend->ops->destroy(ctx->backend);

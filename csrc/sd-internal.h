@@ -269,13 +269,16 @@ struct sd_ctx {
     char last_error[1024];
     sd_log_fn log_fn;
     void *log_user;
-    sd_tensor_t *tensors; /* live public tensors */
+    sd_tensor_t *tensors;    /* live public tensors */
+    struct sd_model *models; /* live models: sd_ctx_free frees those never freed */
     uint64_t tensors_bytes;
     uint64_t weights_bytes;
 };
 #endif
 
 sd_backend_t *sd_ctx_backend_ptr(sd_ctx_t *ctx);
+/* Frees every model still loaded on ctx (models/model.c), as sd_ctx_free must. */
+void sd_models_free_all(sd_ctx_t *ctx);
 /* Adds delta (may be negative) to the backend memory reported as held by weights. */
 void sd_ctx_add_weights_bytes(sd_ctx_t *ctx, int64_t delta);
 

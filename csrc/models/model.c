@@ -15,6 +15,8 @@ size_t sd_sizeof_weight(void) {
 typedef struct {
     const char *name; /* after prefix stripping; points into the caller's string */
     const sd_weight_t *w;
+    int32_t index; /* in the caller's table, to report the first unused weight in its order */
+    bool used;     /* looked up by the network: loader_finish refuses weights never used */
 } wentry_t;
 
 struct loader {
@@ -107,18 +109,56 @@ loader_t *loader_new(sd_ctx_t *ctx, const char *what, int32_t kind, const sd_wei
         size_t at = hash_name(name) & (L->cap - 1);
         while (L->table[at].name != NULL && strcmp(L->table[at].name, name) != 0)
             at = (at + 1) & (L->cap - 1);
-        L->table[at] = (wentry_t){name, &weights[i]}; /* a duplicate name: the last wins */
+        /* Two entries for one tensor (also "text_model.x" beside "x"): one of them would be
+         * silently ignored, which the strict rule of loader_finish exists to prevent. */
+        if (L->table[at].name != NULL) {
+            const char *first = L->table[at].w->name;
+            if (strcmp(first, weights[i].name) == 0)
+                fail(L, SD_STATUS_BAD_MODEL, "weight %s was given twice", first);
+            else
+                fail(L, SD_STATUS_BAD_MODEL, "weights %s and %s are the same tensor", first,
+                     weights[i].name);
+            return L;
+        }
+        L->table[at] = (wentry_t){name, &weights[i], i, false};
     }
     return L;
 }
 
+/* A weight the network never looked up is an error, not something to skip: the callers
+ * pass only what the network's description lists (Go binds file tensors to its
+ * TensorSpecs and drops the rest, position_ids included), so an unused one means the C
+ * graph and that description have drifted apart, or a caller handed over a tensor it
+ * believes is used. Reports the first such weight in the caller's order. */
+static void check_all_used(loader_t *L) {
+    const wentry_t *first = NULL;
+    int32_t n_unused = 0;
+    for (size_t i = 0; i < L->cap; i++) {
+        const wentry_t *e = &L->table[i];
+        if (e->name == NULL || e->used) continue;
+        n_unused++;
+        if (first == NULL || e->index < first->index) first = e;
+    }
+    if (first == NULL) return;
+    char more[48] = "";
+    if (n_unused > 1) snprintf(more, sizeof more, " (%d such weights)", (int)n_unused);
+    fail(L, SD_STATUS_BAD_MODEL, "weight %s was given but the %s does not use it%s", first->w->name,
+         L->what, more);
+}
+
 sd_status_t loader_finish(loader_t *L, void *net, void (*free_net)(sd_ctx_t *, void *),
                           sd_model_t **out) {
+    if (L->st == SD_STATUS_OK) check_all_used(L);
     sd_status_t st = L->st;
     sd_model_t *m = L->model;
     if (st == SD_STATUS_OK) {
         m->net = net;
         m->free_net = free_net;
+        /* Linked into the context so that sd_ctx_free frees it if the caller never does. */
+        sd_ctx_t *ctx = L->ctx;
+        m->next = ctx->models;
+        if (ctx->models != NULL) ctx->models->prev = m;
+        ctx->models = m;
         *out = m;
     } else {
         if (free_net && net) free_net(L->ctx, net);
@@ -132,10 +172,14 @@ sd_status_t loader_finish(loader_t *L, void *net, void (*free_net)(sd_ctx_t *, v
     return st;
 }
 
-static const sd_weight_t *lookup(const loader_t *L, const char *name) {
+/* Finds a weight by its name (prefix stripped) and marks it used. */
+static const sd_weight_t *lookup(loader_t *L, const char *name) {
     size_t at = hash_name(name) & (L->cap - 1);
     while (L->table[at].name != NULL) {
-        if (strcmp(L->table[at].name, name) == 0) return L->table[at].w;
+        if (strcmp(L->table[at].name, name) == 0) {
+            L->table[at].used = true;
+            return L->table[at].w;
+        }
         at = (at + 1) & (L->cap - 1);
     }
     return NULL;
@@ -342,9 +386,18 @@ sd_tensor_t sd_rows_view(const sd_tensor_t *t, int64_t r0, int64_t r1) {
 
 void sd_model_free(sd_ctx_t *ctx, sd_model_t *model) {
     if (ctx == NULL || model == NULL) return;
+    if (model->prev != NULL)
+        model->prev->next = model->next;
+    else
+        ctx->models = model->next;
+    if (model->next != NULL) model->next->prev = model->prev;
     if (model->free_net) model->free_net(ctx, model->net);
     model_free_weights(ctx, model);
     free(model);
+}
+
+void sd_models_free_all(sd_ctx_t *ctx) {
+    while (ctx->models != NULL) sd_model_free(ctx, ctx->models);
 }
 
 /* ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ struct sd_model {
     int32_t n_owned, cap_owned;
     void *net; /* clip_net_t, unet_net_t or vae_net_t */
     void (*free_net)(sd_ctx_t *ctx, void *net);
+    sd_model_t *prev, *next; /* the context's list of live models (sd_ctx_free frees them) */
 };
 
 /* ---------------------------------------------------------------------------------------
@@ -39,11 +40,14 @@ typedef struct {
 typedef struct loader loader_t;
 
 /* Starts loading a model of `kind` from the caller's table. `strip_prefix` (or NULL) is
- * removed from table names before lookup (e.g. "text_model."). */
+ * removed from table names before lookup (e.g. "text_model."); two entries naming one
+ * tensor (with and without the prefix, or one name twice) are an error. */
 loader_t *loader_new(sd_ctx_t *ctx, const char *what, int32_t kind, const sd_weight_t *weights,
                      int32_t n, const char *strip_prefix);
-/* Ends loading: on success hands the model over (*out), else frees it and returns the
- * first error. */
+/* Ends loading: a weight of the table that no ld_* call looked up is an error
+ * (SD_STATUS_BAD_MODEL naming it), so the caller's list and the graph cannot drift apart
+ * unnoticed. On success hands the model over (*out, also linked into the context so that
+ * sd_ctx_free frees it), else frees it and returns the first error. */
 sd_status_t loader_finish(loader_t *L, void *net, void (*free_net)(sd_ctx_t *, void *),
                           sd_model_t **out);
 sd_status_t loader_status(const loader_t *L);

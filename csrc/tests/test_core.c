@@ -417,6 +417,125 @@ static void test_cgroup_limit(void) {
     }
 }
 
+/* The text encoder's weight table for a 1-layer CLIP of width 4, each name under prefix
+ * (e.g. "text_model." or ""), all pointing at one buffer of zeros large enough for any. */
+#define CLIP_T_MAX 24
+typedef struct {
+    sd_weight_t w[CLIP_T_MAX];
+    char names[CLIP_T_MAX][96];
+    int n;
+} clip_table_t;
+
+static void clip_add(clip_table_t *t, const char *prefix, const char *name, int64_t d0,
+                     int64_t d1) {
+    static float zeros[64];
+    sd_weight_t *w = &t->w[t->n];
+    snprintf(t->names[t->n], sizeof t->names[t->n], "%s%s", prefix, name);
+    *w = (sd_weight_t){t->names[t->n], SD_DTYPE_F32, d1 ? 2 : 1, {d0, d1}, zeros};
+    t->n++;
+}
+
+static void clip_table(clip_table_t *t, const char *prefix) {
+    static const char *lin[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                "self_attn.out_proj"};
+    char n[96];
+    t->n = 0;
+    clip_add(t, prefix, "embeddings.token_embedding.weight", 8, 4);
+    clip_add(t, prefix, "embeddings.position_embedding.weight", 4, 4);
+    for (int i = 0; i < 4; i++) {
+        snprintf(n, sizeof n, "encoder.layers.0.%s.weight", lin[i]);
+        clip_add(t, prefix, n, 4, 4);
+        snprintf(n, sizeof n, "encoder.layers.0.%s.bias", lin[i]);
+        clip_add(t, prefix, n, 4, 0);
+    }
+    const char *norms[] = {"encoder.layers.0.layer_norm1", "encoder.layers.0.layer_norm2",
+                           "final_layer_norm"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(n, sizeof n, "%s.weight", norms[i]);
+        clip_add(t, prefix, n, 4, 0);
+        snprintf(n, sizeof n, "%s.bias", norms[i]);
+        clip_add(t, prefix, n, 4, 0);
+    }
+    clip_add(t, prefix, "encoder.layers.0.mlp.fc1.weight", 8, 4);
+    clip_add(t, prefix, "encoder.layers.0.mlp.fc1.bias", 8, 0);
+    clip_add(t, prefix, "encoder.layers.0.mlp.fc2.weight", 4, 8);
+    clip_add(t, prefix, "encoder.layers.0.mlp.fc2.bias", 4, 0);
+}
+
+/* The loader is strict both ways: a weight the network needs and lacks, and one it was given
+ * but does not use, fail the load naming the weight (Go's diffusion/specs_test.go relies on
+ * this to prove its TensorSpecs and the C graphs list the same tensors). Models never freed
+ * are freed by sd_ctx_free (checked by the leak detector of `make sanitize`). */
+static void test_loader_strict(void) {
+    sd_ctx_params_t p;
+    sd_ctx_params_default(&p);
+    p.n_threads = 1;
+    sd_ctx_t *c = NULL;
+    char err[256];
+    CHECK_STATUS(sd_ctx_init(&p, &c, err, sizeof err), SD_STATUS_OK);
+    if (c == NULL) return;
+    sd_clip_config_t cfg;
+    sd_clip_config_default(&cfg);
+    cfg.vocab_size = 8;
+    cfg.max_positions = 4;
+    cfg.hidden = 4;
+    cfg.intermediate = 8;
+    cfg.layers = 1;
+    cfg.heads = 1;
+    cfg.eos_id = 7;
+    static clip_table_t t;
+    sd_model_t *m = NULL, *kept = NULL;
+
+    /* Exactly the names the network uses, with or without transformers' prefix. */
+    clip_table(&t, "text_model.");
+    CHECK_STATUS(sd_clip_load(c, &cfg, t.w, t.n, &kept), SD_STATUS_OK);
+    CHECK(kept != NULL, "model");
+    clip_table(&t, "");
+    CHECK_STATUS(sd_clip_load(c, &cfg, t.w, t.n, &m), SD_STATUS_OK);
+    sd_model_free(c, m); /* unlinks it: freeing the context must not free it again */
+
+    /* One extra weight, such as the position_ids buffer real files carry. */
+    clip_table(&t, "text_model.");
+    clip_add(&t, "text_model.", "embeddings.position_ids", 4, 0);
+    CHECK_STATUS(sd_clip_load(c, &cfg, t.w, t.n, &m), SD_STATUS_BAD_MODEL);
+    CHECK(m == NULL, "no model after a failure (m held the freed one)");
+    CHECK(strstr(sd_ctx_last_error(c), "text encoder: weight text_model.embeddings.position_ids "
+                                       "was given but the text encoder does not use it") != NULL,
+          "%s", sd_ctx_last_error(c));
+    /* Two extra: the first in the caller's order is named, and the count given. */
+    clip_add(&t, "", "aaa", 4, 0);
+    CHECK_STATUS(sd_clip_load(c, &cfg, t.w, t.n, &m), SD_STATUS_BAD_MODEL);
+    CHECK(strstr(sd_ctx_last_error(c), "weight text_model.embeddings.position_ids was given but "
+                                       "the text encoder does not use it (2 such weights)") != NULL,
+          "%s", sd_ctx_last_error(c));
+
+    /* One missing. */
+    clip_table(&t, "text_model.");
+    CHECK_STATUS(sd_clip_load(c, &cfg, t.w, t.n - 1, &m), SD_STATUS_BAD_MODEL);
+    CHECK(strstr(sd_ctx_last_error(c), "missing weight encoder.layers.0.mlp.fc2.bias") != NULL,
+          "%s", sd_ctx_last_error(c));
+
+    /* The same tensor twice, by its full and its stripped name, or by one name repeated. */
+    clip_table(&t, "text_model.");
+    clip_add(&t, "", "final_layer_norm.bias", 4, 0);
+    CHECK_STATUS(sd_clip_load(c, &cfg, t.w, t.n, &m), SD_STATUS_BAD_MODEL);
+    CHECK(strstr(sd_ctx_last_error(c), "weights text_model.final_layer_norm.bias and "
+                                       "final_layer_norm.bias are the same tensor") != NULL,
+          "%s", sd_ctx_last_error(c));
+    clip_table(&t, "");
+    t.w[t.n] = t.w[0];
+    t.n++;
+    CHECK_STATUS(sd_clip_load(c, &cfg, t.w, t.n, &m), SD_STATUS_BAD_MODEL);
+    CHECK(strstr(sd_ctx_last_error(c),
+                 "weight embeddings.token_embedding.weight was given twice") != NULL,
+          "%s", sd_ctx_last_error(c));
+
+    sd_memory_stats_t ms;
+    CHECK_STATUS(sd_ctx_memory_stats(c, &ms), SD_STATUS_OK);
+    CHECK(ms.weights_bytes > 0, "the kept model holds its weights");
+    sd_ctx_free(c); /* frees `kept`, never freed by hand */
+}
+
 int main(void) {
     test_status_and_params();
     sd_ctx_params_t p;
@@ -433,6 +552,7 @@ int main(void) {
     test_arena();
     test_pool();
     test_pool_oversubscribed();
+    test_loader_strict();
     sd_ctx_free(ctx);
     test_thread_cap();
     test_cgroup_limit();
