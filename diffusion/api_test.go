@@ -11,7 +11,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/gosd/gosd/binding"
 	"github.com/gosd/gosd/diffusion/modelfile"
 	"github.com/gosd/gosd/diffusion/rng"
 	"github.com/gosd/gosd/diffusion/schedule"
@@ -351,12 +350,12 @@ func TestCloseAndOpenErrors(t *testing.T) {
 	_, err = Open(filepath.Join(t.TempDir(), "missing.safetensors"))
 	assert.Error(t, err)
 	_, err = Open(model, WithLibrary(t.TempDir()))
-	assert.ErrorIs(t, err, binding.ErrLibraryNotFound)
+	assert.ErrorIs(t, err, ErrLibraryNotFound)
 	lib := filepath.Join(testutil.RepoRoot(t), "build")
 	_, err = Open(model, WithLibrary(lib), WithDevice(Device(9)))
 	assert.ErrorIs(t, err, ErrInvalidRequest)
 	_, err = Open(model, WithLibrary(lib), WithThreads(-1), WithDevice(DeviceCPU))
 	assert.ErrorIs(t, err, ErrInvalidRequest)
 	_, err = Open(model, WithLibrary(lib), WithDevice(DeviceCUDA))
-	assert.True(t, errors.Is(err, binding.ErrDevice) || errors.Is(err, binding.ErrLibraryNotFound), "no GPU build here: %v", err)
+	assert.True(t, errors.Is(err, ErrDevice) || errors.Is(err, ErrLibraryNotFound), "no GPU build here: %v", err)
 }

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/gosd/gosd/binding"
 	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -19,7 +18,7 @@ func TestTxt2ImgCUDAPSNR(t *testing.T) {
 	lib := filepath.Join(testutil.RepoRoot(t), "build")
 	for _, model := range []string{"sd1-tiny", "sd2-tiny-v"} {
 		p, err := Open(filepath.Join(kit, model, "diffusers"), WithDevice(DeviceCUDA), WithLibrary(lib))
-		if errors.Is(err, binding.ErrDevice) || errors.Is(err, binding.ErrLibraryNotFound) {
+		if errors.Is(err, ErrDevice) || errors.Is(err, ErrLibraryNotFound) {
 			t.Skipf("no usable GPU build: %v", err)
 		}
 		require.NoError(t, err)

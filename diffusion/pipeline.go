@@ -121,7 +121,7 @@ func open(ctx context.Context, m *modelfile.Model, o openOptions, log *slog.Logg
 		if ok, why := lib.BackendAvailable(binding.BackendCUDA); ok {
 			backend, device = binding.BackendCUDA, DeviceCUDA
 		} else if pref == binding.PreferCUDA {
-			return nil, fmt.Errorf("%w: no usable GPU: %s", binding.ErrDevice, why)
+			return nil, fmt.Errorf("%w: no usable GPU: %s", ErrDevice, why)
 		}
 	}
 	if o.threads < 0 {
@@ -215,10 +215,18 @@ func (p *Pipeline) setup(m *modelfile.Model, device Device) error {
 // Info describes the opened model.
 func (p *Pipeline) Info() ModelInfo { return p.info }
 
-// MemoryStats is the runtime's device memory use: the high-water mark of activation
-// memory (ArenaPeakBytes) and weights copied to the device (WeightsBytes; weights used in
-// place from the mapped file on the CPU are not counted).
-type MemoryStats = binding.MemoryStats
+// MemoryStats is the runtime's device memory use, in bytes.
+type MemoryStats struct {
+	// TensorsBytes is held by the live tensors the pipeline created (inputs, buffers).
+	TensorsBytes uint64
+	// WeightsBytes is held by the loaded networks: weights copied or packed for the
+	// device; weights used in place from the mapped file on the CPU are not counted.
+	WeightsBytes uint64
+	// ArenaReservedBytes is the scratch memory reserved for activations.
+	ArenaReservedBytes uint64
+	// ArenaPeakBytes is the high-water mark of activation memory in use.
+	ArenaPeakBytes uint64
+}
 
 // SetProfiling turns the runtime's per-op timing on (clearing earlier counts) or off.
 // Profiling on a GPU waits for every op, which slows the run.
@@ -246,7 +254,12 @@ func (p *Pipeline) MemoryStats() (MemoryStats, error) {
 		return MemoryStats{}, err
 	}
 	defer p.release()
-	return p.eng.lib.CtxMemoryStats(p.eng.ctx)
+	s, err := p.eng.lib.CtxMemoryStats(p.eng.ctx)
+	if err != nil {
+		return MemoryStats{}, err
+	}
+	return MemoryStats{TensorsBytes: s.TensorsBytes, WeightsBytes: s.WeightsBytes,
+		ArenaReservedBytes: s.ArenaReservedBytes, ArenaPeakBytes: s.ArenaPeakBytes}, nil
 }
 
 // Close cancels the call that is running (it returns ErrClosed within one operation of

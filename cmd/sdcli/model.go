@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/gosd/gosd/binding"
 	"github.com/gosd/gosd/diffusion"
 	"github.com/gosd/gosd/diffusion/modelfile"
 )
@@ -154,7 +153,7 @@ func (o *pipelineOptions) open(path string, stderr io.Writer) (*diffusion.Pipeli
 		opts = append(opts, diffusion.WithLibrary(o.lib))
 	}
 	p, err := diffusion.Open(path, opts...)
-	if errors.Is(err, binding.ErrLibraryNotFound) {
+	if errors.Is(err, diffusion.ErrLibraryNotFound) {
 		return nil, fmt.Errorf("%w; or pass --lib", err)
 	}
 	return p, err

@@ -6,7 +6,7 @@ import (
 	"runtime"
 	"runtime/debug"
 
-	"github.com/gosd/gosd/binding"
+	"github.com/gosd/gosd/diffusion"
 )
 
 func versionCommand(a *app, fs *flagSet) func(context.Context, []string) error {
@@ -17,15 +17,14 @@ func versionCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 			return usagef("unexpected argument %q", args[0])
 		}
 		fmt.Fprintf(a.stdout, "sdcli %s (%s %s/%s)\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
-		l, err := binding.Load(binding.LoadOptions{Path: lib})
+		rt, err := diffusion.FindRuntime(lib)
 		if err != nil {
 			// A failure, for scripts that check an installation with sdcli version;
 			// the reason goes to stderr with the other errors.
 			fmt.Fprintln(a.stdout, "runtime library: none loads")
 			return err
 		}
-		defer l.Close()
-		fmt.Fprintf(a.stdout, "runtime library: %s (ABI %d)\n", l.Path(), l.ABIVersion())
+		fmt.Fprintf(a.stdout, "runtime library: %s (ABI %d)\n", rt.Path, rt.ABIVersion)
 		return nil
 	}
 }
