@@ -2,6 +2,7 @@ package binding
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -76,7 +77,7 @@ func TestLoadErrors(t *testing.T) {
 	}{
 		{"missing file", filepath.Join(t.TempDir(), "libsd.so"), ErrLibraryNotFound, "libsd.so"},
 		{"not a library", writeFile(t, "libsd.so", "not an ELF file"), ErrLibraryNotFound, "libsd.so"},
-		{"wrong ABI", stub("bad-abi"), ErrABIMismatch, "ABI version 1001"},
+		{"wrong ABI", stub("bad-abi"), ErrABIMismatch, fmt.Sprintf("ABI version %d", ABIVersion+1000)},
 		{"wrong struct size", stub("bad-size"), ErrABIMismatch, "sd_ctx_params_t is 24 bytes"},
 		{"missing function", stub("no-syms"), ErrMissingSymbol, "sd_status_string"},
 	}

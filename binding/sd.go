@@ -2,6 +2,7 @@ package binding
 
 import (
 	"fmt"
+	"runtime"
 	"unsafe"
 )
 
@@ -23,6 +24,7 @@ type Library struct {
 	sdSizeofWeight                  func() uintptr
 	sdSizeofClipConfig              func() uintptr
 	sdSizeofUnetConfig              func() uintptr
+	sdSizeofUnetInputs              func() uintptr
 	sdSizeofVaeConfig               func() uintptr
 
 	// const char *sd_status_string(sd_status_t status);
@@ -127,6 +129,8 @@ type Library struct {
 	sdClipConfigDefault func(c *CLIPConfig)
 	// void sd_unet_config_default(sd_unet_config_t *c);
 	sdUnetConfigDefault func(c *UNetConfig)
+	// void sd_unet_inputs_default(sd_unet_inputs_t *in);
+	sdUnetInputsDefault func(in *unetInputsC)
 	// void sd_vae_config_default(sd_vae_config_t *c);
 	sdVaeConfigDefault func(c *VAEConfig)
 	// sd_status_t sd_clip_load(sd_ctx_t *ctx, const sd_clip_config_t *config, const sd_weight_t *weights,
@@ -143,9 +147,8 @@ type Library struct {
 	// sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids, int32_t skip_layers,
 	//                             bool final_norm, sd_tensor_t *hidden, sd_tensor_t *pooled);
 	sdClipForward func(ctx Ctx, m Model, ids Tensor, skipLayers int32, finalNorm bool, hidden, pooled Tensor) Status
-	// sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x, const sd_tensor_t *t,
-	//                             const sd_tensor_t *context, sd_tensor_t *out);
-	sdUnetForward func(ctx Ctx, m Model, x, t, context, out Tensor) Status
+	// sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_unet_inputs_t *in, sd_tensor_t *out);
+	sdUnetForward func(ctx Ctx, m Model, in *unetInputsC, out Tensor) Status
 	// sd_status_t sd_vae_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *z, sd_tensor_t *out);
 	sdVaeDecode func(ctx Ctx, m Model, z, out Tensor) Status
 	// sd_status_t sd_vae_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x, sd_tensor_t *mean,
@@ -171,6 +174,7 @@ func (l *Library) abiSymbols() []symbol {
 		{"sd_sizeof_weight", &l.sdSizeofWeight},
 		{"sd_sizeof_clip_config", &l.sdSizeofClipConfig},
 		{"sd_sizeof_unet_config", &l.sdSizeofUnetConfig},
+		{"sd_sizeof_unet_inputs", &l.sdSizeofUnetInputs},
 		{"sd_sizeof_vae_config", &l.sdSizeofVaeConfig},
 	}
 }
@@ -223,6 +227,7 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_op_embedding", &l.sdOpEmbedding},
 		{"sd_clip_config_default", &l.sdClipConfigDefault},
 		{"sd_unet_config_default", &l.sdUnetConfigDefault},
+		{"sd_unet_inputs_default", &l.sdUnetInputsDefault},
 		{"sd_vae_config_default", &l.sdVaeConfigDefault},
 		{"sd_clip_load", &l.sdClipLoad},
 		{"sd_unet_load", &l.sdUnetLoad},
@@ -250,6 +255,7 @@ func (l *Library) checkLayouts() error {
 		{"sd_weight_t", l.sdSizeofWeight(), unsafe.Sizeof(weightC{})},
 		{"sd_clip_config_t", l.sdSizeofClipConfig(), unsafe.Sizeof(CLIPConfig{})},
 		{"sd_unet_config_t", l.sdSizeofUnetConfig(), unsafe.Sizeof(UNetConfig{})},
+		{"sd_unet_inputs_t", l.sdSizeofUnetInputs(), unsafe.Sizeof(unetInputsC{})},
 		{"sd_vae_config_t", l.sdSizeofVaeConfig(), unsafe.Sizeof(VAEConfig{})},
 	}
 	for _, s := range sizes {
@@ -539,6 +545,13 @@ func (l *Library) DefaultUNetConfig() UNetConfig {
 	return c
 }
 
+// DefaultUNetInputs returns sd_unet_inputs_default's values: no inputs, residual scale 1.
+func (l *Library) DefaultUNetInputs() UNetInputs {
+	var c unetInputsC
+	l.sdUnetInputsDefault(&c)
+	return UNetInputs{ResidualScale: c.residualScale}
+}
+
 // DefaultVAEConfig returns sd_vae_config_default's values (SD 1.5's VAE).
 func (l *Library) DefaultVAEConfig() VAEConfig {
 	var c VAEConfig
@@ -590,9 +603,22 @@ func (l *Library) CLIPForward(ctx Ctx, m Model, ids Tensor, skipLayers int32, fi
 	return l.check(ctx, "sd_clip_forward", l.sdClipForward(ctx, m, ids, skipLayers, finalNorm, hidden, pooled))
 }
 
-// UNetForward runs one UNet evaluation.
-func (l *Library) UNetForward(ctx Ctx, m Model, x, t, context, out Tensor) error {
-	return l.check(ctx, "sd_unet_forward", l.sdUnetForward(ctx, m, x, t, context, out))
+// UNetForward runs one UNet evaluation on in, writing out.
+func (l *Library) UNetForward(ctx Ctx, m Model, in *UNetInputs, out Tensor) error {
+	c := unetInputsC{
+		x: in.X, t: in.T, context: in.Context, textEmbeds: in.TextEmbeds, timeIDs: in.TimeIDs,
+		classLabels: in.ClassLabels, nDownResiduals: int32(len(in.DownResiduals)),
+		midResidual: in.MidResidual, residualScale: in.ResidualScale,
+	}
+	// The library reads the residual array through the struct during the call: pinned, as
+	// Go memory reached from memory passed to C must be.
+	var pin runtime.Pinner
+	defer pin.Unpin()
+	if len(in.DownResiduals) > 0 {
+		pin.Pin(&in.DownResiduals[0])
+		c.downResiduals = &in.DownResiduals[0]
+	}
+	return l.check(ctx, "sd_unet_forward", l.sdUnetForward(ctx, m, &c, out))
 }
 
 // VAEDecode decodes raw latents.

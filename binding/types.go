@@ -9,7 +9,7 @@ type Ctx uintptr
 type Tensor uintptr
 
 // ABIVersion is the SD_ABI_VERSION this package was written against.
-const ABIVersion = 1
+const ABIVersion = 2
 
 // MaxDims mirrors SD_MAX_DIMS.
 const MaxDims = 4
@@ -172,26 +172,73 @@ type CLIPConfig struct {
 	EOSID        int32
 }
 
+// UNetAdditionEmbed mirrors sd_unet_addition_embed_t.
+type UNetAdditionEmbed int32
+
+const (
+	UNetAdditionNone     UNetAdditionEmbed = 0
+	UNetAdditionTextTime UNetAdditionEmbed = 1 // SDXL's "text_time"
+)
+
+// UNetClassEmbed mirrors sd_unet_class_embed_t.
+type UNetClassEmbed int32
+
+const (
+	UNetClassNone     UNetClassEmbed = 0
+	UNetClassTable    UNetClassEmbed = 1 // num_class_embeds set, class_embed_type null
+	UNetClassTimestep UNetClassEmbed = 2 // class_embed_type "timestep"
+)
+
 // UNetConfig mirrors sd_unet_config_t.
 type UNetConfig struct {
-	InChannels          int32
-	OutChannels         int32
-	Levels              int32
-	BlockOutChannels    [MaxLevels]int32
-	LayersPerBlock      int32
-	DownAttention       [MaxLevels]int32
-	UpAttention         [MaxLevels]int32
-	Heads               [MaxLevels]int32
-	TransformerLayers   [MaxLevels]int32
-	MidAttention        int32
-	CrossAttentionDim   int32
-	UseLinearProjection int32
-	NormGroups          int32
-	NormEps             float32
-	FlipSinToCos        int32
-	FreqShift           float32
-	ConvInKernel        int32
-	ConvOutKernel       int32
+	InChannels                        int32
+	OutChannels                       int32
+	Levels                            int32
+	BlockOutChannels                  [MaxLevels]int32
+	LayersPerBlock                    int32
+	DownAttention                     [MaxLevels]int32
+	UpAttention                       [MaxLevels]int32
+	Heads                             [MaxLevels]int32
+	TransformerLayers                 [MaxLevels]int32
+	MidAttention                      int32
+	CrossAttentionDim                 int32
+	NormGroups                        int32
+	NormEps                           float32
+	FlipSinToCos                      int32
+	FreqShift                         float32
+	ConvInKernel                      int32
+	ConvOutKernel                     int32
+	AdditionEmbedType                 UNetAdditionEmbed
+	AdditionTimeEmbedDim              int32
+	ProjectionClassEmbeddingsInputDim int32
+	ClassEmbedType                    UNetClassEmbed
+	NumClassEmbeds                    int32
+}
+
+// UNetInputs are the inputs of one UNet evaluation (sd_unet_inputs_t); a zero Tensor is an
+// absent input. See sd.h for the shapes.
+type UNetInputs struct {
+	X, T, Context Tensor
+	// SDXL's added conditioning (addition_embed_type text_time): pooled text embeddings
+	// (B, P) and micro-conditioning ids (B, N).
+	TextEmbeds, TimeIDs Tensor
+	// (B) I32 rows of a class table, or (B) F32 values for class_embed_type "timestep".
+	ClassLabels Tensor
+	// ControlNet residuals: DownResiduals[i] is added to skip tensor i, MidResidual to the
+	// mid block's output, each multiplied by ResidualScale first.
+	DownResiduals []Tensor
+	MidResidual   Tensor
+	// The zero value scales the residuals to nothing; Library.DefaultUNetInputs sets 1.
+	ResidualScale float32
+}
+
+// unetInputsC is the C layout of sd_unet_inputs_t.
+type unetInputsC struct {
+	x, t, context, textEmbeds, timeIDs, classLabels Tensor
+	downResiduals                                   *Tensor
+	nDownResiduals                                  int32
+	midResidual                                     Tensor
+	residualScale                                   float32
 }
 
 // VAEConfig mirrors sd_vae_config_t.

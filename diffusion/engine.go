@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
 	"unsafe"
 
 	"github.com/gosd/gosd/binding"
@@ -23,15 +24,16 @@ type engine struct {
 	// freed: pinned so the garbage collector leaves them be (file mappings are not Go
 	// memory and pin to nothing).
 	pins runtime.Pinner
-	// UNet inputs and output stay allocated between steps of the same shape, so a step
-	// allocates nothing (and a recorded GPU graph sees the same buffers).
-	unetBufs map[unetShape]*unetBuffers
+	// The native tensors UNet inputs are uploaded into, one per input (see unetSlot), kept
+	// while the shape stays so a step allocates nothing. Recorded GPU graphs keep their own
+	// staging buffers in the runtime.
+	unetTensors []unetTensor
 }
 
-type unetShape struct{ batch, h, w, tokens int }
-
-type unetBuffers struct {
-	x, t, context, out binding.Tensor
+type unetTensor struct {
+	t     binding.Tensor
+	dtype binding.DType
+	shape []int64
 }
 
 func newEngine(lib *binding.Library, backend binding.Backend, threads int) (*engine, error) {
@@ -154,19 +156,20 @@ func unetConfig(c modelfile.UNetConfig) (binding.UNetConfig, error) {
 	if levels < 1 || levels > binding.MaxLevels {
 		return binding.UNetConfig{}, fmt.Errorf("%w: %d UNet levels (at most %d)", ErrUnsupported, levels, binding.MaxLevels)
 	}
+	// proj_in / proj_out of linear-projection UNets need no flag: the runtime reads the
+	// weights' shapes.
 	u := binding.UNetConfig{
-		InChannels:          int32(c.InChannels),
-		OutChannels:         int32(c.OutChannels),
-		Levels:              int32(levels),
-		CrossAttentionDim:   int32(c.CrossAttentionDim),
-		UseLinearProjection: boolInt(c.UseLinearProjection),
-		NormGroups:          int32(c.NormNumGroups),
-		NormEps:             float32(c.NormEps),
-		FlipSinToCos:        boolInt(c.FlipSinToCos),
-		FreqShift:           float32(c.FreqShift),
-		ConvInKernel:        int32(c.ConvInKernel),
-		ConvOutKernel:       int32(c.ConvOutKernel),
-		MidAttention:        boolInt(c.MidBlockType == "UNetMidBlock2DCrossAttn"),
+		InChannels:        int32(c.InChannels),
+		OutChannels:       int32(c.OutChannels),
+		Levels:            int32(levels),
+		CrossAttentionDim: int32(c.CrossAttentionDim),
+		NormGroups:        int32(c.NormNumGroups),
+		NormEps:           float32(c.NormEps),
+		FlipSinToCos:      boolInt(c.FlipSinToCos),
+		FreqShift:         float32(c.FreqShift),
+		ConvInKernel:      int32(c.ConvInKernel),
+		ConvOutKernel:     int32(c.ConvOutKernel),
+		MidAttention:      boolInt(c.MidBlockType == "UNetMidBlock2DCrossAttn"),
 	}
 	if c.TimeEmbeddingDim != 4*c.BlockOutChannels[0] {
 		return u, fmt.Errorf("%w: time embedding width %d (the runtime uses 4 x %d)", ErrUnsupported, c.TimeEmbeddingDim, c.BlockOutChannels[0])
@@ -292,66 +295,134 @@ func (e *engine) encodeText(ids []int32, batch, tokens, skip int, finalNorm, wan
 // vaeFactor is the ratio of image to latent size.
 func (e *engine) vaeFactor() int { return 1 << (e.vaeCfg.Levels - 1) }
 
+// unetInputs are the host-side inputs of one UNet evaluation (sd_unet_inputs_t); nil
+// slices are absent inputs.
+type unetInputs struct {
+	x             []float32 // (batch, in, h, w)
+	batch, h, w   int
+	t             []float32 // (batch) timesteps
+	context       []float32 // (batch, tokens, cross_attention_dim)
+	tokens        int
+	textEmbeds    []float32 // (batch, P): SDXL's pooled text embeddings
+	timeIDs       []float32 // (batch, N): SDXL's micro-conditioning
+	classLabels   []float32 // (batch): table rows (integers) or values embedded like timesteps
+	downResiduals [][]float32
+	midResidual   []float32
+	residualScale float32 // multiplies the residuals (ControlNet's conditioning scale)
+}
+
+// Positions of the inputs in engine.unetTensors; down residual i is at slotDown + i.
+const (
+	slotX = iota
+	slotT
+	slotContext
+	slotTextEmbeds
+	slotTimeIDs
+	slotClassLabels
+	slotMid
+	slotOut
+	slotDown
+)
+
 // unetForward evaluates the UNet on x (batch, in, h, w) at per-sample timesteps with
-// context (batch, tokens, width).
+// context (batch, tokens, width), the plain text-conditioned call.
 func (e *engine) unetForward(x []float32, batch, h, w int, t []float32, context []float32, tokens int) ([]float32, error) {
-	bufs, err := e.unetBuffers(unetShape{batch, h, w, tokens})
-	if err != nil {
-		return nil, err
-	}
-	if err := e.lib.UploadFloat32(e.ctx, bufs.x, x); err != nil {
-		return nil, err
-	}
-	if err := e.lib.UploadFloat32(e.ctx, bufs.t, t); err != nil {
-		return nil, err
-	}
-	if err := e.lib.UploadFloat32(e.ctx, bufs.context, context); err != nil {
-		return nil, err
-	}
-	if err := e.lib.UNetForward(e.ctx, e.unet, bufs.x, bufs.t, bufs.context, bufs.out); err != nil {
-		return nil, err
-	}
-	out := make([]float32, batch*int(e.unetCfg.OutChannels)*h*w)
-	return out, e.lib.DownloadFloat32(e.ctx, bufs.out, out)
+	return e.unetEval(&unetInputs{x: x, batch: batch, h: h, w: w, t: t, context: context, tokens: tokens, residualScale: 1})
 }
 
-// unetBuffers returns the native tensors of a UNet call shape, allocating them the first
-// time (and dropping the others beyond a few shapes).
-func (e *engine) unetBuffers(sh unetShape) (*unetBuffers, error) {
-	if b, ok := e.unetBufs[sh]; ok {
-		return b, nil
-	}
-	if e.unetBufs == nil {
-		e.unetBufs = map[unetShape]*unetBuffers{}
-	}
-	if len(e.unetBufs) >= 4 {
-		for k, b := range e.unetBufs {
-			e.freeUNetBuffers(b)
-			delete(e.unetBufs, k)
-		}
-	}
-	b := &unetBuffers{}
-	n, hh, ww := int64(sh.batch), int64(sh.h), int64(sh.w)
+// unetEval evaluates the UNet on in and returns (batch, out, h, w).
+func (e *engine) unetEval(in *unetInputs) ([]float32, error) {
+	c := &e.unetCfg
+	n, hh, ww := int64(in.batch), int64(in.h), int64(in.w)
+	args := e.lib.DefaultUNetInputs()
+	args.ResidualScale = in.residualScale
 	var err error
-	if b.x, err = e.tensor(nil, n, int64(e.unetCfg.InChannels), hh, ww); err == nil {
-		if b.t, err = e.tensor(nil, n); err == nil {
-			if b.context, err = e.tensor(nil, n, int64(sh.tokens), int64(e.unetCfg.CrossAttentionDim)); err == nil {
-				b.out, err = e.tensor(nil, n, int64(e.unetCfg.OutChannels), hh, ww)
-			}
+	upload := func(slot int, data []float32, shape ...int64) binding.Tensor {
+		if err != nil || data == nil {
+			return 0
 		}
+		var t binding.Tensor
+		if t, err = e.unetTensor(slot, binding.F32, shape...); err == nil {
+			err = e.lib.UploadFloat32(e.ctx, t, data)
+		}
+		return t
 	}
+	args.X = upload(slotX, in.x, n, int64(c.InChannels), hh, ww)
+	args.T = upload(slotT, in.t, n)
+	args.Context = upload(slotContext, in.context, n, int64(in.tokens), int64(c.CrossAttentionDim))
+	args.TextEmbeds = upload(slotTextEmbeds, in.textEmbeds, n, int64(len(in.textEmbeds)/in.batch))
+	args.TimeIDs = upload(slotTimeIDs, in.timeIDs, n, int64(len(in.timeIDs)/in.batch))
+	if in.classLabels != nil && c.ClassEmbedType == binding.UNetClassTable {
+		ids := make([]int32, len(in.classLabels))
+		for i, v := range in.classLabels {
+			if v != float32(int32(v)) {
+				return nil, fmt.Errorf("%w: class label %g is not a table row", ErrInvalidRequest, v)
+			}
+			ids[i] = int32(v)
+		}
+		if args.ClassLabels, err = e.unetTensor(slotClassLabels, binding.I32, n); err == nil {
+			err = e.lib.UploadInt32(e.ctx, args.ClassLabels, ids)
+		}
+	} else {
+		args.ClassLabels = upload(slotClassLabels, in.classLabels, n)
+	}
+	down, mid := unetSkipShapes(c, n, hh, ww)
+	if len(in.downResiduals) > len(down) {
+		return nil, fmt.Errorf("%w: %d down residuals for a UNet with %d skips", ErrInvalidRequest, len(in.downResiduals), len(down))
+	}
+	for i, r := range in.downResiduals {
+		args.DownResiduals = append(args.DownResiduals, upload(slotDown+i, r, down[i][:]...))
+	}
+	args.MidResidual = upload(slotMid, in.midResidual, mid[:]...)
 	if err != nil {
-		e.freeUNetBuffers(b)
 		return nil, err
 	}
-	e.unetBufs[sh] = b
-	return b, nil
+	out, err := e.unetTensor(slotOut, binding.F32, n, int64(c.OutChannels), hh, ww)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.lib.UNetForward(e.ctx, e.unet, &args, out); err != nil {
+		return nil, err
+	}
+	res := make([]float32, in.batch*int(c.OutChannels)*in.h*in.w)
+	return res, e.lib.DownloadFloat32(e.ctx, out, res)
 }
 
-func (e *engine) freeUNetBuffers(b *unetBuffers) {
-	for _, t := range []binding.Tensor{b.x, b.t, b.context, b.out} {
-		e.lib.TensorFree(e.ctx, t)
+// unetSkipShapes returns the shapes of a UNet's skip tensors, in the order its down
+// blocks make them (the shapes of ControlNet's down residuals), and that of the mid
+// block's output.
+func unetSkipShapes(c *binding.UNetConfig, batch, h, w int64) (down [][4]int64, mid [4]int64) {
+	down = append(down, [4]int64{batch, int64(c.BlockOutChannels[0]), h, w})
+	for i := 0; i < int(c.Levels); i++ {
+		ch := int64(c.BlockOutChannels[i])
+		for j := 0; j < int(c.LayersPerBlock); j++ {
+			down = append(down, [4]int64{batch, ch, h, w})
+		}
+		if i < int(c.Levels)-1 {
+			h, w = (h+1)/2, (w+1)/2
+			down = append(down, [4]int64{batch, ch, h, w})
+		}
 	}
+	return down, [4]int64{batch, int64(c.BlockOutChannels[c.Levels-1]), h, w}
+}
+
+// unetTensor returns slot's native tensor, reallocated when the shape or dtype changes.
+func (e *engine) unetTensor(slot int, dt binding.DType, shape ...int64) (binding.Tensor, error) {
+	for len(e.unetTensors) <= slot {
+		e.unetTensors = append(e.unetTensors, unetTensor{})
+	}
+	s := &e.unetTensors[slot]
+	if s.t != 0 && s.dtype == dt && slices.Equal(s.shape, shape) {
+		return s.t, nil
+	}
+	e.lib.TensorFree(e.ctx, s.t)
+	*s = unetTensor{}
+	t, err := e.lib.TensorNew(e.ctx, dt, shape...)
+	if err != nil {
+		return 0, err
+	}
+	*s = unetTensor{t, dt, slices.Clone(shape)}
+	return t, nil
 }
 
 // vaeDecode decodes raw latents z (batch, latent, h, w) into images (batch, out, f*h, f*w).

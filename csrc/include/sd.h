@@ -49,7 +49,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a function signature, a struct layout or an enum value changes. */
-#define SD_ABI_VERSION 1
+#define SD_ABI_VERSION 2
 #define SD_MAX_DIMS    4
 
 /* ---------------------------------------------------------------------------------------
@@ -382,8 +382,24 @@ typedef struct sd_clip_config {
     int32_t eos_id;        /* 49407: the pooled output is taken at its first position */
 } sd_clip_config_t;
 
+/* How a UNet conditions its time embedding on extra inputs (sd_unet_config_t). */
+typedef enum sd_unet_addition_embed {
+    SD_UNET_ADDITION_NONE = 0,      /* addition_embed_type null */
+    SD_UNET_ADDITION_TEXT_TIME = 1, /* "text_time" (SDXL): text_embeds and time_ids */
+    SD_UNET_ADDITION_COUNT
+} sd_unet_addition_embed_t;
+
+typedef enum sd_unet_class_embed {
+    SD_UNET_CLASS_NONE = 0,     /* class_embed_type and num_class_embeds null */
+    SD_UNET_CLASS_TABLE = 1,    /* class_embed_type null, num_class_embeds set: nn.Embedding */
+    SD_UNET_CLASS_TIMESTEP = 2, /* "timestep": the time sinusoid, then a TimestepEmbedding */
+    SD_UNET_CLASS_COUNT
+} sd_unet_class_embed_t;
+
 /* diffusers' UNet2DConditionModel config, resolved per level (level 0 = highest
- * resolution). Up blocks are given in diffusers' order (deepest first). */
+ * resolution). Up blocks are given in diffusers' order (deepest first). The time embedding
+ * is 4 * block_out_channels[0] wide. proj_in / proj_out of the transformers may be linear
+ * (use_linear_projection) or 1x1 convolutions: the weights' shapes tell. */
 typedef struct sd_unet_config {
     int32_t in_channels;  /* 4, or 9 for inpainting UNets */
     int32_t out_channels; /* 4 */
@@ -393,15 +409,31 @@ typedef struct sd_unet_config {
     int32_t down_attention[SD_MAX_LEVELS];     /* 1: CrossAttnDownBlock2D, 0: DownBlock2D */
     int32_t up_attention[SD_MAX_LEVELS];       /* 1: CrossAttnUpBlock2D, 0: UpBlock2D */
     int32_t heads[SD_MAX_LEVELS];              /* attention heads per level (down order) */
-    int32_t transformer_layers[SD_MAX_LEVELS]; /* per level, >= 1 */
-    int32_t mid_attention;                     /* 1: UNetMidBlock2DCrossAttn, 0: none */
+    int32_t transformer_layers[SD_MAX_LEVELS]; /* per level, >= 1; the mid block uses the last
+                                                * level's, up block i that of level levels-1-i */
+    int32_t mid_attention;                     /* 1: UNetMidBlock2DCrossAttn, 0: two ResNets */
     int32_t cross_attention_dim;               /* 768, 1024 */
-    int32_t use_linear_projection;             /* 1: linear proj_in/out (SD 2.x), 0: 1x1 conv */
     int32_t norm_groups;                       /* 32 */
     float norm_eps;                            /* 1e-5 */
     int32_t flip_sin_to_cos;                   /* 1 */
     float freq_shift;                          /* 0 */
     int32_t conv_in_kernel, conv_out_kernel;   /* 3 */
+    /* sd_unet_addition_embed_t; default NONE. TEXT_TIME adds add_embedding (a
+     * TimestepEmbedding: linear_1 projection_class_embeddings_input_dim -> time embedding,
+     * SiLU, linear_2) of cat(text_embeds, sinusoid(time_ids)) to the time embedding, each of
+     * the time ids through a sinusoid of addition_time_embed_dim with flip_sin_to_cos and
+     * freq_shift (as diffusers' add_time_proj), the N ids of a row concatenated in order. So
+     * text_embeds width + N * addition_time_embed_dim = projection_class_embeddings_input_dim
+     * (SDXL base: 1280 + 6 * 256 = 2816). */
+    int32_t addition_embed_type;
+    int32_t addition_time_embed_dim;               /* >= 1; SDXL 256 */
+    int32_t projection_class_embeddings_input_dim; /* SDXL 2816 */
+    /* sd_unet_class_embed_t; default NONE. TABLE adds row class_labels of class_embedding
+     * (num_class_embeds, time embedding) to the time embedding (the x4 upscaler's noise
+     * level); TIMESTEP adds class_embedding (linear_1 block_out_channels[0] -> time
+     * embedding, SiLU, linear_2) of the time sinusoid of class_labels. */
+    int32_t class_embed_type;
+    int32_t num_class_embeds; /* TABLE: the table's rows, >= 1; x4 upscaler 1000 */
 } sd_unet_config_t;
 
 /* diffusers' AutoencoderKL config. */
@@ -447,11 +479,47 @@ SD_API sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_te
                                    int32_t skip_layers, bool final_norm, sd_tensor_t *hidden,
                                    sd_tensor_t *pooled);
 
-/* One UNet evaluation: x (B, in_channels, H, W) F32 latents, t (B) F32 timesteps, context
- * (B, T, cross_attention_dim) F32 -> out (B, out_channels, H, W) F32. Any H, W >= 1
- * (sizes not divisible by 2^(levels-1) follow diffusers' forward_upsample_size). */
-SD_API sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x,
-                                   const sd_tensor_t *t, const sd_tensor_t *context,
+/* The inputs of one UNet evaluation. The struct and the tensors it points to are only read
+ * during sd_unet_forward; the caller keeps ownership. B is the batch, T the number of
+ * context tokens; all tensors F32 unless stated. Start from sd_unet_inputs_default. */
+typedef struct sd_unet_inputs {
+    const sd_tensor_t *x;       /* (B, in_channels, H, W) latents; required */
+    const sd_tensor_t *t;       /* (B) timesteps, in the scheduler's units (0..999); required */
+    const sd_tensor_t *context; /* (B, T, cross_attention_dim) text embeddings; required */
+    /* addition_embed_type TEXT_TIME: both required (else both must be NULL). text_embeds
+     * (B, P), SDXL's pooled text embedding; time_ids (B, N) with P + N *
+     * addition_time_embed_dim = projection_class_embeddings_input_dim. SDXL base's N = 6:
+     * original height and width, crop top and left, target height and width, in pixels. */
+    const sd_tensor_t *text_embeds;
+    const sd_tensor_t *time_ids;
+    /* class_embed_type TABLE: (B) I32 rows in [0, num_class_embeds), an id out of range is
+     * SD_STATUS_INVALID_ARGUMENT; TIMESTEP: (B) F32 values embedded like timesteps; NONE:
+     * must be NULL. */
+    const sd_tensor_t *class_labels;
+    /* Residuals added to the skip tensors of the down blocks (ControlNet's
+     * down_block_additional_residuals): down_residuals[i] is added to skip tensor i, in the
+     * order the down blocks make them (conv_in's output, then each ResNet / attention output
+     * and each downsampler output of each level), so each has that skip's shape. n <= the
+     * number of skips, 1 + levels * layers_per_block + (levels - 1); fewer residuals are
+     * added to the first skips (as diffusers' zip). down_residuals may be NULL when n is 0. */
+    const sd_tensor_t *const *down_residuals;
+    int32_t n_down_residuals;
+    /* NULL, or added to the mid block's output: (B, block_out_channels[levels-1], h, w) with
+     * h, w the deepest level's size. */
+    const sd_tensor_t *mid_residual;
+    /* Every residual is multiplied by this before it is added (ControlNet's
+     * conditioning_scale); default 1. Finite. */
+    float residual_scale;
+} sd_unet_inputs_t;
+
+SD_API void sd_unet_inputs_default(sd_unet_inputs_t *in); /* all NULL / 0, residual_scale 1 */
+SD_API size_t sd_sizeof_unet_inputs(void);
+
+/* One UNet evaluation on `in` -> out (B, out_channels, H, W) F32. Any H, W >= 1 (sizes not
+ * divisible by 2^(levels-1) follow diffusers' forward_upsample_size). With CUDA the first
+ * calls of a new combination of input shapes (which inputs are given, and their shapes)
+ * record a graph that later calls of that combination replay. */
+SD_API sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_unet_inputs_t *in,
                                    sd_tensor_t *out);
 
 /* VAE decoder on raw latents (no scaling factor applied): z (B, latent_channels, h, w) ->

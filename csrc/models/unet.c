@@ -6,9 +6,14 @@
  * UpBlock2D: conv_in; sinusoidal time embedding -> linear -> SiLU -> linear; down blocks
  * keep every output for the skip connections; mid block; up blocks concatenate a skip
  * before each ResNet and upsample to the next skip's size; GroupNorm + SiLU + conv_out.
+ * Extra conditioning as UNet2DConditionModel.forward: class embeddings (get_class_embed) and
+ * SDXL's text_time embedding (get_aug_embed) added to the time embedding before its SiLU,
+ * ControlNet residuals added to the skips and to the mid-block output.
  */
+#include "graph-cache.h"
 #include "model.h"
 
+#include <math.h>
 #include <string.h>
 
 typedef struct {
@@ -18,28 +23,16 @@ typedef struct {
     sd_conv_w sampler;         /* downsampler / upsampler conv; w NULL for the last block */
 } unet_block_w;
 
-/* A recorded forward pass for one input shape (backends with graphs): inputs are staged
- * into, and the result read from, its own buffers, whose addresses the graph captured. */
-typedef struct {
-    int64_t b, h, w, tokens;
-    sd_tensor_t x, t, context, out; /* backend memory, not the arena */
-    void *graph;
-    uint64_t epoch; /* the arena epoch the graph was recorded in */
-    int eager_runs; /* the first run is eager: it sizes the arena */
-    bool no_graph;  /* recording failed: always eager */
-    uint64_t used;  /* for least-recently-used replacement */
-} unet_graph_t;
-
-#define UNET_GRAPHS 4
-
 typedef struct {
     sd_unet_config_t cfg;
     int64_t temb_dim;
-    unet_graph_t graphs[UNET_GRAPHS];
-    int n_graphs;
-    uint64_t calls;
+    sd_graph_cache_t graphs;
+    sd_tensor_t scale; /* (1) F32 backend memory holding residual_scale; data NULL until used */
     sd_conv_w conv_in, conv_out;
     sd_linear_w time1, time2;
+    sd_linear_w add1, add2;         /* add_embedding (TEXT_TIME) */
+    sd_linear_w class1, class2;     /* class_embedding (TIMESTEP) */
+    const sd_tensor_t *class_table; /* class_embedding (TABLE) */
     unet_block_w down[SD_MAX_LEVELS], up[SD_MAX_LEVELS];
     resnet_w mid_resnets[2];
     transformer_w mid_attention;
@@ -54,20 +47,11 @@ static void free_block(unet_block_w *b) {
     free(b->resnets);
 }
 
-static void free_graph(sd_ctx_t *ctx, unet_graph_t *e) {
-    sd_backend_t *be = sd_ctx_backend_ptr(ctx);
-    if (e->graph) be->ops->graph_free(be, e->graph);
-    sd_tensor_t *bufs[4] = {&e->x, &e->t, &e->context, &e->out};
-    for (int i = 0; i < 4; i++)
-        if (bufs[i]->data) be->ops->free(be, bufs[i]->data);
-    memset(e, 0, sizeof *e);
-    e->b = -1;
-}
-
 static void unet_free(sd_ctx_t *ctx, void *p) {
     unet_net_t *n = p;
     if (n == NULL) return;
-    for (int i = 0; i < n->n_graphs; i++) free_graph(ctx, &n->graphs[i]);
+    sd_graph_cache_clear(ctx, &n->graphs);
+    if (n->scale.data) sd_ctx_backend_ptr(ctx)->ops->free(sd_ctx_backend_ptr(ctx), n->scale.data);
     for (int i = 0; i < SD_MAX_LEVELS; i++) {
         free_block(&n->down[i]);
         free_block(&n->up[i]);
@@ -90,7 +74,6 @@ void sd_unet_config_default(sd_unet_config_t *c) {
         .transformer_layers = {1, 1, 1, 1},
         .mid_attention = 1,
         .cross_attention_dim = 768,
-        .use_linear_projection = 0,
         .norm_groups = 32,
         .norm_eps = 1e-5f,
         .flip_sin_to_cos = 1,
@@ -118,6 +101,22 @@ static bool unet_config_ok(loader_t *L, const sd_unet_config_t *c) {
                     "kernels %d/%d)",
                     c->in_channels, c->out_channels, c->layers_per_block, c->cross_attention_dim,
                     c->norm_groups, c->conv_in_kernel, c->conv_out_kernel);
+        return false;
+    }
+    if (c->addition_embed_type < 0 || c->addition_embed_type >= SD_UNET_ADDITION_COUNT ||
+        (c->addition_embed_type == SD_UNET_ADDITION_TEXT_TIME &&
+         (c->addition_time_embed_dim < 1 || c->projection_class_embeddings_input_dim < 1))) {
+        loader_fail(L,
+                    "addition_embed_type %d, addition_time_embed_dim %d, "
+                    "projection_class_embeddings_input_dim %d",
+                    c->addition_embed_type, c->addition_time_embed_dim,
+                    c->projection_class_embeddings_input_dim);
+        return false;
+    }
+    if (c->class_embed_type < 0 || c->class_embed_type >= SD_UNET_CLASS_COUNT ||
+        (c->class_embed_type == SD_UNET_CLASS_TABLE && c->num_class_embeds < 1)) {
+        loader_fail(L, "class_embed_type %d, num_class_embeds %d", c->class_embed_type,
+                    c->num_class_embeds);
         return false;
     }
     for (int i = 0; i < c->levels; i++) {
@@ -186,6 +185,17 @@ sd_status_t sd_unet_load(sd_ctx_t *ctx, const sd_unet_config_t *config, const sd
     net->conv_in = ld_conv(L, c0, c->in_channels, c->conv_in_kernel, "conv_in");
     net->time1 = ld_linear(L, temb, c0, true, "time_embedding.linear_1");
     net->time2 = ld_linear(L, temb, temb, true, "time_embedding.linear_2");
+    if (c->addition_embed_type == SD_UNET_ADDITION_TEXT_TIME) {
+        net->add1 = ld_linear(L, temb, c->projection_class_embeddings_input_dim, true,
+                              "add_embedding.linear_1");
+        net->add2 = ld_linear(L, temb, temb, true, "add_embedding.linear_2");
+    }
+    if (c->class_embed_type == SD_UNET_CLASS_TABLE)
+        net->class_table = ld_table(L, c->num_class_embeds, temb, "class_embedding.weight");
+    if (c->class_embed_type == SD_UNET_CLASS_TIMESTEP) {
+        net->class1 = ld_linear(L, temb, c0, true, "class_embedding.linear_1");
+        net->class2 = ld_linear(L, temb, temb, true, "class_embedding.linear_2");
+    }
 
     int64_t res_in[65];
     int64_t out_ch = c0;
@@ -223,29 +233,106 @@ sd_status_t sd_unet_load(sd_ctx_t *ctx, const sd_unet_config_t *config, const sd
 
 #define MAX_SKIPS (1 + SD_MAX_LEVELS * 65)
 
-/* The forward pass on inputs in the activation dtype: xi (B, in, H, W), t (B) F32 and cond
- * (B, T, cross dim), writing res (B, out, H, W). */
-static void unet_run(graph_t *g, const unet_net_t *net, const sd_tensor_t *xi, const sd_tensor_t *t,
-                     const sd_tensor_t *cond, sd_tensor_t *res) {
-    if (g->st != SD_STATUS_OK) return;
-    const sd_unet_config_t *c = &net->cfg;
-    const int64_t b = xi->shape[0], h = xi->shape[2], w = xi->shape[3];
-    const int32_t levels = c->levels, groups = c->norm_groups;
-    const float eps = c->norm_eps;
-    const int64_t c0 = c->block_out_channels[0];
+/* Positions of the inputs handed to the graph cache; down residual i is at IN_DOWN + i. */
+enum { IN_X, IN_T, IN_CONTEXT, IN_TEXT_EMBEDS, IN_TIME_IDS, IN_CLASS, IN_SCALE, IN_MID, IN_DOWN };
 
-    /* Time embedding; the ResNets only ever see SiLU(temb). */
+/* The inputs of unet_run, in the activation dtype except t, time_ids and TIMESTEP class
+ * labels (F32). class_emb is, by class_embed_type, the looked-up rows (B, temb) (TABLE) or
+ * the labels (B) (TIMESTEP); scale is NULL for a residual scale of 1, else (1). */
+typedef struct {
+    const sd_tensor_t *x, *t, *context, *text_embeds, *time_ids, *class_emb, *scale, *mid;
+    const sd_tensor_t *down[MAX_SKIPS];
+    int32_t n_down;
+} unet_args_t;
+
+/* dst += residual * scale (scale NULL: 1). */
+static void add_residual(graph_t *g, sd_tensor_t *dst, const sd_tensor_t *residual,
+                         const sd_tensor_t *scale) {
+    if (scale == NULL) {
+        G(g, sd_op_add(g->ctx, dst, dst, residual));
+        return;
+    }
+    /* As (N, 1) the (1) scale is a suffix of the residual's shape, so sd_op_mul broadcasts
+     * it over every element. */
+    const int64_t n = sd_tensor_numel(residual);
+    sd_tensor_t *scaled = g_new(g, 2, n, 1, 0, 0);
+    if (g->st != SD_STATUS_OK) return;
+    sd_tensor_t flat = sd_tensor_view(residual->data, residual->dtype, 2, (int64_t[]){n, 1});
+    sd_tensor_t s1 = sd_tensor_view(scale->data, scale->dtype, 1, (int64_t[]){1});
+    G(g, sd_op_mul(g->ctx, scaled, &flat, &s1));
+    sd_tensor_t shaped = sd_tensor_view(scaled->data, scaled->dtype, dst->ndim, dst->shape);
+    G(g, sd_op_add(g->ctx, dst, dst, &shaped));
+    g_free(g, scaled);
+}
+
+/* temb += TimestepEmbedding(x): linear_1, SiLU, linear_2 (x (B, in) in the activation
+ * dtype), the second linear accumulating into temb. */
+static void add_embedding(graph_t *g, sd_tensor_t *temb, const sd_tensor_t *x,
+                          const sd_linear_w *l1, const sd_linear_w *l2) {
+    sd_tensor_t *h = g_new(g, 2, temb->shape[0], temb->shape[1], 0, 0);
+    g_linear(g, h, x, l1, NULL, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
+    G(g, sd_op_activation(g->ctx, h, h, SD_ACT_SILU));
+    g_linear(g, temb, h, l2, temb, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
+    g_free(g, h);
+}
+
+/* The time embedding with the class and addition embeddings added, then SiLU: the ResNets
+ * only ever see SiLU(emb). New (B, temb). */
+static sd_tensor_t *time_embedding(graph_t *g, const unet_net_t *net, const unet_args_t *a) {
+    const sd_unet_config_t *c = &net->cfg;
+    const int64_t b = a->x->shape[0], c0 = c->block_out_channels[0];
+    const sd_timestep_embedding_params_t tp = {c->flip_sin_to_cos, c->freq_shift, 1.0f, 10000.0f};
     sd_tensor_t *te = g_new(g, 2, b, c0, 0, 0);
-    sd_timestep_embedding_params_t tp = {c->flip_sin_to_cos, c->freq_shift, 1.0f, 10000.0f};
-    G(g, sd_op_timestep_embedding(g->ctx, te, t, &tp));
+    G(g, sd_op_timestep_embedding(g->ctx, te, a->t, &tp));
     sd_tensor_t *t1 = g_new(g, 2, b, net->temb_dim, 0, 0);
     g_linear(g, t1, te, &net->time1, NULL, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
     G(g, sd_op_activation(g->ctx, t1, t1, SD_ACT_SILU));
     sd_tensor_t *temb = g_new(g, 2, b, net->temb_dim, 0, 0);
     g_linear(g, temb, t1, &net->time2, NULL, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
-    G(g, sd_op_activation(g->ctx, temb, temb, SD_ACT_SILU));
-    g_free(g, te);
     g_free(g, t1);
+
+    if (c->class_embed_type == SD_UNET_CLASS_TABLE) {
+        G(g, sd_op_add(g->ctx, temb, temb, a->class_emb));
+    } else if (c->class_embed_type == SD_UNET_CLASS_TIMESTEP) {
+        /* diffusers embeds the labels with the UNet's own time_proj. */
+        G(g, sd_op_timestep_embedding(g->ctx, te, a->class_emb, &tp));
+        add_embedding(g, temb, te, &net->class1, &net->class2);
+    }
+    g_free(g, te);
+
+    if (c->addition_embed_type == SD_UNET_ADDITION_TEXT_TIME && g->st == SD_STATUS_OK) {
+        /* add_time_proj(time_ids.flatten()).reshape(B, -1): the (B * N, D) sinusoids are
+         * row-major, so they already are the (B, N * D) rows to concatenate. */
+        const int64_t n_ids = a->time_ids->shape[1], d = c->addition_time_embed_dim;
+        const int64_t p = a->text_embeds->shape[1];
+        sd_tensor_t ids =
+            sd_tensor_view(a->time_ids->data, a->time_ids->dtype, 1, (int64_t[]){b * n_ids});
+        sd_tensor_t *ts = g_new(g, 2, b * n_ids, d, 0, 0);
+        G(g, sd_op_timestep_embedding(g->ctx, ts, &ids, &tp));
+        sd_tensor_t *cat = g_new(g, 2, b, p + n_ids * d, 0, 0);
+        if (g->st == SD_STATUS_OK) {
+            sd_tensor_t rows = sd_tensor_view(ts->data, ts->dtype, 2, (int64_t[]){b, n_ids * d});
+            G(g, sd_op_concat(g->ctx, cat, a->text_embeds, &rows));
+        }
+        g_free(g, ts);
+        add_embedding(g, temb, cat, &net->add1, &net->add2);
+        g_free(g, cat);
+    }
+    G(g, sd_op_activation(g->ctx, temb, temb, SD_ACT_SILU));
+    return temb;
+}
+
+/* The forward pass, writing res (B, out, H, W) in the activation dtype. */
+static void unet_run(graph_t *g, const unet_net_t *net, const unet_args_t *a, sd_tensor_t *res) {
+    if (g->st != SD_STATUS_OK) return;
+    const sd_unet_config_t *c = &net->cfg;
+    const sd_tensor_t *xi = a->x, *cond = a->context;
+    const int64_t b = xi->shape[0], h = xi->shape[2], w = xi->shape[3];
+    const int32_t levels = c->levels, groups = c->norm_groups;
+    const float eps = c->norm_eps;
+    const int64_t c0 = c->block_out_channels[0];
+
+    sd_tensor_t *temb = time_embedding(g, net, a);
 
     sd_tensor_t *skips[MAX_SKIPS];
     int n_skips = 0;
@@ -259,9 +346,9 @@ static void unet_run(graph_t *g, const unet_net_t *net, const sd_tensor_t *xi, c
         for (int32_t j = 0; j < blk->n_resnets; j++) {
             sd_tensor_t *r = g_resnet(g, &blk->resnets[j], hcur, temb, groups, eps);
             if (blk->attentions) {
-                sd_tensor_t *a = g_transformer(g, &blk->attentions[j], r, cond, groups);
+                sd_tensor_t *a2 = g_transformer(g, &blk->attentions[j], r, cond, groups);
                 g_free(g, r);
-                r = a;
+                r = a2;
             }
             hcur = skips[n_skips++] = r;
         }
@@ -275,12 +362,18 @@ static void unet_run(graph_t *g, const unet_net_t *net, const sd_tensor_t *xi, c
 
     sd_tensor_t *m = g_resnet(g, &net->mid_resnets[0], hcur, temb, groups, eps);
     if (net->has_mid_attention) {
-        sd_tensor_t *a = g_transformer(g, &net->mid_attention, m, cond, groups);
+        sd_tensor_t *a2 = g_transformer(g, &net->mid_attention, m, cond, groups);
         g_free(g, m);
-        m = a;
+        m = a2;
     }
     hcur = g_resnet(g, &net->mid_resnets[1], m, temb, groups, eps);
     g_free(g, m);
+
+    /* Only now: the down path and the mid block read the skips as they were made; the up
+     * blocks read them with the residuals added. */
+    for (int32_t i = 0; i < a->n_down && g->st == SD_STATUS_OK; i++)
+        add_residual(g, skips[i], a->down[i], a->scale);
+    if (a->mid != NULL && g->st == SD_STATUS_OK) add_residual(g, hcur, a->mid, a->scale);
 
     for (int i = 0; i < levels; i++) {
         const unet_block_w *blk = &net->up[i];
@@ -295,9 +388,9 @@ static void unet_run(graph_t *g, const unet_net_t *net, const sd_tensor_t *xi, c
             sd_tensor_t *r = g_resnet(g, &blk->resnets[j], cat, temb, groups, eps);
             g_free(g, cat);
             if (blk->attentions) {
-                sd_tensor_t *a = g_transformer(g, &blk->attentions[j], r, cond, groups);
+                sd_tensor_t *a2 = g_transformer(g, &blk->attentions[j], r, cond, groups);
                 g_free(g, r);
-                r = a;
+                r = a2;
             }
             hcur = r;
         }
@@ -320,99 +413,148 @@ static void unet_run(graph_t *g, const unet_net_t *net, const sd_tensor_t *xi, c
     g_free(g, temb);
 }
 
-static bool alloc_like(sd_backend_t *be, sd_tensor_t *dst, int32_t dtype, const sd_tensor_t *like) {
-    *dst = sd_tensor_view(NULL, dtype, like->ndim, like->shape);
-    dst->data = be->ops->alloc(be, dst->nbytes);
-    return dst->data != NULL;
+typedef struct {
+    const unet_net_t *net;
+    int32_t n_down;
+} unet_call_t;
+
+/* The graph cache's forward: inputs as sd_graph_cache_run hands them over (staged, or the
+ * caller's own tensors), converted to the activation dtype where unet_run needs it. */
+static sd_status_t unet_cached_forward(sd_ctx_t *ctx, void *user, const sd_tensor_t *const *in,
+                                       sd_tensor_t *out) {
+    const unet_call_t *call = user;
+    const unet_net_t *net = call->net;
+    const sd_unet_config_t *c = &net->cfg;
+    graph_t gr = graph_begin(ctx), *g = &gr;
+    const int32_t n_in = IN_DOWN + call->n_down;
+    sd_tensor_t *act_in[IN_DOWN + MAX_SKIPS];
+    for (int32_t i = 0; i < n_in; i++) {
+        bool f32 = i == IN_T || i == IN_TIME_IDS ||
+                   (i == IN_CLASS && c->class_embed_type == SD_UNET_CLASS_TIMESTEP);
+        act_in[i] = f32 || in[i] == NULL ? (sd_tensor_t *)in[i] : g_input(g, in[i]);
+    }
+    unet_args_t a = {.x = act_in[IN_X],
+                     .t = act_in[IN_T],
+                     .context = act_in[IN_CONTEXT],
+                     .text_embeds = act_in[IN_TEXT_EMBEDS],
+                     .time_ids = act_in[IN_TIME_IDS],
+                     .class_emb = act_in[IN_CLASS],
+                     .scale = act_in[IN_SCALE],
+                     .mid = act_in[IN_MID]};
+    a.n_down = call->n_down;
+    for (int32_t i = 0; i < a.n_down; i++) a.down[i] = act_in[IN_DOWN + i];
+    const int64_t b = in[IN_X]->shape[0], h = in[IN_X]->shape[2], w = in[IN_X]->shape[3];
+    sd_tensor_t *res = out->dtype == g->act ? out : g_new(g, 4, b, c->out_channels, h, w);
+    unet_run(g, net, &a, res);
+    if (res != out) {
+        g_output(g, out, res);
+        g_free(g, res);
+    }
+    for (int32_t i = 0; i < n_in; i++)
+        if (act_in[i] != NULL) g_release_input(g, in[i], act_in[i]);
+    return g->st;
 }
 
-/* The graph entry for this call's shapes, created (replacing the least recently used one)
- * on first sight; NULL when out of memory. */
-static unet_graph_t *graph_entry(sd_ctx_t *ctx, unet_net_t *net, const sd_tensor_t *x,
-                                 const sd_tensor_t *t, const sd_tensor_t *context,
-                                 const sd_tensor_t *out, int32_t act) {
-    sd_backend_t *be = sd_ctx_backend_ptr(ctx);
-    const int64_t b = x->shape[0], h = x->shape[2], w = x->shape[3], tokens = context->shape[1];
-    unet_graph_t *e = NULL;
-    for (int i = 0; i < net->n_graphs; i++) {
-        unet_graph_t *c = &net->graphs[i];
-        if (c->b == b && c->h == h && c->w == w && c->tokens == tokens) e = c;
-    }
-    if (e == NULL) {
-        if (net->n_graphs < UNET_GRAPHS) {
-            e = &net->graphs[net->n_graphs++];
-        } else {
-            e = &net->graphs[0];
-            for (int i = 1; i < UNET_GRAPHS; i++)
-                if (net->graphs[i].used < e->used) e = &net->graphs[i];
-            free_graph(ctx, e);
-        }
-        e->b = b, e->h = h, e->w = w, e->tokens = tokens;
-        if (!alloc_like(be, &e->x, act, x) || !alloc_like(be, &e->t, SD_DTYPE_F32, t) ||
-            !alloc_like(be, &e->context, act, context) || !alloc_like(be, &e->out, act, out)) {
-            free_graph(ctx, e); /* leaves an entry no shape matches */
-            return NULL;
-        }
-    }
-    e->used = ++net->calls;
-    return e;
+void sd_unet_inputs_default(sd_unet_inputs_t *in) {
+    if (in == NULL) return;
+    *in = (sd_unet_inputs_t){.residual_scale = 1.0f};
 }
 
-/* Runs through a recorded graph: inputs staged into the entry's buffers, the first call
- * eager (it grows the arena to this shape's needs, so recording allocates nothing), the
- * second recorded, later ones replayed. A graph is dropped when the arena has released
- * memory since it was recorded. */
-static void unet_graph_forward(graph_t *g, unet_net_t *net, unet_graph_t *e, const sd_tensor_t *x,
-                               const sd_tensor_t *t, const sd_tensor_t *context, sd_tensor_t *out) {
-    sd_ctx_t *ctx = g->ctx;
-    sd_backend_t *be = sd_ctx_backend_ptr(ctx);
-    G(g, sd_op_convert(ctx, &e->x, x));
-    G(g, sd_op_convert(ctx, &e->t, t));
-    G(g, sd_op_convert(ctx, &e->context, context));
-    if (g->st != SD_STATUS_OK) return;
-    if (e->graph != NULL && e->epoch != sd_ctx_arena_epoch(ctx)) {
-        be->ops->graph_free(be, e->graph);
-        e->graph = NULL;
-        e->eager_runs = 0;
-    }
-    if (e->graph == NULL && !e->no_graph && e->eager_runs > 0) {
-        sd_status_t st = be->ops->graph_begin(ctx);
-        if (st == SD_STATUS_OK) {
-            unet_run(g, net, &e->x, &e->t, &e->context, &e->out);
-            void *graph = NULL;
-            st = be->ops->graph_end(ctx, &graph);
-            if (g->st == SD_STATUS_OK && st == SD_STATUS_OK) {
-                e->graph = graph;
-                e->epoch = sd_ctx_arena_epoch(ctx);
-            } else if (graph != NULL) {
-                be->ops->graph_free(be, graph);
-            }
-        }
-        if (e->graph == NULL) {
-            if (g->st == SD_STATUS_CANCELLED) return;
-            sd_log(ctx, SD_LOG_WARN, "unet: recording a graph failed (%s); running eagerly",
-                   sd_ctx_last_error(ctx));
-            e->no_graph = true;
-            g->st = SD_STATUS_OK;
-        }
-    }
-    if (e->graph != NULL) {
-        G(g, be->ops->graph_launch(ctx, e->graph));
-    } else {
-        unet_run(g, net, &e->x, &e->t, &e->context, &e->out);
-        e->eager_runs++;
-    }
-    g_output(g, out, &e->out);
+size_t sd_sizeof_unet_inputs(void) {
+    return sizeof(sd_unet_inputs_t);
 }
 
-sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x,
-                            const sd_tensor_t *t, const sd_tensor_t *context, sd_tensor_t *out) {
+static bool is_f32(const sd_tensor_t *t, int32_t ndim, int64_t d0, int64_t d1) {
+    return t->dtype == SD_DTYPE_F32 && t->ndim == ndim && t->shape[0] == d0 &&
+           (ndim < 2 || d1 < 0 || t->shape[1] == d1);
+}
+
+/* Checks the inputs beyond x, t and context against the config and x's (B, H, W). */
+static sd_status_t check_extra_inputs(sd_ctx_t *ctx, const sd_unet_config_t *c,
+                                      const sd_unet_inputs_t *in, int64_t b, int64_t h, int64_t w) {
+    char b1[96], b2[96];
+    const bool text_time = c->addition_embed_type == SD_UNET_ADDITION_TEXT_TIME;
+    if (!text_time && (in->text_embeds != NULL || in->time_ids != NULL))
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "unet_forward: text_embeds / time_ids given to a UNet without "
+                       "addition_embed_type text_time");
+    if (text_time) {
+        const sd_tensor_t *te = in->text_embeds, *ti = in->time_ids;
+        bool ok = te != NULL && ti != NULL && is_f32(te, 2, b, -1) && is_f32(ti, 2, b, -1) &&
+                  te->shape[1] + ti->shape[1] * c->addition_time_embed_dim ==
+                      c->projection_class_embeddings_input_dim;
+        if (!ok)
+            return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                           "unet_forward: text_embeds %s, time_ids %s: expected (B, P) and (B, N) "
+                           "f32 with P + N * %d = %d",
+                           te ? sd_tensor_describe(te, b1, sizeof b1) : "NULL",
+                           ti ? sd_tensor_describe(ti, b2, sizeof b2) : "NULL",
+                           c->addition_time_embed_dim, c->projection_class_embeddings_input_dim);
+    }
+    const sd_tensor_t *cl = in->class_labels;
+    if (c->class_embed_type == SD_UNET_CLASS_NONE && cl != NULL)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "unet_forward: class_labels given to a UNet without class embeddings");
+    if (c->class_embed_type != SD_UNET_CLASS_NONE) {
+        const int32_t dt = c->class_embed_type == SD_UNET_CLASS_TABLE ? SD_DTYPE_I32 : SD_DTYPE_F32;
+        if (cl == NULL || cl->dtype != dt || cl->ndim != 1 || cl->shape[0] != b)
+            return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                           "unet_forward: class_labels %s: expected (B) %s",
+                           cl ? sd_tensor_describe(cl, b1, sizeof b1) : "NULL", sd_dtype_name(dt));
+    }
+
+    /* The skips' shapes, in the order the down blocks make them. */
+    int64_t skips[MAX_SKIPS][3];
+    int n_skips = 0;
+    skips[n_skips][0] = c->block_out_channels[0], skips[n_skips][1] = h, skips[n_skips++][2] = w;
+    for (int i = 0; i < c->levels; i++) {
+        const int64_t ch = c->block_out_channels[i];
+        for (int j = 0; j < c->layers_per_block; j++)
+            skips[n_skips][0] = ch, skips[n_skips][1] = h, skips[n_skips++][2] = w;
+        if (i < c->levels - 1) {
+            h = (h + 1) / 2, w = (w + 1) / 2;
+            skips[n_skips][0] = ch, skips[n_skips][1] = h, skips[n_skips++][2] = w;
+        }
+    }
+    if (in->n_down_residuals < 0 || in->n_down_residuals > n_skips ||
+        (in->n_down_residuals > 0 && in->down_residuals == NULL))
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "unet_forward: %d down residuals (array %s); this UNet has %d skips",
+                       in->n_down_residuals, in->down_residuals ? "given" : "NULL", n_skips);
+    for (int32_t i = 0; i < in->n_down_residuals; i++) {
+        const sd_tensor_t *r = in->down_residuals[i];
+        if (r == NULL || r->dtype != SD_DTYPE_F32 || r->ndim != 4 || r->shape[0] != b ||
+            r->shape[1] != skips[i][0] || r->shape[2] != skips[i][1] || r->shape[3] != skips[i][2])
+            return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                           "unet_forward: down residual %d %s: expected (%lld, %lld, %lld, %lld) "
+                           "f32",
+                           (int)i, r ? sd_tensor_describe(r, b1, sizeof b1) : "NULL", (long long)b,
+                           (long long)skips[i][0], (long long)skips[i][1], (long long)skips[i][2]);
+    }
+    const sd_tensor_t *m = in->mid_residual;
+    const int64_t deep = c->block_out_channels[c->levels - 1];
+    if (m != NULL && (m->dtype != SD_DTYPE_F32 || m->ndim != 4 || m->shape[0] != b ||
+                      m->shape[1] != deep || m->shape[2] != h || m->shape[3] != w))
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "unet_forward: mid residual %s: expected (%lld, %lld, %lld, %lld) f32",
+                       sd_tensor_describe(m, b1, sizeof b1), (long long)b, (long long)deep,
+                       (long long)h, (long long)w);
+    if (!isfinite(in->residual_scale))
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "unet_forward: residual_scale %g",
+                       (double)in->residual_scale);
+    return SD_STATUS_OK;
+}
+
+sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_unet_inputs_t *in,
+                            sd_tensor_t *out) {
     if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
     SD_TRY(sd_ctx_check(ctx));
     if (model == NULL || model->kind != SD_MODEL_UNET)
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "unet_forward: not a UNet model");
-    const unet_net_t *net = model->net;
+    if (in == NULL) return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "unet_forward: NULL inputs");
+    unet_net_t *net = model->net;
     const sd_unet_config_t *c = &net->cfg;
+    const sd_tensor_t *x = in->x, *t = in->t, *context = in->context;
     char b1[96], b2[96], b3[96], b4[96];
     if (x == NULL || t == NULL || context == NULL || out == NULL)
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "unet_forward: NULL tensor");
@@ -429,23 +571,58 @@ sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t 
                        sd_tensor_describe(context, b3, sizeof b3),
                        sd_tensor_describe(out, b4, sizeof b4), c->in_channels,
                        c->cross_attention_dim, c->out_channels);
+    SD_TRY(check_extra_inputs(ctx, c, in, b, h, w));
 
-    graph_t gr = graph_begin(ctx), *g = &gr;
-    if (sd_ctx_graphs_enabled(ctx)) {
-        unet_graph_t *e = graph_entry(ctx, model->net, x, t, context, out, g->act);
-        if (e == NULL)
-            return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "unet: cannot allocate graph buffers");
-        unet_graph_forward(g, model->net, e, x, t, context, out);
-        return g->st;
+    sd_backend_t *be = sd_ctx_backend_ptr(ctx);
+    const int32_t act = be->act_dtype, n_down = in->n_down_residuals;
+    const sd_tensor_t *ins[IN_DOWN + MAX_SKIPS] = {[IN_X] = x,
+                                                   [IN_T] = t,
+                                                   [IN_CONTEXT] = context,
+                                                   [IN_TEXT_EMBEDS] = in->text_embeds,
+                                                   [IN_TIME_IDS] = in->time_ids,
+                                                   [IN_MID] = in->mid_residual};
+    int32_t dtypes[IN_DOWN + MAX_SKIPS];
+    for (int32_t i = 0; i < IN_DOWN + n_down; i++) dtypes[i] = act;
+    dtypes[IN_T] = dtypes[IN_TIME_IDS] = SD_DTYPE_F32;
+    for (int32_t i = 0; i < n_down; i++) ins[IN_DOWN + i] = in->down_residuals[i];
+
+    /* The TABLE lookup runs before the cached forward: staging converts float tensors
+     * only, so the gathered rows are staged rather than the I32 labels. */
+    sd_tensor_t *rows = NULL, rows2d;
+    if (c->class_embed_type == SD_UNET_CLASS_TABLE) {
+        SD_TRY(sd_scratch_new(ctx, act, 3, (int64_t[]){b, 1, net->temb_dim}, &rows));
+        sd_tensor_t ids =
+            sd_tensor_view(in->class_labels->data, SD_DTYPE_I32, 2, (int64_t[]){b, 1});
+        sd_status_t st = sd_op_embedding(ctx, rows, &ids, net->class_table);
+        if (st != SD_STATUS_OK) {
+            sd_scratch_free(ctx, rows);
+            return st;
+        }
+        rows2d = sd_tensor_view(rows->data, act, 2, (int64_t[]){b, net->temb_dim});
+        ins[IN_CLASS] = &rows2d;
+    } else if (c->class_embed_type == SD_UNET_CLASS_TIMESTEP) {
+        ins[IN_CLASS] = in->class_labels;
+        dtypes[IN_CLASS] = SD_DTYPE_F32;
     }
-    sd_tensor_t *xi = g_input(g, x), *cond = g_input(g, context);
-    sd_tensor_t *res = out->dtype == g->act ? out : g_new(g, 4, b, c->out_channels, h, w);
-    unet_run(g, net, xi, t, cond, res);
-    if (res != out) {
-        g_output(g, out, res);
-        g_free(g, res);
+
+    /* A scale of 1 skips the multiply; any other value lives in backend memory, so a
+     * recorded graph reads each call's value. */
+    sd_status_t st = SD_STATUS_OK;
+    if (in->residual_scale != 1.0f && (n_down > 0 || in->mid_residual != NULL)) {
+        if (net->scale.data == NULL) {
+            net->scale = sd_tensor_view(NULL, SD_DTYPE_F32, 1, (int64_t[]){1});
+            net->scale.data = be->ops->alloc(be, net->scale.nbytes);
+            if (net->scale.data == NULL)
+                st = sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "unet: cannot allocate 4 bytes");
+        }
+        if (st == SD_STATUS_OK)
+            st = be->ops->upload(ctx, net->scale.data, &in->residual_scale, sizeof(float));
+        ins[IN_SCALE] = &net->scale;
     }
-    g_release_input(g, x, xi);
-    g_release_input(g, context, cond);
-    return g->st;
+    unet_call_t call = {net, n_down};
+    if (st == SD_STATUS_OK)
+        st = sd_graph_cache_run(ctx, &net->graphs, "unet", ins, dtypes, IN_DOWN + n_down, out, act,
+                                unet_cached_forward, &call);
+    sd_scratch_free(ctx, rows);
+    return st;
 }

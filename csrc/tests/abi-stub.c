@@ -47,3 +47,6 @@ size_t sd_sizeof_unet_config(void) {
 size_t sd_sizeof_vae_config(void) {
     return sizeof(sd_vae_config_t);
 }
+size_t sd_sizeof_unet_inputs(void) {
+    return sizeof(sd_unet_inputs_t);
+}
