@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -353,4 +354,38 @@ func TestUNetClassAndAddedEmbeddings(t *testing.T) {
 			assert.ErrorIs(t, err, binding.ErrInvalidArgument)
 		})
 	}
+}
+
+// mid_attention 0 is diffusers' UNetMidBlock2D as UNet2DConditionModel builds it: one
+// ResNet. Reference: the cross-attention mid block with its transformer and its second
+// ResNet made identities (proj_out and conv2 zero: each then only adds its input back).
+func TestUNetMidBlockWithoutAttention(t *testing.T) {
+	lib := testLibrary(t)
+	base, m := loadSD1Tiny(t, lib)
+	g := openGolden(t, filepath.Join(kitDir(t, "sd1-tiny"), "golden.safetensors"))
+	x, xs := g.floats("unet0.x")
+	ts, _ := g.floats("unet0.t")
+	c, cs := g.floats("unet0.context")
+	in := &unetInputs{x: x, batch: int(xs[0]), h: int(xs[2]), w: int(xs[3]), t: ts, context: c, tokens: int(cs[1]), residualScale: 1}
+
+	identity, single := map[string]modelfile.Tensor{}, map[string]modelfile.Tensor{}
+	for k, v := range m.UNet.Tensors {
+		identity[k] = v
+		if !strings.HasPrefix(k, "mid_block.attentions.0.") && !strings.HasPrefix(k, "mid_block.resnets.1.") {
+			single[k] = v
+		}
+	}
+	for _, k := range []string{"mid_block.attentions.0.proj_out", "mid_block.resnets.1.conv2"} {
+		for _, p := range []string{".weight", ".bias"} {
+			ten := identity[k+p]
+			identity[k+p] = f32Tensor(k+p, make([]float32, ten.NumElements()), ten.Shape...)
+		}
+	}
+	want, err := loadUNet(t, lib, base.unetCfg, identity).unetEval(in)
+	require.NoError(t, err)
+	cfg := base.unetCfg
+	cfg.MidAttention = 0
+	got, err := loadUNet(t, lib, cfg, single).unetEval(in)
+	require.NoError(t, err)
+	assertClose(t, "mid block without attention", got, want)
 }

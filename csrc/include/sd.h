@@ -411,13 +411,15 @@ typedef struct sd_unet_config {
     int32_t heads[SD_MAX_LEVELS];              /* attention heads per level (down order) */
     int32_t transformer_layers[SD_MAX_LEVELS]; /* per level, >= 1; the mid block uses the last
                                                 * level's, up block i that of level levels-1-i */
-    int32_t mid_attention;                     /* 1: UNetMidBlock2DCrossAttn, 0: two ResNets */
-    int32_t cross_attention_dim;               /* 768, 1024 */
-    int32_t norm_groups;                       /* 32 */
-    float norm_eps;                            /* 1e-5 */
-    int32_t flip_sin_to_cos;                   /* 1 */
-    float freq_shift;                          /* 0 */
-    int32_t conv_in_kernel, conv_out_kernel;   /* 3 */
+    /* 1: UNetMidBlock2DCrossAttn (ResNet, transformer, ResNet); 0: UNetMidBlock2D as
+     * UNet2DConditionModel builds it (num_layers 0, no attention: one ResNet). */
+    int32_t mid_attention;
+    int32_t cross_attention_dim;             /* 768, 1024 */
+    int32_t norm_groups;                     /* 32 */
+    float norm_eps;                          /* 1e-5 */
+    int32_t flip_sin_to_cos;                 /* 1 */
+    float freq_shift;                        /* 0 */
+    int32_t conv_in_kernel, conv_out_kernel; /* 3 */
     /* sd_unet_addition_embed_t; default NONE. TEXT_TIME adds add_embedding (a
      * TimestepEmbedding: linear_1 projection_class_embeddings_input_dim -> time embedding,
      * SiLU, linear_2) of cat(text_embeds, sinusoid(time_ids)) to the time embedding, each of

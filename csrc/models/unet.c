@@ -208,12 +208,15 @@ sd_status_t sd_unet_load(sd_ctx_t *ctx, const sd_unet_config_t *config, const sd
     }
 
     const int64_t deep = c->block_out_channels[levels - 1];
+    /* UNetMidBlock2DCrossAttn: ResNet, transformer, ResNet; UNet2DConditionModel builds its
+     * UNetMidBlock2D with num_layers 0 and no attention: a single ResNet. */
     ld_resnet(L, &net->mid_resnets[0], deep, deep, temb, "mid_block.resnets.0");
     net->has_mid_attention = c->mid_attention != 0;
-    if (net->has_mid_attention)
+    if (net->has_mid_attention) {
         ld_transformer(L, &net->mid_attention, deep, c->heads[levels - 1], ctx_dim,
                        c->transformer_layers[levels - 1], "mid_block.attentions.0");
-    ld_resnet(L, &net->mid_resnets[1], deep, deep, temb, "mid_block.resnets.1");
+        ld_resnet(L, &net->mid_resnets[1], deep, deep, temb, "mid_block.resnets.1");
+    }
 
     out_ch = deep;
     for (int i = 0; i < levels; i++) {
@@ -364,10 +367,10 @@ static void unet_run(graph_t *g, const unet_net_t *net, const unet_args_t *a, sd
     if (net->has_mid_attention) {
         sd_tensor_t *a2 = g_transformer(g, &net->mid_attention, m, cond, groups);
         g_free(g, m);
-        m = a2;
+        m = g_resnet(g, &net->mid_resnets[1], a2, temb, groups, eps);
+        g_free(g, a2);
     }
-    hcur = g_resnet(g, &net->mid_resnets[1], m, temb, groups, eps);
-    g_free(g, m);
+    hcur = m;
 
     /* Only now: the down path and the mid block read the skips as they were made; the up
      * blocks read them with the residuals added. */
