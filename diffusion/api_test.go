@@ -33,53 +33,6 @@ func maxPixelDiff(a, b image.Image) float64 {
 	return worst
 }
 
-func TestRequestValidation(t *testing.T) {
-	p := openTiny(t, "sd1-tiny")
-	ctx := context.Background()
-	cases := []struct {
-		name string
-		edit func(*Request)
-		msg  string
-	}{
-		{"width not a multiple of 8", func(r *Request) { r.Width = 60 }, "multiples of 8"},
-		{"height too small", func(r *Request) { r.Height = 4 }, "multiples of 8"},
-		{"too large", func(r *Request) { r.Width = MaxSide + 8 }, "between 8 and 4096"},
-		{"negative steps", func(r *Request) { r.Steps = -1 }, "steps -1"},
-		{"too many steps", func(r *Request) { r.Steps = MaxSteps + 1 }, "steps 1001"},
-		{"negative guidance", func(r *Request) { r.GuidanceScale = -2 }, "guidance scale"},
-		{"NaN guidance", func(r *Request) { r.GuidanceScale = math.NaN() }, "guidance scale"},
-		{"rescale above 1", func(r *Request) { r.GuidanceRescale = 1.5 }, "guidance rescale"},
-		{"unknown sampler", func(r *Request) { r.Sampler = Sampler(99) }, "unknown sampler"},
-		{"eta above 1", func(r *Request) { r.Eta = 2 }, "eta"},
-		{"eta with euler", func(r *Request) { r.Sampler = Euler; r.Eta = 0.5 }, "invalid request"},
-		{"negative batch", func(r *Request) { r.BatchSize = -1 }, "batch size"},
-		{"clip skip beyond the layers", func(r *Request) { r.ClipSkip = 5 }, "clip skip 5"},
-		{"unknown rng", func(r *Request) { r.RNG = rng.Kind(7) }, "unknown RNG"},
-		{"unknown schedule", func(r *Request) { r.Sampler = Euler; r.Schedule = schedule.SigmaSchedule(9) }, "invalid request"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			r := tinyRequest()
-			tc.edit(&r)
-			_, err := p.Txt2Img(ctx, r)
-			require.Error(t, err)
-			assert.ErrorIs(t, err, ErrInvalidRequest)
-			assert.Contains(t, err.Error(), tc.msg)
-		})
-	}
-	img := image.NewRGBA(image.Rect(0, 0, 64, 64))
-	_, err := p.Img2Img(ctx, Img2ImgRequest{Request: tinyRequest()})
-	assert.ErrorIs(t, err, ErrInvalidRequest)
-	_, err = p.Img2Img(ctx, Img2ImgRequest{Request: tinyRequest(), Image: img, Strength: 1.5})
-	assert.ErrorIs(t, err, ErrInvalidRequest)
-	_, err = p.Img2Img(ctx, Img2ImgRequest{Request: tinyRequest(), Image: img, Strength: 0.01})
-	assert.ErrorIs(t, err, ErrInvalidRequest, "no step left to run")
-	_, err = p.Inpaint(ctx, InpaintRequest{Request: tinyRequest(), Image: img})
-	assert.ErrorIs(t, err, ErrInvalidRequest)
-	_, err = p.Img2Img(ctx, Img2ImgRequest{Request: tinyRequest(), Image: image.NewRGBA(image.Rect(0, 0, 5, 5))})
-	assert.ErrorIs(t, err, ErrInvalidRequest, "an image smaller than 8 pixels")
-}
-
 func TestDefaultsAndParams(t *testing.T) {
 	p := openTiny(t, "sd1-tiny")
 	info := p.Info()
@@ -104,6 +57,17 @@ func TestDefaultsAndParams(t *testing.T) {
 	stats, err := p.MemoryStats()
 	require.NoError(t, err)
 	assert.Positive(t, stats.ArenaPeakBytes)
+	assert.Positive(t, stats.ArenaReservedBytes)
+
+	// The pipeline validates with the description that TestRequestValidation checks,
+	// whose VAE factor is the one the runtime's VAE has.
+	assert.Equal(t, p.eng.vaeFactor(), p.desc.vaeFactor)
+	_, err = p.Txt2Img(context.Background(), Request{Width: 60})
+	assert.ErrorIs(t, err, ErrInvalidRequest)
+	_, err = p.Img2Img(context.Background(), Img2ImgRequest{Request: Request{Steps: 2}, Image: solidImage(64, 64, color.White), Strength: 0.01})
+	assert.ErrorContains(t, err, "leaves nothing to do")
+	_, err = p.Inpaint(context.Background(), InpaintRequest{Image: solidImage(64, 64, color.White)})
+	assert.ErrorContains(t, err, "inpainting mask is missing")
 
 	par.Prompt, par.NegativePrompt, par.Seed, par.ClipSkip = "an apple", "blurry", 42, 2
 	par.Sampler, par.Schedule, par.RNG = DPMPP2M, schedule.SigmasKarras, rng.CUDA

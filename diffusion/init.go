@@ -41,17 +41,14 @@ func (p *Pipeline) prepareInit(ctx context.Context, par Params, sched schedule.S
 	lc := int(e.vaeCfg.LatentChannels)
 	hw := lh * lw
 	n := b * lc * hw
-	first := sched.StartIndex(par.Strength)
-	if first >= len(sched.Timesteps()) {
-		return nil, 0, nil, invalid("strength %g with %d steps leaves nothing to do", par.Strength, par.Steps)
-	}
+	first := sched.StartIndex(par.Strength) // plan made sure that steps are left
 	img := imageTensor(init.image, par.Width, par.Height)
 	inpaint := init.mask != nil
 	strengthMax := par.Strength == 1
 
 	var imageLatents []float32
 	var err error
-	if !inpaint || !p.info.Inpainting || !strengthMax {
+	if !inpaint || !p.desc.info.Inpainting || !strengthMax {
 		if imageLatents, err = p.encodeImage(ctx, img, par, gen); err != nil {
 			return nil, 0, nil, err
 		}
@@ -89,7 +86,7 @@ func (p *Pipeline) prepareInit(ctx context.Context, par Params, sched schedule.S
 		}
 	}
 	blend := &latentBlend{mask: repeat(lm, b), imageLatents: imageLatents, noise: noise, c: lc, hw: hw}
-	if p.info.Inpainting {
+	if p.desc.info.Inpainting {
 		blend.unetExtra = concatChannels(blend.mask, maskedLatents, b, 1, lc, hw)
 	}
 	return x, first, blend, nil

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -38,8 +37,7 @@ type Pipeline struct {
 	eng       *engine
 	tok       *tokenizer.Tokenizer
 	padID     int
-	sched     schedule.Config
-	info      ModelInfo
+	desc      modelDesc
 	hash      *modelHash
 	log       *slog.Logger
 }
@@ -188,32 +186,16 @@ func (p *Pipeline) setup(m *modelfile.Model, device Device) error {
 	if n, embedded := p.tok.VocabSize(), m.TextEncoder.Config.VocabSize; n > embedded {
 		return fmt.Errorf("%w: the tokenizer has %d tokens, the text encoder embeds %d", ErrBadModel, n, embedded)
 	}
-	// Raw carries prediction_type too: modelfile writes WithPredictionType's value and
-	// the family default of single files into it.
-	if p.sched, err = schedule.ParseConfig(m.Scheduler.Raw); err != nil {
-		return fmt.Errorf("%w: scheduler config: %v", ErrBadModel, err)
+	if p.desc, err = describe(m); err != nil {
+		return err
 	}
-	f := p.eng.vaeFactor()
-	side := m.UNet.Config.SampleSize * f
-	p.info = ModelInfo{
-		Name:           filepath.Base(filepath.Clean(m.Path)),
-		Path:           m.Path,
-		Family:         m.Family,
-		Prediction:     m.Scheduler.PredictionType,
-		Width:          side,
-		Height:         side,
-		DefaultSampler: ConfiguredSampler(m.Scheduler),
-		TextLayers:     m.TextEncoder.Config.NumHiddenLayers,
-		Inpainting:     m.UNet.Config.InChannels == 9,
-		Device:         device,
-		Backend:        p.eng.lib.CtxBackendDescription(p.eng.ctx),
-		Summary:        m.Summary(),
-	}
+	p.desc.info.Device = device
+	p.desc.info.Backend = p.eng.lib.CtxBackendDescription(p.eng.ctx)
 	return nil
 }
 
 // Info describes the opened model.
-func (p *Pipeline) Info() ModelInfo { return p.info }
+func (p *Pipeline) Info() ModelInfo { return p.desc.info }
 
 // MemoryStats is the runtime's device memory use, in bytes.
 type MemoryStats struct {
@@ -333,37 +315,22 @@ func (p *Pipeline) Txt2Img(ctx context.Context, req Request) (*Result, error) {
 
 // Img2Img repaints an image guided by a prompt.
 func (p *Pipeline) Img2Img(ctx context.Context, req Img2ImgRequest) (*Result, error) {
-	if err := checkImage("img2img image", req.Image); err != nil {
-		return nil, err
-	}
-	strength, err := resolveStrength(req.Strength, 0.8)
+	r, init, err := p.desc.img2img(req)
 	if err != nil {
 		return nil, err
 	}
-	if req.Request, err = p.defaultSizeFrom(req.Request, req.Image); err != nil {
-		return nil, err
-	}
-	return p.generate(ctx, req.Request, &initImage{image: req.Image, strength: strength})
+	return p.generate(ctx, r, init)
 }
 
 // Inpaint repaints the masked part of an image. Models with a 9-channel inpainting UNet
 // get the mask and masked image as extra UNet input; others blend in latent space after
 // every step.
 func (p *Pipeline) Inpaint(ctx context.Context, req InpaintRequest) (*Result, error) {
-	if err := checkImage("inpainting image", req.Image); err != nil {
-		return nil, err
-	}
-	if err := checkImage("inpainting mask", req.Mask); err != nil {
-		return nil, err
-	}
-	strength, err := resolveStrength(req.Strength, 1)
+	r, init, err := p.desc.inpaint(req)
 	if err != nil {
 		return nil, err
 	}
-	if req.Request, err = p.defaultSizeFrom(req.Request, req.Image); err != nil {
-		return nil, err
-	}
-	return p.generate(ctx, req.Request, &initImage{image: req.Image, mask: req.Mask, strength: strength})
+	return p.generate(ctx, r, init)
 }
 
 // initImage is the starting point of img2img and inpainting.
@@ -372,33 +339,12 @@ type initImage struct {
 	strength    float64
 }
 
-// defaultSizeFrom sizes a request like its image (rounded down to a multiple of the
-// size unit, and scaled to fit MaxSide).
-func (p *Pipeline) defaultSizeFrom(r Request, img image.Image) (Request, error) {
-	b := img.Bounds()
-	u := p.sizeUnit()
-	if b.Dx() < u || b.Dy() < u {
-		return r, invalid("image %dx%d is smaller than %d pixels", b.Dx(), b.Dy(), u)
-	}
-	// An image larger than MaxSide is scaled down as a whole, keeping its shape.
-	w, h := b.Dx(), b.Dy()
-	if long := max(w, h); long > MaxSide {
-		w, h = max(w*MaxSide/long, u), max(h*MaxSide/long, u)
-	}
-	if r.Width == 0 {
-		r.Width = w / u * u
-	}
-	if r.Height == 0 {
-		r.Height = h / u * u
-	}
-	return r, nil
-}
-
-// sizeUnit is what image sides must be a multiple of: 8, as diffusers requires of Stable
-// Diffusion, and the VAE's downsampling factor when that is larger.
-func (p *Pipeline) sizeUnit() int { return max(8, p.eng.vaeFactor()) }
-
 func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (*Result, error) {
+	// A request that cannot run fails at once rather than after its wait for the turn.
+	par, sched, err := p.desc.plan(req, init)
+	if err != nil {
+		return nil, err
+	}
 	if err := p.acquire(ctx); err != nil {
 		return nil, err
 	}
@@ -408,36 +354,15 @@ func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (
 	defer cancel(nil)
 	stop := context.AfterFunc(p.closing, func() { cancel(ErrClosed) })
 	defer stop()
-	res, err := p.generateLocked(runCtx, req, init)
+	res, err := p.generateLocked(runCtx, req, par, sched, init)
 	if err != nil && errors.Is(context.Cause(runCtx), ErrClosed) {
 		return nil, ErrClosed
 	}
 	return res, err
 }
 
-func (p *Pipeline) generateLocked(ctx context.Context, req Request, init *initImage) (*Result, error) {
+func (p *Pipeline) generateLocked(ctx context.Context, req Request, par Params, sched schedule.Scheduler, init *initImage) (*Result, error) {
 	start := time.Now()
-	par, err := p.resolve(req)
-	if err != nil {
-		return nil, err
-	}
-	if init != nil {
-		par.Strength = init.strength
-	}
-	if p.info.Inpainting && (init == nil || init.mask == nil) {
-		return nil, invalid("%s is an inpainting model: use Inpaint", p.info.Name)
-	}
-	sched, err := schedule.New(p.sched, schedule.Options{
-		Sampler: par.Sampler.scheduleSampler(), Sigmas: par.Schedule, Eta: par.Eta, Spacing: par.TimestepSpacing,
-	}, par.Steps)
-	if errors.Is(err, schedule.ErrInvalidConfig) {
-		// The model's own scheduler config is broken (e.g. a backwards beta range
-		// that the sampler's class defaults complete), whatever was asked.
-		return nil, fmt.Errorf("%w: scheduler config: %v", ErrBadModel, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
-	}
 	var tm Timings
 	images, err := p.run(ctx, req, par, sched, init, &tm)
 	if err != nil {

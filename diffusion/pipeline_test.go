@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/gosd/gosd/diffusion/schedule"
 	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -48,11 +47,9 @@ func TestTxt2ImgStepsMatchDiffusers(t *testing.T) {
 			t.Run(model+"/"+run.name, func(t *testing.T) {
 				p := openTiny(t, model)
 				g := openGolden(t, filepath.Join(testutil.ConformanceDir(t), model, "txt2img-"+run.name+".safetensors"))
-				par, err := p.resolve(kitRequest(run.sampler))
+				par, sched, err := p.desc.plan(kitRequest(run.sampler), nil)
 				require.NoError(t, err)
 				cond, tokens, err := p.encodePrompts(par, true)
-				require.NoError(t, err)
-				sched, err := schedule.New(p.sched, schedule.Options{Sampler: par.Sampler.scheduleSampler()}, par.Steps)
 				require.NoError(t, err)
 				refT, _ := g.floats("timesteps")
 				got := make([]float32, len(sched.Timesteps()))

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"image"
-	"math"
 	"strings"
 	"time"
 
@@ -297,94 +296,4 @@ const (
 
 func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidRequest}, args...)...)
-}
-
-// resolve fills defaults and validates a request against the model.
-func (p *Pipeline) resolve(r Request) (Params, error) {
-	par := Params{
-		Prompt:          r.Prompt,
-		NegativePrompt:  r.NegativePrompt,
-		Width:           r.Width,
-		Height:          r.Height,
-		Steps:           r.Steps,
-		GuidanceScale:   r.GuidanceScale,
-		GuidanceRescale: r.GuidanceRescale,
-		Sampler:         r.Sampler,
-		Schedule:        r.Schedule,
-		Eta:             r.Eta,
-		TimestepSpacing: r.TimestepSpacing,
-		PromptSyntax:    r.PromptSyntax,
-		Seed:            r.Seed,
-		RNG:             r.RNG,
-		BatchSize:       r.BatchSize,
-		ClipSkip:        r.ClipSkip,
-		Model:           p.info.Name,
-	}
-	u := p.sizeUnit()
-	if par.Width == 0 {
-		par.Width = p.info.Width
-	}
-	if par.Height == 0 {
-		par.Height = p.info.Height
-	}
-	if par.Width < u || par.Height < u || par.Width > MaxSide || par.Height > MaxSide ||
-		par.Width%u != 0 || par.Height%u != 0 {
-		return par, invalid("size %dx%d: width and height must be multiples of %d between %d and %d", par.Width, par.Height, u, u, MaxSide)
-	}
-	if par.Steps == 0 {
-		par.Steps = 20
-	}
-	if par.Steps < 1 || par.Steps > MaxSteps {
-		return par, invalid("steps %d not in [1, %d]", par.Steps, MaxSteps)
-	}
-	if par.GuidanceScale == 0 {
-		par.GuidanceScale = 7.5
-	}
-	if math.IsNaN(par.GuidanceScale) || math.IsInf(par.GuidanceScale, 0) || par.GuidanceScale < 0 || par.GuidanceScale > 100 {
-		return par, invalid("guidance scale %g not in [0, 100]", par.GuidanceScale)
-	}
-	if !(par.GuidanceRescale >= 0 && par.GuidanceRescale <= 1) {
-		return par, invalid("guidance rescale %g not in [0, 1]", par.GuidanceRescale)
-	}
-	if !par.Sampler.valid() {
-		return par, invalid("unknown sampler %d", int(par.Sampler))
-	}
-	if par.Sampler == SamplerAuto {
-		par.Sampler = p.info.DefaultSampler
-	}
-	if !(par.Eta >= 0 && par.Eta <= 1) {
-		return par, invalid("eta %g not in [0, 1]", par.Eta)
-	}
-	if par.TimestepSpacing < schedule.SpacingDefault || par.TimestepSpacing > schedule.SpacingLinspace {
-		return par, invalid("unknown timestep spacing %d", int(par.TimestepSpacing))
-	}
-	if par.TimestepSpacing == schedule.SpacingDefault {
-		par.TimestepSpacing = p.sched.Spacing(par.Sampler.scheduleSampler())
-	}
-	if !par.PromptSyntax.valid() {
-		return par, invalid("unknown prompt syntax %d", int(par.PromptSyntax))
-	}
-	if par.BatchSize == 0 {
-		par.BatchSize = 1
-	}
-	if par.BatchSize < 1 || par.BatchSize > MaxBatchSize {
-		return par, invalid("batch size %d not in [1, %d]", par.BatchSize, MaxBatchSize)
-	}
-	if par.ClipSkip < 0 || par.ClipSkip > p.info.TextLayers {
-		return par, invalid("clip skip %d not in [0, %d]", par.ClipSkip, p.info.TextLayers)
-	}
-	if par.RNG != rng.CPU && par.RNG != rng.CUDA {
-		return par, invalid("unknown RNG %d", int(par.RNG))
-	}
-	return par, nil
-}
-
-func resolveStrength(s, def float64) (float64, error) {
-	if s == 0 {
-		return def, nil
-	}
-	if !(s > 0 && s <= 1) {
-		return 0, invalid("strength %g not in (0, 1]", s)
-	}
-	return s, nil
 }
