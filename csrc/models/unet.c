@@ -1,11 +1,12 @@
 /*
- * unet.c - UNet2DConditionModel of Stable Diffusion 1.x / 2.x, generic over its config.
+ * unet.c - UNet2DConditionModel of Stable Diffusion 1.x / 2.x / XL, generic over its config.
  *
  * ref: diffusers.models.unets.unet_2d_condition.UNet2DConditionModel with
- * CrossAttnDownBlock2D / DownBlock2D, UNetMidBlock2DCrossAttn, CrossAttnUpBlock2D /
- * UpBlock2D: conv_in; sinusoidal time embedding -> linear -> SiLU -> linear; down blocks
- * keep every output for the skip connections; mid block; up blocks concatenate a skip
- * before each ResNet and upsample to the next skip's size; GroupNorm + SiLU + conv_out.
+ * CrossAttnDownBlock2D / DownBlock2D, UNetMidBlock2DCrossAttn / UNetMidBlock2D,
+ * CrossAttnUpBlock2D / UpBlock2D: conv_in; sinusoidal time embedding -> linear -> SiLU ->
+ * linear; down blocks keep every output for the skip connections; mid block; up blocks
+ * concatenate a skip before each ResNet and upsample to the next skip's size; GroupNorm +
+ * SiLU + conv_out.
  * Extra conditioning as UNet2DConditionModel.forward: class embeddings (get_class_embed) and
  * SDXL's text_time embedding (get_aug_embed) added to the time embedding before its SiLU,
  * ControlNet residuals added to the skips and to the mid-block output.

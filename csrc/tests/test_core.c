@@ -7,6 +7,7 @@
 #include "harness.h"
 
 #include "cpu.h"
+#include "graph-cache.h"
 
 #include <math.h>
 #include <sched.h>
@@ -536,6 +537,108 @@ static void test_loader_strict(void) {
     sd_ctx_free(c); /* frees `kept`, never freed by hand */
 }
 
+/* Graph capture faked over the CPU backend, so the graph cache's keying, staging and
+ * replacement run here: ops still execute while "recording", and a launch runs nothing, so
+ * a replay leaves the staged result of the recording run in place. */
+static int fake_begins, fake_launches, fake_frees;
+static sd_status_t fake_graph_begin(sd_ctx_t *c) {
+    (void)c;
+    fake_begins++;
+    return SD_STATUS_OK;
+}
+static sd_status_t fake_graph_end(sd_ctx_t *c, void **graph) {
+    (void)c;
+    *graph = malloc(1);
+    return *graph != NULL ? SD_STATUS_OK : SD_STATUS_OUT_OF_MEMORY;
+}
+static sd_status_t fake_graph_launch(sd_ctx_t *c, void *graph) {
+    (void)c, (void)graph;
+    fake_launches++;
+    return SD_STATUS_OK;
+}
+static void fake_graph_free(sd_backend_t *be, void *graph) {
+    (void)be;
+    fake_frees++;
+    free(graph);
+}
+
+typedef struct {
+    int calls;
+    const sd_tensor_t *seen;
+} cache_job_t;
+
+/* out = in[0] + in[1], or 2 in[0] when in[1] is absent. */
+static sd_status_t cache_add(sd_ctx_t *c, void *user, const sd_tensor_t *const *in,
+                             sd_tensor_t *out) {
+    cache_job_t *j = user;
+    j->calls++;
+    j->seen = in[0];
+    return sd_op_add(c, out, in[0], in[1] != NULL ? in[1] : in[0]);
+}
+
+static float cache_run(sd_graph_cache_t *gc, cache_job_t *j, int64_t n, float a, float b,
+                       bool with_b) {
+    float va[8], vb[8], got[8];
+    for (int i = 0; i < 8; i++) va[i] = a, vb[i] = b;
+    const int64_t shape[1] = {n};
+    sd_tensor_t *ta = make_tensor(ctx, SD_DTYPE_F32, 1, shape, va, NULL);
+    sd_tensor_t *tb = make_tensor(ctx, SD_DTYPE_F32, 1, shape, vb, NULL);
+    sd_tensor_t *out = make_empty(ctx, 1, shape);
+    const sd_tensor_t *in[2] = {ta, with_b ? tb : NULL};
+    const int32_t dtypes[2] = {SD_DTYPE_F32, SD_DTYPE_F32};
+    CHECK_STATUS(
+        sd_graph_cache_run(ctx, gc, "test", in, dtypes, 2, out, SD_DTYPE_F32, cache_add, j),
+        SD_STATUS_OK);
+    CHECK_STATUS(sd_tensor_download(ctx, out, got, (size_t)n * sizeof(float)), SD_STATUS_OK);
+    CHECK(j->seen != ta || !sd_ctx_graphs_enabled(ctx), "staged, not the caller's tensor");
+    sd_tensor_free(ctx, ta);
+    sd_tensor_free(ctx, tb);
+    sd_tensor_free(ctx, out);
+    return got[n - 1];
+}
+
+static void test_graph_cache(void) {
+    sd_graph_cache_t gc = {0};
+    cache_job_t j = {0};
+    /* The CPU backend has no graph capture: the forward runs on the caller's tensors. */
+    CHECK(!sd_ctx_graphs_enabled(ctx), "cpu graphs");
+    CHECK(cache_run(&gc, &j, 4, 1, 2, true) == 3 && j.calls == 1, "pass-through");
+    for (int i = 0; i < SD_GRAPH_CACHE_ENTRIES; i++) CHECK(gc.entries[i] == NULL, "no entry");
+
+    sd_backend_t *be = sd_ctx_backend_ptr(ctx);
+    const sd_backend_ops_t *cpu_ops = be->ops;
+    sd_backend_ops_t fake = *cpu_ops;
+    fake.graph_begin = fake_graph_begin;
+    fake.graph_end = fake_graph_end;
+    fake.graph_launch = fake_graph_launch;
+    fake.graph_free = fake_graph_free;
+    be->ops = &fake;
+    j = (cache_job_t){0};
+    /* Eager on the staged buffers, then recorded (and launched), then replayed. */
+    CHECK(cache_run(&gc, &j, 4, 1, 2, true) == 3 && j.calls == 1 && fake_begins == 0, "eager");
+    CHECK(cache_run(&gc, &j, 4, 1, 3, true) == 4 && j.calls == 2 && fake_begins == 1 &&
+              fake_launches == 1,
+          "recorded");
+    /* The fake replay computes nothing: the result recorded stays. */
+    CHECK(cache_run(&gc, &j, 4, 1, 5, true) == 4 && j.calls == 2 && fake_launches == 2, "replayed");
+    /* An absent input and another shape are other keys. */
+    CHECK(cache_run(&gc, &j, 4, 1, 5, false) == 2 && j.calls == 3, "absent input");
+    CHECK(cache_run(&gc, &j, 8, 1, 5, true) == 6 && j.calls == 4, "other shape");
+    CHECK(cache_run(&gc, &j, 4, 1, 5, true) == 4 && j.calls == 4, "first key still cached");
+    /* A fourth key fills the cache, a fifth replaces the least recently used entry (the
+     * absent-input one, never recorded: no graph to free). */
+    cache_run(&gc, &j, 2, 1, 5, true);
+    cache_run(&gc, &j, 3, 1, 5, true);
+    CHECK(fake_frees == 0, "unrecorded entries replaced (%d graphs freed)", fake_frees);
+    CHECK(cache_run(&gc, &j, 4, 1, 5, false) == 2 && j.calls == 7, "evicted key runs eagerly");
+    /* The recorded entry is now the least recently used: replacing it frees its graph. */
+    cache_run(&gc, &j, 5, 1, 5, true);
+    CHECK(fake_frees == 1, "%d graphs freed", fake_frees);
+    sd_graph_cache_clear(ctx, &gc);
+    for (int i = 0; i < SD_GRAPH_CACHE_ENTRIES; i++) CHECK(gc.entries[i] == NULL, "cleared");
+    be->ops = cpu_ops;
+}
+
 int main(void) {
     test_status_and_params();
     sd_ctx_params_t p;
@@ -553,6 +656,7 @@ int main(void) {
     test_pool();
     test_pool_oversubscribed();
     test_loader_strict();
+    test_graph_cache();
     sd_ctx_free(ctx);
     test_thread_cap();
     test_cgroup_limit();
