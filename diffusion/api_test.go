@@ -61,7 +61,7 @@ func TestDefaultsAndParams(t *testing.T) {
 
 	// The pipeline validates with the description that TestRequestValidation checks,
 	// whose VAE factor is the one the runtime's VAE has.
-	assert.Equal(t, p.eng.vaeFactor(), p.desc.vaeFactor)
+	assert.Equal(t, p.eng.vaeNet().factor(), p.desc.vaeFactor)
 	_, err = p.Txt2Img(context.Background(), Request{Width: 60})
 	assert.ErrorIs(t, err, ErrInvalidRequest)
 	_, err = p.Img2Img(context.Background(), Img2ImgRequest{Request: Request{Steps: 2}, Image: solidImage(64, 64, color.White), Strength: 0.01})
@@ -129,7 +129,7 @@ func TestCancellation(t *testing.T) {
 			if n == 1 {
 				cancel2()
 			}
-			if _, err := p.eng.vaeDecode(make([]float32, 4*8*8), 1, 8, 8); err != nil {
+			if _, err := p.eng.vaeNet().decode(make([]float32, 4*8*8), 1, 8, 8); err != nil {
 				return err
 			}
 		}

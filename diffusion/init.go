@@ -2,20 +2,18 @@ package diffusion
 
 import (
 	"context"
-	"math"
 
 	"github.com/gosd/gosd/diffusion/schedule"
 )
 
-// latentBlend keeps the known part of an inpainted image: for 4-channel UNets the latents
-// are blended with the re-noised image after every step; for 9-channel inpainting UNets
-// the mask and masked image go into the UNet instead (unetExtra).
+// latentBlend keeps the known part of an inpainted image for 4-channel UNets: the latents
+// are blended with the re-noised image after every step (9-channel inpainting UNets get
+// the mask and masked image as extra input channels instead).
 type latentBlend struct {
 	mask         []float32 // (b, 1, h, w), 1 = repaint
 	imageLatents []float32 // (b, c, h, w)
 	noise        []float32 // the initial noise, reused to re-noise the image
 	c, hw        int
-	unetExtra    []float32 // (b, 1 + c, h, w): mask, masked image latents
 }
 
 // apply is diffusers' StableDiffusionInpaintPipeline step for 4-channel UNets:
@@ -31,14 +29,14 @@ func (l *latentBlend) apply(x []float32, sched schedule.Scheduler, i int) {
 	}
 }
 
-// prepareInit encodes the init image and returns the starting latents, the first step
-// and, for inpainting, the blend. The generator is drawn from in diffusers' order:
-// posterior sample of the image, initial noise, posterior sample of the masked image.
-func (p *Pipeline) prepareInit(ctx context.Context, par Params, sched schedule.Scheduler, init *initImage, gen batchGenerator) ([]float32, int, *latentBlend, error) {
-	e := p.eng
-	f := e.vaeFactor()
+// prepareInit encodes the init image and returns where sampling starts: the latents, the
+// first step and, for inpainting, the blend or the extra UNet channels. The generator is
+// drawn from in diffusers' order: posterior sample of the image, initial noise, posterior
+// sample of the masked image.
+func (p *Pipeline) prepareInit(ctx context.Context, vae codec, par Params, sched schedule.Scheduler, init *initImage, gen batchGenerator) (start, error) {
+	f := vae.factor()
 	b, lh, lw := par.BatchSize, par.Height/f, par.Width/f
-	lc := int(e.vaeCfg.LatentChannels)
+	lc := vae.channels()
 	hw := lh * lw
 	n := b * lc * hw
 	first := sched.StartIndex(par.Strength) // plan made sure that steps are left
@@ -49,8 +47,8 @@ func (p *Pipeline) prepareInit(ctx context.Context, par Params, sched schedule.S
 	var imageLatents []float32
 	var err error
 	if !inpaint || !p.desc.info.Inpainting || !strengthMax {
-		if imageLatents, err = p.encodeImage(ctx, img, par, gen); err != nil {
-			return nil, 0, nil, err
+		if imageLatents, err = p.encodeImage(ctx, vae, img, par, gen); err != nil {
+			return start{}, err
 		}
 	}
 	noise := make([]float32, n)
@@ -63,7 +61,7 @@ func (p *Pipeline) prepareInit(ctx context.Context, par Params, sched schedule.S
 		x = sched.AddNoise(imageLatents, noise, first)
 	}
 	if !inpaint {
-		return x, first, nil, nil
+		return start{x: x, first: first}, nil
 	}
 
 	mask := maskTensor(init.mask, par.Width, par.Height) // (1, 1, H, W) in {0, 1}
@@ -74,9 +72,9 @@ func (p *Pipeline) prepareInit(ctx context.Context, par Params, sched schedule.S
 			masked[k] = img[k]
 		}
 	}
-	maskedLatents, err := p.encodeImage(ctx, masked, par, gen) // (b, c, h, w)
+	maskedLatents, err := p.encodeImage(ctx, vae, masked, par, gen) // (b, c, h, w)
 	if err != nil {
-		return nil, 0, nil, err
+		return start{}, err
 	}
 	// Nearest downsampling to latent size, as F.interpolate(size=...).
 	lm := make([]float32, hw)
@@ -85,42 +83,34 @@ func (p *Pipeline) prepareInit(ctx context.Context, par Params, sched schedule.S
 			lm[y*lw+xx] = mask[(y*f)*par.Width+xx*f]
 		}
 	}
-	blend := &latentBlend{mask: repeat(lm, b), imageLatents: imageLatents, noise: noise, c: lc, hw: hw}
+	bm := repeat(lm, b)
 	if p.desc.info.Inpainting {
-		blend.unetExtra = concatChannels(blend.mask, maskedLatents, b, 1, lc, hw)
+		return start{x: x, first: first, extra: concatChannels(bm, maskedLatents, b, 1, lc, hw)}, nil
 	}
-	return x, first, blend, nil
+	return start{x: x, first: first, blend: &latentBlend{mask: bm, imageLatents: imageLatents, noise: noise, c: lc, hw: hw}}, nil
 }
 
 // encodeImage encodes one image (1, 3, H, W) in [-1, 1] into scaled latents for each image
 // of the batch, (b, c, h, w): the posterior is sampled once per image, each with its own
 // generator, as diffusers' retrieve_latents(sample_mode="sample").
-func (p *Pipeline) encodeImage(ctx context.Context, img []float32, par Params, gen batchGenerator) ([]float32, error) {
-	var mean, logvar []float32
+func (p *Pipeline) encodeImage(ctx context.Context, vae codec, img []float32, par Params, gen batchGenerator) ([]float32, error) {
+	var dist latentDist
 	err := p.guard(ctx, func() (err error) {
-		mean, logvar, err = p.eng.vaeEncode(img, 1, par.Height, par.Width)
+		dist, err = vae.encode(img, 1, par.Height, par.Width)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := checkFinite("VAE encoder", mean); err != nil {
+	if err := checkFinite("VAE encoder", dist.mean); err != nil {
 		return nil, err
 	}
-	if err := checkFinite("VAE encoder", logvar); err != nil {
+	if err := checkFinite("VAE encoder", dist.logvar); err != nil {
 		return nil, err
 	}
-	eps := make([]float32, len(gen)*len(mean))
+	eps := make([]float32, len(gen)*len(dist.mean))
 	gen.Normal(eps)
-	vc := p.model.VAE.Config
-	out := make([]float32, len(eps))
-	for k := range out {
-		m := k % len(mean)
-		std := math.Exp(0.5 * float64(logvar[m]))
-		z := float64(mean[m]) + std*float64(eps[k])
-		out[k] = float32((z - vc.ShiftFactor) * vc.ScalingFactor)
-	}
-	return out, nil
+	return dist.sample(eps), nil
 }
 
 // repeat concatenates n copies of v.

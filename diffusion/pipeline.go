@@ -7,7 +7,6 @@ import (
 	"image"
 	"io"
 	"log/slog"
-	"math"
 	"sync"
 	"time"
 
@@ -374,127 +373,51 @@ func (p *Pipeline) generateLocked(ctx context.Context, req Request, par Params, 
 	return &Result{Images: images, Params: par, Timings: tm}, nil
 }
 
-// run is the sampling loop shared by the three modes.
+// run is one generation, shared by the three modes: the conditioner encodes the prompts,
+// the codec the init image, the sampling loop steps the denoiser, and the codec decodes.
 func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched schedule.Scheduler, init *initImage, tm *Timings) ([]image.Image, error) {
-	e := p.eng
-	f := e.vaeFactor()
+	vae := p.codec()
+	f := vae.factor()
 	b, lh, lw := par.BatchSize, par.Height/f, par.Width/f
-	lc := int(e.vaeCfg.LatentChannels)
-	n := b * lc * lh * lw
-	cfg := par.GuidanceScale > 1
+	n := b * vae.channels() * lh * lw
 
-	var textCtx []float32
-	var tokens int
 	phase := time.Now()
+	var cond *conditioning
 	err := p.guard(ctx, func() (err error) {
-		textCtx, tokens, err = p.encodePrompts(par, cfg)
+		cond, err = p.conditioner().condition(par, par.GuidanceScale > 1)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := checkFinite("text encoder", textCtx); err != nil {
-		return nil, err
-	}
+	defer cond.free()
 	tm.TextEncode = time.Since(phase)
 
 	gen := newBatchGenerator(par.RNG, par.Seed, b)
-	timesteps := sched.Timesteps()
-	first := 0
-	var x []float32
-	var blend *latentBlend
+	st := start{}
 	if init == nil {
-		x = make([]float32, n)
-		gen.Normal(x)
-		scale(x, float32(sched.InitNoiseSigma()))
+		st.x = make([]float32, n)
+		gen.Normal(st.x)
+		scale(st.x, float32(sched.InitNoiseSigma()))
 	} else {
 		phase = time.Now()
-		if x, first, blend, err = p.prepareInit(ctx, par, sched, init, gen); err != nil {
+		if st, err = p.prepareInit(ctx, vae, par, sched, init, gen); err != nil {
 			return nil, err
 		}
 		tm.Encode = time.Since(phase)
 	}
 
-	total := len(timesteps) - first
-	firstStep := sched.StepOf(first)
-	steps := sched.StepOf(len(timesteps)-1) + 1 - firstStep
-	began := time.Now()
-	uncondCond := 1
-	if cfg {
-		uncondCond = 2
-	}
-	unetIn := int(e.unetCfg.InChannels)
-	for i := first; i < len(timesteps); i++ {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		stepStart := time.Now()
-		t := timesteps[i]
-		scaled := sched.ScaleModelInput(x, i)
-		in := scaled
-		if blend != nil && blend.unetExtra != nil { // 9-channel UNet: latents | mask | masked image
-			in = concatChannels(scaled, blend.unetExtra, b, lc, unetIn-lc, lh*lw)
-		}
-		batchIn := in
-		if cfg {
-			batchIn = append(append(make([]float32, 0, 2*len(in)), in...), in...)
-		}
-		ts := make([]float32, uncondCond*b)
-		for k := range ts {
-			ts[k] = float32(t)
-		}
-		var out []float32
-		err := p.guard(ctx, func() (err error) {
-			out, err = e.unetForward(batchIn, uncondCond*b, lh, lw, ts, textCtx, tokens)
-			return err
-		})
-		if err != nil {
-			return nil, err
-		}
-		if err := checkFinite(fmt.Sprintf("UNet at step %d", i-first+1), out); err != nil {
-			return nil, err
-		}
-		noise := out
-		if cfg {
-			noise = guide(out[:n], out[n:], par.GuidanceScale, par.GuidanceRescale, b)
-		}
-		if x, err = sched.Step(noise, i, x, gen); err != nil {
-			return nil, fmt.Errorf("sampler step %d: %w", i, err)
-		}
-		if err := checkFinite(fmt.Sprintf("sampler at step %d", i-first+1), x); err != nil {
-			return nil, err
-		}
-		if blend != nil && blend.unetExtra == nil {
-			blend.apply(x, sched, i)
-		}
-		tm.Steps = append(tm.Steps, time.Since(stepStart))
-		if req.onStep != nil {
-			req.onStep(i-first, x)
-		}
-		if req.Progress != nil {
-			done := sched.StepOf(len(timesteps)-1) + 1 // after the last call
-			if i+1 < len(timesteps) {
-				done = sched.StepOf(i + 1)
-			}
-			pr := Progress{Step: done - firstStep, Steps: steps, Evaluation: i - first + 1, Evaluations: total,
-				Timestep: t, Elapsed: time.Since(began)}
-			if req.Preview {
-				pr.Preview = latentPreview(x[:lc*lh*lw], lc, lh, lw)
-			}
-			req.Progress(pr)
-		}
+	d := &denoiser{unet: p.eng.unetNet(), cond: cond, batch: b, h: lh, w: lw,
+		guidance: par.GuidanceScale, rescale: par.GuidanceRescale, extra: st.extra}
+	x, err := p.sample(ctx, req, sched, d, st, gen, tm)
+	if err != nil {
+		return nil, err
 	}
 
-	// Decode: latents / scaling_factor + shift_factor, as diffusers.
 	phase = time.Now()
-	vc := p.model.VAE.Config
-	z := make([]float32, n)
-	for k, v := range x {
-		z[k] = float32(float64(v)/vc.ScalingFactor + vc.ShiftFactor)
-	}
 	var pix []float32
 	err = p.guard(ctx, func() (err error) {
-		pix, err = e.vaeDecode(z, b, lh, lw)
+		pix, err = vae.decode(x, b, lh, lw)
 		return err
 	})
 	if err != nil {
@@ -508,56 +431,11 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	return images, nil
 }
 
-// guide applies classifier-free guidance u + g (c - u) and, when phi > 0, diffusers'
-// rescale_noise_cfg (std of the guided prediction matched to the conditional one).
-func guide(uncond, cond []float32, g, phi float64, batch int) []float32 {
-	out := make([]float32, len(cond))
-	gf := float32(g)
-	for k := range cond {
-		out[k] = uncond[k] + gf*(cond[k]-uncond[k])
-	}
-	if phi == 0 {
-		return out
-	}
-	per := len(cond) / batch
-	for bi := 0; bi < batch; bi++ {
-		o, c := out[bi*per:(bi+1)*per], cond[bi*per:(bi+1)*per]
-		ratio := stddev(c) / stddev(o)
-		for k := range o {
-			rescaled := float64(o[k]) * ratio
-			o[k] = float32(phi*rescaled + (1-phi)*float64(o[k]))
-		}
-	}
-	return out
-}
-
-// stddev is torch.std's unbiased standard deviation.
-func stddev(v []float32) float64 {
-	var mean float64
-	for _, x := range v {
-		mean += float64(x)
-	}
-	mean /= float64(len(v))
-	var ss float64
-	for _, x := range v {
-		d := float64(x) - mean
-		ss += d * d
-	}
-	return math.Sqrt(ss / float64(len(v)-1))
-}
+// codec is the model's image codec.
+func (p *Pipeline) codec() codec { return newVAECodec(p.eng.vaeNet(), p.model.VAE.Config) }
 
 func scale(x []float32, s float32) {
 	for k := range x {
 		x[k] *= s
 	}
-}
-
-// concatChannels joins per-sample channel blocks: a (b, ca, hw) and extra (b, cb, hw).
-func concatChannels(a, extra []float32, b, ca, cb, hw int) []float32 {
-	out := make([]float32, 0, len(a)+len(extra))
-	for bi := 0; bi < b; bi++ {
-		out = append(out, a[bi*ca*hw:(bi+1)*ca*hw]...)
-		out = append(out, extra[bi*cb*hw:(bi+1)*cb*hw]...)
-	}
-	return out
 }

@@ -49,8 +49,10 @@ func TestTxt2ImgStepsMatchDiffusers(t *testing.T) {
 				g := openGolden(t, filepath.Join(testutil.ConformanceDir(t), model, "txt2img-"+run.name+".safetensors"))
 				par, sched, err := p.desc.plan(kitRequest(run.sampler), nil)
 				require.NoError(t, err)
-				cond, tokens, err := p.encodePrompts(par, true)
+				cond, err := p.conditioner().condition(par, true)
 				require.NoError(t, err)
+				defer cond.free()
+				d := &denoiser{unet: p.eng.unetNet(), cond: cond, batch: 1, h: 8, w: 8, guidance: 7.5}
 				refT, _ := g.floats("timesteps")
 				got := make([]float32, len(sched.Timesteps()))
 				for i, ts := range sched.Timesteps() {
@@ -61,11 +63,9 @@ func TestTxt2ImgStepsMatchDiffusers(t *testing.T) {
 				x, _ := g.floats("init_latents")
 				scale(x, float32(sched.InitNoiseSigma()))
 				for i, ts := range sched.Timesteps() {
-					in := sched.ScaleModelInput(x, i)
-					out, err := p.eng.unetForward(append(append([]float32{}, in...), in...), 2, 8, 8,
-						[]float32{float32(ts), float32(ts)}, cond, tokens)
+					noise, err := d.predict(sched.ScaleModelInput(x, i), ts, i+1)
 					require.NoError(t, err)
-					next, err := sched.Step(guide(out[:len(x)], out[len(x):], 7.5, 0, 1), i, x, nil)
+					next, err := sched.Step(noise, i, x, nil)
 					require.NoError(t, err)
 					ref, _ := g.floats(fmt.Sprintf("step%02d.latents", i))
 					assertClose(t, fmt.Sprintf("step%02d.latents (from diffusers' step%02d)", i, i-1), next, ref)

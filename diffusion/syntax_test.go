@@ -38,7 +38,7 @@ func TestPromptChunksSyntax(t *testing.T) {
 	tok, err := tokenizer.Default()
 	require.NoError(t, err)
 	var logged bytes.Buffer
-	p := &Pipeline{tok: tok, padID: tok.EOS(), log: slog.New(slog.NewTextHandler(&logged, nil))}
+	c := &conditioner{tok: tok, padID: tok.EOS(), log: slog.New(slog.NewTextHandler(&logged, nil))}
 	long := strings.Repeat("word ", 80)
 	tests := []struct {
 		name    string
@@ -58,7 +58,7 @@ func TestPromptChunksSyntax(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			logged.Reset()
-			chunks, err := p.promptChunks(tt.syntax, tt.prompt)
+			chunks, err := c.promptChunks(tt.syntax, tt.prompt)
 			require.NoError(t, err)
 			require.Len(t, chunks, tt.chunks)
 			assert.InDelta(t, tt.weight, chunks[0].Weights[1], 1e-6)

@@ -81,7 +81,7 @@ func TestUNetControlResidualsMatchDiffusers(t *testing.T) {
 				in.downResiduals, in.midResidual = residuals(tc.res)
 			}
 			in.residualScale = tc.scale
-			got, err := e.unetEval(in)
+			got, err := e.unetNet().eval(in)
 			require.NoError(t, err)
 			ref, _ := g.floats(tc.ref)
 			assertClose(t, tc.ref, got, ref)
@@ -92,10 +92,10 @@ func TestUNetControlResidualsMatchDiffusers(t *testing.T) {
 	in := inputs("cn")
 	in.downResiduals, _ = residuals("cn")
 	in.downResiduals = append(in.downResiduals, in.downResiduals[0])
-	_, err := e.unetEval(in)
+	_, err := e.unetNet().eval(in)
 	require.ErrorIs(t, err, ErrInvalidRequest)
 	in.downResiduals = in.downResiduals[:1]
-	_, err = e.unetEval(in)
+	_, err = e.unetNet().eval(in)
 	require.NoError(t, err)
 }
 
@@ -180,7 +180,7 @@ func TestUNetTextTimeMatchesDiffusers(t *testing.T) {
 		te, _ := g.floats(u + ".text_embeds")
 		ids, _ := g.floats(u + ".time_ids")
 		ref, _ := g.floats(u + ".out")
-		got, err := e.unetEval(&unetInputs{x: x, batch: int(xs[0]), h: int(xs[2]), w: int(xs[3]), t: ts,
+		got, err := e.unetNet().eval(&unetInputs{x: x, batch: int(xs[0]), h: int(xs[2]), w: int(xs[3]), t: ts,
 			context: c, tokens: int(cs[1]), textEmbeds: te, timeIDs: ids, residualScale: 1})
 		require.NoError(t, err)
 		assertClose(t, u, got, ref)
@@ -190,7 +190,7 @@ func TestUNetTextTimeMatchesDiffusers(t *testing.T) {
 	x, xs := g.floats("unet0.x")
 	ts, _ := g.floats("unet0.t")
 	c, cs := g.floats("unet0.context")
-	_, err = e.unetEval(&unetInputs{x: x, batch: int(xs[0]), h: int(xs[2]), w: int(xs[3]), t: ts, context: c, tokens: int(cs[1]), residualScale: 1})
+	_, err = e.unetNet().eval(&unetInputs{x: x, batch: int(xs[0]), h: int(xs[2]), w: int(xs[3]), t: ts, context: c, tokens: int(cs[1]), residualScale: 1})
 	assert.ErrorIs(t, err, binding.ErrInvalidArgument)
 }
 
@@ -327,7 +327,7 @@ func TestUNetClassAndAddedEmbeddings(t *testing.T) {
 			}
 			in := &unetInputs{x: x, batch: batch, h: h, w: w, t: ts, context: c, tokens: tokens, residualScale: 1}
 			tc.setup(&cfg, ws, in)
-			got, err := loadUNet(t, lib, cfg, ws).unetEval(in)
+			got, err := loadUNet(t, lib, cfg, ws).unetNet().eval(in)
 			require.NoError(t, err)
 
 			per := len(got) / batch
@@ -344,13 +344,13 @@ func TestUNetClassAndAddedEmbeddings(t *testing.T) {
 				ref["time_embedding.linear_2.bias"] = f32Tensor("time_embedding.linear_2.bias", folded, int64(temb))
 				xr := x[row*len(x)/batch : (row+1)*len(x)/batch]
 				cr := c[row*len(c)/batch : (row+1)*len(c)/batch]
-				want, err := loadUNet(t, lib, base.unetCfg, ref).unetForward(xr, 1, h, w, ts[row:row+1], cr, tokens)
+				want, err := loadUNet(t, lib, base.unetCfg, ref).unetNet().eval(&unetInputs{x: xr, batch: 1, h: h, w: w, t: ts[row : row+1], context: cr, tokens: tokens, residualScale: 1})
 				require.NoError(t, err)
 				assertClose(t, fmt.Sprintf("%s row %d", tc.name, row), got[row*per:(row+1)*per], want)
 			}
 			// The same weights without the extra input are refused, not run unconditioned.
 			plain := &unetInputs{x: x, batch: batch, h: h, w: w, t: ts, context: c, tokens: tokens, residualScale: 1}
-			_, err = loadUNet(t, lib, cfg, ws).unetEval(plain)
+			_, err = loadUNet(t, lib, cfg, ws).unetNet().eval(plain)
 			assert.ErrorIs(t, err, binding.ErrInvalidArgument)
 		})
 	}
@@ -381,11 +381,11 @@ func TestUNetMidBlockWithoutAttention(t *testing.T) {
 			identity[k+p] = f32Tensor(k+p, make([]float32, ten.NumElements()), ten.Shape...)
 		}
 	}
-	want, err := loadUNet(t, lib, base.unetCfg, identity).unetEval(in)
+	want, err := loadUNet(t, lib, base.unetCfg, identity).unetNet().eval(in)
 	require.NoError(t, err)
 	cfg := base.unetCfg
 	cfg.MidAttention = 0
-	got, err := loadUNet(t, lib, cfg, single).unetEval(in)
+	got, err := loadUNet(t, lib, cfg, single).unetNet().eval(in)
 	require.NoError(t, err)
 	assertClose(t, "mid block without attention", got, want)
 }

@@ -1,0 +1,128 @@
+package diffusion
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/gosd/gosd/binding"
+	"github.com/gosd/gosd/diffusion/tokenizer"
+)
+
+// conditioner turns a request's prompts into the denoiser's conditioning: tokenizer, text
+// encoder, emphasis, and the upload of the result. SDXL's second text encoder will be a
+// second tokenizer and clipNet here, its pooled output and time ids more fields of
+// conditioning.
+type conditioner struct {
+	tok   *tokenizer.Tokenizer
+	padID int
+	clip  clipNet
+	log   *slog.Logger
+}
+
+func (p *Pipeline) conditioner() *conditioner {
+	return &conditioner{tok: p.tok, padID: p.padID, clip: p.eng.clipNet(), log: p.log}
+}
+
+// conditioning is what every UNet evaluation of one request is conditioned on, in backend
+// memory for the whole request: uploaded once after the text encoder (and Go's emphasis),
+// passed to each UNet call as it is, freed by free when the request ends.
+type conditioning struct {
+	lib     *binding.Library
+	ctx     binding.Ctx
+	context binding.Tensor // (B, tokens, width), or (2B, ...) with the negative prompt's first
+	tokens  int
+}
+
+func (c *conditioning) free() { c.lib.TensorFree(c.ctx, c.context) }
+
+// condition encodes the request's prompts (with classifier-free guidance, the negative
+// prompt too) and uploads the context; the caller frees it.
+func (c *conditioner) condition(par Params, cfg bool) (*conditioning, error) {
+	hidden, tokens, err := c.encodePrompts(par, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkFinite("text encoder", hidden); err != nil {
+		return nil, err
+	}
+	rows := int64(len(hidden) / (tokens * c.clip.width()))
+	t, err := newTensor(c.clip.lib, c.clip.ctx, hidden, rows, int64(tokens), int64(c.clip.width()))
+	if err != nil {
+		return nil, err
+	}
+	return &conditioning{lib: c.clip.lib, ctx: c.clip.ctx, context: t, tokens: tokens}, nil
+}
+
+// promptChunks tokenizes one prompt in the request's syntax.
+func (c *conditioner) promptChunks(syntax PromptSyntax, prompt string) ([]tokenizer.Chunk, error) {
+	if syntax == PromptPlain {
+		ch, dropped := c.tok.EncodePlain(prompt, c.padID)
+		if dropped > 0 {
+			c.log.Warn("prompt truncated: CLIP takes at most 75 tokens", "dropped_tokens", dropped)
+		}
+		return []tokenizer.Chunk{ch}, nil
+	}
+	return c.tok.EncodeWeighted(prompt, c.padID)
+}
+
+// encodePrompts turns the prompt (and, with classifier-free guidance, the negative
+// prompt) into the UNet's context in host memory: (B, T, width), or (2B, T, width) with
+// the negative prompt's batch first, as diffusers concatenates them. T is 77 per chunk.
+// In A1111 syntax, prompts of more than 75 tokens are split into chunks that are encoded
+// separately and joined, and (word:1.2) emphasis scales token embeddings, both as
+// AUTOMATIC1111's web UI does; a prompt of at most 75 tokens without emphasis or BREAK
+// gives exactly diffusers' embeddings. Plain syntax always gives diffusers' embeddings.
+func (c *conditioner) encodePrompts(par Params, cfg bool) ([]float32, int, error) {
+	cond, err := c.promptChunks(par.PromptSyntax, par.Prompt)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: prompt: %v", ErrInvalidRequest, err)
+	}
+	prompts := [][]tokenizer.Chunk{cond}
+	if cfg {
+		uncond, err := c.promptChunks(par.PromptSyntax, par.NegativePrompt)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%w: negative prompt: %v", ErrInvalidRequest, err)
+		}
+		prompts = [][]tokenizer.Chunk{uncond, cond}
+	}
+	// Both prompts need the same length to share a batch: pad with empty chunks.
+	chunks := 0
+	for _, pr := range prompts {
+		chunks = max(chunks, len(pr))
+	}
+	empty, err := c.tok.EncodeWeighted("", c.padID)
+	if err != nil {
+		return nil, 0, err
+	}
+	const ctxLen = tokenizer.ContextLength
+	ids := make([]int32, 0, len(prompts)*chunks*ctxLen)
+	for i := range prompts {
+		for len(prompts[i]) < chunks {
+			prompts[i] = append(prompts[i], empty[0])
+		}
+		for _, ch := range prompts[i] {
+			ids = append(ids, ch.IDs[:]...)
+		}
+	}
+	hidden, _, err := c.clip.encode(ids, len(prompts)*chunks, ctxLen, max(par.ClipSkip-1, 0), true, false)
+	if err != nil {
+		return nil, 0, err
+	}
+	width := len(hidden) / (len(prompts) * chunks * ctxLen)
+	for i, pr := range prompts {
+		for j, ch := range pr {
+			at := (i*chunks + j) * ctxLen * width
+			applyEmphasis(hidden[at:at+ctxLen*width], ch.Weights[:], width)
+		}
+	}
+	// Each prompt's chunks are already consecutive: (prompts, chunks*77, width). Repeat
+	// each prompt for the batch.
+	per := chunks * ctxLen * width
+	out := make([]float32, 0, len(prompts)*par.BatchSize*per)
+	for i := range prompts {
+		for k := 0; k < par.BatchSize; k++ {
+			out = append(out, hidden[i*per:(i+1)*per]...)
+		}
+	}
+	return out, chunks * ctxLen, nil
+}
