@@ -1,0 +1,122 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+
+	"github.com/gosd/gosd/diffusion"
+)
+
+// pool holds the pipelines the workers generate with: one per worker, all of the same
+// model. It is the one place that opens and closes pipelines, so that a model-sharing
+// API (one set of weights, several activation arenas) changes only this file.
+type pool struct {
+	open OpenFunc
+	n    int
+	// mu is held shared by every generation and exclusively by a model switch, which
+	// so waits for the running work and holds back the queued work until it is done.
+	mu    sync.RWMutex
+	free  chan *diffusion.Pipeline
+	pipes []*diffusion.Pipeline
+	model Model // the loaded one
+	info  diffusion.ModelInfo
+}
+
+// Model is a model the server can load.
+type Model struct {
+	Name string // the file or folder name, the id clients use
+	Path string
+}
+
+func modelOf(path string) Model {
+	return Model{Name: filepath.Base(filepath.Clean(path)), Path: path}
+}
+
+func newPool(ctx context.Context, open OpenFunc, n int, m Model) (*pool, error) {
+	p := &pool{open: open, n: n}
+	if err := p.load(ctx, m); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// load opens n pipelines of m; mu must be held exclusively (or p be new). On failure
+// nothing of m stays open and p holds no pipeline.
+func (p *pool) load(ctx context.Context, m Model) error {
+	pipes := make([]*diffusion.Pipeline, 0, p.n)
+	for range p.n {
+		pl, err := p.open(ctx, m.Path)
+		if err != nil {
+			for _, q := range pipes {
+				q.Close()
+			}
+			return fmt.Errorf("opening %s: %w", m.Name, err)
+		}
+		pipes = append(pipes, pl)
+	}
+	p.pipes, p.model, p.info = pipes, m, pipes[0].Info()
+	p.free = make(chan *diffusion.Pipeline, p.n)
+	for _, pl := range pipes {
+		p.free <- pl
+	}
+	return nil
+}
+
+// with runs f on a free pipeline. Workers call it, never more at once than there are
+// pipelines, so a free one is always there once the shared lock is held.
+func (p *pool) with(f func(*diffusion.Pipeline, diffusion.ModelInfo)) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if len(p.pipes) == 0 {
+		return errNoModel
+	}
+	pl := <-p.free
+	defer func() { p.free <- pl }()
+	f(pl, p.info)
+	return nil
+}
+
+var errNoModel = errors.New("no model is loaded (the last switch failed)")
+
+// current is the loaded model and its description.
+func (p *pool) current() (Model, diffusion.ModelInfo, bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.model, p.info, len(p.pipes) > 0
+}
+
+// switchTo replaces the pipelines with m's once the running generations end. When m
+// fails to open, the previous model is reopened so that the server keeps working.
+func (p *pool) switchTo(ctx context.Context, m Model) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if m.Path == p.model.Path && len(p.pipes) > 0 {
+		return nil
+	}
+	prev := p.model
+	p.closeLocked()
+	err := p.load(ctx, m)
+	if err != nil && prev.Path != "" {
+		if err2 := p.load(context.WithoutCancel(ctx), prev); err2 != nil {
+			return errors.Join(err, err2)
+		}
+	}
+	return err
+}
+
+func (p *pool) closeLocked() {
+	for _, pl := range p.pipes {
+		pl.Close()
+	}
+	p.pipes = nil
+}
+
+// close frees the pipelines; call it once no worker runs.
+func (p *pool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closeLocked()
+}
