@@ -29,6 +29,11 @@ func describe(m *modelfile.Model) (modelDesc, error) {
 	if err != nil {
 		return modelDesc{}, fmt.Errorf("%w: scheduler config: %v", ErrBadModel, err)
 	}
+	// Conditioning runs one text encoder: a model that needs more (SDXL) is refused rather
+	// than run on part of its conditioning.
+	if extra := m.ExtraTextEncoders; len(extra) > 0 {
+		return modelDesc{}, fmt.Errorf("%w: a second text encoder (%s) is not supported yet", ErrUnsupported, extra[0].Name)
+	}
 	// Each VAE level but the last halves the image (the runtime's VAE is built from the
 	// same config; modelfile checks that it has at least one level).
 	f := 1 << (len(m.VAE.Config.BlockOutChannels) - 1)

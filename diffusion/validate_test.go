@@ -126,6 +126,18 @@ func TestModelDescription(t *testing.T) {
 	assert.Equal(t, schedule.PredictSample, overridden.sched.PredictionType)
 }
 
+// A model with more text encoders than conditioning runs (SDXL's text_encoder_2) is
+// refused, not run on the first alone.
+func TestModelDescriptionRefusesExtraTextEncoders(t *testing.T) {
+	m, err := modelfile.Load(filepath.Join(testutil.ConformanceDir(t), "sd1-tiny", "diffusers"))
+	require.NoError(t, err)
+	defer m.Close()
+	m.ExtraTextEncoders = []modelfile.NamedTextEncoder{{Name: "text_encoder_2", Component: m.TextEncoder}}
+	_, err = describe(m)
+	require.ErrorIs(t, err, ErrUnsupported)
+	assert.Contains(t, err.Error(), "text_encoder_2")
+}
+
 // The demo model's VAE downsamples by 4: sides stay multiples of 8, and an image's own
 // size rounds down to one.
 func TestModelDescriptionSmallVAE(t *testing.T) {

@@ -21,16 +21,22 @@ type Component[C any] struct {
 // Model is a loaded Stable Diffusion model. Tensor data view memory-mapped
 // files: they are valid until Close and must not be written to.
 type Model struct {
-	Family      Family
-	Path        string
-	Format      Format // FormatDiffusers for a folder, else the single file's format
-	UNet        Component[UNetConfig]
-	VAE         Component[VAEConfig]
+	Family Family
+	Path   string
+	Format Format // FormatDiffusers for a folder, else the single file's format
+	UNet   Component[UNetConfig]
+	VAE    Component[VAEConfig]
+	// TextEncoder is the first text encoder (diffusers' text_encoder).
 	TextEncoder Component[CLIPConfig]
 	Scheduler   SchedulerConfig
-	// TokenizerDir is the folder holding vocab.json and merges.txt, or ""
-	// when the model has none (single files): use the family's tokenizer.
+	// TokenizerDir is the folder holding TextEncoder's vocab.json and
+	// merges.txt, or "" when the model has none (single files): use the
+	// family's tokenizer.
 	TokenizerDir string
+	// ExtraTextEncoders are the text encoders after the first, in diffusers'
+	// order, each with its own tokenizer (SDXL's text_encoder_2 and
+	// tokenizer_2); none for SD 1.x and 2.x. TextEncoders lists them all.
+	ExtraTextEncoders []NamedTextEncoder
 	// Unused names the file tensors no component needs (EMA copies,
 	// position_ids buffers, OpenCLIP's last layer and projection, ...);
 	// for folders they are prefixed with the component's folder.
@@ -41,6 +47,21 @@ type Model struct {
 	Warnings []string
 
 	files []*File
+}
+
+// NamedTextEncoder is a text encoder with its diffusers name and its
+// tokenizer's folder ("": the family's tokenizer).
+type NamedTextEncoder struct {
+	Name string // "text_encoder", "text_encoder_2", ...
+	Component[CLIPConfig]
+	TokenizerDir string
+}
+
+// TextEncoders returns every text encoder in conditioning order:
+// TextEncoder with TokenizerDir, then ExtraTextEncoders.
+func (m *Model) TextEncoders() []NamedTextEncoder {
+	first := NamedTextEncoder{Name: "text_encoder", Component: m.TextEncoder, TokenizerDir: m.TokenizerDir}
+	return append([]NamedTextEncoder{first}, m.ExtraTextEncoders...)
 }
 
 // ReleaseMemory applies File.ReleaseMemory to every file of the model.
@@ -271,7 +292,7 @@ type Summary struct {
 
 // ComponentSummary describes one network.
 type ComponentSummary struct {
-	Name       string // "unet", "vae", "text_encoder"
+	Name       string // "unet", "vae", "text_encoder", "text_encoder_2", ...
 	Config     string // the main sizes, on one line
 	Tensors    int
 	Parameters int64
@@ -281,8 +302,8 @@ type ComponentSummary struct {
 
 // Summary computes the model's summary; it reads shapes only.
 func (m *Model) Summary() Summary {
-	u, v, t := m.UNet.Config, m.VAE.Config, m.TextEncoder.Config
-	return Summary{
+	u, v := m.UNet.Config, m.VAE.Config
+	s := Summary{
 		Family: m.Family, Format: m.Format, Path: m.Path,
 		PredictionType: m.Scheduler.PredictionType,
 		Unused:         len(m.Unused),
@@ -292,10 +313,14 @@ func (m *Model) Summary() Summary {
 				u.InChannels, u.OutChannels, u.BlockOutChannels, u.LayersPerBlock, u.AttentionHeads, u.CrossAttentionDim, u.UseLinearProjection, u.SampleSize)),
 			summarize("vae", m.VAE.Tensors, fmt.Sprintf("channels %v, layers %d, latent %d, scaling %g, shift %g",
 				v.BlockOutChannels, v.LayersPerBlock, v.LatentChannels, v.ScalingFactor, v.ShiftFactor)),
-			summarize("text_encoder", m.TextEncoder.Tensors, fmt.Sprintf("hidden %d, layers %d, heads %d, mlp %d, %s, vocab %d, positions %d",
-				t.HiddenSize, t.NumHiddenLayers, t.NumAttentionHeads, t.IntermediateSize, t.HiddenAct, t.VocabSize, t.MaxPositionEmbeddings)),
 		},
 	}
+	for _, te := range m.TextEncoders() {
+		t := te.Config
+		s.Components = append(s.Components, summarize(te.Name, te.Tensors, fmt.Sprintf("hidden %d, layers %d, heads %d, mlp %d, %s, vocab %d, positions %d",
+			t.HiddenSize, t.NumHiddenLayers, t.NumAttentionHeads, t.IntermediateSize, t.HiddenAct, t.VocabSize, t.MaxPositionEmbeddings)))
+	}
+	return s
 }
 
 func summarize(name string, tensors map[string]Tensor, config string) ComponentSummary {

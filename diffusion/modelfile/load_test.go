@@ -59,6 +59,12 @@ func TestLoadDiffusersKitModels(t *testing.T) {
 			}
 			assert.Equal(t, params, s.Components[1].Parameters)
 			assert.Equal(t, 2*params, s.Components[1].Bytes, "float16")
+			assert.Equal(t, []string{"unet", "vae", "text_encoder"}, []string{s.Components[0].Name, s.Components[1].Name, s.Components[2].Name})
+			encoders := m.TextEncoders()
+			require.Len(t, encoders, 1)
+			assert.Equal(t, "text_encoder", encoders[0].Name)
+			assert.Equal(t, m.TextEncoder.Config, encoders[0].Config)
+			assert.Equal(t, m.TokenizerDir, encoders[0].TokenizerDir)
 			text := s.String()
 			pred := c.pred.String() + " prediction"
 			if c.pred == schedule.PredictV {
@@ -314,4 +320,21 @@ func TestLoadBoundsCountsByWeights(t *testing.T) {
 			assert.ErrorIs(t, err, ErrBadModel)
 		})
 	}
+}
+
+// A model with more text encoders (SDXL's text_encoder_2 and tokenizer_2) lists them
+// after the first, with their own tokenizers, and its summary shows each.
+func TestExtraTextEncoders(t *testing.T) {
+	m := loadModel(t, filepath.Join(testutil.ConformanceDir(t), "sd1-tiny", "diffusers"))
+	second := NamedTextEncoder{Name: "text_encoder_2", Component: m.TextEncoder, TokenizerDir: "tokenizer_2"}
+	m.ExtraTextEncoders = []NamedTextEncoder{second}
+	encoders := m.TextEncoders()
+	require.Len(t, encoders, 2)
+	assert.Equal(t, []string{"text_encoder", "text_encoder_2"}, []string{encoders[0].Name, encoders[1].Name})
+	assert.Equal(t, []string{m.TokenizerDir, "tokenizer_2"}, []string{encoders[0].TokenizerDir, encoders[1].TokenizerDir})
+	s := m.Summary()
+	require.Len(t, s.Components, 4)
+	assert.Equal(t, "text_encoder_2", s.Components[3].Name)
+	assert.Equal(t, len(m.TextEncoder.Tensors), s.Components[3].Tensors)
+	assert.Contains(t, s.String(), "\n  text_encoder_2 ")
 }
