@@ -30,7 +30,6 @@ type conditioning struct {
 	lib     *binding.Library
 	ctx     binding.Ctx
 	context binding.Tensor // (B, tokens, width), or (2B, ...) with the negative prompt's first
-	tokens  int
 }
 
 func (c *conditioning) free() { c.lib.TensorFree(c.ctx, c.context) }
@@ -50,7 +49,7 @@ func (c *conditioner) condition(par Params, cfg bool) (*conditioning, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &conditioning{lib: c.clip.lib, ctx: c.clip.ctx, context: t, tokens: tokens}, nil
+	return &conditioning{lib: c.clip.lib, ctx: c.clip.ctx, context: t}, nil
 }
 
 // promptChunks tokenizes one prompt in the request's syntax.

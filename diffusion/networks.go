@@ -144,11 +144,11 @@ type unetInputs struct {
 	batch, h, w   int
 	t             []float32 // (batch) timesteps
 	context       []float32 // (batch, tokens, cross_attention_dim)
-	contextTensor binding.Tensor
 	tokens        int
-	textEmbeds    []float32 // (batch, P): SDXL's pooled text embeddings
-	timeIDs       []float32 // (batch, N): SDXL's micro-conditioning
-	classLabels   []float32 // (batch): table rows (integers) or values embedded like timesteps
+	contextTensor binding.Tensor // instead of context: a native (batch, tokens, width)
+	textEmbeds    []float32      // (batch, P): SDXL's pooled text embeddings
+	timeIDs       []float32      // (batch, N): SDXL's micro-conditioning
+	classLabels   []float32      // (batch): table rows (integers) or values embedded like timesteps
 	downResiduals [][]float32
 	midResidual   []float32
 	residualScale float32 // multiplies the residuals (ControlNet's conditioning scale)
