@@ -355,6 +355,11 @@ func TestMergeKeepsDType(t *testing.T) {
 		v := decoded(t, got["m.weight"])
 		want := map[modelfile.DType]float32{modelfile.F16: 1.333, modelfile.BF16: 1.3359375, modelfile.F32: float32(4.0 / 3)}[dt]
 		assert.InDelta(t, want, v[0], 1e-3, dt.String())
+
+		wide, err := MergeAs(modelfile.F32, map[string]modelfile.Tensor{"m.weight": w}, UNet, Scaled{f, 1})
+		require.NoError(t, err)
+		assert.Equal(t, modelfile.F32, wide["m.weight"].DType, "MergeAs stores the asked dtype")
+		assert.InDelta(t, 4.0/3, decoded(t, wide["m.weight"])[0], 1e-7, dt.String())
 	}
 }
 

@@ -26,7 +26,7 @@
 // Every update is W' = W + s · c · ΔW with c = a / r, where r is the rank
 // named below; without an alpha, c = 1 (alpha = rank, what diffusers and
 // AUTOMATIC1111 assume). All arithmetic is float64, rounded once into the
-// weight's own dtype.
+// weight's own dtype (or the one MergeAs is given).
 //
 //   - LoRA / LoCon: up [out, r] (or [out, r, 1, 1]), down [r, in] (or
 //     [r, in, kh, kw], the base conv's kernel): ΔW = up @ down; r =
