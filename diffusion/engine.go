@@ -23,7 +23,7 @@ type engine struct {
 	// freed: pinned so the garbage collector leaves them be (file mappings are not Go
 	// memory and pin to nothing).
 	pins runtime.Pinner
-	// The native tensors UNet inputs are uploaded into, one per input (see unetSlot), kept
+	// The native tensors UNet inputs are uploaded into, one per input (unetNet.slot), kept
 	// while the shape stays so a step allocates nothing. Recorded GPU graphs keep their own
 	// staging buffers in the runtime.
 	unetTensors []unetTensor
