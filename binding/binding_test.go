@@ -207,6 +207,30 @@ func TestCallErrors(t *testing.T) {
 	assert.ErrorIs(t, err, ErrUnsupported, "the CPU build has no CUDA backend")
 }
 
+// A context made with CtxInitShared is a context of its own (tensors, errors) in the
+// group of the one it shares with; it must run on the same backend.
+func TestCtxInitShared(t *testing.T) {
+	lib := loadCPU(t)
+	ctx := newCtx(t, lib)
+	p := lib.DefaultCtxParams()
+	p.NThreads = 1
+	shared, err := lib.CtxInitShared(ctx, &p)
+	require.NoError(t, err)
+	defer lib.CtxFree(shared)
+	assert.Equal(t, BackendCPU, lib.CtxBackend(shared))
+	a, err := lib.TensorNew(shared, F32, 4)
+	require.NoError(t, err)
+	b, err := lib.TensorNew(shared, F32, 3)
+	require.NoError(t, err)
+	assert.ErrorIs(t, lib.OpAdd(shared, a, a, b), ErrInvalidArgument)
+	assert.Equal(t, "", lib.CtxLastError(ctx), "errors stay on the context that made them")
+
+	p.Backend = BackendCUDA
+	_, err = lib.CtxInitShared(ctx, &p)
+	assert.ErrorIs(t, err, ErrInvalidArgument)
+	assert.Contains(t, err.Error(), "the context to share with runs on backend 0")
+}
+
 func TestLogCallback(t *testing.T) {
 	lib := loadCPU(t)
 	ctx := newCtx(t, lib)

@@ -36,6 +36,9 @@ type Library struct {
 	sdCtxParamsDefault func(p *CtxParams)
 	// sd_status_t sd_ctx_init(const sd_ctx_params_t *params, sd_ctx_t **out, char *err, size_t err_len);
 	sdCtxInit func(p *CtxParams, out *Ctx, err *byte, errLen uintptr) Status
+	// sd_status_t sd_ctx_init_shared(sd_ctx_t *share_with, const sd_ctx_params_t *params, sd_ctx_t **out,
+	//                                char *err, size_t err_len);
+	sdCtxInitShared func(shareWith Ctx, p *CtxParams, out *Ctx, err *byte, errLen uintptr) Status
 	// void sd_ctx_free(sd_ctx_t *ctx);
 	sdCtxFree func(ctx Ctx)
 	// int32_t sd_ctx_backend(const sd_ctx_t *ctx);
@@ -185,6 +188,7 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_backend_available", &l.sdBackendAvailable},
 		{"sd_ctx_params_default", &l.sdCtxParamsDefault},
 		{"sd_ctx_init", &l.sdCtxInit},
+		{"sd_ctx_init_shared", &l.sdCtxInitShared},
 		{"sd_ctx_free", &l.sdCtxFree},
 		{"sd_ctx_backend", &l.sdCtxBackend},
 		{"sd_ctx_backend_description", &l.sdCtxBackendDescription},
@@ -316,7 +320,21 @@ func (l *Library) CtxInit(p *CtxParams) (Ctx, error) {
 	return ctx, nil
 }
 
-// CtxFree frees the context and everything still allocated on it. Zero is a no-op.
+// CtxInitShared creates a context in shareWith's share group: it runs the models loaded on
+// any context of the group, on a backend of its own (p's threads, or its own GPU stream).
+// p's backend and device must be shareWith's. shareWith may be in use meanwhile. Free it
+// with CtxFree.
+func (l *Library) CtxInitShared(shareWith Ctx, p *CtxParams) (Ctx, error) {
+	var ctx Ctx
+	buf := make([]byte, 512)
+	if st := l.sdCtxInitShared(shareWith, p, &ctx, &buf[0], uintptr(len(buf))); st != StatusOK {
+		return 0, &Error{Code: st, Op: "sd_ctx_init_shared", Msg: cString(buf)}
+	}
+	return ctx, nil
+}
+
+// CtxFree frees the context and everything still allocated on it; the last context of a
+// share group also frees the group's models. Zero is a no-op.
 func (l *Library) CtxFree(ctx Ctx) {
 	if ctx == 0 {
 		return
@@ -590,7 +608,7 @@ func (l *Library) VAELoad(ctx Ctx, c *VAEConfig, ws []Weight) (Model, error) {
 	})
 }
 
-// ModelFree frees a model. Zero is a no-op.
+// ModelFree frees a model, through any context of its share group. Zero is a no-op.
 func (l *Library) ModelFree(ctx Ctx, m Model) {
 	if m != 0 {
 		l.sdModelFree(ctx, m)

@@ -74,25 +74,64 @@ void sd_ctx_params_default(sd_ctx_params_t *params) {
     params->backend = SD_BACKEND_CPU;
 }
 
-sd_status_t sd_ctx_init(const sd_ctx_params_t *params, sd_ctx_t **out, char *err, size_t err_len) {
+static sd_status_t check_params(const char *fn, const sd_ctx_params_t *params, sd_ctx_t **out,
+                                char *err, size_t err_len) {
     copy_message(err, err_len, "");
     if (out == NULL) {
-        copy_message(err, err_len, "sd_ctx_init: out is NULL");
+        snprintf(err, err_len, "%s: out is NULL", fn);
         return SD_STATUS_INVALID_ARGUMENT;
     }
     *out = NULL;
     if (params == NULL) {
-        copy_message(err, err_len, "sd_ctx_init: params is NULL");
+        snprintf(err, err_len, "%s: params is NULL", fn);
         return SD_STATUS_INVALID_ARGUMENT;
     }
     if (params->n_threads < 0) {
-        snprintf(err, err_len, "sd_ctx_init: n_threads %d is negative", (int)params->n_threads);
+        snprintf(err, err_len, "%s: n_threads %d is negative", fn, (int)params->n_threads);
         return SD_STATUS_INVALID_ARGUMENT;
     }
     if (params->flags != 0) {
-        copy_message(err, err_len, "sd_ctx_init: flags must be 0");
+        snprintf(err, err_len, "%s: flags must be 0", fn);
         return SD_STATUS_INVALID_ARGUMENT;
     }
+    return SD_STATUS_OK;
+}
+
+static sd_group_t *group_new(const sd_ctx_params_t *params) {
+    sd_group_t *g = calloc(1, sizeof *g);
+    if (g == NULL) return NULL;
+    if (pthread_mutex_init(&g->lock, NULL) != 0) {
+        free(g);
+        return NULL;
+    }
+    g->refs = 1;
+    atomic_init(&g->weights_bytes, 0);
+    g->backend = params->backend;
+    g->device = params->backend == SD_BACKEND_CPU ? 0 : params->device;
+    return g;
+}
+
+static void group_join(sd_group_t *g) {
+    pthread_mutex_lock(&g->lock);
+    g->refs++;
+    pthread_mutex_unlock(&g->lock);
+}
+
+/* Drops ctx from its group; true when it was the last context, which then frees the
+ * group's models and the group. */
+static bool group_leave(sd_ctx_t *ctx) {
+    sd_group_t *g = ctx->group;
+    pthread_mutex_lock(&g->lock);
+    sd_models_forget_ctx_locked(ctx);
+    bool last = --g->refs == 0;
+    pthread_mutex_unlock(&g->lock);
+    return last;
+}
+
+/* A context on a new backend instance, in `group` (joined) or, when NULL, in a group of its
+ * own. Params are checked. */
+static sd_status_t ctx_create(const sd_ctx_params_t *params, sd_group_t *group, sd_ctx_t **out,
+                              char *err, size_t err_len) {
     sd_backend_t *backend = NULL;
     sd_status_t st;
     switch (params->backend) {
@@ -114,25 +153,62 @@ sd_status_t sd_ctx_init(const sd_ctx_params_t *params, sd_ctx_t **out, char *err
     if (st != SD_STATUS_OK) return st;
 
     sd_ctx_t *ctx = calloc(1, sizeof *ctx);
-    if (ctx == NULL) {
+    sd_group_t *g = group ? group : group_new(params);
+    if (ctx == NULL || g == NULL) {
+        if (g != group) free(g);
+        free(ctx);
         backend->ops->destroy(backend);
         copy_message(err, err_len, "sd_ctx_init: out of host memory");
         return SD_STATUS_OUT_OF_MEMORY;
     }
+    if (group) group_join(group);
     ctx->backend = backend;
+    ctx->group = g;
     atomic_init(&ctx->cancelled, 0);
     sd_arena_init(&ctx->arena, backend, backend->alignment, (size_t)64 << 20);
     *out = ctx;
     return SD_STATUS_OK;
 }
 
+sd_status_t sd_ctx_init(const sd_ctx_params_t *params, sd_ctx_t **out, char *err, size_t err_len) {
+    SD_TRY(check_params("sd_ctx_init", params, out, err, err_len));
+    return ctx_create(params, NULL, out, err, err_len);
+}
+
+sd_status_t sd_ctx_init_shared(sd_ctx_t *share_with, const sd_ctx_params_t *params, sd_ctx_t **out,
+                               char *err, size_t err_len) {
+    SD_TRY(check_params("sd_ctx_init_shared", params, out, err, err_len));
+    if (share_with == NULL) {
+        copy_message(err, err_len, "sd_ctx_init_shared: share_with is NULL");
+        return SD_STATUS_INVALID_ARGUMENT;
+    }
+    /* Only fields fixed at creation are read: share_with may be busy on another thread. */
+    const sd_group_t *g = share_with->group;
+    if (params->backend != g->backend ||
+        (g->backend != SD_BACKEND_CPU && params->device != g->device)) {
+        snprintf(err, err_len,
+                 "sd_ctx_init_shared: backend %d device %d; the context to share with runs on "
+                 "backend %d device %d",
+                 (int)params->backend, (int)params->device, (int)g->backend, (int)g->device);
+        return SD_STATUS_INVALID_ARGUMENT;
+    }
+    return ctx_create(params, share_with->group, out, err, err_len);
+}
+
 void sd_ctx_free(sd_ctx_t *ctx) {
     if (ctx == NULL) return;
-    /* Models first: their weights and cached graphs live in the backend destroyed below. */
-    sd_models_free_all(ctx);
+    /* Models first: their weights and this context's graphs of them live in backend memory,
+     * and the last context's backend is destroyed below. */
+    sd_group_t *g = ctx->group;
+    bool last = group_leave(ctx);
+    if (last) sd_models_free_all(ctx);
     while (ctx->tensors != NULL) sd_tensor_free(ctx, ctx->tensors);
     sd_arena_destroy(&ctx->arena);
     ctx->backend->ops->destroy(ctx->backend);
+    if (last) {
+        pthread_mutex_destroy(&g->lock);
+        free(g);
+    }
     free(ctx);
 }
 
@@ -141,7 +217,8 @@ sd_backend_t *sd_ctx_backend_ptr(sd_ctx_t *ctx) {
 }
 
 void sd_ctx_add_weights_bytes(sd_ctx_t *ctx, int64_t delta) {
-    ctx->weights_bytes = (uint64_t)((int64_t)ctx->weights_bytes + delta);
+    /* Wraps for a negative delta: the sum stays exact. */
+    atomic_fetch_add(&ctx->group->weights_bytes, (uint64_t)delta);
 }
 
 int32_t sd_ctx_backend(const sd_ctx_t *ctx) {
@@ -178,7 +255,7 @@ sd_status_t sd_ctx_memory_stats(sd_ctx_t *ctx, sd_memory_stats_t *out) {
     if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
     if (out == NULL) return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "memory_stats: out is NULL");
     out->tensors_bytes = ctx->tensors_bytes;
-    out->weights_bytes = ctx->weights_bytes;
+    out->weights_bytes = atomic_load(&ctx->group->weights_bytes);
     out->arena_reserved_bytes = ctx->arena.reserved;
     out->arena_peak_bytes = ctx->arena.peak;
     return SD_STATUS_OK;

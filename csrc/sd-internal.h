@@ -249,8 +249,23 @@ bool sd_backend_cuda_available(char *reason, size_t reason_len);
 /* The context's fields are private to the C core (context.c, ops.c); backends, which may
  * be C++ (CUDA), use the functions below. */
 #ifndef __cplusplus
+#include <pthread.h>
 #include <stdatomic.h>
 #define SD_PROFILE_SLOTS 24
+
+/* The contexts sharing one set of models (sd_ctx_init_shared): the models live here, not in
+ * a context, and are freed with the last context of the group. Every context has its own
+ * backend instance (thread pool or stream, scratch, handles) on one device, so memory that
+ * one context's backend allocated for weights may be read and freed through another's. */
+typedef struct sd_group {
+    /* Guards refs, the model list and every model's per-context state (model.h), which
+     * contexts of the group change from their own threads. */
+    pthread_mutex_t lock;
+    int32_t refs; /* contexts in the group */
+    struct sd_model *models;
+    atomic_uint_least64_t weights_bytes; /* backend memory held by the models */
+    int32_t backend, device;             /* what every context of the group runs on */
+} sd_group_t;
 
 typedef struct sd_profile_slot {
     const char *name; /* static string; NULL = free slot */
@@ -269,17 +284,20 @@ struct sd_ctx {
     char last_error[1024];
     sd_log_fn log_fn;
     void *log_user;
-    sd_tensor_t *tensors;    /* live public tensors */
-    struct sd_model *models; /* live models: sd_ctx_free frees those never freed */
+    sd_tensor_t *tensors; /* live public tensors */
+    sd_group_t *group;    /* the models it may run; shared with the contexts of its group */
     uint64_t tensors_bytes;
-    uint64_t weights_bytes;
 };
 #endif
 
 sd_backend_t *sd_ctx_backend_ptr(sd_ctx_t *ctx);
-/* Frees every model still loaded on ctx (models/model.c), as sd_ctx_free must. */
+/* Frees every model of ctx's group (models/model.c), as the last context of a group must. */
 void sd_models_free_all(sd_ctx_t *ctx);
-/* Adds delta (may be negative) to the backend memory reported as held by weights. */
+/* Frees what ctx keeps for each model of its group (models/model.c); the group's lock is
+ * held. */
+void sd_models_forget_ctx_locked(sd_ctx_t *ctx);
+/* Adds delta (may be negative) to the backend memory reported as held by the weights of
+ * ctx's group. */
 void sd_ctx_add_weights_bytes(sd_ctx_t *ctx, int64_t delta);
 
 /* Records a failure on ctx (printf-style message) and returns `status`. */

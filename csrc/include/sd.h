@@ -22,10 +22,23 @@
  * a caller can cause (bad shapes, bad model files, out of memory, device failure) aborts
  * the process.
  *
- * Thread safety: a context and everything created from it (tensors, models) may be used by
- * one thread at a time. Different contexts are independent and may be used concurrently.
- * sd_ctx_cancel may be called from any thread at any time. The process-wide functions
- * (sd_abi_version, sd_status_string, sd_sizeof_*, sd_backend_available) are thread-safe.
+ * Models and contexts: a model is loaded once and run by any context of its share group
+ * (the context it was loaded on and those made from it with sd_ctx_init_shared), as
+ * llama.h's model and context or whisper.h's context and state. Each context has its own
+ * activations, scratch memory, thread pool (CPU) or stream (GPU), cancel flag, last error,
+ * log callback and recorded graphs; the group's contexts share one copy of the weights.
+ *
+ * Lifetimes: a tensor belongs to the context it was created on and lives until
+ * sd_tensor_free or sd_ctx_free of that context. A model belongs to its share group and
+ * lives until sd_model_free (through any context of the group) or until the last context
+ * of the group is freed; freeing other contexts of the group leaves it usable.
+ *
+ * Thread safety: a context and its tensors may be used by one thread at a time. Different
+ * contexts are independent and may be used concurrently, also contexts of one group
+ * running the same model (a loaded model is read-only) and loading or freeing models of
+ * the group; a model must not be freed while a context runs it. sd_ctx_cancel may be
+ * called from any thread at any time. The process-wide functions (sd_abi_version,
+ * sd_status_string, sd_sizeof_*, sd_backend_available) are thread-safe.
  *
  * Tensors are dense, contiguous, row-major (the last dimension varies fastest), of at most
  * SD_MAX_DIMS dimensions. Image-like tensors are NCHW; token sequences are (batch, tokens,
@@ -49,7 +62,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a function signature, a struct layout or an enum value changes. */
-#define SD_ABI_VERSION 2
+#define SD_ABI_VERSION 3
 #define SD_MAX_DIMS    4
 
 /* ---------------------------------------------------------------------------------------
@@ -135,7 +148,17 @@ SD_API size_t sd_sizeof_ctx_params(void);
 SD_API sd_status_t sd_ctx_init(const sd_ctx_params_t *params, sd_ctx_t **out, char *err,
                                size_t err_len);
 
-/* Frees the context. Tensors and models still alive are freed with it. NULL is a no-op. */
+/* Creates a context in share_with's share group: it runs the models loaded on any context
+ * of the group (and models it loads are the group's), with a backend of its own (params'
+ * n_threads CPU threads, or its own stream on the GPU). params->backend, and for CUDA
+ * params->device, must be share_with's (else SD_STATUS_INVALID_ARGUMENT). share_with may
+ * be in use on another thread meanwhile. Otherwise as sd_ctx_init. */
+SD_API sd_status_t sd_ctx_init_shared(sd_ctx_t *share_with, const sd_ctx_params_t *params,
+                                      sd_ctx_t **out, char *err, size_t err_len);
+
+/* Frees the context: its tensors still alive, its scratch memory, graphs and backend. The
+ * last context of a share group also frees the group's models still alive. NULL is a
+ * no-op. */
 SD_API void sd_ctx_free(sd_ctx_t *ctx);
 
 /* The backend actually in use (sd_backend_kind_t) and its description (e.g. the CPU
@@ -163,7 +186,7 @@ SD_API void sd_ctx_set_log(sd_ctx_t *ctx, sd_log_fn fn, void *user_data);
 /* Memory statistics of the context's backend memory, in bytes. */
 typedef struct sd_memory_stats {
     uint64_t tensors_bytes;        /* live tensors created through sd_tensor_new */
-    uint64_t weights_bytes;        /* backend memory held by loaded models */
+    uint64_t weights_bytes;        /* held by the models of the share group, counted once */
     uint64_t arena_reserved_bytes; /* scratch memory for activations, reserved */
     uint64_t arena_peak_bytes;     /* high-water mark of scratch memory in use */
 } sd_memory_stats_t;
@@ -349,10 +372,11 @@ SD_API sd_status_t sd_op_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
  * tensors in host memory with diffusers' names (e.g. "down_blocks.0.resnets.0.conv1.weight";
  * text encoder names with or without the "text_model." prefix); file formats and key
  * renames are the caller's business. The table's `data` must stay valid and unchanged
- * until sd_model_free: a backend may use it in place (the CPU backend keeps F16/BF16
- * matrices as they are and converts while computing) instead of copying. Loading checks
- * that every weight the config implies is present with the right shape
- * (SD_STATUS_BAD_MODEL naming the first one that is not); extra weights are ignored.
+ * until the model is freed (sd_model_free, or the last sd_ctx_free of its share group),
+ * whichever context of the group runs it: a backend may use it in place (the CPU backend
+ * keeps F16/BF16 matrices as they are and converts while computing) instead of copying.
+ * Loading checks that every weight the config implies is present with the right shape and
+ * that every weight given is used (SD_STATUS_BAD_MODEL naming the first one that is not).
  * ------------------------------------------------------------------------------------- */
 
 typedef struct sd_weight {
@@ -360,7 +384,7 @@ typedef struct sd_weight {
     int32_t dtype;              /* F32, F16 or BF16 */
     int32_t ndim;               /* 1..SD_MAX_DIMS */
     int64_t shape[SD_MAX_DIMS]; /* first ndim entries used */
-    const void *data;           /* contiguous, row-major; valid until sd_model_free */
+    const void *data;           /* contiguous, row-major; valid until the model is freed */
 } sd_weight_t;
 
 SD_API size_t sd_sizeof_weight(void);
@@ -459,9 +483,12 @@ SD_API size_t sd_sizeof_clip_config(void);
 SD_API size_t sd_sizeof_unet_config(void);
 SD_API size_t sd_sizeof_vae_config(void);
 
-/* Load a network from a weight table. *out is freed with sd_model_free (or sd_ctx_free).
- * Returns SD_STATUS_BAD_MODEL for an invalid config or missing / mis-shaped weights,
- * SD_STATUS_OUT_OF_MEMORY, SD_STATUS_DEVICE. */
+/* Load a network from a weight table into ctx's share group: any context of the group may
+ * run it. *out is freed with sd_model_free through any context of the group (or with the
+ * group's last context). Returns SD_STATUS_BAD_MODEL for an invalid config or missing /
+ * mis-shaped weights, SD_STATUS_OUT_OF_MEMORY, SD_STATUS_DEVICE. A forward on a context
+ * outside the model's group is SD_STATUS_INVALID_ARGUMENT; sd_model_free through one
+ * leaves the model alone (logging an error). */
 SD_API sd_status_t sd_clip_load(sd_ctx_t *ctx, const sd_clip_config_t *config,
                                 const sd_weight_t *weights, int32_t n_weights, sd_model_t **out);
 SD_API sd_status_t sd_unet_load(sd_ctx_t *ctx, const sd_unet_config_t *config,

@@ -142,8 +142,7 @@ sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t 
                             sd_tensor_t *pooled) {
     if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
     SD_TRY(sd_ctx_check(ctx));
-    if (model == NULL || model->kind != SD_MODEL_CLIP)
-        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "clip_forward: not a text encoder model");
+    SD_TRY(sd_model_check(ctx, model, SD_MODEL_CLIP, "clip_forward"));
     const clip_net_t *net = model->net;
     const sd_clip_config_t *cfg = &net->cfg;
     char buf[96];

@@ -149,16 +149,23 @@ static void check_all_used(loader_t *L) {
 sd_status_t loader_finish(loader_t *L, void *net, void (*free_net)(sd_ctx_t *, void *),
                           sd_model_t **out) {
     if (L->st == SD_STATUS_OK) check_all_used(L);
+    /* Weights made on the device by ops (fused biases, conversions) may still be queued on
+     * this context's stream, which another context's stream does not wait for. */
+    sd_backend_t *be = sd_ctx_backend_ptr(L->ctx);
+    if (L->st == SD_STATUS_OK && be->ops->synchronize != NULL) L->st = be->ops->synchronize(L->ctx);
     sd_status_t st = L->st;
     sd_model_t *m = L->model;
     if (st == SD_STATUS_OK) {
         m->net = net;
         m->free_net = free_net;
-        /* Linked into the context so that sd_ctx_free frees it if the caller never does. */
-        sd_ctx_t *ctx = L->ctx;
-        m->next = ctx->models;
-        if (ctx->models != NULL) ctx->models->prev = m;
-        ctx->models = m;
+        /* Linked into the group so that its last sd_ctx_free frees it if no one else does. */
+        sd_group_t *g = L->ctx->group;
+        m->group = g;
+        pthread_mutex_lock(&g->lock);
+        m->next = g->models;
+        if (g->models != NULL) g->models->prev = m;
+        g->models = m;
+        pthread_mutex_unlock(&g->lock);
         *out = m;
     } else {
         if (free_net && net) free_net(L->ctx, net);
@@ -384,20 +391,80 @@ sd_tensor_t sd_rows_view(const sd_tensor_t *t, int64_t r0, int64_t r1) {
     return v;
 }
 
+static void state_free(sd_model_ctx_state_t *s) {
+    sd_graph_cache_clear(s->ctx, &s->graphs);
+    free(s);
+}
+
 void sd_model_free(sd_ctx_t *ctx, sd_model_t *model) {
     if (ctx == NULL || model == NULL) return;
+    sd_group_t *g = ctx->group;
+    if (model->group != g) {
+        sd_log(ctx, SD_LOG_ERROR,
+               "model_free: the model was loaded in a context that this one does not share "
+               "models with; not freed");
+        return;
+    }
+    pthread_mutex_lock(&g->lock);
     if (model->prev != NULL)
         model->prev->next = model->next;
     else
-        ctx->models = model->next;
+        g->models = model->next;
     if (model->next != NULL) model->next->prev = model->prev;
+    /* Under the lock: a context being freed meanwhile keeps its backend, which frees its
+     * state's buffers, until it has taken the lock itself. */
+    while (model->states != NULL) {
+        sd_model_ctx_state_t *s = model->states;
+        model->states = s->next;
+        state_free(s);
+    }
+    pthread_mutex_unlock(&g->lock);
     if (model->free_net) model->free_net(ctx, model->net);
     model_free_weights(ctx, model);
     free(model);
 }
 
 void sd_models_free_all(sd_ctx_t *ctx) {
-    while (ctx->models != NULL) sd_model_free(ctx, ctx->models);
+    while (ctx->group->models != NULL) sd_model_free(ctx, ctx->group->models);
+}
+
+void sd_models_forget_ctx_locked(sd_ctx_t *ctx) {
+    for (sd_model_t *m = ctx->group->models; m != NULL; m = m->next) {
+        for (sd_model_ctx_state_t **at = &m->states; *at != NULL; at = &(*at)->next) {
+            if ((*at)->ctx != ctx) continue;
+            sd_model_ctx_state_t *s = *at;
+            *at = s->next;
+            state_free(s);
+            break;
+        }
+    }
+}
+
+sd_status_t sd_model_check(sd_ctx_t *ctx, const sd_model_t *model, int32_t kind, const char *op) {
+    static const char *names[] = {"a text encoder", "a UNet", "a VAE"};
+    if (model == NULL || model->kind != kind)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: not %s model", op, names[kind]);
+    if (model->group != ctx->group)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "%s: the model was loaded in a context that this one does not share "
+                       "models with (see sd_ctx_init_shared)",
+                       op);
+    return SD_STATUS_OK;
+}
+
+sd_graph_cache_t *sd_model_graphs(sd_ctx_t *ctx, sd_model_t *model) {
+    sd_group_t *g = ctx->group;
+    pthread_mutex_lock(&g->lock);
+    sd_model_ctx_state_t *s = model->states;
+    while (s != NULL && s->ctx != ctx) s = s->next;
+    if (s == NULL && (s = calloc(1, sizeof *s)) != NULL) {
+        s->ctx = ctx;
+        s->next = model->states;
+        model->states = s;
+    }
+    pthread_mutex_unlock(&g->lock);
+    if (s == NULL) sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "out of host memory");
+    return s ? &s->graphs : NULL;
 }
 
 /* ---------------------------------------------------------------------------------------

@@ -7,12 +7,23 @@
 #ifndef SD_MODEL_H
 #define SD_MODEL_H
 
+#include "graph-cache.h"
 #include "sd-internal.h"
 
 enum { SD_MODEL_CLIP = 0, SD_MODEL_UNET = 1, SD_MODEL_VAE = 2 };
 
+/* What one context keeps for one model of its group. A model is read-only once loaded, so
+ * contexts may run it concurrently; what a forward changes lives here, one per context:
+ * recorded graphs bake in the context's stream, arena and staging addresses. */
+typedef struct sd_model_ctx_state {
+    sd_ctx_t *ctx;
+    sd_graph_cache_t graphs;
+    struct sd_model_ctx_state *next;
+} sd_model_ctx_state_t;
+
 struct sd_model {
     int32_t kind;
+    sd_group_t *group;    /* of the context that loaded it: the contexts that may run it */
     sd_tensor_t *weights; /* backend weights, freed with the model */
     int32_t n_weights, cap_weights;
     sd_tensor_t **owned; /* tensors the model made itself (backend memory), each allocated
@@ -20,8 +31,17 @@ struct sd_model {
     int32_t n_owned, cap_owned;
     void *net; /* clip_net_t, unet_net_t or vae_net_t */
     void (*free_net)(sd_ctx_t *ctx, void *net);
-    sd_model_t *prev, *next; /* the context's list of live models (sd_ctx_free frees them) */
+    sd_model_ctx_state_t *states; /* guarded by the group's lock */
+    sd_model_t *prev, *next;      /* the group's list of live models */
 };
+
+/* SD_STATUS_INVALID_ARGUMENT (with the message "<op>: ...") unless model is a `kind` model
+ * that ctx may run (loaded in ctx's group). */
+sd_status_t sd_model_check(sd_ctx_t *ctx, const sd_model_t *model, int32_t kind, const char *op);
+
+/* ctx's graph cache for model, created on first use; NULL (with the failure recorded on
+ * ctx) when out of memory. Valid until the model or ctx is freed. */
+sd_graph_cache_t *sd_model_graphs(sd_ctx_t *ctx, sd_model_t *model);
 
 /* ---------------------------------------------------------------------------------------
  * Weights
@@ -46,8 +66,10 @@ loader_t *loader_new(sd_ctx_t *ctx, const char *what, int32_t kind, const sd_wei
                      int32_t n, const char *strip_prefix);
 /* Ends loading: a weight of the table that no ld_* call looked up is an error
  * (SD_STATUS_BAD_MODEL naming it), so the caller's list and the graph cannot drift apart
- * unnoticed. On success hands the model over (*out, also linked into the context so that
- * sd_ctx_free frees it), else frees it and returns the first error. */
+ * unnoticed. On success waits for the backend (other contexts of the group, on other
+ * streams, may use the weights at once) and hands the model over (*out, also linked into
+ * the context's group so that its last sd_ctx_free frees it), else frees it and returns
+ * the first error. */
 sd_status_t loader_finish(loader_t *L, void *net, void (*free_net)(sd_ctx_t *, void *),
                           sd_model_t **out);
 sd_status_t loader_status(const loader_t *L);

@@ -11,7 +11,6 @@
  * SDXL's text_time embedding (get_aug_embed) added to the time embedding before its SiLU,
  * ControlNet residuals added to the skips and to the mid-block output.
  */
-#include "graph-cache.h"
 #include "model.h"
 
 #include <math.h>
@@ -27,8 +26,6 @@ typedef struct {
 typedef struct {
     sd_unet_config_t cfg;
     int64_t temb_dim;
-    sd_graph_cache_t graphs;
-    sd_tensor_t scale; /* (1) F32 backend memory holding residual_scale; data NULL until used */
     sd_conv_w conv_in, conv_out;
     sd_linear_w time1, time2;
     sd_linear_w add1, add2;         /* add_embedding (TEXT_TIME) */
@@ -51,8 +48,6 @@ static void free_block(unet_block_w *b) {
 static void unet_free(sd_ctx_t *ctx, void *p) {
     unet_net_t *n = p;
     if (n == NULL) return;
-    sd_graph_cache_clear(ctx, &n->graphs);
-    if (n->scale.data) sd_ctx_backend_ptr(ctx)->ops->free(sd_ctx_backend_ptr(ctx), n->scale.data);
     for (int i = 0; i < SD_MAX_LEVELS; i++) {
         free_block(&n->down[i]);
         free_block(&n->up[i]);
@@ -553,10 +548,9 @@ sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_unet_inpu
                             sd_tensor_t *out) {
     if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
     SD_TRY(sd_ctx_check(ctx));
-    if (model == NULL || model->kind != SD_MODEL_UNET)
-        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "unet_forward: not a UNet model");
+    SD_TRY(sd_model_check(ctx, model, SD_MODEL_UNET, "unet_forward"));
     if (in == NULL) return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "unet_forward: NULL inputs");
-    unet_net_t *net = model->net;
+    const unet_net_t *net = model->net;
     const sd_unet_config_t *c = &net->cfg;
     const sd_tensor_t *x = in->x, *t = in->t, *context = in->context;
     char b1[96], b2[96], b3[96], b4[96];
@@ -609,24 +603,24 @@ sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_unet_inpu
         dtypes[IN_CLASS] = SD_DTYPE_F32;
     }
 
-    /* A scale of 1 skips the multiply; any other value lives in backend memory, so a
-     * recorded graph reads each call's value. */
+    /* A scale of 1 skips the multiply; any other value is an input tensor, which a
+     * recorded graph reads from its staging copy, so each call's value counts. */
     sd_status_t st = SD_STATUS_OK;
+    sd_tensor_t *scale = NULL;
     if (in->residual_scale != 1.0f && (n_down > 0 || in->mid_residual != NULL)) {
-        if (net->scale.data == NULL) {
-            net->scale = sd_tensor_view(NULL, SD_DTYPE_F32, 1, (int64_t[]){1});
-            net->scale.data = be->ops->alloc(be, net->scale.nbytes);
-            if (net->scale.data == NULL)
-                st = sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "unet: cannot allocate 4 bytes");
-        }
+        st = sd_scratch_new(ctx, SD_DTYPE_F32, 1, (int64_t[]){1}, &scale);
         if (st == SD_STATUS_OK)
-            st = be->ops->upload(ctx, net->scale.data, &in->residual_scale, sizeof(float));
-        ins[IN_SCALE] = &net->scale;
+            st = be->ops->upload(ctx, scale->data, &in->residual_scale, sizeof(float));
+        ins[IN_SCALE] = scale;
     }
+    /* The model is shared by the contexts of its group; graphs are this context's. */
+    sd_graph_cache_t *graphs = st == SD_STATUS_OK ? sd_model_graphs(ctx, model) : NULL;
+    if (st == SD_STATUS_OK && graphs == NULL) st = SD_STATUS_OUT_OF_MEMORY;
     unet_call_t call = {net, n_down};
     if (st == SD_STATUS_OK)
-        st = sd_graph_cache_run(ctx, &net->graphs, "unet", ins, dtypes, IN_DOWN + n_down, out, act,
+        st = sd_graph_cache_run(ctx, graphs, "unet", ins, dtypes, IN_DOWN + n_down, out, act,
                                 unet_cached_forward, &call);
+    sd_scratch_free(ctx, scale);
     sd_scratch_free(ctx, rows);
     return st;
 }

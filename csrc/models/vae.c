@@ -181,17 +181,11 @@ static sd_tensor_t *g_mid(graph_t *g, const vae_mid_w *m, const sd_tensor_t *x, 
     return out;
 }
 
-static bool check_model(sd_ctx_t *ctx, const sd_model_t *model, const char *op) {
-    if (model != NULL && model->kind == SD_MODEL_VAE) return true;
-    sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: not a VAE model", op);
-    return false;
-}
-
 sd_status_t sd_vae_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *z,
                           sd_tensor_t *out) {
     if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
     SD_TRY(sd_ctx_check(ctx));
-    if (!check_model(ctx, model, "vae_decode")) return SD_STATUS_INVALID_ARGUMENT;
+    SD_TRY(sd_model_check(ctx, model, SD_MODEL_VAE, "vae_decode"));
     const vae_net_t *net = model->net;
     const sd_vae_config_t *c = &net->cfg;
     char b1[96], b2[96];
@@ -249,7 +243,7 @@ sd_status_t sd_vae_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x
                           sd_tensor_t *logvar) {
     if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
     SD_TRY(sd_ctx_check(ctx));
-    if (!check_model(ctx, model, "vae_encode")) return SD_STATUS_INVALID_ARGUMENT;
+    SD_TRY(sd_model_check(ctx, model, SD_MODEL_VAE, "vae_encode"));
     const vae_net_t *net = model->net;
     const sd_vae_config_t *c = &net->cfg;
     if (x == NULL || x->ndim != 4 || x->shape[1] != c->in_channels)

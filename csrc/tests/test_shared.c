@@ -1,0 +1,284 @@
+/* Contexts sharing models (sd_ctx_init_shared): one copy of the weights run by several
+ * contexts concurrently, with results identical to a single context's, and lifetimes that
+ * let any context of the group go first. Run under `make sanitize` for leaks and races on
+ * freed memory; the threads also suit a ThreadSanitizer build. */
+#include "harness.h"
+#include "models/model.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A random 2-layer text encoder in F16, so the CPU backend both packs its matrices (the
+ * linear layers' B panels) and widens its vectors: every kind of load-time weight. */
+enum { HID = 32, FF = 64, VOCAB = 64, POS = 16, LAYERS = 2, B = 2, T = 12, MAX_W = 64 };
+
+typedef struct {
+    sd_weight_t w[MAX_W];
+    char names[MAX_W][80];
+    uint16_t *data[MAX_W];
+    int n;
+} table_t;
+
+static void add(table_t *t, const char *name, int64_t d0, int64_t d1) {
+    int64_t n = d0 * (d1 ? d1 : 1);
+    uint16_t *d = malloc((size_t)n * sizeof *d);
+    for (int64_t i = 0; i < n; i++) d[i] = sd_f32_to_f16(rng_uniform(-0.5f, 0.5f));
+    snprintf(t->names[t->n], sizeof t->names[t->n], "%s", name);
+    t->data[t->n] = d;
+    t->w[t->n] = (sd_weight_t){t->names[t->n], SD_DTYPE_F16, d1 ? 2 : 1, {d0, d1}, d};
+    t->n++;
+}
+
+static void make_table(table_t *t) {
+    static const char *lin[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                "self_attn.out_proj"};
+    char n[80];
+    t->n = 0;
+    add(t, "embeddings.token_embedding.weight", VOCAB, HID);
+    add(t, "embeddings.position_embedding.weight", POS, HID);
+    for (int l = 0; l < LAYERS; l++) {
+        for (int i = 0; i < 4; i++) {
+            snprintf(n, sizeof n, "encoder.layers.%d.%s.weight", l, lin[i]);
+            add(t, n, HID, HID);
+            snprintf(n, sizeof n, "encoder.layers.%d.%s.bias", l, lin[i]);
+            add(t, n, HID, 0);
+        }
+        for (int i = 1; i <= 2; i++) {
+            snprintf(n, sizeof n, "encoder.layers.%d.layer_norm%d.weight", l, i);
+            add(t, n, HID, 0);
+            snprintf(n, sizeof n, "encoder.layers.%d.layer_norm%d.bias", l, i);
+            add(t, n, HID, 0);
+        }
+        snprintf(n, sizeof n, "encoder.layers.%d.mlp.fc1.weight", l);
+        add(t, n, FF, HID);
+        snprintf(n, sizeof n, "encoder.layers.%d.mlp.fc1.bias", l);
+        add(t, n, FF, 0);
+        snprintf(n, sizeof n, "encoder.layers.%d.mlp.fc2.weight", l);
+        add(t, n, HID, FF);
+        snprintf(n, sizeof n, "encoder.layers.%d.mlp.fc2.bias", l);
+        add(t, n, HID, 0);
+    }
+    add(t, "final_layer_norm.weight", HID, 0);
+    add(t, "final_layer_norm.bias", HID, 0);
+}
+
+static void free_table(table_t *t) {
+    for (int i = 0; i < t->n; i++) free(t->data[i]);
+    t->n = 0;
+}
+
+static sd_clip_config_t config(void) {
+    sd_clip_config_t c;
+    sd_clip_config_default(&c);
+    c.vocab_size = VOCAB;
+    c.max_positions = POS;
+    c.hidden = HID;
+    c.intermediate = FF;
+    c.layers = LAYERS;
+    c.heads = 4;
+    c.eos_id = VOCAB - 1;
+    return c;
+}
+
+static table_t table;
+static int32_t ids_host[B * T];
+
+static sd_ctx_t *new_ctx(sd_ctx_t *share_with) {
+    sd_ctx_params_t p;
+    sd_ctx_params_default(&p);
+    p.n_threads = 2;
+    sd_ctx_t *c = NULL;
+    char err[256];
+    sd_status_t st = share_with ? sd_ctx_init_shared(share_with, &p, &c, err, sizeof err)
+                                : sd_ctx_init(&p, &c, err, sizeof err);
+    if (st != SD_STATUS_OK) {
+        fprintf(stderr, "creating a context: %s\n", err);
+        exit(2);
+    }
+    return c;
+}
+
+static sd_model_t *load(sd_ctx_t *c) {
+    sd_clip_config_t cfg = config();
+    sd_model_t *m = NULL;
+    sd_status_t st = sd_clip_load(c, &cfg, table.w, table.n, &m);
+    CHECK(st == SD_STATUS_OK, "load: %s", sd_ctx_last_error(c));
+    return m;
+}
+
+/* hidden (B, T, HID) then pooled (B, HID) of the fixed ids, malloc'd; NULL on failure. */
+static float *encode(sd_ctx_t *c, sd_model_t *m) {
+    sd_tensor_t *ids = NULL, *hidden = NULL, *pooled = NULL;
+    float *out = malloc((size_t)(B * T + B) * HID * sizeof(float));
+    sd_status_t st = sd_tensor_new(c, SD_DTYPE_I32, 2, (int64_t[]){B, T}, &ids);
+    if (st == SD_STATUS_OK) st = sd_tensor_upload(c, ids, ids_host, sizeof ids_host);
+    if (st == SD_STATUS_OK) st = sd_tensor_new(c, SD_DTYPE_F32, 3, (int64_t[]){B, T, HID}, &hidden);
+    if (st == SD_STATUS_OK) st = sd_tensor_new(c, SD_DTYPE_F32, 2, (int64_t[]){B, HID}, &pooled);
+    if (st == SD_STATUS_OK) st = sd_clip_forward(c, m, ids, 0, true, hidden, pooled);
+    if (st == SD_STATUS_OK) st = sd_tensor_download(c, hidden, out, sd_tensor_nbytes(hidden));
+    if (st == SD_STATUS_OK)
+        st = sd_tensor_download(c, pooled, out + B * T * HID, sd_tensor_nbytes(pooled));
+    sd_tensor_free(c, ids);
+    sd_tensor_free(c, hidden);
+    sd_tensor_free(c, pooled);
+    if (st != SD_STATUS_OK) {
+        fprintf(stderr, "encode: %s: %s\n", sd_status_string(st), sd_ctx_last_error(c));
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+static const float *reference;
+
+static bool same_as_reference(sd_ctx_t *c, sd_model_t *m) {
+    float *got = encode(c, m);
+    bool same = got != NULL && memcmp(got, reference, (size_t)(B * T + B) * HID * 4) == 0;
+    free(got);
+    return same;
+}
+
+typedef struct {
+    sd_ctx_t *ctx;
+    sd_model_t *model;
+    int runs, mismatches;
+} runner_t;
+
+static void *run_repeatedly(void *arg) {
+    runner_t *r = arg;
+    for (int i = 0; i < r->runs; i++)
+        if (!same_as_reference(r->ctx, r->model)) r->mismatches++;
+    return NULL;
+}
+
+/* A second model loaded and freed by one context again and again while others run. */
+typedef struct {
+    sd_ctx_t *ctx;
+    int rounds, failures;
+} loader_arg_t;
+
+static void *load_and_free(void *arg) {
+    loader_arg_t *a = arg;
+    for (int i = 0; i < a->rounds; i++) {
+        sd_clip_config_t cfg = config();
+        sd_model_t *m = NULL;
+        if (sd_clip_load(a->ctx, &cfg, table.w, table.n, &m) != SD_STATUS_OK) {
+            a->failures++;
+            continue;
+        }
+        if (!same_as_reference(a->ctx, m)) a->failures++;
+        sd_model_free(a->ctx, m);
+    }
+    return NULL;
+}
+
+/* Two contexts run one model on two threads (each call identical to a lone context's),
+ * while a third context of the group loads and frees another model. */
+static void test_concurrent(void) {
+    sd_ctx_t *a = new_ctx(NULL), *b = new_ctx(a), *c = new_ctx(b);
+    sd_model_t *m = load(a);
+    if (m == NULL) return;
+    sd_memory_stats_t sa, sb;
+    CHECK_STATUS(sd_ctx_memory_stats(a, &sa), SD_STATUS_OK);
+    CHECK_STATUS(sd_ctx_memory_stats(b, &sb), SD_STATUS_OK);
+    CHECK(sa.weights_bytes > 0 && sa.weights_bytes == sb.weights_bytes,
+          "one copy of the weights, reported by both: %llu, %llu",
+          (unsigned long long)sa.weights_bytes, (unsigned long long)sb.weights_bytes);
+
+    runner_t ra = {a, m, 20, 0}, rb = {b, m, 20, 0};
+    loader_arg_t lc = {c, 5, 0};
+    pthread_t ta, tb, tc;
+    pthread_create(&ta, NULL, run_repeatedly, &ra);
+    pthread_create(&tb, NULL, run_repeatedly, &rb);
+    pthread_create(&tc, NULL, load_and_free, &lc);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    pthread_join(tc, NULL);
+    CHECK(ra.mismatches == 0 && rb.mismatches == 0, "%d and %d of 20 runs differ", ra.mismatches,
+          rb.mismatches);
+    CHECK(lc.failures == 0, "%d of %d loads or runs failed", lc.failures, lc.rounds);
+
+    /* Per-context state of a shared model: one graph cache each, kept across calls. */
+    sd_graph_cache_t *ga = sd_model_graphs(a, m), *gb = sd_model_graphs(b, m);
+    CHECK(ga != NULL && gb != NULL && ga != gb, "a graph cache per context");
+    CHECK(sd_model_graphs(a, m) == ga, "the same cache on the next call");
+    sd_ctx_free(c);
+    sd_ctx_free(b);
+    CHECK(same_as_reference(a, m), "the loading context after the others left");
+    sd_ctx_free(a); /* frees m (the leak check of `make sanitize` sees it) */
+}
+
+/* Any context of the group may go first; the models stay with the rest. */
+static void test_lifetimes(void) {
+    /* The loading context first. */
+    sd_ctx_t *a = new_ctx(NULL), *b = new_ctx(a);
+    sd_model_t *m = load(a);
+    (void)sd_model_graphs(a, m); /* state of a that its sd_ctx_free must drop */
+    sd_ctx_free(a);
+    CHECK(same_as_reference(b, m), "the model outlives the context that loaded it");
+    sd_memory_stats_t s;
+    CHECK_STATUS(sd_ctx_memory_stats(b, &s), SD_STATUS_OK);
+    CHECK(s.weights_bytes > 0, "the weights are still held");
+    sd_model_free(b, m); /* through a context that did not load it */
+    CHECK_STATUS(sd_ctx_memory_stats(b, &s), SD_STATUS_OK);
+    CHECK(s.weights_bytes == 0, "%llu bytes of weights after freeing the only model",
+          (unsigned long long)s.weights_bytes);
+    sd_ctx_free(b);
+
+    /* A model loaded on the joining context, run by the first; the joiner leaves first and
+     * the first frees it with itself. */
+    a = new_ctx(NULL);
+    b = new_ctx(a);
+    m = load(b);
+    CHECK(same_as_reference(a, m), "a model loaded by the second context");
+    sd_ctx_free(b);
+    CHECK(same_as_reference(a, m), "after the loader left");
+    sd_ctx_free(a);
+}
+
+static void test_outside_the_group(void) {
+    sd_ctx_t *a = new_ctx(NULL), *other = new_ctx(NULL);
+    sd_model_t *m = load(a);
+    sd_tensor_t *ids = NULL, *hidden = NULL;
+    CHECK_STATUS(sd_tensor_new(other, SD_DTYPE_I32, 2, (int64_t[]){B, T}, &ids), SD_STATUS_OK);
+    CHECK_STATUS(sd_tensor_upload(other, ids, ids_host, sizeof ids_host), SD_STATUS_OK);
+    CHECK_STATUS(sd_tensor_new(other, SD_DTYPE_F32, 3, (int64_t[]){B, T, HID}, &hidden),
+                 SD_STATUS_OK);
+    CHECK_STATUS(sd_clip_forward(other, m, ids, 0, true, hidden, NULL), SD_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(sd_ctx_last_error(other), "does not share models with") != NULL, "%s",
+          sd_ctx_last_error(other));
+    sd_model_free(other, m); /* refused: the model stays */
+    CHECK(same_as_reference(a, m), "still usable in its own group");
+
+    sd_ctx_params_t p;
+    sd_ctx_params_default(&p);
+    p.backend = SD_BACKEND_CUDA;
+    sd_ctx_t *c = NULL;
+    char err[256];
+    CHECK_STATUS(sd_ctx_init_shared(a, &p, &c, err, sizeof err), SD_STATUS_INVALID_ARGUMENT);
+    CHECK(c == NULL && strstr(err, "the context to share with runs on backend 0") != NULL, "%s",
+          err);
+    CHECK_STATUS(sd_ctx_init_shared(NULL, &p, &c, err, sizeof err), SD_STATUS_INVALID_ARGUMENT);
+    sd_ctx_free(other);
+    sd_ctx_free(a);
+}
+
+int main(void) {
+    rng_seed(7);
+    make_table(&table);
+    for (int i = 0; i < B * T; i++) ids_host[i] = (int32_t)(rng_uniform(0, 1) * (VOCAB - 1));
+    ids_host[T - 3] = VOCAB - 1; /* an eos in row 0; row 1 has none */
+    sd_ctx_t *lone = new_ctx(NULL);
+    sd_model_t *m = load(lone);
+    float *ref = m ? encode(lone, m) : NULL;
+    sd_ctx_free(lone);
+    if (ref == NULL) return test_summary("test_shared");
+    reference = ref;
+    test_concurrent();
+    test_lifetimes();
+    test_outside_the_group();
+    free(ref);
+    free_table(&table);
+    return test_summary("test_shared");
+}
