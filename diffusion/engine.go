@@ -27,6 +27,8 @@ type engine struct {
 	// while the shape stays so a step allocates nothing. Recorded GPU graphs keep their own
 	// staging buffers in the runtime.
 	unetTensors []unetTensor
+	// The engines running these networks, each on a context of its own (see Clone).
+	share *netShare
 }
 
 type unetTensor struct {
@@ -43,19 +45,34 @@ func newEngine(lib *binding.Library, backend binding.Backend, threads int) (*eng
 	if err != nil {
 		return nil, err
 	}
-	return &engine{lib: lib, ctx: ctx}, nil
+	e := &engine{lib: lib, ctx: ctx}
+	e.share = &netShare{users: 1, params: p, pins: &e.pins}
+	return e, nil
 }
 
-func (e *engine) close() {
+func (e *engine) close() { e.release() }
+
+// release frees the engine's context. The last engine of its share also frees the networks
+// and unpins what they read; it reports whether it was the last.
+func (e *engine) release() (last bool) {
+	s := e.share
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if e.ctx == 0 {
-		return
+		return false
 	}
-	e.lib.ModelFree(e.ctx, e.clip)
-	e.lib.ModelFree(e.ctx, e.unet)
-	e.lib.ModelFree(e.ctx, e.vae)
+	s.users--
+	if last = s.users == 0; last {
+		e.lib.ModelFree(e.ctx, e.clip)
+		e.lib.ModelFree(e.ctx, e.unet)
+		e.lib.ModelFree(e.ctx, e.vae)
+	}
 	e.lib.CtxFree(e.ctx)
 	e.ctx = 0
-	e.pins.Unpin()
+	if last {
+		s.pins.Unpin()
+	}
+	return last
 }
 
 // load hands the model's three networks to the runtime, checking ctx before each (a

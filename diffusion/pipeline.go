@@ -21,8 +21,8 @@ import (
 // A Pipeline is safe for concurrent use: calls are serialised, one at a time, on its
 // native context (which uses every CPU thread or the whole GPU on its own). A call
 // waiting for its turn returns its context's error as soon as the context ends. To
-// generate in parallel, open several Pipelines; each holds its own activations (weights
-// of the same file are shared through the page cache on the CPU).
+// generate in parallel, Clone the Pipeline: each clone has a native context of its own
+// and shares the loaded weights (Pipelines opened separately each load their own copy).
 type Pipeline struct {
 	// turn is held by the call using the native context (a one-slot semaphore, so that
 	// waiting for it can be abandoned when the caller's context ends).
@@ -128,9 +128,7 @@ func open(ctx context.Context, m *modelfile.Model, o openOptions, log *slog.Logg
 	if err != nil {
 		return nil, err
 	}
-	lib.CtxSetLog(eng.ctx, func(level binding.LogLevel, msg string) {
-		log.Log(context.Background(), slogLevel(level), msg, "component", "runtime")
-	})
+	lib.CtxSetLog(eng.ctx, runtimeLog(log))
 	if err := eng.load(ctx, m); err != nil {
 		eng.close()
 		return nil, err
@@ -202,6 +200,7 @@ type MemoryStats struct {
 	TensorsBytes uint64
 	// WeightsBytes is held by the loaded networks: weights copied or packed for the
 	// device; weights used in place from the mapped file on the CPU are not counted.
+	// Pipelines sharing the networks (Clone) report the same one copy.
 	WeightsBytes uint64
 	// ArenaReservedBytes is the scratch memory reserved for activations.
 	ArenaReservedBytes uint64
@@ -245,14 +244,16 @@ func (p *Pipeline) MemoryStats() (MemoryStats, error) {
 
 // Close cancels the call that is running (it returns ErrClosed within one operation of
 // the runtime), makes every waiting and later call return ErrClosed, then frees the
-// native resources and unmaps the model. It waits for the running call to return, not
+// native resources; the last of the Pipelines sharing the networks (see Clone) also frees
+// the networks and unmaps the model. It waits for the running call to return, not
 // for it to finish its work. Close is idempotent.
 func (p *Pipeline) Close() error {
 	p.closeOnce.Do(func() {
 		p.stopAll()
 		p.turn <- struct{}{} // held for good: nothing runs after this
-		p.eng.close()
-		p.closeErr = p.model.Close()
+		if p.eng.release() { // the last of the Pipelines sharing the networks
+			p.closeErr = p.model.Close()
+		}
 	})
 	return p.closeErr
 }
