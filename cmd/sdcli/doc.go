@@ -7,6 +7,7 @@
 //	sdcli inpaint -i photo.png --outpaint 0,0,256,0 -o wider.png
 //	sdcli info v1-5-pruned-emaonly.safetensors
 //	sdcli bench --arch sd15 --size 512
+//	sdcli serve --addr 127.0.0.1:7860
 //
 // Progress goes to stderr (one line redrawn on a terminal, plain lines otherwise) and
 // the paths of the images written to stdout, one per line. Ctrl-C cancels cleanly:
@@ -125,6 +126,33 @@
 //	--json                print the report as JSON instead of a table (default off)
 //	--profile             also print the runtime's time per op kind on stderr (default off)
 //	--threads N, --device NAME, --lib path, -v, --text-heads N (with -m)
+//	                      as for txt2img
+//
+// # sdcli serve
+//
+//	sdcli serve [--addr 127.0.0.1:7860] [-m MODEL] [--workers N] [--queue N] ...
+//
+// Serves image generation over HTTP (package diffusion/server) until SIGINT or SIGTERM:
+// OpenAI's Images API (POST /v1/images/generations and /v1/images/edits, with streaming,
+// GET /v1/models), AUTOMATIC1111's API (/sdapi/v1/txt2img, img2img, progress, interrupt,
+// skip, options, sd-models, samplers, schedulers, upscalers, loras, png-info), queued jobs
+// (POST /v1/jobs, GET /v1/jobs/ID and its /events, DELETE to cancel), a web page at /,
+// /healthz, /readyz and Prometheus metrics at /metrics. It logs one JSON line per request
+// on stderr. On a signal it stops taking work, lets the running work finish for --grace,
+// cancels what is left and exits 0.
+//
+//	--addr host:port      address to listen on (default 127.0.0.1:7860, this machine only)
+//	-m path               the model (default: the demo model, as for txt2img)
+//	--workers N           generations run at once, each on a pipeline of its own (default 1)
+//	--queue N             generations that may wait for a worker; more are answered 429 with
+//	                      Retry-After (default 16)
+//	--max-size px         largest image side a request may ask for (default 1024)
+//	--max-steps N         most sampling steps a request may ask for (default 150)
+//	--api-key KEY         require "Authorization: Bearer KEY" of API requests (default none)
+//	--cors ORIGIN         origin allowed to call the API from a browser, or * (default none)
+//	--timeout duration    deadline of a generation from its submission (default 10m)
+//	--grace duration      how long running work may finish on shutdown (default 30s)
+//	--threads N, --device NAME, --lib path, -v, --text-heads N
 //	                      as for txt2img
 //
 // # sdcli version
