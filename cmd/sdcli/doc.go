@@ -5,6 +5,7 @@
 //	sdcli img2img -i photo.jpg -p "an oil painting" --strength 0.6 -o painting.png
 //	sdcli inpaint -i photo.png --mask mask.png -p "a straw hat" -o hat.png
 //	sdcli inpaint -i photo.png --outpaint 0,0,256,0 -o wider.png
+//	sdcli preprocess canny -i photo.png -o edges.png
 //	sdcli info v1-5-pruned-emaonly.safetensors
 //	sdcli bench --arch sd15 --size 512
 //	sdcli serve --addr 127.0.0.1:7860
@@ -103,6 +104,27 @@
 // uses.
 //
 //	--text-heads N        as for txt2img
+//
+// # sdcli preprocess
+//
+//	sdcli preprocess KIND -i IMAGE -o OUTPUT.png
+//
+// Makes a ControlNet control image from an image, for the kinds of control that need
+// no model (package diffusion/control), and writes it as an 8-bit gray PNG, which
+// pipelines read as RGB with three equal channels. Flags may come before or after KIND.
+//
+//	canny                 edges, white on black, exactly as OpenCV's cv2.Canny(image, LOW,
+//	                      HIGH) on the image's RGB, as ControlNet's canny annotator and
+//	                      diffusers' ControlNet example compute them (neither blurs first)
+//	gray                  the luma, as OpenCV's cv2.cvtColor(image, COLOR_RGB2GRAY)
+//	invert                255 minus the luma: black lines drawn on white become the white
+//	                      lines on black that scribble and lineart ControlNets expect
+//
+//	-i path               the image, PNG or JPEG (required); its alpha is dropped, not
+//	                      composited, as PIL's convert("RGB")
+//	-o path               the output PNG (required), replaced atomically as by txt2img
+//	--canny LOW,HIGH      canny's hysteresis thresholds on the L1 gradient magnitude, 0
+//	                      to 2040 (default 100,200); swapped when LOW > HIGH, as OpenCV
 //
 // # sdcli bench
 //
