@@ -17,10 +17,9 @@ import "image"
 //   - Non-maximum suppression: a pixel whose magnitude exceeds low is kept when it
 //     peaks across the gradient's direction, one of horizontal, vertical or diagonal.
 //     The direction is chosen from |dy| / |dx| against tan 22.5° and tan 67.5° in
-//     15-bit fixed point, and the two neighbours compared with are strictly lower on
-//     the one side and lower or equal on the other (both strictly lower diagonally),
-//     so that a plateau two pixels wide gives one edge. Past the border the magnitude
-//     is 0.
+//     15-bit fixed point. The left (or upper) neighbour must be strictly lower, the
+//     right (or lower) one lower or equal, so that a plateau two pixels wide gives one
+//     edge; diagonally both must be strictly lower. Past the border the magnitude is 0.
 //   - Hysteresis: kept pixels whose magnitude exceeds high are edges, and so is every
 //     kept pixel 8-connected to an edge through kept pixels.
 //

@@ -51,8 +51,8 @@ def canny(name, arr, thresholds):
 
 # cvtColor's RGB2GRAY on 8-bit images is fixed point: the weights 0.299, 0.587 and 0.114
 # scaled by 2^15 and rounded (9798, 19235, 3735, summing to 2^15), the sum rounded half
-# up. (A 2^14 scale would differ on 43864 colours.) Check this for
-# every colour, so that the Go formula is known exact beyond the sample images.
+# up (a 2^14 scale would differ on 43864 colours). Check this for every colour, so that
+# the Go formula is known exact beyond the sample images.
 v = np.arange(1 << 24, dtype=np.uint32)
 every = np.stack([v >> 16, (v >> 8) & 255, v & 255], axis=1).astype(np.uint8).reshape(4096, 4096, 3)
 r, g, b = (every[..., c].astype(np.uint32) for c in range(3))
