@@ -360,6 +360,9 @@ func TestMergeKeepsDType(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, modelfile.F32, wide["m.weight"].DType, "MergeAs stores the asked dtype")
 		assert.InDelta(t, 4.0/3, decoded(t, wide["m.weight"])[0], 1e-7, dt.String())
+
+		_, err = MergeAs(modelfile.I64, map[string]modelfile.Tensor{"m.weight": w}, UNet, Scaled{f, 1})
+		assert.ErrorContains(t, err, "I64")
 	}
 }
 

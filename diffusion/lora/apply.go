@@ -63,10 +63,18 @@ func Merge(targets map[string]modelfile.Tensor, component string, adapters ...Sc
 // scale 1); F32 keeps the merge exact for a float32 runtime at twice the
 // memory of the patched tensors.
 func MergeAs(dtype modelfile.DType, targets map[string]modelfile.Tensor, component string, adapters ...Scaled) (map[string]modelfile.Tensor, error) {
-	type patch struct {
-		base, delta []float64
+	if dtype != 0 && !dtype.IsFloat() {
+		return nil, fmt.Errorf("lora: cannot store patched weights as %s", dtype)
 	}
-	patches := map[string]*patch{}
+	// Resolve everything first, so that a misfit fails before any work, and
+	// group the updates by weight: each weight is then patched alone and its
+	// float64 buffers dropped, keeping the peak memory at one weight's.
+	type job struct {
+		module *Module
+		scale  float64
+		file   string
+	}
+	jobs := map[string][]job{}
 	for _, a := range adapters {
 		if a.File.f == nil {
 			return nil, fmt.Errorf("lora: %s is closed", a.File.Path)
@@ -76,35 +84,31 @@ func MergeAs(dtype modelfile.DType, targets map[string]modelfile.Tensor, compone
 			return nil, err
 		}
 		for _, b := range bs {
-			p := patches[b.weight]
-			if p == nil {
-				w, err := floats(targets[b.weight])
-				if err != nil {
-					return nil, err
-				}
-				p = &patch{base: w, delta: make([]float64, len(w))}
-				patches[b.weight] = p
-			}
-			d, err := b.module.update(p.base, b.shape)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", a.File.Path, err)
-			}
-			for i, v := range d {
-				p.delta[i] += a.Scale * v
-			}
+			jobs[b.weight] = append(jobs[b.weight], job{b.module, a.Scale, a.File.Path})
 		}
 	}
-	out := make(map[string]modelfile.Tensor, len(patches))
-	for name, p := range patches {
-		for i := range p.delta {
-			p.delta[i] += p.base[i]
-		}
+	out := make(map[string]modelfile.Tensor, len(jobs))
+	for name, js := range jobs {
 		t := targets[name]
+		base, err := floats(t)
+		if err != nil {
+			return nil, err
+		}
+		merged := slices.Clone(base)
+		for _, j := range js {
+			d, err := j.module.update(base, t.Shape)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", j.file, err)
+			}
+			for i, v := range d {
+				merged[i] += j.scale * v
+			}
+		}
 		dt := dtype
 		if dt == 0 {
 			dt = t.DType
 		}
-		data, err := encode(p.delta, dt)
+		data, err := encode(merged, dt)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
@@ -117,7 +121,6 @@ func MergeAs(dtype modelfile.DType, targets map[string]modelfile.Tensor, compone
 type binding struct {
 	module *Module
 	weight string
-	shape  []int64
 }
 
 // resolve matches the file's modules for component with weights of targets
@@ -171,7 +174,7 @@ func (f *File) resolve(targets map[string]modelfile.Tensor, component string) ([
 			continue
 		}
 		owner[t.Name] = m.Key
-		bs = append(bs, binding{module: m, weight: t.Name, shape: t.Shape})
+		bs = append(bs, binding{module: m, weight: t.Name})
 	}
 	var parts []string
 	if len(unmatched) > 0 {
