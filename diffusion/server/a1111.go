@@ -325,22 +325,20 @@ func (s *Server) handleA1111SetOptions(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, nil)
 }
 
-// findModel finds a model by its name, its title or its path.
+// findModel finds a model by its name (its title in /sdapi/v1/sd-models) or its path.
 func (s *Server) findModel(name string) (Model, bool) {
 	for _, m := range s.models {
-		if name == m.Name || name == m.Path || name == a1111Title(m) {
+		if name == m.Name || name == m.Path {
 			return m, true
 		}
 	}
 	return Model{}, false
 }
 
-func a1111Title(m Model) string { return m.Name }
-
 func (s *Server) handleA1111Models(w http.ResponseWriter, r *http.Request) {
 	out := []map[string]any{}
 	for _, m := range s.models {
-		out = append(out, map[string]any{"title": a1111Title(m), "model_name": strings.TrimSuffix(m.Name, extOf(m.Name)),
+		out = append(out, map[string]any{"title": m.Name, "model_name": strings.TrimSuffix(m.Name, extOf(m.Name)),
 			"hash": nil, "sha256": nil, "filename": m.Path, "config": nil})
 	}
 	writeJSON(w, http.StatusOK, out)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"image"
+	"slices"
 	"sync"
 	"time"
 
@@ -92,8 +93,34 @@ func (j *job) update(f func()) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	f()
+	j.notifyLocked()
+}
+
+func (j *job) notifyLocked() {
 	close(j.changed)
 	j.changed = make(chan struct{})
+}
+
+// start moves a queued job to running; false when it ended while queued.
+func (j *job) start(info diffusion.ModelInfo) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.state != stateQueued {
+		return false
+	}
+	j.state, j.started, j.model = stateRunning, time.Now(), info
+	j.notifyLocked()
+	return true
+}
+
+// dropIfQueued ends a job that no worker has taken yet, so that a cancellation or a
+// deadline answers at once rather than when a worker reaches it in the queue.
+func (j *job) dropIfQueued(cause error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.state == stateQueued {
+		j.finishLocked(cause)
+	}
 }
 
 // submitOptions say how a job lives.
@@ -120,6 +147,7 @@ func (s *Server) submit(sp spec, o submitOptions) (*job, error) {
 		cancel(cause)
 		cancelTimeout()
 	}
+	context.AfterFunc(ctx, func() { j.dropIfQueued(context.Cause(ctx)) })
 	if o.parent != nil {
 		stopParent = context.AfterFunc(o.parent, func() { j.cancel(errClientGone) })
 	}
@@ -138,7 +166,6 @@ func (s *Server) submit(sp spec, o submitOptions) (*job, error) {
 	default:
 		s.forget(j)
 		j.release(stopParent)
-		s.metrics.errorKind("queue_full")
 		return nil, errQueueFull
 	}
 	go func() {
@@ -192,16 +219,8 @@ func (s *Server) liveJobs() []*job {
 			out = append(out, j)
 		}
 	}
-	sortJobs(out)
+	slices.SortFunc(out, func(a, b *job) int { return a.created.Compare(b.created) })
 	return out
-}
-
-func sortJobs(js []*job) {
-	for i := 1; i < len(js); i++ {
-		for k := i; k > 0 && js[k].created.Before(js[k-1].created); k-- {
-			js[k], js[k-1] = js[k-1], js[k]
-		}
-	}
 }
 
 func (s *Server) worker() {
@@ -215,15 +234,14 @@ func (s *Server) worker() {
 
 // run runs a job's iterations on a pipeline of the pool.
 func (s *Server) run(j *job) {
-	defer close(j.done)
 	if err := j.ctx.Err(); err != nil {
 		j.finish(context.Cause(j.ctx))
 		return
 	}
 	err := s.pool.with(func(p *diffusion.Pipeline, info diffusion.ModelInfo) {
-		j.update(func() {
-			j.state, j.started, j.model = stateRunning, time.Now(), info
-		})
+		if !j.start(info) {
+			return // cancelled while queued
+		}
 		s.metrics.running.Inc()
 		defer s.metrics.running.Dec()
 		sp := j.spec
@@ -267,21 +285,30 @@ func (s *Server) run(j *job) {
 	}
 }
 
-// finish records how the job ended.
+// finish records how the job ended (once: later calls do nothing) and closes done.
 func (j *job) finish(err error) {
-	j.update(func() {
-		j.finished, j.err, j.skip = time.Now(), err, nil
-		switch {
-		case err == nil:
-			j.state = stateSucceeded
-		case errors.Is(err, context.DeadlineExceeded):
-			j.state = stateFailed
-		case j.ctx.Err() != nil:
-			j.state = stateCancelled
-		default:
-			j.state = stateFailed
-		}
-	})
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.finishLocked(err)
+}
+
+func (j *job) finishLocked(err error) {
+	if !j.finished.IsZero() {
+		return
+	}
+	j.finished, j.err, j.skip = time.Now(), err, nil
+	switch {
+	case err == nil:
+		j.state = stateSucceeded
+	case errors.Is(err, context.DeadlineExceeded):
+		j.state = stateFailed
+	case j.ctx.Err() != nil:
+		j.state = stateCancelled
+	default:
+		j.state = stateFailed
+	}
+	j.notifyLocked()
+	close(j.done)
 }
 
 // skipIteration ends the running iteration of the job; the next one starts.

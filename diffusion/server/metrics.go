@@ -37,7 +37,7 @@ func newMetrics(s *Server) *metrics {
 		Help: "HTTP request latency by route and status code.", Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14)},
 		[]string{"route", "code"})
 	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gosd_errors_total",
-		Help: "Failed requests and generations by kind."}, []string{"kind"})
+		Help: "Failed requests by kind of error (invalid_request, queue_full, timeout, cancelled, ...)."}, []string{"kind"})
 	m.jobs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gosd_jobs_total",
 		Help: "Ended generations by final state."}, []string{"state"})
 	m.reg.MustRegister(m.running, queued, queueCap, m.steps, m.jobTime, m.requests, m.errors, m.jobs,
@@ -49,19 +49,15 @@ func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }
 
-func (m *metrics) request(route string, code int, d time.Duration) {
+// request records a request's latency and, when it failed, the kind of its error.
+func (m *metrics) request(route string, code int, d time.Duration, errKind string) {
 	m.requests.WithLabelValues(route, strconv.Itoa(code)).Observe(d.Seconds())
-	if code >= 400 {
-		m.errors.WithLabelValues("http_" + strconv.Itoa(code)).Inc()
+	if errKind != "" {
+		m.errors.WithLabelValues(errKind).Inc()
 	}
 }
-
-func (m *metrics) errorKind(kind string) { m.errors.WithLabelValues(kind).Inc() }
 
 func (m *metrics) jobEnded(v jobView) {
 	m.jobs.WithLabelValues(string(v.State)).Inc()
 	m.jobTime.Observe(v.Finished.Sub(v.Created).Seconds())
-	if v.Err != nil {
-		m.errorKind("job_" + classify(v.Err).kind)
-	}
 }

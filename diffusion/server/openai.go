@@ -401,19 +401,19 @@ func (s *Server) openAIStream(w http.ResponseWriter, r *http.Request, j *job, op
 		if v.State == stateRunning && sent < opt.partials && v.Progress.Steps > 0 && v.Progress.Preview != nil {
 			// Partial k (0-based) is due once k+1 of partials+1 equal parts are done.
 			if v.Progress.Step*(opt.partials+1) >= (sent+1)*v.Progress.Steps && v.Iteration == 0 {
-				w, h := j.spec.req.Width, j.spec.req.Height
-				if w == 0 {
-					w, h = v.Model.Width, v.Model.Height
+				pw, ph := j.spec.req.Width, j.spec.req.Height
+				if pw == 0 {
+					pw, ph = v.Model.Width, v.Model.Height
 					if j.spec.image != nil {
 						b := j.spec.image.Bounds()
-						w, h = b.Dx()/8*8, b.Dy()/8*8
+						pw, ph = b.Dx()/8*8, b.Dy()/8*8
 					}
 				}
-				b, err := encodeImage(scaleNearest(v.Progress.Preview, w, h), opt.format, "", opt.jpegQ)
+				b, err := encodeImage(scaleNearest(v.Progress.Preview, pw, ph), opt.format, "", opt.jpegQ)
 				if err == nil {
 					err = ev.event(prefix+"partial_image", map[string]any{"type": prefix + "partial_image",
 						"b64_json": base64.StdEncoding.EncodeToString(b), "partial_image_index": sent,
-						"created_at": time.Now().Unix(), "size": fmt.Sprintf("%dx%d", w, h), "quality": opt.quality,
+						"created_at": time.Now().Unix(), "size": fmt.Sprintf("%dx%d", pw, ph), "quality": opt.quality,
 						"background": "opaque", "output_format": opt.format})
 				}
 				if err != nil {

@@ -270,7 +270,10 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 
 type ctxKey int
 
-const requestIDKey ctxKey = 0
+const (
+	requestIDKey ctxKey = iota
+	errKindKey          // *string: the kind of the error writeError wrote, for the metrics
+)
 
 // statusWriter records the status a handler wrote, for the log and the metrics; it
 // passes Flush through for the event streams.
@@ -325,7 +328,9 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			}
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
-		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, id))
+		var errKind string
+		ctx := context.WithValue(r.Context(), requestIDKey, id)
+		r = r.WithContext(context.WithValue(ctx, errKindKey, &errKind))
 		sw := &statusWriter{ResponseWriter: w}
 		next.ServeHTTP(sw, r)
 		if sw.status == 0 {
@@ -336,7 +341,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			route = "unmatched"
 		}
 		elapsed := time.Since(start)
-		s.metrics.request(route, sw.status, elapsed)
+		s.metrics.request(route, sw.status, elapsed, errKind)
 		level := slog.LevelInfo
 		if sw.status >= 500 {
 			level = slog.LevelError
@@ -355,7 +360,6 @@ func (s *Server) auth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got := []byte(r.Header.Get("Authorization"))
 		if subtle.ConstantTimeCompare(got, want) != 1 {
-			s.metrics.errorKind("unauthorized")
 			w.Header().Set("WWW-Authenticate", `Bearer realm="gosd"`)
 			writeError(w, r, &apiError{status: http.StatusUnauthorized, kind: "unauthorized", msg: "missing or wrong API key (send Authorization: Bearer KEY)"})
 			return
@@ -425,6 +429,9 @@ func classify(err error) *apiError {
 // writeError writes err in the shape of the API the request is for.
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	e := classify(err)
+	if kind, ok := r.Context().Value(errKindKey).(*string); ok {
+		*kind = e.kind
+	}
 	if e.status == http.StatusTooManyRequests || e.status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}

@@ -129,6 +129,7 @@ func TestHealthReadyMetrics(t *testing.T) {
 	assert.Equal(t, "my-id-1", resp.Header.Get("X-Request-Id"))
 
 	call(t, "POST", hs.URL+"/v1/jobs", `{"prompt":"a red apple","steps":2,"seed":1}`, nil)
+	call(t, "POST", hs.URL+"/sdapi/v1/txt2img", `{"steps":0}`, nil)
 	require.Eventually(t, func() bool { return len(s.liveJobs()) == 0 }, 20*time.Second, 20*time.Millisecond)
 	req, _ := http.NewRequest("GET", hs.URL+"/metrics", nil)
 	mr, err := http.DefaultClient.Do(req)
@@ -136,7 +137,8 @@ func TestHealthReadyMetrics(t *testing.T) {
 	body, _ := io.ReadAll(mr.Body)
 	mr.Body.Close()
 	for _, series := range []string{"gosd_queue_depth 0", "gosd_jobs_running 0", "gosd_step_seconds_bucket",
-		`gosd_http_request_seconds_bucket{code="202",route="POST /v1/jobs"`, `gosd_jobs_total{state="succeeded"} 1`} {
+		`gosd_http_request_seconds_bucket{code="202",route="POST /v1/jobs"`, `gosd_jobs_total{state="succeeded"} 1`,
+		`gosd_errors_total{kind="invalid_request"} 1`} {
 		assert.Contains(t, string(body), series)
 	}
 
