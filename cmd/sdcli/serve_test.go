@@ -1,22 +1,9 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
-	"io"
-	"net/http"
-	"path/filepath"
-	"regexp"
-	"strings"
-	"sync"
 	"testing"
-	"time"
 
-	"github.com/gosd/gosd/binding"
-	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 )
 
 func TestServeUsage(t *testing.T) {
@@ -41,74 +28,4 @@ func TestServeUsage(t *testing.T) {
 		"--api-key KEY", "--cors ORIGIN", "--grace duration", "--device NAME", "--lib path"} {
 		assert.Contains(t, r.stdout, flag)
 	}
-}
-
-// syncBuffer is a bytes.Buffer the server's goroutines and the test share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// TestServe runs the server on the demo model on a loopback port, generates through it
-// and stops it as Ctrl-C does.
-func TestServe(t *testing.T) {
-	root := testutil.RepoRoot(t)
-	lib := filepath.Join(root, "build")
-	if _, err := binding.Load(binding.LoadOptions{Path: lib, Backend: binding.PreferCPU}); err != nil {
-		t.Skipf("native library not available (run `make`): %v", err)
-	}
-	var stdout, stderr syncBuffer
-	a := newApp(&stdout, &stderr)
-	a.demoDirs = []string{root}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	code := make(chan int, 1)
-	go func() {
-		code <- a.run(ctx, []string{"serve", "--addr", "127.0.0.1:0", "--lib", lib, "--device", "cpu", "--threads", "1",
-			"--api-key", "k", "--grace", "5s"})
-	}()
-	addr := regexp.MustCompile(`serving on (http://127\.0\.0\.1:\d+)`)
-	var base string
-	require.Eventually(t, func() bool {
-		m := addr.FindStringSubmatch(stderr.String())
-		if m != nil {
-			base = m[1]
-		}
-		return m != nil
-	}, 30*time.Second, 10*time.Millisecond, "stderr: %s", stderr.String())
-
-	req, _ := http.NewRequest("POST", base+"/sdapi/v1/txt2img", strings.NewReader(`{"prompt":"a red apple","steps":2,"seed":1}`))
-	req.Header.Set("Authorization", "Bearer k")
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	require.Equal(t, 200, resp.StatusCode, "%s", body)
-	var res struct{ Images []string }
-	require.NoError(t, json.Unmarshal(body, &res))
-	assert.Len(t, res.Images, 1)
-
-	cancel()
-	select {
-	case c := <-code:
-		assert.Equal(t, exitOK, c, "stderr: %s", stderr.String())
-	case <-time.After(20 * time.Second):
-		t.Fatal("serve did not stop")
-	}
-	log := stderr.String()
-	assert.Contains(t, log, `"msg":"request"`)
-	assert.Contains(t, log, `"route":"POST /sdapi/v1/txt2img"`)
-	assert.Contains(t, log, "stopped")
 }
