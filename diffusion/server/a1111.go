@@ -265,7 +265,9 @@ func (s *Server) handleA1111Progress(w http.ResponseWriter, r *http.Request) {
 			}
 			resp["textinfo"] = fmt.Sprintf("Step %d/%d, batch %d/%d", v.Progress.Step, v.Progress.Steps, v.Iteration+1, iters)
 			if v.Progress.Preview != nil && r.URL.Query().Get("skip_current_image") != "true" {
-				if b, err := encodePNG(v.Progress.Preview, ""); err == nil {
+				// The preview is at latent resolution; the web UI's is the image's size.
+				pw, ph := j.outputSize(v)
+				if b, err := encodePNG(scaleNearest(v.Progress.Preview, pw, ph), ""); err == nil {
 					resp["current_image"] = base64.StdEncoding.EncodeToString(b)
 				}
 			}

@@ -180,7 +180,8 @@ func TestA1111ProgressInterruptSkip(t *testing.T) {
 	assert.Less(t, p.Progress, 2.0/3)
 	assert.Greater(t, p.ETA, 0.0)
 	require.NotNil(t, p.CurrentImage)
-	decodePNG(t, *p.CurrentImage)
+	preview, _ := decodePNG(t, *p.CurrentImage)
+	assert.Equal(t, image.Pt(64, 64), preview.Bounds().Size())
 	call(t, "POST", hs.URL+"/sdapi/v1/interrupt", "", nil)
 	wg.Wait()
 	// Skipped, then interrupted: nothing finished, so the request fails as cancelled.

@@ -340,6 +340,19 @@ type generated struct {
 
 func (g generated) seed() uint64 { return g.params.Seed + uint64(g.index) }
 
+// outputSize is the size of the job's images: the one asked for, else the input image's
+// rounded down to 8, else the model's native size.
+func (j *job) outputSize(v jobView) (int, int) {
+	if w, h := j.spec.req.Width, j.spec.req.Height; w != 0 && h != 0 {
+		return w, h
+	}
+	if j.spec.image != nil {
+		b := j.spec.image.Bounds()
+		return b.Dx() / 8 * 8, b.Dy() / 8 * 8
+	}
+	return v.Model.Width, v.Model.Height
+}
+
 // wait waits for the job to end or for the request to go; false when it went.
 func wait(r interface{ Done() <-chan struct{} }, j *job) bool {
 	select {

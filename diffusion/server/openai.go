@@ -401,14 +401,7 @@ func (s *Server) openAIStream(w http.ResponseWriter, r *http.Request, j *job, op
 		if v.State == stateRunning && sent < opt.partials && v.Progress.Steps > 0 && v.Progress.Preview != nil {
 			// Partial k (0-based) is due once k+1 of partials+1 equal parts are done.
 			if v.Progress.Step*(opt.partials+1) >= (sent+1)*v.Progress.Steps && v.Iteration == 0 {
-				pw, ph := j.spec.req.Width, j.spec.req.Height
-				if pw == 0 {
-					pw, ph = v.Model.Width, v.Model.Height
-					if j.spec.image != nil {
-						b := j.spec.image.Bounds()
-						pw, ph = b.Dx()/8*8, b.Dy()/8*8
-					}
-				}
+				pw, ph := j.outputSize(v)
 				b, err := encodeImage(scaleNearest(v.Progress.Preview, pw, ph), opt.format, "", opt.jpegQ)
 				if err == nil {
 					err = ev.event(prefix+"partial_image", map[string]any{"type": prefix + "partial_image",
