@@ -193,7 +193,10 @@ func TestA1111SwitchModel(t *testing.T) {
 	model, _ := demoModel(t)
 	other := filepath.Join(t.TempDir(), "emoji-copy")
 	require.NoError(t, os.CopyFS(other, os.DirFS(model)))
-	s, hs := testServer(t, func(c *Config) { c.Models = append(c.Models, other) })
+	broken := filepath.Join(t.TempDir(), "broken")
+	require.NoError(t, os.MkdirAll(broken, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(broken, "model_index.json"), []byte("{}"), 0o644))
+	s, hs := testServer(t, func(c *Config) { c.Models = append(c.Models, other, broken) })
 	var opts map[string]any
 	call(t, "GET", hs.URL+"/sdapi/v1/options", "", &opts)
 	assert.Equal(t, "gosd-emoji", opts["sd_model_checkpoint"])
@@ -220,4 +223,14 @@ func TestA1111SwitchModel(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(res.Info), &info))
 	assert.Equal(t, "emoji-copy", info["sd_model_name"])
 	assert.True(t, strings.Contains(res.Parameters["prompt"].(string), "x"))
+
+	// A model that fails to open: the error is reported and the previous one reopened.
+	var e map[string]any
+	resp := call(t, "POST", hs.URL+"/sdapi/v1/options", `{"sd_model_checkpoint":"broken"}`, &e)
+	assert.GreaterOrEqual(t, resp.StatusCode, 400)
+	assert.Contains(t, e["detail"], "broken")
+	call(t, "GET", hs.URL+"/sdapi/v1/options", "", &opts)
+	assert.Equal(t, "emoji-copy", opts["sd_model_checkpoint"])
+	assert.Equal(t, 200, call(t, "GET", hs.URL+"/readyz", "", nil).StatusCode)
+	require.Equal(t, 200, call(t, "POST", hs.URL+"/sdapi/v1/txt2img", `{"prompt":"x","steps":1}`, &res).StatusCode)
 }

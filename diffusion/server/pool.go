@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"github.com/gosd/gosd/diffusion"
 )
@@ -21,8 +22,15 @@ type pool struct {
 	mu    sync.RWMutex
 	free  chan *diffusion.Pipeline
 	pipes []*diffusion.Pipeline
-	model Model // the loaded one
+	// loaded is what current reports, kept apart from mu so that health checks and
+	// request checks do not wait for a switch's load.
+	loaded atomic.Pointer[loadedModel]
+}
+
+type loadedModel struct {
+	model Model
 	info  diffusion.ModelInfo
+	ok    bool // false while no model is loaded (a switch in progress, or failed)
 }
 
 // Model is a model the server can load.
@@ -37,6 +45,7 @@ func modelOf(path string) Model {
 
 func newPool(ctx context.Context, open OpenFunc, n int, m Model) (*pool, error) {
 	p := &pool{open: open, n: n}
+	p.loaded.Store(&loadedModel{model: m})
 	if err := p.load(ctx, m); err != nil {
 		return nil, err
 	}
@@ -57,7 +66,8 @@ func (p *pool) load(ctx context.Context, m Model) error {
 		}
 		pipes = append(pipes, pl)
 	}
-	p.pipes, p.model, p.info = pipes, m, pipes[0].Info()
+	p.pipes = pipes
+	p.loaded.Store(&loadedModel{model: m, info: pipes[0].Info(), ok: true})
 	p.free = make(chan *diffusion.Pipeline, p.n)
 	for _, pl := range pipes {
 		p.free <- pl
@@ -75,17 +85,17 @@ func (p *pool) with(f func(*diffusion.Pipeline, diffusion.ModelInfo)) error {
 	}
 	pl := <-p.free
 	defer func() { p.free <- pl }()
-	f(pl, p.info)
+	f(pl, p.loaded.Load().info)
 	return nil
 }
 
 var errNoModel = errors.New("no model is loaded (the last switch failed)")
 
-// current is the loaded model and its description.
+// current is the loaded model and its description; during a switch, the previous one
+// and false.
 func (p *pool) current() (Model, diffusion.ModelInfo, bool) {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	return p.model, p.info, len(p.pipes) > 0
+	l := p.loaded.Load()
+	return l.model, l.info, l.ok
 }
 
 // switchTo replaces the pipelines with m's once the running generations end. When m
@@ -93,10 +103,10 @@ func (p *pool) current() (Model, diffusion.ModelInfo, bool) {
 func (p *pool) switchTo(ctx context.Context, m Model) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if m.Path == p.model.Path && len(p.pipes) > 0 {
+	prev := p.loaded.Load().model
+	if m.Path == prev.Path && len(p.pipes) > 0 {
 		return nil
 	}
-	prev := p.model
 	p.closeLocked()
 	err := p.load(ctx, m)
 	if err != nil && prev.Path != "" {
@@ -112,6 +122,9 @@ func (p *pool) closeLocked() {
 		pl.Close()
 	}
 	p.pipes = nil
+	l := *p.loaded.Load()
+	l.ok = false
+	p.loaded.Store(&l)
 }
 
 // close frees the pipelines; call it once no worker runs.

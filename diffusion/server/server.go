@@ -262,7 +262,7 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	case s.isDraining():
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "shutting down"})
 	case !loaded:
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "no model loaded"})
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "no model loaded (a switch is loading one, or failed)"})
 	default:
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "queued": len(s.queue)})
 	}
