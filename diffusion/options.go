@@ -55,7 +55,8 @@ type Option func(*openOptions)
 // WithDevice selects the device (default DeviceAuto).
 func WithDevice(d Device) Option { return func(o *openOptions) { o.device = d } }
 
-// WithThreads sets the number of CPU threads (default 0: one per core).
+// WithThreads sets the number of CPU threads (default 0: one per CPU the process may use;
+// more than that are capped at it, since extra threads only slow each step).
 func WithThreads(n int) Option { return func(o *openOptions) { o.threads = n } }
 
 // WithLibrary names the runtime library file or the directory holding it, instead of

@@ -10,7 +10,7 @@ check=false
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 need=$(awk '$1 == "go" { print $2; exit }' "$root/go.mod") # e.g. 1.25
-fetch_version=${GOSD_GO_VERSION:-go1.25.4}
+fetch_version=${GOSD_GO_VERSION:-go1.26.8}
 
 # newer A B: A >= B for dotted versions.
 newer() { [[ $(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n1) == "$2" ]]; }

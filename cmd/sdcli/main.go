@@ -88,9 +88,9 @@ func findCommand(name string) *command {
 func (a *app) usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: sdcli <command> [flags]\n\nCommands:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintln(w, "  help     Show the help of a command: sdcli help <command>, or sdcli <command> -h.")
+	fmt.Fprintln(w, "  help       Show the help of a command: sdcli help <command>, or sdcli <command> -h.")
 }
 
 func (a *app) run(ctx context.Context, args []string) int {

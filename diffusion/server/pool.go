@@ -52,12 +52,19 @@ func newPool(ctx context.Context, open OpenFunc, n int, m Model) (*pool, error) 
 	return p, nil
 }
 
-// load opens n pipelines of m; mu must be held exclusively (or p be new). On failure
-// nothing of m stays open and p holds no pipeline.
+// load opens m once and clones the pipeline for the other workers, so that they all run
+// one copy of the weights; mu must be held exclusively (or p be new). On failure nothing
+// of m stays open and p holds no pipeline.
 func (p *pool) load(ctx context.Context, m Model) error {
 	pipes := make([]*diffusion.Pipeline, 0, p.n)
 	for range p.n {
-		pl, err := p.open(ctx, m.Path)
+		var pl *diffusion.Pipeline
+		var err error
+		if len(pipes) == 0 {
+			pl, err = p.open(ctx, m.Path)
+		} else {
+			pl, err = pipes[0].Clone()
+		}
 		if err != nil {
 			for _, q := range pipes {
 				q.Close()
