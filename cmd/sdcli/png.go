@@ -2,75 +2,25 @@ package main
 
 import (
 	"bufio"
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"image"
-	"image/png"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/gosd/gosd/diffusion"
 )
 
-// pngSignature and the IHDR chunk (4 length + 4 type + 13 data + 4 CRC bytes) open
-// every PNG; text chunks go right after them.
-var pngSignature = []byte("\x89PNG\r\n\x1a\n")
-
-const ihdrEnd = 8 + 4 + 4 + 13 + 4
-
-// encodePNG writes img as a PNG carrying the generation parameters in a "parameters"
-// text chunk, which AUTOMATIC1111's web UI and image viewers read back.
+// encodePNG writes img as a PNG carrying the generation parameters (diffusion.EncodePNG).
 func encodePNG(w io.Writer, img image.Image, parameters string) error {
-	var buf bytes.Buffer
-	if err := png.Encode(&buf, img); err != nil {
+	b, err := diffusion.EncodePNG(img, parameters)
+	if err != nil {
 		return err
 	}
-	b := buf.Bytes()
-	if len(b) < ihdrEnd || !bytes.Equal(b[:8], pngSignature) || string(b[12:16]) != "IHDR" {
-		return errors.New("png encoder output does not start with IHDR")
-	}
-	for _, part := range [][]byte{b[:ihdrEnd], textChunk("parameters", parameters), b[ihdrEnd:]} {
-		if _, err := w.Write(part); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// textChunk is a tEXt chunk when text is Latin-1 (the only encoding tEXt allows), else
-// an uncompressed iTXt chunk holding UTF-8, as PIL's PngInfo.add_text (which
-// AUTOMATIC1111 uses) chooses. keyword is ASCII.
-func textChunk(keyword, text string) []byte {
-	latin1, ok := toLatin1(text)
-	if ok {
-		return pngChunk("tEXt", append(append([]byte(keyword), 0), latin1...))
-	}
-	// keyword NUL, compression flag 0, method 0, empty language tag NUL, empty
-	// translated keyword NUL, text.
-	data := append([]byte(keyword), 0, 0, 0, 0, 0)
-	return pngChunk("iTXt", append(data, text...))
-}
-
-func toLatin1(s string) ([]byte, bool) {
-	out := make([]byte, 0, len(s))
-	for _, r := range s {
-		if r == 0 || r > 0xff {
-			return nil, false
-		}
-		out = append(out, byte(r))
-	}
-	return out, true
-}
-
-// pngChunk frames data: big-endian length, type, data, CRC-32 of type and data.
-func pngChunk(typ string, data []byte) []byte {
-	out := binary.BigEndian.AppendUint32(nil, uint32(len(data)))
-	out = append(out, typ...)
-	out = append(out, data...)
-	return binary.BigEndian.AppendUint32(out, crc32.ChecksumIEEE(out[4:]))
+	_, err = w.Write(b)
+	return err
 }
 
 // checkOutput fails unless the images of -o output (n of them, see outputPaths) can be

@@ -17,6 +17,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// pngSignature and the IHDR chunk (4 length + 4 type + 13 data + 4 CRC bytes) open
+// every PNG.
+var pngSignature = []byte("\x89PNG\r\n\x1a\n")
+
+const ihdrEnd = 8 + 4 + 4 + 13 + 4
+
 type pngChunkData struct {
 	typ  string
 	data []byte

@@ -176,7 +176,7 @@ func (s *Server) a1111Generate(w http.ResponseWriter, r *http.Request, img2img b
 	images := []string{}
 	if q.SendImages {
 		for _, g := range gen {
-			b, err := encodePNG(g.img, g.params.A1111(g.index))
+			b, err := diffusion.EncodePNG(g.img, g.params.A1111(g.index))
 			if err != nil {
 				writeError(w, r, err)
 				return
@@ -267,7 +267,7 @@ func (s *Server) handleA1111Progress(w http.ResponseWriter, r *http.Request) {
 			if v.Progress.Preview != nil && r.URL.Query().Get("skip_current_image") != "true" {
 				// The preview is at latent resolution; the web UI's is the image's size.
 				pw, ph := j.outputSize(v)
-				if b, err := encodePNG(scaleNearest(v.Progress.Preview, pw, ph), ""); err == nil {
+				if b, err := diffusion.EncodePNG(scaleNearest(v.Progress.Preview, pw, ph), ""); err == nil {
 					resp["current_image"] = base64.StdEncoding.EncodeToString(b)
 				}
 			}

@@ -6,10 +6,8 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
-	"hash/crc32"
 	"image"
 	"image/jpeg"
-	"image/png"
 	"io"
 	"net/http"
 	"strings"
@@ -20,48 +18,6 @@ import (
 )
 
 var pngSignature = []byte("\x89PNG\r\n\x1a\n")
-
-// ihdrEnd: the signature and the IHDR chunk (4 length + 4 type + 13 data + 4 CRC).
-const ihdrEnd = 8 + 4 + 4 + 13 + 4
-
-// encodePNG is a PNG carrying the generation parameters in a "parameters" text chunk,
-// which AUTOMATIC1111's web UI, /sdapi/v1/png-info and image viewers read back.
-func encodePNG(img image.Image, parameters string) ([]byte, error) {
-	var buf bytes.Buffer
-	if err := png.Encode(&buf, img); err != nil {
-		return nil, err
-	}
-	b := buf.Bytes()
-	if len(b) < ihdrEnd || !bytes.Equal(b[:8], pngSignature) || string(b[12:16]) != "IHDR" {
-		return nil, errors.New("png encoder output does not start with IHDR")
-	}
-	out := make([]byte, 0, len(b)+len(parameters)+64)
-	out = append(out, b[:ihdrEnd]...)
-	out = append(out, textChunk("parameters", parameters)...)
-	return append(out, b[ihdrEnd:]...), nil
-}
-
-// textChunk is tEXt for Latin-1 text (all tEXt allows), else uncompressed iTXt holding
-// UTF-8, as PIL's PngInfo.add_text, which AUTOMATIC1111 uses, chooses.
-func textChunk(keyword, text string) []byte {
-	latin1 := make([]byte, 0, len(text))
-	for _, r := range text {
-		if r == 0 || r > 0xff {
-			// keyword NUL, compression flag and method 0, empty language and
-			// translated keyword, the text.
-			return pngChunk("iTXt", append(append([]byte(keyword), 0, 0, 0, 0, 0), text...))
-		}
-		latin1 = append(latin1, byte(r))
-	}
-	return pngChunk("tEXt", append(append([]byte(keyword), 0), latin1...))
-}
-
-func pngChunk(typ string, data []byte) []byte {
-	out := binary.BigEndian.AppendUint32(nil, uint32(len(data)))
-	out = append(out, typ...)
-	out = append(out, data...)
-	return binary.BigEndian.AppendUint32(out, crc32.ChecksumIEEE(out[4:]))
-}
 
 // maxTextChunk bounds what a zTXt or compressed iTXt chunk may inflate to.
 const maxTextChunk = 1 << 20
@@ -149,7 +105,7 @@ func encodeImage(img image.Image, format, parameters string, q int) ([]byte, err
 		}
 		return buf.Bytes(), nil
 	}
-	return encodePNG(img, parameters)
+	return diffusion.EncodePNG(img, parameters)
 }
 
 // decodeBase64Image decodes a base64 image as the web UIs send them, a bare base64

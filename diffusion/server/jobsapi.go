@@ -4,6 +4,8 @@ import (
 	"encoding/base64"
 	"net/http"
 	"time"
+
+	"github.com/gosd/gosd/diffusion"
 )
 
 // jobRequest is the body of POST /v1/jobs: a txt2img, img2img or inpaint generation in
@@ -77,7 +79,7 @@ func toJobJSON(v jobView, withImages bool) (jobJSON, error) {
 	if withImages {
 		for _, g := range v.images() {
 			text := g.params.A1111(g.index)
-			b, err := encodePNG(g.img, text)
+			b, err := diffusion.EncodePNG(g.img, text)
 			if err != nil {
 				return out, err
 			}
@@ -192,7 +194,7 @@ func (s *Server) handleJobEvents(w http.ResponseWriter, r *http.Request) {
 			lastStep, lastEval = v.Progress.Step, v.Progress.Evaluation
 			out, _ := toJobJSON(v, false)
 			if v.Progress.Preview != nil {
-				if b, err := encodePNG(v.Progress.Preview, ""); err == nil {
+				if b, err := diffusion.EncodePNG(v.Progress.Preview, ""); err == nil {
 					out.Progress.Preview = base64.StdEncoding.EncodeToString(b)
 				}
 			}
