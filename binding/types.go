@@ -213,6 +213,7 @@ type UNetConfig struct {
 	ProjectionClassEmbeddingsInputDim int32
 	ClassEmbedType                    UNetClassEmbed
 	NumClassEmbeds                    int32
+	OnlyCrossAttention                [MaxLevels]int32 // per level (down order); the mid block never
 }
 
 // UNetInputs are the inputs of one UNet evaluation (sd_unet_inputs_t); a zero Tensor is an

@@ -460,6 +460,11 @@ typedef struct sd_unet_config {
      * embedding, SiLU, linear_2) of the time sinusoid of class_labels. */
     int32_t class_embed_type;
     int32_t num_class_embeds; /* TABLE: the table's rows, >= 1; x4 upscaler 1000 */
+    /* Per level (down order; up block i uses level levels-1-i, as diffusers reverses the
+     * list; the mid block never): 1 makes attn1 of every transformer block a cross-attention
+     * over the context (attn1.to_k / to_v take cross_attention_dim inputs), diffusers'
+     * only_cross_attention. Default 0. */
+    int32_t only_cross_attention[SD_MAX_LEVELS];
 } sd_unet_config_t;
 
 /* diffusers' AutoencoderKL config. */

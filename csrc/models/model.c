@@ -586,12 +586,14 @@ sd_tensor_t *g_resnet(graph_t *g, const resnet_w *r, const sd_tensor_t *x,
  * ref: diffusers.models.transformers.transformer_2d.Transformer2DModel (continuous input):
  * GroupNorm(eps 1e-6) -> proj_in (1x1 conv, or linear after the permute: the same map)
  * -> blocks [x += attn1(norm1 x); x += attn2(norm2 x, context); x += ff(norm3 x)] ->
+ * (only_cross_attention: attn1(norm1 x, context), its to_k / to_v of context_dim inputs)
  * proj_out -> + input. Attention projections q/k/v have no bias; GEGLU feed-forward.
  * ------------------------------------------------------------------------------------- */
 
 void ld_transformer(loader_t *L, transformer_w *t, int64_t channels, int64_t heads,
-                    int64_t context_dim, int32_t n_blocks, const char *prefix) {
+                    int64_t context_dim, int32_t n_blocks, int32_t only_cross, const char *prefix) {
     memset(t, 0, sizeof *t);
+    t->only_cross = only_cross != 0;
     t->channels = channels;
     t->heads = heads;
     t->ff_inner = 4 * channels;
@@ -609,8 +611,9 @@ void ld_transformer(loader_t *L, transformer_w *t, int64_t channels, int64_t hea
         snprintf(p, sizeof p, "%s.transformer_blocks.%d", prefix, (int)i);
         b->norm1 = ld_norm(L, channels, "%s.norm1", p);
         b->q1 = ld_linear(L, channels, channels, false, "%s.attn1.to_q", p);
-        b->k1 = ld_linear(L, channels, channels, false, "%s.attn1.to_k", p);
-        b->v1 = ld_linear(L, channels, channels, false, "%s.attn1.to_v", p);
+        const int64_t kv1 = t->only_cross ? context_dim : channels;
+        b->k1 = ld_linear(L, channels, kv1, false, "%s.attn1.to_k", p);
+        b->v1 = ld_linear(L, channels, kv1, false, "%s.attn1.to_v", p);
         b->o1 = ld_linear(L, channels, channels, true, "%s.attn1.to_out.0", p);
         b->norm2 = ld_norm(L, channels, "%s.norm2", p);
         b->q2 = ld_linear(L, channels, channels, false, "%s.attn2.to_q", p);
@@ -663,7 +666,8 @@ sd_tensor_t *g_transformer(graph_t *g, const transformer_w *t, const sd_tensor_t
     for (int32_t i = 0; i < t->n_blocks && g->st == SD_STATUS_OK; i++) {
         const tblock_w *blk = &t->blocks[i];
         G(g, sd_op_layer_norm(g->ctx, normed, tok, blk->norm1.gamma, blk->norm1.beta, 1e-5f));
-        g_attention_block(g, tok, normed, normed, &blk->q1, &blk->k1, &blk->v1, &blk->o1, t->heads);
+        g_attention_block(g, tok, normed, t->only_cross ? context : normed, &blk->q1, &blk->k1,
+                          &blk->v1, &blk->o1, t->heads);
         G(g, sd_op_layer_norm(g->ctx, normed, tok, blk->norm2.gamma, blk->norm2.beta, 1e-5f));
         g_attention_block(g, tok, normed, context, &blk->q2, &blk->k2, &blk->v2, &blk->o2,
                           t->heads);

@@ -162,6 +162,7 @@ typedef struct {
 
 typedef struct {
     int64_t channels, heads, ff_inner;
+    int32_t only_cross; /* attn1 attends to the context too (diffusers' only_cross_attention) */
     sd_norm_w norm;
     sd_linear_w proj_in, proj_out;
     int32_t n_blocks;
@@ -169,7 +170,7 @@ typedef struct {
 } transformer_w;
 
 void ld_transformer(loader_t *L, transformer_w *t, int64_t channels, int64_t heads,
-                    int64_t context_dim, int32_t n_blocks, const char *prefix);
+                    int64_t context_dim, int32_t n_blocks, int32_t only_cross, const char *prefix);
 void free_transformer(transformer_w *t);
 /* x (B, C, H, W), context (B, T, context_dim) -> new (B, C, H, W). */
 sd_tensor_t *g_transformer(graph_t *g, const transformer_w *t, const sd_tensor_t *x,

@@ -136,7 +136,7 @@ static bool unet_config_ok(loader_t *L, const sd_unet_config_t *c) {
 
 static void ld_block(loader_t *L, unet_block_w *b, int32_t n_resnets, const int64_t *res_in,
                      int64_t out, int64_t temb_dim, bool attention, int64_t heads, int64_t ctx_dim,
-                     int32_t t_layers, const char *kind, int i, bool sampler) {
+                     int32_t t_layers, int32_t only_cross, const char *kind, int i, bool sampler) {
     b->n_resnets = n_resnets;
     b->resnets = calloc((size_t)n_resnets, sizeof *b->resnets);
     if (attention) b->attentions = calloc((size_t)n_resnets, sizeof *b->attentions);
@@ -150,7 +150,7 @@ static void ld_block(loader_t *L, unet_block_w *b, int32_t n_resnets, const int6
         ld_resnet(L, &b->resnets[j], res_in[j], out, temb_dim, p);
         if (attention) {
             snprintf(p, sizeof p, "%s.%d.attentions.%d", kind, i, (int)j);
-            ld_transformer(L, &b->attentions[j], out, heads, ctx_dim, t_layers, p);
+            ld_transformer(L, &b->attentions[j], out, heads, ctx_dim, t_layers, only_cross, p);
         }
     }
     if (sampler)
@@ -200,7 +200,8 @@ sd_status_t sd_unet_load(sd_ctx_t *ctx, const sd_unet_config_t *config, const sd
         out_ch = c->block_out_channels[i];
         for (int j = 0; j < layers; j++) res_in[j] = j == 0 ? in_ch : out_ch;
         ld_block(L, &net->down[i], layers, res_in, out_ch, temb, c->down_attention[i] != 0,
-                 c->heads[i], ctx_dim, c->transformer_layers[i], "down_blocks", i, i < levels - 1);
+                 c->heads[i], ctx_dim, c->transformer_layers[i], c->only_cross_attention[i],
+                 "down_blocks", i, i < levels - 1);
     }
 
     const int64_t deep = c->block_out_channels[levels - 1];
@@ -210,7 +211,7 @@ sd_status_t sd_unet_load(sd_ctx_t *ctx, const sd_unet_config_t *config, const sd
     net->has_mid_attention = c->mid_attention != 0;
     if (net->has_mid_attention) {
         ld_transformer(L, &net->mid_attention, deep, c->heads[levels - 1], ctx_dim,
-                       c->transformer_layers[levels - 1], "mid_block.attentions.0");
+                       c->transformer_layers[levels - 1], 0, "mid_block.attentions.0");
         ld_resnet(L, &net->mid_resnets[1], deep, deep, temb, "mid_block.resnets.1");
     }
 
@@ -223,7 +224,8 @@ sd_status_t sd_unet_load(sd_ctx_t *ctx, const sd_unet_config_t *config, const sd
         for (int j = 0; j <= layers; j++)
             res_in[j] = (j == 0 ? prev : out_ch) + (j == layers ? skip_in : out_ch);
         ld_block(L, &net->up[i], layers + 1, res_in, out_ch, temb, c->up_attention[i] != 0,
-                 c->heads[lv], ctx_dim, c->transformer_layers[lv], "up_blocks", i, i < levels - 1);
+                 c->heads[lv], ctx_dim, c->transformer_layers[lv], c->only_cross_attention[lv],
+                 "up_blocks", i, i < levels - 1);
     }
     net->norm_out = ld_norm(L, c0, "conv_norm_out");
     net->conv_out = ld_conv(L, c->out_channels, c0, c->conv_out_kernel, "conv_out");
