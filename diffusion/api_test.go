@@ -76,6 +76,11 @@ func TestDefaultsAndParams(t *testing.T) {
 }
 
 func TestSamplerNames(t *testing.T) {
+	all := Samplers()
+	require.Len(t, all, int(LCM-DDPM)+1, "every sampler, auto excluded")
+	for i, s := range all {
+		assert.Equal(t, DDPM+Sampler(i), s)
+	}
 	for s := DDPM; s <= LCM; s++ {
 		parsed, err := ParseSampler(s.String())
 		require.NoError(t, err)

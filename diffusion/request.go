@@ -60,6 +60,15 @@ func (s Sampler) A1111Name() string {
 	return s.String()
 }
 
+// Samplers lists every sampler, SamplerAuto excluded, in the order of their constants.
+func Samplers() []Sampler {
+	var out []Sampler
+	for s := Sampler(1); s.valid(); s++ {
+		out = append(out, s)
+	}
+	return out
+}
+
 // ParseSampler parses "auto" or a schedule sampler name.
 func ParseSampler(name string) (Sampler, error) {
 	if strings.EqualFold(name, "auto") || name == "" {
@@ -87,7 +96,8 @@ type Request struct {
 	// NegativePrompt is what classifier-free guidance steers away from ("" is the empty
 	// prompt, as diffusers).
 	NegativePrompt string
-	// Width and Height in pixels, multiples of 8 (of the VAE's downsampling factor).
+	// Width and Height in pixels, multiples of 8 (and of the VAE's downsampling factor
+	// where that is larger).
 	// 0: the model's native size (512 for SD 1.x).
 	Width, Height int
 	// Steps is the number of sampling steps (default 20; second-order samplers evaluate

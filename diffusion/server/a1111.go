@@ -355,7 +355,7 @@ func extOf(name string) string {
 
 func (s *Server) handleA1111Samplers(w http.ResponseWriter, r *http.Request) {
 	out := []map[string]any{}
-	for _, smp := range samplers() {
+	for _, smp := range diffusion.Samplers() {
 		out = append(out, map[string]any{"name": smp.A1111Name(), "aliases": []string{smp.String()}, "options": map[string]any{}})
 	}
 	writeJSON(w, http.StatusOK, out)

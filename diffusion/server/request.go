@@ -119,23 +119,12 @@ func parseSampler(name string) (diffusion.Sampler, schedule.SigmaSchedule, error
 			base, sch = t, suffix.s
 		}
 	}
-	for _, smp := range samplers() {
+	for _, smp := range diffusion.Samplers() {
 		if strings.EqualFold(smp.A1111Name(), base) {
 			return smp, sch, nil
 		}
 	}
 	return 0, 0, fmt.Errorf("unknown sampler %q (GET /sdapi/v1/samplers lists them)", name)
-}
-
-// samplers are the samplers a request may name, SamplerAuto excluded.
-func samplers() []diffusion.Sampler {
-	var out []diffusion.Sampler
-	for s := diffusion.Sampler(1); ; s++ {
-		if strings.HasPrefix(s.String(), "Sampler(") {
-			return out
-		}
-		out = append(out, s)
-	}
 }
 
 // schedulers are AUTOMATIC1111's schedule names the runtime has.
