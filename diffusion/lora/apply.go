@@ -461,7 +461,8 @@ func (m *Module) factors() (out, cols, rank int, err error) {
 func (m *Module) delta() (matrix, error) {
 	get := func(s string) (matrix, error) { return tensorMatrix(m.tensors[s]) }
 	has := func(s string) bool { _, ok := m.tensors[s]; return ok }
-	product := func(a, b string) (matrix, error) {
+	// pair gets the two factors a and b and combines them.
+	pair := func(a, b string, combine func(x, y matrix) (matrix, error)) (matrix, error) {
 		x, err := get(a)
 		if err != nil {
 			return matrix{}, err
@@ -470,18 +471,11 @@ func (m *Module) delta() (matrix, error) {
 		if err != nil {
 			return matrix{}, err
 		}
-		return matmul(x, y)
+		return combine(x, y)
 	}
+	product := func(a, b string) (matrix, error) { return pair(a, b, matmul) }
 	withCore := func(core, a, b string) (matrix, error) {
-		x, err := get(a)
-		if err != nil {
-			return matrix{}, err
-		}
-		y, err := get(b)
-		if err != nil {
-			return matrix{}, err
-		}
-		return tucker(m.tensors[core], x, y)
+		return pair(a, b, func(x, y matrix) (matrix, error) { return tucker(m.tensors[core], x, y) })
 	}
 	switch m.Kind {
 	case LoRA:
@@ -490,15 +484,7 @@ func (m *Module) delta() (matrix, error) {
 			down, up = "lora_A.weight", "lora_B.weight"
 		}
 		if has("lora_mid.weight") {
-			u, err := get(up)
-			if err != nil {
-				return matrix{}, err
-			}
-			d, err := get(down)
-			if err != nil {
-				return matrix{}, err
-			}
-			return loraMid(u, d, m.tensors["lora_mid.weight"])
+			return pair(up, down, func(u, d matrix) (matrix, error) { return loraMid(u, d, m.tensors["lora_mid.weight"]) })
 		}
 		return product(up, down)
 	case LoHa:
