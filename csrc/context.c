@@ -309,7 +309,7 @@ sd_status_t sd_ctx_check(sd_ctx_t *ctx) {
     return SD_STATUS_OK;
 }
 
-static uint64_t now_ns(void) {
+uint64_t sd_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
@@ -334,13 +334,13 @@ void sd_ctx_profile_reset(sd_ctx_t *ctx) {
 uint64_t sd_profile_begin(sd_ctx_t *ctx) {
     if (!ctx->profiling) return 0;
     if (ctx->backend->ops->synchronize) ctx->backend->ops->synchronize(ctx);
-    return now_ns();
+    return sd_now_ns();
 }
 
 void sd_profile_end(sd_ctx_t *ctx, const char *name, double flops, uint64_t begin) {
     if (begin == 0) return;
     if (ctx->backend->ops->synchronize) ctx->backend->ops->synchronize(ctx);
-    uint64_t ns = now_ns() - begin;
+    uint64_t ns = sd_now_ns() - begin;
     for (int i = 0; i < SD_PROFILE_SLOTS; i++) {
         sd_profile_slot_t *s = &ctx->profile[i];
         if (s->name == NULL) s->name = name;

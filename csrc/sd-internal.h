@@ -309,6 +309,9 @@ sd_status_t sd_fail_device(sd_ctx_t *ctx, const char *fmt, ...)
 void sd_log(sd_ctx_t *ctx, int32_t level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t sd_now_ns(void);
+
 /* Profiling around one backend call: begin returns a timestamp (0 when disabled), end
  * adds the elapsed time and flops to the slot named `name` (a static string). */
 uint64_t sd_profile_begin(sd_ctx_t *ctx);

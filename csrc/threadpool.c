@@ -12,7 +12,6 @@
 #include "cpu.h"
 
 #include <stdlib.h>
-#include <time.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
 #define SD_HAVE_MXCSR 1
@@ -55,12 +54,6 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* A bounded busy-wait. The budget is time, not a count of pauses, because a pause takes
  * from a few to ~150 cycles depending on the CPU; the clock is read every 64 pauses. */
 typedef struct {
@@ -69,13 +62,13 @@ typedef struct {
 } spin_t;
 
 static spin_t spin_start(void) {
-    return (spin_t){now_ns() + SPIN_NS, 0};
+    return (spin_t){sd_now_ns() + SPIN_NS, 0};
 }
 
 /* Pauses once; false when the budget is spent. */
 static bool spin_again(spin_t *s) {
     cpu_relax();
-    return (++s->n & 63) != 0 || now_ns() < s->deadline;
+    return (++s->n & 63) != 0 || sd_now_ns() < s->deadline;
 }
 
 static unsigned flush_denormals(void) {
