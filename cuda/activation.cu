@@ -4,7 +4,7 @@
  * x, out: any shape, f32/f16, contiguous; computed in float32. ref: torch.nn.functional.silu,
  * gelu (approximate 'none' and 'tanh'), transformers' quick_gelu (x * sigmoid(1.702 x)) and
  * diffusers' GEGLU (the projection split in halves a, gate along the last dim; a * gelu(gate)),
- * as csrc/ops/activation.c. The formulas are the CPU kernels' ones, written so both tails
+ * as csrc/cpu/kernels/activation.c. The formulas are the CPU kernels' ones, written so both tails
  * keep their relative accuracy: GELU through erfc, the sigmoids as x / (1 + exp(-t)).
  */
 #include "activation.cuh"

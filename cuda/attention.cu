@@ -5,7 +5,7 @@
  * q: (B, Tq, C), k, v: (B, Tk, C), out: (B, Tq, C), f32/f16; H heads of d = C/H channels,
  * head h being channels [h*d, (h+1)*d). ref: torch.nn.functional.scaled_dot_product_attention
  * (diffusers' AttnProcessor2_0); causal as CLIP's mask (query i sees keys 0..i); as
- * csrc/ops/attention.c.
+ * csrc/cpu/kernels/attention.c.
  *
  * Neither kernel materialises the Tq x Tk score matrix: keys and values stream through
  * shared memory in tiles, and each query row keeps a running maximum m, a running sum l

@@ -5,7 +5,7 @@
  * x: (N, Cin, H, W) f32/f16; w: (Cout, Cin, KH, KW) f32/f16/bf16; out: (N, Cout, OH, OW)
  * like x. ref: torch.nn.functional.conv2d (groups=1, dilation=1) after F.pad with zeros,
  * padding per side as sd_conv2d_params_t; bias (Cout) or (N, Cout), residual added in the
- * epilogue, as csrc/ops/conv2d.c.
+ * epilogue, as csrc/cpu/kernels/conv2d.c.
  *
  * GEMM view: C (Cout x N*OH*OW) = W (Cout x K) * im2col(x) (K x N*OH*OW), K = Cin*KH*KW.
  * No im2col matrix is materialised: each thread gathers its B-tile elements straight from

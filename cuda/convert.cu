@@ -2,8 +2,8 @@
  * convert.cu - element type conversion (F32 <-> F16 / BF16) and clamping on the GPU.
  *
  * convert: x, out same shape, any float dtype; ref: torch.Tensor.to(dtype), round to
- * nearest even (as csrc/ops/convert.c). clamp: x, out f32/f16 of one dtype, out may be x;
- * ref: torch.clamp (csrc/ops/elementwise.c).
+ * nearest even (as csrc/cpu/kernels/convert.c). clamp: x, out f32/f16 of one dtype, out may be x;
+ * ref: torch.clamp (csrc/cpu/kernels/elementwise.c).
  */
 #include "convert.cuh"
 

@@ -5,7 +5,7 @@
  * add/mul: a, out any shape; b a's shape or a suffix of it, f32/f16, computed in float32
  * (f32 results are bit-identical to the CPU's). ref: torch broadcasting of trailing dims.
  * concat: (N, Ca, ...) + (N, Cb, ...) -> (N, Ca + Cb, ...), ref: torch.cat along dim 1 (the
- * UNet's skip connections). As csrc/ops/elementwise.c.
+ * UNet's skip connections). As csrc/cpu/kernels/elementwise.c.
  */
 #include "elementwise.cuh"
 

@@ -2,7 +2,7 @@
  * embedding.cu - row gather (token embeddings) on the GPU.
  *
  * ids: (B, T) i32 in [0, V); table: (V, C) f32/f16/bf16 -> out: (B, T, C) f32/f16.
- * ref: torch.nn.Embedding (csrc/ops/embedding.c).
+ * ref: torch.nn.Embedding (csrc/cpu/kernels/embedding.c).
  *
  * The ids live in device memory, so checking them before the gather would need a copy to
  * the host and a wait on every call (and could not be captured in a CUDA graph). Instead the

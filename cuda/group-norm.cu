@@ -3,7 +3,7 @@
  *
  * x, out: (N, C, ...) f32/f16, contiguous; groups G divide C; gamma, beta: (C) f32 or NULL.
  * ref: torch.nn.GroupNorm (biased variance, eps inside the square root), then
- * torch.nn.functional.silu when fused (diffusers ResnetBlock2D), as csrc/ops/group-norm.c.
+ * torch.nn.functional.silu when fused (diffusers ResnetBlock2D), as csrc/cpu/kernels/group-norm.c.
  *
  * The group g of sample n is one contiguous run of (C/G)*S elements (S: spatial size).
  * SD has only N*G = 64 groups at batch 2, too few blocks for a GPU, so each group is split

@@ -2,7 +2,7 @@
  * layer-norm.cu - layer normalisation over the last dimension on the GPU.
  *
  * x, out: (..., C) f32/f16; gamma, beta: (C) f32 or NULL. ref: torch.nn.LayerNorm (biased
- * variance, eps inside the square root), as csrc/ops/layer-norm.c.
+ * variance, eps inside the square root), as csrc/cpu/kernels/layer-norm.c.
  *
  * One warp per row, three passes over the row (mean, squared deviations from it, then the
  * normalised output): the same two-pass statistics as the CPU op, and rows of SD's sizes

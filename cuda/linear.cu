@@ -3,7 +3,7 @@
  *
  * w: (N, K) f32/f16/bf16; TOKENS x (..., T, K) -> out (..., T, N); CHANNELS_FIRST x
  * (B, K, T...) -> out (B, N, T...); activations f32 or f16. ref: torch.nn.functional.linear;
- * a channels-first side is a 1x1 conv2d (csrc/ops/linear.c).
+ * a channels-first side is a 1x1 conv2d (csrc/cpu/kernels/linear.c).
  *
  * When the weight has the activations' dtype the GEMM runs in cuBLASLt (f32 accumulation;
  * f32 activations use CUBLAS_COMPUTE_32F, never TF32, so the F32 path stays accurate).

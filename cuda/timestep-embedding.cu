@@ -2,7 +2,7 @@
  * timestep-embedding.cu - sinusoidal timestep embedding on the GPU.
  *
  * t: (N) f32 -> out: (N, D) f32/f16. ref: diffusers.models.embeddings.get_timestep_embedding,
- * as csrc/ops/timestep-embedding.c: freq_f = exp(-ln(max_period) * f / (D/2 - shift)),
+ * as csrc/cpu/kernels/timestep-embedding.c: freq_f = exp(-ln(max_period) * f / (D/2 - shift)),
  * argument scale * (t * freq_f), halves [sin, cos] ([cos, sin] with flip_sin_to_cos), a zero
  * column for odd D.
  *

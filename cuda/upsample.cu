@@ -2,7 +2,7 @@
  * upsample.cu - nearest-neighbour resize on the GPU.
  *
  * x: (N, C, H, W) -> out: (N, C, OH, OW), f32/f16. ref: torch.nn.functional.interpolate(
- * mode='nearest') as diffusers' Upsample2D uses it (csrc/ops/upsample.c): the 2x case has
+ * mode='nearest') as diffusers' Upsample2D uses it (csrc/cpu/kernels/upsample.c): the 2x case has
  * its own kernel; other sizes use source index floor(dst * (in / out)) with the scale in
  * float, as torch and the CPU op compute it.
  */

@@ -6,7 +6,7 @@
  * final_layer_norm; pooled output at the first eos token. SD 2.x's OpenCLIP tower is the
  * same network once its weights are renamed (done on the Go side).
  */
-#include "model.h"
+#include "blocks.h"
 
 #include <string.h>
 
@@ -110,7 +110,7 @@ sd_status_t sd_clip_load(sd_ctx_t *ctx, const sd_clip_config_t *config, const sd
     return loader_finish(L, net, clip_free, out);
 }
 
-static void clip_layer(graph_t *g, const clip_net_t *net, const clip_layer_w *l, sd_tensor_t *x) {
+static void clip_layer(build_t *g, const clip_net_t *net, const clip_layer_w *l, sd_tensor_t *x) {
     const int64_t b = x->shape[0], t = x->shape[1], c = net->cfg.hidden, f = net->cfg.intermediate;
     const float eps = net->cfg.layer_norm_eps;
     sd_tensor_t *n = g_new(g, 3, b, t, c, 0);
@@ -165,7 +165,7 @@ sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t 
                        "clip_forward: pooled %s must be (%lld, %lld)",
                        sd_tensor_describe(pooled, buf, sizeof buf), (long long)b, (long long)c);
 
-    graph_t gr = graph_begin(ctx), *g = &gr;
+    build_t gr = build_begin(ctx), *g = &gr;
     sd_tensor_t *x = g_new(g, 3, b, t, c, 0);
     G(g, sd_op_embedding(ctx, x, ids, net->token_embedding));
     sd_tensor_t pos = sd_rows_view(net->position_embedding, 0, t);

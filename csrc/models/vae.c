@@ -8,7 +8,7 @@
  * 1x1 convolutions, and DiagonalGaussianDistribution (mean, logvar clamped to [-30, 20]).
  * The scaling factor is the caller's business (raw latents in and out).
  */
-#include "model.h"
+#include "blocks.h"
 
 #include <string.h>
 
@@ -159,7 +159,7 @@ sd_status_t sd_vae_load(sd_ctx_t *ctx, const sd_vae_config_t *config, const sd_w
 }
 
 /* Runs a chain of ResNets, freeing each intermediate (but not x). */
-static sd_tensor_t *g_resnets(graph_t *g, const vae_block_w *blk, sd_tensor_t *x, int32_t groups) {
+static sd_tensor_t *g_resnets(build_t *g, const vae_block_w *blk, sd_tensor_t *x, int32_t groups) {
     sd_tensor_t *h = x;
     for (int32_t j = 0; j < blk->n_resnets; j++) {
         sd_tensor_t *r = g_resnet(g, &blk->resnets[j], h, NULL, groups, VAE_EPS);
@@ -169,7 +169,7 @@ static sd_tensor_t *g_resnets(graph_t *g, const vae_block_w *blk, sd_tensor_t *x
     return h;
 }
 
-static sd_tensor_t *g_mid(graph_t *g, const vae_mid_w *m, const sd_tensor_t *x, int32_t groups) {
+static sd_tensor_t *g_mid(build_t *g, const vae_mid_w *m, const sd_tensor_t *x, int32_t groups) {
     sd_tensor_t *h = g_resnet(g, &m->res[0], x, NULL, groups, VAE_EPS);
     if (m->has_attn) {
         sd_tensor_t *a = g_vae_attention(g, &m->attn, h, groups, VAE_EPS);
@@ -200,7 +200,7 @@ sd_status_t sd_vae_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *z
             "vae_decode: z %s, out %s: expected z (B, %d, h, w), out (B, %d, %lld h, %lld w)",
             sd_tensor_describe(z, b1, sizeof b1), sd_tensor_describe(out, b2, sizeof b2),
             c->latent_channels, c->out_channels, (long long)f, (long long)f);
-    graph_t gr = graph_begin(ctx), *g = &gr;
+    build_t gr = build_begin(ctx), *g = &gr;
     const int32_t groups = c->norm_groups, levels = c->levels;
     const int64_t deep = c->block_out_channels[levels - 1];
     sd_tensor_t *zi = g_input(g, z);
@@ -267,7 +267,7 @@ sd_status_t sd_vae_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x
                            "vae_encode: %s must be (%lld, %d, %lld, %lld)", i ? "logvar" : "mean",
                            (long long)b, c->latent_channels, (long long)lh, (long long)lw);
 
-    graph_t gr = graph_begin(ctx), *g = &gr;
+    build_t gr = build_begin(ctx), *g = &gr;
     const int32_t groups = c->norm_groups, levels = c->levels;
     const int64_t lat = c->latent_channels;
     sd_tensor_t *xi = g_input(g, x);

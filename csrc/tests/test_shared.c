@@ -5,7 +5,7 @@
  * on the GPU (device memory shared by contexts with streams of their own), exit 77 without
  * one. */
 #include "harness.h"
-#include "models/model.h"
+#include "model.h"
 
 #include <math.h>
 #include <pthread.h>

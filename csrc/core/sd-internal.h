@@ -291,9 +291,9 @@ struct sd_ctx {
 #endif
 
 sd_backend_t *sd_ctx_backend_ptr(sd_ctx_t *ctx);
-/* Frees every model of ctx's group (models/model.c), as the last context of a group must. */
+/* Frees every model of ctx's group (models/loader.c), as the last context of a group must. */
 void sd_models_free_all(sd_ctx_t *ctx);
-/* Frees what ctx keeps for each model of its group (models/model.c); the group's lock is
+/* Frees what ctx keeps for each model of its group (models/loader.c); the group's lock is
  * held. */
 void sd_models_forget_ctx_locked(sd_ctx_t *ctx);
 /* Adds delta (may be negative) to the backend memory reported as held by the weights of

@@ -143,7 +143,7 @@ typedef struct sd_cpu_kernels {
      * causal false means every row counts. */
     void (*softmax_panel)(float *s, int64_t rows, float *m, float *l, float *alpha, bool causal,
                           int64_t causal_offset);
-    /* Winograd F(4x4, 3x3) transforms, vectorised over tiles (see ops/winograd.c).
+    /* Winograd F(4x4, 3x3) transforms, vectorised over tiles (see kernels/winograd.c).
      * wino_input: n <= NR tiles of one tile row, tile i's 6x6 patch starting at column
      * 4*i of `rows` (6 rows of a zero-padded buffer, row stride ld). The 36 transformed
      * values of tile i go to dst[xi * xi_stride + i].
@@ -162,7 +162,7 @@ extern const sd_cpu_kernels_t sd_cpu_kernels_avx512;
 #endif
 
 /* ---------------------------------------------------------------------------------------
- * GEMM driver (ops/gemm.c)
+ * GEMM driver (kernels/gemm.c)
  * ------------------------------------------------------------------------------------- */
 
 typedef struct sd_cpu_backend sd_cpu_backend_t;
@@ -240,11 +240,11 @@ int sd_cgroup_cpu_limit(const char *root, const char *self_cgroup);
 /* Kernel table chosen for this CPU; honours SD_CPU_ISA=generic|avx2|avx512. */
 const sd_cpu_kernels_t *sd_cpu_select_kernels(char *why, size_t why_len);
 
-/* Op implementations (csrc/ops/), called by the backend table. */
+/* Op implementations (csrc/cpu/kernels/), called by the backend table. */
 sd_status_t sd_cpu_conv2d(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                           const sd_tensor_t *w, const sd_tensor_t *bias,
                           const sd_tensor_t *residual, const sd_conv2d_params_t *p);
-/* Winograd F(4x4, 3x3) for the 3x3 stride-1 convolutions where it pays (ops/winograd.c). */
+/* Winograd F(4x4, 3x3) for the 3x3 stride-1 convolutions where it pays (kernels/winograd.c). */
 bool sd_cpu_winograd_applies(const sd_tensor_t *x, const sd_tensor_t *w,
                              const sd_conv2d_params_t *p, int64_t oh, int64_t ow);
 sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
