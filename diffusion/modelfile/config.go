@@ -123,7 +123,32 @@ type UNetConfig struct {
 	ConvInKernel              int
 	ConvOutKernel             int
 	TimeEmbeddingDim          int // 4 × BlockOutChannels[0] unless configured
+
+	// OnlyCrossAttention is nil or, per level (down order; up level i uses
+	// entry levels-1-i), whether the first attention of each transformer block
+	// attends to the text context instead of the image (the x4 upscaler's).
+	OnlyCrossAttention []bool
+	// AdditionEmbedType is "" or AdditionTextTime (SDXL: pooled text
+	// embeddings and micro-conditioning time ids through add_embedding, an
+	// MLP from ProjectionClassEmbeddingsInputDim inputs, each time id embedded
+	// AdditionTimeEmbedDim wide).
+	AdditionEmbedType                 string
+	AdditionTimeEmbedDim              int
+	ProjectionClassEmbeddingsInputDim int
+	// ClassEmbedType is "", ClassTable (an embedding table of NumClassEmbeds
+	// rows: diffusers' class_embed_type null with num_class_embeds set, the
+	// x4 upscaler's noise level) or ClassTimestep (labels embedded as
+	// timesteps, then an MLP).
+	ClassEmbedType string
+	NumClassEmbeds int
 }
+
+// Values of UNetConfig's AdditionEmbedType and ClassEmbedType.
+const (
+	AdditionTextTime = "text_time"
+	ClassTable       = "table"
+	ClassTimestep    = "timestep"
+)
 
 // unetJSON is config.json as diffusers writes it; it starts from
 // UNet2DConditionModel's defaults, so keys missing from older files (and
@@ -159,12 +184,17 @@ type unetJSON struct {
 	ConvInKernel              int       `json:"conv_in_kernel"`
 	ConvOutKernel             int       `json:"conv_out_kernel"`
 
-	// Features of other architectures (SDXL, class-conditioned and
-	// LCM-distilled UNets, ...) that must stay off.
-	AdditionEmbedType                *string   `json:"addition_embed_type,omitempty"`
-	ClassEmbedType                   *string   `json:"class_embed_type,omitempty"`
+	// Extra conditioning: SDXL's text_time, class embeddings.
+	AdditionEmbedType                 *string `json:"addition_embed_type"`
+	AdditionTimeEmbedDim              *int    `json:"addition_time_embed_dim"`
+	ProjectionClassEmbeddingsInputDim *int    `json:"projection_class_embeddings_input_dim"`
+	ClassEmbedType                    *string `json:"class_embed_type"`
+	NumClassEmbeds                    *int    `json:"num_class_embeds"`
+	ClassEmbeddingsConcat             bool    `json:"class_embeddings_concat"`
+
+	// Features of other architectures (LCM-distilled UNets, ...) that must
+	// stay off.
 	EncoderHidDimType                *string   `json:"encoder_hid_dim_type,omitempty"`
-	NumClassEmbeds                   *int      `json:"num_class_embeds,omitempty"`
 	TimeCondProjDim                  *int      `json:"time_cond_proj_dim,omitempty"`
 	DualCrossAttention               bool      `json:"dual_cross_attention,omitempty"`
 	AttentionType                    string    `json:"attention_type,omitempty"`
@@ -201,6 +231,7 @@ const (
 	crossAttnUp   = "CrossAttnUpBlock2D"
 	plainUp       = "UpBlock2D"
 	crossAttnMid  = "UNetMidBlock2DCrossAttn"
+	plainMid      = "UNetMidBlock2D" // one ResNet in UNet2DConditionModel
 	vaeDown       = "DownEncoderBlock2D"
 	vaeUp         = "UpDecoderBlock2D"
 )
@@ -222,16 +253,18 @@ func (j unetJSON) resolve() (UNetConfig, error) {
 	switch {
 	case j.ClassName != "" && j.ClassName != "UNet2DConditionModel":
 		return UNetConfig{}, unsupportedf("class %s is not supported (want UNet2DConditionModel)", j.ClassName)
-	case j.AdditionEmbedType != nil:
-		return UNetConfig{}, unsupportedf("addition_embed_type %q is not supported (an SDXL-style UNet?)", *j.AdditionEmbedType)
-	case j.ClassEmbedType != nil || j.NumClassEmbeds != nil:
-		return UNetConfig{}, unsupportedf("class embeddings are not supported")
+	case j.AdditionEmbedType != nil && *j.AdditionEmbedType != AdditionTextTime:
+		return UNetConfig{}, unsupportedf("addition_embed_type %q is not supported (only %s, SDXL's)", *j.AdditionEmbedType, AdditionTextTime)
+	case j.ClassEmbedType != nil && *j.ClassEmbedType != ClassTimestep:
+		return UNetConfig{}, unsupportedf("class_embed_type %q is not supported (only none, with num_class_embeds, or %s)", *j.ClassEmbedType, ClassTimestep)
+	case j.ClassEmbeddingsConcat:
+		return UNetConfig{}, unsupportedf("class_embeddings_concat is not supported")
 	case j.EncoderHidDimType != nil:
 		return UNetConfig{}, unsupportedf("encoder_hid_dim_type is not supported")
 	case j.TimeCondProjDim != nil:
 		return UNetConfig{}, unsupportedf("time_cond_proj_dim (guidance-distilled UNets) is not supported")
-	case j.DualCrossAttention || j.AttentionType != "default" || (j.OnlyCrossAttention != nil && j.OnlyCrossAttention != false):
-		return UNetConfig{}, unsupportedf("dual_cross_attention, only_cross_attention and non-default attention_type are not supported")
+	case j.DualCrossAttention || j.AttentionType != "default":
+		return UNetConfig{}, unsupportedf("dual_cross_attention and non-default attention_type are not supported")
 	case j.ReverseTransformerLayersPerBlock.set:
 		return UNetConfig{}, unsupportedf("reverse_transformer_layers_per_block is not supported")
 	case j.ActFn != "silu" || j.ResnetTimeScaleShift != "default" || j.TimeEmbeddingType != "positional":
@@ -279,7 +312,58 @@ func (j unetJSON) resolve() (UNetConfig, error) {
 	if c.TransformerLayersPerBlock, err = j.TransformerLayersPerBlock.perBlock(levels, "transformer_layers_per_block"); err != nil {
 		return c, err
 	}
+	if c.OnlyCrossAttention, err = boolPerBlock(j.OnlyCrossAttention, levels, "only_cross_attention"); err != nil {
+		return c, err
+	}
+	if !slices.Contains(c.OnlyCrossAttention, true) {
+		c.OnlyCrossAttention = nil // as the zero config says: no level has it
+	}
+	if j.AdditionEmbedType != nil {
+		c.AdditionEmbedType = *j.AdditionEmbedType
+		c.AdditionTimeEmbedDim = deref(j.AdditionTimeEmbedDim)
+		c.ProjectionClassEmbeddingsInputDim = deref(j.ProjectionClassEmbeddingsInputDim)
+	}
+	switch {
+	case j.ClassEmbedType != nil:
+		c.ClassEmbedType = *j.ClassEmbedType
+	case j.NumClassEmbeds != nil:
+		c.ClassEmbedType, c.NumClassEmbeds = ClassTable, *j.NumClassEmbeds
+	}
 	return c, nil
+}
+
+func deref(p *int) int {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+// boolPerBlock resolves a bool-or-list config value (JSON null, a bool, or
+// one bool per block) to one value per block.
+func boolPerBlock(v any, n int, field string) ([]bool, error) {
+	out := make([]bool, n)
+	switch v := v.(type) {
+	case nil:
+	case bool:
+		for i := range out {
+			out[i] = v
+		}
+	case []any:
+		if len(v) != n {
+			return nil, fmt.Errorf("%s has %d entries for %d blocks", field, len(v), n)
+		}
+		for i, x := range v {
+			b, ok := x.(bool)
+			if !ok {
+				return nil, fmt.Errorf("%s[%d] is %v, not a bool", field, i, x)
+			}
+			out[i] = b
+		}
+	default:
+		return nil, fmt.Errorf("%s is %v, not a bool or a list of bools", field, v)
+	}
+	return out, nil
 }
 
 // Bounds on config sizes, far above those of any Stable Diffusion model (its
@@ -332,8 +416,29 @@ func (c UNetConfig) Validate() error {
 			return fmt.Errorf("unet config: level %d: %d channels do not split into %d attention heads", i, ch, c.AttentionHeads[i])
 		}
 	}
-	if c.MidBlockType != crossAttnMid {
-		return unsupportedf("unet config: unsupported mid block type %q (want %s)", c.MidBlockType, crossAttnMid)
+	if c.MidBlockType != crossAttnMid && c.MidBlockType != plainMid {
+		return unsupportedf("unet config: unsupported mid block type %q (want %s or %s)", c.MidBlockType, crossAttnMid, plainMid)
+	}
+	if c.OnlyCrossAttention != nil && len(c.OnlyCrossAttention) != levels {
+		return fmt.Errorf("unet config: only_cross_attention has %d entries for %d levels", len(c.OnlyCrossAttention), levels)
+	}
+	switch c.AdditionEmbedType {
+	case "":
+	case AdditionTextTime:
+		if !inRange(c.AdditionTimeEmbedDim, maxWidth) || !inRange(c.ProjectionClassEmbeddingsInputDim, maxWidth) {
+			return fmt.Errorf("unet config: addition_time_embed_dim %d and projection_class_embeddings_input_dim %d must be in 1..%d", c.AdditionTimeEmbedDim, c.ProjectionClassEmbeddingsInputDim, maxWidth)
+		}
+	default:
+		return unsupportedf("unet config: addition_embed_type %q is not supported", c.AdditionEmbedType)
+	}
+	switch c.ClassEmbedType {
+	case "", ClassTimestep:
+	case ClassTable:
+		if !inRange(c.NumClassEmbeds, maxVocab) {
+			return fmt.Errorf("unet config: num_class_embeds %d must be in 1..%d", c.NumClassEmbeds, maxVocab)
+		}
+	default:
+		return unsupportedf("unet config: class_embed_type %q is not supported", c.ClassEmbedType)
 	}
 	switch {
 	case !inRange(c.InChannels, maxWidth) || !inRange(c.OutChannels, maxWidth) || !inRange(c.CrossAttentionDim, maxWidth) || !inRange(c.TimeEmbeddingDim, maxWidth):
@@ -366,6 +471,20 @@ func (c UNetConfig) MarshalJSON() ([]byte, error) {
 	j.UseLinearProjection, j.UpcastAttention = c.UseLinearProjection, c.UpcastAttention
 	j.TimeEmbeddingDim = &c.TimeEmbeddingDim
 	j.ConvInKernel, j.ConvOutKernel = c.ConvInKernel, c.ConvOutKernel
+	if slices.Contains(c.OnlyCrossAttention, true) {
+		j.OnlyCrossAttention = c.OnlyCrossAttention
+	}
+	if c.AdditionEmbedType != "" {
+		j.AdditionEmbedType = &c.AdditionEmbedType
+		j.AdditionTimeEmbedDim = &c.AdditionTimeEmbedDim
+		j.ProjectionClassEmbeddingsInputDim = &c.ProjectionClassEmbeddingsInputDim
+	}
+	switch c.ClassEmbedType {
+	case ClassTable:
+		j.NumClassEmbeds = &c.NumClassEmbeds
+	case ClassTimestep:
+		j.ClassEmbedType = &c.ClassEmbedType
+	}
 	return json.Marshal(j)
 }
 

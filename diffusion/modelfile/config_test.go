@@ -145,7 +145,11 @@ func TestConfigsRejectUnsupported(t *testing.T) {
 		name, json, wantErr string
 		parse               func([]byte) error
 	}{
-		{"sdxl", `{"addition_embed_type": "text_time"}`, `addition_embed_type "text_time" is not supported`, unetErr},
+		{"addition embedding", `{"addition_embed_type": "text_image"}`, `addition_embed_type "text_image" is not supported`, unetErr},
+		{"text_time without widths", `{"addition_embed_type": "text_time"}`, "addition_time_embed_dim 0 and projection_class_embeddings_input_dim 0 must be", unetErr},
+		{"class embedding concat", `{"num_class_embeds": 10, "class_embeddings_concat": true}`, "class_embeddings_concat", unetErr},
+		{"only_cross_attention length", `{"only_cross_attention": [true, false]}`, "only_cross_attention has 2 entries for 4 blocks", unetErr},
+		{"only_cross_attention type", `{"only_cross_attention": "yes"}`, "only_cross_attention is yes", unetErr},
 		{"other class", `{"_class_name": "UNet2DModel"}`, "class UNet2DModel is not supported", unetErr},
 		{"block type", `{"down_block_types": ["SimpleCrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D"]}`, `unsupported down block type "SimpleCrossAttnDownBlock2D"`, unetErr},
 		{"up block type", `{"up_block_types": ["UpBlock2D", "UpBlock2D", "UpBlock2D", "AttnUpBlock2D"]}`, `unsupported up block type "AttnUpBlock2D"`, unetErr},
@@ -155,7 +159,8 @@ func TestConfigsRejectUnsupported(t *testing.T) {
 		{"groups do not divide", `{"norm_num_groups": 48}`, "do not split into 48 norm groups", unetErr},
 		{"block count mismatch", `{"up_block_types": ["UpBlock2D"]}`, "up_block_types has 1 entries for 4 levels", unetErr},
 		{"even kernel", `{"conv_in_kernel": 2}`, "must be odd", unetErr},
-		{"class embeddings", `{"class_embed_type": "timestep"}`, "class embeddings", unetErr},
+		{"class embeddings", `{"class_embed_type": "projection"}`, `class_embed_type "projection" is not supported`, unetErr},
+		{"class table size", `{"num_class_embeds": 0}`, "num_class_embeds 0 must be in", unetErr},
 		{"lcm", `{"time_cond_proj_dim": 256}`, "time_cond_proj_dim", unetErr},
 		{"gelu resnets", `{"act_fn": "gelu"}`, `act_fn "gelu"`, unetErr},
 		{"per-block context", `{"cross_attention_dim": [768, 768, 768, 768]}`, "per-block cross_attention_dim", unetErr},
@@ -223,4 +228,77 @@ func TestEnumsRoundTrip(t *testing.T) {
 	_, err := ParseFamily("sdxl")
 	assert.ErrorContains(t, err, `unknown model family "sdxl"`)
 	assert.Equal(t, "Family(0)", Family(0).String())
+}
+
+// The UNets of the kit with extra conditioning: their configs resolve to the fields the
+// runtime needs, and the specs list exactly the tensors diffusers saved, shapes included.
+func TestUNetConfigExtraConditioning(t *testing.T) {
+	kit := testutil.ConformanceDir(t)
+	cases := []struct {
+		folder string
+		check  func(t *testing.T, c UNetConfig)
+	}{
+		{"upscaler-tiny", func(t *testing.T, c UNetConfig) {
+			assert.Equal(t, []bool{true, true, true, false}, c.OnlyCrossAttention)
+			assert.Equal(t, ClassTable, c.ClassEmbedType)
+			assert.Equal(t, 1000, c.NumClassEmbeds)
+			assert.Equal(t, "", c.AdditionEmbedType)
+			assert.Equal(t, 7, c.InChannels)
+		}},
+		{"sdxl-tiny", func(t *testing.T, c UNetConfig) {
+			assert.Nil(t, c.OnlyCrossAttention)
+			assert.Equal(t, "", c.ClassEmbedType)
+			assert.Equal(t, AdditionTextTime, c.AdditionEmbedType)
+			assert.Equal(t, 16, c.AdditionTimeEmbedDim)
+			assert.Equal(t, 120, c.ProjectionClassEmbeddingsInputDim)
+			assert.Equal(t, []int{1, 1, 2}, c.TransformerLayersPerBlock)
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.folder, func(t *testing.T) {
+			dir := filepath.Join(kit, tc.folder, "diffusers", "unet")
+			b, err := os.ReadFile(filepath.Join(dir, "config.json"))
+			require.NoError(t, err)
+			c, err := ParseUNetConfig(b)
+			require.NoError(t, err)
+			tc.check(t, c)
+
+			out, err := json.Marshal(c)
+			require.NoError(t, err)
+			back, err := ParseUNetConfig(out)
+			require.NoError(t, err)
+			assert.Equal(t, c, back, "the config survives MarshalJSON")
+
+			f, err := OpenSafetensors(filepath.Join(dir, "diffusion_pytorch_model.safetensors"))
+			require.NoError(t, err)
+			defer f.Close()
+			file := map[string][]int64{}
+			for _, x := range f.Tensors {
+				file[x.Name] = x.Shape
+			}
+			specs, err := c.TensorSpecs()
+			require.NoError(t, err)
+			want := map[string][]int64{}
+			for _, s := range specs {
+				want[s.Name] = s.Shape
+			}
+			assert.Equal(t, file, want)
+		})
+	}
+
+	// A bool applies to every level; a plain mid block has one ResNet and no attention.
+	c, err := ParseUNetConfig([]byte(`{"only_cross_attention": true, "mid_block_type": "UNetMidBlock2D", "class_embed_type": "timestep"}`))
+	require.NoError(t, err)
+	assert.Equal(t, []bool{true, true, true, true}, c.OnlyCrossAttention)
+	specs, err := c.TensorSpecs()
+	require.NoError(t, err)
+	names := map[string][]int64{}
+	for _, s := range specs {
+		names[s.Name] = s.Shape
+	}
+	assert.Contains(t, names, "mid_block.resnets.0.conv1.weight")
+	assert.NotContains(t, names, "mid_block.resnets.1.conv1.weight")
+	assert.NotContains(t, names, "mid_block.attentions.0.norm.weight")
+	assert.Equal(t, []int64{1280, 320}, names["class_embedding.linear_1.weight"])
+	assert.Equal(t, []int64{320, 1280}, names["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.weight"], "attn1 reads the 1280-wide context")
 }

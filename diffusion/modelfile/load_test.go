@@ -242,7 +242,7 @@ func TestLoadDiffusersErrors(t *testing.T) {
 		}, "StableDiffusionXLImg2ImgPipeline is not supported"},
 		{"no model index", func(*testing.T) map[string][]byte { return map[string][]byte{"model_index.json": nil} }, "not a diffusers folder"},
 		{"bad unet config", func(*testing.T) map[string][]byte {
-			return map[string][]byte{"unet/config.json": []byte(`{"addition_embed_type": "text_time"}`)}
+			return map[string][]byte{"unet/config.json": []byte(`{"addition_embed_type": "image"}`)}
 		}, "unet/config.json: unet config: addition_embed_type"},
 		{"no weights", func(*testing.T) map[string][]byte { return map[string][]byte{vaeFile: nil} }, "vae: no weights (diffusion_pytorch_model.safetensors or .bin)"},
 		{"missing tensor", func(t *testing.T) map[string][]byte {

@@ -99,7 +99,7 @@ func TestWriteRandomIsDeterministic(t *testing.T) {
 	err := WriteRandom(context.Background(), t.TempDir(), arch, I64, 1)
 	assert.ErrorContains(t, err, "random weights of type I64")
 	bad := tinyArchitecture()
-	bad.UNet.MidBlockType = "UNetMidBlock2D"
+	bad.UNet.MidBlockType = "UNetMidBlock2DSimpleCrossAttn"
 	assert.ErrorContains(t, WriteRandom(context.Background(), t.TempDir(), bad, F16, 1), "unsupported mid block type")
 }
 

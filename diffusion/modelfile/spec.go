@@ -63,7 +63,8 @@ func (s *specList) resnet(name string, in, out, temb int) {
 // transformer adds a Transformer2DModel over ch channels: GroupNorm,
 // proj_in, layers BasicTransformerBlocks (self attention, cross attention
 // to context-wide embeddings, GEGLU feed-forward of 4ch), proj_out.
-func (s *specList) transformer(name string, ch, layers, context int, linearProj bool) {
+// onlyCross: attn1 attends to the context too, so its to_k / to_v take it.
+func (s *specList) transformer(name string, ch, layers, context int, linearProj, onlyCross bool) {
 	proj := func(p string) {
 		if linearProj {
 			s.linear(p, ch, ch, true)
@@ -78,7 +79,7 @@ func (s *specList) transformer(name string, ch, layers, context int, linearProj 
 		for _, attn := range []struct {
 			name    string
 			context int
-		}{{"attn1", ch}, {"attn2", context}} {
+		}{{"attn1", cond(onlyCross, context, ch)}, {"attn2", context}} {
 			s.linear(b+"."+attn.name+".to_q", ch, ch, false)
 			s.linear(b+"."+attn.name+".to_k", ch, attn.context, false)
 			s.linear(b+"."+attn.name+".to_v", ch, attn.context, false)
@@ -105,6 +106,18 @@ func (c UNetConfig) TensorSpecs() ([]TensorSpec, error) {
 	s.conv("conv_in", ch0, c.InChannels, c.ConvInKernel)
 	s.linear("time_embedding.linear_1", temb, ch0, true)
 	s.linear("time_embedding.linear_2", temb, temb, true)
+	switch c.ClassEmbedType {
+	case ClassTable:
+		s.add("class_embedding.weight", c.NumClassEmbeds, temb)
+	case ClassTimestep:
+		s.linear("class_embedding.linear_1", temb, ch0, true)
+		s.linear("class_embedding.linear_2", temb, temb, true)
+	}
+	if c.AdditionEmbedType == AdditionTextTime {
+		s.linear("add_embedding.linear_1", temb, c.ProjectionClassEmbeddingsInputDim, true)
+		s.linear("add_embedding.linear_2", temb, temb, true)
+	}
+	onlyCross := func(level int) bool { return c.OnlyCrossAttention != nil && c.OnlyCrossAttention[level] }
 
 	out := ch0
 	for i := range levels {
@@ -114,7 +127,7 @@ func (c UNetConfig) TensorSpecs() ([]TensorSpec, error) {
 			p := fmt.Sprintf("down_blocks.%d", i)
 			s.resnet(fmt.Sprintf("%s.resnets.%d", p, j), cond(j == 0, in, out), out, temb)
 			if c.DownBlockTypes[i] == crossAttnDown {
-				s.transformer(fmt.Sprintf("%s.attentions.%d", p, j), out, c.TransformerLayersPerBlock[i], c.CrossAttentionDim, c.UseLinearProjection)
+				s.transformer(fmt.Sprintf("%s.attentions.%d", p, j), out, c.TransformerLayersPerBlock[i], c.CrossAttentionDim, c.UseLinearProjection, onlyCross(i))
 			}
 		}
 		if i < levels-1 {
@@ -124,8 +137,10 @@ func (c UNetConfig) TensorSpecs() ([]TensorSpec, error) {
 
 	last := c.BlockOutChannels[levels-1]
 	s.resnet("mid_block.resnets.0", last, last, temb)
-	s.transformer("mid_block.attentions.0", last, c.TransformerLayersPerBlock[levels-1], c.CrossAttentionDim, c.UseLinearProjection)
-	s.resnet("mid_block.resnets.1", last, last, temb)
+	if c.MidBlockType == crossAttnMid { // UNetMidBlock2D: the one ResNet
+		s.transformer("mid_block.attentions.0", last, c.TransformerLayersPerBlock[levels-1], c.CrossAttentionDim, c.UseLinearProjection, false)
+		s.resnet("mid_block.resnets.1", last, last, temb)
+	}
 
 	// Up level i mirrors down level lvl; its ResNets take the previous
 	// level's output (first) or their own (others) plus a skip connection
@@ -139,7 +154,7 @@ func (c UNetConfig) TensorSpecs() ([]TensorSpec, error) {
 			p := fmt.Sprintf("up_blocks.%d", i)
 			s.resnet(fmt.Sprintf("%s.resnets.%d", p, j), cond(j == 0, prev, out)+cond(j == n-1, skipIn, out), out, temb)
 			if c.UpBlockTypes[i] == crossAttnUp {
-				s.transformer(fmt.Sprintf("%s.attentions.%d", p, j), out, c.TransformerLayersPerBlock[lvl], c.CrossAttentionDim, c.UseLinearProjection)
+				s.transformer(fmt.Sprintf("%s.attentions.%d", p, j), out, c.TransformerLayersPerBlock[lvl], c.CrossAttentionDim, c.UseLinearProjection, onlyCross(lvl))
 			}
 		}
 		if i < levels-1 {
