@@ -199,8 +199,22 @@ func unetConfig(c modelfile.UNetConfig) (binding.UNetConfig, error) {
 		u.UpAttention[i] = boolInt(c.UpBlockTypes[i] == "CrossAttnUpBlock2D")
 		u.Heads[i] = int32(c.AttentionHeads[i])
 		u.TransformerLayers[i] = int32(c.TransformerLayersPerBlock[i])
+		if c.OnlyCrossAttention != nil {
+			u.OnlyCrossAttention[i] = boolInt(c.OnlyCrossAttention[i])
+		}
 	}
 	u.LayersPerBlock = int32(c.LayersPerBlock[0])
+	if c.AdditionEmbedType == modelfile.AdditionTextTime {
+		u.AdditionEmbedType = binding.UNetAdditionTextTime
+		u.AdditionTimeEmbedDim = int32(c.AdditionTimeEmbedDim)
+		u.ProjectionClassEmbeddingsInputDim = int32(c.ProjectionClassEmbeddingsInputDim)
+	}
+	switch c.ClassEmbedType {
+	case modelfile.ClassTable:
+		u.ClassEmbedType, u.NumClassEmbeds = binding.UNetClassTable, int32(c.NumClassEmbeds)
+	case modelfile.ClassTimestep:
+		u.ClassEmbedType = binding.UNetClassTimestep
+	}
 	return u, nil
 }
 

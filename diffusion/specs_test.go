@@ -38,7 +38,7 @@ var specKit = []struct {
 	{folder: "sd2-tiny-v", path: "sd2-tiny-v/diffusers"},
 	{folder: "sdxl-tiny", skip: "SDXL (two text encoders, the UNet's added time and text embeddings): the runtime cannot load it yet"},
 	{folder: "controlnet-tiny", skip: "a ControlNet beside sd1-tiny: the runtime has no ControlNet yet"},
-	{folder: "upscaler-tiny", skip: "the x4 upscaler (low-resolution image input, noise-level class embedding): the runtime cannot load it yet"},
+	{folder: "upscaler-tiny", path: "upscaler-tiny/diffusers"},
 	{folder: "taesd-tiny", skip: "TAESD, an autoencoder of another architecture than AutoencoderKL: the runtime has no TAESD"},
 	{folder: "lora", skip: "LoRA adapters for sd1-tiny, not a model: the runtime does not apply LoRA yet"},
 }

@@ -2,7 +2,6 @@ package diffusion
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -99,50 +98,24 @@ func TestUNetControlResidualsMatchDiffusers(t *testing.T) {
 	require.NoError(t, err)
 }
 
-// sdxlUNetConfig reads the runtime config of sdxl-tiny's UNet from its config.json.
-func sdxlUNetConfig(t *testing.T, path string) binding.UNetConfig {
-	var j struct {
-		InChannels        int32    `json:"in_channels"`
-		OutChannels       int32    `json:"out_channels"`
-		BlockOutChannels  []int32  `json:"block_out_channels"`
-		LayersPerBlock    int32    `json:"layers_per_block"`
-		DownBlockTypes    []string `json:"down_block_types"`
-		UpBlockTypes      []string `json:"up_block_types"`
-		MidBlockType      string   `json:"mid_block_type"`
-		AttentionHeadDim  []int32  `json:"attention_head_dim"` // heads per level
-		TransformerLayers []int32  `json:"transformer_layers_per_block"`
-		CrossAttentionDim int32    `json:"cross_attention_dim"`
-		NormNumGroups     int32    `json:"norm_num_groups"`
-		NormEps           float32  `json:"norm_eps"`
-		FlipSinToCos      bool     `json:"flip_sin_to_cos"`
-		FreqShift         float32  `json:"freq_shift"`
-		ConvInKernel      int32    `json:"conv_in_kernel"`
-		ConvOutKernel     int32    `json:"conv_out_kernel"`
-		AdditionEmbedType string   `json:"addition_embed_type"`
-		AdditionTimeDim   int32    `json:"addition_time_embed_dim"`
-		ProjectionInDim   int32    `json:"projection_class_embeddings_input_dim"`
-	}
-	b, err := os.ReadFile(path)
+// kitUNet loads the UNet of a kit folder's diffusers pipeline on its own, its runtime
+// config made from its config.json as Open makes it.
+func kitUNet(t *testing.T, lib *binding.Library, folder string) *engine {
+	dir := filepath.Join(kitDir(t, folder), "diffusers", "unet")
+	b, err := os.ReadFile(filepath.Join(dir, "config.json"))
 	require.NoError(t, err)
-	require.NoError(t, json.Unmarshal(b, &j))
-	require.Equal(t, "text_time", j.AdditionEmbedType)
-	c := binding.UNetConfig{
-		InChannels: j.InChannels, OutChannels: j.OutChannels, Levels: int32(len(j.BlockOutChannels)),
-		LayersPerBlock: j.LayersPerBlock, CrossAttentionDim: j.CrossAttentionDim,
-		MidAttention: boolInt(j.MidBlockType == "UNetMidBlock2DCrossAttn"),
-		NormGroups:   j.NormNumGroups, NormEps: j.NormEps, FlipSinToCos: boolInt(j.FlipSinToCos),
-		FreqShift: j.FreqShift, ConvInKernel: j.ConvInKernel, ConvOutKernel: j.ConvOutKernel,
-		AdditionEmbedType: binding.UNetAdditionTextTime, AdditionTimeEmbedDim: j.AdditionTimeDim,
-		ProjectionClassEmbeddingsInputDim: j.ProjectionInDim,
+	mc, err := modelfile.ParseUNetConfig(b)
+	require.NoError(t, err)
+	cfg, err := unetConfig(mc)
+	require.NoError(t, err)
+	f, err := modelfile.OpenSafetensors(filepath.Join(dir, "diffusion_pytorch_model.safetensors"))
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	tensors := map[string]modelfile.Tensor{}
+	for _, ten := range f.Tensors {
+		tensors[ten.Name] = ten
 	}
-	for i := range j.BlockOutChannels {
-		c.BlockOutChannels[i] = j.BlockOutChannels[i]
-		c.DownAttention[i] = boolInt(j.DownBlockTypes[i] == "CrossAttnDownBlock2D")
-		c.UpAttention[i] = boolInt(j.UpBlockTypes[i] == "CrossAttnUpBlock2D")
-		c.Heads[i] = j.AttentionHeadDim[i]
-		c.TransformerLayers[i] = j.TransformerLayers[i]
-	}
-	return c
+	return loadUNet(t, lib, cfg, tensors)
 }
 
 // loadUNet makes a CPU engine holding only a UNet of the given config and weights.
@@ -162,16 +135,7 @@ func loadUNet(t *testing.T, lib *binding.Library, cfg binding.UNetConfig, tensor
 // diffusers' UNet2DConditionModel with added_cond_kwargs.
 func TestUNetTextTimeMatchesDiffusers(t *testing.T) {
 	dir := kitDir(t, "sdxl-tiny")
-	lib := testLibrary(t)
-	cfg := sdxlUNetConfig(t, filepath.Join(dir, "diffusers", "unet", "config.json"))
-	f, err := modelfile.OpenSafetensors(filepath.Join(dir, "diffusers", "unet", "diffusion_pytorch_model.safetensors"))
-	require.NoError(t, err)
-	t.Cleanup(func() { f.Close() })
-	tensors := map[string]modelfile.Tensor{}
-	for _, ten := range f.Tensors {
-		tensors[ten.Name] = ten
-	}
-	e := loadUNet(t, lib, cfg, tensors)
+	e := kitUNet(t, testLibrary(t), "sdxl-tiny")
 	g := openGolden(t, filepath.Join(dir, "golden.safetensors"))
 	for _, u := range []string{"unet0", "unet1"} {
 		x, xs := g.floats(u + ".x")
@@ -190,8 +154,32 @@ func TestUNetTextTimeMatchesDiffusers(t *testing.T) {
 	x, xs := g.floats("unet0.x")
 	ts, _ := g.floats("unet0.t")
 	c, cs := g.floats("unet0.context")
-	_, err = e.unetNet().eval(&unetInputs{x: x, batch: int(xs[0]), h: int(xs[2]), w: int(xs[3]), t: ts, context: c, tokens: int(cs[1]), residualScale: 1})
+	_, err := e.unetNet().eval(&unetInputs{x: x, batch: int(xs[0]), h: int(xs[2]), w: int(xs[3]), t: ts, context: c, tokens: int(cs[1]), residualScale: 1})
 	assert.ErrorIs(t, err, binding.ErrInvalidArgument)
+}
+
+// The x4 upscaler's UNet: 7 input channels, the noise level through a class-embedding
+// table, and only_cross_attention [true, true, true, false] (attn1 attends to the text in
+// those levels), against diffusers' UNet2DConditionModel with class_labels.
+func TestUpscalerUNetMatchesDiffusers(t *testing.T) {
+	dir := kitDir(t, "upscaler-tiny")
+	e := kitUNet(t, testLibrary(t), "upscaler-tiny")
+	require.Equal(t, [binding.MaxLevels]int32{1, 1, 1, 0}, e.unetCfg.OnlyCrossAttention)
+	g := openGolden(t, filepath.Join(dir, "golden.safetensors"))
+	for _, u := range []string{"unet0", "unet1"} {
+		x, xs := g.floats(u + ".x")
+		ts, _ := g.floats(u + ".t")
+		c, cs := g.floats(u + ".context")
+		var labels []float32
+		for _, l := range g.ints(u + ".class_labels") {
+			labels = append(labels, float32(l))
+		}
+		ref, _ := g.floats(u + ".out")
+		got, err := e.unetNet().eval(&unetInputs{x: x, batch: int(xs[0]), h: int(xs[2]), w: int(xs[3]), t: ts,
+			context: c, tokens: int(cs[1]), classLabels: labels, residualScale: 1})
+		require.NoError(t, err)
+		assertClose(t, u, got, ref)
+	}
 }
 
 // f32Tensor wraps float32 values as a weight.

@@ -34,6 +34,11 @@ func describe(m *modelfile.Model) (modelDesc, error) {
 	if extra := m.ExtraTextEncoders; len(extra) > 0 {
 		return modelDesc{}, fmt.Errorf("%w: a second text encoder (%s) is not supported yet", ErrUnsupported, extra[0].Name)
 	}
+	// A UNet conditioned on more than text and latents (the x4 upscaler's noise level and
+	// low-resolution image) needs its own pipeline: refused until there is one.
+	if u := m.UNet.Config; u.ClassEmbedType != "" || u.AdditionEmbedType != "" || (u.InChannels != 4 && u.InChannels != 9) {
+		return modelDesc{}, fmt.Errorf("%w: a UNet with %d input channels, class embedding %q and addition embedding %q (an x4 upscaler or SDXL-style model) has no pipeline yet", ErrUnsupported, u.InChannels, u.ClassEmbedType, u.AdditionEmbedType)
+	}
 	// Each VAE level but the last halves the image (the runtime's VAE is built from the
 	// same config; modelfile checks that it has at least one level).
 	f := 1 << (len(m.VAE.Config.BlockOutChannels) - 1)

@@ -138,6 +138,17 @@ func TestModelDescriptionRefusesExtraTextEncoders(t *testing.T) {
 	assert.Contains(t, err.Error(), "text_encoder_2")
 }
 
+// The x4 upscaler loads (its UNet takes a low-resolution image and a noise level) but has
+// no pipeline yet: refused with the reason rather than failing at the first UNet call.
+func TestModelDescriptionRefusesConditionedUNets(t *testing.T) {
+	m, err := modelfile.Load(filepath.Join(testutil.ConformanceDir(t), "upscaler-tiny", "diffusers"))
+	require.NoError(t, err)
+	defer m.Close()
+	_, err = describe(m)
+	require.ErrorIs(t, err, ErrUnsupported)
+	assert.Contains(t, err.Error(), `7 input channels, class embedding "table"`)
+}
+
 // The demo model's VAE downsamples by 4: sides stay multiples of 8, and an image's own
 // size rounds down to one.
 func TestModelDescriptionSmallVAE(t *testing.T) {
