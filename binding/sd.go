@@ -45,6 +45,8 @@ type Library struct {
 	sdCtxBackend func(ctx Ctx) Backend
 	// const char *sd_ctx_backend_description(const sd_ctx_t *ctx);
 	sdCtxBackendDescription func(ctx Ctx) string
+	// int32_t sd_ctx_activation_dtype(const sd_ctx_t *ctx);
+	sdCtxActivationDType func(ctx Ctx) DType
 	// const char *sd_ctx_last_error(const sd_ctx_t *ctx);
 	sdCtxLastError func(ctx Ctx) string
 	// void sd_ctx_cancel(sd_ctx_t *ctx);
@@ -192,6 +194,7 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_ctx_free", &l.sdCtxFree},
 		{"sd_ctx_backend", &l.sdCtxBackend},
 		{"sd_ctx_backend_description", &l.sdCtxBackendDescription},
+		{"sd_ctx_activation_dtype", &l.sdCtxActivationDType},
 		{"sd_ctx_last_error", &l.sdCtxLastError},
 		{"sd_ctx_cancel", &l.sdCtxCancel},
 		{"sd_ctx_clear_cancel", &l.sdCtxClearCancel},
@@ -348,6 +351,10 @@ func (l *Library) CtxBackend(ctx Ctx) Backend { return l.sdCtxBackend(ctx) }
 
 // CtxBackendDescription describes the backend (CPU features or GPU name).
 func (l *Library) CtxBackendDescription(ctx Ctx) string { return l.sdCtxBackendDescription(ctx) }
+
+// CtxActivationDType is the dtype the models compute their activations in on ctx's
+// backend (F32 on the CPU, F16 on CUDA): model inputs in it are used without a conversion.
+func (l *Library) CtxActivationDType(ctx Ctx) DType { return l.sdCtxActivationDType(ctx) }
 
 // CtxLastError is the message of the last failed call on ctx.
 func (l *Library) CtxLastError(ctx Ctx) string { return l.sdCtxLastError(ctx) }

@@ -45,7 +45,7 @@ func (c *conditioner) condition(par Params, cfg bool) (*conditioning, error) {
 		return nil, err
 	}
 	rows := int64(len(hidden) / (tokens * c.clip.width()))
-	t, err := newTensor(c.clip.lib, c.clip.ctx, hidden, rows, int64(tokens), int64(c.clip.width()))
+	t, err := newActivationTensor(c.clip.lib, c.clip.ctx, hidden, rows, int64(tokens), int64(c.clip.width()))
 	if err != nil {
 		return nil, err
 	}

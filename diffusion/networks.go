@@ -63,6 +63,27 @@ func newTensor(lib *binding.Library, ctx binding.Ctx, data []float32, shape ...i
 	return t, nil
 }
 
+// newActivationTensor is newTensor in the dtype the backend computes in (F16 on CUDA),
+// converted once: for an input that serves many calls, such as a request's text context,
+// which the UNet then reads without converting it on every call.
+func newActivationTensor(lib *binding.Library, ctx binding.Ctx, data []float32, shape ...int64) (binding.Tensor, error) {
+	t, err := newTensor(lib, ctx, data, shape...)
+	act := lib.CtxActivationDType(ctx)
+	if err != nil || act == binding.F32 {
+		return t, err
+	}
+	defer lib.TensorFree(ctx, t)
+	converted, err := lib.TensorNew(ctx, act, shape...)
+	if err != nil {
+		return 0, err
+	}
+	if err := lib.OpConvert(ctx, converted, t); err != nil {
+		lib.TensorFree(ctx, converted)
+		return 0, err
+	}
+	return converted, nil
+}
+
 // scope frees the native tensors it handed out when done.
 type scope struct {
 	lib *binding.Library

@@ -52,6 +52,9 @@ func TestTxt2ImgStepsMatchDiffusers(t *testing.T) {
 				cond, err := p.conditioner().condition(par, true)
 				require.NoError(t, err)
 				defer cond.free()
+				// The context is made in the backend's activation dtype once, so no UNet call
+				// converts it (F16 on CUDA).
+				assert.Equal(t, p.eng.lib.CtxActivationDType(p.eng.ctx), p.eng.lib.TensorDType(cond.context))
 				d := &denoiser{unet: p.eng.unetNet(), cond: cond, batch: 1, h: 8, w: 8, guidance: 7.5}
 				refT, _ := g.floats("timesteps")
 				got := make([]float32, len(sched.Timesteps()))

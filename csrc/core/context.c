@@ -229,6 +229,10 @@ const char *sd_ctx_backend_description(const sd_ctx_t *ctx) {
     return ctx ? ctx->backend->description : "";
 }
 
+int32_t sd_ctx_activation_dtype(const sd_ctx_t *ctx) {
+    return ctx ? ctx->backend->act_dtype : -1;
+}
+
 const char *sd_ctx_last_error(const sd_ctx_t *ctx) {
     return ctx ? ctx->last_error : "";
 }

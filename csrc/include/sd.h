@@ -62,7 +62,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a function signature, a struct layout or an enum value changes. */
-#define SD_ABI_VERSION 3
+#define SD_ABI_VERSION 4
 #define SD_MAX_DIMS    4
 
 /* ---------------------------------------------------------------------------------------
@@ -165,6 +165,12 @@ SD_API void sd_ctx_free(sd_ctx_t *ctx);
  * features or the GPU name); the string is valid until sd_ctx_free. */
 SD_API int32_t sd_ctx_backend(const sd_ctx_t *ctx);
 SD_API const char *sd_ctx_backend_description(const sd_ctx_t *ctx);
+
+/* The dtype the models compute their activations in on this context's backend
+ * (sd_dtype_t: F32 on the CPU, F16 on CUDA; -1 for NULL). Model inputs in this dtype are
+ * used without a conversion, so an input that serves many calls (the text context of a
+ * request) is best created in it once. */
+SD_API int32_t sd_ctx_activation_dtype(const sd_ctx_t *ctx);
 
 /* The message of the last failed call on this context ("" if none). Valid until the next
  * call on the context. */

@@ -54,6 +54,7 @@ static void test_status_and_params(void) {
     CHECK_STATUS(sd_ctx_init(NULL, &c, err, sizeof err), SD_STATUS_INVALID_ARGUMENT);
     CHECK_STATUS(sd_ctx_init(&p, NULL, NULL, 0), SD_STATUS_INVALID_ARGUMENT);
     sd_ctx_free(NULL); /* no-op */
+    CHECK(sd_ctx_activation_dtype(NULL) == -1, "activation dtype of NULL");
 }
 
 typedef struct {
@@ -329,6 +330,8 @@ static void test_thread_cap(void) {
         char err[256];
         CHECK_STATUS(sd_ctx_init(&p, &c, err, sizeof err), SD_STATUS_OK);
         if (c == NULL) continue;
+        CHECK(sd_ctx_activation_dtype(c) == SD_DTYPE_F32, "cpu activation dtype %d",
+              (int)sd_ctx_activation_dtype(c));
         int threads = 0;
         sscanf(sd_ctx_backend_description(c), "cpu, %d threads", &threads);
         const int want = asks[i] == 0 || asks[i] > avail ? avail : asks[i];

@@ -741,6 +741,8 @@ static void test_validation(void) {
     CHECK(strncmp(sd_ctx_backend_description(gpu), "cuda: ", 6) == 0, "description: %s",
           sd_ctx_backend_description(gpu));
     CHECK(sd_ctx_backend(gpu) == SD_BACKEND_CUDA, "backend kind");
+    CHECK(sd_ctx_activation_dtype(gpu) == SD_DTYPE_F16, "cuda activation dtype %d",
+          (int)sd_ctx_activation_dtype(gpu));
 }
 
 /* A chain of ops captured into a CUDA graph and replayed gives what the eager calls gave:
