@@ -141,6 +141,9 @@ type Request struct {
 	Progress func(Progress)
 	// Preview asks for Progress.Preview (a fast approximation of the first image).
 	Preview bool
+	// Controls condition the generation on control images through ControlNets (see
+	// Control); their residuals are summed.
+	Controls []Control
 
 	// onStep, for tests: the latents after each sampler step.
 	onStep func(step int, latents []float32)
@@ -230,6 +233,7 @@ type Params struct {
 	// ModelHash is AUTOMATIC1111's short model hash (the first 10 hex digits of the
 	// file's SHA-256) for single-file models; "" for folders.
 	ModelHash string
+	Controls  []ControlParams
 	Elapsed   time.Duration
 }
 

@@ -1,0 +1,362 @@
+package diffusion
+
+import (
+	"context"
+	"fmt"
+	"image"
+	"math"
+	"path/filepath"
+	"sync"
+
+	"github.com/gosd/gosd/binding"
+	"github.com/gosd/gosd/diffusion/modelfile"
+)
+
+// ControlNet is a ControlNet (diffusers' ControlNetModel) loaded by Pipeline.LoadControlNet
+// into the runtime of that Pipeline: it runs in requests of that Pipeline and of its
+// clones (they share the loaded networks), any number of times, until Close.
+type ControlNet struct {
+	mu     sync.Mutex
+	p      *Pipeline
+	file   *modelfile.ControlNet
+	model  binding.Model
+	cfg    binding.ControlNetConfig
+	bgr    bool // the model takes the control image's channels as BGR
+	name   string
+	hash   *modelHash
+	closed bool
+}
+
+// Control conditions a request on a control image through a ControlNet, as diffusers'
+// StableDiffusionControlNetPipeline. Several Controls sum their residuals.
+type Control struct {
+	Model *ControlNet
+	// Image is the control image (edges, depth, pose, ...) as the model expects it,
+	// resized (Lanczos, stretching) to the output size as diffusers' image processor does;
+	// its pixels are taken as values in [0, 1].
+	Image image.Image
+	// Scale is controlnet_conditioning_scale (0: the default 1). To switch a Control off,
+	// leave it out of the request.
+	Scale float64
+	// Start and End are control_guidance_start / _end, fractions of the sampling
+	// evaluations in [0, 1] (defaults 0 and 1; End 0 means 1): the ControlNet acts on
+	// evaluation i of n while i/n >= Start and (i+1)/n <= End, and is not run otherwise.
+	Start, End float64
+	// GuessMode runs the ControlNet on the prompt's half of the guidance batch only, its
+	// residuals scaled from 0.1 (first skip) to 1 (mid block), as diffusers' guess_mode.
+	GuessMode bool
+	// Preprocessor names what made Image from a picture ("canny", "invert"; "" for a
+	// ready-made map); it is only recorded in the parameters, as Module.
+	Preprocessor string
+}
+
+// ControlParams are the parameters a Control actually used, for the image's metadata.
+type ControlParams struct {
+	Model        string // file or folder name of the ControlNet
+	ModelHash    string // short hash of a single-file ControlNet; "" for folders
+	Preprocessor string
+	Scale        float64
+	Start, End   float64
+	GuessMode    bool
+}
+
+// LoadControlNet loads a ControlNet: a diffusers ControlNetModel folder or an original
+// single file (lllyasviel's control_v11*: .safetensors, .pth), its config read off the
+// shapes. It must have been made for this Pipeline's model (the same encoder shapes). The
+// weights are loaded once and shared by the Pipeline's clones; free them with Close.
+func (p *Pipeline) LoadControlNet(path string) (*ControlNet, error) {
+	if err := p.acquire(context.Background()); err != nil {
+		return nil, err
+	}
+	defer p.release()
+	f, err := modelfile.LoadControlNet(path)
+	if err != nil {
+		return nil, err
+	}
+	cn, err := p.loadControlNet(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return cn, nil
+}
+
+func (p *Pipeline) loadControlNet(f *modelfile.ControlNet) (*ControlNet, error) {
+	uc, err := unetConfig(f.Config.UNetConfig)
+	if err != nil {
+		return nil, err
+	}
+	base := p.eng.unetCfg
+	fits := uc.Levels == base.Levels && uc.BlockOutChannels == base.BlockOutChannels &&
+		uc.LayersPerBlock == base.LayersPerBlock && uc.CrossAttentionDim == base.CrossAttentionDim &&
+		uc.InChannels <= base.InChannels
+	if !fits {
+		return nil, fmt.Errorf("%w: ControlNet %s (channels %v, %d layers, text width %d) does not fit this model's UNet (channels %v, %d layers, text width %d)",
+			ErrInvalidRequest, filepath.Base(f.Path), uc.BlockOutChannels[:uc.Levels], uc.LayersPerBlock, uc.CrossAttentionDim,
+			base.BlockOutChannels[:base.Levels], base.LayersPerBlock, base.CrossAttentionDim)
+	}
+	cfg := binding.ControlNetConfig{UNet: uc, ConditioningChannels: int32(f.Config.ConditioningChannels),
+		CondLevels: int32(len(f.Config.ConditioningEmbeddingOutChannels))}
+	for i, ch := range f.Config.ConditioningEmbeddingOutChannels {
+		cfg.CondChannels[i] = int32(ch)
+	}
+	ws, err := p.eng.weights(f.Tensors)
+	if err != nil {
+		return nil, err
+	}
+	m, err := p.eng.lib.ControlNetLoad(p.eng.ctx, &cfg, ws)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.ReleaseMemory(); err != nil {
+		p.log.Warn("releasing the ControlNet's mapped pages", "err", err)
+	}
+	cn := &ControlNet{p: p, file: f, model: m, cfg: cfg, bgr: f.Config.ChannelOrder == "bgr",
+		name: filepath.Base(f.Path), hash: hashModelFile(f.Path)}
+	return cn, nil
+}
+
+// Name is the ControlNet's file or folder name.
+func (c *ControlNet) Name() string { return c.name }
+
+// Close frees the ControlNet's weights (waiting for the Pipeline that loaded it to finish
+// its call) and unmaps its files. Requests using it afterwards fail. If that Pipeline is
+// already closed, the weights go with the last of its clones. Close is idempotent.
+func (c *ControlNet) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	if c.p.acquire(context.Background()) == nil {
+		c.p.eng.lib.ModelFree(c.p.eng.ctx, c.model)
+		c.p.release()
+	}
+	return c.file.Close()
+}
+
+// usable reports why the ControlNet cannot run on p, or nil.
+func (c *ControlNet) usable(p *Pipeline) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.closed:
+		return invalid("ControlNet %s is closed", c.name)
+	case c.p.eng.share != p.eng.share:
+		return invalid("ControlNet %s was loaded by another Pipeline (load it with this one or a Pipeline it was cloned from)", c.name)
+	}
+	return nil
+}
+
+// checkControls validates a request's Controls and resolves their defaults.
+func (p *Pipeline) checkControls(cs []Control) ([]ControlParams, error) {
+	var out []ControlParams
+	for i, c := range cs {
+		if c.Model == nil {
+			return nil, invalid("control %d: no ControlNet", i)
+		}
+		if err := c.Model.usable(p); err != nil {
+			return nil, fmt.Errorf("control %d: %w", i, err)
+		}
+		if err := checkImage(fmt.Sprintf("control %d: image", i), c.Image); err != nil {
+			return nil, invalid("%v", err)
+		}
+		par := ControlParams{Model: c.Model.name, ModelHash: c.Model.hash.get(), Preprocessor: c.Preprocessor,
+			Scale: c.Scale, Start: c.Start, End: c.End, GuessMode: c.GuessMode}
+		if par.Scale == 0 {
+			par.Scale = 1
+		}
+		if par.End == 0 {
+			par.End = 1
+		}
+		switch {
+		case math.IsNaN(par.Scale) || math.IsInf(par.Scale, 0) || par.Scale < 0:
+			return nil, invalid("control %d: scale %g (want a finite value >= 0)", i, c.Scale)
+		case !(par.Start >= 0 && par.Start < par.End && par.End <= 1):
+			return nil, invalid("control %d: start %g and end %g (want 0 <= start < end <= 1)", i, c.Start, c.End)
+		}
+		out = append(out, par)
+	}
+	return out, nil
+}
+
+// controlRun is one Control of a request: its control image uploaded once, its resolved
+// parameters.
+type controlRun struct {
+	cn   *ControlNet
+	cond binding.Tensor // (rows, channels, H, W) in [0, 1]
+	par  ControlParams
+}
+
+// controls runs a request's ControlNets at each evaluation and keeps their summed
+// residuals, in backend memory, for the UNet call that follows.
+type controls struct {
+	lib     *binding.Library
+	ctx     binding.Ctx
+	s       *scope
+	runs    []controlRun
+	total   int // evaluations of the request
+	batch   int
+	cfg     bool
+	context binding.Tensor // the request's context (2B rows with guidance)
+	// condContext is the prompt's rows of the context: the input of guess-mode ControlNets
+	// under guidance; made on first use.
+	condContext binding.Tensor
+	down        []binding.Tensor
+	mid         binding.Tensor
+	x, t        map[int]binding.Tensor // input tensors by rows
+}
+
+// newControls uploads the control images for a request of batch images of w x h pixels;
+// the caller calls free when the request ends.
+func (p *Pipeline) newControls(cs []Control, pars []ControlParams, cond *conditioning, batch, w, h int, cfg bool) (*controls, error) {
+	lib, ctx := p.eng.lib, p.eng.ctx
+	c := &controls{lib: lib, ctx: ctx, s: &scope{lib: lib, ctx: ctx}, batch: batch, cfg: cfg,
+		context: cond.context, x: map[int]binding.Tensor{}, t: map[int]binding.Tensor{}}
+	for i, ctl := range cs {
+		rows := batch
+		if cfg && !pars[i].GuessMode {
+			rows *= 2
+		}
+		img := controlImage(ctl.Image, w, h, ctl.Model.bgr)
+		data := make([]float32, 0, rows*len(img))
+		for range rows {
+			data = append(data, img...)
+		}
+		t, err := c.s.f32(data, int64(rows), 3, int64(h), int64(w))
+		if err != nil {
+			c.free()
+			return nil, err
+		}
+		c.runs = append(c.runs, controlRun{cn: ctl.Model, cond: t, par: pars[i]})
+	}
+	return c, nil
+}
+
+func (c *controls) free() { c.s.done() }
+
+// controlImage is the control image as diffusers' control image processor gives it: RGB,
+// resized (Lanczos) to w x h, in [0, 1], (3, h, w); channels reversed for BGR models.
+func controlImage(img image.Image, w, h int, bgr bool) []float32 {
+	n := resize(toNRGBA(img), w, h)
+	out := make([]float32, 3*w*h)
+	plane := w * h
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			o := n.PixOffset(x, y)
+			for ch := 0; ch < 3; ch++ {
+				dst := ch
+				if bgr {
+					dst = 2 - ch
+				}
+				out[dst*plane+y*w+x] = float32(n.Pix[o+ch]) / 255
+			}
+		}
+	}
+	return out
+}
+
+// active reports whether the Control acts at evaluation i (0-based) of n, as diffusers'
+// controlnet_keep.
+func (r *controlRun) active(i, n int) bool {
+	return !(float64(i)/float64(n) < r.par.Start || float64(i+1)/float64(n) > r.par.End)
+}
+
+// residuals runs the ControlNets active at evaluation i on x (batch, latent, h, w), the
+// scaled model input before guidance doubling and extra channels, at timestep t. It
+// returns the summed residuals for the guidance batch, or nils when none is active.
+func (c *controls) residuals(u unetNet, x []float32, t float64, i, h, w int) ([]binding.Tensor, binding.Tensor, error) {
+	rows := c.batch
+	if c.cfg {
+		rows *= 2
+	}
+	n := 0
+	for k := range c.runs {
+		r := &c.runs[k]
+		if !r.active(i, c.total) {
+			continue
+		}
+		if c.down == nil {
+			shapes, mid := unetSkipShapes(&u.cfg, int64(rows), int64(h), int64(w))
+			for _, s := range shapes {
+				d, err := c.s.f32(nil, s[:]...)
+				if err != nil {
+					return nil, 0, err
+				}
+				c.down = append(c.down, d)
+			}
+			var err error
+			if c.mid, err = c.s.f32(nil, mid[:]...); err != nil {
+				return nil, 0, err
+			}
+		}
+		in := c.lib.DefaultControlNetInputs()
+		in.Scale, in.GuessMode, in.Accumulate = float32(r.par.Scale), r.par.GuessMode, n > 0
+		xin, runRows, context := x, c.batch, c.context
+		switch {
+		case c.cfg && !r.par.GuessMode:
+			xin = append(append(make([]float32, 0, 2*len(x)), x...), x...)
+			runRows = rows
+		case c.cfg:
+			in.OutRow = int32(c.batch)
+			var err error
+			if context, err = c.promptContext(); err != nil {
+				return nil, 0, err
+			}
+		}
+		var err error
+		lc := int64(len(x) / (c.batch * h * w))
+		if in.X, err = c.input(c.x, runRows, xin, int64(runRows), lc, int64(h), int64(w)); err != nil {
+			return nil, 0, err
+		}
+		ts := make([]float32, runRows)
+		for k := range ts {
+			ts[k] = float32(t)
+		}
+		if in.T, err = c.input(c.t, runRows, ts, int64(runRows)); err != nil {
+			return nil, 0, err
+		}
+		in.Context, in.Cond = context, r.cond
+		if err := c.lib.ControlNetForward(c.ctx, r.cn.model, &in, c.down, c.mid); err != nil {
+			return nil, 0, fmt.Errorf("ControlNet %s: %w", r.cn.name, err)
+		}
+		n++
+	}
+	if n == 0 {
+		return nil, 0, nil
+	}
+	return c.down, c.mid, nil
+}
+
+// input uploads data into the tensor of `rows` rows kept in m.
+func (c *controls) input(m map[int]binding.Tensor, rows int, data []float32, shape ...int64) (binding.Tensor, error) {
+	t, ok := m[rows]
+	if !ok {
+		var err error
+		if t, err = c.s.f32(nil, shape...); err != nil {
+			return 0, err
+		}
+		m[rows] = t
+	}
+	return t, c.lib.UploadFloat32(c.ctx, t, data)
+}
+
+// promptContext is the prompt's half of the guidance context (rows batch..2batch).
+func (c *controls) promptContext() (binding.Tensor, error) {
+	if c.condContext != 0 {
+		return c.condContext, nil
+	}
+	shape := c.lib.TensorShape(c.context)
+	all := make([]float32, shape[0]*shape[1]*shape[2])
+	if err := c.lib.DownloadFloat32(c.ctx, c.context, all); err != nil {
+		return 0, err
+	}
+	half := all[len(all)/2:]
+	t, err := c.s.f32(half, shape[0]/2, shape[1], shape[2])
+	if err != nil {
+		return 0, err
+	}
+	c.condContext = t
+	return t, nil
+}
