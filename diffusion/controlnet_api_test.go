@@ -1,0 +1,151 @@
+package diffusion
+
+import (
+	"context"
+	"image"
+	"image/color"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// kitControlImage is the kit's control.png.
+func kitControlImage(t *testing.T) image.Image {
+	f, err := os.Open(filepath.Join(kitDir(t, "controlnet-tiny"), "control.png"))
+	require.NoError(t, err)
+	defer f.Close()
+	img, _, err := image.Decode(f)
+	require.NoError(t, err)
+	return img
+}
+
+// runLatents runs txt2img and returns the latents after every step.
+func runLatents(t *testing.T, p *Pipeline, req Request) ([][]float32, *Result) {
+	var steps [][]float32
+	req.onStep = func(step int, x []float32) { steps = append(steps, append([]float32(nil), x...)) }
+	res, err := p.Txt2Img(context.Background(), req)
+	require.NoError(t, err)
+	return steps, res
+}
+
+func TestControlNetRequestChecks(t *testing.T) {
+	p, cn := kitControlNet(t, "diffusers")
+	img := kitControlImage(t)
+	closed, err := p.LoadControlNet(filepath.Join(kitDir(t, "controlnet-tiny"), "diffusers"))
+	require.NoError(t, err)
+	require.NoError(t, closed.Close())
+	require.NoError(t, closed.Close(), "idempotent")
+	other := openTiny(t, "sd1-tiny")
+	foreign, err := other.LoadControlNet(filepath.Join(kitDir(t, "controlnet-tiny"), "diffusers"))
+	require.NoError(t, err)
+	defer foreign.Close()
+
+	cases := []struct {
+		name string
+		c    Control
+	}{
+		{"no model", Control{Image: img}},
+		{"no image", Control{Model: cn}},
+		{"typed nil image", Control{Model: cn, Image: (*image.RGBA)(nil)}},
+		{"negative scale", Control{Model: cn, Image: img, Scale: -1}},
+		{"NaN scale", Control{Model: cn, Image: img, Scale: math.NaN()}},
+		{"start after end", Control{Model: cn, Image: img, Start: 0.6, End: 0.5}},
+		{"end past 1", Control{Model: cn, Image: img, End: 1.5}},
+		{"negative start", Control{Model: cn, Image: img, Start: -0.1}},
+		{"closed ControlNet", Control{Model: closed, Image: img}},
+		{"another Pipeline's ControlNet", Control{Model: foreign, Image: img}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req := tinyRequest()
+			req.Width, req.Height = 64, 64
+			req.Controls = []Control{{Model: cn, Image: img}, tc.c}
+			_, err := p.Txt2Img(context.Background(), req)
+			require.ErrorIs(t, err, ErrInvalidRequest)
+		})
+	}
+}
+
+// Controls of a request: a window that no evaluation falls in leaves the run exactly as
+// without ControlNet (and the ControlNet is not run); two Controls sum their residuals;
+// clones run the ControlNet their parent loaded.
+func TestControlNetSemantics(t *testing.T) {
+	p, cn := kitControlNet(t, "diffusers")
+	img := kitControlImage(t)
+	req := kitRequest(DDIM)
+	plain, _ := runLatents(t, p, req)
+
+	req.Controls = []Control{{Model: cn, Image: img, Scale: 0.8, Start: 0.9}}
+	outside, _ := runLatents(t, p, req)
+	assert.Equal(t, plain, outside, "no evaluation i with i/6 >= 0.9 and (i+1)/6 <= 1")
+
+	req.Controls = []Control{{Model: cn, Image: img, Scale: 0.8}}
+	one, res := runLatents(t, p, req)
+	assert.Greater(t, relErr(one[5], plain[5]), 0.01, "the ControlNet changes the run")
+	assert.Equal(t, ControlParams{Model: "diffusers", Scale: 0.8, End: 1}, res.Params.Controls[0])
+
+	half := Control{Model: cn, Image: img, Scale: 0.4}
+	req.Controls = []Control{half, half}
+	two, _ := runLatents(t, p, req)
+	for i := range one {
+		assert.LessOrEqual(t, relErr(two[i], one[i]), 1e-5, "step %d: 0.4 + 0.4 is 0.8", i)
+	}
+
+	// Guess mode and a normal Control together: the guess-mode one writes the prompt's
+	// rows only, the other adds to every row.
+	req.Controls = []Control{{Model: cn, Image: img, GuessMode: true}, half}
+	_, err := p.Txt2Img(context.Background(), req)
+	require.NoError(t, err)
+
+	clone, err := p.Clone()
+	require.NoError(t, err)
+	defer clone.Close()
+	req.Controls = []Control{{Model: cn, Image: img, Scale: 0.8}}
+	fromClone, _ := runLatents(t, clone, req)
+	assert.Equal(t, one, fromClone)
+}
+
+// img2img and inpainting take Controls too; the control image is resized to the output.
+func TestControlNetImg2ImgAndInpaint(t *testing.T) {
+	p, cn := kitControlNet(t, "diffusers")
+	img := kitControlImage(t)
+	big := image.NewRGBA(image.Rect(0, 0, 128, 96)) // resized to 64x64
+	for y := 0; y < 96; y++ {
+		for x := 0; x < 128; x++ {
+			big.Set(x, y, img.At(x/2, y*2/3))
+		}
+	}
+	src := solidImage(64, 64, color.RGBA{200, 40, 40, 255})
+	mask := solidImage(64, 64, color.White)
+	r := tinyRequest()
+	r.Steps = 4
+	runs := []struct {
+		name string
+		run  func(Request) (*Result, error)
+	}{
+		{"img2img", func(r Request) (*Result, error) {
+			return p.Img2Img(context.Background(), Img2ImgRequest{Request: r, Image: src, Strength: 0.75})
+		}},
+		{"inpaint", func(r Request) (*Result, error) {
+			return p.Inpaint(context.Background(), InpaintRequest{Request: r, Image: src, Mask: mask})
+		}},
+	}
+	for _, run := range runs {
+		t.Run(run.name, func(t *testing.T) {
+			without, err := run.run(r)
+			require.NoError(t, err)
+			rc := r
+			rc.Controls = []Control{{Model: cn, Image: big}}
+			with, err := run.run(rc)
+			require.NoError(t, err)
+			again, err := run.run(rc)
+			require.NoError(t, err)
+			assert.Greater(t, maxPixelDiff(with.Images[0], without.Images[0]), 2.0)
+			assert.Zero(t, maxPixelDiff(with.Images[0], again.Images[0]))
+		})
+	}
+}
