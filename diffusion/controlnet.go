@@ -6,6 +6,8 @@ import (
 	"image"
 	"math"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/gosd/gosd/binding"
@@ -46,18 +48,59 @@ type Control struct {
 	// residuals scaled from 0.1 (first skip) to 1 (mid block), as diffusers' guess_mode.
 	GuessMode bool
 	// Preprocessor names what made Image from a picture ("canny", "invert"; "" for a
-	// ready-made map); it is only recorded in the parameters, as Module.
-	Preprocessor string
+	// ready-made map) and PreprocessorParams its thresholds (Canny's low and high); they
+	// are only recorded in the parameters, as the ControlNet extension's Module and
+	// Threshold A / B.
+	Preprocessor       string
+	PreprocessorParams []float64
 }
 
 // ControlParams are the parameters a Control actually used, for the image's metadata.
 type ControlParams struct {
-	Model        string // file or folder name of the ControlNet
-	ModelHash    string // short hash of a single-file ControlNet; "" for folders
-	Preprocessor string
-	Scale        float64
-	Start, End   float64
-	GuessMode    bool
+	Model              string // file or folder name of the ControlNet
+	ModelHash          string // short hash of a single-file ControlNet; "" for folders
+	Preprocessor       string
+	PreprocessorParams []float64
+	Scale              float64
+	Start, End         float64
+	GuessMode          bool
+}
+
+// A1111 is the unit's entry in AUTOMATIC1111's parameters as the sd-webui-controlnet
+// extension writes it (the value of "ControlNet i"): its field names, Python's float
+// formatting, the model as "name [hash]". Guess mode is its "ControlNet is more
+// important" control mode; diffusers' resizing is its "Just Resize".
+func (c ControlParams) A1111() string {
+	module := c.Preprocessor
+	if module == "" {
+		module = "none"
+	}
+	// The extension's values never hold its separators: a file name could.
+	model := strings.NewReplacer(",", "_", ":", "_").Replace(strings.TrimSuffix(c.Model, filepath.Ext(c.Model)))
+	module = strings.NewReplacer(",", "_", ":", "_").Replace(module)
+	if c.ModelHash != "" {
+		model += " [" + c.ModelHash[:min(8, len(c.ModelHash))] + "]"
+	}
+	mode := "Balanced"
+	if c.GuessMode {
+		mode = "ControlNet is more important"
+	}
+	fields := []string{"Module: " + module, "Model: " + model, "Weight: " + pyFloat(c.Scale), "Resize Mode: Just Resize"}
+	for i, v := range c.PreprocessorParams[:min(2, len(c.PreprocessorParams))] {
+		fields = append(fields, fmt.Sprintf("Threshold %c: %s", 'A'+i, pyFloat(v)))
+	}
+	fields = append(fields, "Guidance Start: "+pyFloat(c.Start), "Guidance End: "+pyFloat(c.End),
+		"Pixel Perfect: False", "Control Mode: "+mode)
+	return strings.Join(fields, ", ")
+}
+
+// pyFloat formats v as Python's str(float).
+func pyFloat(v float64) string {
+	s := strconv.FormatFloat(v, 'f', -1, 64)
+	if !strings.ContainsAny(s, ".eEn") {
+		s += ".0"
+	}
+	return s
 }
 
 // LoadControlNet loads a ControlNet: a diffusers ControlNetModel folder or an original
@@ -163,7 +206,7 @@ func (p *Pipeline) checkControls(cs []Control) ([]ControlParams, error) {
 			return nil, invalid("%v", err)
 		}
 		par := ControlParams{Model: c.Model.name, ModelHash: c.Model.hash.get(), Preprocessor: c.Preprocessor,
-			Scale: c.Scale, Start: c.Start, End: c.End, GuessMode: c.GuessMode}
+			PreprocessorParams: c.PreprocessorParams, Scale: c.Scale, Start: c.Start, End: c.End, GuessMode: c.GuessMode}
 		if par.Scale == 0 {
 			par.Scale = 1
 		}

@@ -57,6 +57,23 @@
 //	--clip-skip N         text encoder layers to skip, AUTOMATIC1111's numbering (default 0)
 //	--guidance-rescale x  diffusers' guidance_rescale in [0, 1] (default 0)
 //	--eta x               DDIM's eta in [0, 1] (default 0)
+//	--controlnet path     a ControlNet: a diffusers ControlNetModel folder or an original
+//	                      single file (control_v11*_sd15_*.safetensors or .pth); repeatable
+//	                      for several (their residuals are summed). The flags below apply to
+//	                      the latest --controlnet before them.
+//	--control-image path  its control image, PNG or JPEG (required), resized to the output
+//	                      size (Lanczos, as diffusers)
+//	--control-scale x     its conditioning scale, >= 0 (default 1.0; 0 leaves it out)
+//	--control-start x     fraction of the steps before it starts acting (default 0)
+//	--control-end x       fraction of the steps after which it stops (default 1); it is not
+//	                      run outside [start, end]
+//	--guess-mode          diffusers' guess mode: it sees the prompt's half of the guidance
+//	                      batch only, its residuals scaled from 0.1 to 1 (default off)
+//	--control-preprocess NAME  none (the image is the control map, default), canny (edges,
+//	                      as cv2.Canny) or invert (line art on white to lines on black)
+//	--canny LOW,HIGH      thresholds of canny (default 100,200)
+//	                      The PNG records each ControlNet as AUTOMATIC1111's ControlNet
+//	                      extension does: ControlNet 0: "Module: canny, Model: name [hash], ..."
 //	--text-heads N        the text encoder's attention head count, for single-file
 //	                      checkpoints whose text width is not SD's (default: the folder's
 //	                      config, else the width / 64); N,N2 (a second text encoder's count)
