@@ -138,11 +138,7 @@ func (p *Pipeline) loadControlNet(f *modelfile.ControlNet) (*ControlNet, error) 
 			ErrInvalidRequest, filepath.Base(f.Path), uc.BlockOutChannels[:uc.Levels], uc.LayersPerBlock, uc.CrossAttentionDim,
 			base.BlockOutChannels[:base.Levels], base.LayersPerBlock, base.CrossAttentionDim)
 	}
-	cfg := binding.ControlNetConfig{UNet: uc, ConditioningChannels: int32(f.Config.ConditioningChannels),
-		CondLevels: int32(len(f.Config.ConditioningEmbeddingOutChannels))}
-	for i, ch := range f.Config.ConditioningEmbeddingOutChannels {
-		cfg.CondChannels[i] = int32(ch)
-	}
+	cfg := controlNetConfig(f.Config, uc)
 	ws, err := p.eng.weights(f.Tensors)
 	if err != nil {
 		return nil, err
@@ -157,6 +153,16 @@ func (p *Pipeline) loadControlNet(f *modelfile.ControlNet) (*ControlNet, error) 
 	cn := &ControlNet{p: p, file: f, model: m, cfg: cfg, bgr: f.Config.ChannelOrder == "bgr",
 		name: filepath.Base(f.Path), hash: hashModelFile(f.Path)}
 	return cn, nil
+}
+
+// controlNetConfig is the runtime config of c, whose encoder's is uc.
+func controlNetConfig(c modelfile.ControlNetConfig, uc binding.UNetConfig) binding.ControlNetConfig {
+	cfg := binding.ControlNetConfig{UNet: uc, ConditioningChannels: int32(c.ConditioningChannels),
+		CondLevels: int32(len(c.ConditioningEmbeddingOutChannels))}
+	for i, ch := range c.ConditioningEmbeddingOutChannels {
+		cfg.CondChannels[i] = int32(ch)
+	}
+	return cfg
 }
 
 // Name is the ControlNet's file or folder name.

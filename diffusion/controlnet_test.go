@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"image"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/gosd/gosd/binding"
+	"github.com/gosd/gosd/diffusion/modelfile"
 	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -262,4 +264,79 @@ func TestControlNetPipelineMatchesDiffusers(t *testing.T) {
 			})
 		}
 	}
+}
+
+// A real-shaped SD 1.5 ControlNet (random weights) in the original single-file layout,
+// written here as lllyasviel's control_v11p_sd15_* files are laid out, loads into the
+// runtime and runs on a small latent.
+func TestSD15ControlNetSingleFileRuns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes a 720 MB ControlNet")
+	}
+	lib := testLibrary(t)
+	path := filepath.Join(t.TempDir(), "control_random_sd15.safetensors")
+	require.NoError(t, modelfile.WriteRandomControlNet(context.Background(), path, modelfile.SD15ControlNetConfig(), modelfile.F16, 1))
+	f, err := modelfile.LoadControlNet(path)
+	require.NoError(t, err)
+	defer f.Close()
+	want := modelfile.SD15ControlNetConfig()
+	assert.Equal(t, want, f.Config)
+
+	e, err := newEngine(lib, binding.BackendCPU, 2)
+	require.NoError(t, err)
+	defer e.close()
+	uc, err := unetConfig(f.Config.UNetConfig)
+	require.NoError(t, err)
+	cfg := controlNetConfig(f.Config, uc)
+	assert.Equal(t, lib.DefaultControlNetConfig().CondChannels, cfg.CondChannels, "the runtime's default is SD 1.5's")
+	ws, err := e.weights(f.Tensors)
+	require.NoError(t, err)
+	m, err := lib.ControlNetLoad(e.ctx, &cfg, ws)
+	require.NoError(t, err)
+	defer lib.ModelFree(e.ctx, m)
+
+	s := &scope{lib: lib, ctx: e.ctx}
+	defer s.done()
+	rnd := rand.New(rand.NewPCG(1, 2))
+	randn := func(shape ...int64) binding.Tensor {
+		n := int64(1)
+		for _, d := range shape {
+			n *= d
+		}
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(rnd.NormFloat64())
+		}
+		tt, err := s.f32(v, shape...)
+		require.NoError(t, err)
+		return tt
+	}
+	in := lib.DefaultControlNetInputs()
+	in.X, in.Context, in.Cond = randn(2, 4, 8, 8), randn(2, 77, 768), randn(2, 3, 64, 64)
+	in.T, err = s.f32([]float32{999, 1}, 2)
+	require.NoError(t, err)
+	shapes, mid := unetSkipShapes(&uc, 2, 8, 8)
+	require.Len(t, shapes, 12)
+	var outs []binding.Tensor
+	for _, sh := range append(shapes, mid) {
+		o, err := s.f32(nil, sh[:]...)
+		require.NoError(t, err)
+		outs = append(outs, o)
+	}
+	require.NoError(t, lib.ControlNetForward(e.ctx, m, &in, outs[:12], outs[12]))
+	for i, o := range outs {
+		sh := append(shapes, mid)[i]
+		v, err := s.read(o, int(sh[0]*sh[1]*sh[2]*sh[3]))
+		require.NoError(t, err)
+		require.NoError(t, checkFinite(fmt.Sprintf("residual %d", i), v))
+		assert.Greater(t, maxAbs(v), 0.0, "residual %d", i)
+	}
+}
+
+func maxAbs(v []float32) float64 {
+	var m float64
+	for _, x := range v {
+		m = math.Max(m, math.Abs(float64(x)))
+	}
+	return m
 }

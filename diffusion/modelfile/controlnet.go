@@ -1,11 +1,14 @@
 package modelfile
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 )
@@ -269,18 +272,7 @@ func (cn *ControlNet) fromSingleFile(path string) error {
 	if err != nil {
 		return err
 	}
-	m := unetModules(cfg.UNetConfig)
-	m.add("controlnet_cond_embedding.conv_in", "input_hint_block.0", nil)
-	hc := cfg.ConditioningEmbeddingOutChannels
-	for j := range 2 * (len(hc) - 1) {
-		m.add(fmt.Sprintf("controlnet_cond_embedding.blocks.%d", j), fmt.Sprintf("input_hint_block.%d", 2*j+2), nil)
-	}
-	m.add("controlnet_cond_embedding.conv_out", fmt.Sprintf("input_hint_block.%d", 4*len(hc)-2), nil)
-	for i := range cfg.skipChannels() {
-		m.add(fmt.Sprintf("controlnet_down_blocks.%d", i), fmt.Sprintf("zero_convs.%d.0", i), nil)
-	}
-	m.add("controlnet_mid_block", "middle_block_out.0", nil)
-	if err := cn.bind(cfg, len(ts), m.resolver(ldmUNet), ts.find, all); err != nil {
+	if err := cn.bind(cfg, len(ts), cldmModules(cfg).resolver(ldmUNet), ts.find, all); err != nil {
 		return err
 	}
 	for i, name := range cn.Unused {
@@ -289,6 +281,58 @@ func (cn *ControlNet) fromSingleFile(path string) error {
 		}
 	}
 	return nil
+}
+
+// cldmModules maps a ControlNet of config c to the original (cldm) names, as diffusers'
+// converter reads them: the UNet encoder's LDM names, input_hint_block (convs at the even
+// indices), zero_convs.i.0 and middle_block_out.0.
+func cldmModules(c ControlNetConfig) moduleMap {
+	m := unetModules(c.UNetConfig)
+	m.add("controlnet_cond_embedding.conv_in", "input_hint_block.0", nil)
+	hc := c.ConditioningEmbeddingOutChannels
+	for j := range 2 * (len(hc) - 1) {
+		m.add(fmt.Sprintf("controlnet_cond_embedding.blocks.%d", j), fmt.Sprintf("input_hint_block.%d", 2*j+2), nil)
+	}
+	m.add("controlnet_cond_embedding.conv_out", fmt.Sprintf("input_hint_block.%d", 4*len(hc)-2), nil)
+	for i := range c.skipChannels() {
+		m.add(fmt.Sprintf("controlnet_down_blocks.%d", i), fmt.Sprintf("zero_convs.%d.0", i), nil)
+	}
+	m.add("controlnet_mid_block", "middle_block_out.0", nil)
+	return m
+}
+
+// SD15ControlNetConfig is lllyasviel's SD 1.5 ControlNets' (control_v11p_sd15_*, as
+// diffusers' config.json of them): SD 1.5's UNet encoder and a hint embedding of 16, 32,
+// 96 and 256 channels.
+func SD15ControlNetConfig() ControlNetConfig {
+	u := SD15UNetConfig()
+	return ControlNetConfig{UNetConfig: u, ConditioningChannels: 3,
+		ConditioningEmbeddingOutChannels: []int{16, 32, 96, 256}, ChannelOrder: "rgb"}
+}
+
+// WriteRandomControlNet writes a ControlNet of config c with random weights (as
+// WriteRandom's) to path as an original single file: cldm names with the
+// "control_model." prefix, the shapes diffusers' converter expects.
+func WriteRandomControlNet(ctx context.Context, path string, c ControlNetConfig, dtype DType, seed uint64) error {
+	if !dtype.IsFloat() {
+		return fmt.Errorf("random weights of type %s: want F32, F16 or BF16", dtype)
+	}
+	specs, err := c.TensorSpecs()
+	if err != nil {
+		return err
+	}
+	resolve := cldmModules(c).resolver(cldmPrefix)
+	heads := make([]Tensor, len(specs))
+	for i, s := range specs {
+		heads[i] = Tensor{Name: resolve(s.Name).name, DType: dtype, Shape: s.Shape}
+	}
+	gen := &randomWeights{seed: seed, stream: hashString("controlnet"), bufs: make([][]byte, runtime.GOMAXPROCS(0))}
+	return writeSafetensors(path, heads, map[string]string{"format": "pt"}, func(w io.Writer, i int) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return gen.write(w, heads[i], uint64(i))
+	})
 }
 
 // inferControlNet reads a cldm ControlNet's config off its shapes (names under ldmUNet).

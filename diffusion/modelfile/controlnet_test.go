@@ -1,6 +1,7 @@
 package modelfile
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,4 +97,26 @@ func TestControlNetLoadErrors(t *testing.T) {
 			require.ErrorIs(t, err, tc.kind)
 		})
 	}
+}
+
+// A random ControlNet written in the single-file layout loads back with the config it was
+// written from.
+func TestWriteRandomControlNetLoadsBack(t *testing.T) {
+	c := SD15ControlNetConfig()
+	// SD 1.5's layout at a tenth of the width, so that the test stays small.
+	c.BlockOutChannels = []int{32, 64, 128, 128}
+	c.CrossAttentionDim = 64
+	c.TimeEmbeddingDim = 128
+	path := filepath.Join(t.TempDir(), "control_random.safetensors")
+	require.NoError(t, WriteRandomControlNet(context.Background(), path, c, F16, 3))
+	got := loadControlNet(t, path)
+	assert.Equal(t, c, got.Config)
+	assert.Empty(t, got.Unused)
+	specs, err := c.TensorSpecs()
+	require.NoError(t, err)
+	assert.Len(t, got.Tensors, len(specs))
+	for name, x := range got.Tensors {
+		assert.Equal(t, F16, x.DType, name)
+	}
+	assert.Error(t, WriteRandomControlNet(context.Background(), path, c, I64, 3))
 }
