@@ -37,6 +37,10 @@ type Control struct {
 	// resized (Lanczos, stretching) to the output size as diffusers' image processor does;
 	// its pixels are taken as values in [0, 1].
 	Image image.Image
+	// Condition, instead of Image, is the control image as values used as they are: (3,
+	// Height, Width) planes R, G, B of the output's size, such as the inpainting
+	// ControlNet's condition from control.InpaintCondition (-1 where masked).
+	Condition []float32
 	// Scale is controlnet_conditioning_scale (0: the default 1). To switch a Control off,
 	// leave it out of the request.
 	Scale float64
@@ -199,7 +203,7 @@ func (c *ControlNet) usable(p *Pipeline) error {
 }
 
 // checkControls validates a request's Controls and resolves their defaults.
-func (p *Pipeline) checkControls(cs []Control) ([]ControlParams, error) {
+func (p *Pipeline) checkControls(cs []Control, width, height int) ([]ControlParams, error) {
 	var out []ControlParams
 	for i, c := range cs {
 		if c.Model == nil {
@@ -208,8 +212,21 @@ func (p *Pipeline) checkControls(cs []Control) ([]ControlParams, error) {
 		if err := c.Model.usable(p); err != nil {
 			return nil, fmt.Errorf("control %d: %w", i, err)
 		}
-		if err := checkImage(fmt.Sprintf("control %d: image", i), c.Image); err != nil {
-			return nil, invalid("%v", err)
+		switch {
+		case c.Condition != nil && c.Image != nil:
+			return nil, invalid("control %d: an Image and a Condition: give one", i)
+		case c.Condition != nil && len(c.Condition) != 3*width*height:
+			return nil, invalid("control %d: a condition of %d values for a %dx%d output (want 3 x %d x %d)", i, len(c.Condition), width, height, height, width)
+		case c.Condition != nil:
+			for k, v := range c.Condition {
+				if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+					return nil, invalid("control %d: condition value %d is %g", i, k, v)
+				}
+			}
+		default:
+			if err := checkImage(fmt.Sprintf("control %d: image", i), c.Image); err != nil {
+				return nil, invalid("%v", err)
+			}
 		}
 		par := ControlParams{Model: c.Model.name, ModelHash: c.Model.hash.get(), Preprocessor: c.Preprocessor,
 			PreprocessorParams: c.PreprocessorParams, Scale: c.Scale, Start: c.Start, End: c.End, GuessMode: c.GuessMode}
@@ -268,7 +285,13 @@ func (p *Pipeline) newControls(cs []Control, pars []ControlParams, cond *conditi
 		if cfg && !pars[i].GuessMode {
 			rows *= 2
 		}
-		img := controlImage(ctl.Image, w, h, ctl.Model.bgr)
+		img := ctl.Condition
+		if img == nil {
+			img = controlImage(ctl.Image, w, h)
+		}
+		if ctl.Model.bgr {
+			img = reverseChannels(img, w*h)
+		}
 		data := make([]float32, 0, rows*len(img))
 		for range rows {
 			data = append(data, img...)
@@ -285,9 +308,15 @@ func (p *Pipeline) newControls(cs []Control, pars []ControlParams, cond *conditi
 
 func (c *controls) free() { c.s.done() }
 
+// reverseChannels turns (3, plane) RGB into BGR, for models that take BGR.
+func reverseChannels(v []float32, plane int) []float32 {
+	out := make([]float32, 0, len(v))
+	return append(append(append(out, v[2*plane:]...), v[plane:2*plane]...), v[:plane]...)
+}
+
 // controlImage is the control image as diffusers' control image processor gives it: RGB,
-// resized (Lanczos) to w x h, in [0, 1], (3, h, w); channels reversed for BGR models.
-func controlImage(img image.Image, w, h int, bgr bool) []float32 {
+// resized (Lanczos) to w x h, in [0, 1], (3, h, w).
+func controlImage(img image.Image, w, h int) []float32 {
 	n := resize(toNRGBA(img), w, h)
 	out := make([]float32, 3*w*h)
 	plane := w * h
@@ -295,11 +324,7 @@ func controlImage(img image.Image, w, h int, bgr bool) []float32 {
 		for x := 0; x < w; x++ {
 			o := n.PixOffset(x, y)
 			for ch := 0; ch < 3; ch++ {
-				dst := ch
-				if bgr {
-					dst = 2 - ch
-				}
-				out[dst*plane+y*w+x] = float32(n.Pix[o+ch]) / 255
+				out[ch*plane+y*w+x] = float32(n.Pix[o+ch]) / 255
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package diffusion
 
 import (
+	"bytes"
 	"context"
 	"image"
 	"image/color"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/gosd/gosd/diffusion/control"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -58,6 +60,9 @@ func TestControlNetRequestChecks(t *testing.T) {
 		{"negative start", Control{Model: cn, Image: img, Start: -0.1}},
 		{"closed ControlNet", Control{Model: closed, Image: img}},
 		{"another Pipeline's ControlNet", Control{Model: foreign, Image: img}},
+		{"image and condition", Control{Model: cn, Image: img, Condition: make([]float32, 3*64*64)}},
+		{"condition of another size", Control{Model: cn, Condition: make([]float32, 3*64*32)}},
+		{"non-finite condition", Control{Model: cn, Condition: append(make([]float32, 3*64*64-1), float32(math.Inf(-1)))}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -100,6 +105,29 @@ func TestControlNetSemantics(t *testing.T) {
 	req.Controls = []Control{{Model: cn, Image: img, GuessMode: true}, half}
 	_, err := p.Txt2Img(context.Background(), req)
 	require.NoError(t, err)
+
+	// The same control image as values.
+	req.Controls = []Control{{Model: cn, Condition: controlImage(img, 64, 64), Scale: 0.8}}
+	asValues, _ := runLatents(t, p, req)
+	assert.Equal(t, one, asValues)
+
+	// A model taking BGR gets the channels reversed: the same as the RGB model given the
+	// reversed image.
+	dir := kitDir(t, "controlnet-tiny")
+	bgrDir := t.TempDir()
+	cfg, err := os.ReadFile(filepath.Join(dir, "diffusers", "config.json"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(bgrDir, "config.json"), bytes.Replace(cfg, []byte(`"rgb"`), []byte(`"bgr"`), 1), 0o644))
+	require.NoError(t, os.Symlink(filepath.Join(dir, "diffusers", "diffusion_pytorch_model.safetensors"), filepath.Join(bgrDir, "diffusion_pytorch_model.safetensors")))
+	bgr, err := p.LoadControlNet(bgrDir)
+	require.NoError(t, err)
+	defer bgr.Close()
+	req.Controls = []Control{{Model: bgr, Image: img, Scale: 0.8}}
+	fromBGR, _ := runLatents(t, p, req)
+	req.Controls = []Control{{Model: cn, Condition: reverseChannels(controlImage(img, 64, 64), 64*64), Scale: 0.8}}
+	reversed, _ := runLatents(t, p, req)
+	assert.Equal(t, reversed, fromBGR)
+	assert.NotEqual(t, one, fromBGR)
 
 	clone, err := p.Clone()
 	require.NoError(t, err)
@@ -148,4 +176,21 @@ func TestControlNetImg2ImgAndInpaint(t *testing.T) {
 			assert.Zero(t, maxPixelDiff(with.Images[0], again.Images[0]))
 		})
 	}
+
+	// The inpainting ControlNet's condition: -1 where the mask is set.
+	half := solidImage(64, 64, color.Black)
+	for y := 0; y < 32; y++ {
+		for x := 0; x < 64; x++ {
+			half.Set(x, y, color.White)
+		}
+	}
+	cond, w, h, err := control.InpaintCondition(src, half)
+	require.NoError(t, err)
+	require.Equal(t, 64, w)
+	require.Equal(t, 64, h)
+	rc := r
+	rc.Controls = []Control{{Model: cn, Condition: cond}}
+	res, err := p.Inpaint(context.Background(), InpaintRequest{Request: rc, Image: src, Mask: half})
+	require.NoError(t, err)
+	assert.Equal(t, image.Rect(0, 0, 64, 64), res.Images[0].Bounds())
 }

@@ -216,7 +216,7 @@ func TestControlNetPipelineMatchesDiffusers(t *testing.T) {
 				require.NoError(t, err)
 				// control.png / 255 is the kit's control_image.
 				ci, _ := g.floats("control_image")
-				assert.Equal(t, ci, controlImage(control, 64, 64, false))
+				assert.Equal(t, ci, controlImage(control, 64, 64))
 
 				var manifest struct {
 					Files map[string]struct {

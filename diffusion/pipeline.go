@@ -345,7 +345,7 @@ func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (
 	if err != nil {
 		return nil, err
 	}
-	if par.Controls, err = p.checkControls(req.Controls); err != nil {
+	if par.Controls, err = p.checkControls(req.Controls, par.Width, par.Height); err != nil {
 		return nil, err
 	}
 	if err := p.acquire(ctx); err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"image"
 	"strconv"
 
 	"github.com/gosd/gosd/diffusion"
@@ -14,7 +15,7 @@ type controlOptions struct {
 	path, image       string
 	scale, start, end float64
 	guess             bool
-	preprocess        string // none, canny or invert
+	preprocess        string // none, canny, invert or inpaint
 	low, high         int
 	cannySet          bool
 }
@@ -82,18 +83,18 @@ func defineControlFlags(fs *flagSet, list *[]*controlOptions) {
 		return nil
 	})
 	fs.document("guess-mode", "", "guess mode: the ControlNet sees the prompt's half of the guidance batch only\n(default off)")
-	fs.funcVar("control-preprocess", "NAME", "make the control image from the picture: none, canny (edges) or invert\n(white-background line art to the white-on-black maps models take) (default none)",
+	fs.funcVar("control-preprocess", "NAME", "make the control image from the picture: none, canny (edges), invert\n(white-background line art to the white-on-black maps models take) or inpaint (inpaint only:\nthe inpainting ControlNet's condition from -i and the mask; no --control-image) (default none)",
 		func(s string) error {
 			c, err := latest("control-preprocess")
 			if err != nil {
 				return err
 			}
 			switch s {
-			case "none", "canny", "invert":
+			case "none", "canny", "invert", "inpaint":
 				c.preprocess = s
 				return nil
 			}
-			return errors.New("want none, canny or invert")
+			return errors.New("want none, canny, invert or inpaint")
 		})
 	fs.funcVar("canny", "LOW,HIGH", "thresholds of --control-preprocess canny (default 100,200)", func(s string) error {
 		c, err := latest("canny")
@@ -107,10 +108,14 @@ func defineControlFlags(fs *flagSet, list *[]*controlOptions) {
 }
 
 // checkControls validates what the flags cannot check one by one.
-func checkControls(list []*controlOptions) error {
+func checkControls(list []*controlOptions, m mode) error {
 	for _, c := range list {
 		switch {
-		case c.image == "":
+		case c.preprocess == "inpaint" && m != modeInpaint:
+			return usagef("--controlnet %s: --control-preprocess inpaint is for sdcli inpaint", c.path)
+		case c.preprocess == "inpaint" && c.image != "":
+			return usagef("--controlnet %s: --control-preprocess inpaint makes the control image from -i and the mask: drop --control-image", c.path)
+		case c.image == "" && c.preprocess != "inpaint":
 			return usagef("--controlnet %s needs --control-image", c.path)
 		case c.start >= c.end:
 			return usagef("--controlnet %s: --control-start %g must be below --control-end %g", c.path, c.start, c.end)
@@ -122,8 +127,9 @@ func checkControls(list []*controlOptions) error {
 }
 
 // loadControls loads the ControlNets (each path once) and reads and preprocesses their
-// images. The caller closes the ControlNets returned.
-func loadControls(p *diffusion.Pipeline, list []*controlOptions) ([]diffusion.Control, []*diffusion.ControlNet, error) {
+// images; initImg and mask (or nil) are inpainting's, for the inpaint preprocessor, and
+// w, h the requested size (0: the image's). The caller closes the ControlNets returned.
+func loadControls(p *diffusion.Pipeline, list []*controlOptions, initImg, mask image.Image, w, h int) ([]diffusion.Control, []*diffusion.ControlNet, error) {
 	var out []diffusion.Control
 	var nets []*diffusion.ControlNet
 	loaded := map[string]*diffusion.ControlNet{}
@@ -137,11 +143,27 @@ func loadControls(p *diffusion.Pipeline, list []*controlOptions) ([]diffusion.Co
 			loaded[c.path] = cn
 			nets = append(nets, cn)
 		}
+		ctl := diffusion.Control{Model: cn, Scale: c.scale, Start: c.start, End: c.end, GuessMode: c.guess}
+		if c.preprocess == "inpaint" {
+			cond, cw, ch, err := control.InpaintCondition(initImg, mask)
+			if err != nil {
+				return nil, nets, err
+			}
+			// The condition is not resized (as diffusers' make_inpaint_condition): the
+			// output must be the image's size.
+			if cw%8 != 0 || ch%8 != 0 || (w != 0 && w != cw) || (h != 0 && h != ch) {
+				return nil, nets, fmt.Errorf("--control-preprocess inpaint: the image is %dx%d; it needs an output of the image's size, a multiple of 8", cw, ch)
+			}
+			ctl.Condition, ctl.Preprocessor = cond, "inpaint_only"
+			if c.scale != 0 {
+				out = append(out, ctl)
+			}
+			continue
+		}
 		img, err := readImage(c.image)
 		if err != nil {
 			return nil, nets, err
 		}
-		ctl := diffusion.Control{Model: cn, Scale: c.scale, Start: c.start, End: c.end, GuessMode: c.guess}
 		switch c.preprocess {
 		case "canny":
 			img = control.Canny(img, c.low, c.high)

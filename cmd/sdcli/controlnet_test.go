@@ -36,9 +36,10 @@ func TestControlNetFlagValidation(t *testing.T) {
 		{"start above 1", []string{"--controlnet", cn, "--control-start", "1.5"}, "flag -control-start: want a number in [0, 1]"},
 		{"end not a number", []string{"--controlnet", cn, "--control-end", "late"}, "flag -control-end: want a number in [0, 1]"},
 		{"start after end", []string{"--controlnet", cn, "--control-image", img, "--control-start", "0.6", "--control-end", "0.4"}, "--control-start 0.6 must be below --control-end 0.4"},
-		{"unknown preprocessor", []string{"--controlnet", cn, "--control-preprocess", "depth"}, "want none, canny or invert"},
+		{"unknown preprocessor", []string{"--controlnet", cn, "--control-preprocess", "depth"}, "want none, canny, invert or inpaint"},
 		{"canny thresholds without canny", []string{"--controlnet", cn, "--control-image", img, "--canny", "50,100"}, "--canny is for --control-preprocess canny"},
 		{"bad canny thresholds", []string{"--controlnet", cn, "--canny", "50"}, "want two comma-separated integers LOW,HIGH"},
+		{"inpaint condition in txt2img", []string{"--controlnet", cn, "--control-preprocess", "inpaint"}, "--control-preprocess inpaint is for sdcli inpaint"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -138,4 +139,21 @@ func TestTxt2ImgControlNetPreprocess(t *testing.T) {
 	assert.Contains(t, params, `ControlNet 0: "Module: canny, Model: diffusers, Weight: 1.0, Resize Mode: Just Resize, Threshold A: 50.0, Threshold B: 120.0, Guidance Start: 0.25, Guidance End: 1.0, `)
 	params = gen("off", "--control-scale", "0")
 	assert.NotContains(t, params, "ControlNet 0")
+
+	// sdcli inpaint makes the inpainting ControlNet's condition from -i and the mask.
+	inpaint := func(extra ...string) runResult {
+		return runArgs(t, slices.Concat([]string{"inpaint", "-m", model, "-p", "a cat", "--steps", "2", "--seed", "1",
+			"-i", filepath.Join(kit, "control.png"), "--outpaint", "0,0,8,0", "--controlnet", filepath.Join(kit, "diffusers")},
+			extra, []string{"-o", filepath.Join(dir, "inpaint.png")}, rt)...)
+	}
+	r := inpaint("--control-preprocess", "inpaint")
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	_, params = pngParameters(t, filepath.Join(dir, "inpaint.png"))
+	assert.Contains(t, params, `ControlNet 0: "Module: inpaint_only, Model: diffusers, `)
+	r = inpaint("--control-preprocess", "inpaint", "--control-image", filepath.Join(kit, "control.png"))
+	assert.Equal(t, exitUsage, r.code)
+	assert.Contains(t, r.stderr, "drop --control-image")
+	r = inpaint("--control-preprocess", "inpaint", "-W", "64")
+	assert.Equal(t, exitError, r.code)
+	assert.Contains(t, r.stderr, "--control-preprocess inpaint: the image is 72x64; it needs an output of the image's size")
 }

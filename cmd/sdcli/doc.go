@@ -70,7 +70,9 @@
 //	--guess-mode          diffusers' guess mode: it sees the prompt's half of the guidance
 //	                      batch only, its residuals scaled from 0.1 to 1 (default off)
 //	--control-preprocess NAME  none (the image is the control map, default), canny (edges,
-//	                      as cv2.Canny) or invert (line art on white to lines on black)
+//	                      as cv2.Canny), invert (line art on white to lines on black) or,
+//	                      for inpaint, inpaint: the inpainting ControlNet's condition made
+//	                      from -i and the mask (-1 where masked; no --control-image)
 //	--canny LOW,HIGH      thresholds of canny (default 100,200)
 //	                      The PNG records each ControlNet as AUTOMATIC1111's ControlNet
 //	                      extension does: ControlNet 0: "Module: canny, Model: name [hash], ..."

@@ -204,7 +204,7 @@ func (o *genOptions) check(args []string) error {
 			return usagef("--mask and --outpaint cannot be combined: --outpaint makes its own mask")
 		}
 	}
-	return checkControls(o.controls)
+	return checkControls(o.controls, o.mode)
 }
 
 func (a *app) generate(ctx context.Context, o *genOptions, args []string) error {
@@ -241,7 +241,7 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		return err
 	}
 	defer p.Close()
-	controls, nets, err := loadControls(p, o.controls)
+	controls, nets, err := loadControls(p, o.controls, initImg, mask, o.width, o.height)
 	for _, cn := range nets {
 		defer cn.Close()
 	}
