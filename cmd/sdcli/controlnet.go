@@ -1,13 +1,18 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"image"
+	"io"
+	"os"
+	"path/filepath"
 	"strconv"
 
 	"github.com/gosd/gosd/diffusion"
 	"github.com/gosd/gosd/diffusion/control"
+	"github.com/gosd/gosd/diffusion/modelfile"
 )
 
 // controlOptions are one --controlnet and the flags after it, which apply to it.
@@ -180,4 +185,40 @@ func loadControls(p *diffusion.Pipeline, list []*controlOptions, initImg, mask i
 		out = append(out, ctl)
 	}
 	return out, nets, nil
+}
+
+// benchControlImage is a w x h control image with structure at every scale (concentric
+// rings), so that a benchmark's ControlNet sees edges as it would in use.
+func benchControlImage(w, h int) image.Image {
+	img := image.NewGray(image.Rect(0, 0, w, h))
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			dx, dy := x-w/2, y-h/2
+			if (dx*dx+dy*dy)/64%2 == 0 {
+				img.Pix[y*img.Stride+x] = 255
+			}
+		}
+	}
+	return img
+}
+
+// ensureRandomControlNet returns path holding a random ControlNet for a UNet of config u
+// (lllyasviel's hint embedding, the original single-file layout), writing it first when
+// it is missing: to a temporary file renamed to path once complete.
+func ensureRandomControlNet(ctx context.Context, path string, u modelfile.UNetConfig, log io.Writer) (string, error) {
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return "", err
+	}
+	cfg := modelfile.SD15ControlNetConfig()
+	cfg.UNetConfig = u
+	tmp := path + fmt.Sprintf(".%d.tmp", os.Getpid())
+	defer os.Remove(tmp) // gone already once renamed
+	fmt.Fprintf(log, "writing a random %s ControlNet to %s (once; later runs reuse it)\n", benchDType, path)
+	if err := modelfile.WriteRandomControlNet(ctx, tmp, cfg, benchDType, benchSeed); err != nil {
+		return "", fmt.Errorf("writing a random ControlNet: %w", err)
+	}
+	return path, os.Rename(tmp, path)
 }

@@ -166,6 +166,10 @@
 //	                      ~/.cache/gosd)
 //	--json                print the report as JSON instead of a table (default off)
 //	--profile             also print the runtime's time per op kind on stderr (default off)
+//	--controlnet path     also run this ControlNet at every step (a ring pattern as its
+//	                      control image); random: random weights of an SD 1.5-style
+//	                      ControlNet for --arch, written once to the cache as a single file
+//	                      (default: none). Compare the step time with a run without it.
 //	--threads N, --device NAME, --lib path, -v, --text-heads N (with -m)
 //	                      as for txt2img
 //
