@@ -2,9 +2,14 @@ package diffusion
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"image"
+	"io"
 	"math"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -25,7 +30,7 @@ type ControlNet struct {
 	cfg    binding.ControlNetConfig
 	bgr    bool // the model takes the control image's channels as BGR
 	name   string
-	hash   *modelHash
+	hash   string // legacyModelHash of its file
 	closed bool
 }
 
@@ -62,7 +67,7 @@ type Control struct {
 // ControlParams are the parameters a Control actually used, for the image's metadata.
 type ControlParams struct {
 	Model              string // file or folder name of the ControlNet
-	ModelHash          string // short hash of a single-file ControlNet; "" for folders
+	ModelHash          string // the extension's 8-digit hash of a single file (legacyModelHash); "" for folders
 	Preprocessor       string
 	PreprocessorParams []float64
 	Scale              float64
@@ -83,7 +88,7 @@ func (c ControlParams) A1111() string {
 	model := strings.NewReplacer(",", "_", ":", "_").Replace(strings.TrimSuffix(c.Model, filepath.Ext(c.Model)))
 	module = strings.NewReplacer(",", "_", ":", "_").Replace(module)
 	if c.ModelHash != "" {
-		model += " [" + c.ModelHash[:min(8, len(c.ModelHash))] + "]"
+		model += " [" + c.ModelHash + "]"
 	}
 	mode := "Balanced"
 	if c.GuessMode {
@@ -155,8 +160,30 @@ func (p *Pipeline) loadControlNet(f *modelfile.ControlNet) (*ControlNet, error) 
 		p.log.Warn("releasing the ControlNet's mapped pages", "err", err)
 	}
 	cn := &ControlNet{p: p, file: f, model: m, cfg: cfg, bgr: f.Config.ChannelOrder == "bgr",
-		name: filepath.Base(f.Path), hash: hashModelFile(f.Path)}
+		name: filepath.Base(f.Path), hash: legacyModelHash(f.Path)}
 	return cn, nil
+}
+
+// legacyModelHash is AUTOMATIC1111's old short model hash, which the ControlNet extension
+// shows beside a ControlNet's name: the first 8 hex digits of the SHA-256 of the 64 KiB
+// at offset 1 MiB (less, or none, in smaller files); "" for a folder or a file that
+// cannot be read.
+func legacyModelHash(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || st.IsDir() {
+		return ""
+	}
+	buf := make([]byte, 0x10000)
+	n, err := f.ReadAt(buf, 0x100000)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return ""
+	}
+	sum := sha256.Sum256(buf[:n])
+	return hex.EncodeToString(sum[:4])
 }
 
 // controlNetConfig is the runtime config of c, whose encoder's is uc.
@@ -228,7 +255,7 @@ func (p *Pipeline) checkControls(cs []Control, width, height int) ([]ControlPara
 				return nil, invalid("%v", err)
 			}
 		}
-		par := ControlParams{Model: c.Model.name, ModelHash: c.Model.hash.get(), Preprocessor: c.Preprocessor,
+		par := ControlParams{Model: c.Model.name, ModelHash: c.Model.hash, Preprocessor: c.Preprocessor,
 			PreprocessorParams: c.PreprocessorParams, Scale: c.Scale, Start: c.Start, End: c.End, GuessMode: c.GuessMode}
 		if par.Scale == 0 {
 			par.Scale = 1

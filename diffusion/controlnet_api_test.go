@@ -194,3 +194,39 @@ func TestControlNetImg2ImgAndInpaint(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, image.Rect(0, 0, 64, 64), res.Images[0].Bounds())
 }
+
+func TestControlParamsA1111(t *testing.T) {
+	cases := []struct {
+		name string
+		c    ControlParams
+		want string
+	}{
+		{"canny", ControlParams{Model: "control_v11p_sd15_canny.pth", ModelHash: "d14c016b", Preprocessor: "canny",
+			PreprocessorParams: []float64{100, 200}, Scale: 1, End: 1},
+			"Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 1.0, Resize Mode: Just Resize, Threshold A: 100.0, Threshold B: 200.0, Guidance Start: 0.0, Guidance End: 1.0, Pixel Perfect: False, Control Mode: Balanced"},
+		{"folder, guess mode", ControlParams{Model: "sd-controlnet-depth", Scale: 0.55, Start: 0.1, End: 0.9, GuessMode: true},
+			"Module: none, Model: sd-controlnet-depth, Weight: 0.55, Resize Mode: Just Resize, Guidance Start: 0.1, Guidance End: 0.9, Pixel Perfect: False, Control Mode: ControlNet is more important"},
+		{"separators in the name", ControlParams{Model: "a,b:c.safetensors", ModelHash: "01234567", Scale: 2, End: 1},
+			"Module: none, Model: a_b_c [01234567], Weight: 2.0, Resize Mode: Just Resize, Guidance Start: 0.0, Guidance End: 1.0, Pixel Perfect: False, Control Mode: Balanced"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, tc.c.A1111())
+		})
+	}
+	p := Params{Prompt: "a cat", Steps: 20, Sampler: DDIM, GuidanceScale: 7, Width: 512, Height: 512,
+		Controls: []ControlParams{cases[1].c, cases[0].c}}
+	assert.Equal(t, "a cat\nSteps: 20, Sampler: DDIM, CFG scale: 7, Seed: 0, Size: 512x512, RNG: CPU, "+
+		`ControlNet 0: "`+cases[1].want+`", ControlNet 1: "`+cases[0].want+`", Version: gosd`, p.A1111(0))
+}
+
+// legacyModelHash against Python's hashlib on the kit's single file (2.7 MB): sha256 of
+// bytes 1 MiB .. 1 MiB + 64 KiB; a folder has none.
+func TestLegacyModelHash(t *testing.T) {
+	dir := kitDir(t, "controlnet-tiny")
+	assert.Equal(t, "8707c190", legacyModelHash(filepath.Join(dir, "controlnet-tiny-ldm.safetensors")))
+	assert.Equal(t, "", legacyModelHash(filepath.Join(dir, "diffusers")))
+	small := filepath.Join(t.TempDir(), "small.safetensors")
+	require.NoError(t, os.WriteFile(small, []byte("tiny"), 0o644))
+	assert.Equal(t, "e3b0c442", legacyModelHash(small), "shorter than 1 MiB: the hash of nothing")
+}
