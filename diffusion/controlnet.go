@@ -141,11 +141,11 @@ func (p *Pipeline) loadControlNet(f *modelfile.ControlNet) (*ControlNet, error) 
 	base := p.eng.unetCfg
 	fits := uc.Levels == base.Levels && uc.BlockOutChannels == base.BlockOutChannels &&
 		uc.LayersPerBlock == base.LayersPerBlock && uc.CrossAttentionDim == base.CrossAttentionDim &&
-		uc.InChannels <= base.InChannels
+		uc.InChannels == p.eng.vaeCfg.LatentChannels
 	if !fits {
-		return nil, fmt.Errorf("%w: ControlNet %s (channels %v, %d layers, text width %d) does not fit this model's UNet (channels %v, %d layers, text width %d)",
-			ErrInvalidRequest, filepath.Base(f.Path), uc.BlockOutChannels[:uc.Levels], uc.LayersPerBlock, uc.CrossAttentionDim,
-			base.BlockOutChannels[:base.Levels], base.LayersPerBlock, base.CrossAttentionDim)
+		return nil, fmt.Errorf("%w: ControlNet %s (channels %v, %d layers, text width %d, %d input channels) does not fit this model (channels %v, %d layers, text width %d, %d latent channels)",
+			ErrInvalidRequest, filepath.Base(f.Path), uc.BlockOutChannels[:uc.Levels], uc.LayersPerBlock, uc.CrossAttentionDim, uc.InChannels,
+			base.BlockOutChannels[:base.Levels], base.LayersPerBlock, base.CrossAttentionDim, p.eng.vaeCfg.LatentChannels)
 	}
 	cfg := controlNetConfig(f.Config, uc)
 	ws, err := p.eng.weights(f.Tensors)

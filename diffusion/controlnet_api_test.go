@@ -129,6 +129,17 @@ func TestControlNetSemantics(t *testing.T) {
 	assert.Equal(t, reversed, fromBGR)
 	assert.NotEqual(t, one, fromBGR)
 
+	// Image k of a batch is the image a batch of one makes with seed+k, ControlNet included.
+	req.Controls = []Control{{Model: cn, Image: img, Scale: 0.8, GuessMode: true}}
+	req.BatchSize, req.onStep = 2, nil
+	batch, err := p.Txt2Img(context.Background(), req)
+	require.NoError(t, err)
+	req.BatchSize, req.Seed = 1, req.Seed+1
+	single, err := p.Txt2Img(context.Background(), req)
+	require.NoError(t, err)
+	assert.LessOrEqual(t, maxPixelDiff(batch.Images[1], single.Images[0]), 1.0)
+	req.Seed--
+
 	clone, err := p.Clone()
 	require.NoError(t, err)
 	defer clone.Close()
@@ -229,4 +240,14 @@ func TestLegacyModelHash(t *testing.T) {
 	small := filepath.Join(t.TempDir(), "small.safetensors")
 	require.NoError(t, os.WriteFile(small, []byte("tiny"), 0o644))
 	assert.Equal(t, "e3b0c442", legacyModelHash(small), "shorter than 1 MiB: the hash of nothing")
+}
+
+// A ControlNet made for another base model is refused at load, naming both.
+func TestControlNetForAnotherModel(t *testing.T) {
+	p := openTiny(t, "sd2-tiny-v") // 48-wide text embeddings; controlnet-tiny's are 32
+	_, err := p.LoadControlNet(filepath.Join(kitDir(t, "controlnet-tiny"), "controlnet-tiny-ldm.safetensors"))
+	require.ErrorIs(t, err, ErrInvalidRequest)
+	assert.ErrorContains(t, err, "text width 32, 4 input channels) does not fit this model (channels [32 64 64 64], 2 layers, text width 48")
+	_, err = p.LoadControlNet(filepath.Join(t.TempDir(), "missing.safetensors"))
+	require.ErrorIs(t, err, os.ErrNotExist)
 }
