@@ -1,7 +1,9 @@
 package modelfile
 
 import (
+	"archive/zip"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -119,4 +121,31 @@ func TestWriteRandomControlNetLoadsBack(t *testing.T) {
 		assert.Equal(t, F16, x.DType, name)
 	}
 	assert.Error(t, WriteRandomControlNet(context.Background(), path, c, I64, 3))
+}
+
+// lllyasviel's .pth files are torch.save'd state dicts (zip), here without the prefix.
+func TestControlNetPthSingleFile(t *testing.T) {
+	dir := kitControlNetDir(t)
+	ref := loadControlNet(t, filepath.Join(dir, "diffusers"))
+	f, err := OpenSafetensors(filepath.Join(dir, "controlnet-tiny-ldm.safetensors"))
+	require.NoError(t, err)
+	defer f.Close()
+	var specs []ckptTensor
+	storages := map[string][]byte{}
+	for i, x := range f.Tensors {
+		key := fmt.Sprint(i)
+		stride := make([]int64, len(x.Shape))
+		n := int64(1)
+		for d := len(x.Shape) - 1; d >= 0; d-- {
+			stride[d] = n
+			n *= x.Shape[d]
+		}
+		specs = append(specs, ckptTensor{name: strings.TrimPrefix(x.Name, cldmPrefix), storage: "HalfStorage", key: key, numel: n, shape: x.Shape, stride: stride})
+		storages[key] = x.Data
+	}
+	path := filepath.Join(t.TempDir(), "control_v11p_sd15_tiny.pth")
+	writeFile(t, path, torchZip(t, stateDictPickle(specs, false, false), storages, zip.Store))
+	got := loadControlNet(t, path)
+	assert.Equal(t, FormatPyTorch, got.Format)
+	assertSameWeights(t, ref.Tensors, got.Tensors)
 }
