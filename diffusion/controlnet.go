@@ -147,6 +147,10 @@ func (p *Pipeline) loadControlNet(f *modelfile.ControlNet) (*ControlNet, error) 
 			ErrInvalidRequest, filepath.Base(f.Path), uc.BlockOutChannels[:uc.Levels], uc.LayersPerBlock, uc.CrossAttentionDim, uc.InChannels,
 			base.BlockOutChannels[:base.Levels], base.LayersPerBlock, base.CrossAttentionDim, p.eng.vaeCfg.LatentChannels)
 	}
+	if f.Config.ConditioningChannels != 3 {
+		return nil, fmt.Errorf("%w: ControlNet %s takes %d-channel control images (only RGB ones are supported)",
+			ErrUnsupported, filepath.Base(f.Path), f.Config.ConditioningChannels)
+	}
 	cfg := controlNetConfig(f.Config, uc)
 	ws, err := p.eng.weights(f.Tensors)
 	if err != nil {
