@@ -84,9 +84,14 @@ func (c ControlParams) A1111() string {
 	if module == "" {
 		module = "none"
 	}
+	model := c.Model
+	switch strings.ToLower(filepath.Ext(model)) {
+	case ".safetensors", ".pth", ".pt", ".ckpt", ".bin": // the extension lists files without theirs
+		model = strings.TrimSuffix(model, filepath.Ext(model))
+	}
 	// The extension's values never hold its separators: a file name could.
-	model := strings.NewReplacer(",", "_", ":", "_").Replace(strings.TrimSuffix(c.Model, filepath.Ext(c.Model)))
-	module = strings.NewReplacer(",", "_", ":", "_").Replace(module)
+	clean := strings.NewReplacer(",", "_", ":", "_")
+	model, module = clean.Replace(model), clean.Replace(module)
 	if c.ModelHash != "" {
 		model += " [" + c.ModelHash + "]"
 	}

@@ -217,6 +217,8 @@ func TestControlParamsA1111(t *testing.T) {
 			"Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 1.0, Resize Mode: Just Resize, Threshold A: 100.0, Threshold B: 200.0, Guidance Start: 0.0, Guidance End: 1.0, Pixel Perfect: False, Control Mode: Balanced"},
 		{"folder, guess mode", ControlParams{Model: "sd-controlnet-depth", Scale: 0.55, Start: 0.1, End: 0.9, GuessMode: true},
 			"Module: none, Model: sd-controlnet-depth, Weight: 0.55, Resize Mode: Just Resize, Guidance Start: 0.1, Guidance End: 0.9, Pixel Perfect: False, Control Mode: ControlNet is more important"},
+		{"a folder with a dot", ControlParams{Model: "controlnet-v1.1", Scale: 1, End: 1},
+			"Module: none, Model: controlnet-v1.1, Weight: 1.0, Resize Mode: Just Resize, Guidance Start: 0.0, Guidance End: 1.0, Pixel Perfect: False, Control Mode: Balanced"},
 		{"separators in the name", ControlParams{Model: "a,b:c.safetensors", ModelHash: "01234567", Scale: 2, End: 1},
 			"Module: none, Model: a_b_c [01234567], Weight: 2.0, Resize Mode: Just Resize, Guidance Start: 0.0, Guidance End: 1.0, Pixel Perfect: False, Control Mode: Balanced"},
 	}
