@@ -195,6 +195,30 @@ func TestControlNetForwardRejectsBadInputs(t *testing.T) {
 	}
 }
 
+// kitCall is a pipeline run's entry in the kit's manifest.
+type kitCall struct {
+	Call struct {
+		Scale float64 `json:"controlnet_conditioning_scale"`
+		Start float64 `json:"control_guidance_start"`
+		End   float64 `json:"control_guidance_end"`
+		Guess bool    `json:"guess_mode"`
+	} `json:"call"`
+	Spread float64 `json:"float64_spread"`
+}
+
+// kitControlCall reads the manifest's call of controlnet-<run>.safetensors.
+func kitControlCall(t *testing.T, run string) kitCall {
+	var manifest struct {
+		Files map[string]kitCall `json:"files"`
+	}
+	b, err := os.ReadFile(filepath.Join(testutil.ConformanceDir(t), "manifest-v2-control-upscale.json"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &manifest))
+	call, ok := manifest.Files["controlnet-tiny/controlnet-"+run+".safetensors"]
+	require.True(t, ok, run)
+	return call
+}
+
 // The kit's whole StableDiffusionControlNetPipeline runs through the public API, from the
 // seed, with either layout of the ControlNet.
 func TestControlNetPipelineMatchesDiffusers(t *testing.T) {
@@ -218,23 +242,19 @@ func TestControlNetPipelineMatchesDiffusers(t *testing.T) {
 				ci, _ := g.floats("control_image")
 				assert.Equal(t, ci, controlImage(control, 64, 64))
 
-				var manifest struct {
-					Files map[string]struct {
-						Call struct {
-							Scale float64 `json:"controlnet_conditioning_scale"`
-							Start float64 `json:"control_guidance_start"`
-							End   float64 `json:"control_guidance_end"`
-							Guess bool    `json:"guess_mode"`
-						} `json:"call"`
-						Spread float64 `json:"float64_spread"`
-					} `json:"files"`
-				}
-				b, err := os.ReadFile(filepath.Join(testutil.ConformanceDir(t), "manifest-v2-control-upscale.json"))
-				require.NoError(t, err)
-				require.NoError(t, json.Unmarshal(b, &manifest))
-				call := manifest.Files["controlnet-tiny/controlnet-"+run.name+".safetensors"]
+				call := kitControlCall(t, run.name)
 				require.Equal(t, run.guess, call.Call.Guess)
 				tol := math.Max(1e-4, 4*call.Spread)
+				// The scale each evaluation got (0: the ControlNet is not run).
+				perStep, _ := g.floats("controlnet_scale_per_step")
+				window := controlRun{par: ControlParams{Start: call.Call.Start, End: call.Call.End}}
+				for i, want := range perStep {
+					got := float32(0)
+					if window.active(i, len(perStep)) {
+						got = float32(call.Call.Scale)
+					}
+					assert.Equal(t, want, got, "scale at step %d", i)
+				}
 
 				req := kitRequest(run.sampler)
 				req.Controls = []Control{{Model: cn, Image: control, Scale: call.Call.Scale, Start: call.Call.Start,
