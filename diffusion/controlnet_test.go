@@ -360,3 +360,46 @@ func maxAbs(v []float32) float64 {
 	}
 	return m
 }
+
+// Every step of the kit's ControlNet pipelines restarted from diffusers' latents of the
+// previous step: the ControlNet, the UNet with its residuals under guidance and the
+// scheduler step reproduce the next latents.
+func TestControlNetStepsMatchDiffusers(t *testing.T) {
+	for _, run := range []struct {
+		name    string
+		sampler Sampler
+	}{{"ddim", DDIM}, {"euler", Euler}, {"ddim-guess", DDIM}} {
+		t.Run(run.name, func(t *testing.T) {
+			p, cn := kitControlNet(t, "diffusers")
+			g := openGolden(t, filepath.Join(kitDir(t, "controlnet-tiny"), "controlnet-"+run.name+".safetensors"))
+			call := kitControlCall(t, run.name)
+			req := kitRequest(run.sampler)
+			req.Controls = []Control{{Model: cn, Image: kitControlImage(t), Scale: call.Call.Scale, Start: call.Call.Start,
+				End: call.Call.End, GuessMode: call.Call.Guess}}
+			par, sched, err := p.desc.plan(req, nil)
+			require.NoError(t, err)
+			par.Controls, err = p.checkControls(req.Controls, 64, 64)
+			require.NoError(t, err)
+			cond, err := p.conditioner().condition(par, true)
+			require.NoError(t, err)
+			defer cond.free()
+			d := &denoiser{unet: p.eng.unetNet(), cond: cond, batch: 1, h: 8, w: 8, guidance: 7.5}
+			d.control, err = p.newControls(req.Controls, par.Controls, cond, 1, 64, 64, true)
+			require.NoError(t, err)
+			defer d.control.free()
+			d.control.total = len(sched.Timesteps())
+
+			x, _ := g.floats("init_latents")
+			scale(x, float32(sched.InitNoiseSigma()))
+			for i, ts := range sched.Timesteps() {
+				noise, err := d.predict(sched.ScaleModelInput(x, i), ts, i+1)
+				require.NoError(t, err)
+				next, err := sched.Step(noise, i, x, nil)
+				require.NoError(t, err)
+				ref, _ := g.floats(fmt.Sprintf("step%02d.latents", i))
+				assertClose(t, fmt.Sprintf("step%02d.latents (from diffusers' step%02d)", i, i-1), next, ref)
+				x = ref
+			}
+		})
+	}
+}
