@@ -11,6 +11,8 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,8 +25,11 @@ import (
 // into the runtime of that Pipeline: it runs in requests of that Pipeline and of its
 // clones (they share the loaded networks), any number of times, until Close.
 type ControlNet struct {
-	mu     sync.Mutex
+	// mu is held shared by the requests running the ControlNet (and by checks), so that
+	// Close, holding it exclusively, waits for them before it frees the weights.
+	mu     sync.RWMutex
 	p      *Pipeline
+	pins   runtime.Pinner // the Go memory of the weights (file mappings pin to nothing)
 	file   *modelfile.ControlNet
 	model  binding.Model
 	cfg    binding.ControlNetConfig
@@ -157,19 +162,19 @@ func (p *Pipeline) loadControlNet(f *modelfile.ControlNet) (*ControlNet, error) 
 			ErrUnsupported, filepath.Base(f.Path), f.Config.ConditioningChannels)
 	}
 	cfg := controlNetConfig(f.Config, uc)
-	ws, err := p.eng.weights(f.Tensors)
-	if err != nil {
-		return nil, err
+	cn := &ControlNet{p: p, file: f, cfg: cfg, bgr: f.Config.ChannelOrder == "bgr",
+		name: filepath.Base(f.Path), hash: legacyModelHash(f.Path)}
+	ws, err := weightTable(f.Tensors, &cn.pins)
+	if err == nil {
+		cn.model, err = p.eng.lib.ControlNetLoad(p.eng.ctx, &cfg, ws)
 	}
-	m, err := p.eng.lib.ControlNetLoad(p.eng.ctx, &cfg, ws)
 	if err != nil {
+		cn.pins.Unpin()
 		return nil, err
 	}
 	if err := f.ReleaseMemory(); err != nil {
 		p.log.Warn("releasing the ControlNet's mapped pages", "err", err)
 	}
-	cn := &ControlNet{p: p, file: f, model: m, cfg: cfg, bgr: f.Config.ChannelOrder == "bgr",
-		name: filepath.Base(f.Path), hash: legacyModelHash(f.Path)}
 	return cn, nil
 }
 
@@ -208,27 +213,32 @@ func controlNetConfig(c modelfile.ControlNetConfig, uc binding.UNetConfig) bindi
 // Name is the ControlNet's file or folder name.
 func (c *ControlNet) Name() string { return c.name }
 
-// Close frees the ControlNet's weights (waiting for the Pipeline that loaded it to finish
-// its call) and unmaps its files. Requests using it afterwards fail. If that Pipeline is
-// already closed, the weights go with the last of its clones. Close is idempotent.
+// Close waits for the requests running the ControlNet, frees its weights (waiting for
+// the Pipeline that loaded it to finish its call) and unmaps its files. Requests using it
+// afterwards fail. If that Pipeline is already closed, the runtime's copy of the weights
+// goes with the last of its clones. Close is idempotent.
 func (c *ControlNet) Close() error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closed {
+		c.mu.Unlock()
 		return nil
 	}
 	c.closed = true
+	c.mu.Unlock()
+	// Not under mu: a request on c.p holds its turn while it waits for mu.
 	if c.p.acquire(context.Background()) == nil {
 		c.p.eng.lib.ModelFree(c.p.eng.ctx, c.model)
 		c.p.release()
 	}
-	return c.file.Close()
+	err := c.file.Close()
+	c.pins.Unpin()
+	return err
 }
 
 // usable reports why the ControlNet cannot run on p, or nil.
 func (c *ControlNet) usable(p *Pipeline) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	switch {
 	case c.closed:
 		return invalid("ControlNet %s is closed", c.name)
@@ -308,6 +318,7 @@ type controls struct {
 	down        []binding.Tensor
 	mid         binding.Tensor
 	x, t        map[int]binding.Tensor // input tensors by rows
+	held        []*ControlNet          // each read-locked once until free
 }
 
 // newControls uploads the control images for a request of batch images of w x h pixels;
@@ -316,6 +327,19 @@ func (p *Pipeline) newControls(cs []Control, pars []ControlParams, cond *conditi
 	lib, ctx := p.eng.lib, p.eng.ctx
 	c := &controls{lib: lib, ctx: ctx, s: &scope{lib: lib, ctx: ctx}, batch: batch, cfg: cfg,
 		context: cond.context, x: map[int]binding.Tensor{}, t: map[int]binding.Tensor{}}
+	for _, ctl := range cs {
+		if slices.Contains(c.held, ctl.Model) {
+			continue
+		}
+		// Held until the request ends, so that Close waits for it; closed meanwhile
+		// (after the request's checks) is refused here.
+		ctl.Model.mu.RLock()
+		c.held = append(c.held, ctl.Model)
+		if ctl.Model.closed {
+			c.free()
+			return nil, invalid("ControlNet %s is closed", ctl.Model.name)
+		}
+	}
 	for i, ctl := range cs {
 		rows := batch
 		if cfg && !pars[i].GuessMode {
@@ -342,7 +366,13 @@ func (p *Pipeline) newControls(cs []Control, pars []ControlParams, cond *conditi
 	return c, nil
 }
 
-func (c *controls) free() { c.s.done() }
+func (c *controls) free() {
+	c.s.done()
+	for _, cn := range c.held {
+		cn.mu.RUnlock()
+	}
+	c.held = nil
+}
 
 // reverseChannels turns (3, plane) RGB into BGR, for models that take BGR.
 func reverseChannels(v []float32, plane int) []float32 {

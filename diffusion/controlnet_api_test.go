@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/gosd/gosd/diffusion/control"
 	"github.com/stretchr/testify/assert"
@@ -252,4 +253,42 @@ func TestControlNetForAnotherModel(t *testing.T) {
 	assert.ErrorContains(t, err, "text width 32, 4 input channels) does not fit this model (channels [32 64 64 64], 2 layers, text width 48")
 	_, err = p.LoadControlNet(filepath.Join(t.TempDir(), "missing.safetensors"))
 	require.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// Close waits for a request running the ControlNet (here on a clone, whose context runs it
+// while the loading Pipeline is free), then later requests are refused.
+func TestControlNetCloseWaitsForRequests(t *testing.T) {
+	p, cn := kitControlNet(t, "diffusers")
+	clone, err := p.Clone()
+	require.NoError(t, err)
+	defer clone.Close()
+	req := tinyRequest()
+	req.Width, req.Height = 64, 64
+	req.Controls = []Control{{Model: cn, Image: kitControlImage(t)}}
+	inStep, resume := make(chan struct{}), make(chan struct{})
+	req.Progress = func(pr Progress) {
+		if pr.Evaluation == 1 {
+			close(inStep)
+			<-resume
+		}
+	}
+	done := make(chan error)
+	go func() {
+		_, err := clone.Txt2Img(context.Background(), req)
+		done <- err
+	}()
+	<-inStep
+	closed := make(chan error)
+	go func() { closed <- cn.Close() }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a request ran the ControlNet")
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(resume)
+	require.NoError(t, <-done)
+	require.NoError(t, <-closed)
+	req.Progress = nil
+	_, err = clone.Txt2Img(context.Background(), req)
+	require.ErrorIs(t, err, ErrInvalidRequest)
 }
