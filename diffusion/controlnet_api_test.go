@@ -292,3 +292,22 @@ func TestControlNetCloseWaitsForRequests(t *testing.T) {
 	_, err = clone.Txt2Img(context.Background(), req)
 	require.ErrorIs(t, err, ErrInvalidRequest)
 }
+
+// A ControlNet outlives the Pipeline that loaded it while a clone is open.
+func TestControlNetOutlivesItsPipeline(t *testing.T) {
+	p, cn := kitControlNet(t, "diffusers")
+	clone, err := p.Clone()
+	require.NoError(t, err)
+	defer clone.Close()
+	require.NoError(t, p.Close())
+	req := tinyRequest()
+	req.Width, req.Height = 64, 64
+	req.Controls = []Control{{Model: cn, Image: kitControlImage(t)}}
+	_, err = clone.Txt2Img(context.Background(), req)
+	require.NoError(t, err)
+	require.NoError(t, cn.Close())
+	_, err = clone.Txt2Img(context.Background(), req)
+	require.ErrorIs(t, err, ErrInvalidRequest)
+	_, err = p.LoadControlNet(filepath.Join(kitDir(t, "controlnet-tiny"), "diffusers"))
+	require.ErrorIs(t, err, ErrClosed)
+}
