@@ -607,8 +607,10 @@ typedef struct sd_controlnet_inputs {
     /* (B, conditioning_channels, H, W) F32, the control image in [0, 1]; H and W halved
      * cond_levels - 1 times (rounding up) must give h and w. */
     const sd_tensor_t *cond;
-    float scale;        /* conditioning_scale: every residual is multiplied by it; finite */
-    int32_t guess_mode; /* 1: down residual i also by logspace(-1, 0, n + 1)[i] (n residuals) */
+    float scale; /* conditioning_scale: every residual is multiplied by it; finite */
+    /* 1: guess mode, down residual i also multiplied by logspace(-1, 0, n + 1)[i] for n
+     * down residuals (0.1 ... ), the mid residual by its last value, 1. */
+    int32_t guess_mode;
     /* The residuals go to rows [out_row, out_row + B) of the outputs, which may have more
      * rows (guess mode under classifier-free guidance runs the conditional half only). With
      * accumulate 0 those rows are overwritten and the other rows set to 0; with 1 the
@@ -624,7 +626,9 @@ SD_API size_t sd_sizeof_controlnet_inputs(void);
 /* One ControlNet evaluation. down[i] (R, C_i, h_i, w_i) F32 for the n_down = 1 + levels *
  * layers_per_block + (levels - 1) skips (the shapes of sd_unet_inputs_t's down residuals,
  * R >= out_row + B) and mid (R, block_out_channels[levels-1], h', w') F32 receive the
- * residuals, ready for sd_unet_forward with residual_scale 1. */
+ * residuals, ready for sd_unet_forward with residual_scale 1. Inputs or outputs of another
+ * shape or count are SD_STATUS_INVALID_ARGUMENT naming the first. Runs eagerly (no graph
+ * capture on CUDA yet). */
 SD_API sd_status_t sd_controlnet_forward(sd_ctx_t *ctx, sd_model_t *model,
                                          const sd_controlnet_inputs_t *in, sd_tensor_t *const *down,
                                          int32_t n_down, sd_tensor_t *mid);
