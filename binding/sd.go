@@ -159,6 +159,20 @@ type Library struct {
 	// sd_status_t sd_vae_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x, sd_tensor_t *mean,
 	//                           sd_tensor_t *logvar);
 	sdVaeEncode func(ctx Ctx, m Model, x, mean, logvar Tensor) Status
+
+	// ControlNet (binding/controlnet.go).
+	sdSizeofControlnetConfig func() uintptr
+	sdSizeofControlnetInputs func() uintptr
+	// void sd_controlnet_config_default(sd_controlnet_config_t *c);
+	sdControlnetConfigDefault func(c *ControlNetConfig)
+	// void sd_controlnet_inputs_default(sd_controlnet_inputs_t *in);
+	sdControlnetInputsDefault func(in *controlNetInputsC)
+	// sd_status_t sd_controlnet_load(sd_ctx_t *ctx, const sd_controlnet_config_t *config,
+	//                                const sd_weight_t *weights, int32_t n_weights, sd_model_t **out);
+	sdControlnetLoad func(ctx Ctx, c *ControlNetConfig, weights uintptr, n int32, out *Model) Status
+	// sd_status_t sd_controlnet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_controlnet_inputs_t *in,
+	//                                   sd_tensor_t *const *down, int32_t n_down, sd_tensor_t *mid);
+	sdControlnetForward func(ctx Ctx, m Model, in *controlNetInputsC, down *Tensor, nDown int32, mid Tensor) Status
 }
 
 type symbol struct {
@@ -181,6 +195,8 @@ func (l *Library) abiSymbols() []symbol {
 		{"sd_sizeof_unet_config", &l.sdSizeofUnetConfig},
 		{"sd_sizeof_unet_inputs", &l.sdSizeofUnetInputs},
 		{"sd_sizeof_vae_config", &l.sdSizeofVaeConfig},
+		{"sd_sizeof_controlnet_config", &l.sdSizeofControlnetConfig},
+		{"sd_sizeof_controlnet_inputs", &l.sdSizeofControlnetInputs},
 	}
 }
 
@@ -244,6 +260,10 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_unet_forward", &l.sdUnetForward},
 		{"sd_vae_decode", &l.sdVaeDecode},
 		{"sd_vae_encode", &l.sdVaeEncode},
+		{"sd_controlnet_config_default", &l.sdControlnetConfigDefault},
+		{"sd_controlnet_inputs_default", &l.sdControlnetInputsDefault},
+		{"sd_controlnet_load", &l.sdControlnetLoad},
+		{"sd_controlnet_forward", &l.sdControlnetForward},
 	}
 }
 
@@ -264,6 +284,8 @@ func (l *Library) checkLayouts() error {
 		{"sd_unet_config_t", l.sdSizeofUnetConfig(), unsafe.Sizeof(UNetConfig{})},
 		{"sd_unet_inputs_t", l.sdSizeofUnetInputs(), unsafe.Sizeof(unetInputsC{})},
 		{"sd_vae_config_t", l.sdSizeofVaeConfig(), unsafe.Sizeof(VAEConfig{})},
+		{"sd_controlnet_config_t", l.sdSizeofControlnetConfig(), unsafe.Sizeof(ControlNetConfig{})},
+		{"sd_controlnet_inputs_t", l.sdSizeofControlnetInputs(), unsafe.Sizeof(controlNetInputsC{})},
 	}
 	for _, s := range sizes {
 		if s.lib != s.mine {

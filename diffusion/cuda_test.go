@@ -35,3 +35,39 @@ func TestTxt2ImgCUDAPSNR(t *testing.T) {
 		require.NoError(t, p.Close())
 	}
 }
+
+// The kit's ControlNet pipelines on the GPU: final images within 40 dB PSNR of diffusers'
+// float32 goldens. Skips without libsd-cuda and a GPU.
+func TestControlNetCUDAPSNR(t *testing.T) {
+	kit := testutil.ConformanceDir(t)
+	dir := kitDir(t, "controlnet-tiny")
+	lib := filepath.Join(testutil.RepoRoot(t), "build")
+	p, err := Open(filepath.Join(kit, "sd1-tiny", "diffusers"), WithDevice(DeviceCUDA), WithLibrary(lib))
+	if errors.Is(err, ErrDevice) || errors.Is(err, ErrLibraryNotFound) {
+		t.Skipf("no usable GPU build: %v", err)
+	}
+	require.NoError(t, err)
+	defer p.Close()
+	cn, err := p.LoadControlNet(filepath.Join(dir, "controlnet-tiny-ldm.safetensors"))
+	require.NoError(t, err)
+	defer cn.Close()
+	img := kitControlImage(t)
+	for _, run := range []struct {
+		name    string
+		sampler Sampler
+		guess   bool
+	}{{"ddim", DDIM, false}, {"euler", Euler, false}, {"ddim-guess", DDIM, true}} {
+		g := openGolden(t, filepath.Join(dir, "controlnet-"+run.name+".safetensors"))
+		req := kitRequest(run.sampler)
+		call := kitControlCall(t, run.name)
+		require.Equal(t, run.guess, call.Call.Guess)
+		req.Controls = []Control{{Model: cn, Image: img, Scale: call.Call.Scale, Start: call.Call.Start,
+			End: call.Call.End, GuessMode: call.Call.Guess}}
+		res, err := p.Txt2Img(context.Background(), req)
+		require.NoError(t, err)
+		ref, _ := g.floats("image")
+		db := psnr(imageCHW(res.Images[0]), ref)
+		t.Logf("controlnet-%s on %s: PSNR %.1f dB", run.name, p.Info().Backend, db)
+		assert.GreaterOrEqual(t, db, 40.0, run.name)
+	}
+}

@@ -20,6 +20,8 @@ type denoiser struct {
 	// 9-channel inpainting UNet's mask and masked image latents (the x4 upscaler's
 	// low-res image later); nil for none.
 	extra []float32
+	// control runs the request's ControlNets before each UNet evaluation; nil for none.
+	control *controls
 }
 
 func (d *denoiser) cfg() bool { return d.guidance > 1 }
@@ -28,7 +30,14 @@ func (d *denoiser) cfg() bool { return d.guidance > 1 }
 // scheduler's ScaleModelInput, at timestep t; eval (1-based) names the evaluation in
 // errors.
 func (d *denoiser) predict(x []float32, t float64, eval int) ([]float32, error) {
-	out, err := d.unet.eval(d.inputs(x, t))
+	in := d.inputs(x, t)
+	if d.control != nil {
+		var err error
+		if in.downTensors, in.midTensor, err = d.control.residuals(d.unet, x, t, eval-1, d.h, d.w); err != nil {
+			return nil, err
+		}
+	}
+	out, err := d.unet.eval(in)
 	if err != nil {
 		return nil, err
 	}

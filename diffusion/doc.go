@@ -22,6 +22,10 @@
 // same model, prompt, seed (rng.CPU generator), sampler and steps, images match
 // diffusers' StableDiffusionPipeline.
 //
+// ControlNets (Pipeline.LoadControlNet, Request.Controls) condition any request on
+// control images as diffusers' StableDiffusionControlNetPipeline does; package control
+// makes control images (Canny edges, inverted line art, the inpainting condition).
+//
 // Requests are plain structs whose zero values are documented defaults. Every call takes
 // a context: cancelling it stops the work within one network operation and the call
 // returns ctx.Err(). A Pipeline is safe for concurrent use; its calls are serialised.

@@ -115,6 +115,12 @@ func (e *engine) load(ctx context.Context, m *modelfile.Model) error {
 }
 
 func (e *engine) weights(ts map[string]modelfile.Tensor) ([]binding.Weight, error) {
+	return weightTable(ts, &e.pins)
+}
+
+// weightTable is the runtime's weight table of ts, pinning the Go memory it points to in
+// pins (until the network reading it is freed).
+func weightTable(ts map[string]modelfile.Tensor, pins *runtime.Pinner) ([]binding.Weight, error) {
 	ws := make([]binding.Weight, 0, len(ts))
 	for name, t := range ts {
 		var dt binding.DType
@@ -131,7 +137,7 @@ func (e *engine) weights(ts map[string]modelfile.Tensor) ([]binding.Weight, erro
 		if len(t.Data) == 0 {
 			return nil, fmt.Errorf("%w: tensor %s is empty", ErrBadModel, name)
 		}
-		e.pins.Pin(&t.Data[0])
+		pins.Pin(&t.Data[0])
 		ws = append(ws, binding.Weight{Name: name, DType: dt, Shape: t.Shape, Data: unsafe.Pointer(&t.Data[0])})
 	}
 	return ws, nil

@@ -172,6 +172,9 @@ type unetInputs struct {
 	classLabels   []float32      // (batch): table rows (integers) or values embedded like timesteps
 	downResiduals [][]float32
 	midResidual   []float32
+	// Instead of downResiduals and midResidual: native residuals (ControlNet's outputs).
+	downTensors   []binding.Tensor
+	midTensor     binding.Tensor
 	residualScale float32 // multiplies the residuals (ControlNet's conditioning scale)
 }
 
@@ -236,6 +239,9 @@ func (u unetNet) eval(in *unetInputs) ([]float32, error) {
 		args.DownResiduals = append(args.DownResiduals, upload(slotDown+i, r, down[i][:]...))
 	}
 	args.MidResidual = upload(slotMid, in.midResidual, mid[:]...)
+	if in.downTensors != nil {
+		args.DownResiduals, args.MidResidual = in.downTensors, in.midTensor
+	}
 	if err != nil {
 		return nil, err
 	}

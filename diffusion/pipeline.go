@@ -345,6 +345,9 @@ func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (
 	if err != nil {
 		return nil, err
 	}
+	if par.Controls, err = p.checkControls(req.Controls, par.Width, par.Height); err != nil {
+		return nil, err
+	}
 	if err := p.acquire(ctx); err != nil {
 		return nil, err
 	}
@@ -410,6 +413,13 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 
 	d := &denoiser{unet: p.eng.unetNet(), cond: cond, batch: b, h: lh, w: lw,
 		guidance: par.GuidanceScale, rescale: par.GuidanceRescale, extra: st.extra}
+	if len(par.Controls) > 0 {
+		if d.control, err = p.newControls(req.Controls, par.Controls, cond, b, par.Width, par.Height, d.cfg()); err != nil {
+			return nil, err
+		}
+		defer d.control.free()
+		d.control.total = len(sched.Timesteps()) - st.first
+	}
 	x, err := p.sample(ctx, req, sched, d, st, gen, tm)
 	if err != nil {
 		return nil, err

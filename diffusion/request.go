@@ -141,6 +141,9 @@ type Request struct {
 	Progress func(Progress)
 	// Preview asks for Progress.Preview (a fast approximation of the first image).
 	Preview bool
+	// Controls condition the generation on control images through ControlNets (see
+	// Control); their residuals are summed.
+	Controls []Control
 
 	// onStep, for tests: the latents after each sampler step.
 	onStep func(step int, latents []float32)
@@ -230,6 +233,7 @@ type Params struct {
 	// ModelHash is AUTOMATIC1111's short model hash (the first 10 hex digits of the
 	// file's SHA-256) for single-file models; "" for folders.
 	ModelHash string
+	Controls  []ControlParams
 	Elapsed   time.Duration
 }
 
@@ -244,10 +248,7 @@ func (p Params) A1111(index int) string {
 		b.WriteString("\nNegative prompt: " + p.NegativePrompt)
 	}
 	b.WriteString("\n")
-	fields := []struct {
-		key, value string
-		on         bool
-	}{
+	fields := []a1111Field{
 		{"Steps", fmt.Sprint(p.Steps), true},
 		{"Sampler", p.Sampler.A1111Name(), true},
 		{"Schedule type", scheduleTypeName(p.Schedule), p.Schedule != schedule.SigmasDefault},
@@ -263,8 +264,11 @@ func (p Params) A1111(index int) string {
 		{"RNG", map[rng.Kind]string{rng.CPU: "CPU", rng.CUDA: "NV"}[p.RNG], true},
 		{"Eta DDIM", fmt.Sprint(p.Eta), p.Eta > 0},
 		{"CFG rescale", fmt.Sprint(p.GuidanceRescale), p.GuidanceRescale > 0},
-		{"Version", "gosd", true},
 	}
+	for i, c := range p.Controls {
+		fields = append(fields, a1111Field{fmt.Sprintf("ControlNet %d", i), c.A1111(), true})
+	}
+	fields = append(fields, a1111Field{"Version", "gosd", true})
 	first := true
 	for _, f := range fields {
 		if !f.on {
@@ -277,6 +281,12 @@ func (p Params) A1111(index int) string {
 		b.WriteString(f.key + ": " + a1111Quote(f.value))
 	}
 	return strings.ToValidUTF8(b.String(), "\uFFFD")
+}
+
+// a1111Field is one "key: value" of the parameters, written when on.
+type a1111Field struct {
+	key, value string
+	on         bool
 }
 
 func scheduleTypeName(s schedule.SigmaSchedule) string {

@@ -26,6 +26,7 @@ type benchOptions struct {
 	cache   string
 	json    bool
 	profile bool
+	control string // a ControlNet to time with the model, or "random"
 	pipe    pipelineOptions
 }
 
@@ -70,22 +71,25 @@ func benchCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 	fs.stringVar(&o.cache, "cache", "dir", o.cache, "folder of the random weights, one sub-folder per architecture and dtype\n(default "+cacheDefault+")")
 	fs.boolVar(&o.json, "json", "print the report as JSON (default false: a table)")
 	fs.boolVar(&o.profile, "profile", "also print the runtime's time per op kind on stderr (default false)")
+	fs.stringVar(&o.control, "controlnet", "path", "", "also run this ControlNet at every step, or random: random weights of --arch's\nSD 1.5-style ControlNet, written once to the cache (default: none)")
 	o.pipe.define(fs)
 	return func(ctx context.Context, args []string) error { return a.bench(ctx, o, args) }
 }
 
 // benchReport is what bench measures. Times are in seconds, sizes in bytes.
 type benchReport struct {
-	Arch    string `json:"arch,omitempty"`  // random weights of this architecture; empty with -m
-	DType   string `json:"dtype,omitempty"` // the random weights' dtype
-	Model   string `json:"model"`           // the model file or folder timed
-	Size    int    `json:"size"`
-	Steps   int    `json:"steps"`
-	Sampler string `json:"sampler"`
-	Device  string `json:"device"`
-	Backend string `json:"backend"`
-	Threads int    `json:"threads"` // 0: one per core
-	CPUs    int    `json:"cpus"`
+	Arch  string `json:"arch,omitempty"`  // random weights of this architecture; empty with -m
+	DType string `json:"dtype,omitempty"` // the random weights' dtype
+	Model string `json:"model"`           // the model file or folder timed
+	// ControlNet is the ControlNet run at every step with the model; empty for none.
+	ControlNet string `json:"controlnet,omitempty"`
+	Size       int    `json:"size"`
+	Steps      int    `json:"steps"`
+	Sampler    string `json:"sampler"`
+	Device     string `json:"device"`
+	Backend    string `json:"backend"`
+	Threads    int    `json:"threads"` // 0: one per core
+	CPUs       int    `json:"cpus"`
 
 	Load        float64   `json:"load_s"`
 	TextEncode  float64   `json:"text_encode_s"`
@@ -129,6 +133,17 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 		}
 		r.Model, size = dir, cmp.Or(size, 512)
 	}
+	r.ControlNet = o.control
+	if o.control == "random" {
+		if o.model != "" {
+			return usagef("--controlnet random needs random weights (no -m): it is made for --arch")
+		}
+		path, err := ensureRandomControlNet(ctx, filepath.Join(o.cache, r.Arch+"-"+strings.ToLower(r.DType)+"-controlnet.safetensors"), a.archs[r.Arch].UNet, a.stderr)
+		if err != nil {
+			return err
+		}
+		r.ControlNet = path
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -140,14 +155,25 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 		return err
 	}
 	defer p.Close()
+
+	req := diffusion.Request{
+		Prompt: benchPrompt, Width: size, Height: size, Steps: o.steps,
+		GuidanceScale: benchCFG, Sampler: benchSampler, Seed: benchSeed,
+	}
+	if r.ControlNet != "" {
+		cn, err := p.LoadControlNet(r.ControlNet)
+		if err != nil {
+			return err
+		}
+		defer cn.Close()
+		req.Controls = []diffusion.Control{{Model: cn, Image: benchControlImage(cmp.Or(size, p.Info().Width), cmp.Or(size, p.Info().Height))}}
+	}
 	load := time.Since(start)
 
 	p.SetProfiling(o.profile)
 	bar := newProgressBar(a.stderr, a.stderrTerminal, "bench")
-	res, err := p.Txt2Img(ctx, diffusion.Request{
-		Prompt: benchPrompt, Width: size, Height: size, Steps: o.steps,
-		GuidanceScale: benchCFG, Sampler: benchSampler, Seed: benchSeed, Progress: bar.update,
-	})
+	req.Progress = bar.update
+	res, err := p.Txt2Img(ctx, req)
 	bar.finish()
 	if err != nil {
 		return err
@@ -207,21 +233,28 @@ func (r benchReport) table(w io.Writer) error {
 	if r.Arch != "" {
 		model = fmt.Sprintf("%s %s random weights", r.Arch, r.DType)
 	}
+	stepNote := "UNet batch 2 with CFG"
 	rows := [][3]string{
 		{"model", model, r.Model},
+	}
+	if r.ControlNet != "" {
+		rows = append(rows, [3]string{"controlnet", "run at every step", r.ControlNet})
+		stepNote = "UNet and ControlNet, batch 2 with CFG"
+	}
+	rows = append(rows, [][3]string{
 		{"device", r.Device, r.Backend},
 		{"threads", threads, ""},
 		{"image", fmt.Sprintf("%d×%d", r.Size, r.Size), fmt.Sprintf("%d step%s %s, CFG %g", r.Steps, plural, r.Sampler, benchCFG)},
 		{"load", seconds(r.Load), "Open"},
 		{"text encode", seconds(r.TextEncode), "prompt and negative prompt"},
-		{"step", seconds(r.StepMedian), fmt.Sprintf("median of %d (min %s, max %s), UNet batch 2 with CFG",
-			len(r.StepTimes), seconds(slices.Min(r.StepTimes)), seconds(slices.Max(r.StepTimes)))},
+		{"step", seconds(r.StepMedian), fmt.Sprintf("median of %d (min %s, max %s), %s",
+			len(r.StepTimes), seconds(slices.Min(r.StepTimes)), seconds(slices.Max(r.StepTimes)), stepNote)},
 		{"vae decode", seconds(r.Decode), ""},
 		{"total", seconds(r.Total), "txt2img, without load"},
 		{"peak RSS", rss, rssNote},
 		{"arena peak", formatBytes(r.ArenaPeak), "runtime activations"},
 		{"device weights", formatBytes(r.WeightsCopy), "copied to the device (weights used in place from the file are not counted)"},
-	}
+	}...)
 	var buf strings.Builder
 	tw := tabwriter.NewWriter(&buf, 0, 8, 2, ' ', 0)
 	for _, row := range rows {

@@ -107,6 +107,7 @@ func TestBenchFlagValidation(t *testing.T) {
 		{"argument", []string{"sd15"}, `unexpected argument "sd15"`},
 		{"no cache folder", []string{"--cache", ""}, "no cache folder: pass --cache"},
 		{"model and arch", []string{"-m", t.TempDir(), "--arch", "sd21"}, "-m and --arch exclude each other"},
+		{"random ControlNet with a model", []string{"-m", t.TempDir(), "--controlnet", "random"}, "--controlnet random needs random weights (no -m)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -158,6 +159,19 @@ func TestBenchTinyArchitecture(t *testing.T) {
 	if _, ok := peakRSS(); ok {
 		assert.Positive(t, rep.PeakRSS)
 	}
+
+	// A random ControlNet for the architecture, written once too.
+	r = bench("--steps", "1", "--json", "--controlnet", "random")
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	cnPath := filepath.Join(cache, "sd15-f16-controlnet.safetensors")
+	assert.Contains(t, r.stderr, "writing a random F16 ControlNet to "+cnPath)
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep))
+	assert.Equal(t, cnPath, rep.ControlNet)
+	r = bench("--steps", "1", "--controlnet", "random")
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	assert.NotContains(t, r.stderr, "writing")
+	assert.Contains(t, r.stdout, "controlnet      run at every step")
+	assert.Contains(t, r.stdout, "UNet and ControlNet, batch 2 with CFG")
 
 	r = bench("--steps", "2")
 	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)

@@ -57,6 +57,25 @@
 //	--clip-skip N         text encoder layers to skip, AUTOMATIC1111's numbering (default 0)
 //	--guidance-rescale x  diffusers' guidance_rescale in [0, 1] (default 0)
 //	--eta x               DDIM's eta in [0, 1] (default 0)
+//	--controlnet path     a ControlNet: a diffusers ControlNetModel folder or an original
+//	                      single file (control_v11*_sd15_*.safetensors or .pth); repeatable
+//	                      for several (their residuals are summed). The flags below apply to
+//	                      the latest --controlnet before them.
+//	--control-image path  its control image, PNG or JPEG (required), resized to the output
+//	                      size (Lanczos, as diffusers)
+//	--control-scale x     its conditioning scale, >= 0 (default 1.0; 0 leaves it out)
+//	--control-start x     fraction of the steps before it starts acting (default 0)
+//	--control-end x       fraction of the steps after which it stops (default 1); it is not
+//	                      run outside [start, end]
+//	--guess-mode          diffusers' guess mode: it sees the prompt's half of the guidance
+//	                      batch only, its residuals scaled from 0.1 to 1 (default off)
+//	--control-preprocess NAME  none (the image is the control map, default), canny (edges,
+//	                      as cv2.Canny), invert (line art on white to lines on black) or,
+//	                      for inpaint, inpaint: the inpainting ControlNet's condition made
+//	                      from -i and the mask (-1 where masked; no --control-image)
+//	--canny LOW,HIGH      thresholds of canny (default 100,200)
+//	                      The PNG records each ControlNet as AUTOMATIC1111's ControlNet
+//	                      extension does: ControlNet 0: "Module: canny, Model: name [hash], ..."
 //	--text-heads N        the text encoder's attention head count, for single-file
 //	                      checkpoints whose text width is not SD's (default: the folder's
 //	                      config, else the width / 64); N,N2 (a second text encoder's count)
@@ -147,6 +166,10 @@
 //	                      ~/.cache/gosd)
 //	--json                print the report as JSON instead of a table (default off)
 //	--profile             also print the runtime's time per op kind on stderr (default off)
+//	--controlnet path     also run this ControlNet at every step (a ring pattern as its
+//	                      control image); random: random weights of an SD 1.5-style
+//	                      ControlNet for --arch, written once to the cache as a single file
+//	                      (default: none). Compare the step time with a run without it.
 //	--threads N, --device NAME, --lib path, -v, --text-heads N (with -m)
 //	                      as for txt2img
 //

@@ -54,6 +54,7 @@ type genOptions struct {
 	init, mask string
 	strength   float64
 	outpaint   *margins
+	controls   []*controlOptions
 }
 
 // margins are --outpaint's extensions of the canvas, in pixels.
@@ -166,6 +167,7 @@ func (o *genOptions) define(fs *flagSet) {
 	fs.intVar(&o.clipSkip, "clip-skip", "N", 0, "text encoder layers to skip, AUTOMATIC1111's numbering: 2 uses the penultimate layer\n(default 0: the last layer)", intRange(0, 1000))
 	fs.floatVar(&o.rescale, "guidance-rescale", "x", 0, "guidance rescale phi in [0, 1] (default 0: off)", floatRange(0, 1))
 	fs.floatVar(&o.eta, "eta", "x", 0, "DDIM's eta in [0, 1] (default 0)", floatRange(0, 1))
+	defineControlFlags(fs, &o.controls)
 	o.pipe.define(fs)
 }
 
@@ -202,7 +204,7 @@ func (o *genOptions) check(args []string) error {
 			return usagef("--mask and --outpaint cannot be combined: --outpaint makes its own mask")
 		}
 	}
-	return nil
+	return checkControls(o.controls, o.mode)
 }
 
 func (a *app) generate(ctx context.Context, o *genOptions, args []string) error {
@@ -239,6 +241,13 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		return err
 	}
 	defer p.Close()
+	controls, nets, err := loadControls(p, o.controls, initImg, mask, o.width, o.height)
+	for _, cn := range nets {
+		defer cn.Close()
+	}
+	if err != nil {
+		return err
+	}
 	if o.randomSeed {
 		o.seed = uint64(rand.Uint32()) // 32 bits, as web UIs pick them
 	}
@@ -252,7 +261,7 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		Sampler: o.sampler, Schedule: o.schedule, Eta: o.eta,
 		TimestepSpacing: o.spacing, PromptSyntax: o.syntax,
 		Seed: o.seed, RNG: o.rng, BatchSize: o.batch, ClipSkip: o.clipSkip,
-		Progress: bar.update,
+		Progress: bar.update, Controls: controls,
 	}
 	var res *diffusion.Result
 	switch o.mode {

@@ -574,6 +574,71 @@ SD_API sd_status_t sd_vae_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_tens
 SD_API sd_status_t sd_vae_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x,
                                  sd_tensor_t *mean, sd_tensor_t *logvar);
 
+/* ---------------------------------------------------------------------------------------
+ * ControlNet (diffusers' ControlNetModel): a trained copy of a UNet's encoder whose
+ * outputs are added to the UNet's skips and mid-block output (sd_unet_inputs_t's
+ * residuals). Weights use diffusers' names: the encoder's as in a UNet (conv_in,
+ * time_embedding, down_blocks, mid_block, and class_embedding / add_embedding when the
+ * config has them), controlnet_cond_embedding.{conv_in, blocks.j, conv_out},
+ * controlnet_down_blocks.i and controlnet_mid_block (1x1 convolutions).
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct sd_controlnet_config {
+    /* The encoder's config, as the UNet it was copied from; up_attention, out_channels and
+     * conv_out_kernel are not used. */
+    sd_unet_config_t unet;
+    int32_t conditioning_channels; /* channels of the control image, 3 */
+    /* conditioning_embedding_out_channels: conv_in 3x3 conditioning_channels -> c[0]; for
+     * each i < cond_levels - 1 blocks.2i c[i] -> c[i] and blocks.2i+1 c[i] -> c[i+1] (3x3,
+     * stride 2), SiLU after each; conv_out c[last] -> block_out_channels[0]. So the control
+     * image is 2^(cond_levels-1) times the latents' size. SD 1.5: (16, 32, 96, 256). */
+    int32_t cond_levels;
+    int32_t cond_channels[SD_MAX_LEVELS];
+} sd_controlnet_config_t;
+
+SD_API void sd_controlnet_config_default(sd_controlnet_config_t *c); /* SD 1.5's ControlNet */
+SD_API size_t sd_sizeof_controlnet_config(void);
+
+/* Loads a ControlNet (see sd_clip_load for ownership and the status codes). */
+SD_API sd_status_t sd_controlnet_load(sd_ctx_t *ctx, const sd_controlnet_config_t *config,
+                                      const sd_weight_t *weights, int32_t n_weights,
+                                      sd_model_t **out);
+
+/* The inputs of one ControlNet evaluation; only read during the call, the caller keeps
+ * ownership. Start from sd_controlnet_inputs_default. */
+typedef struct sd_controlnet_inputs {
+    /* As in sd_unet_inputs_t: x (B, in_channels, h, w), t (B), context (B, T, dim), and
+     * the embedding inputs the config asks for. */
+    const sd_tensor_t *x, *t, *context, *text_embeds, *time_ids, *class_labels;
+    /* (B, conditioning_channels, H, W) F32, the control image in [0, 1]; H and W halved
+     * cond_levels - 1 times (rounding up) must give h and w. */
+    const sd_tensor_t *cond;
+    float scale; /* conditioning_scale: every residual is multiplied by it; finite */
+    /* 1: guess mode, down residual i also multiplied by logspace(-1, 0, n + 1)[i] for n
+     * down residuals (0.1 ... ), the mid residual by its last value, 1. */
+    int32_t guess_mode;
+    /* The residuals go to rows [out_row, out_row + B) of the outputs, which may have more
+     * rows (guess mode under classifier-free guidance runs the conditional half only). With
+     * accumulate 0 those rows are overwritten and the other rows set to 0; with 1 the
+     * residuals are added to those rows and the others are left alone (several
+     * ControlNets summed). */
+    int32_t out_row;
+    int32_t accumulate;
+} sd_controlnet_inputs_t;
+
+SD_API void sd_controlnet_inputs_default(sd_controlnet_inputs_t *in); /* NULL, scale 1, 0 */
+SD_API size_t sd_sizeof_controlnet_inputs(void);
+
+/* One ControlNet evaluation. down[i] (R, C_i, h_i, w_i) F32 for the n_down = 1 + levels *
+ * layers_per_block + (levels - 1) skips (the shapes of sd_unet_inputs_t's down residuals,
+ * R >= out_row + B) and mid (R, block_out_channels[levels-1], h', w') F32 receive the
+ * residuals, ready for sd_unet_forward with residual_scale 1. Inputs or outputs of another
+ * shape or count are SD_STATUS_INVALID_ARGUMENT naming the first. Runs eagerly (no graph
+ * capture on CUDA yet). */
+SD_API sd_status_t sd_controlnet_forward(sd_ctx_t *ctx, sd_model_t *model,
+                                         const sd_controlnet_inputs_t *in, sd_tensor_t *const *down,
+                                         int32_t n_down, sd_tensor_t *mid);
+
 #ifdef __cplusplus
 }
 #endif

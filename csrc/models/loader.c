@@ -450,7 +450,7 @@ void sd_models_forget_ctx_locked(sd_ctx_t *ctx) {
 }
 
 sd_status_t sd_model_check(sd_ctx_t *ctx, const sd_model_t *model, int32_t kind, const char *op) {
-    static const char *names[] = {"a text encoder", "a UNet", "a VAE"};
+    static const char *names[] = {"a text encoder", "a UNet", "a VAE", "a ControlNet"};
     if (model == NULL || model->kind != kind)
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: not %s model", op, names[kind]);
     if (model->group != ctx->group)

@@ -9,7 +9,7 @@
 #include "graph-cache.h"
 #include "sd-internal.h"
 
-enum { SD_MODEL_CLIP = 0, SD_MODEL_UNET = 1, SD_MODEL_VAE = 2 };
+enum { SD_MODEL_CLIP = 0, SD_MODEL_UNET = 1, SD_MODEL_VAE = 2, SD_MODEL_CONTROLNET = 3 };
 
 /* What one context keeps for one model of its group. A model is read-only once loaded, so
  * contexts may run it concurrently; what a forward changes lives here, one per context:
@@ -28,7 +28,7 @@ struct sd_model {
     sd_tensor_t **owned; /* tensors the model made itself (backend memory), each allocated
                           * alone so pointers to them stay valid as the list grows */
     int32_t n_owned, cap_owned;
-    void *net; /* clip_net_t, unet_net_t or vae_net_t */
+    void *net; /* clip_net_t, unet_net_t, vae_net_t or controlnet_net_t */
     void (*free_net)(sd_ctx_t *ctx, void *net);
     sd_model_ctx_state_t *states; /* guarded by the group's lock */
     sd_model_t *prev, *next;      /* the group's list of live models */

@@ -50,3 +50,9 @@ size_t sd_sizeof_vae_config(void) {
 size_t sd_sizeof_unet_inputs(void) {
     return sizeof(sd_unet_inputs_t);
 }
+size_t sd_sizeof_controlnet_config(void) {
+    return sizeof(sd_controlnet_config_t);
+}
+size_t sd_sizeof_controlnet_inputs(void) {
+    return sizeof(sd_controlnet_inputs_t);
+}
