@@ -9,7 +9,7 @@ type Ctx uintptr
 type Tensor uintptr
 
 // ABIVersion is the SD_ABI_VERSION this package was written against.
-const ABIVersion = 3
+const ABIVersion = 4
 
 // MaxDims mirrors SD_MAX_DIMS.
 const MaxDims = 4
@@ -170,6 +170,9 @@ type CLIPConfig struct {
 	Activation   Activation
 	LayerNormEps float32
 	EOSID        int32
+	// ProjectionDim > 0 loads text_projection.weight (ProjectionDim, Hidden) for
+	// CLIPProject (CLIPTextModelWithProjection, SDXL's second text encoder); 0: none.
+	ProjectionDim int32
 }
 
 // UNetAdditionEmbed mirrors sd_unet_addition_embed_t.

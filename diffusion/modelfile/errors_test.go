@@ -71,9 +71,9 @@ func TestLoadErrorKinds(t *testing.T) {
 		{"text activation", func(*testing.T) map[string][]byte {
 			return map[string][]byte{"text_encoder/config.json": []byte(`{"hidden_act": "gelu_new", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4}`)}
 		}, ErrUnsupported, `hidden_act "gelu_new" is not supported`},
-		{"sdxl pipeline", func(*testing.T) map[string][]byte {
-			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionXLPipeline", "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}`)}
-		}, ErrUnsupported, "are not supported"},
+		{"sdxl refiner", func(*testing.T) map[string][]byte {
+			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}`)}
+		}, ErrUnsupported, "is not supported"},
 		{"unet block type", func(*testing.T) map[string][]byte {
 			return map[string][]byte{"unet/config.json": []byte(`{"mid_block_type": "UNetMidBlock2DSimpleCrossAttn"}`)}
 		}, ErrUnsupported, "unsupported mid block type"},

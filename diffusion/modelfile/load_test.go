@@ -234,12 +234,15 @@ func TestLoadDiffusersErrors(t *testing.T) {
 		files   func(t *testing.T) map[string][]byte
 		wantErr string
 	}{
-		{"sdxl", func(*testing.T) map[string][]byte {
-			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionXLPipeline", "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}`)}
-		}, "StableDiffusionXLPipeline pipelines (with a text_encoder_2) are not supported"},
+		{"sdxl refiner", func(*testing.T) map[string][]byte {
+			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [null, null], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}`)}
+		}, "StableDiffusionXLImg2ImgPipeline is not supported (SDXL pipelines need text_encoder and text_encoder_2"},
 		{"xl class", func(*testing.T) map[string][]byte {
 			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder_2": [null, null]}`)}
 		}, "StableDiffusionXLImg2ImgPipeline is not supported"},
+		{"second encoder of another class", func(*testing.T) map[string][]byte {
+			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionPipeline", "text_encoder_2": ["transformers", "CLIPTextModel"]}`)}
+		}, "StableDiffusionPipeline is not supported"},
 		{"no model index", func(*testing.T) map[string][]byte { return map[string][]byte{"model_index.json": nil} }, "not a diffusers folder"},
 		{"bad unet config", func(*testing.T) map[string][]byte {
 			return map[string][]byte{"unet/config.json": []byte(`{"addition_embed_type": "image"}`)}
@@ -337,4 +340,48 @@ func TestExtraTextEncoders(t *testing.T) {
 	assert.Equal(t, "text_encoder_2", s.Components[3].Name)
 	assert.Equal(t, len(m.TextEncoder.Tensors), s.Components[3].Tensors)
 	assert.Contains(t, s.String(), "\n  text_encoder_2 ")
+}
+
+// The kit's SDXL folder: both text encoders with their tokenizers, the second with its
+// projection, and force_zeros_for_empty_prompt as model_index.json says.
+func TestLoadSDXLFolder(t *testing.T) {
+	cases := []struct {
+		name       string
+		index      []byte // nil: the kit's
+		forceZeros bool
+	}{
+		{"kit", nil, true},
+		{"force zeros off", []byte(`{"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": false,
+			"text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}`), false},
+		{"force zeros absent", []byte(`{"_class_name": "StableDiffusionXLPipeline",
+			"text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}`), true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			replace := map[string][]byte{}
+			if c.index != nil {
+				replace["model_index.json"] = c.index
+			}
+			m := loadModel(t, testutil.KitFolder(t, "sdxl-tiny/diffusers", replace))
+			assert.Equal(t, FamilySDXL, m.Family)
+			assert.Equal(t, c.forceZeros, m.ForceZerosForEmptyPrompt)
+			assert.Empty(t, m.Unused)
+			require.Len(t, m.ExtraTextEncoders, 1)
+			te2 := m.ExtraTextEncoders[0]
+			assert.Equal(t, "text_encoder_2", te2.Name)
+			assert.Equal(t, "tokenizer_2", filepath.Base(te2.TokenizerDir))
+			assert.Equal(t, "tokenizer", filepath.Base(m.TokenizerDir))
+			assert.True(t, te2.Config.WithProjection)
+			assert.False(t, m.TextEncoder.Config.WithProjection)
+			assert.Equal(t, "gelu", te2.Config.HiddenAct)
+			require.Contains(t, te2.Tensors, "text_projection.weight")
+			assert.Equal(t, []int64{int64(te2.Config.ProjectionDim), int64(te2.Config.HiddenSize)}, te2.Tensors["text_projection.weight"].Shape)
+		})
+	}
+	t.Run("second encoder without projection", func(t *testing.T) {
+		cfg, err := os.ReadFile(filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "diffusers", "text_encoder", "config.json"))
+		require.NoError(t, err)
+		_, err = Load(testutil.KitFolder(t, "sdxl-tiny/diffusers", map[string][]byte{"text_encoder_2/config.json": cfg}))
+		assert.ErrorContains(t, err, "must be a CLIPTextModelWithProjection")
+	})
 }

@@ -320,6 +320,9 @@ func (c CLIPConfig) TensorSpecs() ([]TensorSpec, error) {
 		s.linear(p+".mlp.fc2", h, c.IntermediateSize, true)
 	}
 	s.norm("text_model.final_layer_norm", h)
+	if c.WithProjection {
+		s.linear("text_projection", c.ProjectionDim, h, false)
+	}
 	return s, nil
 }
 
