@@ -36,6 +36,8 @@ type Pipeline struct {
 	eng       *engine
 	tok       *tokenizer.Tokenizer
 	padID     int
+	tok2      *tokenizer.Tokenizer // SDXL's tokenizer_2; nil for one text encoder
+	padID2    int
 	desc      modelDesc
 	hash      *modelHash
 	log       *slog.Logger
@@ -182,6 +184,9 @@ func (p *Pipeline) setup(m *modelfile.Model, device Device) error {
 	// Every id the tokenizer can produce must index the text encoder's embedding table.
 	if n, embedded := p.tok.VocabSize(), m.TextEncoder.Config.VocabSize; n > embedded {
 		return fmt.Errorf("%w: the tokenizer has %d tokens, the text encoder embeds %d", ErrBadModel, n, embedded)
+	}
+	if err := p.setupSecondTokenizer(m); err != nil {
+		return err
 	}
 	if p.desc, err = describe(m); err != nil {
 		return err

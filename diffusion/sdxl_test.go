@@ -2,12 +2,21 @@ package diffusion
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"image"
+	"math"
+	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/gosd/gosd/binding"
 	"github.com/gosd/gosd/diffusion/modelfile"
+	"github.com/gosd/gosd/diffusion/schedule"
 	"github.com/gosd/gosd/internal/testutil"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -59,4 +68,168 @@ func TestSDXLTextEncodersMatchTransformers(t *testing.T) {
 	// The first encoder has no projection: the runtime says so instead of inventing one.
 	_, err := e.clipNet().project(make([]float32, 16), 1)
 	require.ErrorIs(t, err, binding.ErrInvalidArgument)
+}
+
+// sdxlRun is one of the kit's whole-pipeline runs, its call read from the manifest.
+type sdxlRun struct {
+	file string
+	seed uint64 // of init_latents: 50, the non-square run 51 (README-v2)
+	req  Request
+}
+
+// sdxlRuns reads the kit's txt2img calls from sdxl-tiny/manifest.json.
+func sdxlRuns(t *testing.T) []sdxlRun {
+	kit := testutil.ConformanceDir(t)
+	b, err := os.ReadFile(filepath.Join(kit, "sdxl-tiny", "manifest.json"))
+	require.NoError(t, err)
+	var man struct {
+		Files map[string]struct {
+			Call *struct {
+				Scheduler            string  `json:"scheduler"`
+				Steps                int     `json:"steps"`
+				Guidance             float64 `json:"guidance_scale"`
+				Height               int     `json:"height"`
+				Width                int     `json:"width"`
+				Prompt               string  `json:"prompt"`
+				NegativePrompt       *string `json:"negative_prompt"`
+				Prompt2              string  `json:"prompt_2"`
+				OriginalSize         []int   `json:"original_size"` // (h, w)
+				Crop                 []int   `json:"crops_coords_top_left"`
+				TargetSize           []int   `json:"target_size"`
+				NegativeOriginalSize []int   `json:"negative_original_size"`
+				NegativeCrop         []int   `json:"negative_crops_coords_top_left"`
+				NegativeTargetSize   []int   `json:"negative_target_size"`
+			} `json:"call"`
+		} `json:"files"`
+	}
+	require.NoError(t, json.Unmarshal(b, &man))
+	size := func(v []int) Size {
+		if v == nil {
+			return Size{}
+		}
+		return Size{Width: v[1], Height: v[0]}
+	}
+	point := func(v []int) image.Point {
+		if v == nil {
+			return image.Point{}
+		}
+		return image.Point{X: v[1], Y: v[0]}
+	}
+	var runs []sdxlRun
+	for name, f := range man.Files {
+		c := f.Call
+		if c == nil {
+			continue
+		}
+		ss, ok := schedule.SamplerForClass(c.Scheduler)
+		require.True(t, ok, c.Scheduler)
+		req := Request{
+			Prompt: c.Prompt, Prompt2: c.Prompt2, Width: c.Width, Height: c.Height, Steps: c.Steps,
+			GuidanceScale: c.Guidance, Sampler: samplerOf(ss), PromptSyntax: PromptPlain,
+			SizeConditioning: SizeConditioning{
+				OriginalSize: size(c.OriginalSize), CropTopLeft: point(c.Crop), TargetSize: size(c.TargetSize),
+				NegativeOriginalSize: size(c.NegativeOriginalSize), NegativeCropTopLeft: point(c.NegativeCrop),
+				NegativeTargetSize: size(c.NegativeTargetSize),
+			},
+		}
+		if c.NegativePrompt != nil {
+			req.NegativePrompt = *c.NegativePrompt
+		}
+		run := sdxlRun{file: name, seed: 50, req: req}
+		if name == "txt2img-euler-nonsquare.safetensors" {
+			run.seed = 51
+		}
+		run.req.Seed = run.seed
+		runs = append(runs, run)
+	}
+	slices.SortFunc(runs, func(a, b sdxlRun) int { return strings.Compare(a.file, b.file) })
+	require.Len(t, runs, 5)
+	return runs
+}
+
+// What the UNet is conditioned on in each of the kit's runs: the joined penultimate
+// states, the projected pooled embeddings (zeros for the negative prompt None of the
+// micro-conditioning run) and the time ids.
+// Both prompt syntaxes give diffusers' conditioning for these short prompts.
+func TestSDXLConditioningMatchesDiffusers(t *testing.T) {
+	p := openTiny(t, "sdxl-tiny")
+	for _, run := range sdxlRuns(t) {
+		for _, syntax := range []PromptSyntax{PromptPlain, PromptA1111} {
+			t.Run(strings.TrimSuffix(run.file, ".safetensors")+"/"+syntax.String(), func(t *testing.T) {
+				g := openGolden(t, filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", run.file))
+				req := run.req
+				req.PromptSyntax = syntax
+				par, _, err := p.desc.plan(req, nil)
+				require.NoError(t, err)
+				cond, err := p.conditioner().condition(par, true)
+				require.NoError(t, err)
+				defer cond.free()
+				ref, _ := g.floats("cond.prompt_embeds")
+				got := make([]float32, len(ref))
+				require.NoError(t, p.eng.lib.DownloadFloat32(p.eng.ctx, cond.context, got))
+				assertClose(t, "cond.prompt_embeds", got, ref)
+				refEmb, _ := g.floats("cond.add_text_embeds")
+				assertClose(t, "cond.add_text_embeds", cond.textEmbeds, refEmb)
+				refIDs, _ := g.floats("cond.add_time_ids")
+				assert.Equal(t, refIDs, cond.timeIDs, "time ids")
+			})
+		}
+	}
+}
+
+// The kit's five StableDiffusionXLPipeline runs through the public API, free-running
+// from the seed: every step's latents within 1e-4 of max|ref|, and the image within
+// 2/255 per pixel.
+func TestSDXLTxt2ImgMatchesDiffusers(t *testing.T) {
+	p := openTiny(t, "sdxl-tiny")
+	for _, run := range sdxlRuns(t) {
+		t.Run(strings.TrimSuffix(run.file, ".safetensors"), func(t *testing.T) {
+			g := openGolden(t, filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", run.file))
+			var steps [][]float32
+			req := run.req
+			req.onStep = func(step int, x []float32) { steps = append(steps, slices.Clone(x)) }
+			res, err := p.Txt2Img(context.Background(), req)
+			require.NoError(t, err)
+			require.Len(t, steps, req.Steps)
+			for i, x := range steps {
+				ref, _ := g.floats(fmt.Sprintf("step%02d.latents", i))
+				assertClose(t, fmt.Sprintf("step%02d.latents", i), x, ref)
+			}
+			assertImageClose(t, res.Images[0], g)
+		})
+	}
+}
+
+// assertImageClose compares an 8-bit image with the kit's float image at 2/255 per pixel.
+func assertImageClose(t *testing.T, img image.Image, g *goldenFile) {
+	t.Helper()
+	ref, rs := g.floats("image")
+	require.Equal(t, image.Rect(0, 0, int(rs[3]), int(rs[2])), img.Bounds())
+	got := imageCHW(img)
+	var worst float64
+	for i := range ref {
+		worst = math.Max(worst, math.Abs(float64(got[i])-float64(ref[i])*255))
+	}
+	t.Logf("image: max |pixel - 255 ref| = %.3f levels, PSNR %.1f dB", worst, psnr(got, ref))
+	assert.LessOrEqual(t, worst, 2.0, "2/255 per pixel")
+}
+
+// sdxl-tiny's VAE (scaling_factor 0.13025, force_upcast) on raw latents and images.
+func TestSDXLVAEMatchesDiffusers(t *testing.T) {
+	e, _ := loadSDXLTiny(t, testLibrary(t), "diffusers")
+	g := openGolden(t, filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "golden.safetensors"))
+	for _, d := range []string{"vae.decode", "vae.decode2"} {
+		z, zs := g.floats(d + ".z")
+		ref, _ := g.floats(d + ".out")
+		got, err := e.vaeNet().decode(z, int(zs[0]), int(zs[2]), int(zs[3]))
+		require.NoError(t, err)
+		assertClose(t, d, got, ref)
+	}
+	x, xs := g.floats("vae.encode.x")
+	mean, logvar, err := e.vaeNet().encode(x, int(xs[0]), int(xs[2]), int(xs[3]))
+	require.NoError(t, err)
+	refMean, _ := g.floats("vae.encode.mean")
+	refLogvar, _ := g.floats("vae.encode.logvar")
+	assertClose(t, "vae.encode.mean", mean, refMean)
+	assertClose(t, "vae.encode.logvar", logvar, refLogvar)
 }
