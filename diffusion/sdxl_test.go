@@ -181,23 +181,42 @@ func TestSDXLConditioningMatchesDiffusers(t *testing.T) {
 // from the seed: every step's latents within 1e-4 of max|ref|, and the image within
 // 2/255 per pixel.
 func TestSDXLTxt2ImgMatchesDiffusers(t *testing.T) {
-	p := openTiny(t, "sdxl-tiny")
-	for _, run := range sdxlRuns(t) {
-		t.Run(strings.TrimSuffix(run.file, ".safetensors"), func(t *testing.T) {
-			g := openGolden(t, filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", run.file))
-			var steps [][]float32
-			req := run.req
-			req.onStep = func(step int, x []float32) { steps = append(steps, slices.Clone(x)) }
-			res, err := p.Txt2Img(context.Background(), req)
-			require.NoError(t, err)
-			require.Len(t, steps, req.Steps)
-			for i, x := range steps {
-				ref, _ := g.floats(fmt.Sprintf("step%02d.latents", i))
-				assertClose(t, fmt.Sprintf("step%02d.latents", i), x, ref)
-			}
-			assertImageClose(t, res.Images[0], g)
-		})
+	for _, source := range []string{"diffusers", "single file"} {
+		p := openSDXLTiny(t, source)
+		for _, run := range sdxlRuns(t) {
+			t.Run(source+"/"+strings.TrimSuffix(run.file, ".safetensors"), func(t *testing.T) {
+				g := openGolden(t, filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", run.file))
+				var steps [][]float32
+				req := run.req
+				req.onStep = func(step int, x []float32) { steps = append(steps, slices.Clone(x)) }
+				res, err := p.Txt2Img(context.Background(), req)
+				require.NoError(t, err)
+				require.Len(t, steps, req.Steps)
+				for i, x := range steps {
+					ref, _ := g.floats(fmt.Sprintf("step%02d.latents", i))
+					assertClose(t, fmt.Sprintf("step%02d.latents", i), x, ref)
+				}
+				assertImageClose(t, res.Images[0], g)
+			})
+		}
 	}
+}
+
+// openSDXLTiny opens the kit's sdxl-tiny from its diffusers folder or its single file
+// (with the tiny model's head counts, which a single file does not record).
+func openSDXLTiny(t *testing.T, source string) *Pipeline {
+	t.Helper()
+	if source == "diffusers" {
+		return openTiny(t, "sdxl-tiny")
+	}
+	testLibrary(t)
+	p, err := Open(filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "sdxl-tiny-single-file.safetensors"),
+		WithDevice(DeviceCPU), WithThreads(2), WithLibrary(filepath.Join(testutil.RepoRoot(t), "build")),
+		WithModelOptions(modelfile.WithUNetHeads(2, 2, 4), modelfile.WithTextHeads(2), modelfile.WithTextHeads2(2)))
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	assert.Equal(t, modelfile.FamilySDXL, p.Info().Family)
+	return p
 }
 
 // assertImageClose compares an 8-bit image with the kit's float image at 2/255 per pixel.

@@ -37,6 +37,8 @@ var specKit = []struct {
 		opts: []modelfile.Option{modelfile.WithUNetHeads(8, 8, 8, 8), modelfile.WithTextHeads(4)}},
 	{folder: "sd2-tiny-v", path: "sd2-tiny-v/diffusers"},
 	{folder: "sdxl-tiny", path: "sdxl-tiny/diffusers"},
+	{folder: "sdxl-tiny", path: "sdxl-tiny/sdxl-tiny-single-file.safetensors",
+		opts: []modelfile.Option{modelfile.WithUNetHeads(2, 2, 4), modelfile.WithTextHeads(2), modelfile.WithTextHeads2(2)}},
 	{folder: "controlnet-tiny", skip: "a ControlNet beside sd1-tiny: the runtime has no ControlNet yet"},
 	{folder: "upscaler-tiny", path: "upscaler-tiny/diffusers"},
 	{folder: "taesd-tiny", skip: "TAESD, an autoencoder of another architecture than AutoencoderKL: the runtime has no TAESD"},

@@ -185,8 +185,11 @@ func (o *options) predictionFor(f Family) schedule.PredictionType {
 // model, with the given prediction type.
 func defaultScheduler(f Family, pred schedule.PredictionType) SchedulerConfig {
 	s := SD15SchedulerConfig()
-	if f == FamilySD2 {
+	switch f {
+	case FamilySD2:
 		s = SD21SchedulerConfig()
+	case FamilySDXL:
+		s = SDXLSchedulerConfig()
 	}
 	s.PredictionType = pred
 	return s.withRaw()
@@ -244,6 +247,9 @@ func (m *Model) fromLDM(tensors []Tensor, o *options) error {
 	family, err := ts.detectFamily()
 	if err != nil {
 		return err
+	}
+	if family == FamilySDXL {
+		return m.fromSGM(ts, o)
 	}
 	if o.family != 0 {
 		family = o.family

@@ -2,6 +2,7 @@ package modelfile
 
 import (
 	"archive/zip"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -384,4 +385,92 @@ func TestLoadSDXLFolder(t *testing.T) {
 		_, err = Load(testutil.KitFolder(t, "sdxl-tiny/diffusers", map[string][]byte{"text_encoder_2/config.json": cfg}))
 		assert.ErrorContains(t, err, "must be a CLIPTextModelWithProjection")
 	})
+}
+
+// The kit's SDXL single file (SGM layout) holds exactly the diffusers folder's weights:
+// every tensor binds to the same bytes, OpenCLIP's fused in_proj split and its
+// text_projection transposed, and the inferred configs are the folder's.
+func TestLoadSDXLSingleFileMatchesFolder(t *testing.T) {
+	kit := testutil.ConformanceDir(t)
+	folder := loadModel(t, filepath.Join(kit, "sdxl-tiny", "diffusers"))
+	// The tiny model's heads are 16 wide, not SDXL's 64: its configs say how many.
+	single := loadModel(t, filepath.Join(kit, "sdxl-tiny", "sdxl-tiny-single-file.safetensors"),
+		WithUNetHeads(folder.UNet.Config.AttentionHeads...), WithTextHeads(folder.TextEncoder.Config.NumAttentionHeads),
+		WithTextHeads2(folder.ExtraTextEncoders[0].Config.NumAttentionHeads))
+	assert.Equal(t, FamilySDXL, single.Family)
+	assert.True(t, single.ForceZerosForEmptyPrompt)
+	assert.Empty(t, single.Unused)
+	require.Len(t, single.ExtraTextEncoders, 1)
+	te2f, te2s := folder.ExtraTextEncoders[0], single.ExtraTextEncoders[0]
+	for _, c := range []struct {
+		name      string
+		got, want map[string]Tensor
+	}{
+		{"unet", single.UNet.Tensors, folder.UNet.Tensors},
+		{"vae", single.VAE.Tensors, folder.VAE.Tensors},
+		{"text_encoder", single.TextEncoder.Tensors, folder.TextEncoder.Tensors},
+		{"text_encoder_2", te2s.Tensors, te2f.Tensors},
+	} {
+		require.Len(t, c.got, len(c.want), c.name)
+		for name, w := range c.want {
+			g, ok := c.got[name]
+			if assert.True(t, ok, "%s: %s", c.name, name) {
+				assert.Equal(t, w.Shape, g.Shape, "%s: %s", c.name, name)
+				assert.True(t, bytes.Equal(w.Data, g.Data), "%s: %s differs", c.name, name)
+			}
+		}
+	}
+	u, fu := single.UNet.Config, folder.UNet.Config
+	assert.Equal(t, fu.AdditionEmbedType, u.AdditionEmbedType)
+	assert.Equal(t, fu.AdditionTimeEmbedDim, u.AdditionTimeEmbedDim)
+	assert.Equal(t, fu.ProjectionClassEmbeddingsInputDim, u.ProjectionClassEmbeddingsInputDim)
+	assert.Equal(t, fu.TransformerLayersPerBlock, u.TransformerLayersPerBlock)
+	assert.Equal(t, fu.DownBlockTypes, u.DownBlockTypes)
+	assert.Equal(t, fu.UpBlockTypes, u.UpBlockTypes)
+	assert.Equal(t, fu.CrossAttentionDim, u.CrossAttentionDim)
+	assert.Equal(t, folder.VAE.Config.ScalingFactor, single.VAE.Config.ScalingFactor)
+	assert.Equal(t, te2f.Config.ProjectionDim, te2s.Config.ProjectionDim)
+	assert.Equal(t, te2f.Config.NumHiddenLayers, te2s.Config.NumHiddenLayers, "all of OpenCLIP's blocks: SDXL pools after the last")
+	assert.Equal(t, te2f.Config.HiddenAct, te2s.Config.HiddenAct)
+	assert.Equal(t, folder.TextEncoder.Config.HiddenAct, single.TextEncoder.Config.HiddenAct)
+	assert.Equal(t, "EulerDiscreteScheduler", single.Scheduler.ClassName)
+	assert.Equal(t, "leading", single.Scheduler.TimestepSpacing)
+	assert.Len(t, single.Warnings, 2, "both tiny text encoders are not SDXL's")
+}
+
+// SDXL is recognised by its parts; a file with some of them is refused with what it has.
+func TestSGMFamilyDetection(t *testing.T) {
+	path := filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "sdxl-tiny-single-file.safetensors")
+	f, err := OpenFile(path)
+	require.NoError(t, err)
+	defer f.Close()
+	cases := []struct {
+		name    string
+		drop    string // every tensor with this prefix removed
+		rename  [2]string
+		wantErr string
+	}{
+		{"no label_emb", "model.diffusion_model.label_emb.", [2]string{}, "without the UNet's added embedding"},
+		{"refiner", "conditioner.embedders.0.", [2]string{"conditioner.embedders.1.", "conditioner.embedders.0."}, "SDXL refiner single file"},
+		{"no OpenCLIP", "conditioner.embedders.1.", [2]string{}, "other than SDXL base's"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ts := ldmTensors{}
+			for _, x := range f.Tensors {
+				if strings.HasPrefix(x.Name, c.drop) {
+					continue
+				}
+				if c.rename[0] != "" {
+					if rest, ok := strings.CutPrefix(x.Name, c.rename[0]); ok {
+						x.Name = c.rename[1] + rest
+					}
+				}
+				ts[x.Name] = x
+			}
+			_, err := ts.detectFamily()
+			require.ErrorIs(t, err, ErrUnsupported)
+			assert.ErrorContains(t, err, c.wantErr)
+		})
+	}
 }
