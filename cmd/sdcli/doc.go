@@ -1,4 +1,4 @@
-// Sdcli generates images with Stable Diffusion 1.x and 2.x models from the command line,
+// Sdcli generates images with Stable Diffusion 1.x, 2.x and SDXL models from the command line,
 // with flags in the style of stable-diffusion.cpp, and measures the runtime.
 //
 //	sdcli txt2img -p "a red apple on a wooden table" -o apple.png
@@ -30,6 +30,16 @@
 //	                      directory and its parents
 //	-p text               prompt (default empty)
 //	-n text               negative prompt (default empty)
+//	--prompt-2 text       SDXL: the second text encoder's prompt (default: the prompt)
+//	--negative-prompt-2 text  SDXL: the second text encoder's negative prompt (default: the
+//	                      negative prompt). SDXL models with force_zeros_for_empty_prompt
+//	                      condition on zeros when both negative prompts are empty.
+//	--original-size WxH, --target-size WxH, --crop X,Y  SDXL's micro-conditioning: the
+//	                      original image size, target size and crop corner (left,top) the
+//	                      model is told (default: the output size, twice, and 0,0)
+//	--negative-original-size WxH, --negative-target-size WxH, --negative-crop X,Y
+//	                      the negative row's, used only when both negative sizes are
+//	                      given (default: the positive row's)
 //	-W px, -H px          width and height, multiples of 8 (default: the model's native size)
 //	--steps N             sampling steps (default 20)
 //	--cfg scale           classifier-free guidance scale, 1 to 100; 1 turns it off (default 7.5)
@@ -57,10 +67,9 @@
 //	--clip-skip N         text encoder layers to skip, AUTOMATIC1111's numbering (default 0)
 //	--guidance-rescale x  diffusers' guidance_rescale in [0, 1] (default 0)
 //	--eta x               DDIM's eta in [0, 1] (default 0)
-//	--text-heads N        the text encoder's attention head count, for single-file
-//	                      checkpoints whose text width is not SD's (default: the folder's
-//	                      config, else the width / 64); N,N2 (a second text encoder's count)
-//	                      is refused: no model supported has two yet
+//	--text-heads N[,N2]   the text encoder's attention head count, and N2 SDXL's second
+//	                      encoder's, for single-file checkpoints whose text width is not SD's
+//	                      (default: the folder's config, else the width / 64)
 //	--threads N           CPU threads (default 0: one per core)
 //	--device NAME         auto, cpu or cuda (default auto: a CUDA GPU when the GPU build of the
 //	                      runtime and a usable GPU are present)
@@ -103,7 +112,7 @@
 // and size; then its tokenizer, native image size and the scheduler that --sampler auto
 // uses.
 //
-//	--text-heads N        as for txt2img
+//	--text-heads N[,N2]   as for txt2img
 //
 // # sdcli preprocess
 //

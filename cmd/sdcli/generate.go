@@ -50,6 +50,7 @@ type genOptions struct {
 	clipSkip         int
 	rescale, eta     float64
 	pipe             pipelineOptions
+	sdxl             sdxlOptions
 	// img2img and inpaint
 	init, mask string
 	strength   float64
@@ -92,6 +93,7 @@ func (o *genOptions) define(fs *flagSet) {
 	fs.stringVar(&o.model, "m", "path", "", "model file (.safetensors, .ckpt) or diffusers folder\n(default: the demo model "+demoModel+")")
 	fs.stringVar(&o.prompt, "p", "text", "", "prompt (default: empty)")
 	fs.stringVar(&o.negative, "n", "text", "", "negative prompt (default: empty)")
+	o.sdxl.define(fs)
 	if o.mode != modeTxt2Img {
 		fs.stringVar(&o.init, "i", "path", "", "init image, PNG or JPEG (no default: required)")
 	}
@@ -254,6 +256,7 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		Seed: o.seed, RNG: o.rng, BatchSize: o.batch, ClipSkip: o.clipSkip,
 		Progress: bar.update,
 	}
+	o.sdxl.apply(&req)
 	var res *diffusion.Result
 	switch o.mode {
 	case modeTxt2Img:

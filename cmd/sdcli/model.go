@@ -73,13 +73,15 @@ func (a *app) modelPath(path string) (string, error) {
 // modelOptions are the flags saying what a model file does not record.
 type modelOptions struct {
 	textHeads int // 0: the folder's config, else the text width / 64 as in SD's checkpoints
+	// textHeads2 is SDXL's second text encoder's (0: as textHeads' default).
+	textHeads2 int
 }
 
 // maxHeads bounds --text-heads: far above any CLIP, low enough to stay a plausible count.
 const maxHeads = 1024
 
 func (o *modelOptions) define(fs *flagSet) {
-	fs.funcVar("text-heads", "N[,N2]", "attention heads of the text encoder, for single files of a width other than SD's\n(N2, a second text encoder's, is not supported yet; default: the config, else the width / 64)",
+	fs.funcVar("text-heads", "N[,N2]", "attention heads of the text encoder, and N2 of SDXL's second one, for single files of\na width other than SD's (default: the config, else the width / 64)",
 		o.setTextHeads)
 }
 
@@ -96,21 +98,23 @@ func (o *modelOptions) setTextHeads(s string) error {
 		}
 		heads[i] = n
 	}
-	if len(heads) == 2 {
-		// SD 1.x and 2.x have one text encoder; the API has no place for a second one's
-		// heads yet (SDXL's), and dropping N2 silently would mislead.
-		return errors.New("N2, a second text encoder's head count, is not supported yet: the models supported have one text encoder")
-	}
 	o.textHeads = heads[0]
+	if len(heads) == 2 {
+		o.textHeads2 = heads[1]
+	}
 	return nil
 }
 
 // options are the modelfile.Load options the flags ask for.
 func (o *modelOptions) options() []modelfile.Option {
-	if o.textHeads == 0 {
-		return nil
+	var opts []modelfile.Option
+	if o.textHeads != 0 {
+		opts = append(opts, modelfile.WithTextHeads(o.textHeads))
 	}
-	return []modelfile.Option{modelfile.WithTextHeads(o.textHeads)}
+	if o.textHeads2 != 0 {
+		opts = append(opts, modelfile.WithTextHeads2(o.textHeads2))
+	}
+	return opts
 }
 
 // pipelineOptions are the flags that open a model.

@@ -15,7 +15,7 @@ func TestTextHeadsFlagValidation(t *testing.T) {
 	values := []struct {
 		name, value, msg string
 	}{
-		{"second encoder", "4,8", `invalid value "4,8" for flag -text-heads: N2, a second text encoder's head count, is not supported yet`},
+		{"second encoder", "4,0", `invalid value "4,0" for flag -text-heads: "0": want a head count between 1 and 1024`},
 		{"zero", "0", `invalid value "0" for flag -text-heads: "0": want a head count between 1 and 1024`},
 		{"zero second", "4,0", `"0": want a head count between 1 and 1024`},
 		{"too many", "1025", `"1025": want a head count between 1 and 1024`},

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"image"
+	"strconv"
+	"strings"
+
+	"github.com/gosd/gosd/diffusion"
+)
+
+// sdxlOptions are the generation flags only SDXL models take: the second text encoder's
+// prompts and the micro-conditioning. Other models refuse them when set.
+type sdxlOptions struct {
+	prompt2, negative2 string
+	sizes              diffusion.SizeConditioning
+}
+
+func (o *sdxlOptions) define(fs *flagSet) {
+	fs.stringVar(&o.prompt2, "prompt-2", "text", "", "SDXL: prompt of the second text encoder (default: the prompt)")
+	fs.stringVar(&o.negative2, "negative-prompt-2", "text", "", "SDXL: negative prompt of the second text encoder (default: the negative prompt)")
+	for _, f := range []struct {
+		name, what string
+		size       *diffusion.Size
+	}{
+		{"original-size", "the original image size the model is told (default: the output size)", &o.sizes.OriginalSize},
+		{"target-size", "the target size it is told (default: the output size)", &o.sizes.TargetSize},
+		{"negative-original-size", "the negative row's original size, with --negative-target-size\n(default: the positive row's)", &o.sizes.NegativeOriginalSize},
+		{"negative-target-size", "the negative row's target size, with --negative-original-size\n(default: the positive row's)", &o.sizes.NegativeTargetSize},
+	} {
+		fs.funcVar(f.name, "WxH", "SDXL: "+f.what, func(s string) (err error) {
+			*f.size, err = parseSize(s)
+			return err
+		})
+	}
+	for _, f := range []struct {
+		name, what string
+		at         *image.Point
+	}{
+		{"crop", "the crop's top-left corner, left,top, the model is told (default 0,0)", &o.sizes.CropTopLeft},
+		{"negative-crop", "the negative row's crop, with the negative sizes (default 0,0)", &o.sizes.NegativeCropTopLeft},
+	} {
+		fs.funcVar(f.name, "X,Y", "SDXL: "+f.what, func(s string) (err error) {
+			*f.at, err = parsePoint(s)
+			return err
+		})
+	}
+}
+
+func (o *sdxlOptions) apply(req *diffusion.Request) {
+	req.Prompt2, req.NegativePrompt2, req.SizeConditioning = o.prompt2, o.negative2, o.sizes
+}
+
+// parseSize reads WxH in pixels.
+func parseSize(s string) (diffusion.Size, error) {
+	w, h, ok := strings.Cut(strings.ToLower(s), "x")
+	if !ok {
+		return diffusion.Size{}, errors.New("want WxH, e.g. 1024x1024")
+	}
+	var v [2]int
+	for i, p := range []string{w, h} {
+		n, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || n < 1 || n > 1<<16 {
+			return diffusion.Size{}, fmt.Errorf("%q: want a side between 1 and %d", p, 1<<16)
+		}
+		v[i] = n
+	}
+	return diffusion.Size{Width: v[0], Height: v[1]}, nil
+}
+
+// parsePoint reads X,Y in pixels.
+func parsePoint(s string) (image.Point, error) {
+	x, y, ok := strings.Cut(s, ",")
+	if !ok {
+		return image.Point{}, errors.New("want X,Y, e.g. 0,0")
+	}
+	var v [2]int
+	for i, p := range []string{x, y} {
+		n, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || n < 0 || n > 1<<16 {
+			return image.Point{}, fmt.Errorf("%q: want a coordinate between 0 and %d", p, 1<<16)
+		}
+		v[i] = n
+	}
+	return image.Point{X: v[0], Y: v[1]}, nil
+}
