@@ -252,3 +252,75 @@ func TestSDXLVAEMatchesDiffusers(t *testing.T) {
 	assertClose(t, "vae.encode.mean", mean, refMean)
 	assertClose(t, "vae.encode.logvar", logvar, refLogvar)
 }
+
+// An SDXL-Turbo-style call: one step, trailing spacing, guidance off. The UNet then gets
+// one row, the positive one of the kit's conditioning, and the step is Euler's from
+// sigma_max: references derived from the kit (its positive conditioning row and its
+// seed-50 noise) and from the components tested above.
+func TestSDXLOneStepWithoutGuidance(t *testing.T) {
+	p := openTiny(t, "sdxl-tiny")
+	kitRun := openGolden(t, filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "txt2img-euler.safetensors"))
+	req := Request{Prompt: "a red apple on a table", Width: 64, Height: 64, Steps: 1, GuidanceScale: 1,
+		Sampler: Euler, TimestepSpacing: schedule.SpacingTrailing, Seed: 50}
+	par, sched, err := p.desc.plan(req, nil)
+	require.NoError(t, err)
+	assert.Equal(t, []float64{999}, sched.Timesteps(), "trailing spacing starts at the last training step")
+
+	cond, err := p.conditioner().condition(par, false)
+	require.NoError(t, err)
+	defer cond.free()
+	refCtx, cs := kitRun.floats("cond.prompt_embeds")
+	per := int(cs[1] * cs[2])
+	got := make([]float32, per)
+	require.NoError(t, p.eng.lib.DownloadFloat32(p.eng.ctx, cond.context, got))
+	assertClose(t, "positive context row", got, refCtx[per:])
+	refEmb, es := kitRun.floats("cond.add_text_embeds")
+	assertClose(t, "positive text_embeds row", cond.textEmbeds, refEmb[es[1]:])
+	assert.Equal(t, []float32{64, 64, 0, 0, 64, 64}, cond.timeIDs)
+
+	x, _ := kitRun.floats("init_latents")
+	scale(x, float32(sched.InitNoiseSigma()))
+	d := &denoiser{unet: p.eng.unetNet(), cond: cond, batch: 1, h: 8, w: 8, guidance: 1}
+	eps, err := d.predict(sched.ScaleModelInput(x, 0), 999, 1)
+	require.NoError(t, err)
+	want, err := sched.Step(eps, 0, x, nil)
+	require.NoError(t, err)
+
+	var last []float32
+	req.onStep = func(_ int, x []float32) { last = slices.Clone(x) }
+	res, err := p.Txt2Img(context.Background(), req)
+	require.NoError(t, err)
+	assertClose(t, "latents after the one step", last, want)
+	assert.Equal(t, 1, res.Params.Steps)
+}
+
+// img2img and inpainting run on SDXL through the shared paths (the init image encoded with
+// the model's VAE and its 0.13025 scaling, the SDXL conditioning). The kit has no
+// diffusers reference for them: the checks are determinism and the resolved parameters.
+func TestSDXLImg2ImgAndInpaintRun(t *testing.T) {
+	p := openTiny(t, "sdxl-tiny")
+	src := image.NewRGBA(image.Rect(0, 0, 64, 64))
+	for y := 0; y < 64; y++ {
+		for x := 0; x < 64; x++ {
+			src.Pix[4*(y*64+x)], src.Pix[4*(y*64+x)+1], src.Pix[4*(y*64+x)+2], src.Pix[4*(y*64+x)+3] = uint8(4*x), uint8(4*y), 128, 255
+		}
+	}
+	base := Request{Prompt: "a red apple on a table", Steps: 4, GuidanceScale: 5, Seed: 7, Prompt2: "an oil painting"}
+	a, err := p.Img2Img(context.Background(), Img2ImgRequest{Request: base, Image: src, Strength: 0.5})
+	require.NoError(t, err)
+	b, err := p.Img2Img(context.Background(), Img2ImgRequest{Request: base, Image: src, Strength: 0.5})
+	require.NoError(t, err)
+	assert.Equal(t, imageCHW(a.Images[0]), imageCHW(b.Images[0]), "deterministic for a seed")
+	assert.Equal(t, 0.5, a.Params.Strength)
+	assert.Equal(t, Size{64, 64}, a.Params.SizeConditioning.OriginalSize, "defaults to the image's size")
+
+	mask := image.NewGray(image.Rect(0, 0, 64, 64))
+	for y := 0; y < 64; y++ {
+		for x := 32; x < 64; x++ {
+			mask.Pix[y*64+x] = 255 // the right half is repainted
+		}
+	}
+	res, err := p.Inpaint(context.Background(), InpaintRequest{Request: base, Image: src, Mask: mask})
+	require.NoError(t, err)
+	require.Equal(t, image.Rect(0, 0, 64, 64), res.Images[0].Bounds())
+}
