@@ -324,3 +324,50 @@ func TestSDXLImg2ImgAndInpaintRun(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, image.Rect(0, 0, 64, 64), res.Images[0].Bounds())
 }
+
+// A base → refiner hand-over with the same model on both sides is the plain run cut in
+// two: the kit's Euler run must come out of it, at every hand-over point, and the second
+// stage must start from the first's latents without new noise.
+func TestTxt2ImgRefinedHandOver(t *testing.T) {
+	p := openTiny(t, "sdxl-tiny")
+	run := sdxlRuns(t)[4]
+	require.Equal(t, "txt2img-euler.safetensors", run.file)
+	g := openGolden(t, filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", run.file))
+	plain, err := p.Txt2Img(context.Background(), run.req)
+	require.NoError(t, err)
+	// 831, 665, 499, 333, 167, 1: 0.8 hands over at 200 (4 + 2 steps), 0.5 at 500 (2 + 4),
+	// 0.17 at 830 (1 + 5).
+	for _, c := range []struct {
+		start       float64
+		base, refin int
+	}{{0.8, 4, 2}, {0.5, 2, 4}, {0.17, 1, 5}} {
+		t.Run(fmt.Sprint(c.start), func(t *testing.T) {
+			var stages []int // each call's stage length
+			req := run.req
+			req.Progress = func(pr Progress) { stages = append(stages, pr.Evaluations) }
+			res, err := p.Txt2ImgRefined(context.Background(), req, p, c.start)
+			require.NoError(t, err)
+			want := append(slices.Repeat([]int{c.base}, c.base), slices.Repeat([]int{c.refin}, c.refin)...)
+			assert.Equal(t, want, stages, "the calls of each stage")
+			assert.Equal(t, imageCHW(plain.Images[0]), imageCHW(res.Images[0]))
+			assertImageClose(t, res.Images[0], g)
+		})
+	}
+	for _, c := range []struct {
+		name    string
+		req     Request
+		start   float64
+		wantMsg string
+	}{
+		{"start out of range", run.req, 1.5, "refiner start 1.5 not in (0, 1)"},
+		{"nothing for the base", run.req, 0.1, "leaves the base model 0 steps and the refiner 6"},
+		{"nothing for the refiner", run.req, 0.999, "leaves the base model 6 steps and the refiner 0"},
+		{"two calls a step", Request{Prompt: "x", Width: 64, Height: 64, Steps: 4, Sampler: Heun}, 0.5, "makes 7 model calls for 4 steps"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := p.Txt2ImgRefined(context.Background(), c.req, p, c.start)
+			require.ErrorIs(t, err, ErrInvalidRequest)
+			assert.Contains(t, err.Error(), c.wantMsg)
+		})
+	}
+}

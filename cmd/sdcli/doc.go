@@ -40,6 +40,11 @@
 //	--negative-original-size WxH, --negative-target-size WxH, --negative-crop X,Y
 //	                      the negative row's, used only when both negative sizes are
 //	                      given (default: the positive row's)
+//	--refiner path        txt2img: a second model (SDXL's refiner, or any model with the same
+//	                      latents) that takes the schedule over from --refiner-start on, as
+//	                      diffusers' denoising_end / denoising_start (default: none)
+//	--refiner-start x     the fraction of the schedule the first model runs, in (0, 1)
+//	                      (default 0.8)
 //	-W px, -H px          width and height, multiples of 8 (default: the model's native size)
 //	--steps N             sampling steps (default 20)
 //	--cfg scale           classifier-free guidance scale, 1 to 100; 1 turns it off (default 7.5)

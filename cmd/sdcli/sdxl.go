@@ -15,9 +15,23 @@ import (
 type sdxlOptions struct {
 	prompt2, negative2 string
 	sizes              diffusion.SizeConditioning
+	// txt2img: a second model that finishes the schedule from refinerStart on.
+	refiner      string
+	refinerStart float64
 }
 
-func (o *sdxlOptions) define(fs *flagSet) {
+func (o *sdxlOptions) define(fs *flagSet, m mode) {
+	if m == modeTxt2Img {
+		fs.stringVar(&o.refiner, "refiner", "path", "", "a model that takes over the last part of the schedule (SDXL's base + refiner;\ndefault: none)")
+		fs.floatVar(&o.refinerStart, "refiner-start", "x", diffusion.DefaultRefinerStart,
+			fmt.Sprintf("with --refiner: the fraction of the schedule the first model runs, in (0, 1) (default %g)", diffusion.DefaultRefinerStart),
+			func(v float64) error {
+				if !(v > 0 && v < 1) {
+					return errors.New("must be in (0, 1)")
+				}
+				return nil
+			})
+	}
 	fs.stringVar(&o.prompt2, "prompt-2", "text", "", "SDXL: prompt of the second text encoder (default: the prompt)")
 	fs.stringVar(&o.negative2, "negative-prompt-2", "text", "", "SDXL: negative prompt of the second text encoder (default: the negative prompt)")
 	for _, f := range []struct {
