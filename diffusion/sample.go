@@ -14,8 +14,8 @@ import (
 type start struct {
 	x          []float32
 	first, end int
-	blend *latentBlend
-	extra []float32
+	blend      *latentBlend
+	extra      []float32
 }
 
 // sample is the sampling loop: from st, one denoiser evaluation and one scheduler step
