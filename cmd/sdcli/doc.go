@@ -152,10 +152,11 @@
 // runtime's peak activation memory. With -m it times that model instead, at its native
 // size unless --size is given.
 //
-//	--arch NAME           sd15 or sd21 (default sd15)
+//	--arch NAME           sd15, sd21 or sdxl (SDXL base 1.0: UNet 2.57 B parameters, both
+//	                      text encoders) (default sd15)
 //	-m path               a model file or diffusers folder to time instead (not with --arch)
-//	--size px             image width and height, a multiple of 8 (default 512; with -m
-//	                      the model's native size)
+//	--size px             image width and height, a multiple of 8 (default 512, 1024 for
+//	                      sdxl; with -m the model's native size)
 //	--steps N             sampling steps whose median is reported (default 3)
 //	--cache dir           folder of the random weights (default $XDG_CACHE_HOME/gosd, else
 //	                      ~/.cache/gosd)
