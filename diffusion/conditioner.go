@@ -17,17 +17,20 @@ type conditioner struct {
 	padID int
 	clip  clipNet
 	// SDXL: the second tokenizer (nil for one-encoder models) and text encoder, and
-	// force_zeros_for_empty_prompt.
+	// force_zeros_for_empty_prompt; sdxl also for the refiner, whose one encoder is
+	// the first here.
 	tok2       *tokenizer.Tokenizer
 	padID2     int
 	clip2      clipNet
 	forceZeros bool
+	sdxl       bool
 	log        *slog.Logger
 }
 
 func (p *Pipeline) conditioner() *conditioner {
 	return &conditioner{tok: p.tok, padID: p.padID, clip: p.eng.clipNet(),
-		tok2: p.tok2, padID2: p.padID2, clip2: p.eng.clipNet2(), forceZeros: p.model.ForceZerosForEmptyPrompt, log: p.log}
+		tok2: p.tok2, padID2: p.padID2, clip2: p.eng.clipNet2(), forceZeros: p.model.ForceZerosForEmptyPrompt,
+		sdxl: p.desc.sdxl, log: p.log}
 }
 
 // conditioning is what every UNet evaluation of one request is conditioned on, in backend
@@ -47,7 +50,7 @@ func (c *conditioning) free() { c.lib.TensorFree(c.ctx, c.context) }
 // condition encodes the request's prompts (with classifier-free guidance, the negative
 // prompt too) and uploads the context; the caller frees it.
 func (c *conditioner) condition(par Params, cfg bool) (*conditioning, error) {
-	if c.tok2 != nil {
+	if c.sdxl {
 		return c.conditionSDXL(par, cfg)
 	}
 	hidden, tokens, err := c.encodePrompts(par, cfg)

@@ -177,8 +177,8 @@ func (p *Pipeline) setup(m *modelfile.Model, device Device) error {
 			return err
 		}
 		p.padID = p.tok.EOS()
-		if m.Family == modelfile.FamilySD2 {
-			p.padID = 0 // OpenCLIP pads with "!"
+		if m.Family == modelfile.FamilySD2 || m.RequiresAestheticsScore {
+			p.padID = 0 // OpenCLIP (SD 2.x, SDXL refiner's encoder) pads with "!"
 		}
 	}
 	// Every id the tokenizer can produce must index the text encoder's embedding table.

@@ -28,6 +28,10 @@ type SizeConditioning struct {
 	NegativeOriginalSize Size
 	NegativeCropTopLeft  image.Point
 	NegativeTargetSize   Size
+	// The refiner's (requires_aesthetics_score) last time id instead of the target size:
+	// 0 means diffusers' defaults, 6 and 2.5 for the negative row. Other models ignore
+	// them.
+	AestheticScore, NegativeAestheticScore float64
 }
 
 // maxConditionedSide bounds the sizes of SizeConditioning (they are embedded as numbers,
@@ -37,7 +41,7 @@ const maxConditionedSide = 1 << 16
 func (s Size) zero() bool { return s == Size{} }
 
 // resolveSizeConditioning checks a request's micro-conditioning and fills in its
-// defaults for an output of w x h.
+// defaults for an output of w x h (the aesthetic scores too; only refiners use them).
 func resolveSizeConditioning(c SizeConditioning, w, h int) (SizeConditioning, error) {
 	for _, s := range []struct {
 		name string
@@ -55,6 +59,17 @@ func resolveSizeConditioning(c SizeConditioning, w, h int) (SizeConditioning, er
 		if p.v.X < 0 || p.v.Y < 0 || p.v.X > maxConditionedSide || p.v.Y > maxConditionedSide {
 			return c, invalid("%s (%d, %d): coordinates in [0, %d]", p.name, p.v.X, p.v.Y, maxConditionedSide)
 		}
+	}
+	for _, v := range []float64{c.AestheticScore, c.NegativeAestheticScore} {
+		if !(v >= 0 && v <= 1000) {
+			return c, invalid("aesthetic score %g not in [0, 1000]", v)
+		}
+	}
+	if c.AestheticScore == 0 {
+		c.AestheticScore = 6
+	}
+	if c.NegativeAestheticScore == 0 {
+		c.NegativeAestheticScore = 2.5
 	}
 	out := Size{w, h}
 	if c.OriginalSize.zero() {
@@ -84,6 +99,9 @@ func timeIDs(orig Size, crop image.Point, target Size) []float32 {
 // checkSDXL checks that an SDXL model's networks fit together: the UNet attends to both
 // encoders' states side by side and embeds the second's projection with six time ids.
 func checkSDXL(m *modelfile.Model) error {
+	if m.RequiresAestheticsScore && len(m.ExtraTextEncoders) == 0 {
+		return checkRefiner(m)
+	}
 	if len(m.ExtraTextEncoders) != 1 {
 		return fmt.Errorf("%w: %d text encoders (SDXL has 2)", ErrUnsupported, 1+len(m.ExtraTextEncoders))
 	}
@@ -97,6 +115,23 @@ func checkSDXL(m *modelfile.Model) error {
 		return fmt.Errorf("%w: the UNet attends to %d-wide states, the text encoders give %d + %d", ErrBadModel, u.CrossAttentionDim, t1.HiddenSize, t2.HiddenSize)
 	case u.ProjectionClassEmbeddingsInputDim != t2.ProjectionDim+6*u.AdditionTimeEmbedDim:
 		return fmt.Errorf("%w: the UNet's add_embedding takes %d inputs, not text_embeds %d + 6 time ids x %d", ErrBadModel, u.ProjectionClassEmbeddingsInputDim, t2.ProjectionDim, u.AdditionTimeEmbedDim)
+	}
+	return nil
+}
+
+// checkRefiner checks SDXL's refiner: one encoder with its projection, five time ids
+// (original size, crop, aesthetic score).
+func checkRefiner(m *modelfile.Model) error {
+	u, t := m.UNet.Config, m.TextEncoder.Config
+	switch {
+	case u.AdditionEmbedType != modelfile.AdditionTextTime:
+		return fmt.Errorf("%w: requires_aesthetics_score needs a UNet with text_time added conditioning", ErrUnsupported)
+	case !t.WithProjection:
+		return fmt.Errorf("%w: the refiner's text encoder has no text_projection", ErrBadModel)
+	case u.CrossAttentionDim != t.HiddenSize:
+		return fmt.Errorf("%w: the UNet attends to %d-wide states, the text encoder gives %d", ErrBadModel, u.CrossAttentionDim, t.HiddenSize)
+	case u.ProjectionClassEmbeddingsInputDim != t.ProjectionDim+5*u.AdditionTimeEmbedDim:
+		return fmt.Errorf("%w: the UNet's add_embedding takes %d inputs, not text_embeds %d + 5 time ids x %d", ErrBadModel, u.ProjectionClassEmbeddingsInputDim, t.ProjectionDim, u.AdditionTimeEmbedDim)
 	}
 	return nil
 }
@@ -131,7 +166,10 @@ func (p *Pipeline) setupSecondTokenizer(m *modelfile.Model) error {
 // norm) side by side; text_embeds is the second encoder's pooled output through its
 // text_projection; the time ids are the micro-conditioning. With classifier-free
 // guidance the negative rows come first, zeros (context and text_embeds) when both
-// negative prompts are empty and the model has force_zeros_for_empty_prompt.
+// negative prompts are empty and the model has force_zeros_for_empty_prompt. The
+// refiner (StableDiffusionXLImg2ImgPipeline with one encoder) conditions on that one
+// encoder alone, given Prompt and NegativePrompt as diffusers does, and its time ids end
+// with the aesthetic score.
 //
 // In A1111 syntax each encoder's prompt is chunked and emphasised on its own, as the web
 // UI does; chunks are joined along the tokens, and text_embeds comes from the first
@@ -152,14 +190,17 @@ func (c *conditioner) conditionSDXL(par Params, cfg bool) (*conditioning, error)
 		prompts []string
 		chunks  [][]tokenizer.Chunk
 	}
-	encs := []*encoder{
-		{tok: c.tok, pad: c.padID, net: c.clip, prompts: []string{par.Prompt}},
-		{tok: c.tok2, pad: c.padID2, net: c.clip2, prompts: []string{prompt2}},
+	encs := []*encoder{{tok: c.tok, pad: c.padID, net: c.clip, prompts: []string{par.NegativePrompt, par.Prompt}}}
+	if c.tok2 != nil {
+		encs = append(encs, &encoder{tok: c.tok2, pad: c.padID2, net: c.clip2, prompts: []string{neg2, prompt2}})
 	}
-	if cfg && !zeroNeg {
-		encs[0].prompts = []string{par.NegativePrompt, par.Prompt}
-		encs[1].prompts = []string{neg2, prompt2}
+	for _, e := range encs {
+		if !cfg || zeroNeg {
+			e.prompts = e.prompts[1:]
+		}
 	}
+	// The last encoder's pooled output is projected into text_embeds.
+	proj := encs[len(encs)-1]
 	// Every prompt of both encoders needs the same number of chunks (the states are
 	// joined side by side): pad with empty ones.
 	chunks := 0
@@ -193,7 +234,7 @@ func (c *conditioner) conditionSDXL(par Params, cfg bool) (*conditioning, error)
 			}
 		}
 		var pool []float32
-		hidden[k], pool, err = e.net.encode(ids, prompts*chunks, ctxLen, skip, false, k == 1)
+		hidden[k], pool, err = e.net.encode(ids, prompts*chunks, ctxLen, skip, false, e == proj)
 		if err != nil {
 			return nil, err
 		}
@@ -204,29 +245,37 @@ func (c *conditioner) conditionSDXL(par Params, cfg bool) (*conditioning, error)
 				applyEmphasis(hidden[k][at:at+ctxLen*width], ch.Weights[:], width)
 			}
 		}
-		if k == 1 { // the first chunk of each prompt
+		if e == proj { // the first chunk of each prompt
 			for i := 0; i < prompts; i++ {
 				pooled = append(pooled, pool[i*chunks*width:(i*chunks+1)*width]...)
 			}
 		}
 	}
-	embeds, err := c.clip2.project(pooled, prompts)
+	embeds, err := proj.net.project(pooled, prompts)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkFinite("second text encoder's projection", embeds); err != nil {
+	if err := checkFinite("text encoder's projection", embeds); err != nil {
 		return nil, err
 	}
-	w1, w2 := c.clip.width(), c.clip2.width()
-	width, tokens, proj := w1+w2, chunks*ctxLen, len(embeds)/prompts
+	width, tokens, projDim := 0, chunks*ctxLen, len(embeds)/prompts
+	for _, e := range encs {
+		width += e.net.width()
+	}
 	joined := make([]float32, 0, prompts*tokens*width)
 	for r := 0; r < prompts*tokens; r++ {
-		joined = append(joined, hidden[0][r*w1:(r+1)*w1]...)
-		joined = append(joined, hidden[1][r*w2:(r+1)*w2]...)
+		for k, e := range encs {
+			w := e.net.width()
+			joined = append(joined, hidden[k][r*w:(r+1)*w]...)
+		}
 	}
 	sc := par.SizeConditioning
 	pos := timeIDs(sc.OriginalSize, sc.CropTopLeft, sc.TargetSize)
 	neg := timeIDs(sc.NegativeOriginalSize, sc.NegativeCropTopLeft, sc.NegativeTargetSize)
+	if c.tok2 == nil { // the refiner: the aesthetic score instead of the target size
+		pos = append(pos[:4], float32(sc.AestheticScore))
+		neg = append(neg[:4], float32(sc.NegativeAestheticScore))
+	}
 	// Rows: [negative x batch,] positive x batch.
 	var ctxRows, embRows, idRows []float32
 	add := func(ctxRow, embRow, ids []float32) {
@@ -238,14 +287,14 @@ func (c *conditioner) conditionSDXL(par Params, cfg bool) (*conditioning, error)
 	}
 	per := tokens * width
 	if zeroNeg {
-		add(make([]float32, per), make([]float32, proj), neg)
+		add(make([]float32, per), make([]float32, projDim), neg)
 	}
 	for i := 0; i < prompts; i++ {
 		ids := pos
 		if cfg && !zeroNeg && i == 0 {
 			ids = neg
 		}
-		add(joined[i*per:(i+1)*per], embeds[i*proj:(i+1)*proj], ids)
+		add(joined[i*per:(i+1)*per], embeds[i*projDim:(i+1)*projDim], ids)
 	}
 	cond, err := c.upload(ctxRows, tokens, width)
 	if err != nil {

@@ -371,3 +371,68 @@ func TestTxt2ImgRefinedHandOver(t *testing.T) {
 		})
 	}
 }
+
+// tinyRefiner writes random weights of SDXL's refiner layout at a few channels (one
+// OpenCLIP-style encoder with its projection, five time ids), with sdxl-tiny's latent
+// space (a 4-level VAE, 4 channels), and opens it.
+func tinyRefiner(t *testing.T) *Pipeline {
+	t.Helper()
+	testLibrary(t)
+	arch := modelfile.SDXL()
+	arch.Refiner = true
+	te := *arch.TextEncoder2
+	te.HiddenSize, te.IntermediateSize, te.NumHiddenLayers, te.NumAttentionHeads, te.ProjectionDim = 32, 64, 3, 2, 24
+	arch.TextEncoder, arch.TextEncoder2 = te, nil
+	u := &arch.UNet
+	u.SampleSize = 8
+	u.BlockOutChannels, u.LayersPerBlock = []int{32, 64}, []int{1, 1}
+	u.DownBlockTypes, u.UpBlockTypes = []string{"DownBlock2D", "CrossAttnDownBlock2D"}, []string{"CrossAttnUpBlock2D", "UpBlock2D"}
+	u.AttentionHeads, u.TransformerLayersPerBlock, u.TimeEmbeddingDim = []int{2, 2}, []int{1, 2}, 128
+	u.CrossAttentionDim, u.AdditionTimeEmbedDim = te.HiddenSize, 8
+	u.ProjectionClassEmbeddingsInputDim = te.ProjectionDim + 5*u.AdditionTimeEmbedDim
+	arch.VAE.BlockOutChannels, arch.VAE.LayersPerBlock = []int{32, 32, 32, 32}, 1
+	dir := t.TempDir()
+	require.NoError(t, modelfile.WriteRandom(context.Background(), dir, arch, modelfile.F32, 3))
+	p, err := Open(dir, WithDevice(DeviceCPU), WithThreads(2), WithLibrary(filepath.Join(testutil.RepoRoot(t), "build")))
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// The refiner conditions on its one encoder: the penultimate states of the prompt and
+// negative prompt (given to it as diffusers does, prompt 2 ignored), its projected
+// pooled output, and time ids ending with the aesthetic scores; then it takes a hand-over.
+func TestSDXLRefiner(t *testing.T) {
+	r := tinyRefiner(t)
+	req := Request{Prompt: "a red apple on a table", NegativePrompt: "blurry", Prompt2: "ignored by the refiner",
+		Width: 64, Height: 64, Steps: 6, GuidanceScale: 5, Sampler: Euler, Seed: 50,
+		SizeConditioning: SizeConditioning{OriginalSize: Size{96, 128}, CropTopLeft: image.Pt(4, 8), AestheticScore: 7}}
+	par, _, err := r.desc.plan(req, nil)
+	require.NoError(t, err)
+	cond, err := r.conditioner().condition(par, true)
+	require.NoError(t, err)
+	defer cond.free()
+	assert.Equal(t, []float32{128, 96, 8, 4, 2.5, 128, 96, 8, 4, 7}, cond.timeIDs, "rows [negative, positive]: original (h, w), crop (top, left), score")
+
+	clip := r.eng.clipNet()
+	var ids []int32
+	for _, pr := range []string{"blurry", "a red apple on a table"} {
+		ch, _ := r.tok.EncodePlain(pr, 0)
+		ids = append(ids, ch.IDs[:]...)
+	}
+	pen, pooled, err := clip.encode(ids, 2, 77, 1, false, true)
+	require.NoError(t, err)
+	embeds, err := clip.project(pooled, 2)
+	require.NoError(t, err)
+	got := make([]float32, len(pen))
+	require.NoError(t, r.eng.lib.DownloadFloat32(r.eng.ctx, cond.context, got))
+	assertClose(t, "refiner context", got, pen)
+	assertClose(t, "refiner text_embeds", cond.textEmbeds, embeds)
+
+	base := openTiny(t, "sdxl-tiny")
+	plain, err := base.Txt2Img(context.Background(), req)
+	require.NoError(t, err)
+	refined, err := base.Txt2ImgRefined(context.Background(), req, r, 0.5)
+	require.NoError(t, err)
+	assert.NotEqual(t, imageCHW(plain.Images[0]), imageCHW(refined.Images[0]), "the refiner ran the last steps")
+}

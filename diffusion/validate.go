@@ -35,14 +35,17 @@ func describe(m *modelfile.Model) (modelDesc, error) {
 	}
 	// Conditioning runs one text encoder, or SDXL's two with their added conditioning; a
 	// model that needs more is refused rather than run on part of its conditioning.
-	sdxl := len(m.ExtraTextEncoders) > 0
+	sdxl := len(m.ExtraTextEncoders) > 0 || m.RequiresAestheticsScore
 	clipSkipMax := m.TextEncoder.Config.NumHiddenLayers
 	if sdxl {
 		if err := checkSDXL(m); err != nil {
 			return modelDesc{}, err
 		}
 		// SDXL already takes the penultimate layer; ClipSkip k >= 2 drops k - 1 more.
-		clipSkipMax = min(clipSkipMax, m.ExtraTextEncoders[0].Config.NumHiddenLayers) - 1
+		for _, te := range m.ExtraTextEncoders {
+			clipSkipMax = min(clipSkipMax, te.Config.NumHiddenLayers)
+		}
+		clipSkipMax--
 	}
 	// A UNet conditioned on more than text and latents (the x4 upscaler's noise level and
 	// low-resolution image) needs its own pipeline: refused until there is one.

@@ -169,6 +169,7 @@ func TestResolveSDXLFields(t *testing.T) {
 	assert.Equal(t, SizeConditioning{
 		OriginalSize: Size{64, 96}, CropTopLeft: image.Pt(16, 8), TargetSize: Size{64, 96},
 		NegativeOriginalSize: Size{64, 96}, NegativeCropTopLeft: image.Pt(16, 8), NegativeTargetSize: Size{64, 96},
+		AestheticScore: 6, NegativeAestheticScore: 2.5,
 	}, par.SizeConditioning, "the negative row repeats the positive one")
 	assert.Equal(t, "sdxl", sdxl.info.Family.String())
 	assert.Equal(t, 2, sdxl.clipSkipMax, "both encoders' layers (3 and 10) less the penultimate default")
@@ -187,6 +188,7 @@ func TestResolveSDXLFields(t *testing.T) {
 		{"one negative size", sdxl, Request{SizeConditioning: SizeConditioning{NegativeOriginalSize: Size{32, 32}}}, "set both or neither"},
 		{"negative crop alone", sdxl, Request{SizeConditioning: SizeConditioning{NegativeCropTopLeft: image.Pt(4, 4)}}, "negative crop needs"},
 		{"clip skip", sdxl, Request{ClipSkip: 3}, "clip skip 3 not in [0, 2]"},
+		{"aesthetic score", sdxl, Request{SizeConditioning: SizeConditioning{NegativeAestheticScore: -1}}, "aesthetic score -1 not in [0, 1000]"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

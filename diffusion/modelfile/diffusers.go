@@ -30,13 +30,19 @@ func (m *Model) fromDiffusers(dir string, o *options) error {
 	var unet UNetConfig
 	var vae VAEConfig
 	var text CLIPConfig
+	// The refiner's one text encoder is SDXL's second: it is read as the model's text
+	// encoder, with tokenizer_2.
+	textDir, tokDir := "text_encoder", "tokenizer"
+	if index.refiner {
+		textDir, tokDir = "text_encoder_2", "tokenizer_2"
+	}
 	for _, c := range []struct {
 		dir   string
 		parse func([]byte) error
 	}{
 		{"unet", func(b []byte) (err error) { unet, err = ParseUNetConfig(b); return }},
 		{"vae", func(b []byte) (err error) { vae, err = ParseVAEConfig(b); return }},
-		{"text_encoder", func(b []byte) (err error) { text, err = ParseCLIPConfig(b); return }},
+		{textDir, func(b []byte) (err error) { text, err = ParseCLIPConfig(b); return }},
 	} {
 		b, err := os.ReadFile(filepath.Join(dir, c.dir, "config.json"))
 		if err != nil {
@@ -52,12 +58,16 @@ func (m *Model) fromDiffusers(dir string, o *options) error {
 	if o.textHeads > 0 {
 		text.NumAttentionHeads = o.textHeads
 	}
+	if index.refiner && !text.WithProjection {
+		return fmt.Errorf("text_encoder_2/config.json: the refiner's text encoder must be a CLIPTextModelWithProjection (its pooled text_embeds condition the UNet)")
+	}
 	// Of the SD 1.x/2.x families only SD 2.x projects into its transformers linearly;
 	// SDXL is the pipeline with a second text encoder.
 	m.Family = cond(unet.UseLinearProjection, FamilySD2, FamilySD1)
-	if index.sdxl {
+	if index.sdxl || index.refiner {
 		m.Family = FamilySDXL
 		m.ForceZerosForEmptyPrompt = index.forceZeros
+		m.RequiresAestheticsScore = index.aestheticScore
 	}
 	if o.family != 0 {
 		m.Family = o.family
@@ -91,7 +101,7 @@ func (m *Model) fromDiffusers(dir string, o *options) error {
 	// transformers saves the text encoder with or without the "text_model."
 	// level depending on its version; the prefixed form is the one kept.
 	textNames := func(n string) []string { return []string{n, strings.TrimPrefix(n, "text_model.")} }
-	if err := bindFolder(m, dir, "text_encoder", text, []string{"model", "pytorch_model"}, o.variant, textNames, &m.TextEncoder); err != nil {
+	if err := bindFolder(m, dir, textDir, text, []string{"model", "pytorch_model"}, o.variant, textNames, &m.TextEncoder); err != nil {
 		return err
 	}
 	if index.sdxl {
@@ -119,7 +129,7 @@ func (m *Model) fromDiffusers(dir string, o *options) error {
 		m.ExtraTextEncoders = append(m.ExtraTextEncoders, te2)
 	}
 	slices.Sort(m.Unused)
-	m.TokenizerDir, err = tokenizerDir(dir, "tokenizer")
+	m.TokenizerDir, err = tokenizerDir(dir, tokDir)
 	return err
 }
 
@@ -141,11 +151,12 @@ func tokenizerDir(dir, name string) (string, error) {
 
 // modelIndex is what model_index.json tells about the pipeline.
 type modelIndex struct {
-	// sdxl: a StableDiffusionXL pipeline with both text encoders (the refiner, which has
-	// only the second, is not read yet).
-	sdxl bool
-	// forceZeros is SDXL's force_zeros_for_empty_prompt (diffusers' default true).
-	forceZeros bool
+	// sdxl: a StableDiffusionXL pipeline with both text encoders; refiner: one with only
+	// the second (SDXL's refiner).
+	sdxl, refiner bool
+	// forceZeros is SDXL's force_zeros_for_empty_prompt (diffusers' default true),
+	// aestheticScore its requires_aesthetics_score (default false; the refiner's true).
+	forceZeros, aestheticScore bool
 }
 
 // readModelIndex reads model_index.json, refusing pipelines other than SD 1.x/2.x and
@@ -170,13 +181,16 @@ func readModelIndex(dir string) (modelIndex, error) {
 	if !strings.Contains(class, "XL") && !present("text_encoder_2") {
 		return modelIndex{}, nil
 	}
-	if !strings.HasPrefix(class, "StableDiffusionXL") || !present("text_encoder_2") || !present("text_encoder") {
-		return modelIndex{}, unsupportedf("model_index.json: %s is not supported (SDXL pipelines need text_encoder and text_encoder_2; refiners with only the second are not read yet)", cond(class != "", class, "this pipeline"))
+	if !strings.HasPrefix(class, "StableDiffusionXL") || !present("text_encoder_2") {
+		return modelIndex{}, unsupportedf("model_index.json: %s is not supported (SDXL pipelines need text_encoder_2, and text_encoder unless a refiner)", cond(class != "", class, "this pipeline"))
 	}
-	mi := modelIndex{sdxl: true, forceZeros: true}
-	if v, ok := index["force_zeros_for_empty_prompt"]; ok {
-		if err := json.Unmarshal(v, &mi.forceZeros); err != nil {
-			return modelIndex{}, fmt.Errorf("model_index.json: force_zeros_for_empty_prompt: %w", err)
+	mi := modelIndex{sdxl: present("text_encoder"), forceZeros: true}
+	mi.refiner = !mi.sdxl
+	for key, into := range map[string]*bool{"force_zeros_for_empty_prompt": &mi.forceZeros, "requires_aesthetics_score": &mi.aestheticScore} {
+		if v, ok := index[key]; ok {
+			if err := json.Unmarshal(v, into); err != nil {
+				return modelIndex{}, fmt.Errorf("model_index.json: %s: %w", key, err)
+			}
 		}
 	}
 	return mi, nil

@@ -71,8 +71,8 @@ func TestLoadErrorKinds(t *testing.T) {
 		{"text activation", func(*testing.T) map[string][]byte {
 			return map[string][]byte{"text_encoder/config.json": []byte(`{"hidden_act": "gelu_new", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4}`)}
 		}, ErrUnsupported, `hidden_act "gelu_new" is not supported`},
-		{"sdxl refiner", func(*testing.T) map[string][]byte {
-			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}`)}
+		{"xl without text_encoder_2", func(*testing.T) map[string][]byte {
+			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionXLPipeline"}`)}
 		}, ErrUnsupported, "is not supported"},
 		{"unet block type", func(*testing.T) map[string][]byte {
 			return map[string][]byte{"unet/config.json": []byte(`{"mid_block_type": "UNetMidBlock2DSimpleCrossAttn"}`)}

@@ -40,6 +40,10 @@ type Model struct {
 	// ForceZerosForEmptyPrompt (SDXL's model_index.json, default true): with no negative
 	// prompt the negative conditioning is zeros, not the encoding of "".
 	ForceZerosForEmptyPrompt bool
+	// RequiresAestheticsScore (SDXL refiner's model_index.json): the UNet's time ids end
+	// with an aesthetic score instead of the target size. The refiner has one text
+	// encoder, SDXL's second, held as TextEncoder with its tokenizer_2 as TokenizerDir.
+	RequiresAestheticsScore bool
 	// Unused names the file tensors no component needs (EMA copies,
 	// position_ids buffers, OpenCLIP's last layer and projection, ...);
 	// for folders they are prefixed with the component's folder.

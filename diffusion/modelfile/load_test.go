@@ -235,9 +235,9 @@ func TestLoadDiffusersErrors(t *testing.T) {
 		files   func(t *testing.T) map[string][]byte
 		wantErr string
 	}{
-		{"sdxl refiner", func(*testing.T) map[string][]byte {
-			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [null, null], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}`)}
-		}, "StableDiffusionXLImg2ImgPipeline is not supported (SDXL pipelines need text_encoder and text_encoder_2"},
+		{"other pipeline with a second encoder", func(*testing.T) map[string][]byte {
+			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusion3Pipeline", "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}`)}
+		}, "StableDiffusion3Pipeline is not supported (SDXL pipelines need text_encoder_2"},
 		{"xl class", func(*testing.T) map[string][]byte {
 			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder_2": [null, null]}`)}
 		}, "StableDiffusionXLImg2ImgPipeline is not supported"},

@@ -25,7 +25,10 @@ type Architecture struct {
 	// TextEncoder2 is SDXL's second text encoder (nil for one); WriteRandom then writes an
 	// SDXL pipeline.
 	TextEncoder2 *CLIPConfig
-	Scheduler    SchedulerConfig
+	// Refiner writes SDXL's refiner: TextEncoder (a CLIPTextModelWithProjection) as
+	// text_encoder_2, no text_encoder, requires_aesthetics_score.
+	Refiner   bool
+	Scheduler SchedulerConfig
 }
 
 // SD15 is Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5).
@@ -76,6 +79,17 @@ func WriteRandom(ctx context.Context, dir string, arch Architecture, dtype DType
 		{"unet", "diffusion_pytorch_model.safetensors", arch.UNet},
 		{"vae", "diffusion_pytorch_model.safetensors", arch.VAE},
 		{"text_encoder", "model.safetensors", arch.TextEncoder},
+	}
+	if arch.Refiner {
+		index["_class_name"] = "StableDiffusionXLImg2ImgPipeline"
+		index["force_zeros_for_empty_prompt"] = false
+		index["requires_aesthetics_score"] = true
+		index["text_encoder"], index["tokenizer"] = []any{nil, nil}, []any{nil, nil}
+		index["text_encoder_2"] = []string{"transformers", "CLIPTextModelWithProjection"}
+		index["tokenizer_2"] = []any{nil, nil}
+		delete(index, "safety_checker")
+		delete(index, "requires_safety_checker")
+		components[2].dir = "text_encoder_2"
 	}
 	if arch.TextEncoder2 != nil {
 		index["_class_name"] = "StableDiffusionXLPipeline"

@@ -79,6 +79,25 @@ func TestWriteRandomSDXLLoadsBack(t *testing.T) {
 	assert.Empty(t, m.Unused)
 }
 
+// A refiner architecture writes SDXL's refiner folder: its one encoder as text_encoder_2.
+func TestWriteRandomSDXLRefinerLoadsBack(t *testing.T) {
+	arch := tinySDXLArchitecture()
+	arch.TextEncoder, arch.TextEncoder2, arch.Refiner = *arch.TextEncoder2, nil, true
+	arch.UNet.CrossAttentionDim = arch.TextEncoder.HiddenSize
+	arch.UNet.ProjectionClassEmbeddingsInputDim = arch.TextEncoder.ProjectionDim + 5*arch.UNet.AdditionTimeEmbedDim
+	dir := t.TempDir()
+	require.NoError(t, WriteRandom(context.Background(), dir, arch, F16, 7))
+	assert.DirExists(t, filepath.Join(dir, "text_encoder_2"))
+	m := loadModel(t, dir)
+	assert.Equal(t, FamilySDXL, m.Family)
+	assert.True(t, m.RequiresAestheticsScore)
+	assert.False(t, m.ForceZerosForEmptyPrompt)
+	assert.Empty(t, m.ExtraTextEncoders)
+	assert.Equal(t, arch.TextEncoder, m.TextEncoder.Config)
+	assert.Contains(t, m.TextEncoder.Tensors, "text_projection.weight")
+	assert.Empty(t, m.Unused)
+}
+
 func TestWriteRandomLoadsBack(t *testing.T) {
 	arch := tinyArchitecture()
 	dir := t.TempDir()
