@@ -257,6 +257,8 @@ type VAEConfig struct {
 	MidAttention     int32
 	UseQuantConv     int32
 	UsePostQuantConv int32
+	// ForceUpcast 1 runs the VAE with F32 activations where graphs use F16 (the GPU).
+	ForceUpcast int32
 }
 
 // weightC mirrors sd_weight_t; it lives in memory outside the Go heap (see WeightTable).

@@ -95,6 +95,10 @@ func (e *engine) load(ctx context.Context, m *modelfile.Model) error {
 	if err != nil {
 		return err
 	}
+	// diffusers' SDXL pipelines decode in float32 when the VAE's config says so (the stock
+	// SDXL VAE overflows in float16; the fp16-fix VAE says false); SD 1.x/2.x pipelines
+	// ignore the flag, which their configs set too.
+	vc.ForceUpcast = boolInt(m.VAE.Config.ForceUpcast && m.Family == modelfile.FamilySDXL)
 	e.text, e.unetCfg, e.vaeCfg = cc, uc, vc
 	type step struct {
 		tensors map[string]modelfile.Tensor

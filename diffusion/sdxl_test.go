@@ -233,9 +233,16 @@ func assertImageClose(t *testing.T, img image.Image, g *goldenFile) {
 	assert.LessOrEqual(t, worst, 2.0, "2/255 per pixel")
 }
 
-// sdxl-tiny's VAE (scaling_factor 0.13025, force_upcast) on raw latents and images.
+// sdxl-tiny's VAE (scaling_factor 0.13025, force_upcast) on raw latents and images. Its
+// force_upcast reaches the runtime (F32 on the GPU; the CPU computes in F32 anyway), SD
+// 1.x's, which diffusers' SD pipelines ignore, does not.
 func TestSDXLVAEMatchesDiffusers(t *testing.T) {
-	e, _ := loadSDXLTiny(t, testLibrary(t), "diffusers")
+	lib := testLibrary(t)
+	e, _ := loadSDXLTiny(t, lib, "diffusers")
+	assert.Equal(t, int32(1), e.vaeCfg.ForceUpcast)
+	sd1, m1 := loadSD1Tiny(t, lib)
+	require.True(t, m1.VAE.Config.ForceUpcast)
+	assert.Equal(t, int32(0), sd1.vaeCfg.ForceUpcast)
 	g := openGolden(t, filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "golden.safetensors"))
 	for _, d := range []string{"vae.decode", "vae.decode2"} {
 		z, zs := g.floats(d + ".z")

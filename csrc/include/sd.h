@@ -483,6 +483,10 @@ typedef struct sd_vae_config {
     int32_t mid_attention;       /* mid_block_add_attention, 1 */
     int32_t use_quant_conv;      /* 1 */
     int32_t use_post_quant_conv; /* 1 */
+    /* 1: encode and decode with F32 activations even where model graphs use F16 (the
+     * GPU), as diffusers' SDXL pipelines honour force_upcast: the stock SDXL VAE
+     * overflows in F16. No effect on the CPU (F32 already). Default 0. */
+    int32_t force_upcast;
 } sd_vae_config_t;
 
 SD_API void sd_clip_config_default(sd_clip_config_t *c); /* SD 1.5's text encoder */
