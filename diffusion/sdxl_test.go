@@ -1,6 +1,7 @@
 package diffusion
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"github.com/gosd/gosd/binding"
 	"github.com/gosd/gosd/diffusion/modelfile"
 	"github.com/gosd/gosd/diffusion/schedule"
+	"github.com/gosd/gosd/diffusion/tokenizer"
 	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -172,6 +174,25 @@ func TestSDXLConditioningMatchesDiffusers(t *testing.T) {
 				assertClose(t, "cond.add_text_embeds", cond.textEmbeds, refEmb)
 				refIDs, _ := g.floats("cond.add_time_ids")
 				assert.Equal(t, refIDs, cond.timeIDs, "time ids")
+
+				// The tokens, exactly: tokenizer_2 pads with "!" (id 0).
+				assert.Equal(t, 0, p.padID2)
+				for _, c := range []struct {
+					key, prompt string
+					tok         *tokenizer.Tokenizer
+					pad         int
+				}{
+					{"cond.ids1", run.req.Prompt, p.tok, p.padID},
+					{"cond.ids2", cmp.Or(run.req.Prompt2, run.req.Prompt), p.tok2, p.padID2},
+					{"cond.negative_ids1", run.req.NegativePrompt, p.tok, p.padID},
+					{"cond.negative_ids2", run.req.NegativePrompt, p.tok2, p.padID2},
+				} {
+					if _, ok := g.f.Tensor(c.key); !ok {
+						continue // no negative prompt
+					}
+					ch, _ := c.tok.EncodePlain(c.prompt, c.pad)
+					assert.Equal(t, g.ints(c.key), ch.IDs[:], c.key)
+				}
 			})
 		}
 	}

@@ -40,6 +40,8 @@
 //	--negative-original-size WxH, --negative-target-size WxH, --negative-crop X,Y
 //	                      the negative row's, used only when both negative sizes are
 //	                      given (default: the positive row's)
+//	--aesthetic-score x, --negative-aesthetic-score x  the SDXL refiner's last time id
+//	                      (default 6 and 2.5, as diffusers)
 //	--refiner path        txt2img: a second model (SDXL's refiner, or any model with the same
 //	                      latents) that takes the schedule over from --refiner-start on, as
 //	                      diffusers' denoising_end / denoising_start (default: none)

@@ -50,6 +50,16 @@ func (o *sdxlOptions) define(fs *flagSet, m mode) {
 	}
 	for _, f := range []struct {
 		name, what string
+		score      *float64
+		def        float64
+	}{
+		{"aesthetic-score", "SDXL refiner: the aesthetic score it is told", &o.sizes.AestheticScore, 6},
+		{"negative-aesthetic-score", "SDXL refiner: the negative row's aesthetic score", &o.sizes.NegativeAestheticScore, 2.5},
+	} {
+		fs.floatVar(f.score, f.name, "x", 0, fmt.Sprintf("%s (default 0: diffusers' %g)", f.what, f.def), floatRange(0, 1000))
+	}
+	for _, f := range []struct {
+		name, what string
 		at         *image.Point
 	}{
 		{"crop", "the crop's top-left corner, left,top, the model is told (default 0,0)", &o.sizes.CropTopLeft},
