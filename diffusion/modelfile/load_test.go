@@ -3,10 +3,12 @@ package modelfile
 import (
 	"archive/zip"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -451,7 +453,6 @@ func TestSGMFamilyDetection(t *testing.T) {
 		wantErr string
 	}{
 		{"no label_emb", "model.diffusion_model.label_emb.", [2]string{}, "without the UNet's added embedding"},
-		{"refiner", "conditioner.embedders.0.", [2]string{"conditioner.embedders.1.", "conditioner.embedders.0."}, "SDXL refiner single file"},
 		{"no OpenCLIP", "conditioner.embedders.1.", [2]string{}, "other than SDXL base's"},
 	}
 	for _, c := range cases {
@@ -472,5 +473,77 @@ func TestSGMFamilyDetection(t *testing.T) {
 			require.ErrorIs(t, err, ErrUnsupported)
 			assert.ErrorContains(t, err, c.wantErr)
 		})
+	}
+}
+
+// An SDXL refiner single file (SGM layout: its one OpenCLIP encoder first), written here
+// from a random refiner folder by the inverse of the name mapping (q/k/v fused into
+// in_proj, text_projection transposed), loads back as that folder.
+func TestLoadSDXLRefinerSingleFile(t *testing.T) {
+	arch := tinySDXLArchitecture()
+	arch.TextEncoder, arch.TextEncoder2, arch.Refiner = *arch.TextEncoder2, nil, true
+	arch.UNet.CrossAttentionDim = arch.TextEncoder.HiddenSize
+	arch.UNet.ProjectionClassEmbeddingsInputDim = arch.TextEncoder.ProjectionDim + 5*arch.UNet.AdditionTimeEmbedDim
+	dir := t.TempDir()
+	require.NoError(t, WriteRandom(context.Background(), dir, arch, F16, 5))
+	folder := loadModel(t, dir)
+
+	var out []Tensor
+	put := func(tensors map[string]Tensor, resolve func(string) source) {
+		fused := map[string][]Tensor{}
+		for name, x := range tensors {
+			src := resolve(name)
+			switch {
+			case src.parts > 1:
+				parts := fused[src.name]
+				if parts == nil {
+					parts = make([]Tensor, src.parts)
+				}
+				parts[src.part] = x
+				fused[src.name] = parts
+			case src.transpose:
+				tr, err := transposed(x)
+				require.NoError(t, err)
+				out = append(out, Tensor{Name: src.name, DType: tr.DType, Shape: tr.Shape, Data: tr.Data})
+			default:
+				out = append(out, Tensor{Name: src.name, DType: x.DType, Shape: x.Shape, Data: x.Data})
+			}
+		}
+		for name, parts := range fused {
+			var data []byte
+			for _, p := range parts {
+				data = append(data, p.Data...)
+			}
+			shape := slices.Clone(parts[0].Shape)
+			shape[0] *= int64(len(parts))
+			out = append(out, Tensor{Name: name, DType: parts[0].DType, Shape: shape, Data: data})
+		}
+	}
+	put(folder.UNet.Tensors, unetModules(folder.UNet.Config).resolver(ldmUNet))
+	put(folder.VAE.Tensors, vaeModules(folder.VAE.Config).resolver(ldmVAE))
+	put(folder.TextEncoder.Tensors, openCLIPSource(sgmRefinerOpenCLIP))
+	path := filepath.Join(t.TempDir(), "refiner.safetensors")
+	require.NoError(t, WriteSafetensors(path, out, nil))
+
+	single := loadModel(t, path, WithUNetHeads(arch.UNet.AttentionHeads...), WithTextHeads(arch.TextEncoder.NumAttentionHeads))
+	assert.Equal(t, FamilySDXL, single.Family)
+	assert.True(t, single.RequiresAestheticsScore)
+	assert.False(t, single.ForceZerosForEmptyPrompt)
+	assert.Empty(t, single.ExtraTextEncoders)
+	assert.Empty(t, single.Unused)
+	assert.Equal(t, arch.UNet.AdditionTimeEmbedDim, single.UNet.Config.AdditionTimeEmbedDim, "five time ids")
+	assert.True(t, single.TextEncoder.Config.WithProjection)
+	for _, c := range []struct {
+		name      string
+		got, want map[string]Tensor
+	}{
+		{"unet", single.UNet.Tensors, folder.UNet.Tensors},
+		{"vae", single.VAE.Tensors, folder.VAE.Tensors},
+		{"text encoder", single.TextEncoder.Tensors, folder.TextEncoder.Tensors},
+	} {
+		require.Len(t, c.got, len(c.want), c.name)
+		for name, w := range c.want {
+			assert.True(t, bytes.Equal(w.Data, c.got[name].Data), "%s: %s differs", c.name, name)
+		}
 	}
 }

@@ -15,17 +15,24 @@ const (
 	sgmEmbedders = "conditioner.embedders."
 	sgmCLIP      = sgmEmbedders + "0.transformer."
 	sgmOpenCLIP  = sgmEmbedders + "1.model."
+	// The refiner's one encoder, OpenCLIP ViT-bigG.
+	sgmRefinerOpenCLIP = sgmEmbedders + "0.model."
 )
 
-// detectSGMFamily recognises SDXL base by the parts it is made of, not by one flag:
-// both text encoders in their layouts and a UNet with the added text_time embedding
-// (label_emb) and linear transformer projections.
+// isSGMRefiner reports SDXL refiner's layout: one OpenCLIP encoder, first.
+func (ts ldmTensors) isSGMRefiner() bool {
+	return ts.hasPrefix(sgmRefinerOpenCLIP+"transformer.resblocks.") && !ts.hasPrefix(sgmEmbedders+"1.")
+}
+
+// detectSGMFamily recognises SDXL base and refiner by the parts they are made of, not by
+// one flag: the text encoders in their layouts (base: CLIP and OpenCLIP; refiner:
+// OpenCLIP alone) and a UNet with the added text_time embedding (label_emb) and linear
+// transformer projections.
 func (ts ldmTensors) detectSGMFamily() (Family, error) {
+	base := ts.hasPrefix(sgmCLIP) && ts.hasPrefix(sgmOpenCLIP+"transformer.resblocks.")
 	switch {
-	case !ts.hasPrefix(sgmCLIP) && ts.hasPrefix(sgmEmbedders+"0.model."):
-		return 0, unsupportedf("an SDXL refiner single file (one OpenCLIP text encoder, conditioner.embedders.0.model.*) is not supported yet")
-	case !ts.hasPrefix(sgmCLIP) || !ts.hasPrefix(sgmOpenCLIP+"transformer.resblocks."):
-		return 0, unsupportedf("a checkpoint with conditioner.embedders.* other than SDXL base's (CLIP under %s*, OpenCLIP under %s*) is not supported", sgmCLIP, sgmOpenCLIP)
+	case !base && !ts.isSGMRefiner():
+		return 0, unsupportedf("a checkpoint with conditioner.embedders.* other than SDXL base's (CLIP under %s*, OpenCLIP under %s*) or refiner's (OpenCLIP under %s*) is not supported", sgmCLIP, sgmOpenCLIP, sgmRefinerOpenCLIP)
 	case !ts.hasPrefix(ldmUNet + "label_emb.0.0."):
 		return 0, unsupportedf("SDXL text encoders without the UNet's added embedding (%slabel_emb.0.0.*)", ldmUNet)
 	}
@@ -35,19 +42,31 @@ func (ts ldmTensors) detectSGMFamily() (Family, error) {
 	return FamilySDXL, nil
 }
 
-// fromSGM maps an SDXL base single file onto diffusers names. Configs are SDXL's, with
-// the sizes read off the shapes: levels, channels, depths, widths, the added embedding's
-// time-id width (its inputs less the projection, over the six ids).
+// fromSGM maps an SDXL base or refiner single file onto diffusers names. Configs are
+// SDXL's, with the sizes read off the shapes: levels, channels, depths, widths, the added
+// embedding's time-id width (its inputs less the projection, over the six ids; five for
+// the refiner, whose last is the aesthetic score).
 func (m *Model) fromSGM(ts ldmTensors, o *options) error {
-	text, textSource, err := ts.inferHFCLIP(SDXLTextEncoderConfig(), sgmCLIP, o.textHeads)
-	if err != nil {
+	refiner := ts.isSGMRefiner()
+	openCLIPPrefix, ids := sgmOpenCLIP, 6
+	var text CLIPConfig
+	var textSource func(string) source
+	var err error
+	if refiner {
+		openCLIPPrefix, ids = sgmRefinerOpenCLIP, 5
+	} else if text, textSource, err = ts.inferHFCLIP(SDXLTextEncoderConfig(), sgmCLIP, o.textHeads); err != nil {
 		return fmt.Errorf("text_encoder: %w", err)
 	}
-	text2, text2Source, err := ts.inferOpenCLIP(SDXLTextEncoder2Config(), sgmOpenCLIP, o.textHeads2)
+	// The refiner's one encoder takes --text-heads' first count, the base's second its own.
+	heads2 := o.textHeads2
+	if refiner {
+		heads2 = o.textHeads
+	}
+	text2, text2Source, err := ts.inferOpenCLIP(SDXLTextEncoder2Config(), openCLIPPrefix, heads2)
 	if err != nil {
 		return fmt.Errorf("text_encoder_2: %w", err)
 	}
-	if _, err := ts.shape(sgmOpenCLIP+"text_projection", 2); err != nil {
+	if _, err := ts.shape(openCLIPPrefix+"text_projection", 2); err != nil {
 		return fmt.Errorf("text_encoder_2: %w", err)
 	}
 	pred := o.predictionFor(FamilySDXL)
@@ -61,10 +80,10 @@ func (m *Model) fromSGM(ts ldmTensors, o *options) error {
 	}
 	unet.AdditionEmbedType = AdditionTextTime
 	unet.ProjectionClassEmbeddingsInputDim = int(add[1])
-	if ids := unet.ProjectionClassEmbeddingsInputDim - text2.ProjectionDim; ids <= 0 || ids%6 != 0 {
-		return fmt.Errorf("unet: label_emb.0.0 takes %d inputs, not text_embeds %d + 6 time ids", add[1], text2.ProjectionDim)
+	if n := unet.ProjectionClassEmbeddingsInputDim - text2.ProjectionDim; n <= 0 || n%ids != 0 {
+		return fmt.Errorf("unet: label_emb.0.0 takes %d inputs, not text_embeds %d + %d time ids", add[1], text2.ProjectionDim, ids)
 	}
-	unet.AdditionTimeEmbedDim = (unet.ProjectionClassEmbeddingsInputDim - text2.ProjectionDim) / 6
+	unet.AdditionTimeEmbedDim = (unet.ProjectionClassEmbeddingsInputDim - text2.ProjectionDim) / ids
 	unet.SampleSize = SDXLUNetConfig().SampleSize
 	vae, err := ts.inferVAE()
 	if err != nil {
@@ -73,11 +92,15 @@ func (m *Model) fromSGM(ts ldmTensors, o *options) error {
 	sdxlVAE := SDXLVAEConfig()
 	vae.ScalingFactor, vae.SampleSize = sdxlVAE.ScalingFactor, sdxlVAE.SampleSize
 
-	for _, c := range []struct {
+	encoders := []struct {
 		name     string
 		openCLIP bool
 		cfg      CLIPConfig
-	}{{"text_encoder", false, text}, {"text_encoder_2", true, text2}} {
+	}{{"text_encoder", false, text}, {"text_encoder_2", true, text2}}
+	if refiner {
+		encoders = encoders[1:]
+	}
+	for _, c := range encoders {
 		warning, err := checkDepth(c.name, textLayout{openCLIP: c.openCLIP, width: c.cfg.HiddenSize}, c.cfg.NumHiddenLayers)
 		if err != nil {
 			return fmt.Errorf("%s: %w", c.name, err)
@@ -93,16 +116,21 @@ func (m *Model) fromSGM(ts ldmTensors, o *options) error {
 	if m.VAE, err = bindComponent("vae", vae, len(ts), vaeModules(vae).resolver(ldmVAE), ts.find, used); err != nil {
 		return err
 	}
-	if m.TextEncoder, err = bindComponent("text_encoder", text, len(ts), textSource, ts.find, used); err != nil {
-		return err
-	}
 	te2 := NamedTextEncoder{Name: "text_encoder_2"}
 	if te2.Component, err = bindComponent("text_encoder_2", text2, len(ts), text2Source, ts.find, used); err != nil {
 		return err
 	}
-	m.ExtraTextEncoders = []NamedTextEncoder{te2}
+	if refiner {
+		// As a refiner folder reads: its one encoder is the model's text encoder.
+		m.TextEncoder, m.RequiresAestheticsScore = te2.Component, true
+	} else {
+		if m.TextEncoder, err = bindComponent("text_encoder", text, len(ts), textSource, ts.find, used); err != nil {
+			return err
+		}
+		m.ExtraTextEncoders = []NamedTextEncoder{te2}
+		m.ForceZerosForEmptyPrompt = true // the base's model_index.json; the refiner's says false
+	}
 	m.Family = FamilySDXL
-	m.ForceZerosForEmptyPrompt = true
 	m.Scheduler = defaultScheduler(FamilySDXL, pred)
 	for name := range ts {
 		if !used[name] {
