@@ -464,3 +464,39 @@ func TestSDXLRefiner(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotEqual(t, imageCHW(plain.Images[0]), imageCHW(refined.Images[0]), "the refiner ran the last steps")
 }
+
+// Long prompts in A1111 syntax: each encoder chunks its own prompt, the shorter side is
+// padded with empty chunks so the states line up, and text_embeds comes from the first
+// chunk. ClipSkip 2 takes the layer below the penultimate in both encoders.
+func TestSDXLConditioningChunksAndClipSkip(t *testing.T) {
+	p := openTiny(t, "sdxl-tiny")
+	long := strings.Repeat("a red apple on a wooden table, ", 12) // > 75 tokens
+	par, _, err := p.desc.plan(Request{Prompt: long, Prompt2: "an oil painting", NegativePrompt: "blurry",
+		Width: 64, Height: 64, ClipSkip: 2}, nil)
+	require.NoError(t, err)
+	cond, err := p.conditioner().condition(par, true)
+	require.NoError(t, err)
+	defer cond.free()
+	got := make([]float32, 2*154*48)
+	require.NoError(t, p.eng.lib.DownloadFloat32(p.eng.ctx, cond.context, got), "rows [negative, positive] of two chunks")
+
+	// The positive row's first chunk, by hand: encoder 1 on the long prompt's first
+	// chunk, encoder 2 on prompt 2, both at hidden_states[-3].
+	chunks1, err := p.tok.EncodeWeighted(long, p.padID)
+	require.NoError(t, err)
+	require.Len(t, chunks1, 2)
+	ch2, _ := p.tok2.EncodePlain("an oil painting", p.padID2)
+	h1, _, err := p.eng.clipNet().encode(chunks1[0].IDs[:], 1, 77, 2, false, false)
+	require.NoError(t, err)
+	h2, pooled, err := p.eng.clipNet2().encode(ch2.IDs[:], 1, 77, 2, false, true)
+	require.NoError(t, err)
+	want := make([]float32, 0, 77*48)
+	for r := 0; r < 77; r++ {
+		want = append(want, h1[r*16:(r+1)*16]...)
+		want = append(want, h2[r*32:(r+1)*32]...)
+	}
+	assertClose(t, "positive row, first chunk", got[154*48:154*48+77*48], want)
+	embeds, err := p.eng.clipNet2().project(pooled, 1)
+	require.NoError(t, err)
+	assertClose(t, "positive text_embeds", cond.textEmbeds[24:], embeds)
+}
