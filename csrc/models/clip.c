@@ -263,8 +263,7 @@ sd_status_t sd_clip_project(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t 
         out->shape[1] != cfg->projection_dim)
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
                        "clip_project: out %s must be (%lld, %d) f32",
-                       sd_tensor_describe(out, buf, sizeof buf), (long long)b,
-                       cfg->projection_dim);
+                       sd_tensor_describe(out, buf, sizeof buf), (long long)b, cfg->projection_dim);
     build_t gr = build_begin(ctx), *g = &gr;
     sd_tensor_t *x = g_input(g, pooled);
     sd_tensor_t *y = g_new(g, 2, b, cfg->projection_dim, 0, 0);
