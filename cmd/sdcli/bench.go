@@ -117,10 +117,10 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 		}
 		r.Model = path
 	} else {
-		if o.pipe.model.textHeads != 0 || o.pipe.model.textHeads2 != 0 {
+		if o.pipe.model.textHeads != 0 || o.pipe.model.textHeads2 != 0 || o.pipe.model.unetHeads != nil {
 			// The random weights' config.json records their heads; overriding them
 			// would time another model than --arch names.
-			return usagef("--text-heads needs -m: the random weights record their head counts")
+			return usagef("--text-heads and --unet-heads need -m: the random weights record their head counts")
 		}
 		r.Arch, r.DType = cmp.Or(o.arch, "sd15"), benchDType.String()
 		dir, err := ensureRandomWeights(ctx, filepath.Join(o.cache, r.Arch+"-"+strings.ToLower(r.DType)), a.archs[r.Arch], a.stderr)

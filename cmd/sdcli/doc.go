@@ -77,6 +77,9 @@
 //	--text-heads N[,N2]   the text encoder's attention head count, and N2 SDXL's second
 //	                      encoder's, for single-file checkpoints whose text width is not SD's
 //	                      (default: the folder's config, else the width / 64)
+//	--unet-heads N,N,...  the UNet's attention heads per level, for single files whose heads
+//	                      are not SD's (default: the folder's config, else 8 per level for
+//	                      SD 1.x, the width / 64 for SD 2.x and SDXL)
 //	--threads N           CPU threads (default 0: one per core)
 //	--device NAME         auto, cpu or cuda (default auto: a CUDA GPU when the GPU build of the
 //	                      runtime and a usable GPU are present)
@@ -119,7 +122,7 @@
 // and size; then its tokenizer, native image size and the scheduler that --sampler auto
 // uses.
 //
-//	--text-heads N[,N2]   as for txt2img
+//	--text-heads N[,N2], --unet-heads N,N,...  as for txt2img
 //
 // # sdcli preprocess
 //
@@ -164,7 +167,7 @@
 //	                      ~/.cache/gosd)
 //	--json                print the report as JSON instead of a table (default off)
 //	--profile             also print the runtime's time per op kind on stderr (default off)
-//	--threads N, --device NAME, --lib path, -v, --text-heads N (with -m)
+//	--threads N, --device NAME, --lib path, -v, --text-heads N[,N2] and --unet-heads N,N,... (with -m)
 //	                      as for txt2img
 //
 // # sdcli serve
@@ -191,7 +194,7 @@
 //	--cors ORIGIN         origin allowed to call the API from a browser, or * (default none)
 //	--timeout duration    deadline of a generation from its submission (default 10m)
 //	--grace duration      how long running work may finish on shutdown (default 30s)
-//	--threads N, --device NAME, --lib path, -v, --text-heads N
+//	--threads N, --device NAME, --lib path, -v, --text-heads N[,N2], --unet-heads N,N,...
 //	                      as for txt2img
 //
 // # sdcli version

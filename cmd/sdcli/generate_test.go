@@ -377,3 +377,41 @@ func TestTxt2ImgSDXLMatchesDiffusers(t *testing.T) {
 	assert.Equal(t, exitUsage, r.code)
 	assert.Contains(t, r.stderr, "need an SDXL model")
 }
+
+// The kit's SDXL single file through the command line: its head counts (16-wide, not
+// SDXL's 64) given by flag, the same run as from the folder.
+func TestTxt2ImgSDXLSingleFile(t *testing.T) {
+	_, rt := tinyModel(t)
+	single := filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "sdxl-tiny-single-file.safetensors")
+	f, err := modelfile.OpenSafetensors(filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "txt2img-euler.safetensors"))
+	require.NoError(t, err)
+	defer f.Close()
+	golden, ok := f.Tensor("image")
+	require.True(t, ok)
+	ref, err := golden.Float32s()
+	require.NoError(t, err)
+	out := filepath.Join(t.TempDir(), "apple.png")
+	r := runArgs(t, slices.Concat([]string{"txt2img", "-m", single, "--text-heads", "2,2", "--unet-heads", "2,2,4",
+		"-p", "a red apple on a table", "-n", "blurry", "-W", "64", "-H", "64", "--steps", "6", "--cfg", "5",
+		"--sampler", "euler", "--seed", "50", "--rng", "cpu", "-o", out}, rt)...)
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	img, _ := pngParameters(t, out)
+	var worst float64
+	for y := 0; y < 64; y++ {
+		for x := 0; x < 64; x++ {
+			c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
+			for ch, v := range []uint8{c.R, c.G, c.B} {
+				worst = math.Max(worst, math.Abs(float64(v)-255*float64(ref[ch*64*64+y*64+x])))
+			}
+		}
+	}
+	t.Logf("max |pixel - 255 ref| = %.3f", worst)
+	assert.LessOrEqual(t, worst, 2.0)
+
+	r = runArgs(t, slices.Concat([]string{"txt2img", "-m", single, "--text-heads", "2,2", "-o", out}, rt)...)
+	assert.Equal(t, exitError, r.code, "without the UNet's heads")
+	assert.Contains(t, r.stderr, "give the head counts")
+	r = runArgs(t, "txt2img", "--unet-heads", "2,0", "-o", out)
+	assert.Equal(t, exitUsage, r.code)
+	assert.Contains(t, r.stderr, `invalid value "2,0" for flag -unet-heads: "0": want a head count between 1 and 1024`)
+}

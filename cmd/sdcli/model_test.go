@@ -37,7 +37,7 @@ func TestTextHeadsFlagValidation(t *testing.T) {
 	// bench's random weights record their heads.
 	r := runArgs(t, "bench", "--text-heads", "4", "--cache", t.TempDir())
 	assert.Equal(t, exitUsage, r.code, "stderr: %s", r.stderr)
-	assert.Contains(t, r.stderr, "sdcli bench: --text-heads needs -m")
+	assert.Contains(t, r.stderr, "sdcli bench: --text-heads and --unet-heads need -m")
 }
 
 // The kit's single file has a 32-wide text encoder, whose head count its weights do not
