@@ -152,6 +152,8 @@ type Library struct {
 	// sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids, int32_t skip_layers,
 	//                             bool final_norm, sd_tensor_t *hidden, sd_tensor_t *pooled);
 	sdClipForward func(ctx Ctx, m Model, ids Tensor, skipLayers int32, finalNorm bool, hidden, pooled Tensor) Status
+	// sd_status_t sd_clip_project(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *pooled, sd_tensor_t *out);
+	sdClipProject func(ctx Ctx, m Model, pooled, out Tensor) Status
 	// sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_unet_inputs_t *in, sd_tensor_t *out);
 	sdUnetForward func(ctx Ctx, m Model, in *unetInputsC, out Tensor) Status
 	// sd_status_t sd_vae_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *z, sd_tensor_t *out);
@@ -257,6 +259,7 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_vae_load", &l.sdVaeLoad},
 		{"sd_model_free", &l.sdModelFree},
 		{"sd_clip_forward", &l.sdClipForward},
+		{"sd_clip_project", &l.sdClipProject},
 		{"sd_unet_forward", &l.sdUnetForward},
 		{"sd_vae_decode", &l.sdVaeDecode},
 		{"sd_vae_encode", &l.sdVaeEncode},
@@ -648,6 +651,12 @@ func (l *Library) ModelFree(ctx Ctx, m Model) {
 // final layer norm when finalNorm; pooled (may be 0) the normed last layer at the eos.
 func (l *Library) CLIPForward(ctx Ctx, m Model, ids Tensor, skipLayers int32, finalNorm bool, hidden, pooled Tensor) error {
 	return l.check(ctx, "sd_clip_forward", l.sdClipForward(ctx, m, ids, skipLayers, finalNorm, hidden, pooled))
+}
+
+// CLIPProject applies the text encoder's text_projection to pooled (B, hidden), writing
+// out (B, projection_dim): CLIPTextModelWithProjection's text_embeds.
+func (l *Library) CLIPProject(ctx Ctx, m Model, pooled, out Tensor) error {
+	return l.check(ctx, "sd_clip_project", l.sdClipProject(ctx, m, pooled, out))
 }
 
 // UNetForward runs one UNet evaluation on in, writing out.

@@ -170,6 +170,9 @@ type CLIPConfig struct {
 	Activation   Activation
 	LayerNormEps float32
 	EOSID        int32
+	// ProjectionDim > 0 loads text_projection.weight (ProjectionDim, Hidden) for
+	// CLIPProject (CLIPTextModelWithProjection, SDXL's second text encoder); 0: none.
+	ProjectionDim int32
 }
 
 // UNetAdditionEmbed mirrors sd_unet_addition_embed_t.
@@ -254,6 +257,8 @@ type VAEConfig struct {
 	MidAttention     int32
 	UseQuantConv     int32
 	UsePostQuantConv int32
+	// ForceUpcast 1 runs the VAE with F32 activations where graphs use F16 (the GPU).
+	ForceUpcast int32
 }
 
 // weightC mirrors sd_weight_t; it lives in memory outside the Go heap (see WeightTable).

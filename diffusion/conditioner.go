@@ -9,18 +9,28 @@ import (
 )
 
 // conditioner turns a request's prompts into the denoiser's conditioning: tokenizer, text
-// encoder, emphasis, and the upload of the result. SDXL's second text encoder will be a
-// second tokenizer and clipNet here, its pooled output and time ids more fields of
+// encoder, emphasis, and the upload of the result. SDXL's second text encoder is a second
+// tokenizer and clipNet here (sdxl.go), its pooled output and time ids more fields of
 // conditioning.
 type conditioner struct {
 	tok   *tokenizer.Tokenizer
 	padID int
 	clip  clipNet
-	log   *slog.Logger
+	// SDXL: the second tokenizer (nil for one-encoder models) and text encoder, and
+	// force_zeros_for_empty_prompt; sdxl also for the refiner, whose one encoder is
+	// the first here.
+	tok2       *tokenizer.Tokenizer
+	padID2     int
+	clip2      clipNet
+	forceZeros bool
+	sdxl       bool
+	log        *slog.Logger
 }
 
 func (p *Pipeline) conditioner() *conditioner {
-	return &conditioner{tok: p.tok, padID: p.padID, clip: p.eng.clipNet(), log: p.log}
+	return &conditioner{tok: p.tok, padID: p.padID, clip: p.eng.clipNet(),
+		tok2: p.tok2, padID2: p.padID2, clip2: p.eng.clipNet2(), forceZeros: p.model.ForceZerosForEmptyPrompt,
+		sdxl: p.desc.sdxl, log: p.log}
 }
 
 // conditioning is what every UNet evaluation of one request is conditioned on, in backend
@@ -30,6 +40,9 @@ type conditioning struct {
 	lib     *binding.Library
 	ctx     binding.Ctx
 	context binding.Tensor // (B, tokens, width), or (2B, ...) with the negative prompt's first
+	// SDXL's added conditioning, rows as the context's (nil for other models): the
+	// pooled text_embeds (rows, P) and the micro-conditioning time ids (rows, 6).
+	textEmbeds, timeIDs []float32
 }
 
 func (c *conditioning) free() { c.lib.TensorFree(c.ctx, c.context) }
@@ -37,15 +50,23 @@ func (c *conditioning) free() { c.lib.TensorFree(c.ctx, c.context) }
 // condition encodes the request's prompts (with classifier-free guidance, the negative
 // prompt too) and uploads the context; the caller frees it.
 func (c *conditioner) condition(par Params, cfg bool) (*conditioning, error) {
+	if c.sdxl {
+		return c.conditionSDXL(par, cfg)
+	}
 	hidden, tokens, err := c.encodePrompts(par, cfg)
 	if err != nil {
 		return nil, err
 	}
+	return c.upload(hidden, tokens, c.clip.width())
+}
+
+// upload checks the host context (rows, tokens, width) and uploads it.
+func (c *conditioner) upload(hidden []float32, tokens, width int) (*conditioning, error) {
 	if err := checkFinite("text encoder", hidden); err != nil {
 		return nil, err
 	}
-	rows := int64(len(hidden) / (tokens * c.clip.width()))
-	t, err := newActivationTensor(c.clip.lib, c.clip.ctx, hidden, rows, int64(tokens), int64(c.clip.width()))
+	rows := int64(len(hidden) / (tokens * width))
+	t, err := newActivationTensor(c.clip.lib, c.clip.ctx, hidden, rows, int64(tokens), int64(width))
 	if err != nil {
 		return nil, err
 	}
@@ -54,14 +75,19 @@ func (c *conditioner) condition(par Params, cfg bool) (*conditioning, error) {
 
 // promptChunks tokenizes one prompt in the request's syntax.
 func (c *conditioner) promptChunks(syntax PromptSyntax, prompt string) ([]tokenizer.Chunk, error) {
+	return tokenize(c.tok, c.padID, syntax, prompt, c.log)
+}
+
+// tokenize tokenizes one prompt in a syntax with tok, padding with padID.
+func tokenize(tok *tokenizer.Tokenizer, padID int, syntax PromptSyntax, prompt string, log *slog.Logger) ([]tokenizer.Chunk, error) {
 	if syntax == PromptPlain {
-		ch, dropped := c.tok.EncodePlain(prompt, c.padID)
+		ch, dropped := tok.EncodePlain(prompt, padID)
 		if dropped > 0 {
-			c.log.Warn("prompt truncated: CLIP takes at most 75 tokens", "dropped_tokens", dropped)
+			log.Warn("prompt truncated: CLIP takes at most 75 tokens", "dropped_tokens", dropped)
 		}
 		return []tokenizer.Chunk{ch}, nil
 	}
-	return c.tok.EncodeWeighted(prompt, c.padID)
+	return tok.EncodeWeighted(prompt, padID)
 }
 
 // encodePrompts turns the prompt (and, with classifier-free guidance, the negative

@@ -72,7 +72,7 @@ func (d *denoiser) inputs(x []float32, t float64) *unetInputs {
 		ts[k] = float32(t)
 	}
 	return &unetInputs{x: in, batch: rows, h: d.h, w: d.w, t: ts,
-		contextTensor: d.cond.context, residualScale: 1}
+		contextTensor: d.cond.context, textEmbeds: d.cond.textEmbeds, timeIDs: d.cond.timeIDs, residualScale: 1}
 }
 
 // guide applies classifier-free guidance u + g (c - u) and, when phi > 0, diffusers'

@@ -17,8 +17,11 @@ type engine struct {
 	ctx             binding.Ctx
 	clip, unet, vae binding.Model
 	text            binding.CLIPConfig
-	unetCfg         binding.UNetConfig
-	vaeCfg          binding.VAEConfig
+	// clip2 is SDXL's second text encoder (0 for models with one).
+	clip2   binding.Model
+	text2   binding.CLIPConfig
+	unetCfg binding.UNetConfig
+	vaeCfg  binding.VAEConfig
 	// The native side keeps pointers into the model's tensor data until the networks are
 	// freed: pinned so the garbage collector leaves them be (file mappings are not Go
 	// memory and pin to nothing).
@@ -64,6 +67,7 @@ func (e *engine) release() (last bool) {
 	s.users--
 	if last = s.users == 0; last {
 		e.lib.ModelFree(e.ctx, e.clip)
+		e.lib.ModelFree(e.ctx, e.clip2)
 		e.lib.ModelFree(e.ctx, e.unet)
 		e.lib.ModelFree(e.ctx, e.vae)
 	}
@@ -75,8 +79,9 @@ func (e *engine) release() (last bool) {
 	return last
 }
 
-// load hands the model's three networks to the runtime, checking ctx before each (a
-// network's own load is not interrupted). The model's files must stay open until close.
+// load hands the model's networks (text encoders, UNet, VAE) to the runtime, checking ctx
+// before each (a network's own load is not interrupted). The model's files must stay open
+// until close.
 func (e *engine) load(ctx context.Context, m *modelfile.Model) error {
 	cc, err := clipConfig(m.TextEncoder.Config)
 	if err != nil {
@@ -90,14 +95,32 @@ func (e *engine) load(ctx context.Context, m *modelfile.Model) error {
 	if err != nil {
 		return err
 	}
+	// diffusers' SDXL pipelines decode in float32 when the VAE's config says so (the stock
+	// SDXL VAE overflows in float16; the fp16-fix VAE says false); SD 1.x/2.x pipelines
+	// ignore the flag, which their configs set too.
+	vc.ForceUpcast = boolInt(m.VAE.Config.ForceUpcast && m.Family == modelfile.FamilySDXL)
 	e.text, e.unetCfg, e.vaeCfg = cc, uc, vc
-	steps := []struct {
+	type step struct {
 		tensors map[string]modelfile.Tensor
 		load    func([]binding.Weight) error
-	}{
+	}
+	steps := []step{
 		{m.TextEncoder.Tensors, func(ws []binding.Weight) (err error) { e.clip, err = e.lib.CLIPLoad(e.ctx, &cc, ws); return err }},
 		{m.UNet.Tensors, func(ws []binding.Weight) (err error) { e.unet, err = e.lib.UNetLoad(e.ctx, &uc, ws); return err }},
 		{m.VAE.Tensors, func(ws []binding.Weight) (err error) { e.vae, err = e.lib.VAELoad(e.ctx, &vc, ws); return err }},
+	}
+	switch len(m.ExtraTextEncoders) {
+	case 0:
+	case 1:
+		te2 := m.ExtraTextEncoders[0]
+		cc2, err := clipConfig(te2.Config)
+		if err != nil {
+			return fmt.Errorf("%s: %w", te2.Name, err)
+		}
+		e.text2 = cc2
+		steps = append(steps, step{te2.Tensors, func(ws []binding.Weight) (err error) { e.clip2, err = e.lib.CLIPLoad(e.ctx, &cc2, ws); return err }})
+	default:
+		return fmt.Errorf("%w: %d text encoders (at most 2)", ErrUnsupported, 1+len(m.ExtraTextEncoders))
 	}
 	for _, st := range steps {
 		if err := ctx.Err(); err != nil {
@@ -153,16 +176,28 @@ func clipConfig(c modelfile.CLIPConfig) (binding.CLIPConfig, error) {
 	default:
 		return binding.CLIPConfig{}, fmt.Errorf("%w: text encoder activation %q", ErrUnsupported, c.HiddenAct)
 	}
+	// transformers pools at the first eos_token_id, except under the legacy id 2 (SDXL's
+	// configs) where it pools at argmax(ids): the first <|endoftext|>, CLIP's last id,
+	// which every tokenized row holds.
+	eos := c.EOSTokenID
+	if eos == 2 {
+		eos = c.VocabSize - 1
+	}
+	proj := 0
+	if c.WithProjection {
+		proj = c.ProjectionDim
+	}
 	return binding.CLIPConfig{
-		VocabSize:    int32(c.VocabSize),
-		MaxPositions: int32(c.MaxPositionEmbeddings),
-		Hidden:       int32(c.HiddenSize),
-		Intermediate: int32(c.IntermediateSize),
-		Layers:       int32(c.NumHiddenLayers),
-		Heads:        int32(c.NumAttentionHeads),
-		Activation:   act,
-		LayerNormEps: float32(c.LayerNormEps),
-		EOSID:        int32(c.EOSTokenID),
+		VocabSize:     int32(c.VocabSize),
+		MaxPositions:  int32(c.MaxPositionEmbeddings),
+		Hidden:        int32(c.HiddenSize),
+		Intermediate:  int32(c.IntermediateSize),
+		Layers:        int32(c.NumHiddenLayers),
+		Heads:         int32(c.NumAttentionHeads),
+		Activation:    act,
+		LayerNormEps:  float32(c.LayerNormEps),
+		EOSID:         int32(eos),
+		ProjectionDim: int32(proj),
 	}, nil
 }
 

@@ -42,6 +42,9 @@ type vaeNet struct {
 
 func (e *engine) clipNet() clipNet { return clipNet{e.lib, e.ctx, e.clip, e.text} }
 
+// clipNet2 is the second text encoder; its model is 0 when there is none.
+func (e *engine) clipNet2() clipNet { return clipNet{e.lib, e.ctx, e.clip2, e.text2} }
+
 func (e *engine) unetNet() unetNet {
 	return unetNet{e.lib, e.ctx, e.unet, e.unetCfg, &e.unetTensors}
 }
@@ -154,6 +157,26 @@ func (c clipNet) encode(ids []int32, batch, tokens, skip int, finalNorm, wantPoo
 		pooled, err = s.read(tp, batch*int(width))
 	}
 	return hidden, pooled, err
+}
+
+// project applies text_projection to pooled (batch, width): CLIPTextModelWithProjection's
+// text_embeds (batch, projection_dim), in host memory.
+func (c clipNet) project(pooled []float32, batch int) ([]float32, error) {
+	s := &scope{lib: c.lib, ctx: c.ctx}
+	defer s.done()
+	tp, err := s.f32(pooled, int64(batch), int64(c.width()))
+	if err != nil {
+		return nil, err
+	}
+	proj := int64(c.cfg.ProjectionDim)
+	out, err := s.f32(nil, int64(batch), proj)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.lib.CLIPProject(c.ctx, c.model, tp, out); err != nil {
+		return nil, err
+	}
+	return s.read(out, batch*int(proj))
 }
 
 // unetInputs are the inputs of one UNet evaluation (sd_unet_inputs_t); nil slices and

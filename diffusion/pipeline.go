@@ -36,6 +36,8 @@ type Pipeline struct {
 	eng       *engine
 	tok       *tokenizer.Tokenizer
 	padID     int
+	tok2      *tokenizer.Tokenizer // SDXL's tokenizer_2; nil for one text encoder
+	padID2    int
 	desc      modelDesc
 	hash      *modelHash
 	log       *slog.Logger
@@ -175,13 +177,16 @@ func (p *Pipeline) setup(m *modelfile.Model, device Device) error {
 			return err
 		}
 		p.padID = p.tok.EOS()
-		if m.Family == modelfile.FamilySD2 {
-			p.padID = 0 // OpenCLIP pads with "!"
+		if m.Family == modelfile.FamilySD2 || m.RequiresAestheticsScore {
+			p.padID = 0 // OpenCLIP (SD 2.x, SDXL refiner's encoder) pads with "!"
 		}
 	}
 	// Every id the tokenizer can produce must index the text encoder's embedding table.
 	if n, embedded := p.tok.VocabSize(), m.TextEncoder.Config.VocabSize; n > embedded {
 		return fmt.Errorf("%w: the tokenizer has %d tokens, the text encoder embeds %d", ErrBadModel, n, embedded)
+	}
+	if err := p.setupSecondTokenizer(m); err != nil {
+		return err
 	}
 	if p.desc, err = describe(m); err != nil {
 		return err
@@ -380,6 +385,23 @@ func (p *Pipeline) generateLocked(ctx context.Context, req Request, par Params, 
 // run is one generation, shared by the three modes: the conditioner encodes the prompts,
 // the codec the init image, the sampling loop steps the denoiser, and the codec decodes.
 func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched schedule.Scheduler, init *initImage, tm *Timings) ([]image.Image, error) {
+	x, err := p.denoise(ctx, req, par, sched, init, nil, tm)
+	if err != nil {
+		return nil, err
+	}
+	return p.decodeImages(ctx, x, par, tm)
+}
+
+// stage is part of a schedule (a base → refiner hand-over): sampling runs entries
+// [first, end) and, when from is set, starts from those latents as they are.
+type stage struct {
+	from       []float32
+	first, end int
+}
+
+// denoise conditions on the request's prompts and runs the sampling loop from noise,
+// the init image, or a stage's latents (nil: the whole schedule), returning the latents.
+func (p *Pipeline) denoise(ctx context.Context, req Request, par Params, sched schedule.Scheduler, init *initImage, stg *stage, tm *Timings) ([]float32, error) {
 	vae := p.codec()
 	f := vae.factor()
 	b, lh, lw := par.BatchSize, par.Height/f, par.Width/f
@@ -395,20 +417,26 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 		return nil, err
 	}
 	defer cond.free()
-	tm.TextEncode = time.Since(phase)
+	tm.TextEncode += time.Since(phase)
 
 	gen := newBatchGenerator(par.RNG, par.Seed, b)
 	st := start{}
-	if init == nil {
+	switch {
+	case stg != nil && stg.from != nil:
+		st.x, st.first = stg.from, stg.first
+	case init == nil:
 		st.x = make([]float32, n)
 		gen.Normal(st.x)
 		scale(st.x, float32(sched.InitNoiseSigma()))
-	} else {
+	default:
 		phase = time.Now()
 		if st, err = p.prepareInit(ctx, vae, par, sched, init, gen); err != nil {
 			return nil, err
 		}
 		tm.Encode = time.Since(phase)
+	}
+	if stg != nil {
+		st.end = stg.end
 	}
 
 	d := &denoiser{unet: p.eng.unetNet(), cond: cond, batch: b, h: lh, w: lw,
@@ -420,14 +448,17 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 		defer d.control.free()
 		d.control.total = len(sched.Timesteps()) - st.first
 	}
-	x, err := p.sample(ctx, req, sched, d, st, gen, tm)
-	if err != nil {
-		return nil, err
-	}
+	return p.sample(ctx, req, sched, d, st, gen, tm)
+}
 
-	phase = time.Now()
+// decodeImages decodes denoised latents into the request's images.
+func (p *Pipeline) decodeImages(ctx context.Context, x []float32, par Params, tm *Timings) ([]image.Image, error) {
+	vae := p.codec()
+	f := vae.factor()
+	b, lh, lw := par.BatchSize, par.Height/f, par.Width/f
+	phase := time.Now()
 	var pix []float32
-	err = p.guard(ctx, func() (err error) {
+	err := p.guard(ctx, func() (err error) {
 		pix, err = vae.decode(x, b, lh, lw)
 		return err
 	})

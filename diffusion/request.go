@@ -94,8 +94,16 @@ func ConfiguredSampler(cfg modelfile.SchedulerConfig) Sampler {
 type Request struct {
 	Prompt string
 	// NegativePrompt is what classifier-free guidance steers away from ("" is the empty
-	// prompt, as diffusers).
+	// prompt, as diffusers; SDXL models with force_zeros_for_empty_prompt use zeros when
+	// it and NegativePrompt2 are both empty, as diffusers with negative_prompt None).
 	NegativePrompt string
+	// Prompt2 and NegativePrompt2 go to SDXL's second text encoder; "" uses Prompt and
+	// NegativePrompt (diffusers' prompt_2 and negative_prompt_2). Models with one text
+	// encoder refuse them.
+	Prompt2, NegativePrompt2 string
+	// SizeConditioning is SDXL's micro-conditioning; the zero value is diffusers'
+	// default. Models without it refuse anything else.
+	SizeConditioning SizeConditioning
 	// Width and Height in pixels, multiples of 8 (and of the VAE's downsampling factor
 	// where that is larger).
 	// 0: the model's native size (512 for SD 1.x).
@@ -235,6 +243,11 @@ type Params struct {
 	ModelHash string
 	Controls  []ControlParams
 	Elapsed   time.Duration
+
+	// SDXL: the second encoder's prompts as given ("": the first ones) and the
+	// micro-conditioning with its defaults filled in; zero for other models.
+	Prompt2, NegativePrompt2 string
+	SizeConditioning         SizeConditioning
 }
 
 // A1111 formats the parameters of image index of the batch as AUTOMATIC1111's

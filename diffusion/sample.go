@@ -8,14 +8,14 @@ import (
 	"github.com/gosd/gosd/diffusion/schedule"
 )
 
-// start is where sampling begins: the latents, the first timestep index, and what
-// inpainting adds (a latent blend for 4-channel UNets, extra UNet input channels for
-// 9-channel ones; nil otherwise).
+// start is where sampling begins: the latents, the first timestep index (and the end,
+// 0 for the whole schedule), and what inpainting adds (a latent blend for 4-channel UNets,
+// extra UNet input channels for 9-channel ones; nil otherwise).
 type start struct {
-	x     []float32
-	first int
-	blend *latentBlend
-	extra []float32
+	x          []float32
+	first, end int
+	blend      *latentBlend
+	extra      []float32
 }
 
 // sample is the sampling loop: from st, one denoiser evaluation and one scheduler step
@@ -23,6 +23,9 @@ type start struct {
 // between steps, and a check of every step's output. It returns the final latents.
 func (p *Pipeline) sample(ctx context.Context, req Request, sched schedule.Scheduler, d *denoiser, st start, gen batchGenerator, tm *Timings) ([]float32, error) {
 	timesteps := sched.Timesteps()
+	if st.end > 0 {
+		timesteps = timesteps[:st.end]
+	}
 	first, x := st.first, st.x
 	total := len(timesteps) - first
 	firstStep := sched.StepOf(first)

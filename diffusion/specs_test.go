@@ -36,7 +36,9 @@ var specKit = []struct {
 	{folder: "sd1-tiny", path: "sd1-tiny/sd1-tiny-ldm.safetensors",
 		opts: []modelfile.Option{modelfile.WithUNetHeads(8, 8, 8, 8), modelfile.WithTextHeads(4)}},
 	{folder: "sd2-tiny-v", path: "sd2-tiny-v/diffusers"},
-	{folder: "sdxl-tiny", skip: "SDXL (two text encoders, the UNet's added time and text embeddings): the runtime cannot load it yet"},
+	{folder: "sdxl-tiny", path: "sdxl-tiny/diffusers"},
+	{folder: "sdxl-tiny", path: "sdxl-tiny/sdxl-tiny-single-file.safetensors",
+		opts: []modelfile.Option{modelfile.WithUNetHeads(2, 2, 4), modelfile.WithTextHeads(2), modelfile.WithTextHeads2(2)}},
 	{folder: "controlnet-tiny", skip: "a ControlNet beside sd1-tiny: the runtime has no ControlNet yet"},
 	{folder: "upscaler-tiny", path: "upscaler-tiny/diffusers"},
 	{folder: "taesd-tiny", skip: "TAESD, an autoencoder of another architecture than AutoencoderKL: the runtime has no TAESD"},
@@ -81,7 +83,7 @@ func specNetworks(t *testing.T, m *modelfile.Model) []specNetwork {
 	require.NoError(t, err)
 	vae, err := m.VAE.Config.TensorSpecs()
 	require.NoError(t, err)
-	return []specNetwork{
+	nets := []specNetwork{
 		{"text_encoder", text, m.TextEncoder.Tensors, func(e *engine, ws []binding.Weight) (binding.Model, error) {
 			return e.lib.CLIPLoad(e.ctx, &cc, ws)
 		}},
@@ -92,6 +94,16 @@ func specNetworks(t *testing.T, m *modelfile.Model) []specNetwork {
 			return e.lib.VAELoad(e.ctx, &vc, ws)
 		}},
 	}
+	for _, te := range m.ExtraTextEncoders {
+		c, err := clipConfig(te.Config)
+		require.NoError(t, err)
+		specs, err := te.Config.TensorSpecs()
+		require.NoError(t, err)
+		nets = append(nets, specNetwork{te.Name, specs, te.Tensors, func(e *engine, ws []binding.Weight) (binding.Model, error) {
+			return e.lib.CLIPLoad(e.ctx, &c, ws)
+		}})
+	}
+	return nets
 }
 
 // fromSpecs is the table of exactly the specs' names, each with the tensor modelfile bound.

@@ -19,6 +19,10 @@ type modelDesc struct {
 	info      ModelInfo       // Device and Backend are left for Open to fill in
 	sched     schedule.Config // the parsed scheduler_config.json
 	vaeFactor int             // image pixels per latent pixel
+	// sdxl: two text encoders and text_time added conditioning (Prompt2, micro-
+	// conditioning); clipSkipMax is then the largest ClipSkip both encoders allow.
+	sdxl        bool
+	clipSkipMax int
 }
 
 // describe reads the model's description from its configs.
@@ -29,14 +33,23 @@ func describe(m *modelfile.Model) (modelDesc, error) {
 	if err != nil {
 		return modelDesc{}, fmt.Errorf("%w: scheduler config: %v", ErrBadModel, err)
 	}
-	// Conditioning runs one text encoder: a model that needs more (SDXL) is refused rather
-	// than run on part of its conditioning.
-	if extra := m.ExtraTextEncoders; len(extra) > 0 {
-		return modelDesc{}, fmt.Errorf("%w: a second text encoder (%s) is not supported yet", ErrUnsupported, extra[0].Name)
+	// Conditioning runs one text encoder, or SDXL's two with their added conditioning; a
+	// model that needs more is refused rather than run on part of its conditioning.
+	sdxl := len(m.ExtraTextEncoders) > 0 || m.RequiresAestheticsScore
+	clipSkipMax := m.TextEncoder.Config.NumHiddenLayers
+	if sdxl {
+		if err := checkSDXL(m); err != nil {
+			return modelDesc{}, err
+		}
+		// SDXL already takes the penultimate layer; ClipSkip k >= 2 drops k - 1 more.
+		for _, te := range m.ExtraTextEncoders {
+			clipSkipMax = min(clipSkipMax, te.Config.NumHiddenLayers)
+		}
+		clipSkipMax--
 	}
 	// A UNet conditioned on more than text and latents (the x4 upscaler's noise level and
 	// low-resolution image) needs its own pipeline: refused until there is one.
-	if u := m.UNet.Config; u.ClassEmbedType != "" || u.AdditionEmbedType != "" || (u.InChannels != 4 && u.InChannels != 9) {
+	if u := m.UNet.Config; u.ClassEmbedType != "" || (u.AdditionEmbedType != "" && !sdxl) || (u.InChannels != 4 && u.InChannels != 9) {
 		return modelDesc{}, fmt.Errorf("%w: a UNet with %d input channels, class embedding %q and addition embedding %q (an x4 upscaler or SDXL-style model) has no pipeline yet", ErrUnsupported, u.InChannels, u.ClassEmbedType, u.AdditionEmbedType)
 	}
 	// Each VAE level but the last halves the image (the runtime's VAE is built from the
@@ -56,8 +69,10 @@ func describe(m *modelfile.Model) (modelDesc, error) {
 			Inpainting:     m.UNet.Config.InChannels == 9,
 			Summary:        m.Summary(),
 		},
-		sched:     sched,
-		vaeFactor: f,
+		sched:       sched,
+		vaeFactor:   f,
+		sdxl:        sdxl,
+		clipSkipMax: clipSkipMax,
 	}, nil
 }
 
@@ -157,6 +172,8 @@ func (d *modelDesc) resolve(r Request) (Params, error) {
 	par := Params{
 		Prompt:          r.Prompt,
 		NegativePrompt:  r.NegativePrompt,
+		Prompt2:         r.Prompt2,
+		NegativePrompt2: r.NegativePrompt2,
 		Width:           r.Width,
 		Height:          r.Height,
 		Steps:           r.Steps,
@@ -223,8 +240,16 @@ func (d *modelDesc) resolve(r Request) (Params, error) {
 	if par.BatchSize < 1 || par.BatchSize > MaxBatchSize {
 		return par, invalid("batch size %d not in [1, %d]", par.BatchSize, MaxBatchSize)
 	}
-	if par.ClipSkip < 0 || par.ClipSkip > d.info.TextLayers {
-		return par, invalid("clip skip %d not in [0, %d]", par.ClipSkip, d.info.TextLayers)
+	if par.ClipSkip < 0 || par.ClipSkip > d.clipSkipMax {
+		return par, invalid("clip skip %d not in [0, %d]", par.ClipSkip, d.clipSkipMax)
+	}
+	if d.sdxl {
+		var err error
+		if par.SizeConditioning, err = resolveSizeConditioning(r.SizeConditioning, par.Width, par.Height); err != nil {
+			return par, err
+		}
+	} else if r.Prompt2 != "" || r.NegativePrompt2 != "" || r.SizeConditioning != (SizeConditioning{}) {
+		return par, invalid("prompt 2, negative prompt 2 and size conditioning need an SDXL model (two text encoders); %s has one", d.info.Name)
 	}
 	if par.RNG != rng.CPU && par.RNG != rng.CUDA {
 		return par, invalid("unknown RNG %d", int(par.RNG))

@@ -126,16 +126,77 @@ func TestModelDescription(t *testing.T) {
 	assert.Equal(t, schedule.PredictSample, overridden.sched.PredictionType)
 }
 
-// A model with more text encoders than conditioning runs (SDXL's text_encoder_2) is
-// refused, not run on the first alone.
-func TestModelDescriptionRefusesExtraTextEncoders(t *testing.T) {
-	m, err := modelfile.Load(filepath.Join(testutil.ConformanceDir(t), "sd1-tiny", "diffusers"))
+// Two text encoders are run only as SDXL's conditioning, with a UNet that fits them;
+// anything else is refused, not run on part of its conditioning.
+func TestModelDescriptionChecksTextEncoders(t *testing.T) {
+	kit := testutil.ConformanceDir(t)
+	cases := []struct {
+		name, folder string
+		edit         func(m *modelfile.Model)
+		wantErr      error
+		wantMsg      string
+	}{
+		{"second encoder without text_time", "sd1-tiny", func(m *modelfile.Model) {
+			m.ExtraTextEncoders = []modelfile.NamedTextEncoder{{Name: "text_encoder_2", Component: m.TextEncoder}}
+		}, ErrUnsupported, "needs a UNet with text_time added conditioning"},
+		{"three encoders", "sdxl-tiny", func(m *modelfile.Model) {
+			m.ExtraTextEncoders = append(m.ExtraTextEncoders, m.ExtraTextEncoders[0])
+		}, ErrUnsupported, "3 text encoders"},
+		{"context width", "sdxl-tiny", func(m *modelfile.Model) { m.UNet.Config.CrossAttentionDim = 40 },
+			ErrBadModel, "attends to 40-wide states, the text encoders give 16 + 32"},
+		{"add embedding width", "sdxl-tiny", func(m *modelfile.Model) { m.ExtraTextEncoders[0].Config.ProjectionDim = 20 },
+			ErrBadModel, "takes 120 inputs, not text_embeds 20 + 6 time ids x 16"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			m, err := modelfile.Load(filepath.Join(kit, c.folder, "diffusers"))
+			require.NoError(t, err)
+			defer m.Close()
+			c.edit(m)
+			_, err = describe(m)
+			require.ErrorIs(t, err, c.wantErr)
+			assert.Contains(t, err.Error(), c.wantMsg)
+		})
+	}
+}
+
+// SDXL's request fields: defaults, checks, and refusal on a one-encoder model.
+func TestResolveSDXLFields(t *testing.T) {
+	sdxl := describeKit(t, "sdxl-tiny")
+	sd1 := describeKit(t, "sd1-tiny")
+	par, _, err := sdxl.plan(Request{Width: 64, Height: 96, SizeConditioning: SizeConditioning{CropTopLeft: image.Pt(16, 8)}}, nil)
 	require.NoError(t, err)
-	defer m.Close()
-	m.ExtraTextEncoders = []modelfile.NamedTextEncoder{{Name: "text_encoder_2", Component: m.TextEncoder}}
-	_, err = describe(m)
-	require.ErrorIs(t, err, ErrUnsupported)
-	assert.Contains(t, err.Error(), "text_encoder_2")
+	assert.Equal(t, SizeConditioning{
+		OriginalSize: Size{64, 96}, CropTopLeft: image.Pt(16, 8), TargetSize: Size{64, 96},
+		NegativeOriginalSize: Size{64, 96}, NegativeCropTopLeft: image.Pt(16, 8), NegativeTargetSize: Size{64, 96},
+		AestheticScore: 6, NegativeAestheticScore: 2.5,
+	}, par.SizeConditioning, "the negative row repeats the positive one")
+	assert.Equal(t, "sdxl", sdxl.info.Family.String())
+	assert.Equal(t, 2, sdxl.clipSkipMax, "both encoders' layers (3 and 10) less the penultimate default")
+
+	cases := []struct {
+		name    string
+		d       modelDesc
+		req     Request
+		wantMsg string
+	}{
+		{"prompt 2 on sd1", sd1, Request{Prompt2: "x"}, "need an SDXL model"},
+		{"size conditioning on sd1", sd1, Request{SizeConditioning: SizeConditioning{TargetSize: Size{64, 64}}}, "need an SDXL model"},
+		{"half a size", sdxl, Request{SizeConditioning: SizeConditioning{OriginalSize: Size{Width: 64}}}, "original size 64x0"},
+		{"huge size", sdxl, Request{SizeConditioning: SizeConditioning{TargetSize: Size{1 << 20, 64}}}, "target size 1048576x64"},
+		{"negative crop", sdxl, Request{SizeConditioning: SizeConditioning{CropTopLeft: image.Pt(-1, 0)}}, "crop top-left (-1, 0)"},
+		{"one negative size", sdxl, Request{SizeConditioning: SizeConditioning{NegativeOriginalSize: Size{32, 32}}}, "set both or neither"},
+		{"negative crop alone", sdxl, Request{SizeConditioning: SizeConditioning{NegativeCropTopLeft: image.Pt(4, 4)}}, "negative crop needs"},
+		{"clip skip", sdxl, Request{ClipSkip: 3}, "clip skip 3 not in [0, 2]"},
+		{"aesthetic score", sdxl, Request{SizeConditioning: SizeConditioning{NegativeAestheticScore: -1}}, "aesthetic score -1 not in [0, 1000]"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, _, err := c.d.plan(c.req, nil)
+			require.ErrorIs(t, err, ErrInvalidRequest)
+			assert.Contains(t, err.Error(), c.wantMsg)
+		})
+	}
 }
 
 // The x4 upscaler loads (its UNet takes a low-resolution image and a noise level) but has

@@ -61,7 +61,7 @@ func benchCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 		return nil
 	})
 	fs.stringVar(&o.model, "m", "path", "", "time this model file or diffusers folder (default: random weights of --arch)")
-	fs.intVar(&o.size, "size", "px", 0, "image width and height, a multiple of 8\n(default 512; with -m the model's native size)", side(diffusion.MaxSide))
+	fs.intVar(&o.size, "size", "px", 0, "image width and height, a multiple of 8\n(default 512, sdxl 1024; with -m the model's native size)", side(diffusion.MaxSide))
 	fs.intVar(&o.steps, "steps", "N", 3, "sampling steps; the step time reported is their median (default 3)", intRange(1, diffusion.MaxSteps))
 	cacheDefault := "$XDG_CACHE_HOME/gosd or ~/.cache/gosd"
 	if dir, err := os.UserCacheDir(); err == nil {
@@ -121,17 +121,21 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 		}
 		r.Model = path
 	} else {
-		if o.pipe.model.textHeads != 0 {
+		if o.pipe.model.textHeads != 0 || o.pipe.model.textHeads2 != 0 || o.pipe.model.unetHeads != nil {
 			// The random weights' config.json records their heads; overriding them
 			// would time another model than --arch names.
-			return usagef("--text-heads needs -m: the random weights record their head counts")
+			return usagef("--text-heads and --unet-heads need -m: the random weights record their head counts")
 		}
 		r.Arch, r.DType = cmp.Or(o.arch, "sd15"), benchDType.String()
 		dir, err := ensureRandomWeights(ctx, filepath.Join(o.cache, r.Arch+"-"+strings.ToLower(r.DType)), a.archs[r.Arch], a.stderr)
 		if err != nil {
 			return err
 		}
-		r.Model, size = dir, cmp.Or(size, 512)
+		native := 512 // SD 2.1's 768 is timed at 512 too, for comparison with SD 1.5
+		if a.archs[r.Arch].Family == modelfile.FamilySDXL {
+			native = 1024
+		}
+		r.Model, size = dir, cmp.Or(size, native)
 	}
 	r.ControlNet = o.control
 	if o.control == "random" {

@@ -100,7 +100,7 @@ func TestBenchFlagValidation(t *testing.T) {
 		args []string
 		msg  string
 	}{
-		{"unknown architecture", []string{"--arch", "sdxl"}, `invalid value "sdxl" for flag -arch: want sd15 or sd21`},
+		{"unknown architecture", []string{"--arch", "sd3"}, `invalid value "sd3" for flag -arch: want sd15 or sd21 or sdxl`},
 		{"size not a multiple of 8", []string{"--size", "100"}, `invalid value "100" for flag -size: must be a multiple of 8`},
 		{"zero steps", []string{"--steps", "0"}, "flag -steps: must be between 1 and 1000"},
 		{"bad device", []string{"--device", "gpu"}, "flag -device: unknown device"},
@@ -230,4 +230,49 @@ arena peak      160.0 MiB                runtime activations
 device weights  0 B                      copied to the device (weights used in place from the file are not counted)
 `
 	assert.Equal(t, want, out.String())
+}
+
+// bench --arch sdxl end to end on a tiny architecture standing in for SDXL base (two text
+// encoders, the added text_time embedding): the full-size one is not run in tests.
+func TestBenchTinySDXLArchitecture(t *testing.T) {
+	_, rt := tinyModel(t)
+	cache := t.TempDir()
+	a, stdout, stderr := testApp(t)
+	a.archs = map[string]modelfile.Architecture{"sdxl": tinySDXLArch()}
+	code := a.run(t.Context(), slices.Concat([]string{"bench", "--arch", "sdxl", "--cache", cache, "--size", "64", "--steps", "2", "--json"}, rt))
+	require.Equal(t, exitOK, code, "stderr: %s", stderr.String())
+	assert.Contains(t, stderr.String(), "writing random F16 weights to "+filepath.Join(cache, "sdxl-f16"))
+	var rep benchReport
+	require.NoError(t, json.Unmarshal(stdout.Bytes(), &rep))
+	assert.Equal(t, "sdxl", rep.Arch)
+	assert.Equal(t, 64, rep.Size)
+	require.Len(t, rep.StepTimes, 2)
+	m, err := modelfile.Load(filepath.Join(cache, "sdxl-f16"))
+	require.NoError(t, err)
+	defer m.Close()
+	assert.Equal(t, modelfile.FamilySDXL, m.Family)
+	assert.Len(t, m.ExtraTextEncoders, 1)
+}
+
+// tinySDXLArch is SDXL base's layout at a few channels.
+func tinySDXLArch() modelfile.Architecture {
+	a := modelfile.SDXL()
+	a.UNet.SampleSize = 8
+	a.UNet.BlockOutChannels = []int{32, 64}
+	a.UNet.LayersPerBlock = []int{1, 1}
+	a.UNet.DownBlockTypes = []string{"DownBlock2D", "CrossAttnDownBlock2D"}
+	a.UNet.UpBlockTypes = []string{"CrossAttnUpBlock2D", "UpBlock2D"}
+	a.UNet.AttentionHeads = []int{2, 2}
+	a.UNet.TransformerLayersPerBlock = []int{1, 2}
+	a.UNet.TimeEmbeddingDim = 128
+	a.VAE.BlockOutChannels = []int{32, 32, 32, 32}
+	a.VAE.LayersPerBlock = 1
+	a.TextEncoder.HiddenSize, a.TextEncoder.IntermediateSize, a.TextEncoder.NumHiddenLayers, a.TextEncoder.NumAttentionHeads = 16, 32, 2, 2
+	te2 := *a.TextEncoder2
+	te2.HiddenSize, te2.IntermediateSize, te2.NumHiddenLayers, te2.NumAttentionHeads, te2.ProjectionDim = 32, 64, 3, 2, 24
+	a.TextEncoder2 = &te2
+	a.UNet.CrossAttentionDim = 16 + 32
+	a.UNet.AdditionTimeEmbedDim = 8
+	a.UNet.ProjectionClassEmbeddingsInputDim = 24 + 6*8
+	return a
 }

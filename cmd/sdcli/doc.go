@@ -1,4 +1,4 @@
-// Sdcli generates images with Stable Diffusion 1.x and 2.x models from the command line,
+// Sdcli generates images with Stable Diffusion 1.x, 2.x and SDXL models from the command line,
 // with flags in the style of stable-diffusion.cpp, and measures the runtime.
 //
 //	sdcli txt2img -p "a red apple on a wooden table" -o apple.png
@@ -30,6 +30,23 @@
 //	                      directory and its parents
 //	-p text               prompt (default empty)
 //	-n text               negative prompt (default empty)
+//	--prompt-2 text       SDXL: the second text encoder's prompt (default: the prompt)
+//	--negative-prompt-2 text  SDXL: the second text encoder's negative prompt (default: the
+//	                      negative prompt). SDXL models with force_zeros_for_empty_prompt
+//	                      condition on zeros when both negative prompts are empty.
+//	--original-size WxH, --target-size WxH, --crop X,Y  SDXL's micro-conditioning: the
+//	                      original image size, target size and crop corner (left,top) the
+//	                      model is told (default: the output size, twice, and 0,0)
+//	--negative-original-size WxH, --negative-target-size WxH, --negative-crop X,Y
+//	                      the negative row's, used only when both negative sizes are
+//	                      given (default: the positive row's)
+//	--aesthetic-score x, --negative-aesthetic-score x  the SDXL refiner's last time id
+//	                      (default 6 and 2.5, as diffusers)
+//	--refiner path        txt2img: a second model (SDXL's refiner, or any model with the same
+//	                      latents) that takes the schedule over from --refiner-start on, as
+//	                      diffusers' denoising_end / denoising_start (default: none)
+//	--refiner-start x     the fraction of the schedule the first model runs, in (0, 1)
+//	                      (default 0.8)
 //	-W px, -H px          width and height, multiples of 8 (default: the model's native size)
 //	--steps N             sampling steps (default 20)
 //	--cfg scale           classifier-free guidance scale, 1 to 100; 1 turns it off (default 7.5)
@@ -76,10 +93,12 @@
 //	--canny LOW,HIGH      thresholds of canny (default 100,200)
 //	                      The PNG records each ControlNet as AUTOMATIC1111's ControlNet
 //	                      extension does: ControlNet 0: "Module: canny, Model: name [hash], ..."
-//	--text-heads N        the text encoder's attention head count, for single-file
-//	                      checkpoints whose text width is not SD's (default: the folder's
-//	                      config, else the width / 64); N,N2 (a second text encoder's count)
-//	                      is refused: no model supported has two yet
+//	--text-heads N[,N2]   the text encoder's attention head count, and N2 SDXL's second
+//	                      encoder's, for single-file checkpoints whose text width is not SD's
+//	                      (default: the folder's config, else the width / 64)
+//	--unet-heads N,N,...  the UNet's attention heads per level, for single files whose heads
+//	                      are not SD's (default: the folder's config, else 8 per level for
+//	                      SD 1.x, the width / 64 for SD 2.x and SDXL)
 //	--threads N           CPU threads (default 0: one per core)
 //	--device NAME         auto, cpu or cuda (default auto: a CUDA GPU when the GPU build of the
 //	                      runtime and a usable GPU are present)
@@ -122,7 +141,7 @@
 // and size; then its tokenizer, native image size and the scheduler that --sampler auto
 // uses.
 //
-//	--text-heads N        as for txt2img
+//	--text-heads N[,N2], --unet-heads N,N,...  as for txt2img
 //
 // # sdcli preprocess
 //
@@ -157,10 +176,11 @@
 // runtime's peak activation memory. With -m it times that model instead, at its native
 // size unless --size is given.
 //
-//	--arch NAME           sd15 or sd21 (default sd15)
+//	--arch NAME           sd15, sd21 or sdxl (SDXL base 1.0: UNet 2.57 B parameters, both
+//	                      text encoders) (default sd15)
 //	-m path               a model file or diffusers folder to time instead (not with --arch)
-//	--size px             image width and height, a multiple of 8 (default 512; with -m
-//	                      the model's native size)
+//	--size px             image width and height, a multiple of 8 (default 512, 1024 for
+//	                      sdxl; with -m the model's native size)
 //	--steps N             sampling steps whose median is reported (default 3)
 //	--cache dir           folder of the random weights (default $XDG_CACHE_HOME/gosd, else
 //	                      ~/.cache/gosd)
@@ -170,7 +190,7 @@
 //	                      control image); random: random weights of an SD 1.5-style
 //	                      ControlNet for --arch, written once to the cache as a single file
 //	                      (default: none). Compare the step time with a run without it.
-//	--threads N, --device NAME, --lib path, -v, --text-heads N (with -m)
+//	--threads N, --device NAME, --lib path, -v, --text-heads N[,N2] and --unet-heads N,N,... (with -m)
 //	                      as for txt2img
 //
 // # sdcli serve
@@ -197,7 +217,7 @@
 //	--cors ORIGIN         origin allowed to call the API from a browser, or * (default none)
 //	--timeout duration    deadline of a generation from its submission (default 10m)
 //	--grace duration      how long running work may finish on shutdown (default 30s)
-//	--threads N, --device NAME, --lib path, -v, --text-heads N
+//	--threads N, --device NAME, --lib path, -v, --text-heads N[,N2], --unet-heads N,N,...
 //	                      as for txt2img
 //
 // # sdcli version

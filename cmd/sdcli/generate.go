@@ -50,6 +50,7 @@ type genOptions struct {
 	clipSkip         int
 	rescale, eta     float64
 	pipe             pipelineOptions
+	sdxl             sdxlOptions
 	// img2img and inpaint
 	init, mask string
 	strength   float64
@@ -93,6 +94,7 @@ func (o *genOptions) define(fs *flagSet) {
 	fs.stringVar(&o.model, "m", "path", "", "model file (.safetensors, .ckpt) or diffusers folder\n(default: the demo model "+demoModel+")")
 	fs.stringVar(&o.prompt, "p", "text", "", "prompt (default: empty)")
 	fs.stringVar(&o.negative, "n", "text", "", "negative prompt (default: empty)")
+	o.sdxl.define(fs, o.mode)
 	if o.mode != modeTxt2Img {
 		fs.stringVar(&o.init, "i", "path", "", "init image, PNG or JPEG (no default: required)")
 	}
@@ -248,6 +250,14 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 	if err != nil {
 		return err
 	}
+	var refiner *diffusion.Pipeline
+	if o.sdxl.refiner != "" {
+		fmt.Fprintf(a.stderr, "loading refiner %s\n", o.sdxl.refiner)
+		if refiner, err = o.pipe.open(o.sdxl.refiner, a.stderr); err != nil {
+			return err
+		}
+		defer refiner.Close()
+	}
 	if o.randomSeed {
 		o.seed = uint64(rand.Uint32()) // 32 bits, as web UIs pick them
 	}
@@ -263,10 +273,15 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		Seed: o.seed, RNG: o.rng, BatchSize: o.batch, ClipSkip: o.clipSkip,
 		Progress: bar.update, Controls: controls,
 	}
+	o.sdxl.apply(&req)
 	var res *diffusion.Result
 	switch o.mode {
 	case modeTxt2Img:
-		res, err = p.Txt2Img(ctx, req)
+		if refiner != nil {
+			res, err = p.Txt2ImgRefined(ctx, req, refiner, o.sdxl.refinerStart)
+		} else {
+			res, err = p.Txt2Img(ctx, req)
+		}
 	case modeImg2Img:
 		res, err = p.Img2Img(ctx, diffusion.Img2ImgRequest{Request: req, Image: initImg, Strength: o.strength})
 	case modeInpaint:

@@ -330,3 +330,88 @@ func TestImg2ImgAndInpaint(t *testing.T) {
 		})
 	}
 }
+
+// The kit's SDXL run (Euler, 6 steps, CFG 5, seed 50 on the CPU generator, prompt 2)
+// through the command line from the diffusers folder, checked against diffusers' image at
+// 2/255; also cut in two by --refiner with the same model, which must not change it.
+func TestTxt2ImgSDXLMatchesDiffusers(t *testing.T) {
+	_, rt := tinyModel(t)
+	model := filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "diffusers")
+	f, err := modelfile.OpenSafetensors(filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "txt2img-euler-prompt2.safetensors"))
+	require.NoError(t, err)
+	defer f.Close()
+	golden, ok := f.Tensor("image")
+	require.True(t, ok)
+	ref, err := golden.Float32s()
+	require.NoError(t, err)
+	for _, c := range []struct {
+		name  string
+		extra []string
+	}{{"plain", nil}, {"refiner", []string{"--refiner", model, "--refiner-start", "0.5"}}} {
+		t.Run(c.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "apple.png")
+			r := runArgs(t, slices.Concat([]string{"txt2img", "-m", model, "-p", "a red apple on a table", "-n", "blurry",
+				"--prompt-2", "an oil painting, warm evening light",
+				"-W", "64", "-H", "64", "--steps", "6", "--cfg", "5", "--sampler", "euler", "--seed", "50", "--rng", "cpu", "-o", out}, c.extra, rt)...)
+			require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+			img, _ := pngParameters(t, out)
+			require.Equal(t, image.Rect(0, 0, 64, 64), img.Bounds())
+			var worst float64
+			for y := 0; y < 64; y++ {
+				for x := 0; x < 64; x++ {
+					c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
+					for ch, v := range []uint8{c.R, c.G, c.B} {
+						worst = math.Max(worst, math.Abs(float64(v)-255*float64(ref[ch*64*64+y*64+x])))
+					}
+				}
+			}
+			t.Logf("max |pixel - 255 ref| = %.3f", worst)
+			assert.LessOrEqual(t, worst, 2.0)
+		})
+	}
+
+	// The SDXL flags are refused by a model with one text encoder.
+	sd1, _ := tinyModel(t)
+	out := filepath.Join(t.TempDir(), "x.png")
+	r := runArgs(t, slices.Concat([]string{"txt2img", "-m", sd1, "--prompt-2", "x", "-W", "64", "-H", "64", "--steps", "1", "-o", out}, rt)...)
+	assert.Equal(t, exitUsage, r.code)
+	assert.Contains(t, r.stderr, "need an SDXL model")
+}
+
+// The kit's SDXL single file through the command line: its head counts (16-wide, not
+// SDXL's 64) given by flag, the same run as from the folder.
+func TestTxt2ImgSDXLSingleFile(t *testing.T) {
+	_, rt := tinyModel(t)
+	single := filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "sdxl-tiny-single-file.safetensors")
+	f, err := modelfile.OpenSafetensors(filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "txt2img-euler.safetensors"))
+	require.NoError(t, err)
+	defer f.Close()
+	golden, ok := f.Tensor("image")
+	require.True(t, ok)
+	ref, err := golden.Float32s()
+	require.NoError(t, err)
+	out := filepath.Join(t.TempDir(), "apple.png")
+	r := runArgs(t, slices.Concat([]string{"txt2img", "-m", single, "--text-heads", "2,2", "--unet-heads", "2,2,4",
+		"-p", "a red apple on a table", "-n", "blurry", "-W", "64", "-H", "64", "--steps", "6", "--cfg", "5",
+		"--sampler", "euler", "--seed", "50", "--rng", "cpu", "-o", out}, rt)...)
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	img, _ := pngParameters(t, out)
+	var worst float64
+	for y := 0; y < 64; y++ {
+		for x := 0; x < 64; x++ {
+			c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
+			for ch, v := range []uint8{c.R, c.G, c.B} {
+				worst = math.Max(worst, math.Abs(float64(v)-255*float64(ref[ch*64*64+y*64+x])))
+			}
+		}
+	}
+	t.Logf("max |pixel - 255 ref| = %.3f", worst)
+	assert.LessOrEqual(t, worst, 2.0)
+
+	r = runArgs(t, slices.Concat([]string{"txt2img", "-m", single, "--text-heads", "2,2", "-o", out}, rt)...)
+	assert.Equal(t, exitError, r.code, "without the UNet's heads")
+	assert.Contains(t, r.stderr, "give the head counts")
+	r = runArgs(t, "txt2img", "--unet-heads", "2,0", "-o", out)
+	assert.Equal(t, exitUsage, r.code)
+	assert.Contains(t, r.stderr, `invalid value "2,0" for flag -unet-heads: "0": want a head count between 1 and 1024`)
+}

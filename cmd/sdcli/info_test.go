@@ -165,3 +165,12 @@ func TestInfoBrokenModels(t *testing.T) {
 		})
 	}
 }
+
+// info names the SDXL family and lists the second text encoder with its tokenizer.
+func TestInfoSDXL(t *testing.T) {
+	r := runArgs(t, "info", filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "diffusers"))
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	assert.Contains(t, r.stdout, "sdxl model")
+	assert.Contains(t, r.stdout, "\n  text_encoder_2 ")
+	assert.Contains(t, r.stdout, "scheduler    EulerDiscreteScheduler")
+}

@@ -57,7 +57,7 @@ func TestRunDispatch(t *testing.T) {
 		{"help of a command", []string{"help", "inpaint"}, exitOK, []string{"Usage: sdcli inpaint [flags]", "--outpaint L,T,R,B", "--mask path"}, nil},
 		{"help of an unknown command", []string{"help", "paint"}, exitUsage, nil, []string{`unknown command "paint"`}},
 		{"command -h", []string{"txt2img", "-h"}, exitOK, []string{"Usage: sdcli txt2img [flags]", "--sampler NAME", "(default 20)"}, nil},
-		{"command --help", []string{"bench", "--help"}, exitOK, []string{"Usage: sdcli bench [flags]", "--arch NAME", "-m path", "(default 512;"}, nil},
+		{"command --help", []string{"bench", "--help"}, exitOK, []string{"Usage: sdcli bench [flags]", "--arch NAME", "-m path", "(default 512, sdxl 1024;"}, nil},
 		{"info -h", []string{"info", "-h"}, exitOK, []string{"Usage: sdcli info [flags] [MODEL]\n", "--text-heads N[,N2]"}, nil},
 		{"unknown command", []string{"paint"}, exitUsage, nil, []string{`sdcli: unknown command "paint"`}},
 		{"version without a library", []string{"version", "--lib", noLib}, exitError,

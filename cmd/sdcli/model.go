@@ -73,44 +73,73 @@ func (a *app) modelPath(path string) (string, error) {
 // modelOptions are the flags saying what a model file does not record.
 type modelOptions struct {
 	textHeads int // 0: the folder's config, else the text width / 64 as in SD's checkpoints
+	// textHeads2 is SDXL's second text encoder's (0: as textHeads' default).
+	textHeads2 int
+	// unetHeads are the UNet's heads per level (nil: the config, else SD's defaults).
+	unetHeads []int
 }
+
+// maxLevels bounds --unet-heads: the runtime's SD_MAX_LEVELS.
+const maxLevels = 8
 
 // maxHeads bounds --text-heads: far above any CLIP, low enough to stay a plausible count.
 const maxHeads = 1024
 
 func (o *modelOptions) define(fs *flagSet) {
-	fs.funcVar("text-heads", "N[,N2]", "attention heads of the text encoder, for single files of a width other than SD's\n(N2, a second text encoder's, is not supported yet; default: the config, else the width / 64)",
+	fs.funcVar("text-heads", "N[,N2]", "attention heads of the text encoder, and N2 of SDXL's second one, for single files of\na width other than SD's (default: the config, else the width / 64)",
 		o.setTextHeads)
+	fs.funcVar("unet-heads", "N,N,...", "attention heads of each UNet level, for single files whose heads are not SD's\n(default: the config, else 8 per level for SD 1.x, the width / 64 for SD 2.x and SDXL)",
+		func(s string) (err error) {
+			o.unetHeads, err = parseHeads(s, maxLevels)
+			return err
+		})
 }
 
-func (o *modelOptions) setTextHeads(s string) error {
+// parseHeads reads up to max comma-separated head counts.
+func parseHeads(s string, max int) ([]int, error) {
 	parts := strings.Split(s, ",")
-	if len(parts) > 2 {
-		return errors.New("want N or N,N2")
+	if len(parts) > max {
+		return nil, fmt.Errorf("%d counts: at most %d", len(parts), max)
 	}
 	heads := make([]int, len(parts))
 	for i, p := range parts {
 		n, err := strconv.Atoi(strings.TrimSpace(p))
 		if err != nil || n < 1 || n > maxHeads {
-			return fmt.Errorf("%q: want a head count between 1 and %d", p, maxHeads)
+			return nil, fmt.Errorf("%q: want a head count between 1 and %d", p, maxHeads)
 		}
 		heads[i] = n
 	}
-	if len(heads) == 2 {
-		// SD 1.x and 2.x have one text encoder; the API has no place for a second one's
-		// heads yet (SDXL's), and dropping N2 silently would mislead.
-		return errors.New("N2, a second text encoder's head count, is not supported yet: the models supported have one text encoder")
+	return heads, nil
+}
+
+func (o *modelOptions) setTextHeads(s string) error {
+	if len(strings.Split(s, ",")) > 2 {
+		return errors.New("want N or N,N2")
+	}
+	heads, err := parseHeads(s, 2)
+	if err != nil {
+		return err
 	}
 	o.textHeads = heads[0]
+	if len(heads) == 2 {
+		o.textHeads2 = heads[1]
+	}
 	return nil
 }
 
 // options are the modelfile.Load options the flags ask for.
 func (o *modelOptions) options() []modelfile.Option {
-	if o.textHeads == 0 {
-		return nil
+	var opts []modelfile.Option
+	if o.textHeads != 0 {
+		opts = append(opts, modelfile.WithTextHeads(o.textHeads))
 	}
-	return []modelfile.Option{modelfile.WithTextHeads(o.textHeads)}
+	if o.textHeads2 != 0 {
+		opts = append(opts, modelfile.WithTextHeads2(o.textHeads2))
+	}
+	if o.unetHeads != nil {
+		opts = append(opts, modelfile.WithUNetHeads(o.unetHeads...))
+	}
+	return opts
 }
 
 // pipelineOptions are the flags that open a model.

@@ -15,7 +15,7 @@ func TestTextHeadsFlagValidation(t *testing.T) {
 	values := []struct {
 		name, value, msg string
 	}{
-		{"second encoder", "4,8", `invalid value "4,8" for flag -text-heads: N2, a second text encoder's head count, is not supported yet`},
+		{"second encoder", "4,0", `invalid value "4,0" for flag -text-heads: "0": want a head count between 1 and 1024`},
 		{"zero", "0", `invalid value "0" for flag -text-heads: "0": want a head count between 1 and 1024`},
 		{"zero second", "4,0", `"0": want a head count between 1 and 1024`},
 		{"too many", "1025", `"1025": want a head count between 1 and 1024`},
@@ -37,7 +37,7 @@ func TestTextHeadsFlagValidation(t *testing.T) {
 	// bench's random weights record their heads.
 	r := runArgs(t, "bench", "--text-heads", "4", "--cache", t.TempDir())
 	assert.Equal(t, exitUsage, r.code, "stderr: %s", r.stderr)
-	assert.Contains(t, r.stderr, "sdcli bench: --text-heads needs -m")
+	assert.Contains(t, r.stderr, "sdcli bench: --text-heads and --unet-heads need -m")
 }
 
 // The kit's single file has a 32-wide text encoder, whose head count its weights do not

@@ -410,6 +410,10 @@ typedef struct sd_clip_config {
     int32_t activation;    /* SD_ACT_QUICK_GELU (SD 1.x) or SD_ACT_GELU (SD 2.x) */
     float layer_norm_eps;  /* 1e-5 */
     int32_t eos_id;        /* 49407: the pooled output is taken at its first position */
+    /* 0: none (CLIPTextModel, the default). > 0: CLIPTextModelWithProjection (SDXL's second
+     * encoder, 1280): the weight text_projection.weight (projection_dim, hidden), without
+     * bias, that sd_clip_project applies to the pooled output. */
+    int32_t projection_dim;
 } sd_clip_config_t;
 
 /* How a UNet conditions its time embedding on extra inputs (sd_unet_config_t). */
@@ -485,6 +489,10 @@ typedef struct sd_vae_config {
     int32_t mid_attention;       /* mid_block_add_attention, 1 */
     int32_t use_quant_conv;      /* 1 */
     int32_t use_post_quant_conv; /* 1 */
+    /* 1: encode and decode with F32 activations even where model graphs use F16 (the
+     * GPU), as diffusers' SDXL pipelines honour force_upcast: the stock SDXL VAE
+     * overflows in F16. No effect on the CPU (F32 already). Default 0. */
+    int32_t force_upcast;
 } sd_vae_config_t;
 
 SD_API void sd_clip_config_default(sd_clip_config_t *c); /* SD 1.5's text encoder */
@@ -518,6 +526,12 @@ SD_API void sd_model_free(sd_ctx_t *ctx, sd_model_t *model);
 SD_API sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids,
                                    int32_t skip_layers, bool final_norm, sd_tensor_t *hidden,
                                    sd_tensor_t *pooled);
+
+/* CLIPTextModelWithProjection's text_embeds: out (B, projection_dim) F32 = pooled (B, hidden)
+ * F32 (sd_clip_forward's pooled output) times text_projection transposed. A model loaded
+ * with projection_dim 0 is SD_STATUS_INVALID_ARGUMENT. */
+SD_API sd_status_t sd_clip_project(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *pooled,
+                                   sd_tensor_t *out);
 
 /* The inputs of one UNet evaluation. The struct and the tensors it points to are only read
  * during sd_unet_forward; the caller keeps ownership. B is the batch, T the number of

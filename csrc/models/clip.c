@@ -5,6 +5,8 @@
  * embeddings; pre-LN layers [x += out_proj(causal_attn(ln1 x)); x += fc2(act(fc1(ln2 x)))];
  * final_layer_norm; pooled output at the first eos token. SD 2.x's OpenCLIP tower is the
  * same network once its weights are renamed (done on the Go side).
+ * CLIPTextModelWithProjection (SDXL's text_encoder_2) adds text_projection, a Linear
+ * without bias from the pooled output to text_embeds.
  */
 #include "blocks.h"
 
@@ -21,6 +23,7 @@ typedef struct {
     const sd_tensor_t *position_embedding; /* (max_positions, hidden), activation dtype */
     clip_layer_w *layers;
     sd_norm_w final_ln;
+    sd_linear_w projection; /* (projection_dim, hidden), no bias; w NULL without */
 } clip_net_t;
 
 static void clip_free(sd_ctx_t *ctx, void *p) {
@@ -43,6 +46,7 @@ void sd_clip_config_default(sd_clip_config_t *c) {
         .activation = SD_ACT_QUICK_GELU,
         .layer_norm_eps = 1e-5f,
         .eos_id = 49407,
+        .projection_dim = 0,
     };
 }
 
@@ -67,6 +71,10 @@ static bool clip_config_ok(loader_t *L, const sd_clip_config_t *c) {
     }
     if (c->eos_id < 0 || c->eos_id >= c->vocab_size) {
         loader_fail(L, "eos id %d outside the vocabulary", c->eos_id);
+        return false;
+    }
+    if (c->projection_dim < 0) {
+        loader_fail(L, "invalid projection_dim %d", c->projection_dim);
         return false;
     }
     return true;
@@ -107,6 +115,9 @@ sd_status_t sd_clip_load(sd_ctx_t *ctx, const sd_clip_config_t *config, const sd
         l->fc2 = ld_linear(L, c->hidden, c->intermediate, true, "%s.mlp.fc2", p);
     }
     net->final_ln = ld_norm(L, c->hidden, "final_layer_norm");
+    /* Outside text_model. in transformers' naming, so not stripped. */
+    if (c->projection_dim > 0)
+        net->projection = ld_linear(L, c->projection_dim, c->hidden, false, "text_projection");
     return loader_finish(L, net, clip_free, out);
 }
 
@@ -228,5 +239,37 @@ sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t 
     }
     g_free(g, tmp);
     g_free(g, x);
+    return g->st;
+}
+
+sd_status_t sd_clip_project(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *pooled,
+                            sd_tensor_t *out) {
+    if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
+    SD_TRY(sd_ctx_check(ctx));
+    SD_TRY(sd_model_check(ctx, model, SD_MODEL_CLIP, "clip_project"));
+    const clip_net_t *net = model->net;
+    const sd_clip_config_t *cfg = &net->cfg;
+    char buf[96];
+    if (cfg->projection_dim == 0)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "clip_project: the text encoder has no text_projection");
+    if (pooled == NULL || pooled->dtype != SD_DTYPE_F32 || pooled->ndim != 2 ||
+        pooled->shape[1] != cfg->hidden)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "clip_project: pooled %s must be (B, %d) f32",
+                       sd_tensor_describe(pooled, buf, sizeof buf), cfg->hidden);
+    const int64_t b = pooled->shape[0];
+    if (out == NULL || out->dtype != SD_DTYPE_F32 || out->ndim != 2 || out->shape[0] != b ||
+        out->shape[1] != cfg->projection_dim)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "clip_project: out %s must be (%lld, %d) f32",
+                       sd_tensor_describe(out, buf, sizeof buf), (long long)b, cfg->projection_dim);
+    build_t gr = build_begin(ctx), *g = &gr;
+    sd_tensor_t *x = g_input(g, pooled);
+    sd_tensor_t *y = g_new(g, 2, b, cfg->projection_dim, 0, 0);
+    g_linear(g, y, x, &net->projection, NULL, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
+    g_output(g, out, y);
+    g_free(g, y);
+    g_release_input(g, pooled, x);
     return g->st;
 }

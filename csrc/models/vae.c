@@ -34,6 +34,15 @@ typedef struct {
     sd_norm_w enc_norm, dec_norm;
 } vae_net_t;
 
+/* The build context of an encode or decode: F32 activations for force_upcast where the
+ * backend's graphs use another dtype and it accepts F32 (every backend does). */
+static build_t vae_build_begin(sd_ctx_t *ctx, const vae_net_t *net) {
+    build_t g = build_begin(ctx);
+    const sd_backend_t *be = sd_ctx_backend_ptr(ctx);
+    if (net->cfg.force_upcast && (be->act_dtypes & (1u << SD_DTYPE_F32))) g.act = SD_DTYPE_F32;
+    return g;
+}
+
 static void vae_free(sd_ctx_t *ctx, void *p) {
     (void)ctx;
     vae_net_t *n = p;
@@ -58,6 +67,7 @@ void sd_vae_config_default(sd_vae_config_t *c) {
         .mid_attention = 1,
         .use_quant_conv = 1,
         .use_post_quant_conv = 1,
+        .force_upcast = 0,
     };
 }
 
@@ -200,7 +210,7 @@ sd_status_t sd_vae_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *z
             "vae_decode: z %s, out %s: expected z (B, %d, h, w), out (B, %d, %lld h, %lld w)",
             sd_tensor_describe(z, b1, sizeof b1), sd_tensor_describe(out, b2, sizeof b2),
             c->latent_channels, c->out_channels, (long long)f, (long long)f);
-    build_t gr = build_begin(ctx), *g = &gr;
+    build_t gr = vae_build_begin(ctx, net), *g = &gr;
     const int32_t groups = c->norm_groups, levels = c->levels;
     const int64_t deep = c->block_out_channels[levels - 1];
     sd_tensor_t *zi = g_input(g, z);
@@ -267,7 +277,7 @@ sd_status_t sd_vae_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x
                            "vae_encode: %s must be (%lld, %d, %lld, %lld)", i ? "logvar" : "mean",
                            (long long)b, c->latent_channels, (long long)lh, (long long)lw);
 
-    build_t gr = build_begin(ctx), *g = &gr;
+    build_t gr = vae_build_begin(ctx, net), *g = &gr;
     const int32_t groups = c->norm_groups, levels = c->levels;
     const int64_t lat = c->latent_channels;
     sd_tensor_t *xi = g_input(g, x);

@@ -19,27 +19,32 @@ type Family uint8
 const (
 	FamilySD1 Family = iota + 1 // SD 1.x: CLIP ViT-L/14 text encoder, 8 heads, conv proj_in
 	FamilySD2                   // SD 2.x: OpenCLIP ViT-H/14 text encoder, 64-wide heads, linear proj_in
+	// SDXL: CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text encoders (the second with its
+	// projection), a UNet with text_time added conditioning.
+	FamilySDXL
 )
 
-// String returns "sd1" or "sd2".
+// String returns "sd1", "sd2" or "sdxl".
 func (f Family) String() string {
 	switch f {
 	case FamilySD1:
 		return "sd1"
 	case FamilySD2:
 		return "sd2"
+	case FamilySDXL:
+		return "sdxl"
 	}
 	return fmt.Sprintf("Family(%d)", uint8(f))
 }
 
 // ParseFamily is the inverse of String.
 func ParseFamily(s string) (Family, error) {
-	for _, f := range []Family{FamilySD1, FamilySD2} {
+	for _, f := range []Family{FamilySD1, FamilySD2, FamilySDXL} {
 		if s == f.String() {
 			return f, nil
 		}
 	}
-	return 0, fmt.Errorf("unknown model family %q (want sd1 or sd2)", s)
+	return 0, fmt.Errorf("unknown model family %q (want sd1, sd2 or sdxl)", s)
 }
 
 // intOrList is a diffusers config value that is either one int for every
@@ -622,7 +627,13 @@ type CLIPConfig struct {
 	BOSTokenID            int
 	EOSTokenID            int
 	PadTokenID            int // as configured; SD's tokenizers pad with their own token
-	ProjectionDim         int // unused by CLIPTextModel, kept for round trips
+	// ProjectionDim is the width of text_projection: used when WithProjection, else
+	// kept for round trips.
+	ProjectionDim int
+	// WithProjection: a CLIPTextModelWithProjection (SDXL's text_encoder_2), whose
+	// text_projection.weight (ProjectionDim, HiddenSize), without bias, maps the pooled
+	// output to text_embeds.
+	WithProjection bool
 }
 
 type clipJSON struct {
@@ -656,9 +667,14 @@ func ParseCLIPConfig(data []byte) (CLIPConfig, error) {
 	if j.ModelType != "clip_text_model" {
 		return CLIPConfig{}, unsupportedf("text encoder config: model_type %q is not supported (want clip_text_model)", j.ModelType)
 	}
+	withProjection := false
 	for _, a := range j.Architectures {
-		if a != "CLIPTextModel" {
-			return CLIPConfig{}, unsupportedf("text encoder config: architecture %s is not supported (want CLIPTextModel)", a)
+		switch a {
+		case "CLIPTextModel":
+		case "CLIPTextModelWithProjection":
+			withProjection = true
+		default:
+			return CLIPConfig{}, unsupportedf("text encoder config: architecture %s is not supported (want CLIPTextModel or CLIPTextModelWithProjection)", a)
 		}
 	}
 	c := CLIPConfig{
@@ -666,6 +682,7 @@ func ParseCLIPConfig(data []byte) (CLIPConfig, error) {
 		NumHiddenLayers: j.NumHiddenLayers, NumAttentionHeads: j.NumAttentionHeads,
 		MaxPositionEmbeddings: j.MaxPositionEmbeddings, HiddenAct: j.HiddenAct, LayerNormEps: j.LayerNormEps,
 		BOSTokenID: j.BOSTokenID, EOSTokenID: j.EOSTokenID, PadTokenID: j.PadTokenID, ProjectionDim: j.ProjectionDim,
+		WithProjection: withProjection,
 	}
 	return c, c.Validate()
 }
@@ -684,6 +701,8 @@ func (c CLIPConfig) Validate() error {
 		return unsupportedf("text encoder config: hidden_act %q is not supported (want quick_gelu or gelu)", c.HiddenAct)
 	case !validEps(c.LayerNormEps):
 		return fmt.Errorf("text encoder config: layer_norm_eps %g must be in (0, 1)", c.LayerNormEps)
+	case c.WithProjection && !inRange(c.ProjectionDim, maxWidth):
+		return fmt.Errorf("text encoder config: projection_dim %d not in [1, %d]", c.ProjectionDim, maxWidth)
 	}
 	return nil
 }
@@ -691,7 +710,7 @@ func (c CLIPConfig) Validate() error {
 // MarshalJSON writes the config as a transformers text_encoder/config.json.
 func (c CLIPConfig) MarshalJSON() ([]byte, error) {
 	return json.Marshal(clipJSON{
-		Architectures: []string{"CLIPTextModel"}, ModelType: "clip_text_model",
+		Architectures: []string{cond(c.WithProjection, "CLIPTextModelWithProjection", "CLIPTextModel")}, ModelType: "clip_text_model",
 		VocabSize: c.VocabSize, HiddenSize: c.HiddenSize, IntermediateSize: c.IntermediateSize,
 		ProjectionDim: c.ProjectionDim, NumHiddenLayers: c.NumHiddenLayers, NumAttentionHeads: c.NumAttentionHeads,
 		MaxPositionEmbeddings: c.MaxPositionEmbeddings, HiddenAct: c.HiddenAct, LayerNormEps: c.LayerNormEps,

@@ -172,7 +172,8 @@ func TestConfigsRejectUnsupported(t *testing.T) {
 		{"clip act", `{"hidden_act": "relu"}`, `hidden_act "relu" is not supported`, clipErr},
 		{"clip heads", `{"hidden_size": 100, "num_attention_heads": 8}`, "does not split into 8 heads", clipErr},
 		{"clip vision", `{"model_type": "clip_vision_model"}`, "clip_vision_model", clipErr},
-		{"clip with projection", `{"architectures": ["CLIPTextModelWithProjection"]}`, "CLIPTextModelWithProjection is not supported", clipErr},
+		{"clip architecture", `{"architectures": ["CLIPVisionModelWithProjection"]}`, "CLIPVisionModelWithProjection is not supported", clipErr},
+		{"clip projection width", `{"architectures": ["CLIPTextModelWithProjection"], "projection_dim": 0}`, "projection_dim 0 not in", clipErr},
 		{"scheduler prediction", `{"prediction_type": "flow"}`, `unknown prediction type "flow"`, schedErr},
 	}
 	for _, c := range cases {
@@ -220,13 +221,13 @@ func clipErr(b []byte) error  { _, err := ParseCLIPConfig(b); return err }
 func schedErr(b []byte) error { _, err := ParseSchedulerConfig(b); return err }
 
 func TestEnumsRoundTrip(t *testing.T) {
-	for _, f := range []Family{FamilySD1, FamilySD2} {
+	for _, f := range []Family{FamilySD1, FamilySD2, FamilySDXL} {
 		got, err := ParseFamily(f.String())
 		require.NoError(t, err)
 		assert.Equal(t, f, got)
 	}
-	_, err := ParseFamily("sdxl")
-	assert.ErrorContains(t, err, `unknown model family "sdxl"`)
+	_, err := ParseFamily("sd3")
+	assert.ErrorContains(t, err, `unknown model family "sd3"`)
 	assert.Equal(t, "Family(0)", Family(0).String())
 }
 

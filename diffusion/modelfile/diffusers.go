@@ -23,19 +23,26 @@ func loadDiffusers(dir string, o *options) (*Model, error) {
 }
 
 func (m *Model) fromDiffusers(dir string, o *options) error {
-	if err := checkModelIndex(dir); err != nil {
+	index, err := readModelIndex(dir)
+	if err != nil {
 		return err
 	}
 	var unet UNetConfig
 	var vae VAEConfig
 	var text CLIPConfig
+	// The refiner's one text encoder is SDXL's second: it is read as the model's text
+	// encoder, with tokenizer_2.
+	textDir, tokDir := "text_encoder", "tokenizer"
+	if index.refiner {
+		textDir, tokDir = "text_encoder_2", "tokenizer_2"
+	}
 	for _, c := range []struct {
 		dir   string
 		parse func([]byte) error
 	}{
 		{"unet", func(b []byte) (err error) { unet, err = ParseUNetConfig(b); return }},
 		{"vae", func(b []byte) (err error) { vae, err = ParseVAEConfig(b); return }},
-		{"text_encoder", func(b []byte) (err error) { text, err = ParseCLIPConfig(b); return }},
+		{textDir, func(b []byte) (err error) { text, err = ParseCLIPConfig(b); return }},
 	} {
 		b, err := os.ReadFile(filepath.Join(dir, c.dir, "config.json"))
 		if err != nil {
@@ -51,8 +58,17 @@ func (m *Model) fromDiffusers(dir string, o *options) error {
 	if o.textHeads > 0 {
 		text.NumAttentionHeads = o.textHeads
 	}
-	// Of the two families only SD 2.x projects into its transformers linearly.
+	if index.refiner && !text.WithProjection {
+		return fmt.Errorf("text_encoder_2/config.json: the refiner's text encoder must be a CLIPTextModelWithProjection (its pooled text_embeds condition the UNet)")
+	}
+	// Of the SD 1.x/2.x families only SD 2.x projects into its transformers linearly;
+	// SDXL is the pipeline with a second text encoder.
 	m.Family = cond(unet.UseLinearProjection, FamilySD2, FamilySD1)
+	if index.sdxl || index.refiner {
+		m.Family = FamilySDXL
+		m.ForceZerosForEmptyPrompt = index.forceZeros
+		m.RequiresAestheticsScore = index.aestheticScore
+	}
 	if o.family != 0 {
 		m.Family = o.family
 	}
@@ -85,46 +101,99 @@ func (m *Model) fromDiffusers(dir string, o *options) error {
 	// transformers saves the text encoder with or without the "text_model."
 	// level depending on its version; the prefixed form is the one kept.
 	textNames := func(n string) []string { return []string{n, strings.TrimPrefix(n, "text_model.")} }
-	if err := bindFolder(m, dir, "text_encoder", text, []string{"model", "pytorch_model"}, o.variant, textNames, &m.TextEncoder); err != nil {
+	if err := bindFolder(m, dir, textDir, text, []string{"model", "pytorch_model"}, o.variant, textNames, &m.TextEncoder); err != nil {
 		return err
 	}
-	slices.Sort(m.Unused)
-
-	// Without a tokenizer folder the family's built-in vocabulary serves;
-	// a folder lacking a file is broken, not absent.
-	tok := filepath.Join(dir, "tokenizer")
-	if st, err := os.Stat(tok); err == nil && st.IsDir() {
-		for _, name := range []string{"vocab.json", "merges.txt"} {
-			if !fileExists(filepath.Join(tok, name)) {
-				return fmt.Errorf("tokenizer: no %s in the tokenizer folder", name)
-			}
+	if index.sdxl {
+		b, err := os.ReadFile(filepath.Join(dir, "text_encoder_2", "config.json"))
+		if err != nil {
+			return err
 		}
-		m.TokenizerDir = tok
+		text2, err := ParseCLIPConfig(b)
+		if err != nil {
+			return fmt.Errorf("text_encoder_2/config.json: %w", err)
+		}
+		if !text2.WithProjection {
+			return fmt.Errorf("text_encoder_2/config.json: SDXL's second text encoder must be a CLIPTextModelWithProjection (its pooled text_embeds condition the UNet)")
+		}
+		if o.textHeads2 > 0 {
+			text2.NumAttentionHeads = o.textHeads2
+		}
+		te2 := NamedTextEncoder{Name: "text_encoder_2"}
+		if err := bindFolder(m, dir, "text_encoder_2", text2, []string{"model", "pytorch_model"}, o.variant, textNames, &te2.Component); err != nil {
+			return err
+		}
+		if te2.TokenizerDir, err = tokenizerDir(dir, "tokenizer_2"); err != nil {
+			return err
+		}
+		m.ExtraTextEncoders = append(m.ExtraTextEncoders, te2)
 	}
-	return nil
+	slices.Sort(m.Unused)
+	m.TokenizerDir, err = tokenizerDir(dir, tokDir)
+	return err
 }
 
-// checkModelIndex refuses pipelines other than SD 1.x/2.x ones.
-func checkModelIndex(dir string) error {
+// tokenizerDir returns the tokenizer folder name of dir, or "" when there is none (the
+// family's built-in vocabulary serves); a folder lacking a file is broken, not absent.
+func tokenizerDir(dir, name string) (string, error) {
+	tok := filepath.Join(dir, name)
+	st, err := os.Stat(tok)
+	if err != nil || !st.IsDir() {
+		return "", nil
+	}
+	for _, f := range []string{"vocab.json", "merges.txt"} {
+		if !fileExists(filepath.Join(tok, f)) {
+			return "", fmt.Errorf("%s: no %s in the tokenizer folder", name, f)
+		}
+	}
+	return tok, nil
+}
+
+// modelIndex is what model_index.json tells about the pipeline.
+type modelIndex struct {
+	// sdxl: a StableDiffusionXL pipeline with both text encoders; refiner: one with only
+	// the second (SDXL's refiner).
+	sdxl, refiner bool
+	// forceZeros is SDXL's force_zeros_for_empty_prompt (diffusers' default true),
+	// aestheticScore its requires_aesthetics_score (default false; the refiner's true).
+	forceZeros, aestheticScore bool
+}
+
+// readModelIndex reads model_index.json, refusing pipelines other than SD 1.x/2.x and
+// SDXL base ones.
+func readModelIndex(dir string) (modelIndex, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "model_index.json"))
 	if err != nil {
-		return fmt.Errorf("not a diffusers folder: %w", err)
+		return modelIndex{}, fmt.Errorf("not a diffusers folder: %w", err)
 	}
 	var index map[string]json.RawMessage
 	if err := json.Unmarshal(b, &index); err != nil {
-		return fmt.Errorf("model_index.json: %w", err)
+		return modelIndex{}, fmt.Errorf("model_index.json: %w", err)
 	}
 	var class string
 	_ = json.Unmarshal(index["_class_name"], &class) // absent or not a string: no class to check
-	for _, other := range []string{"text_encoder_2", "transformer", "prior", "image_encoder_2"} {
-		if v, ok := index[other]; ok && !isNullPair(v) {
-			return unsupportedf("model_index.json: %s pipelines (with a %s) are not supported", cond(class != "", class, "such"), other)
+	present := func(k string) bool { v, ok := index[k]; return ok && !isNullPair(v) }
+	for _, other := range []string{"transformer", "prior", "image_encoder_2"} {
+		if present(other) {
+			return modelIndex{}, unsupportedf("model_index.json: %s pipelines (with a %s) are not supported", cond(class != "", class, "such"), other)
 		}
 	}
-	if strings.Contains(class, "XL") {
-		return unsupportedf("model_index.json: %s is not supported", class)
+	if !strings.Contains(class, "XL") && !present("text_encoder_2") {
+		return modelIndex{}, nil
 	}
-	return nil
+	if !strings.HasPrefix(class, "StableDiffusionXL") || !present("text_encoder_2") {
+		return modelIndex{}, unsupportedf("model_index.json: %s is not supported (SDXL pipelines need text_encoder_2, and text_encoder unless a refiner)", cond(class != "", class, "this pipeline"))
+	}
+	mi := modelIndex{sdxl: present("text_encoder"), forceZeros: true}
+	mi.refiner = !mi.sdxl
+	for key, into := range map[string]*bool{"force_zeros_for_empty_prompt": &mi.forceZeros, "requires_aesthetics_score": &mi.aestheticScore} {
+		if v, ok := index[key]; ok {
+			if err := json.Unmarshal(v, into); err != nil {
+				return modelIndex{}, fmt.Errorf("model_index.json: %s: %w", key, err)
+			}
+		}
+	}
+	return mi, nil
 }
 
 // isNullPair reports a model_index.json entry of [null, null] or null.

@@ -71,9 +71,9 @@ func TestLoadErrorKinds(t *testing.T) {
 		{"text activation", func(*testing.T) map[string][]byte {
 			return map[string][]byte{"text_encoder/config.json": []byte(`{"hidden_act": "gelu_new", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4}`)}
 		}, ErrUnsupported, `hidden_act "gelu_new" is not supported`},
-		{"sdxl pipeline", func(*testing.T) map[string][]byte {
-			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionXLPipeline", "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}`)}
-		}, ErrUnsupported, "are not supported"},
+		{"xl without text_encoder_2", func(*testing.T) map[string][]byte {
+			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionXLPipeline"}`)}
+		}, ErrUnsupported, "is not supported"},
 		{"unet block type", func(*testing.T) map[string][]byte {
 			return map[string][]byte{"unet/config.json": []byte(`{"mid_block_type": "UNetMidBlock2DSimpleCrossAttn"}`)}
 		}, ErrUnsupported, "unsupported mid block type"},
@@ -112,7 +112,7 @@ func TestLoadSingleFileErrorKinds(t *testing.T) {
 		}, ErrBadModel, "has shape [32 128], want [64 64]"},
 		{"sdxl", func(m map[string]Tensor) {
 			m["conditioner.embedders.1.model.ln_final.weight"] = Tensor{DType: F16, Shape: []int64{4}, Data: make([]byte, 8)}
-		}, ErrUnsupported, "SDXL-style checkpoint"},
+		}, ErrUnsupported, "other than SDXL base's"},
 		{"F64 weights", func(m map[string]Tensor) {
 			x := m["model.diffusion_model.out.2.bias"]
 			m[x.Name] = Tensor{Name: x.Name, DType: F64, Shape: x.Shape, Data: make([]byte, 8*x.NumElements())}

@@ -91,8 +91,8 @@ func (ts ldmTensors) hasPrefix(prefix string) bool {
 // transformer projections mean SD 2.x.
 func (ts ldmTensors) detectFamily() (Family, error) {
 	switch {
-	case ts.hasPrefix("conditioner.embedders."):
-		return 0, unsupportedf("an SDXL-style checkpoint (conditioner.embedders.*) is not supported")
+	case ts.hasPrefix(sgmEmbedders):
+		return ts.detectSGMFamily()
 	case ts.hasPrefix(ldmUNet + "label_emb."):
 		return 0, unsupportedf("a class-conditioned UNet (label_emb: SDXL or unCLIP) is not supported")
 	case !ts.hasPrefix(ldmUNet + "input_blocks.0.0."):
@@ -272,6 +272,8 @@ func unetModules(c UNetConfig) moduleMap {
 	add("conv_in", "input_blocks.0.0", nil)
 	add("time_embedding.linear_1", "time_embed.0", nil)
 	add("time_embedding.linear_2", "time_embed.2", nil)
+	add("add_embedding.linear_1", "label_emb.0.0", nil) // SDXL's text_time embedding
+	add("add_embedding.linear_2", "label_emb.0.2", nil)
 	add("conv_norm_out", "out.0", nil)
 	add("conv_out", "out.2", nil)
 	add("mid_block.resnets.0", "middle_block.0", unetResnetInner)
@@ -380,65 +382,88 @@ func (ts ldmTensors) inferText(family Family, heads int) (CLIPConfig, func(strin
 	if family == FamilySD2 {
 		c = SD21TextEncoderConfig()
 	}
-	var tok, pos, fc1 []int64
-	var err error
-	var resolve func(string) source
 	if ts.hasPrefix(ldmOpenCLIP) {
-		p := ldmOpenCLIP
-		if tok, err = ts.shape(p+"token_embedding.weight", 2); err != nil {
-			return c, nil, err
-		}
-		if pos, err = ts.shape(p+"positional_embedding", 2); err != nil {
-			return c, nil, err
-		}
-		if fc1, err = ts.shape(p+"transformer.resblocks.0.mlp.c_fc.weight", 2); err != nil {
-			return c, nil, err
-		}
-		blocks, err := ts.layerCount(p + "transformer.resblocks.")
-		if err != nil {
-			return c, nil, err
-		}
-		c.NumHiddenLayers = blocks - 1
-		if proj, err := ts.shape(p+"text_projection", 2); err == nil {
-			c.ProjectionDim = int(proj[1])
-		}
-		resolve = openCLIPSource
-	} else {
-		p := ldmHFCLIP + "text_model."
-		if !ts.hasPrefix(p) {
-			p = ldmHFCLIP // saved by transformers releases without the text_model level
-		}
-		if tok, err = ts.shape(p+"embeddings.token_embedding.weight", 2); err != nil {
-			return c, nil, err
-		}
-		if pos, err = ts.shape(p+"embeddings.position_embedding.weight", 2); err != nil {
-			return c, nil, err
-		}
-		if fc1, err = ts.shape(p+"encoder.layers.0.mlp.fc1.weight", 2); err != nil {
-			return c, nil, err
-		}
-		if c.NumHiddenLayers, err = ts.layerCount(p + "encoder.layers."); err != nil {
-			return c, nil, err
-		}
-		resolve = func(name string) source { return source{name: p + strings.TrimPrefix(name, "text_model.")} }
+		c, resolve, err := ts.inferOpenCLIP(c, ldmOpenCLIP, heads)
+		c.NumHiddenLayers--
+		return c, resolve, err
 	}
+	return ts.inferHFCLIP(c, ldmHFCLIP, heads)
+}
+
+// inferHFCLIP reads the sizes of a Hugging Face CLIPTextModel saved under prefix
+// into c (which supplies what shapes do not tell).
+func (ts ldmTensors) inferHFCLIP(c CLIPConfig, prefix string, heads int) (CLIPConfig, func(string) source, error) {
+	p := prefix + "text_model."
+	if !ts.hasPrefix(p) {
+		p = prefix // saved by transformers releases without the text_model level
+	}
+	tok, err := ts.shape(p+"embeddings.token_embedding.weight", 2)
+	if err != nil {
+		return c, nil, err
+	}
+	pos, err := ts.shape(p+"embeddings.position_embedding.weight", 2)
+	if err != nil {
+		return c, nil, err
+	}
+	fc1, err := ts.shape(p+"encoder.layers.0.mlp.fc1.weight", 2)
+	if err != nil {
+		return c, nil, err
+	}
+	if c.NumHiddenLayers, err = ts.layerCount(p + "encoder.layers."); err != nil {
+		return c, nil, err
+	}
+	resolve := func(name string) source { return source{name: p + strings.TrimPrefix(name, "text_model.")} }
+	c, err = withTextSizes(c, tok, pos, fc1, heads)
+	return c, resolve, err
+}
+
+// inferOpenCLIP reads the sizes of an OpenCLIP text tower saved under prefix into c,
+// with every residual block as a layer; its text_projection, when the file has one,
+// sets ProjectionDim.
+func (ts ldmTensors) inferOpenCLIP(c CLIPConfig, prefix string, heads int) (CLIPConfig, func(string) source, error) {
+	tok, err := ts.shape(prefix+"token_embedding.weight", 2)
+	if err != nil {
+		return c, nil, err
+	}
+	pos, err := ts.shape(prefix+"positional_embedding", 2)
+	if err != nil {
+		return c, nil, err
+	}
+	fc1, err := ts.shape(prefix+"transformer.resblocks.0.mlp.c_fc.weight", 2)
+	if err != nil {
+		return c, nil, err
+	}
+	if c.NumHiddenLayers, err = ts.layerCount(prefix + "transformer.resblocks."); err != nil {
+		return c, nil, err
+	}
+	if proj, err := ts.shape(prefix+"text_projection", 2); err == nil {
+		c.ProjectionDim = int(proj[1])
+	}
+	c, err = withTextSizes(c, tok, pos, fc1, heads)
+	return c, openCLIPSource(prefix), err
+}
+
+// withTextSizes sets the sizes read off the token and position embeddings and the first
+// MLP, and the head count: given, or CLIP's 64-wide heads.
+func withTextSizes(c CLIPConfig, tok, pos, fc1 []int64, heads int) (CLIPConfig, error) {
 	c.VocabSize, c.HiddenSize, c.MaxPositionEmbeddings, c.IntermediateSize = int(tok[0]), int(tok[1]), int(pos[0]), int(fc1[0])
 	switch {
 	case heads > 0:
 		c.NumAttentionHeads = heads
 	case c.HiddenSize%64 == 0:
-		c.NumAttentionHeads = c.HiddenSize / 64 // both CLIP ViT-L and ViT-H text towers
+		c.NumAttentionHeads = c.HiddenSize / 64 // CLIP ViT-L, OpenCLIP ViT-H and ViT-bigG text towers
 	default:
-		return c, nil, unsupportedf("text width %d is not a multiple of CLIP's 64-wide heads: give the head count with WithTextHeads (sdcli: --text-heads N)", c.HiddenSize)
+		return c, unsupportedf("text width %d is not a multiple of CLIP's 64-wide heads: give the head count with WithTextHeads (sdcli: --text-heads N)", c.HiddenSize)
 	}
-	return c, resolve, nil
+	return c, nil
 }
 
 // textDepth is the depth of the text encoders real SD single files hold, by
 // layout and width: CLIP ViT-L/14 (SD 1.x); OpenCLIP ViT-H/14 (SD 2.x) with
 // all 24 residual blocks, or as diffusers' conversion saves it, in 23
 // CLIPTextModel layers without the last one SD 2.x skips.
-var textDepth = map[textLayout]int{{openCLIP: false, width: 768}: 12, {openCLIP: false, width: 1024}: 23, {openCLIP: true, width: 1024}: 24}
+// SDXL's second encoder is OpenCLIP ViT-bigG/14's 32 residual blocks.
+var textDepth = map[textLayout]int{{openCLIP: false, width: 768}: 12, {openCLIP: false, width: 1024}: 23, {openCLIP: true, width: 1024}: 24, {openCLIP: true, width: 1280}: 32}
 
 type textLayout struct {
 	openCLIP bool
@@ -452,51 +477,62 @@ type textLayout struct {
 // tiny test models), which load with the warning returned.
 func (ts ldmTensors) checkTextDepth(c CLIPConfig) (warning string, err error) {
 	layout := textLayout{openCLIP: ts.hasPrefix(ldmOpenCLIP), width: c.HiddenSize}
-	depth, unit := c.NumHiddenLayers, "layers"
+	depth := c.NumHiddenLayers
 	if layout.openCLIP {
-		depth, unit = depth+1, "residual blocks" // with the one SD 2.x skips
+		depth++ // with the one SD 2.x skips
 	}
+	return checkDepth("text_encoder", layout, depth)
+}
+
+// checkDepth compares a text encoder's depth (layers, or OpenCLIP's residual blocks) with
+// the standard one of its layout and width.
+func checkDepth(name string, layout textLayout, depth int) (warning string, err error) {
+	unit := cond(layout.openCLIP, "residual blocks", "layers")
 	want, standard := textDepth[layout]
 	switch {
 	case !standard:
-		return fmt.Sprintf("text_encoder: %d %s of width %d are not the text encoder of SD 1.x or 2.x (a test model?); loaded as found", depth, unit, c.HiddenSize), nil
+		return fmt.Sprintf("%s: %d %s of width %d are not a text encoder of SD 1.x, 2.x or SDXL (a test model?); loaded as found", name, depth, unit, layout.width), nil
 	case depth != want:
-		return "", fmt.Errorf("%d %s of width %d, but the SD text encoder of that width has %d: the checkpoint is truncated or altered", depth, unit, c.HiddenSize, want)
+		return "", fmt.Errorf("%d %s of width %d, but the SD text encoder of that width has %d: the checkpoint is truncated or altered", depth, unit, layout.width, want)
 	}
 	return "", nil
 }
 
-// openCLIPSource maps CLIPTextModel names to OpenCLIP's, splitting the
-// fused q/k/v projection of each residual block into row thirds.
-func openCLIPSource(name string) source {
-	p := ldmOpenCLIP
-	switch name {
-	case "text_model.embeddings.token_embedding.weight":
-		return source{name: p + "token_embedding.weight"}
-	case "text_model.embeddings.position_embedding.weight":
-		return source{name: p + "positional_embedding"}
-	}
-	if rest, ok := strings.CutPrefix(name, "text_model.final_layer_norm."); ok {
-		return source{name: p + "ln_final." + rest}
-	}
-	rest, ok := strings.CutPrefix(name, "text_model.encoder.layers.")
-	if !ok {
-		return source{name: p + name}
-	}
-	layer, rest, _ := strings.Cut(rest, ".")
-	block := p + "transformer.resblocks." + layer + "."
-	for i, qkv := range []string{"self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj."} {
-		if param, ok := strings.CutPrefix(rest, qkv); ok {
-			return source{name: block + "attn.in_proj_" + param, part: i, parts: 3}
+// openCLIPSource maps CLIPTextModel names to OpenCLIP's under prefix p, splitting the
+// fused q/k/v projection of each residual block into row thirds; text_projection is
+// stored as the matrix the pooled output is multiplied by, the Linear weight transposed.
+func openCLIPSource(p string) func(string) source {
+	return func(name string) source {
+		switch name {
+		case "text_model.embeddings.token_embedding.weight":
+			return source{name: p + "token_embedding.weight"}
+		case "text_model.embeddings.position_embedding.weight":
+			return source{name: p + "positional_embedding"}
+		case "text_projection.weight":
+			return source{name: p + "text_projection", transpose: true}
 		}
-	}
-	for from, to := range map[string]string{
-		"layer_norm1.": "ln_1.", "layer_norm2.": "ln_2.", "self_attn.out_proj.": "attn.out_proj.",
-		"mlp.fc1.": "mlp.c_fc.", "mlp.fc2.": "mlp.c_proj.",
-	} {
-		if param, ok := strings.CutPrefix(rest, from); ok {
-			return source{name: block + to + param}
+		if rest, ok := strings.CutPrefix(name, "text_model.final_layer_norm."); ok {
+			return source{name: p + "ln_final." + rest}
 		}
+		rest, ok := strings.CutPrefix(name, "text_model.encoder.layers.")
+		if !ok {
+			return source{name: p + name}
+		}
+		layer, rest, _ := strings.Cut(rest, ".")
+		block := p + "transformer.resblocks." + layer + "."
+		for i, qkv := range []string{"self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj."} {
+			if param, ok := strings.CutPrefix(rest, qkv); ok {
+				return source{name: block + "attn.in_proj_" + param, part: i, parts: 3}
+			}
+		}
+		for from, to := range map[string]string{
+			"layer_norm1.": "ln_1.", "layer_norm2.": "ln_2.", "self_attn.out_proj.": "attn.out_proj.",
+			"mlp.fc1.": "mlp.c_fc.", "mlp.fc2.": "mlp.c_proj.",
+		} {
+			if param, ok := strings.CutPrefix(rest, from); ok {
+				return source{name: block + to + param}
+			}
+		}
+		return source{name: block + rest}
 	}
-	return source{name: block + rest}
 }

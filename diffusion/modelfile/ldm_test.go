@@ -235,7 +235,7 @@ func TestLDMErrors(t *testing.T) {
 	}{
 		{"sdxl", edit(func(m map[string]Tensor) {
 			m["conditioner.embedders.1.model.ln_final.weight"] = Tensor{DType: F16, Shape: []int64{4}}
-		}), options{textHeads: 4}, "SDXL-style checkpoint"},
+		}), options{textHeads: 4}, "other than SDXL base's"},
 		{"class conditioned", edit(func(m map[string]Tensor) {
 			m["model.diffusion_model.label_emb.0.0.weight"] = Tensor{DType: F16, Shape: []int64{4, 4}}
 		}), options{textHeads: 4}, "class-conditioned UNet"},
@@ -370,7 +370,7 @@ func TestLDMTextEncoderDepth(t *testing.T) {
 		{"SD 2.1 without its last layer", dropLayer(ldmFromTable(tables["sd21"].SingleFile), "22"), options{},
 			"text_encoder: 22 layers of width 1024, but the SD text encoder of that width has 23", ""},
 		{"tiny test model", tinyLDM(t), options{textHeads: 4}, "",
-			"text_encoder: 4 layers of width 32 are not the text encoder of SD 1.x or 2.x (a test model?); loaded as found"},
+			"text_encoder: 4 layers of width 32 are not a text encoder of SD 1.x, 2.x or SDXL (a test model?); loaded as found"},
 		{"tiny test model without its last layer", dropLayer(tinyLDM(t), "3"), options{textHeads: 4}, "", "text_encoder: 3 layers of width 32"},
 	}
 	for _, c := range cases {

@@ -37,6 +37,13 @@ type Model struct {
 	// order, each with its own tokenizer (SDXL's text_encoder_2 and
 	// tokenizer_2); none for SD 1.x and 2.x. TextEncoders lists them all.
 	ExtraTextEncoders []NamedTextEncoder
+	// ForceZerosForEmptyPrompt (SDXL's model_index.json, default true): with no negative
+	// prompt the negative conditioning is zeros, not the encoding of "".
+	ForceZerosForEmptyPrompt bool
+	// RequiresAestheticsScore (SDXL refiner's model_index.json): the UNet's time ids end
+	// with an aesthetic score instead of the target size. The refiner has one text
+	// encoder, SDXL's second, held as TextEncoder with its tokenizer_2 as TokenizerDir.
+	RequiresAestheticsScore bool
 	// Unused names the file tensors no component needs (EMA copies,
 	// position_ids buffers, OpenCLIP's last layer and projection, ...);
 	// for folders they are prefixed with the component's folder.
@@ -92,6 +99,7 @@ type options struct {
 	prediction *schedule.PredictionType // nil: not set
 	unetHeads  []int
 	textHeads  int
+	textHeads2 int
 	variant    string
 }
 
@@ -115,6 +123,10 @@ func WithUNetHeads(perLevel ...int) Option {
 // WithTextHeads sets the text encoder's attention head count.
 func WithTextHeads(n int) Option { return func(o *options) { o.textHeads = n } }
 
+// WithTextHeads2 sets the second text encoder's attention head count (SDXL's OpenCLIP
+// ViT-bigG: 20).
+func WithTextHeads2(n int) Option { return func(o *options) { o.textHeads2 = n } }
+
 // WithVariant prefers a diffusers weights variant such as "fp16"
 // (diffusion_pytorch_model.fp16.safetensors) in folders.
 func WithVariant(v string) Option { return func(o *options) { o.variant = v } }
@@ -127,6 +139,8 @@ func (o *options) validate() error {
 		return fmt.Errorf("WithPredictionType: invalid %v", *o.prediction)
 	case o.textHeads < 0:
 		return fmt.Errorf("WithTextHeads: %d heads", o.textHeads)
+	case o.textHeads2 < 0:
+		return fmt.Errorf("WithTextHeads2: %d heads", o.textHeads2)
 	case o.unetHeads != nil && slices.ContainsFunc(o.unetHeads, func(n int) bool { return n <= 0 }):
 		return fmt.Errorf("WithUNetHeads: %v heads", o.unetHeads)
 	}
@@ -175,8 +189,11 @@ func (o *options) predictionFor(f Family) schedule.PredictionType {
 // model, with the given prediction type.
 func defaultScheduler(f Family, pred schedule.PredictionType) SchedulerConfig {
 	s := SD15SchedulerConfig()
-	if f == FamilySD2 {
+	switch f {
+	case FamilySD2:
 		s = SD21SchedulerConfig()
+	case FamilySDXL:
+		s = SDXLSchedulerConfig()
 	}
 	s.PredictionType = pred
 	return s.withRaw()
@@ -234,6 +251,9 @@ func (m *Model) fromLDM(tensors []Tensor, o *options) error {
 	family, err := ts.detectFamily()
 	if err != nil {
 		return err
+	}
+	if family == FamilySDXL {
+		return m.fromSGM(ts, o)
 	}
 	if o.family != 0 {
 		family = o.family

@@ -2,10 +2,13 @@ package modelfile
 
 import (
 	"archive/zip"
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -234,12 +237,15 @@ func TestLoadDiffusersErrors(t *testing.T) {
 		files   func(t *testing.T) map[string][]byte
 		wantErr string
 	}{
-		{"sdxl", func(*testing.T) map[string][]byte {
-			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionXLPipeline", "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}`)}
-		}, "StableDiffusionXLPipeline pipelines (with a text_encoder_2) are not supported"},
+		{"other pipeline with a second encoder", func(*testing.T) map[string][]byte {
+			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusion3Pipeline", "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}`)}
+		}, "StableDiffusion3Pipeline is not supported (SDXL pipelines need text_encoder_2"},
 		{"xl class", func(*testing.T) map[string][]byte {
 			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder_2": [null, null]}`)}
 		}, "StableDiffusionXLImg2ImgPipeline is not supported"},
+		{"second encoder of another class", func(*testing.T) map[string][]byte {
+			return map[string][]byte{"model_index.json": []byte(`{"_class_name": "StableDiffusionPipeline", "text_encoder_2": ["transformers", "CLIPTextModel"]}`)}
+		}, "StableDiffusionPipeline is not supported"},
 		{"no model index", func(*testing.T) map[string][]byte { return map[string][]byte{"model_index.json": nil} }, "not a diffusers folder"},
 		{"bad unet config", func(*testing.T) map[string][]byte {
 			return map[string][]byte{"unet/config.json": []byte(`{"addition_embed_type": "image"}`)}
@@ -337,4 +343,207 @@ func TestExtraTextEncoders(t *testing.T) {
 	assert.Equal(t, "text_encoder_2", s.Components[3].Name)
 	assert.Equal(t, len(m.TextEncoder.Tensors), s.Components[3].Tensors)
 	assert.Contains(t, s.String(), "\n  text_encoder_2 ")
+}
+
+// The kit's SDXL folder: both text encoders with their tokenizers, the second with its
+// projection, and force_zeros_for_empty_prompt as model_index.json says.
+func TestLoadSDXLFolder(t *testing.T) {
+	cases := []struct {
+		name       string
+		index      []byte // nil: the kit's
+		forceZeros bool
+	}{
+		{"kit", nil, true},
+		{"force zeros off", []byte(`{"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": false,
+			"text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}`), false},
+		{"force zeros absent", []byte(`{"_class_name": "StableDiffusionXLPipeline",
+			"text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}`), true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			replace := map[string][]byte{}
+			if c.index != nil {
+				replace["model_index.json"] = c.index
+			}
+			m := loadModel(t, testutil.KitFolder(t, "sdxl-tiny/diffusers", replace))
+			assert.Equal(t, FamilySDXL, m.Family)
+			assert.Equal(t, c.forceZeros, m.ForceZerosForEmptyPrompt)
+			assert.Empty(t, m.Unused)
+			require.Len(t, m.ExtraTextEncoders, 1)
+			te2 := m.ExtraTextEncoders[0]
+			assert.Equal(t, "text_encoder_2", te2.Name)
+			assert.Equal(t, "tokenizer_2", filepath.Base(te2.TokenizerDir))
+			assert.Equal(t, "tokenizer", filepath.Base(m.TokenizerDir))
+			assert.True(t, te2.Config.WithProjection)
+			assert.False(t, m.TextEncoder.Config.WithProjection)
+			assert.Equal(t, "gelu", te2.Config.HiddenAct)
+			require.Contains(t, te2.Tensors, "text_projection.weight")
+			assert.Equal(t, []int64{int64(te2.Config.ProjectionDim), int64(te2.Config.HiddenSize)}, te2.Tensors["text_projection.weight"].Shape)
+		})
+	}
+	t.Run("second encoder without projection", func(t *testing.T) {
+		cfg, err := os.ReadFile(filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "diffusers", "text_encoder", "config.json"))
+		require.NoError(t, err)
+		_, err = Load(testutil.KitFolder(t, "sdxl-tiny/diffusers", map[string][]byte{"text_encoder_2/config.json": cfg}))
+		assert.ErrorContains(t, err, "must be a CLIPTextModelWithProjection")
+	})
+}
+
+// The kit's SDXL single file (SGM layout) holds exactly the diffusers folder's weights:
+// every tensor binds to the same bytes, OpenCLIP's fused in_proj split and its
+// text_projection transposed, and the inferred configs are the folder's.
+func TestLoadSDXLSingleFileMatchesFolder(t *testing.T) {
+	kit := testutil.ConformanceDir(t)
+	folder := loadModel(t, filepath.Join(kit, "sdxl-tiny", "diffusers"))
+	// The tiny model's heads are 16 wide, not SDXL's 64: its configs say how many.
+	single := loadModel(t, filepath.Join(kit, "sdxl-tiny", "sdxl-tiny-single-file.safetensors"),
+		WithUNetHeads(folder.UNet.Config.AttentionHeads...), WithTextHeads(folder.TextEncoder.Config.NumAttentionHeads),
+		WithTextHeads2(folder.ExtraTextEncoders[0].Config.NumAttentionHeads))
+	assert.Equal(t, FamilySDXL, single.Family)
+	assert.True(t, single.ForceZerosForEmptyPrompt)
+	assert.Empty(t, single.Unused)
+	require.Len(t, single.ExtraTextEncoders, 1)
+	te2f, te2s := folder.ExtraTextEncoders[0], single.ExtraTextEncoders[0]
+	for _, c := range []struct {
+		name      string
+		got, want map[string]Tensor
+	}{
+		{"unet", single.UNet.Tensors, folder.UNet.Tensors},
+		{"vae", single.VAE.Tensors, folder.VAE.Tensors},
+		{"text_encoder", single.TextEncoder.Tensors, folder.TextEncoder.Tensors},
+		{"text_encoder_2", te2s.Tensors, te2f.Tensors},
+	} {
+		require.Len(t, c.got, len(c.want), c.name)
+		for name, w := range c.want {
+			g, ok := c.got[name]
+			if assert.True(t, ok, "%s: %s", c.name, name) {
+				assert.Equal(t, w.Shape, g.Shape, "%s: %s", c.name, name)
+				assert.True(t, bytes.Equal(w.Data, g.Data), "%s: %s differs", c.name, name)
+			}
+		}
+	}
+	u, fu := single.UNet.Config, folder.UNet.Config
+	assert.Equal(t, fu.AdditionEmbedType, u.AdditionEmbedType)
+	assert.Equal(t, fu.AdditionTimeEmbedDim, u.AdditionTimeEmbedDim)
+	assert.Equal(t, fu.ProjectionClassEmbeddingsInputDim, u.ProjectionClassEmbeddingsInputDim)
+	assert.Equal(t, fu.TransformerLayersPerBlock, u.TransformerLayersPerBlock)
+	assert.Equal(t, fu.DownBlockTypes, u.DownBlockTypes)
+	assert.Equal(t, fu.UpBlockTypes, u.UpBlockTypes)
+	assert.Equal(t, fu.CrossAttentionDim, u.CrossAttentionDim)
+	assert.Equal(t, folder.VAE.Config.ScalingFactor, single.VAE.Config.ScalingFactor)
+	assert.Equal(t, te2f.Config.ProjectionDim, te2s.Config.ProjectionDim)
+	assert.Equal(t, te2f.Config.NumHiddenLayers, te2s.Config.NumHiddenLayers, "all of OpenCLIP's blocks: SDXL pools after the last")
+	assert.Equal(t, te2f.Config.HiddenAct, te2s.Config.HiddenAct)
+	assert.Equal(t, folder.TextEncoder.Config.HiddenAct, single.TextEncoder.Config.HiddenAct)
+	assert.Equal(t, "EulerDiscreteScheduler", single.Scheduler.ClassName)
+	assert.Equal(t, "leading", single.Scheduler.TimestepSpacing)
+	assert.Len(t, single.Warnings, 2, "both tiny text encoders are not SDXL's")
+}
+
+// SDXL is recognised by its parts; a file with some of them is refused with what it has.
+func TestSGMFamilyDetection(t *testing.T) {
+	path := filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "sdxl-tiny-single-file.safetensors")
+	f, err := OpenFile(path)
+	require.NoError(t, err)
+	defer f.Close()
+	cases := []struct {
+		name    string
+		drop    string // every tensor with this prefix removed
+		rename  [2]string
+		wantErr string
+	}{
+		{"no label_emb", "model.diffusion_model.label_emb.", [2]string{}, "without the UNet's added embedding"},
+		{"no OpenCLIP", "conditioner.embedders.1.", [2]string{}, "other than SDXL base's"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ts := ldmTensors{}
+			for _, x := range f.Tensors {
+				if strings.HasPrefix(x.Name, c.drop) {
+					continue
+				}
+				if c.rename[0] != "" {
+					if rest, ok := strings.CutPrefix(x.Name, c.rename[0]); ok {
+						x.Name = c.rename[1] + rest
+					}
+				}
+				ts[x.Name] = x
+			}
+			_, err := ts.detectFamily()
+			require.ErrorIs(t, err, ErrUnsupported)
+			assert.ErrorContains(t, err, c.wantErr)
+		})
+	}
+}
+
+// An SDXL refiner single file (SGM layout: its one OpenCLIP encoder first), written here
+// from a random refiner folder by the inverse of the name mapping (q/k/v fused into
+// in_proj, text_projection transposed), loads back as that folder.
+func TestLoadSDXLRefinerSingleFile(t *testing.T) {
+	arch := tinySDXLArchitecture()
+	arch.TextEncoder, arch.TextEncoder2, arch.Refiner = *arch.TextEncoder2, nil, true
+	arch.UNet.CrossAttentionDim = arch.TextEncoder.HiddenSize
+	arch.UNet.ProjectionClassEmbeddingsInputDim = arch.TextEncoder.ProjectionDim + 5*arch.UNet.AdditionTimeEmbedDim
+	dir := t.TempDir()
+	require.NoError(t, WriteRandom(context.Background(), dir, arch, F16, 5))
+	folder := loadModel(t, dir)
+
+	var out []Tensor
+	put := func(tensors map[string]Tensor, resolve func(string) source) {
+		fused := map[string][]Tensor{}
+		for name, x := range tensors {
+			src := resolve(name)
+			switch {
+			case src.parts > 1:
+				parts := fused[src.name]
+				if parts == nil {
+					parts = make([]Tensor, src.parts)
+				}
+				parts[src.part] = x
+				fused[src.name] = parts
+			case src.transpose:
+				tr, err := transposed(x)
+				require.NoError(t, err)
+				out = append(out, Tensor{Name: src.name, DType: tr.DType, Shape: tr.Shape, Data: tr.Data})
+			default:
+				out = append(out, Tensor{Name: src.name, DType: x.DType, Shape: x.Shape, Data: x.Data})
+			}
+		}
+		for name, parts := range fused {
+			var data []byte
+			for _, p := range parts {
+				data = append(data, p.Data...)
+			}
+			shape := slices.Clone(parts[0].Shape)
+			shape[0] *= int64(len(parts))
+			out = append(out, Tensor{Name: name, DType: parts[0].DType, Shape: shape, Data: data})
+		}
+	}
+	put(folder.UNet.Tensors, unetModules(folder.UNet.Config).resolver(ldmUNet))
+	put(folder.VAE.Tensors, vaeModules(folder.VAE.Config).resolver(ldmVAE))
+	put(folder.TextEncoder.Tensors, openCLIPSource(sgmRefinerOpenCLIP))
+	path := filepath.Join(t.TempDir(), "refiner.safetensors")
+	require.NoError(t, WriteSafetensors(path, out, nil))
+
+	single := loadModel(t, path, WithUNetHeads(arch.UNet.AttentionHeads...), WithTextHeads(arch.TextEncoder.NumAttentionHeads))
+	assert.Equal(t, FamilySDXL, single.Family)
+	assert.True(t, single.RequiresAestheticsScore)
+	assert.False(t, single.ForceZerosForEmptyPrompt)
+	assert.Empty(t, single.ExtraTextEncoders)
+	assert.Empty(t, single.Unused)
+	assert.Equal(t, arch.UNet.AdditionTimeEmbedDim, single.UNet.Config.AdditionTimeEmbedDim, "five time ids")
+	assert.True(t, single.TextEncoder.Config.WithProjection)
+	for _, c := range []struct {
+		name      string
+		got, want map[string]Tensor
+	}{
+		{"unet", single.UNet.Tensors, folder.UNet.Tensors},
+		{"vae", single.VAE.Tensors, folder.VAE.Tensors},
+		{"text encoder", single.TextEncoder.Tensors, folder.TextEncoder.Tensors},
+	} {
+		require.Len(t, c.got, len(c.want), c.name)
+		for name, w := range c.want {
+			assert.True(t, bytes.Equal(w.Data, c.got[name].Data), "%s: %s differs", c.name, name)
+		}
+	}
 }

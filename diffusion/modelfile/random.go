@@ -22,12 +22,25 @@ type Architecture struct {
 	UNet        UNetConfig
 	VAE         VAEConfig
 	TextEncoder CLIPConfig
-	Scheduler   SchedulerConfig
+	// TextEncoder2 is SDXL's second text encoder (nil for one); WriteRandom then writes an
+	// SDXL pipeline.
+	TextEncoder2 *CLIPConfig
+	// Refiner writes SDXL's refiner: TextEncoder (a CLIPTextModelWithProjection) as
+	// text_encoder_2, no text_encoder, requires_aesthetics_score.
+	Refiner   bool
+	Scheduler SchedulerConfig
 }
 
 // SD15 is Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5).
 func SD15() Architecture {
 	return Architecture{Family: FamilySD1, UNet: SD15UNetConfig(), VAE: SD15VAEConfig(), TextEncoder: SD15TextEncoderConfig(), Scheduler: SD15SchedulerConfig()}
+}
+
+// SDXL is Stable Diffusion XL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0).
+func SDXL() Architecture {
+	te2 := SDXLTextEncoder2Config()
+	return Architecture{Family: FamilySDXL, UNet: SDXLUNetConfig(), VAE: SDXLVAEConfig(), TextEncoder: SDXLTextEncoderConfig(),
+		TextEncoder2: &te2, Scheduler: SDXLSchedulerConfig()}
 }
 
 // SD21 is Stable Diffusion 2.1 (stabilityai/stable-diffusion-2-1).
@@ -59,14 +72,38 @@ func WriteRandom(ctx context.Context, dir string, arch Architecture, dtype DType
 		"unet":                    []string{"diffusers", "UNet2DConditionModel"},
 		"vae":                     []string{"diffusers", "AutoencoderKL"},
 	}
-	for _, c := range []struct {
+	components := []struct {
 		dir, weights string
 		config       specLister
 	}{
 		{"unet", "diffusion_pytorch_model.safetensors", arch.UNet},
 		{"vae", "diffusion_pytorch_model.safetensors", arch.VAE},
 		{"text_encoder", "model.safetensors", arch.TextEncoder},
-	} {
+	}
+	if arch.Refiner {
+		index["_class_name"] = "StableDiffusionXLImg2ImgPipeline"
+		index["force_zeros_for_empty_prompt"] = false
+		index["requires_aesthetics_score"] = true
+		index["text_encoder"], index["tokenizer"] = []any{nil, nil}, []any{nil, nil}
+		index["text_encoder_2"] = []string{"transformers", "CLIPTextModelWithProjection"}
+		index["tokenizer_2"] = []any{nil, nil}
+		delete(index, "safety_checker")
+		delete(index, "requires_safety_checker")
+		components[2].dir = "text_encoder_2"
+	}
+	if arch.TextEncoder2 != nil {
+		index["_class_name"] = "StableDiffusionXLPipeline"
+		index["force_zeros_for_empty_prompt"] = true
+		index["text_encoder_2"] = []string{"transformers", "CLIPTextModelWithProjection"}
+		index["tokenizer_2"] = []any{nil, nil}
+		delete(index, "safety_checker")
+		delete(index, "requires_safety_checker")
+		components = append(components, struct {
+			dir, weights string
+			config       specLister
+		}{"text_encoder_2", "model.safetensors", *arch.TextEncoder2})
+	}
+	for _, c := range components {
 		specs, err := c.config.TensorSpecs()
 		if err != nil {
 			return err

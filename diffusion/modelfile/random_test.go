@@ -37,6 +37,67 @@ func tinyArchitecture() Architecture {
 	return a
 }
 
+// tinySDXLArchitecture is SDXL's layout at a few channels, for tests.
+func tinySDXLArchitecture() Architecture {
+	a := SDXL()
+	a.UNet.SampleSize = 8
+	a.UNet.BlockOutChannels = []int{32, 64}
+	a.UNet.LayersPerBlock = []int{1, 1}
+	a.UNet.DownBlockTypes = []string{plainDown, crossAttnDown}
+	a.UNet.UpBlockTypes = []string{crossAttnUp, plainUp}
+	a.UNet.AttentionHeads = []int{2, 2}
+	a.UNet.TransformerLayersPerBlock = []int{1, 2}
+	a.UNet.TimeEmbeddingDim = 128
+	a.VAE.BlockOutChannels = []int{32, 32}
+	a.VAE.DownBlockTypes = []string{vaeDown, vaeDown}
+	a.VAE.UpBlockTypes = []string{vaeUp, vaeUp}
+	a.VAE.LayersPerBlock = 1
+	a.TextEncoder.HiddenSize, a.TextEncoder.IntermediateSize, a.TextEncoder.NumHiddenLayers, a.TextEncoder.NumAttentionHeads = 16, 32, 2, 2
+	te2 := *a.TextEncoder2
+	te2.HiddenSize, te2.IntermediateSize, te2.NumHiddenLayers, te2.NumAttentionHeads, te2.ProjectionDim = 32, 64, 3, 2, 24
+	a.TextEncoder2 = &te2
+	a.UNet.CrossAttentionDim = 16 + 32
+	a.UNet.AdditionTimeEmbedDim = 8
+	a.UNet.ProjectionClassEmbeddingsInputDim = 24 + 6*8
+	return a
+}
+
+// An SDXL architecture writes an SDXL folder: both text encoders, model_index.json's class.
+func TestWriteRandomSDXLLoadsBack(t *testing.T) {
+	arch := tinySDXLArchitecture()
+	dir := t.TempDir()
+	require.NoError(t, WriteRandom(context.Background(), dir, arch, F16, 7))
+	m := loadModel(t, dir)
+	assert.Equal(t, FamilySDXL, m.Family)
+	assert.True(t, m.ForceZerosForEmptyPrompt)
+	assert.Equal(t, arch.UNet, m.UNet.Config)
+	assert.Equal(t, arch.TextEncoder, m.TextEncoder.Config)
+	require.Len(t, m.ExtraTextEncoders, 1)
+	assert.Equal(t, *arch.TextEncoder2, m.ExtraTextEncoders[0].Config)
+	assert.Empty(t, m.ExtraTextEncoders[0].TokenizerDir)
+	assert.Equal(t, "EulerDiscreteScheduler", m.Scheduler.ClassName)
+	assert.Empty(t, m.Unused)
+}
+
+// A refiner architecture writes SDXL's refiner folder: its one encoder as text_encoder_2.
+func TestWriteRandomSDXLRefinerLoadsBack(t *testing.T) {
+	arch := tinySDXLArchitecture()
+	arch.TextEncoder, arch.TextEncoder2, arch.Refiner = *arch.TextEncoder2, nil, true
+	arch.UNet.CrossAttentionDim = arch.TextEncoder.HiddenSize
+	arch.UNet.ProjectionClassEmbeddingsInputDim = arch.TextEncoder.ProjectionDim + 5*arch.UNet.AdditionTimeEmbedDim
+	dir := t.TempDir()
+	require.NoError(t, WriteRandom(context.Background(), dir, arch, F16, 7))
+	assert.DirExists(t, filepath.Join(dir, "text_encoder_2"))
+	m := loadModel(t, dir)
+	assert.Equal(t, FamilySDXL, m.Family)
+	assert.True(t, m.RequiresAestheticsScore)
+	assert.False(t, m.ForceZerosForEmptyPrompt)
+	assert.Empty(t, m.ExtraTextEncoders)
+	assert.Equal(t, arch.TextEncoder, m.TextEncoder.Config)
+	assert.Contains(t, m.TextEncoder.Tensors, "text_projection.weight")
+	assert.Empty(t, m.Unused)
+}
+
 func TestWriteRandomLoadsBack(t *testing.T) {
 	arch := tinyArchitecture()
 	dir := t.TempDir()
@@ -141,10 +202,16 @@ func TestFullSizeArchitectureParameterCounts(t *testing.T) {
 	}{
 		{SD15(), 859520964 + 83653863 + 123060480},
 		{SD21(), 865910724 + 83653863 + 340387840},
+		// and text_encoder_2, CLIPTextModelWithProjection.
+		{SDXL(), 2567463684 + 83653863 + 123060480 + 694659840},
 	} {
 		t.Run(c.arch.Family.String(), func(t *testing.T) {
 			var total int64
-			for _, cfg := range []specLister{c.arch.UNet, c.arch.VAE, c.arch.TextEncoder} {
+			cfgs := []specLister{c.arch.UNet, c.arch.VAE, c.arch.TextEncoder}
+			if c.arch.TextEncoder2 != nil {
+				cfgs = append(cfgs, *c.arch.TextEncoder2)
+			}
+			for _, cfg := range cfgs {
 				specs, err := cfg.TensorSpecs()
 				require.NoError(t, err)
 				for _, s := range specs {

@@ -320,6 +320,9 @@ func (c CLIPConfig) TensorSpecs() ([]TensorSpec, error) {
 		s.linear(p+".mlp.fc2", h, c.IntermediateSize, true)
 	}
 	s.norm("text_model.final_layer_norm", h)
+	if c.WithProjection {
+		s.linear("text_projection", c.ProjectionDim, h, false)
+	}
 	return s, nil
 }
 
@@ -338,10 +341,12 @@ func sameLayout(got, want []int64) bool {
 
 // source is where a spec's tensor comes from: a tensor of the file, or
 // the part-th of parts equal slices of it along the first dimension (the
-// q, k, v thirds of a fused projection).
+// q, k, v thirds of a fused projection), or the transpose of a matrix
+// (OpenCLIP's text_projection; the one weight bind copies).
 type source struct {
 	name        string
 	part, parts int
+	transpose   bool
 }
 
 // bind builds a component's tensors from specs: resolve names each spec's
@@ -373,6 +378,12 @@ func bind(component string, specs []TensorSpec, resolve func(string) source, fin
 				return nil, nil, fmt.Errorf("%s: tensor %s: %w", component, describeSource(spec.Name, src.name), err)
 			}
 		}
+		if src.transpose {
+			var err error
+			if t, err = transposed(t); err != nil {
+				return nil, nil, fmt.Errorf("%s: tensor %s: %w", component, describeSource(spec.Name, src.name), err)
+			}
+		}
 		if !sameLayout(t.Shape, spec.Shape) {
 			return nil, nil, fmt.Errorf("%s: tensor %s has shape %v, want %v", component, describeSource(spec.Name, src.name), t.Shape, spec.Shape)
 		}
@@ -396,6 +407,21 @@ func describeSource(name, file string) string {
 		return name
 	}
 	return fmt.Sprintf("%s (%s in the file)", name, file)
+}
+
+// transposed copies a matrix transposed.
+func transposed(t Tensor) (Tensor, error) {
+	if len(t.Shape) != 2 {
+		return Tensor{}, fmt.Errorf("shape %v is not a matrix", t.Shape)
+	}
+	rows, cols, size := t.Shape[0], t.Shape[1], t.DType.Size()
+	out := make([]byte, len(t.Data))
+	for r := int64(0); r < rows; r++ {
+		for c := int64(0); c < cols; c++ {
+			copy(out[(c*rows+r)*size:(c*rows+r+1)*size], t.Data[(r*cols+c)*size:])
+		}
+	}
+	return Tensor{Name: t.Name, DType: t.DType, Shape: []int64{cols, rows}, Data: out}, nil
 }
 
 // slicePart views the part-th of parts equal row blocks of t.

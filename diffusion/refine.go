@@ -1,0 +1,122 @@
+package diffusion
+
+import (
+	"context"
+	"errors"
+	"math"
+	"time"
+)
+
+// DefaultRefinerStart is the fraction of the schedule the base model runs before the
+// refiner takes over, as in diffusers' SDXL base + refiner example (high_noise_frac 0.8).
+const DefaultRefinerStart = 0.8
+
+// Txt2ImgRefined generates with two models sharing the schedule, diffusers' SDXL
+// "ensemble of expert denoisers": p runs the timesteps down to the hand-over point (the
+// base pipeline's denoising_end = start) and refiner continues from its latents as they
+// are, without new noise, on the rest (the refiner's denoising_start = start), then
+// decodes with its VAE. The hand-over timestep is round(T - start * T) for T training
+// timesteps: p keeps the timesteps at or above it, refiner those below. start 0 means
+// DefaultRefinerStart; it must leave both models at least one step.
+//
+// Both models take the request as it is (prompts, size, steps, guidance, seed); a
+// Sampler of SamplerAuto resolves to each model's own scheduler. Samplers with more than
+// one model call a step (Heun, DPM2, DPM++ 2S, PNDM) are refused. refiner may be p. The
+// result's Params are the refiner's, Timings cover both.
+func (p *Pipeline) Txt2ImgRefined(ctx context.Context, req Request, refiner *Pipeline, start float64) (*Result, error) {
+	if refiner == nil {
+		return nil, invalid("no refiner")
+	}
+	if start == 0 {
+		start = DefaultRefinerStart
+	}
+	if !(start > 0 && start < 1) {
+		return nil, invalid("refiner start %g not in (0, 1)", start)
+	}
+	par, sched, err := p.desc.plan(req, nil)
+	if err != nil {
+		return nil, err
+	}
+	rpar, rsched, err := refiner.desc.plan(req, nil)
+	if err != nil {
+		return nil, err
+	}
+	if par.Width != rpar.Width || par.Height != rpar.Height || p.codec().channels() != refiner.codec().channels() || p.codec().factor() != refiner.codec().factor() {
+		return nil, invalid("the refiner's latents (%dx%d images) are not the base model's (%dx%d)", rpar.Width, rpar.Height, par.Width, par.Height)
+	}
+	for _, s := range []struct {
+		name  string
+		steps int
+		n     int
+	}{{"base", par.Steps, len(sched.Timesteps())}, {"refiner", rpar.Steps, len(rsched.Timesteps())}} {
+		if s.n != s.steps {
+			return nil, invalid("the %s's sampler makes %d model calls for %d steps: a hand-over needs one call a step", s.name, s.n, s.steps)
+		}
+	}
+	cutoff := handOverTimestep(start, p.model.Scheduler.NumTrainTimesteps)
+	baseEnd := 0
+	for _, t := range sched.Timesteps() {
+		if t >= cutoff {
+			baseEnd++
+		}
+	}
+	refinerFirst := len(rsched.Timesteps())
+	for i, t := range rsched.Timesteps() {
+		if t < cutoff {
+			refinerFirst = i
+			break
+		}
+	}
+	if baseEnd == 0 || refinerFirst == len(rsched.Timesteps()) {
+		return nil, invalid("refiner start %g with %d steps leaves the base model %d steps and the refiner %d", start, par.Steps, baseEnd, len(rsched.Timesteps())-refinerFirst)
+	}
+
+	began := time.Now()
+	var tm Timings
+	x, err := p.stageLocked(ctx, func(ctx context.Context) ([]float32, error) {
+		return p.denoise(ctx, req, par, sched, nil, &stage{end: baseEnd}, &tm)
+	})
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Params: rpar}
+	_, err = refiner.stageLocked(ctx, func(ctx context.Context) ([]float32, error) {
+		x, err := refiner.denoise(ctx, req, rpar, rsched, nil, &stage{from: x, first: refinerFirst}, &tm)
+		if err == nil {
+			res.Images, err = refiner.decodeImages(ctx, x, rpar, &tm)
+		}
+		return nil, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	res.Params.ModelHash = refiner.hash.get()
+	tm.Total = time.Since(began)
+	res.Params.Elapsed, res.Timings = tm.Total, tm
+	return res, nil
+}
+
+// handOverTimestep is diffusers' discrete_timestep_cutoff for denoising_end and
+// denoising_start.
+func handOverTimestep(start float64, trainTimesteps int) float64 {
+	t := float64(trainTimesteps)
+	return math.RoundToEven(t - start*t) // Python's round: halves to even
+}
+
+// stageLocked runs one stage on the pipeline's native context: it waits for its turn and
+// stops when ctx ends or the pipeline closes, as generate does.
+func (p *Pipeline) stageLocked(ctx context.Context, run func(context.Context) ([]float32, error)) ([]float32, error) {
+	if err := p.acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer p.release()
+	runCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(p.closing, func() { cancel(ErrClosed) })
+	defer stop()
+	x, err := run(runCtx)
+	if err != nil && errors.Is(context.Cause(runCtx), ErrClosed) {
+		return nil, ErrClosed
+	}
+	return x, err
+}
