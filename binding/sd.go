@@ -26,6 +26,7 @@ type Library struct {
 	sdSizeofUnetConfig              func() uintptr
 	sdSizeofUnetInputs              func() uintptr
 	sdSizeofVaeConfig               func() uintptr
+	sdSizeofTaesdConfig             func() uintptr
 
 	// const char *sd_status_string(sd_status_t status);
 	sdStatusString func(status Status) string
@@ -125,6 +126,8 @@ type Library struct {
 	sdOpTimestepEmbedding func(ctx Ctx, out, t Tensor, p *TimestepEmbeddingParams) Status
 	// sd_status_t sd_op_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float lo, float hi);
 	sdOpClamp func(ctx Ctx, out, x Tensor, lo, hi float32) Status
+	// sd_status_t sd_op_tanh_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float limit);
+	sdOpTanhClamp func(ctx Ctx, out, x Tensor, limit float32) Status
 	// sd_status_t sd_op_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *ids, const sd_tensor_t *table);
 	sdOpEmbedding func(ctx Ctx, out, ids, table Tensor) Status
 
@@ -157,6 +160,15 @@ type Library struct {
 	// sd_status_t sd_vae_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x, sd_tensor_t *mean,
 	//                           sd_tensor_t *logvar);
 	sdVaeEncode func(ctx Ctx, m Model, x, mean, logvar Tensor) Status
+	// void sd_taesd_config_default(sd_taesd_config_t *c);
+	sdTaesdConfigDefault func(c *TAESDConfig)
+	// sd_status_t sd_taesd_load(sd_ctx_t *ctx, const sd_taesd_config_t *config, const sd_weight_t *weights,
+	//                           int32_t n_weights, sd_model_t **out);
+	sdTaesdLoad func(ctx Ctx, c *TAESDConfig, weights uintptr, n int32, out *Model) Status
+	// sd_status_t sd_taesd_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *z, sd_tensor_t *out);
+	sdTaesdDecode func(ctx Ctx, m Model, z, out Tensor) Status
+	// sd_status_t sd_taesd_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x, sd_tensor_t *latents);
+	sdTaesdEncode func(ctx Ctx, m Model, x, latents Tensor) Status
 }
 
 type symbol struct {
@@ -179,6 +191,7 @@ func (l *Library) abiSymbols() []symbol {
 		{"sd_sizeof_unet_config", &l.sdSizeofUnetConfig},
 		{"sd_sizeof_unet_inputs", &l.sdSizeofUnetInputs},
 		{"sd_sizeof_vae_config", &l.sdSizeofVaeConfig},
+		{"sd_sizeof_taesd_config", &l.sdSizeofTaesdConfig},
 	}
 }
 
@@ -228,6 +241,7 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_timestep_embedding_params_default", &l.sdTimestepEmbeddingParamsDefault},
 		{"sd_op_timestep_embedding", &l.sdOpTimestepEmbedding},
 		{"sd_op_clamp", &l.sdOpClamp},
+		{"sd_op_tanh_clamp", &l.sdOpTanhClamp},
 		{"sd_op_embedding", &l.sdOpEmbedding},
 		{"sd_clip_config_default", &l.sdClipConfigDefault},
 		{"sd_unet_config_default", &l.sdUnetConfigDefault},
@@ -241,6 +255,10 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_unet_forward", &l.sdUnetForward},
 		{"sd_vae_decode", &l.sdVaeDecode},
 		{"sd_vae_encode", &l.sdVaeEncode},
+		{"sd_taesd_config_default", &l.sdTaesdConfigDefault},
+		{"sd_taesd_load", &l.sdTaesdLoad},
+		{"sd_taesd_decode", &l.sdTaesdDecode},
+		{"sd_taesd_encode", &l.sdTaesdEncode},
 	}
 }
 
@@ -261,6 +279,7 @@ func (l *Library) checkLayouts() error {
 		{"sd_unet_config_t", l.sdSizeofUnetConfig(), unsafe.Sizeof(UNetConfig{})},
 		{"sd_unet_inputs_t", l.sdSizeofUnetInputs(), unsafe.Sizeof(unetInputsC{})},
 		{"sd_vae_config_t", l.sdSizeofVaeConfig(), unsafe.Sizeof(VAEConfig{})},
+		{"sd_taesd_config_t", l.sdSizeofTaesdConfig(), unsafe.Sizeof(TAESDConfig{})},
 	}
 	for _, s := range sizes {
 		if s.lib != s.mine {
