@@ -19,6 +19,8 @@ type engine struct {
 	text            binding.CLIPConfig
 	unetCfg         binding.UNetConfig
 	vaeCfg          binding.VAEConfig
+	taesd           binding.Model // 0 unless opened WithTAESD
+	taesdCfg        binding.TAESDConfig
 	// The native side keeps pointers into the model's tensor data until the networks are
 	// freed: pinned so the garbage collector leaves them be (file mappings are not Go
 	// memory and pin to nothing).
@@ -66,6 +68,7 @@ func (e *engine) release() (last bool) {
 		e.lib.ModelFree(e.ctx, e.clip)
 		e.lib.ModelFree(e.ctx, e.unet)
 		e.lib.ModelFree(e.ctx, e.vae)
+		e.lib.ModelFree(e.ctx, e.taesd)
 	}
 	e.lib.CtxFree(e.ctx)
 	e.ctx = 0

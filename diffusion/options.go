@@ -47,6 +47,7 @@ type openOptions struct {
 	library string
 	logger  *slog.Logger
 	model   []modelfile.Option
+	taesd   string // WithTAESD
 }
 
 // Option configures Open.

@@ -39,6 +39,7 @@ type Pipeline struct {
 	desc      modelDesc
 	hash      *modelHash
 	log       *slog.Logger
+	taesd     *modelfile.TAESD // nil unless opened WithTAESD
 }
 
 // ModelInfo describes an opened model.
@@ -84,15 +85,30 @@ func OpenContext(ctx context.Context, path string, opts ...Option) (*Pipeline, e
 	if err != nil {
 		return nil, err
 	}
-	p, err := open(ctx, m, o, log)
+	var taesd *modelfile.TAESD
+	if o.taesd != "" {
+		if taesd, err = modelfile.LoadTAESD(o.taesd); err == nil {
+			if err = checkTAESD(taesd, m); err != nil {
+				taesd.Close()
+			}
+		}
+		if err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	p, err := open(ctx, m, taesd, o, log)
 	if err != nil {
 		m.Close()
+		if taesd != nil {
+			taesd.Close()
+		}
 		return nil, err
 	}
 	return p, nil
 }
 
-func open(ctx context.Context, m *modelfile.Model, o openOptions, log *slog.Logger) (*Pipeline, error) {
+func open(ctx context.Context, m *modelfile.Model, taesd *modelfile.TAESD, o openOptions, log *slog.Logger) (*Pipeline, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -133,12 +149,18 @@ func open(ctx context.Context, m *modelfile.Model, o openOptions, log *slog.Logg
 		eng.close()
 		return nil, err
 	}
+	if taesd != nil {
+		if err := eng.loadTAESD(taesd); err != nil {
+			eng.close()
+			return nil, err
+		}
+	}
 	// The runtime has packed or uploaded what it uses often; the file's pages need not
 	// stay resident (what is still read, like embedding rows, faults back in).
 	if err := m.ReleaseMemory(); err != nil {
 		log.Warn("releasing the model's mapped pages", "err", err)
 	}
-	p := &Pipeline{turn: make(chan struct{}, 1), model: m, eng: eng, hash: hashModelFile(m.Path), log: log}
+	p := &Pipeline{turn: make(chan struct{}, 1), model: m, eng: eng, hash: hashModelFile(m.Path), log: log, taesd: taesd}
 	p.closing, p.stopAll = context.WithCancel(context.Background())
 	if err := p.setup(m, device); err != nil {
 		eng.close()
@@ -253,6 +275,9 @@ func (p *Pipeline) Close() error {
 		p.turn <- struct{}{} // held for good: nothing runs after this
 		if p.eng.release() { // the last of the Pipelines sharing the networks
 			p.closeErr = p.model.Close()
+			if p.taesd != nil {
+				p.closeErr = errors.Join(p.closeErr, p.taesd.Close())
+			}
 		}
 	})
 	return p.closeErr
@@ -345,6 +370,9 @@ func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (
 	if err != nil {
 		return nil, err
 	}
+	if _, err := p.decoder(req); err != nil {
+		return nil, err
+	}
 	if err := p.acquire(ctx); err != nil {
 		return nil, err
 	}
@@ -416,15 +444,19 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	}
 
 	phase = time.Now()
+	dec, err := p.decoder(req)
+	if err != nil {
+		return nil, err
+	}
 	var pix []float32
 	err = p.guard(ctx, func() (err error) {
-		pix, err = vae.decode(x, b, lh, lw)
+		pix, err = dec.decode(x, b, lh, lw)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := checkFinite("VAE decoder", pix); err != nil {
+	if err := checkFinite(req.Decoder.String()+" decoder", pix); err != nil {
 		return nil, err
 	}
 	images := toImages(pix, b, par.Height, par.Width)

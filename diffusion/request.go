@@ -141,6 +141,8 @@ type Request struct {
 	Progress func(Progress)
 	// Preview asks for Progress.Preview (a fast approximation of the first image).
 	Preview bool
+	// Decoder decodes the final image (default DecoderVAE; DecoderTAESD needs WithTAESD).
+	Decoder Decoder
 
 	// onStep, for tests: the latents after each sampler step.
 	onStep func(step int, latents []float32)
@@ -156,8 +158,9 @@ type Progress struct {
 	Evaluation, Evaluations int
 	Timestep                float64
 	Elapsed                 time.Duration
-	// Preview is the first image of the batch as the latents look now (latent
-	// resolution, a linear approximation of the VAE); nil unless Request.Preview.
+	// Preview is the first image of the batch as the latents look now; nil unless
+	// Request.Preview. With WithTAESD it is TAESD's decoding at the final size, else a
+	// linear approximation of the VAE at latent resolution.
 	Preview image.Image
 }
 
