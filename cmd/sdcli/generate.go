@@ -49,6 +49,7 @@ type genOptions struct {
 	output           string
 	clipSkip         int
 	rescale, eta     float64
+	decoder          diffusion.Decoder
 	pipe             pipelineOptions
 	// img2img and inpaint
 	init, mask string
@@ -166,6 +167,11 @@ func (o *genOptions) define(fs *flagSet) {
 	fs.intVar(&o.clipSkip, "clip-skip", "N", 0, "text encoder layers to skip, AUTOMATIC1111's numbering: 2 uses the penultimate layer\n(default 0: the last layer)", intRange(0, 1000))
 	fs.floatVar(&o.rescale, "guidance-rescale", "x", 0, "guidance rescale phi in [0, 1] (default 0: off)", floatRange(0, 1))
 	fs.floatVar(&o.eta, "eta", "x", 0, "DDIM's eta in [0, 1] (default 0)", floatRange(0, 1))
+	fs.funcVar("vae-decoder", "NAME", "what decodes the image: vae (the model's) or taesd:PATH, a TAESD folder or file\n(fast, less detail; default vae)",
+		func(s string) (err error) {
+			o.decoder, o.pipe.taesd, err = diffusion.ParseVAEDecoder(s)
+			return err
+		})
 	o.pipe.define(fs)
 }
 
@@ -252,6 +258,7 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		Sampler: o.sampler, Schedule: o.schedule, Eta: o.eta,
 		TimestepSpacing: o.spacing, PromptSyntax: o.syntax,
 		Seed: o.seed, RNG: o.rng, BatchSize: o.batch, ClipSkip: o.clipSkip,
+		Decoder:  o.decoder,
 		Progress: bar.update,
 	}
 	var res *diffusion.Result

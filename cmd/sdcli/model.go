@@ -120,6 +120,7 @@ type pipelineOptions struct {
 	lib     string
 	verbose bool
 	model   modelOptions
+	taesd   string // a TAESD to load beside the model (--vae-decoder taesd:PATH)
 }
 
 func (o *pipelineOptions) define(fs *flagSet) {
@@ -151,6 +152,9 @@ func (o *pipelineOptions) open(path string, stderr io.Writer) (*diffusion.Pipeli
 		diffusion.WithModelOptions(o.model.options()...)}
 	if o.lib != "" {
 		opts = append(opts, diffusion.WithLibrary(o.lib))
+	}
+	if o.taesd != "" {
+		opts = append(opts, diffusion.WithTAESD(o.taesd))
 	}
 	p, err := diffusion.Open(path, opts...)
 	if errors.Is(err, diffusion.ErrLibraryNotFound) {
