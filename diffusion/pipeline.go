@@ -370,7 +370,7 @@ func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (
 	if err != nil {
 		return nil, err
 	}
-	if _, err := p.decoder(req); err != nil {
+	if _, _, err := p.codecs(req); err != nil {
 		return nil, err
 	}
 	if err := p.acquire(ctx); err != nil {
@@ -405,14 +405,17 @@ func (p *Pipeline) generateLocked(ctx context.Context, req Request, par Params, 
 // run is one generation, shared by the three modes: the conditioner encodes the prompts,
 // the codec the init image, the sampling loop steps the denoiser, and the codec decodes.
 func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched schedule.Scheduler, init *initImage, tm *Timings) ([]image.Image, error) {
-	vae := p.codec()
+	vae, dec, err := p.codecs(req)
+	if err != nil {
+		return nil, err
+	}
 	f := vae.factor()
 	b, lh, lw := par.BatchSize, par.Height/f, par.Width/f
 	n := b * vae.channels() * lh * lw
 
 	phase := time.Now()
 	var cond *conditioning
-	err := p.guard(ctx, func() (err error) {
+	err = p.guard(ctx, func() (err error) {
 		cond, err = p.conditioner().condition(par, par.GuidanceScale > 1)
 		return err
 	})
@@ -444,10 +447,6 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	}
 
 	phase = time.Now()
-	dec, err := p.decoder(req)
-	if err != nil {
-		return nil, err
-	}
 	var pix []float32
 	err = p.guard(ctx, func() (err error) {
 		pix, err = dec.decode(x, b, lh, lw)
@@ -464,8 +463,24 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	return images, nil
 }
 
-// codec is the model's image codec.
-func (p *Pipeline) codec() codec { return newVAECodec(p.eng.vaeNet(), p.model.VAE.Config) }
+// codecs are the codecs of req: the model's VAE (tiled as req asks) encodes the init
+// image; the decoder req names decodes the final latents.
+func (p *Pipeline) codecs(req Request) (enc, dec codec, err error) {
+	vae, err := p.vaeCodec(req.VAETiling)
+	if err != nil {
+		return nil, nil, err
+	}
+	switch req.Decoder {
+	case DecoderVAE:
+		return vae, vae, nil
+	case DecoderTAESD:
+		if t, ok := p.taesdCodec(); ok {
+			return vae, t, nil
+		}
+		return nil, nil, invalid("Decoder taesd needs a TAESD: open the model WithTAESD")
+	}
+	return nil, nil, invalid("unknown decoder %d", int(req.Decoder))
+}
 
 func scale(x []float32, s float32) {
 	for k := range x {

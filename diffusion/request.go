@@ -143,6 +143,9 @@ type Request struct {
 	Preview bool
 	// Decoder decodes the final image (default DecoderVAE; DecoderTAESD needs WithTAESD).
 	Decoder Decoder
+	// VAETiling is whether the VAE works in tiles (default TilingAuto: above a memory
+	// bound).
+	VAETiling Tiling
 
 	// onStep, for tests: the latents after each sampler step.
 	onStep func(step int, latents []float32)

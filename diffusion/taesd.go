@@ -194,20 +194,6 @@ func (p *Pipeline) taesdCodec() (taesdCodec, bool) {
 	return newTAESDCodec(p.eng.taesdNet(), p.taesd.Config), true
 }
 
-// decoder is the codec that decodes req's final latents.
-func (p *Pipeline) decoder(req Request) (codec, error) {
-	switch req.Decoder {
-	case DecoderVAE:
-		return p.codec(), nil
-	case DecoderTAESD:
-		if c, ok := p.taesdCodec(); ok {
-			return c, nil
-		}
-		return nil, invalid("Decoder taesd needs a TAESD: open the model WithTAESD")
-	}
-	return nil, invalid("unknown decoder %d", int(req.Decoder))
-}
-
 // taesdPreview decodes the first image of the batch, x (latent channels, h, w) in the
 // denoiser's space, with TAESD into an image of the final size.
 func (p *Pipeline) taesdPreview(c taesdCodec, x []float32, h, w int) (image.Image, error) {

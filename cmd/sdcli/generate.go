@@ -50,6 +50,7 @@ type genOptions struct {
 	clipSkip         int
 	rescale, eta     float64
 	decoder          diffusion.Decoder
+	tiling           diffusion.Tiling
 	pipe             pipelineOptions
 	// img2img and inpaint
 	init, mask string
@@ -172,6 +173,13 @@ func (o *genOptions) define(fs *flagSet) {
 			o.decoder, o.pipe.taesd, err = diffusion.ParseVAEDecoder(s)
 			return err
 		})
+	// A bare --vae-tiling forces tiling on; --vae-tiling=off or =auto choose the others.
+	usage := "decode (and encode) with the VAE in overlapping tiles, as diffusers' enable_tiling:\nmemory of one tile for any size; =off never, =auto (default) above about 4 GiB of activations"
+	fs.BoolFunc("vae-tiling", usage, func(s string) (err error) {
+		o.tiling, err = diffusion.ParseTiling(s)
+		return err
+	})
+	fs.document("vae-tiling", "", usage)
 	o.pipe.define(fs)
 }
 
@@ -258,7 +266,7 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		Sampler: o.sampler, Schedule: o.schedule, Eta: o.eta,
 		TimestepSpacing: o.spacing, PromptSyntax: o.syntax,
 		Seed: o.seed, RNG: o.rng, BatchSize: o.batch, ClipSkip: o.clipSkip,
-		Decoder:  o.decoder,
+		Decoder: o.decoder, VAETiling: o.tiling,
 		Progress: bar.update,
 	}
 	var res *diffusion.Result
