@@ -78,6 +78,13 @@ func WithPredictionType(p schedule.PredictionType) Option {
 	return func(o *openOptions) { o.model = append(o.model, modelfile.WithPredictionType(p)) }
 }
 
+// WithSchedulerConfig takes the scheduler (class, spacing, prediction type, betas) from a
+// diffusers scheduler_config.json instead of the model's: what a single-file checkpoint
+// of a distilled model such as SD-Turbo needs (see modelfile.WithSchedulerConfig).
+func WithSchedulerConfig(path string) Option {
+	return func(o *openOptions) { o.model = append(o.model, modelfile.WithSchedulerConfig(path)) }
+}
+
 // WithModelOptions passes further options to modelfile.Load (head counts, variants).
 func WithModelOptions(opts ...modelfile.Option) Option {
 	return func(o *openOptions) { o.model = append(o.model, opts...) }

@@ -72,7 +72,8 @@ func (a *app) modelPath(path string) (string, error) {
 
 // modelOptions are the flags saying what a model file does not record.
 type modelOptions struct {
-	textHeads int // 0: the folder's config, else the text width / 64 as in SD's checkpoints
+	textHeads int    // 0: the folder's config, else the text width / 64 as in SD's checkpoints
+	scheduler string // a scheduler_config.json replacing the model's
 }
 
 // maxHeads bounds --text-heads: far above any CLIP, low enough to stay a plausible count.
@@ -81,6 +82,7 @@ const maxHeads = 1024
 func (o *modelOptions) define(fs *flagSet) {
 	fs.funcVar("text-heads", "N[,N2]", "attention heads of the text encoder, for single files of a width other than SD's\n(N2, a second text encoder's, is not supported yet; default: the config, else the width / 64)",
 		o.setTextHeads)
+	fs.stringVar(&o.scheduler, "scheduler-config", "path", "", "a diffusers scheduler_config.json to use instead of the model's, e.g. SD-Turbo's for its single file\n(default: the folder's, else the family's)")
 }
 
 func (o *modelOptions) setTextHeads(s string) error {
@@ -107,10 +109,14 @@ func (o *modelOptions) setTextHeads(s string) error {
 
 // options are the modelfile.Load options the flags ask for.
 func (o *modelOptions) options() []modelfile.Option {
-	if o.textHeads == 0 {
-		return nil
+	var opts []modelfile.Option
+	if o.textHeads != 0 {
+		opts = append(opts, modelfile.WithTextHeads(o.textHeads))
 	}
-	return []modelfile.Option{modelfile.WithTextHeads(o.textHeads)}
+	if o.scheduler != "" {
+		opts = append(opts, modelfile.WithSchedulerConfig(o.scheduler))
+	}
+	return opts
 }
 
 // pipelineOptions are the flags that open a model.
