@@ -7,6 +7,7 @@ import (
 	"image"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -455,7 +456,7 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	if err != nil {
 		return nil, err
 	}
-	if err := checkFinite(req.Decoder.String()+" decoder", pix); err != nil {
+	if err := checkFinite(strings.ToUpper(req.Decoder.String())+" decoder", pix); err != nil {
 		return nil, err
 	}
 	images := toImages(pix, b, par.Height, par.Width)

@@ -57,6 +57,18 @@
 //	--clip-skip N         text encoder layers to skip, AUTOMATIC1111's numbering (default 0)
 //	--guidance-rescale x  diffusers' guidance_rescale in [0, 1] (default 0)
 //	--eta x               DDIM's eta in [0, 1] (default 0)
+//	--vae-decoder NAME    what decodes the image: vae, the model's own (default), or
+//	                      taesd:PATH, a TAESD (diffusers AutoencoderTiny folder, the original
+//	                      taesd_encoder / taesd_decoder files or a folder of them): a fraction
+//	                      of the VAE's time, less detail
+//	--vae-tiling          run the VAE in overlapping tiles blended as diffusers'
+//	                      enable_tiling, memory of one tile for any image size;
+//	                      --vae-tiling=off never, =auto (default) when the untiled pass would
+//	                      need more than about 4 GiB of activations (SD 1.5 at 2048x2048)
+//	--scheduler-config path  a diffusers scheduler_config.json used instead of the model's
+//	                      (default: the folder's, else the family's): the sampler, spacing and
+//	                      prediction type of a distilled model's single file, e.g. SD-Turbo's
+//	                      (Euler, trailing) for sd_turbo.safetensors with --steps 1 --cfg 1
 //	--text-heads N        the text encoder's attention head count, for single-file
 //	                      checkpoints whose text width is not SD's (default: the folder's
 //	                      config, else the width / 64); N,N2 (a second text encoder's count)
@@ -103,7 +115,7 @@
 // and size; then its tokenizer, native image size and the scheduler that --sampler auto
 // uses.
 //
-//	--text-heads N        as for txt2img
+//	--text-heads N, --scheduler-config path  as for txt2img
 //
 // # sdcli preprocess
 //
@@ -147,8 +159,8 @@
 //	                      ~/.cache/gosd)
 //	--json                print the report as JSON instead of a table (default off)
 //	--profile             also print the runtime's time per op kind on stderr (default off)
-//	--threads N, --device NAME, --lib path, -v, --text-heads N (with -m)
-//	                      as for txt2img
+//	--threads N, --device NAME, --lib path, -v, --text-heads N, --scheduler-config path
+//	                      (with -m) as for txt2img
 //
 // # sdcli serve
 //
@@ -174,7 +186,7 @@
 //	--cors ORIGIN         origin allowed to call the API from a browser, or * (default none)
 //	--timeout duration    deadline of a generation from its submission (default 10m)
 //	--grace duration      how long running work may finish on shutdown (default 30s)
-//	--threads N, --device NAME, --lib path, -v, --text-heads N
+//	--threads N, --device NAME, --lib path, -v, --text-heads N, --scheduler-config path
 //	                      as for txt2img
 //
 // # sdcli version
