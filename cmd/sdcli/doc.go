@@ -186,6 +186,9 @@
 //	--cors ORIGIN         origin allowed to call the API from a browser, or * (default none)
 //	--timeout duration    deadline of a generation from its submission (default 10m)
 //	--grace duration      how long running work may finish on shutdown (default 30s)
+//	--taesd path          a TAESD (as for txt2img's --vae-decoder taesd:PATH): every live
+//	                      preview is its decoding at full size, at some time per step
+//	                      (default none: the linear approximation at latent size)
 //	--threads N, --device NAME, --lib path, -v, --text-heads N, --scheduler-config path
 //	                      as for txt2img
 //

@@ -64,3 +64,12 @@ func TestVAEDecoderFlagErrors(t *testing.T) {
 		assert.Contains(t, r.stderr, tc.msg, tc.value)
 	}
 }
+
+// serve --taesd opens the TAESD with the model, so a path that is none fails at start.
+func TestServeTAESDFlag(t *testing.T) {
+	model, rt := tinyModel(t)
+	r := runArgs(t, slices.Concat([]string{"serve", "-m", model, "--addr", "127.0.0.1:0",
+		"--taesd", filepath.Join(t.TempDir(), "none")}, rt)...)
+	assert.Equal(t, exitError, r.code, r.stderr)
+	assert.Contains(t, r.stderr, "no such file")
+}
