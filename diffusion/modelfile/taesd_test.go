@@ -1,9 +1,11 @@
 package modelfile
 
 import (
+	"archive/zip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 
 	"github.com/gosd/gosd/internal/testutil"
@@ -115,4 +117,41 @@ func TestLoadTAESDRefusesOthers(t *testing.T) {
 	}
 	_, err = LoadTAESD(filepath.Join(kit, "taesd-tiny", "missing"))
 	assert.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// The original repository also ships .pth files (torch.save of the state dict): a folder
+// with the decoder as .pth and the encoder as .safetensors loads the same tensors.
+func TestLoadTAESDPth(t *testing.T) {
+	kit := filepath.Join(testutil.ConformanceDir(t), "taesd-tiny")
+	src, err := OpenSafetensors(filepath.Join(kit, "taesd_decoder.safetensors"))
+	require.NoError(t, err)
+	defer src.Close()
+	var tensors []ckptTensor
+	storages := map[string][]byte{}
+	for i, x := range src.Tensors {
+		require.Equal(t, F16, x.DType)
+		key := strconv.Itoa(i)
+		stride := make([]int64, len(x.Shape))
+		n := int64(1)
+		for d := len(x.Shape) - 1; d >= 0; d-- {
+			stride[d] = n
+			n *= x.Shape[d]
+		}
+		tensors = append(tensors, ckptTensor{name: x.Name, storage: "HalfStorage", key: key, numel: n, shape: x.Shape, stride: stride, parameter: true})
+		storages[key] = x.Data
+	}
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "taesd_decoder.pth"), torchZip(t, stateDictPickle(tensors, false, false), storages, zip.Store), 0o644))
+	require.NoError(t, os.Symlink(filepath.Join(kit, "taesd_encoder.safetensors"), filepath.Join(dir, "taesd_encoder.safetensors")))
+
+	got, err := LoadTAESD(dir)
+	require.NoError(t, err)
+	defer got.Close()
+	ref, err := LoadTAESD(filepath.Join(kit, "diffusers"))
+	require.NoError(t, err)
+	defer ref.Close()
+	require.Len(t, got.Tensors, len(ref.Tensors))
+	for name, x := range got.Tensors {
+		assert.Equal(t, ref.Tensors[name].Data, x.Data, name)
+	}
 }
