@@ -213,6 +213,14 @@ func TestVAETilingMatchesDiffusersLoops(t *testing.T) {
 
 // When tiling applies: only above one tile, and in auto mode only above the memory bound.
 func TestVAETilingChoice(t *testing.T) {
+	// diffusers' numbers for SD 1.5 (sample_size 512) and SDXL (1024).
+	dec, enc := vaeTiles(512, 8)
+	assert.Equal(t, tileGrid{in: 64, stride: 48, blend: 128, keep: 384}, dec)
+	assert.Equal(t, tileGrid{in: 512, stride: 384, blend: 16, keep: 48}, enc)
+	dec, enc = vaeTiles(1024, 8)
+	assert.Equal(t, tileGrid{in: 128, stride: 96, blend: 256, keep: 768}, dec)
+	assert.Equal(t, tileGrid{in: 1024, stride: 768, blend: 32, keep: 96}, enc)
+
 	g := tileGrid{in: 64, stride: 48, blend: 128, keep: 384}
 	for _, tc := range []struct {
 		mode       Tiling
