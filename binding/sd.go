@@ -26,6 +26,7 @@ type Library struct {
 	sdSizeofUnetConfig              func() uintptr
 	sdSizeofUnetInputs              func() uintptr
 	sdSizeofVaeConfig               func() uintptr
+	sdSizeofTaesdConfig             func() uintptr
 
 	// const char *sd_status_string(sd_status_t status);
 	sdStatusString func(status Status) string
@@ -127,6 +128,8 @@ type Library struct {
 	sdOpTimestepEmbedding func(ctx Ctx, out, t Tensor, p *TimestepEmbeddingParams) Status
 	// sd_status_t sd_op_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float lo, float hi);
 	sdOpClamp func(ctx Ctx, out, x Tensor, lo, hi float32) Status
+	// sd_status_t sd_op_tanh_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float limit);
+	sdOpTanhClamp func(ctx Ctx, out, x Tensor, limit float32) Status
 	// sd_status_t sd_op_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *ids, const sd_tensor_t *table);
 	sdOpEmbedding func(ctx Ctx, out, ids, table Tensor) Status
 
@@ -175,6 +178,17 @@ type Library struct {
 	// sd_status_t sd_controlnet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_controlnet_inputs_t *in,
 	//                                   sd_tensor_t *const *down, int32_t n_down, sd_tensor_t *mid);
 	sdControlnetForward func(ctx Ctx, m Model, in *controlNetInputsC, down *Tensor, nDown int32, mid Tensor) Status
+
+	// TAESD (binding/taesd.go).
+	// void sd_taesd_config_default(sd_taesd_config_t *c);
+	sdTaesdConfigDefault func(c *TAESDConfig)
+	// sd_status_t sd_taesd_load(sd_ctx_t *ctx, const sd_taesd_config_t *config, const sd_weight_t *weights,
+	//                           int32_t n_weights, sd_model_t **out);
+	sdTaesdLoad func(ctx Ctx, c *TAESDConfig, weights uintptr, n int32, out *Model) Status
+	// sd_status_t sd_taesd_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *z, sd_tensor_t *out);
+	sdTaesdDecode func(ctx Ctx, m Model, z, out Tensor) Status
+	// sd_status_t sd_taesd_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x, sd_tensor_t *latents);
+	sdTaesdEncode func(ctx Ctx, m Model, x, latents Tensor) Status
 }
 
 type symbol struct {
@@ -199,6 +213,7 @@ func (l *Library) abiSymbols() []symbol {
 		{"sd_sizeof_vae_config", &l.sdSizeofVaeConfig},
 		{"sd_sizeof_controlnet_config", &l.sdSizeofControlnetConfig},
 		{"sd_sizeof_controlnet_inputs", &l.sdSizeofControlnetInputs},
+		{"sd_sizeof_taesd_config", &l.sdSizeofTaesdConfig},
 	}
 }
 
@@ -249,6 +264,7 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_timestep_embedding_params_default", &l.sdTimestepEmbeddingParamsDefault},
 		{"sd_op_timestep_embedding", &l.sdOpTimestepEmbedding},
 		{"sd_op_clamp", &l.sdOpClamp},
+		{"sd_op_tanh_clamp", &l.sdOpTanhClamp},
 		{"sd_op_embedding", &l.sdOpEmbedding},
 		{"sd_clip_config_default", &l.sdClipConfigDefault},
 		{"sd_unet_config_default", &l.sdUnetConfigDefault},
@@ -267,6 +283,10 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_controlnet_inputs_default", &l.sdControlnetInputsDefault},
 		{"sd_controlnet_load", &l.sdControlnetLoad},
 		{"sd_controlnet_forward", &l.sdControlnetForward},
+		{"sd_taesd_config_default", &l.sdTaesdConfigDefault},
+		{"sd_taesd_load", &l.sdTaesdLoad},
+		{"sd_taesd_decode", &l.sdTaesdDecode},
+		{"sd_taesd_encode", &l.sdTaesdEncode},
 	}
 }
 
@@ -289,6 +309,7 @@ func (l *Library) checkLayouts() error {
 		{"sd_vae_config_t", l.sdSizeofVaeConfig(), unsafe.Sizeof(VAEConfig{})},
 		{"sd_controlnet_config_t", l.sdSizeofControlnetConfig(), unsafe.Sizeof(ControlNetConfig{})},
 		{"sd_controlnet_inputs_t", l.sdSizeofControlnetInputs(), unsafe.Sizeof(controlNetInputsC{})},
+		{"sd_taesd_config_t", l.sdSizeofTaesdConfig(), unsafe.Sizeof(TAESDConfig{})},
 	}
 	for _, s := range sizes {
 		if s.lib != s.mine {

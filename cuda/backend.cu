@@ -294,6 +294,7 @@ static const sd_backend_ops_t cuda_ops = {
     /* .binary = */ sd_cuda_binary,
     /* .concat = */ sd_cuda_concat,
     /* .clamp = */ sd_cuda_clamp,
+    /* .tanh_clamp = */ sd_cuda_tanh_clamp,
     /* .convert = */ sd_cuda_convert,
     /* .timestep_embedding = */ sd_cuda_timestep_embedding,
     /* .embedding = */ sd_cuda_embedding,

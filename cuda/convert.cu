@@ -3,7 +3,8 @@
  *
  * convert: x, out same shape, any float dtype; ref: torch.Tensor.to(dtype), round to
  * nearest even (as csrc/cpu/kernels/convert.c). clamp: x, out f32/f16 of one dtype, out may be x;
- * ref: torch.clamp (csrc/cpu/kernels/elementwise.c).
+ * ref: torch.clamp (csrc/cpu/kernels/elementwise.c). tanh_clamp: limit * tanh(x / limit), same
+ * dtypes, ref: TAESD's Clamp (csrc/cpu/kernels/elementwise.c).
  */
 #include "convert.cuh"
 
@@ -26,6 +27,14 @@ __global__ void clamp_kernel(T *out, const T *x, int64_t n, float lo, float hi) 
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += stride)
         out[i] = sd_from_f32<T>(fminf(fmaxf(sd_to_f32(x[i]), lo), hi));
+}
+
+/* x, out: (n) T; out may be x. */
+template <typename T>
+__global__ void tanh_clamp_kernel(T *out, const T *x, int64_t n, float limit) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += stride)
+        out[i] = sd_from_f32<T>(limit * tanhf(sd_to_f32(x[i]) / limit));
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -96,4 +105,18 @@ sd_status_t sd_cuda_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
         clamp_kernel<float><<<grid, SD_CUDA_THREADS, 0, cb->stream>>>(
             (float *)out->data, (const float *)x->data, n, lo, hi);
     return sd_cuda_check_launch(ctx, "clamp");
+}
+
+sd_status_t sd_cuda_tanh_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float limit) {
+    SD_TRY(sd_cuda_enter(ctx, "tanh_clamp"));
+    const sd_cuda_backend_t *cb = sd_cuda(ctx);
+    const int64_t n = sd_tensor_numel(x);
+    const unsigned grid = sd_cuda_grid(cb, n);
+    if (x->dtype == SD_DTYPE_F16)
+        tanh_clamp_kernel<__half><<<grid, SD_CUDA_THREADS, 0, cb->stream>>>(
+            (__half *)out->data, (const __half *)x->data, n, limit);
+    else
+        tanh_clamp_kernel<float><<<grid, SD_CUDA_THREADS, 0, cb->stream>>>(
+            (float *)out->data, (const float *)x->data, n, limit);
+    return sd_cuda_check_launch(ctx, "tanh_clamp");
 }

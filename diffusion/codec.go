@@ -43,10 +43,11 @@ func (d latentDist) sample(eps []float32) []float32 {
 }
 
 // vaeCodec is the model's AutoencoderKL with its config's scaling_factor and
-// shift_factor.
+// shift_factor, tiled or not (tiling.go).
 type vaeCodec struct {
 	vae          vaeNet
 	scale, shift float64
+	tiling       vaeTiling // zero: never
 }
 
 func newVAECodec(vae vaeNet, cfg modelfile.VAEConfig) vaeCodec {
@@ -57,7 +58,11 @@ func (c vaeCodec) factor() int   { return c.vae.factor() }
 func (c vaeCodec) channels() int { return c.vae.latentChannels() }
 
 func (c vaeCodec) encode(x []float32, batch, h, w int) (latentDist, error) {
-	mean, logvar, err := c.vae.encode(x, batch, h, w)
+	encode := c.vae.encode
+	if c.tiling.use(c.tiling.enc, batch, h, w, h, w) {
+		encode = c.encodeTiled
+	}
+	mean, logvar, err := encode(x, batch, h, w)
 	return latentDist{mean: mean, logvar: logvar, scale: c.scale, shift: c.shift}, err
 }
 
@@ -67,6 +72,9 @@ func (c vaeCodec) decode(latents []float32, batch, h, w int) ([]float32, error) 
 	z := make([]float32, len(latents))
 	for k, v := range latents {
 		z[k] = float32(float64(v)/c.scale + c.shift)
+	}
+	if f := c.factor(); c.tiling.use(c.tiling.dec, batch, h, w, h*f, w*f) {
+		return c.decodeTiled(z, batch, h, w)
 	}
 	return c.vae.decode(z, batch, h, w)
 }

@@ -18,10 +18,12 @@ type engine struct {
 	clip, unet, vae binding.Model
 	text            binding.CLIPConfig
 	// clip2 is SDXL's second text encoder (0 for models with one).
-	clip2   binding.Model
-	text2   binding.CLIPConfig
-	unetCfg binding.UNetConfig
-	vaeCfg  binding.VAEConfig
+	clip2    binding.Model
+	text2    binding.CLIPConfig
+	unetCfg  binding.UNetConfig
+	vaeCfg   binding.VAEConfig
+	taesd    binding.Model // 0 unless opened WithTAESD
+	taesdCfg binding.TAESDConfig
 	// The native side keeps pointers into the model's tensor data until the networks are
 	// freed: pinned so the garbage collector leaves them be (file mappings are not Go
 	// memory and pin to nothing).
@@ -70,6 +72,7 @@ func (e *engine) release() (last bool) {
 		e.lib.ModelFree(e.ctx, e.clip2)
 		e.lib.ModelFree(e.ctx, e.unet)
 		e.lib.ModelFree(e.ctx, e.vae)
+		e.lib.ModelFree(e.ctx, e.taesd)
 	}
 	e.lib.CtxFree(e.ctx)
 	e.ctx = 0

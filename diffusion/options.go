@@ -47,6 +47,7 @@ type openOptions struct {
 	library string
 	logger  *slog.Logger
 	model   []modelfile.Option
+	taesd   string // WithTAESD
 }
 
 // Option configures Open.
@@ -75,6 +76,13 @@ func WithFamily(f modelfile.Family) Option {
 // SD 2.x defaults to v-prediction).
 func WithPredictionType(p schedule.PredictionType) Option {
 	return func(o *openOptions) { o.model = append(o.model, modelfile.WithPredictionType(p)) }
+}
+
+// WithSchedulerConfig takes the scheduler (class, spacing, prediction type, betas) from a
+// diffusers scheduler_config.json instead of the model's: what a single-file checkpoint
+// of a distilled model such as SD-Turbo needs (see modelfile.WithSchedulerConfig).
+func WithSchedulerConfig(path string) Option {
+	return func(o *openOptions) { o.model = append(o.model, modelfile.WithSchedulerConfig(path)) }
 }
 
 // WithModelOptions passes further options to modelfile.Load (head counts, variants).

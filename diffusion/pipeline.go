@@ -7,6 +7,7 @@ import (
 	"image"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,6 +42,7 @@ type Pipeline struct {
 	desc      modelDesc
 	hash      *modelHash
 	log       *slog.Logger
+	taesd     *modelfile.TAESD // nil unless opened WithTAESD
 }
 
 // ModelInfo describes an opened model.
@@ -86,15 +88,30 @@ func OpenContext(ctx context.Context, path string, opts ...Option) (*Pipeline, e
 	if err != nil {
 		return nil, err
 	}
-	p, err := open(ctx, m, o, log)
+	var taesd *modelfile.TAESD
+	if o.taesd != "" {
+		if taesd, err = modelfile.LoadTAESD(o.taesd); err == nil {
+			if err = checkTAESD(taesd, m); err != nil {
+				taesd.Close()
+			}
+		}
+		if err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	p, err := open(ctx, m, taesd, o, log)
 	if err != nil {
 		m.Close()
+		if taesd != nil {
+			taesd.Close()
+		}
 		return nil, err
 	}
 	return p, nil
 }
 
-func open(ctx context.Context, m *modelfile.Model, o openOptions, log *slog.Logger) (*Pipeline, error) {
+func open(ctx context.Context, m *modelfile.Model, taesd *modelfile.TAESD, o openOptions, log *slog.Logger) (*Pipeline, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -135,12 +152,18 @@ func open(ctx context.Context, m *modelfile.Model, o openOptions, log *slog.Logg
 		eng.close()
 		return nil, err
 	}
+	if taesd != nil {
+		if err := eng.loadTAESD(taesd); err != nil {
+			eng.close()
+			return nil, err
+		}
+	}
 	// The runtime has packed or uploaded what it uses often; the file's pages need not
 	// stay resident (what is still read, like embedding rows, faults back in).
 	if err := m.ReleaseMemory(); err != nil {
 		log.Warn("releasing the model's mapped pages", "err", err)
 	}
-	p := &Pipeline{turn: make(chan struct{}, 1), model: m, eng: eng, hash: hashModelFile(m.Path), log: log}
+	p := &Pipeline{turn: make(chan struct{}, 1), model: m, eng: eng, hash: hashModelFile(m.Path), log: log, taesd: taesd}
 	p.closing, p.stopAll = context.WithCancel(context.Background())
 	if err := p.setup(m, device); err != nil {
 		eng.close()
@@ -258,6 +281,9 @@ func (p *Pipeline) Close() error {
 		p.turn <- struct{}{} // held for good: nothing runs after this
 		if p.eng.release() { // the last of the Pipelines sharing the networks
 			p.closeErr = p.model.Close()
+			if p.taesd != nil {
+				p.closeErr = errors.Join(p.closeErr, p.taesd.Close())
+			}
 		}
 	})
 	return p.closeErr
@@ -353,6 +379,9 @@ func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (
 	if par.Controls, err = p.checkControls(req.Controls, par.Width, par.Height); err != nil {
 		return nil, err
 	}
+	if _, _, err := p.codecs(req); err != nil {
+		return nil, err
+	}
 	if err := p.acquire(ctx); err != nil {
 		return nil, err
 	}
@@ -389,7 +418,7 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	if err != nil {
 		return nil, err
 	}
-	return p.decodeImages(ctx, x, par, tm)
+	return p.decodeImages(ctx, x, req, par, tm)
 }
 
 // stage is part of a schedule (a base → refiner hand-over): sampling runs entries
@@ -402,14 +431,17 @@ type stage struct {
 // denoise conditions on the request's prompts and runs the sampling loop from noise,
 // the init image, or a stage's latents (nil: the whole schedule), returning the latents.
 func (p *Pipeline) denoise(ctx context.Context, req Request, par Params, sched schedule.Scheduler, init *initImage, stg *stage, tm *Timings) ([]float32, error) {
-	vae := p.codec()
+	vae, err := p.vaeCodec(req.VAETiling)
+	if err != nil {
+		return nil, err
+	}
 	f := vae.factor()
 	b, lh, lw := par.BatchSize, par.Height/f, par.Width/f
 	n := b * vae.channels() * lh * lw
 
 	phase := time.Now()
 	var cond *conditioning
-	err := p.guard(ctx, func() (err error) {
+	err = p.guard(ctx, func() (err error) {
 		cond, err = p.conditioner().condition(par, par.GuidanceScale > 1)
 		return err
 	})
@@ -451,21 +483,25 @@ func (p *Pipeline) denoise(ctx context.Context, req Request, par Params, sched s
 	return p.sample(ctx, req, sched, d, st, gen, tm)
 }
 
-// decodeImages decodes denoised latents into the request's images.
-func (p *Pipeline) decodeImages(ctx context.Context, x []float32, par Params, tm *Timings) ([]image.Image, error) {
-	vae := p.codec()
-	f := vae.factor()
+// decodeImages decodes denoised latents into the request's images with the decoder it
+// names.
+func (p *Pipeline) decodeImages(ctx context.Context, x []float32, req Request, par Params, tm *Timings) ([]image.Image, error) {
+	_, dec, err := p.codecs(req)
+	if err != nil {
+		return nil, err
+	}
+	f := dec.factor()
 	b, lh, lw := par.BatchSize, par.Height/f, par.Width/f
 	phase := time.Now()
 	var pix []float32
-	err := p.guard(ctx, func() (err error) {
-		pix, err = vae.decode(x, b, lh, lw)
+	err = p.guard(ctx, func() (err error) {
+		pix, err = dec.decode(x, b, lh, lw)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := checkFinite("VAE decoder", pix); err != nil {
+	if err := checkFinite(strings.ToUpper(req.Decoder.String())+" decoder", pix); err != nil {
 		return nil, err
 	}
 	images := toImages(pix, b, par.Height, par.Width)
@@ -473,8 +509,24 @@ func (p *Pipeline) decodeImages(ctx context.Context, x []float32, par Params, tm
 	return images, nil
 }
 
-// codec is the model's image codec.
-func (p *Pipeline) codec() codec { return newVAECodec(p.eng.vaeNet(), p.model.VAE.Config) }
+// codecs are the codecs of req: the model's VAE (tiled as req asks) encodes the init
+// image; the decoder req names decodes the final latents.
+func (p *Pipeline) codecs(req Request) (enc, dec codec, err error) {
+	vae, err := p.vaeCodec(req.VAETiling)
+	if err != nil {
+		return nil, nil, err
+	}
+	switch req.Decoder {
+	case DecoderVAE:
+		return vae, vae, nil
+	case DecoderTAESD:
+		if t, ok := p.taesdCodec(); ok {
+			return vae, t, nil
+		}
+		return nil, nil, invalid("Decoder taesd needs a TAESD: open the model WithTAESD")
+	}
+	return nil, nil, invalid("unknown decoder %d", int(req.Decoder))
+}
 
 func scale(x []float32, s float32) {
 	for k := range x {

@@ -13,12 +13,15 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func openTiny(t *testing.T, model string) *Pipeline {
+func openTiny(t *testing.T, model string) *Pipeline { return openTinyWith(t, model) }
+
+// openTinyWith opens a kit model on the CPU with further options.
+func openTinyWith(t *testing.T, model string, opts ...Option) *Pipeline {
 	t.Helper()
 	kit := testutil.ConformanceDir(t)
 	testLibrary(t)
-	p, err := Open(filepath.Join(kit, model, "diffusers"), WithDevice(DeviceCPU), WithThreads(2),
-		WithLibrary(filepath.Join(testutil.RepoRoot(t), "build")))
+	p, err := Open(filepath.Join(kit, model, "diffusers"), append([]Option{WithDevice(DeviceCPU), WithThreads(2),
+		WithLibrary(filepath.Join(testutil.RepoRoot(t), "build"))}, opts...)...)
 	require.NoError(t, err)
 	t.Cleanup(func() { p.Close() })
 	return p

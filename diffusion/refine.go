@@ -41,7 +41,19 @@ func (p *Pipeline) Txt2ImgRefined(ctx context.Context, req Request, refiner *Pip
 	if err != nil {
 		return nil, err
 	}
-	if par.Width != rpar.Width || par.Height != rpar.Height || p.codec().channels() != refiner.codec().channels() || p.codec().factor() != refiner.codec().factor() {
+	if len(req.Controls) > 0 {
+		return nil, invalid("ControlNets are not supported with a refiner hand-over")
+	}
+	base, _, err := p.codecs(req)
+	if err != nil {
+		return nil, err
+	}
+	// The refiner decodes the final image, so its codecs must serve the request too.
+	ref, _, err := refiner.codecs(req)
+	if err != nil {
+		return nil, err
+	}
+	if par.Width != rpar.Width || par.Height != rpar.Height || base.channels() != ref.channels() || base.factor() != ref.factor() {
 		return nil, invalid("the refiner's latents (%dx%d images) are not the base model's (%dx%d)", rpar.Width, rpar.Height, par.Width, par.Height)
 	}
 	for _, s := range []struct {
@@ -83,7 +95,7 @@ func (p *Pipeline) Txt2ImgRefined(ctx context.Context, req Request, refiner *Pip
 	_, err = refiner.stageLocked(ctx, func(ctx context.Context) ([]float32, error) {
 		x, err := refiner.denoise(ctx, req, rpar, rsched, nil, &stage{from: x, first: refinerFirst}, &tm)
 		if err == nil {
-			res.Images, err = refiner.decodeImages(ctx, x, rpar, &tm)
+			res.Images, err = refiner.decodeImages(ctx, x, req, rpar, &tm)
 		}
 		return nil, err
 	})

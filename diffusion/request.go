@@ -152,6 +152,11 @@ type Request struct {
 	// Controls condition the generation on control images through ControlNets (see
 	// Control); their residuals are summed.
 	Controls []Control
+	// Decoder decodes the final image (default DecoderVAE; DecoderTAESD needs WithTAESD).
+	Decoder Decoder
+	// VAETiling is whether the VAE works in tiles (default TilingAuto: above a memory
+	// bound).
+	VAETiling Tiling
 
 	// onStep, for tests: the latents after each sampler step.
 	onStep func(step int, latents []float32)
@@ -167,8 +172,9 @@ type Progress struct {
 	Evaluation, Evaluations int
 	Timestep                float64
 	Elapsed                 time.Duration
-	// Preview is the first image of the batch as the latents look now (latent
-	// resolution, a linear approximation of the VAE); nil unless Request.Preview.
+	// Preview is the first image of the batch as the latents look now; nil unless
+	// Request.Preview. With WithTAESD it is TAESD's decoding at the final size, else a
+	// linear approximation of the VAE at latent resolution.
 	Preview image.Image
 }
 

@@ -3,6 +3,7 @@ package diffusion
 import (
 	"context"
 	"fmt"
+	"image"
 	"time"
 
 	"github.com/gosd/gosd/diffusion/schedule"
@@ -68,10 +69,27 @@ func (p *Pipeline) sample(ctx context.Context, req Request, sched schedule.Sched
 			pr := Progress{Step: done - firstStep, Steps: steps, Evaluation: i - first + 1, Evaluations: total,
 				Timestep: t, Elapsed: time.Since(began)}
 			if req.Preview {
-				pr.Preview = latentPreview(x[:lc*d.h*d.w], lc, d.h, d.w)
+				if pr.Preview, err = p.preview(ctx, x[:lc*d.h*d.w], lc, d.h, d.w); err != nil {
+					return nil, err
+				}
 			}
 			req.Progress(pr)
 		}
 	}
 	return x, nil
+}
+
+// preview is the first image of the batch, x (c, h, w): decoded by the TAESD when the
+// pipeline has one, else the linear latent approximation.
+func (p *Pipeline) preview(ctx context.Context, x []float32, c, h, w int) (image.Image, error) {
+	t, ok := p.taesdCodec()
+	if !ok {
+		return latentPreview(x, c, h, w), nil
+	}
+	var img image.Image
+	err := p.guard(ctx, func() (err error) {
+		img, err = p.taesdPreview(t, x, h, w)
+		return err
+	})
+	return img, err
 }

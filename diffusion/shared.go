@@ -38,7 +38,7 @@ func (e *engine) fork() (*engine, error) {
 	}
 	s.users++
 	return &engine{lib: e.lib, ctx: ctx, clip: e.clip, unet: e.unet, vae: e.vae, text: e.text,
-		unetCfg: e.unetCfg, vaeCfg: e.vaeCfg, share: s}, nil
+		unetCfg: e.unetCfg, vaeCfg: e.vaeCfg, taesd: e.taesd, taesdCfg: e.taesdCfg, share: s}, nil
 }
 
 // Clone returns another Pipeline on the same loaded model: it has a native context of its
@@ -60,7 +60,7 @@ func (p *Pipeline) Clone() (*Pipeline, error) {
 	eng.lib.CtxSetLog(eng.ctx, runtimeLog(p.log))
 	// The rest is read-only once opened (the tokenizer's cache locks itself).
 	q := &Pipeline{turn: make(chan struct{}, 1), model: p.model, eng: eng, tok: p.tok,
-		padID: p.padID, desc: p.desc, hash: p.hash, log: p.log}
+		padID: p.padID, desc: p.desc, hash: p.hash, log: p.log, taesd: p.taesd}
 	q.closing, q.stopAll = context.WithCancel(context.Background())
 	return q, nil
 }

@@ -99,6 +99,18 @@
 //	--unet-heads N,N,...  the UNet's attention heads per level, for single files whose heads
 //	                      are not SD's (default: the folder's config, else 8 per level for
 //	                      SD 1.x, the width / 64 for SD 2.x and SDXL)
+//	--vae-decoder NAME    what decodes the image: vae, the model's own (default), or
+//	                      taesd:PATH, a TAESD (diffusers AutoencoderTiny folder, the original
+//	                      taesd_encoder / taesd_decoder files or a folder of them): a fraction
+//	                      of the VAE's time, less detail
+//	--vae-tiling          run the VAE in overlapping tiles blended as diffusers'
+//	                      enable_tiling, memory of one tile for any image size;
+//	                      --vae-tiling=off never, =auto (default) when the untiled pass would
+//	                      need more than about 4 GiB of activations (SD 1.5 at 2048x2048)
+//	--scheduler-config path  a diffusers scheduler_config.json used instead of the model's
+//	                      (default: the folder's, else the family's): the sampler, spacing and
+//	                      prediction type of a distilled model's single file, e.g. SD-Turbo's
+//	                      (Euler, trailing) for sd_turbo.safetensors with --steps 1 --cfg 1
 //	--threads N           CPU threads (default 0: one per core)
 //	--device NAME         auto, cpu or cuda (default auto: a CUDA GPU when the GPU build of the
 //	                      runtime and a usable GPU are present)
@@ -141,7 +153,7 @@
 // and size; then its tokenizer, native image size and the scheduler that --sampler auto
 // uses.
 //
-//	--text-heads N[,N2], --unet-heads N,N,...  as for txt2img
+//	--text-heads N[,N2], --unet-heads N,N,..., --scheduler-config path  as for txt2img
 //
 // # sdcli preprocess
 //
@@ -190,8 +202,8 @@
 //	                      control image); random: random weights of an SD 1.5-style
 //	                      ControlNet for --arch, written once to the cache as a single file
 //	                      (default: none). Compare the step time with a run without it.
-//	--threads N, --device NAME, --lib path, -v, --text-heads N[,N2] and --unet-heads N,N,... (with -m)
-//	                      as for txt2img
+//	--threads N, --device NAME, --lib path, -v, --text-heads N[,N2], --unet-heads N,N,...,
+//	                      --scheduler-config path (with -m) as for txt2img
 //
 // # sdcli serve
 //
@@ -217,7 +229,11 @@
 //	--cors ORIGIN         origin allowed to call the API from a browser, or * (default none)
 //	--timeout duration    deadline of a generation from its submission (default 10m)
 //	--grace duration      how long running work may finish on shutdown (default 30s)
-//	--threads N, --device NAME, --lib path, -v, --text-heads N[,N2], --unet-heads N,N,...
+//	--taesd path          a TAESD (as for txt2img's --vae-decoder taesd:PATH): every live
+//	                      preview is its decoding at full size, at some time per step
+//	                      (default none: the linear approximation at latent size)
+//	--threads N, --device NAME, --lib path, -v, --text-heads N[,N2], --unet-heads N,N,...,
+//	                      --scheduler-config path
 //	                      as for txt2img
 //
 // # sdcli version

@@ -49,6 +49,8 @@ type genOptions struct {
 	output           string
 	clipSkip         int
 	rescale, eta     float64
+	decoder          diffusion.Decoder
+	tiling           diffusion.Tiling
 	pipe             pipelineOptions
 	sdxl             sdxlOptions
 	// img2img and inpaint
@@ -170,6 +172,18 @@ func (o *genOptions) define(fs *flagSet) {
 	fs.floatVar(&o.rescale, "guidance-rescale", "x", 0, "guidance rescale phi in [0, 1] (default 0: off)", floatRange(0, 1))
 	fs.floatVar(&o.eta, "eta", "x", 0, "DDIM's eta in [0, 1] (default 0)", floatRange(0, 1))
 	defineControlFlags(fs, &o.controls)
+	fs.funcVar("vae-decoder", "NAME", "what decodes the image: vae (the model's) or taesd:PATH, a TAESD folder or file\n(fast, less detail; default vae)",
+		func(s string) (err error) {
+			o.decoder, o.pipe.taesd, err = diffusion.ParseVAEDecoder(s)
+			return err
+		})
+	// A bare --vae-tiling forces tiling on; --vae-tiling=off or =auto choose the others.
+	usage := "decode (and encode) with the VAE in overlapping tiles, as diffusers' enable_tiling:\nmemory of one tile for any size; =off never, =auto (default) above about 4 GiB of activations"
+	fs.BoolFunc("vae-tiling", usage, func(s string) (err error) {
+		o.tiling, err = diffusion.ParseTiling(s)
+		return err
+	})
+	fs.document("vae-tiling", "", usage)
 	o.pipe.define(fs)
 }
 
@@ -271,6 +285,7 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		Sampler: o.sampler, Schedule: o.schedule, Eta: o.eta,
 		TimestepSpacing: o.spacing, PromptSyntax: o.syntax,
 		Seed: o.seed, RNG: o.rng, BatchSize: o.batch, ClipSkip: o.clipSkip,
+		Decoder: o.decoder, VAETiling: o.tiling,
 		Progress: bar.update, Controls: controls,
 	}
 	o.sdxl.apply(&req)

@@ -77,6 +77,7 @@ type modelOptions struct {
 	textHeads2 int
 	// unetHeads are the UNet's heads per level (nil: the config, else SD's defaults).
 	unetHeads []int
+	scheduler string // a scheduler_config.json replacing the model's
 }
 
 // maxLevels bounds --unet-heads: the runtime's SD_MAX_LEVELS.
@@ -93,6 +94,7 @@ func (o *modelOptions) define(fs *flagSet) {
 			o.unetHeads, err = parseHeads(s, maxLevels)
 			return err
 		})
+	fs.stringVar(&o.scheduler, "scheduler-config", "path", "", "a diffusers scheduler_config.json to use instead of the model's, e.g. SD-Turbo's for its single file\n(default: the folder's, else the family's)")
 }
 
 // parseHeads reads up to max comma-separated head counts.
@@ -139,6 +141,9 @@ func (o *modelOptions) options() []modelfile.Option {
 	if o.unetHeads != nil {
 		opts = append(opts, modelfile.WithUNetHeads(o.unetHeads...))
 	}
+	if o.scheduler != "" {
+		opts = append(opts, modelfile.WithSchedulerConfig(o.scheduler))
+	}
 	return opts
 }
 
@@ -149,6 +154,7 @@ type pipelineOptions struct {
 	lib     string
 	verbose bool
 	model   modelOptions
+	taesd   string // a TAESD to load beside the model (--vae-decoder taesd:PATH)
 }
 
 func (o *pipelineOptions) define(fs *flagSet) {
@@ -180,6 +186,9 @@ func (o *pipelineOptions) open(path string, stderr io.Writer) (*diffusion.Pipeli
 		diffusion.WithModelOptions(o.model.options()...)}
 	if o.lib != "" {
 		opts = append(opts, diffusion.WithLibrary(o.lib))
+	}
+	if o.taesd != "" {
+		opts = append(opts, diffusion.WithTAESD(o.taesd))
 	}
 	p, err := diffusion.Open(path, opts...)
 	if errors.Is(err, diffusion.ErrLibraryNotFound) {

@@ -40,6 +40,7 @@ func serveCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 	fs.funcVar("timeout", "duration", "deadline of a generation from its submission (default 10m)", durationFlag(&o.timeout))
 	fs.funcVar("grace", "duration", "on SIGINT or SIGTERM, how long running work may finish before it is cancelled (default 30s)", durationFlag(&o.grace))
 	o.timeout, o.grace = 10*time.Minute, 30*time.Second
+	fs.stringVar(&o.pipe.taesd, "taesd", "path", "", "a TAESD folder or file: live previews are its decoding at full size\n(default: none, the linear preview at latent size)")
 	o.pipe.define(fs)
 	return func(ctx context.Context, args []string) error { return a.serve(ctx, o, args) }
 }
@@ -50,6 +51,9 @@ func (o *pipelineOptions) openServing(ctx context.Context, path string, logger *
 		diffusion.WithLogger(logger.With("component", "pipeline")), diffusion.WithModelOptions(o.model.options()...)}
 	if o.lib != "" {
 		opts = append(opts, diffusion.WithLibrary(o.lib))
+	}
+	if o.taesd != "" {
+		opts = append(opts, diffusion.WithTAESD(o.taesd))
 	}
 	p, err := diffusion.OpenContext(ctx, path, opts...)
 	if errors.Is(err, diffusion.ErrLibraryNotFound) {

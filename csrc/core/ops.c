@@ -413,6 +413,19 @@ sd_status_t sd_op_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, f
     DISPATCH(ctx, "clamp", 0, ctx->backend->ops->clamp(ctx, out, x, lo, hi));
 }
 
+sd_status_t sd_op_tanh_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float limit) {
+    static const char op[] = "tanh_clamp";
+    OP_ENTER(ctx);
+    SD_TRY(check(ctx, op, "out", out, true, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(check(ctx, op, "x", x, true, ACT, 1, SD_MAX_DIMS));
+    SD_TRY(same_act_dtype(ctx, op, out, &x, 1));
+    if (!sd_tensor_same_shape(out, x)) return shape_error(ctx, op, "out", out, "x's shape");
+    if (!(limit > 0) || !isfinite(limit))
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: limit %g must be > 0 and finite", op,
+                       (double)limit);
+    DISPATCH(ctx, "tanh_clamp", 0, ctx->backend->ops->tanh_clamp(ctx, out, x, limit));
+}
+
 sd_status_t sd_op_convert(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x) {
     static const char op[] = "convert";
     OP_ENTER(ctx);

@@ -187,6 +187,7 @@ typedef struct sd_backend_ops {
     sd_status_t (*concat)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
                           const sd_tensor_t *b);
     sd_status_t (*clamp)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float lo, float hi);
+    sd_status_t (*tanh_clamp)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float limit);
     sd_status_t (*convert)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
     sd_status_t (*timestep_embedding)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,
                                       const sd_timestep_embedding_params_t *p);

@@ -117,6 +117,7 @@ static const sd_backend_ops_t cpu_ops = {
     .binary = sd_cpu_binary,
     .concat = sd_cpu_concat,
     .clamp = sd_cpu_clamp,
+    .tanh_clamp = sd_cpu_tanh_clamp,
     .convert = sd_cpu_convert,
     .timestep_embedding = sd_cpu_timestep_embedding,
     .embedding = sd_cpu_embedding,

@@ -270,6 +270,7 @@ sd_status_t sd_cpu_binary(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
 sd_status_t sd_cpu_concat(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *a,
                           const sd_tensor_t *b);
 sd_status_t sd_cpu_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float lo, float hi);
+sd_status_t sd_cpu_tanh_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float limit);
 sd_status_t sd_cpu_convert(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
 sd_status_t sd_cpu_timestep_embedding(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *t,
                                       const sd_timestep_embedding_params_t *p);

@@ -364,6 +364,11 @@ SD_API sd_status_t sd_op_timestep_embedding(sd_ctx_t *ctx, sd_tensor_t *out, con
 SD_API sd_status_t sd_op_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float lo,
                                float hi);
 
+/* Soft clamp to (-limit, limit): out = limit * tanh(x / limit), elementwise (TAESD's
+ * decoder input, limit 3); out may be x. limit > 0 and finite. */
+SD_API sd_status_t sd_op_tanh_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                                    float limit);
+
 /* Element type conversion: out = x with out's dtype (F32, F16, BF16; same shape).
  * Rounds to nearest even. */
 SD_API sd_status_t sd_op_convert(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x);
@@ -652,6 +657,54 @@ SD_API size_t sd_sizeof_controlnet_inputs(void);
 SD_API sd_status_t sd_controlnet_forward(sd_ctx_t *ctx, sd_model_t *model,
                                          const sd_controlnet_inputs_t *in, sd_tensor_t *const *down,
                                          int32_t n_down, sd_tensor_t *mid);
+
+/* ---------------------------------------------------------------------------------------
+ * TAESD: the tiny autoencoder (madebyollin/taesd; diffusers' AutoencoderTiny), a fast
+ * stand-in for the VAE that works on the same latents. Each network is a chain of 3x3
+ * convolutions: Blocks (conv, ReLU, conv, ReLU, conv, plus the input, ReLU), stride-2
+ * convolutions (encoder) and nearest 2x upsampling + convolution (decoder).
+ * ------------------------------------------------------------------------------------- */
+
+/* diffusers' AutoencoderTiny config. Each network has one width (as diffusers builds it,
+ * the widths of its levels must be equal). Either network may be absent (its levels 0:
+ * the original layout ships encoder and decoder as separate files), not both. */
+typedef struct sd_taesd_config {
+    int32_t in_channels;     /* 3 */
+    int32_t out_channels;    /* 3 */
+    int32_t latent_channels; /* 4 */
+    int32_t encoder_levels;  /* len(encoder_block_out_channels), 0..SD_MAX_LEVELS; 4 */
+    int32_t encoder_channels[SD_MAX_LEVELS]; /* 64 each */
+    int32_t encoder_blocks[SD_MAX_LEVELS];   /* num_encoder_blocks: 1, 3, 3, 3 */
+    int32_t decoder_levels;                  /* 0..SD_MAX_LEVELS; 4 */
+    int32_t decoder_channels[SD_MAX_LEVELS]; /* 64 each */
+    int32_t decoder_blocks[SD_MAX_LEVELS];   /* num_decoder_blocks: 3, 3, 3, 1 */
+} sd_taesd_config_t;
+
+SD_API void sd_taesd_config_default(sd_taesd_config_t *c); /* TAESD / TAESDXL (same shape) */
+SD_API size_t sd_sizeof_taesd_config(void);
+
+/* Loads the networks the config names from diffusers' names ("encoder.layers.N...",
+ * "decoder.layers.N..."); the original files' indices are the caller's to rename (encoder
+ * index i is encoder.layers.i, decoder index i is decoder.layers.(i-1), as its index 0 is
+ * the parameter-free clamp). Ownership, lifetimes and errors as sd_vae_load. */
+SD_API sd_status_t sd_taesd_load(sd_ctx_t *ctx, const sd_taesd_config_t *config,
+                                 const sd_weight_t *weights, int32_t n_weights, sd_model_t **out);
+
+/* TAESD decoder on the denoiser's latents as they are (TAESD's scaling factor is 1):
+ * z (B, latent_channels, h, w) -> out (B, out_channels, h * 2^(levels-1), w * 2^(levels-1))
+ * F32 in the original decoder's range, roughly [0, 1] (diffusers returns 2 out - 1). The
+ * latents are soft-clamped first, 3 tanh(z / 3). SD_STATUS_INVALID_ARGUMENT without a
+ * decoder. */
+SD_API sd_status_t sd_taesd_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *z,
+                                   sd_tensor_t *out);
+
+/* TAESD encoder: x (B, in_channels, H, W) F32 in [0, 1] (the original encoder's range;
+ * diffusers passes (x + 1) / 2) -> latents (B, latent_channels, ceil(H / 2^(levels-1)),
+ * ceil(W / 2^(levels-1))) F32 in the denoiser's latent space (each stride-2 convolution
+ * with padding 1 maps a side n to ceil(n / 2)). SD_STATUS_INVALID_ARGUMENT without an
+ * encoder. */
+SD_API sd_status_t sd_taesd_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x,
+                                   sd_tensor_t *latents);
 
 #ifdef __cplusplus
 }

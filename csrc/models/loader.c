@@ -305,6 +305,18 @@ sd_conv_w ld_conv(loader_t *L, int64_t c_out, int64_t c_in, int64_t k, const cha
     return c;
 }
 
+sd_conv_w ld_conv_no_bias(loader_t *L, int64_t c_out, int64_t c_in, int64_t k, const char *fmt,
+                          ...) {
+    char prefix[320], name[384];
+    va_list ap;
+    va_start(ap, fmt);
+    vprefix(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    int64_t ws[4] = {c_out, c_in, k, k};
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    return (sd_conv_w){ld_weight(L, SD_WEIGHT_MATRIX_A, 4, ws, name, false), NULL};
+}
+
 sd_norm_w ld_norm(loader_t *L, int64_t c, const char *fmt, ...) {
     char prefix[320], name[384];
     va_list ap;
@@ -450,7 +462,7 @@ void sd_models_forget_ctx_locked(sd_ctx_t *ctx) {
 }
 
 sd_status_t sd_model_check(sd_ctx_t *ctx, const sd_model_t *model, int32_t kind, const char *op) {
-    static const char *names[] = {"a text encoder", "a UNet", "a VAE", "a ControlNet"};
+    static const char *names[] = {"a text encoder", "a UNet", "a VAE", "a ControlNet", "a TAESD"};
     if (model == NULL || model->kind != kind)
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: not %s model", op, names[kind]);
     if (model->group != ctx->group)

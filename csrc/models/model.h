@@ -9,7 +9,13 @@
 #include "graph-cache.h"
 #include "sd-internal.h"
 
-enum { SD_MODEL_CLIP = 0, SD_MODEL_UNET = 1, SD_MODEL_VAE = 2, SD_MODEL_CONTROLNET = 3 };
+enum {
+    SD_MODEL_CLIP = 0,
+    SD_MODEL_UNET = 1,
+    SD_MODEL_VAE = 2,
+    SD_MODEL_CONTROLNET = 3,
+    SD_MODEL_TAESD = 4
+};
 
 /* What one context keeps for one model of its group. A model is read-only once loaded, so
  * contexts may run it concurrently; what a forward changes lives here, one per context:
@@ -28,7 +34,7 @@ struct sd_model {
     sd_tensor_t **owned; /* tensors the model made itself (backend memory), each allocated
                           * alone so pointers to them stay valid as the list grows */
     int32_t n_owned, cap_owned;
-    void *net; /* clip_net_t, unet_net_t, vae_net_t or controlnet_net_t */
+    void *net; /* clip_net_t, unet_net_t, vae_net_t, controlnet_net_t or taesd_net_t */
     void (*free_net)(sd_ctx_t *ctx, void *net);
     sd_model_ctx_state_t *states; /* guarded by the group's lock */
     sd_model_t *prev, *next;      /* the group's list of live models */
@@ -85,6 +91,9 @@ sd_linear_w ld_linear(loader_t *L, int64_t n_out, int64_t n_in, bool bias, const
 sd_linear_w ld_linear_cf(loader_t *L, int64_t n_out, int64_t n_in, bool bias, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 sd_conv_w ld_conv(loader_t *L, int64_t c_out, int64_t c_in, int64_t k, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* The same without a bias (b NULL). */
+sd_conv_w ld_conv_no_bias(loader_t *L, int64_t c_out, int64_t c_in, int64_t k, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 sd_norm_w ld_norm(loader_t *L, int64_t c, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

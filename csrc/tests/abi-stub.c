@@ -56,3 +56,6 @@ size_t sd_sizeof_controlnet_config(void) {
 size_t sd_sizeof_controlnet_inputs(void) {
     return sizeof(sd_controlnet_inputs_t);
 }
+size_t sd_sizeof_taesd_config(void) {
+    return sizeof(sd_taesd_config_t);
+}

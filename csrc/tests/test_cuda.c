@@ -442,6 +442,12 @@ static void test_shape_ops(void) {
         check_pair("add in place", x, 0);
         pair_free(&o);
 
+        o = pair_out(4, shape);
+        CHECK_OK(cpu, sd_op_tanh_clamp(cpu, o.c, b.c, 0.5f));
+        CHECK_OK(gpu, sd_op_tanh_clamp(gpu, o.g, b.g, 0.5f));
+        check_pair("tanh_clamp", o, 2e-6);
+        pair_free(&o);
+
         int64_t cs[4] = {shape[0], s ? 32 : 1, shape[2], shape[3]};
         int64_t ccs[4] = {shape[0], shape[1] + cs[1], shape[2], shape[3]};
         float *cv = frand(numel(4, cs), -1, 1);

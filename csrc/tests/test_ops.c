@@ -489,6 +489,35 @@ static void test_shape_ops(void) {
     sd_tensor_free(ctx, c1), sd_tensor_free(ctx, cat);
 }
 
+/* TAESD's soft clamp limit * tanh(x / limit) against double tanh, in place and not; bad
+ * limits are refused. */
+static void test_tanh_clamp(void) {
+    const int64_t n = 1000 + 37;
+    int64_t shape[2] = {1, n};
+    float *xv = frand(n, -20, 20);
+    float specials[] = {0.0f, -0.0f, 1e-20f, -1e-20f, 3e38f, -3e38f, 2.9f, -2.9f};
+    memcpy(xv, specials, sizeof specials);
+    double *ref = malloc((size_t)n * sizeof *ref);
+    for (int64_t i = 0; i < n; i++) ref[i] = 3.0 * tanh((double)xv[i] / 3.0);
+    for (int in_place = 0; in_place < 2; in_place++) {
+        sd_tensor_t *x = make_tensor(ctx, SD_DTYPE_F32, 2, shape, xv, NULL);
+        sd_tensor_t *out = in_place ? x : make_empty(ctx, 2, shape);
+        CHECK_STATUS(sd_op_tanh_clamp(ctx, out, x, 3.0f), SD_STATUS_OK);
+        float *got = fetch(ctx, out);
+        compare(in_place ? "tanh_clamp in place" : "tanh_clamp", got, ref, n, 2e-6, 1e-30);
+        free(got);
+        if (out != x) sd_tensor_free(ctx, out);
+        sd_tensor_free(ctx, x);
+    }
+    sd_tensor_t *x = make_tensor(ctx, SD_DTYPE_F32, 2, shape, xv, NULL);
+    CHECK_STATUS(sd_op_tanh_clamp(ctx, x, x, 0.0f), SD_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sd_op_tanh_clamp(ctx, x, x, -3.0f), SD_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sd_op_tanh_clamp(ctx, x, x, INFINITY), SD_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sd_op_tanh_clamp(ctx, x, x, NAN), SD_STATUS_INVALID_ARGUMENT);
+    sd_tensor_free(ctx, x);
+    free(ref), free(xv);
+}
+
 static void test_timestep_embedding(void) {
     float tv[3] = {0, 1, 999};
     int64_t ts[1] = {3};
@@ -574,6 +603,7 @@ int main(int argc, char **argv) {
     test_attention();
     test_activations();
     test_shape_ops();
+    test_tanh_clamp();
     test_timestep_embedding();
     test_embedding();
     sd_ctx_free(ctx);

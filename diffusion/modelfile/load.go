@@ -101,6 +101,7 @@ type options struct {
 	textHeads  int
 	textHeads2 int
 	variant    string
+	scheduler  string // WithSchedulerConfig
 }
 
 // WithFamily sets the family instead of detecting it. The file's structure
@@ -163,14 +164,24 @@ func Load(path string, opts ...Option) (*Model, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
+	sched, err := o.readSchedulerConfig()
+	if err != nil {
+		return nil, err
+	}
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, err
 	}
+	var m *Model
 	if st.IsDir() {
-		return loadDiffusers(path, o)
+		m, err = loadDiffusers(path, o)
+	} else {
+		m, err = loadSingleFile(path, o)
 	}
-	return loadSingleFile(path, o)
+	if err == nil && sched != nil {
+		m.Scheduler = *sched
+	}
+	return m, err
 }
 
 // predictionFor is the prediction type set by option, else what the

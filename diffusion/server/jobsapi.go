@@ -44,8 +44,8 @@ type jobJSON struct {
 type progress struct {
 	Step  int `json:"step"`
 	Steps int `json:"steps"`
-	// Preview is a PNG of the first image as it looks now (at latent resolution), in
-	// the event stream only.
+	// Preview is a PNG of the first image as it looks now (at latent resolution, or full
+	// size with a TAESD: sdcli serve --taesd), in the event stream only.
 	Preview string `json:"preview,omitempty"`
 }
 

@@ -4,10 +4,12 @@
  *
  * add/mul: a, out any shape; b a's shape or a suffix of it. ref: torch broadcasting of
  * trailing dims. concat: (N, Ca, ...) + (N, Cb, ...) -> (N, Ca + Cb, ...), ref: torch.cat
- * along dim 1 (the UNet's skip connections). clamp: torch.clamp.
+ * along dim 1 (the UNet's skip connections). clamp: torch.clamp. tanh_clamp: limit *
+ * tanh(x / limit), TAESD's Clamp module (madebyollin/taesd, diffusers' DecoderTiny).
  */
 #include "../cpu.h"
 
+#include <math.h>
 #include <string.h>
 
 #define CHUNK 16384
@@ -67,5 +69,15 @@ sd_status_t sd_cpu_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, 
     const float *src = x->data;
     float *dst = out->data;
     for (int64_t i = 0; i < n; i++) dst[i] = src[i] < lo ? lo : src[i] > hi ? hi : src[i];
+    return SD_STATUS_OK;
+}
+
+sd_status_t sd_cpu_tanh_clamp(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x, float limit) {
+    (void)ctx;
+    const int64_t n = sd_tensor_numel(x);
+    const float *src = x->data;
+    float *dst = out->data;
+    /* Latent-sized (4 channels at 1/8 resolution): one thread is plenty. */
+    for (int64_t i = 0; i < n; i++) dst[i] = limit * tanhf(src[i] / limit);
     return SD_STATUS_OK;
 }
