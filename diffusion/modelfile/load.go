@@ -37,6 +37,9 @@ type Model struct {
 	// order, each with its own tokenizer (SDXL's text_encoder_2 and
 	// tokenizer_2); none for SD 1.x and 2.x. TextEncoders lists them all.
 	ExtraTextEncoders []NamedTextEncoder
+	// Upscaler is set for an x4 upscaler pipeline (StableDiffusionUpscalePipeline):
+	// its noise augmentation of the low-resolution image; nil for other models.
+	Upscaler *UpscalerConfig
 	// Unused names the file tensors no component needs (EMA copies,
 	// position_ids buffers, OpenCLIP's last layer and projection, ...);
 	// for folders they are prefixed with the component's folder.
