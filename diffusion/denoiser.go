@@ -17,9 +17,12 @@ type denoiser struct {
 	// rescale is diffusers' guidance_rescale φ.
 	guidance, rescale float64
 	// extra are input channels concatenated after the latents, (batch, k, h, w): the
-	// 9-channel inpainting UNet's mask and masked image latents (the x4 upscaler's
-	// low-res image later); nil for none.
+	// 9-channel inpainting UNet's mask and masked image latents, the x4 upscaler's noised
+	// low-res image; nil for none.
 	extra []float32
+	// classLabels are the UNet's class labels, one per latent row (the x4 upscaler's
+	// noise level), repeated for the guidance batch; nil for none.
+	classLabels []float32
 }
 
 func (d *denoiser) cfg() bool { return d.guidance > 1 }
@@ -62,8 +65,15 @@ func (d *denoiser) inputs(x []float32, t float64) *unetInputs {
 	for k := range ts {
 		ts[k] = float32(t)
 	}
+	var labels []float32
+	if d.classLabels != nil {
+		labels = d.classLabels
+		if d.cfg() {
+			labels = append(append([]float32(nil), labels...), labels...)
+		}
+	}
 	return &unetInputs{x: in, batch: rows, h: d.h, w: d.w, t: ts,
-		contextTensor: d.cond.context, residualScale: 1}
+		contextTensor: d.cond.context, classLabels: labels, residualScale: 1}
 }
 
 // guide applies classifier-free guidance u + g (c - u) and, when phi > 0, diffusers'

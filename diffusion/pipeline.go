@@ -51,6 +51,7 @@ type ModelInfo struct {
 	DefaultSampler Sampler // the scheduler its config names
 	TextLayers     int
 	Inpainting     bool   // a 9-channel inpainting UNet
+	Upscaler       bool   // an x4 upscaler: use Upscale
 	Device         Device // where it runs
 	Backend        string // the runtime's description of the device
 	Summary        modelfile.Summary
@@ -333,10 +334,11 @@ func (p *Pipeline) Inpaint(ctx context.Context, req InpaintRequest) (*Result, er
 	return p.generate(ctx, r, init)
 }
 
-// initImage is the starting point of img2img and inpainting.
+// initImage is the starting point of img2img, inpainting and upscaling.
 type initImage struct {
 	image, mask image.Image
 	strength    float64
+	upscale     *upscaleInit // set for Upscale: image is the low-resolution input
 }
 
 func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (*Result, error) {
@@ -396,11 +398,14 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 
 	gen := newBatchGenerator(par.RNG, par.Seed, b)
 	st := start{}
-	if init == nil {
+	switch {
+	case init == nil:
 		st.x = make([]float32, n)
 		gen.Normal(st.x)
 		scale(st.x, float32(sched.InitNoiseSigma()))
-	} else {
+	case init.upscale != nil:
+		st = p.prepareUpscale(par, sched, init, gen, lh, lw)
+	default:
 		phase = time.Now()
 		if st, err = p.prepareInit(ctx, vae, par, sched, init, gen); err != nil {
 			return nil, err
@@ -409,7 +414,7 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	}
 
 	d := &denoiser{unet: p.eng.unetNet(), cond: cond, batch: b, h: lh, w: lw,
-		guidance: par.GuidanceScale, rescale: par.GuidanceRescale, extra: st.extra}
+		guidance: par.GuidanceScale, rescale: par.GuidanceRescale, extra: st.extra, classLabels: st.classLabels}
 	x, err := p.sample(ctx, req, sched, d, st, gen, tm)
 	if err != nil {
 		return nil, err

@@ -226,7 +226,10 @@ type Params struct {
 	BatchSize              int
 	ClipSkip               int
 	Strength               float64 // img2img / inpaint; 0 for txt2img
-	Model                  string  // the model's file or folder name
+	// UpscaleFactor is an Upscale call's output/input size ratio (4 for the x4
+	// upscaler), 0 for other calls; NoiseLevel is that call's low-res noise level.
+	UpscaleFactor, NoiseLevel int
+	Model                     string // the model's file or folder name
 	// ModelHash is AUTOMATIC1111's short model hash (the first 10 hex digits of the
 	// file's SHA-256) for single-file models; "" for folders.
 	ModelHash string
@@ -259,6 +262,7 @@ func (p Params) A1111(index int) string {
 		{"Batch size", fmt.Sprint(p.BatchSize), p.BatchSize > 1},
 		{"Batch pos", fmt.Sprint(index), p.BatchSize > 1},
 		{"Denoising strength", fmt.Sprint(p.Strength), p.Strength > 0},
+		{"Noise level", fmt.Sprint(p.NoiseLevel), p.UpscaleFactor > 0},
 		{"Clip skip", fmt.Sprint(p.ClipSkip), p.ClipSkip > 1},
 		{"RNG", map[rng.Kind]string{rng.CPU: "CPU", rng.CUDA: "NV"}[p.RNG], true},
 		{"Eta DDIM", fmt.Sprint(p.Eta), p.Eta > 0},

@@ -16,6 +16,9 @@ type start struct {
 	first int
 	blend *latentBlend
 	extra []float32
+	// classLabels are the UNet's class labels per latent row (the x4 upscaler's noise
+	// level); nil for none.
+	classLabels []float32
 }
 
 // sample is the sampling loop: from st, one denoiser evaluation and one scheduler step

@@ -2,12 +2,21 @@ package diffusion
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/color"
+	"math"
+	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/gosd/gosd/binding"
 	"github.com/gosd/gosd/diffusion/modelfile"
 	"github.com/gosd/gosd/diffusion/schedule"
+	"github.com/gosd/gosd/internal/testutil"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -63,5 +72,200 @@ func TestUpscalerComponentsMatchDiffusers(t *testing.T) {
 	}{{"low_res.add_noise.t20", 20}, {"low_res.add_noise.t350", 350}} {
 		ref, _ := g.floats(level.key)
 		assertClose(t, level.key, lowRes.AddNoise(x, noise, level.t), ref)
+	}
+}
+
+// kitSpread is the float64_spread the kit's part-2 manifest records for a file.
+func kitSpread(t *testing.T, rel string) float64 {
+	b, err := os.ReadFile(filepath.Join(testutil.ConformanceDir(t), "manifest-v2-control-upscale.json"))
+	require.NoError(t, err)
+	var manifest struct {
+		Files map[string]struct {
+			Spread float64 `json:"float64_spread"`
+		} `json:"files"`
+	}
+	require.NoError(t, json.Unmarshal(b, &manifest))
+	f, ok := manifest.Files[rel]
+	require.True(t, ok, "manifest entry %s", rel)
+	return f.Spread
+}
+
+// upscaleRuns are the kit's StableDiffusionUpscalePipeline runs: "a red apple", 6 steps,
+// noise level 20, generator seed 60 (the low-res noise, then the latents when none are
+// passed); g7.5 and g0 pass init_latents (seed 50). Guidance 0 and 1 both turn
+// classifier-free guidance off, in diffusers as here (Request's 0 means its default).
+var upscaleRuns = []struct {
+	file          string
+	guidance      float64
+	passedLatents bool
+}{
+	{"upscale-ddim-g7.5", 7.5, true},
+	{"upscale-ddim-g0", 1, true},
+	{"upscale-ddim-g7.5-seeded", 7.5, false},
+}
+
+func kitLowRes(t *testing.T) image.Image {
+	f, err := os.Open(filepath.Join(kitDir(t, "upscaler-tiny"), "low_res.png"))
+	require.NoError(t, err)
+	defer f.Close()
+	img, err := DecodeImage(f, "low_res.png")
+	require.NoError(t, err)
+	return img
+}
+
+// The whole pipeline through the public API against diffusers, from the seed: the
+// preprocessed and noised low-res image and the initial latents, every step's latents
+// within the kit's pipeline tolerance, the image within 2/255 per pixel.
+func TestUpscaleMatchesDiffusers(t *testing.T) {
+	dir := kitDir(t, "upscaler-tiny")
+	low := kitLowRes(t)
+	for _, run := range upscaleRuns {
+		t.Run(run.file, func(t *testing.T) {
+			p := openTiny(t, "upscaler-tiny")
+			require.True(t, p.Info().Upscaler)
+			g := openGolden(t, filepath.Join(dir, run.file+".safetensors"))
+			tol := math.Max(conformanceTol, 4*kitSpread(t, "upscaler-tiny/"+run.file+".safetensors"))
+			req := UpscaleRequest{Request: Request{Prompt: "a red apple", Steps: 6, GuidanceScale: run.guidance, Seed: 60}, Image: low}
+			if run.passedLatents {
+				req.latents, _ = g.floats("init_latents")
+			}
+
+			// The start: low_res.png / 255 in [-1, 1], its noise, the latents.
+			r, init, err := p.desc.upscale(req)
+			require.NoError(t, err)
+			par, sched, err := p.desc.plan(r, init)
+			require.NoError(t, err)
+			assert.Equal(t, [2]int{64, 64}, [2]int{par.Width, par.Height})
+			refT, _ := g.floats("timesteps")
+			for i, ts := range sched.Timesteps() {
+				assert.InDelta(t, refT[i], ts, 0, "timestep %d", i)
+			}
+			st := p.prepareUpscale(par, sched, init, newBatchGenerator(par.RNG, par.Seed, 1), 16, 16)
+			lowRes, _ := g.floats("low_res_image")
+			for k, v := range imageTensorWith(low, 16, 16, bicubicFilter) {
+				require.InDelta(t, 2*lowRes[k]-1, v, 1e-6)
+			}
+			refNoised, _ := g.floats("noised_low_res")
+			assertClose(t, "noised_low_res", st.extra, refNoised)
+			refInit, _ := g.floats("init_latents")
+			assertClose(t, "init_latents", st.x, refInit)
+			assert.Equal(t, []float32{20}, st.classLabels)
+
+			var steps [][]float32
+			req.onStep = func(_ int, x []float32) { steps = append(steps, slices.Clone(x)) }
+			res, err := p.Upscale(context.Background(), req)
+			require.NoError(t, err)
+			require.Len(t, steps, 6)
+			for i, x := range steps {
+				ref, _ := g.floats(fmt.Sprintf("step%02d.latents", i))
+				e := relErr(x, ref)
+				t.Logf("step%02d.latents: %.2e (tolerance %.1e)", i, e, tol)
+				assert.LessOrEqual(t, e, tol, "step %d", i)
+			}
+			ref, _ := g.floats("image")
+			require.Equal(t, image.Rect(0, 0, 64, 64), res.Images[0].Bounds())
+			got := imageCHW(res.Images[0])
+			var worst float64
+			for i := range ref {
+				worst = math.Max(worst, math.Abs(float64(got[i])-float64(ref[i])*255))
+			}
+			t.Logf("image: max |pixel - 255 ref| = %.3f levels, PSNR %.1f dB", worst, psnr(got, ref))
+			assert.LessOrEqual(t, worst, 2.0, "2/255 per pixel")
+			assert.Equal(t, 4, res.Params.UpscaleFactor)
+			assert.Equal(t, 20, res.Params.NoiseLevel)
+			assert.Contains(t, res.Params.A1111(0), "Noise level: 20")
+		})
+	}
+}
+
+// Upscale requests are checked before any work, against the model's description.
+func TestUpscaleRequestValidation(t *testing.T) {
+	d := describeKit(t, "upscaler-tiny")
+	require.True(t, d.info.Upscaler)
+	require.False(t, d.info.Inpainting)
+	img := solidImage(16, 16, color.White)
+	cases := []struct {
+		name      string
+		req       UpscaleRequest
+		wantErr   string
+		wantSize  [2]int
+		wantLevel int
+	}{
+		{name: "defaults", req: UpscaleRequest{Image: img}, wantSize: [2]int{64, 64}, wantLevel: DefaultNoiseLevel},
+		{name: "no noise", req: UpscaleRequest{Image: img, NoiseLevel: NoNoise}, wantSize: [2]int{64, 64}, wantLevel: 0},
+		{name: "max noise", req: UpscaleRequest{Image: img, NoiseLevel: 350}, wantSize: [2]int{64, 64}, wantLevel: 350},
+		{name: "sides rounded down to 4", req: UpscaleRequest{Image: solidImage(23, 18, color.White)}, wantSize: [2]int{80, 64}, wantLevel: 20},
+		{name: "noise over max", req: UpscaleRequest{Image: img, NoiseLevel: 351}, wantErr: "noise level 351 not in [0, 350]"},
+		{name: "negative noise", req: UpscaleRequest{Image: img, NoiseLevel: -2}, wantErr: "noise level -2"},
+		{name: "no image", req: UpscaleRequest{}, wantErr: "upscale image"},
+		{name: "typed nil image", req: UpscaleRequest{Image: (*image.RGBA)(nil)}, wantErr: "upscale image"},
+		{name: "too small", req: UpscaleRequest{Image: solidImage(3, 16, color.White)}, wantErr: "smaller than 4"},
+		{name: "output over MaxSide", req: UpscaleRequest{Image: solidImage(1028, 16, color.White)}, wantErr: "upscales to 4112x64"},
+		{name: "size given", req: UpscaleRequest{Request: Request{Width: 64}, Image: img}, wantErr: "leave Width and Height 0"},
+		{name: "bad steps", req: UpscaleRequest{Request: Request{Steps: -1}, Image: img}, wantErr: "steps"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r, init, err := d.upscale(tc.req)
+			if err == nil {
+				var par Params
+				par, _, err = d.plan(r, init)
+				if err == nil {
+					assert.Equal(t, tc.wantSize, [2]int{par.Width, par.Height})
+					assert.Equal(t, tc.wantLevel, par.NoiseLevel)
+					assert.Equal(t, 4, par.UpscaleFactor)
+				}
+			}
+			if tc.wantErr == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, ErrInvalidRequest)
+			assert.Contains(t, err.Error(), tc.wantErr)
+		})
+	}
+
+	// The generation calls refuse an upscaler, Upscale refuses other models.
+	_, _, err := d.plan(Request{}, nil)
+	require.ErrorIs(t, err, ErrInvalidRequest)
+	assert.Contains(t, err.Error(), "use Upscale")
+	_, _, err = d.img2img(Img2ImgRequest{Image: img})
+	require.NoError(t, err)
+	r, init, _ := d.img2img(Img2ImgRequest{Image: img})
+	_, _, err = d.plan(r, init)
+	assert.ErrorIs(t, err, ErrInvalidRequest)
+	sd := describeKit(t, "sd1-tiny")
+	_, _, err = sd.upscale(UpscaleRequest{Image: img})
+	require.ErrorIs(t, err, ErrInvalidRequest)
+	assert.Contains(t, err.Error(), "not an x4 upscaler")
+}
+
+// A broken upscaler is refused at open with the reason.
+func TestDescribeUpscalerRefusesBrokenModels(t *testing.T) {
+	m, err := modelfile.Load(filepath.Join(kitDir(t, "upscaler-tiny"), "diffusers"))
+	require.NoError(t, err)
+	defer m.Close()
+	good := *m.Upscaler
+	cases := []struct {
+		name    string
+		change  func(m *modelfile.Model)
+		wantErr string
+	}{
+		{"noise levels beyond the class table", func(m *modelfile.Model) { m.Upscaler.MaxNoiseLevel = 1000 }, "does not index"},
+		{"a 4-channel UNet", func(m *modelfile.Model) { m.UNet.Config.InChannels = 4 }, "4 input channels"},
+		{"broken low-res scheduler", func(m *modelfile.Model) {
+			m.Upscaler.LowResScheduler.Raw = []byte(`{"beta_start": 0.5, "beta_end": 0.1}`)
+		}, "low_res_scheduler"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			up, unet := good, m.UNet.Config
+			m.Upscaler = &up
+			defer func() { m.UNet.Config = unet }()
+			tc.change(m)
+			_, err := describe(m)
+			require.ErrorIs(t, err, ErrBadModel)
+			assert.Contains(t, err.Error(), tc.wantErr)
+		})
 	}
 }

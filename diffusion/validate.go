@@ -19,6 +19,7 @@ type modelDesc struct {
 	info      ModelInfo       // Device and Backend are left for Open to fill in
 	sched     schedule.Config // the parsed scheduler_config.json
 	vaeFactor int             // image pixels per latent pixel
+	upscaler  *upscalerDesc   // the x4 upscaler's noise augmentation; nil for other models
 }
 
 // describe reads the model's description from its configs.
@@ -34,10 +35,15 @@ func describe(m *modelfile.Model) (modelDesc, error) {
 	if extra := m.ExtraTextEncoders; len(extra) > 0 {
 		return modelDesc{}, fmt.Errorf("%w: a second text encoder (%s) is not supported yet", ErrUnsupported, extra[0].Name)
 	}
-	// A UNet conditioned on more than text and latents (the x4 upscaler's noise level and
-	// low-resolution image) needs its own pipeline: refused until there is one.
-	if u := m.UNet.Config; u.ClassEmbedType != "" || u.AdditionEmbedType != "" || (u.InChannels != 4 && u.InChannels != 9) {
-		return modelDesc{}, fmt.Errorf("%w: a UNet with %d input channels, class embedding %q and addition embedding %q (an x4 upscaler or SDXL-style model) has no pipeline yet", ErrUnsupported, u.InChannels, u.ClassEmbedType, u.AdditionEmbedType)
+	// A UNet conditioned on more than text and latents needs its own pipeline: the x4
+	// upscaler's (noise level and low-resolution image) has one, others are refused.
+	var up *upscalerDesc
+	if m.Upscaler != nil {
+		if up, err = describeUpscaler(m); err != nil {
+			return modelDesc{}, err
+		}
+	} else if u := m.UNet.Config; u.ClassEmbedType != "" || u.AdditionEmbedType != "" || (u.InChannels != 4 && u.InChannels != 9) {
+		return modelDesc{}, fmt.Errorf("%w: a UNet with %d input channels, class embedding %q and addition embedding %q (an SDXL-style model, or an x4 upscaler without its pipeline's model_index.json) has no pipeline yet", ErrUnsupported, u.InChannels, u.ClassEmbedType, u.AdditionEmbedType)
 	}
 	// Each VAE level but the last halves the image (the runtime's VAE is built from the
 	// same config; modelfile checks that it has at least one level).
@@ -53,11 +59,13 @@ func describe(m *modelfile.Model) (modelDesc, error) {
 			Height:         side,
 			DefaultSampler: ConfiguredSampler(m.Scheduler),
 			TextLayers:     m.TextEncoder.Config.NumHiddenLayers,
-			Inpainting:     m.UNet.Config.InChannels == 9,
+			Inpainting:     up == nil && m.UNet.Config.InChannels == 9,
+			Upscaler:       up != nil,
 			Summary:        m.Summary(),
 		},
 		sched:     sched,
 		vaeFactor: f,
+		upscaler:  up,
 	}, nil
 }
 
@@ -131,9 +139,15 @@ func (d *modelDesc) plan(req Request, init *initImage) (Params, schedule.Schedul
 	}
 	if init != nil {
 		par.Strength = init.strength
+		if init.upscale != nil {
+			par.UpscaleFactor, par.NoiseLevel = d.vaeFactor, init.upscale.noiseLevel
+		}
 	}
 	if d.info.Inpainting && (init == nil || init.mask == nil) {
 		return par, nil, invalid("%s is an inpainting model: use Inpaint", d.info.Name)
+	}
+	if d.upscaler != nil && (init == nil || init.upscale == nil) {
+		return par, nil, invalid("%s is an x4 upscaler: use Upscale", d.info.Name)
 	}
 	sched, err := schedule.New(d.sched, schedule.Options{
 		Sampler: par.Sampler.scheduleSampler(), Sigmas: par.Schedule, Eta: par.Eta, Spacing: par.TimestepSpacing,
@@ -146,7 +160,7 @@ func (d *modelDesc) plan(req Request, init *initImage) (Params, schedule.Schedul
 	if err != nil {
 		return par, nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
 	}
-	if init != nil && sched.StartIndex(par.Strength) >= len(sched.Timesteps()) {
+	if init != nil && init.upscale == nil && sched.StartIndex(par.Strength) >= len(sched.Timesteps()) {
 		return par, nil, invalid("strength %g with %d steps leaves nothing to do", par.Strength, par.Steps)
 	}
 	return par, sched, nil
