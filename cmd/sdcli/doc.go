@@ -5,6 +5,7 @@
 //	sdcli img2img -i photo.jpg -p "an oil painting" --strength 0.6 -o painting.png
 //	sdcli inpaint -i photo.png --mask mask.png -p "a straw hat" -o hat.png
 //	sdcli inpaint -i photo.png --outpaint 0,0,256,0 -o wider.png
+//	sdcli upscale -m stable-diffusion-x4-upscaler -i small.png -p "a cat" -o large.png
 //	sdcli preprocess canny -i photo.png -o edges.png
 //	sdcli info v1-5-pruned-emaonly.safetensors
 //	sdcli bench --arch sd15 --size 512
@@ -92,6 +93,23 @@
 //	                      (rounded up to keep it a multiple of 8) and paint the new area; the
 //	                      mask is made from the margins
 //	--strength x          how much is repainted, in (0, 1] (default 1)
+//
+// # sdcli upscale
+//
+// Upscales an image 4x with a Stable Diffusion x4 upscaler (a diffusers
+// StableDiffusionUpscalePipeline folder such as stabilityai/stable-diffusion-x4-upscaler),
+// the detail generated under the prompt's guidance, as diffusers does: --seed S with
+// --rng cpu reproduces diffusers' image for torch.Generator().manual_seed(S). It takes
+// the flags of txt2img except -W and -H (the output is the image's size, rounded down to
+// a multiple of 4, times 4), and:
+//
+//	-m path               the upscaler (required)
+//	-i path               the low-resolution image, PNG or JPEG (required)
+//	--noise-level N       noise added to the low-resolution image first, in [0, the model's
+//	                      max_noise_level] (350 for the released model): more lets the model
+//	                      change more (default 20)
+//
+// The PNG's parameters carry "Noise level".
 //
 // # sdcli info
 //

@@ -26,11 +26,12 @@ const (
 	modeTxt2Img mode = iota
 	modeImg2Img
 	modeInpaint
+	modeUpscale
 )
 
-func (m mode) String() string { return [...]string{"txt2img", "img2img", "inpaint"}[m] }
+func (m mode) String() string { return [...]string{"txt2img", "img2img", "inpaint", "upscale"}[m] }
 
-// genOptions are the flags of txt2img, img2img and inpaint.
+// genOptions are the flags of txt2img, img2img, inpaint and upscale.
 type genOptions struct {
 	mode             mode
 	model            string
@@ -54,6 +55,7 @@ type genOptions struct {
 	init, mask string
 	strength   float64
 	outpaint   *margins
+	up         upscaleOptions
 }
 
 // margins are --outpaint's extensions of the canvas, in pixels.
@@ -92,7 +94,11 @@ func (o *genOptions) define(fs *flagSet) {
 	fs.stringVar(&o.model, "m", "path", "", "model file (.safetensors, .ckpt) or diffusers folder\n(default: the demo model "+demoModel+")")
 	fs.stringVar(&o.prompt, "p", "text", "", "prompt (default: empty)")
 	fs.stringVar(&o.negative, "n", "text", "", "negative prompt (default: empty)")
-	if o.mode != modeTxt2Img {
+	switch o.mode {
+	case modeTxt2Img:
+	case modeUpscale:
+		fs.stringVar(&o.init, "i", "path", "", "the low-resolution image, PNG or JPEG (no default: required)")
+	default:
 		fs.stringVar(&o.init, "i", "path", "", "init image, PNG or JPEG (no default: required)")
 	}
 	if o.mode == modeInpaint {
@@ -107,9 +113,13 @@ func (o *genOptions) define(fs *flagSet) {
 	if o.mode != modeTxt2Img {
 		sizeDefault = "the image's size rounded down to a multiple of 8"
 	}
-	fs.intVar(&o.width, "W", "px", 0, "width, a multiple of 8 (default: "+sizeDefault+")", side(diffusion.MaxSide))
-	fs.intVar(&o.height, "H", "px", 0, "height, a multiple of 8 (default: "+sizeDefault+")", side(diffusion.MaxSide))
-	if o.mode != modeTxt2Img {
+	if o.mode == modeUpscale {
+		o.up.define(fs) // the output's size is the image's times 4
+	} else {
+		fs.intVar(&o.width, "W", "px", 0, "width, a multiple of 8 (default: "+sizeDefault+")", side(diffusion.MaxSide))
+		fs.intVar(&o.height, "H", "px", 0, "height, a multiple of 8 (default: "+sizeDefault+")", side(diffusion.MaxSide))
+	}
+	if o.mode == modeImg2Img || o.mode == modeInpaint {
 		def := 0.8
 		if o.mode == modeInpaint {
 			def = 1
@@ -194,6 +204,9 @@ func (o *genOptions) check(args []string) error {
 	if o.mode != modeTxt2Img && o.init == "" {
 		return usagef("%s needs an init image: pass -i", o.mode)
 	}
+	if o.mode == modeUpscale && o.model == "" {
+		return usagef("upscale needs an x4 upscaler model: pass -m")
+	}
 	if o.mode == modeInpaint {
 		switch {
 		case o.mask == "" && o.outpaint == nil:
@@ -262,6 +275,8 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		res, err = p.Img2Img(ctx, diffusion.Img2ImgRequest{Request: req, Image: initImg, Strength: o.strength})
 	case modeInpaint:
 		res, err = p.Inpaint(ctx, diffusion.InpaintRequest{Request: req, Image: initImg, Mask: mask, Strength: o.strength})
+	case modeUpscale:
+		res, err = p.Upscale(ctx, o.up.request(req, initImg))
 	}
 	bar.finish()
 	if err != nil {

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"image"
+	"image/color"
+	"math"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/gosd/gosd/diffusion/modelfile"
+	"github.com/gosd/gosd/internal/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The kit's seeded upscale (guidance 7.5, 6 DDIM steps, noise level 20, seed 60) through
+// the command line, against diffusers' image within 2/255 per pixel.
+func TestUpscaleMatchesDiffusers(t *testing.T) {
+	_, rt := tinyModel(t)
+	kit := filepath.Join(testutil.ConformanceDir(t), "upscaler-tiny")
+	out := filepath.Join(t.TempDir(), "up.png")
+	r := runArgs(t, slices.Concat([]string{"upscale", "-m", filepath.Join(kit, "diffusers"), "-i", filepath.Join(kit, "low_res.png"),
+		"-p", "a red apple", "--noise-level", "20", "--steps", "6", "--cfg", "7.5", "--seed", "60", "--rng", "cpu", "-o", out}, rt)...)
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	assert.Equal(t, out+"\n", r.stdout)
+	assert.Contains(t, r.stderr, "upscale |")
+
+	img, params := pngParameters(t, out)
+	require.Equal(t, image.Rect(0, 0, 64, 64), img.Bounds())
+	assert.Equal(t, "a red apple\nSteps: 6, Sampler: DDIM, CFG scale: 7.5, Seed: 60, Size: 64x64, Model: diffusers, Noise level: 20, RNG: CPU, Version: gosd", params)
+
+	f, err := modelfile.OpenSafetensors(filepath.Join(kit, "upscale-ddim-g7.5-seeded.safetensors"))
+	require.NoError(t, err)
+	defer f.Close()
+	golden, ok := f.Tensor("image")
+	require.True(t, ok)
+	ref, err := golden.Float32s()
+	require.NoError(t, err)
+	var worst float64
+	for y := 0; y < 64; y++ {
+		for x := 0; x < 64; x++ {
+			c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
+			for ch, v := range []uint8{c.R, c.G, c.B} {
+				worst = math.Max(worst, math.Abs(float64(v)-255*float64(ref[ch*64*64+y*64+x])))
+			}
+		}
+	}
+	t.Logf("max |pixel - 255 ref| = %.3f", worst)
+	assert.LessOrEqual(t, worst, 2.0)
+}
+
+// Upscale's own mistakes are usage errors, found before or by the model's checks.
+func TestUpscaleFlagValidation(t *testing.T) {
+	sd1, rt := tinyModel(t)
+	kit := filepath.Join(testutil.ConformanceDir(t), "upscaler-tiny")
+	low := filepath.Join(kit, "low_res.png")
+	out := filepath.Join(t.TempDir(), "up.png")
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no image", []string{"-m", kit, "-o", out}, exitUsage, "pass -i"},
+		{"no model", []string{"-i", low, "-o", out}, exitUsage, "pass -m"},
+		{"no size flags", []string{"-m", kit, "-i", low, "-W", "64", "-o", out}, exitUsage, "-W"},
+		{"noise level past the model's", []string{"-m", filepath.Join(kit, "diffusers"), "-i", low, "--noise-level", "351", "-o", out}, exitUsage, "noise level 351 not in [0, 350]"},
+		{"not an upscaler", []string{"-m", sd1, "-i", low, "-o", out}, exitUsage, "not an x4 upscaler"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := runArgs(t, slices.Concat([]string{"upscale"}, tc.args, rt)...)
+			assert.Equal(t, tc.code, r.code, "stderr: %s", r.stderr)
+			assert.Contains(t, r.stderr, tc.want)
+		})
+	}
+}
