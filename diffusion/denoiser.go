@@ -23,6 +23,9 @@ type denoiser struct {
 	// classLabels are the UNet's class labels, one per latent row (the x4 upscaler's
 	// noise level), repeated for the guidance batch; nil for none.
 	classLabels []float32
+	// tile, when set, evaluates grids larger than a tile in overlapping tiles (the x4
+	// upscaler's large inputs).
+	tile tiling
 }
 
 func (d *denoiser) cfg() bool { return d.guidance > 1 }
@@ -31,6 +34,24 @@ func (d *denoiser) cfg() bool { return d.guidance > 1 }
 // scheduler's ScaleModelInput, at timestep t; eval (1-based) names the evaluation in
 // errors.
 func (d *denoiser) predict(x []float32, t float64, eval int) ([]float32, error) {
+	if d.tile.covers(d.h, d.w) {
+		return d.predictWhole(x, t, eval)
+	}
+	hw := d.h * d.w
+	lc := len(x) / (d.batch * hw)
+	ec := len(d.extra) / (d.batch * hw)
+	return blendTiles(d.tile, d.batch, lc, d.h, d.w, 1, func(r rect) ([]float32, error) {
+		sub := *d
+		sub.h, sub.w, sub.tile = r.h, r.w, tiling{}
+		if d.extra != nil {
+			sub.extra = crop(d.extra, d.batch*ec, d.h, d.w, r)
+		}
+		return sub.predictWhole(crop(x, d.batch*lc, d.h, d.w, r), t, eval)
+	})
+}
+
+// predictWhole is predict on the whole grid at once.
+func (d *denoiser) predictWhole(x []float32, t float64, eval int) ([]float32, error) {
 	out, err := d.unet.eval(d.inputs(x, t))
 	if err != nil {
 		return nil, err

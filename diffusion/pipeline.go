@@ -414,7 +414,7 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	}
 
 	d := &denoiser{unet: p.eng.unetNet(), cond: cond, batch: b, h: lh, w: lw,
-		guidance: par.GuidanceScale, rescale: par.GuidanceRescale, extra: st.extra, classLabels: st.classLabels}
+		guidance: par.GuidanceScale, rescale: par.GuidanceRescale, extra: st.extra, classLabels: st.classLabels, tile: st.tile}
 	x, err := p.sample(ctx, req, sched, d, st, gen, tm)
 	if err != nil {
 		return nil, err
@@ -423,7 +423,9 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	phase = time.Now()
 	var pix []float32
 	err = p.guard(ctx, func() (err error) {
-		pix, err = vae.decode(x, b, lh, lw)
+		pix, err = blendTiles(st.vaeTile, b, 3, lh, lw, f, func(r rect) ([]float32, error) {
+			return vae.decode(crop(x, b*vae.channels(), lh, lw, r), b, r.h, r.w)
+		})
 		return err
 	})
 	if err != nil {

@@ -19,6 +19,9 @@ type start struct {
 	// classLabels are the UNet's class labels per latent row (the x4 upscaler's noise
 	// level); nil for none.
 	classLabels []float32
+	// tile is how the denoiser tiles large grids and vaeTile how the decoder does (the
+	// x4 upscaler's); zero: whole.
+	tile, vaeTile tiling
 }
 
 // sample is the sampling loop: from st, one denoiser evaluation and one scheduler step

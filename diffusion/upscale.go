@@ -28,6 +28,12 @@ type UpscaleRequest struct {
 	// the released model): more noise lets the model change more. The zero value is the
 	// default, DefaultNoiseLevel (diffusers' 20); NoNoise asks for level 0.
 	NoiseLevel int
+	// Tile bounds memory for large images: the UNet runs on overlapping tiles of at
+	// most Tile x Tile low-resolution pixels (a quarter of a side overlapping, the
+	// predictions blended with linear ramps) and the VAE decodes tiles of half that. A
+	// Tile at least the image's sides runs it whole, as diffusers. 0: twice the UNet's
+	// sample size (256 for the released model); otherwise at least MinTile.
+	Tile int
 
 	// latents, for tests: the initial latents instead of drawn ones (diffusers'
 	// latents argument; the low-res noise is still drawn first).
@@ -40,6 +46,9 @@ const (
 	NoNoise           = -1 // noise level 0
 )
 
+// MinTile is the smallest UpscaleRequest.Tile.
+const MinTile = 8
+
 // upscalerDesc is what an x4 upscaler adds to the model description.
 type upscalerDesc struct {
 	maxNoiseLevel int
@@ -49,8 +58,9 @@ type upscalerDesc struct {
 // upscaleInit is the start of an Upscale call: the resolved noise level and, in tests,
 // given initial latents.
 type upscaleInit struct {
-	noiseLevel int
-	latents    []float32
+	noiseLevel    int
+	tile, vaeTile tiling
+	latents       []float32
 }
 
 // describeUpscaler checks that the model is an x4 upscaler the pipeline can run: a UNet
@@ -113,7 +123,19 @@ func (d *modelDesc) upscale(req UpscaleRequest) (Request, *initImage, error) {
 		return Request{}, nil, invalid("image %dx%d upscales to %dx%d, over %d pixels a side", w, h, w*f, h*f, MaxSide)
 	}
 	r.Width, r.Height = w*f, h*f
-	return r, &initImage{image: req.Image, upscale: &upscaleInit{noiseLevel: level, latents: req.latents}}, nil
+	tile := req.Tile
+	switch {
+	case tile == 0:
+		tile = 2 * d.info.Width / f // twice the UNet's sample size
+	case tile < MinTile:
+		return Request{}, nil, invalid("tile %d: at least %d pixels", tile, MinTile)
+	}
+	up := &upscaleInit{noiseLevel: level, latents: req.latents}
+	if w > tile || h > tile {
+		vae := max(tile/2, MinTile)
+		up.tile, up.vaeTile = tiling{tile, tile / 4}, tiling{vae, vae / 4}
+	}
+	return r, &initImage{image: req.Image, upscale: up}, nil
 }
 
 // Upscale generates Image at the upscaler's factor (4) times its size, as diffusers'
@@ -154,5 +176,5 @@ func (p *Pipeline) prepareUpscale(par Params, sched schedule.Scheduler, init *in
 	for k := range labels {
 		labels[k] = float32(level)
 	}
-	return start{x: x, extra: noised, classLabels: labels}
+	return start{x: x, extra: noised, classLabels: labels, tile: init.upscale.tile, vaeTile: init.upscale.vaeTile}
 }

@@ -203,6 +203,8 @@ func TestUpscaleRequestValidation(t *testing.T) {
 		{name: "output over MaxSide", req: UpscaleRequest{Image: solidImage(1028, 16, color.White)}, wantErr: "upscales to 4112x64"},
 		{name: "size given", req: UpscaleRequest{Request: Request{Width: 64}, Image: img}, wantErr: "leave Width and Height 0"},
 		{name: "bad steps", req: UpscaleRequest{Request: Request{Steps: -1}, Image: img}, wantErr: "steps"},
+		{name: "tile too small", req: UpscaleRequest{Image: img, Tile: 7}, wantErr: "tile 7: at least 8"},
+		{name: "negative tile", req: UpscaleRequest{Image: img, Tile: -1}, wantErr: "tile -1"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -223,6 +225,23 @@ func TestUpscaleRequestValidation(t *testing.T) {
 			require.ErrorIs(t, err, ErrInvalidRequest)
 			assert.Contains(t, err.Error(), tc.wantErr)
 		})
+	}
+
+	// Images larger than the tile (default: twice the UNet's sample size, 32 here) run in
+	// tiles overlapping by a quarter, the VAE in tiles of half the size.
+	for _, tc := range []struct {
+		w, tile       int
+		unet, decoder tiling
+	}{
+		{32, 0, tiling{}, tiling{}},
+		{36, 0, tiling{32, 8}, tiling{16, 4}},
+		{36, 64, tiling{}, tiling{}},
+		{16, 8, tiling{8, 2}, tiling{8, 2}},
+	} {
+		_, init, err := d.upscale(UpscaleRequest{Image: solidImage(tc.w, 16, color.White), Tile: tc.tile})
+		require.NoError(t, err)
+		assert.Equal(t, tc.unet, init.upscale.tile, "width %d tile %d", tc.w, tc.tile)
+		assert.Equal(t, tc.decoder, init.upscale.vaeTile, "width %d tile %d", tc.w, tc.tile)
 	}
 
 	// The generation calls refuse an upscaler, Upscale refuses other models.
@@ -268,4 +287,42 @@ func TestDescribeUpscalerRefusesBrokenModels(t *testing.T) {
 			assert.Contains(t, err.Error(), tc.wantErr)
 		})
 	}
+}
+
+// A tile that covers the image runs it once: the same image as without tiling. Smaller
+// tiles run the UNet and the VAE in blended tiles; an image wider than the default tile
+// upscales to its full size.
+func TestUpscaleTiled(t *testing.T) {
+	p := openTiny(t, "upscaler-tiny")
+	low := kitLowRes(t)
+	run := func(img image.Image, tile int) image.Image {
+		res, err := p.Upscale(context.Background(), UpscaleRequest{
+			Request: Request{Prompt: "a red apple", Steps: 3, Seed: 60}, Image: img, Tile: tile})
+		require.NoError(t, err)
+		return res.Images[0]
+	}
+	whole := imageCHW(run(low, 0))
+	assert.Equal(t, whole, imageCHW(run(low, 16)), "one tile covering the image")
+	tiled := imageCHW(run(low, 8))
+	ref := make([]float32, len(whole))
+	for k, v := range whole {
+		ref[k] = float32(v) / 255
+	}
+	// Random weights make no picture: the difference only shows that tiles ran.
+	t.Logf("16x16 in 8x8 tiles vs whole: PSNR %.1f dB", psnr(tiled, ref))
+	assert.NotEqual(t, whole, tiled)
+
+	wide := imageTensorWith(low, 40, 24, bicubicFilter) // 40x24 in [-1, 1]
+	src := image.NewRGBA(image.Rect(0, 0, 40, 24))
+	for y := 0; y < 24; y++ {
+		for x := 0; x < 40; x++ {
+			var c [3]uint8
+			for ch := range c {
+				c[ch] = uint8(math.Round(float64(wide[ch*40*24+y*40+x]+1) / 2 * 255))
+			}
+			src.Set(x, y, color.RGBA{c[0], c[1], c[2], 255})
+		}
+	}
+	big := run(src, 0)
+	assert.Equal(t, image.Rect(0, 0, 160, 96), big.Bounds())
 }

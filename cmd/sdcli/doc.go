@@ -108,6 +108,12 @@
 //	--noise-level N       noise added to the low-resolution image first, in [0, the model's
 //	                      max_noise_level] (350 for the released model): more lets the model
 //	                      change more (default 20)
+//	--tile PX             images wider or taller than PX run in overlapping tiles of at most
+//	                      PX x PX input pixels, the UNet's predictions blended across the
+//	                      overlaps at every step, the VAE decoding tiles of half the size:
+//	                      memory follows the tile, not the image (default 0: twice the
+//	                      model's sample size, 256 for the released model; a tile covering
+//	                      the image runs it whole, as diffusers)
 //
 // The PNG's parameters carry "Noise level".
 //

@@ -67,6 +67,7 @@ func TestUpscaleFlagValidation(t *testing.T) {
 		{"no size flags", []string{"-m", kit, "-i", low, "-W", "64", "-o", out}, exitUsage, "-W"},
 		{"noise level past the model's", []string{"-m", filepath.Join(kit, "diffusers"), "-i", low, "--noise-level", "351", "-o", out}, exitUsage, "noise level 351 not in [0, 350]"},
 		{"not an upscaler", []string{"-m", sd1, "-i", low, "-o", out}, exitUsage, "not an x4 upscaler"},
+		{"tile too small", []string{"-m", kit, "-i", low, "--tile", "4", "-o", out}, exitUsage, "-tile"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
