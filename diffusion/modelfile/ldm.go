@@ -93,7 +93,7 @@ func (ts ldmTensors) detectFamily() (Family, error) {
 	switch {
 	case ts.hasPrefix("conditioner.embedders."):
 		return 0, unsupportedf("an SDXL-style checkpoint (conditioner.embedders.*) is not supported")
-	case ts.hasPrefix(ldmUNet + "label_emb."):
+	case ts.hasPrefix(ldmUNet+"label_emb.") && !ts.isX4Upscaler():
 		return 0, unsupportedf("a class-conditioned UNet (label_emb: SDXL or unCLIP) is not supported")
 	case !ts.hasPrefix(ldmUNet + "input_blocks.0.0."):
 		return 0, unsupportedf("no %sinput_blocks.*: not a Stable Diffusion 1.x/2.x single-file checkpoint", ldmUNet)
@@ -274,6 +274,9 @@ func unetModules(c UNetConfig) moduleMap {
 	add("time_embedding.linear_2", "time_embed.2", nil)
 	add("conv_norm_out", "out.0", nil)
 	add("conv_out", "out.2", nil)
+	if c.ClassEmbedType == ClassTable {
+		add("class_embedding", "label_emb", nil) // the x4 upscaler's noise-level table
+	}
 	add("mid_block.resnets.0", "middle_block.0", unetResnetInner)
 	add("mid_block.attentions.0", "middle_block.1", nil)
 	add("mid_block.resnets.1", "middle_block.2", unetResnetInner)

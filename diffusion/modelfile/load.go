@@ -242,13 +242,25 @@ func (m *Model) fromLDM(tensors []Tensor, o *options) error {
 		family = o.family
 	}
 	pred := o.predictionFor(family)
-	unet, err := ts.inferUNet(family, pred, o.unetHeads)
+	upscaler := ts.isX4Upscaler()
+	heads := o.unetHeads
+	if upscaler && heads == nil {
+		if heads, err = ts.x4UpscalerHeads(); err != nil {
+			return fmt.Errorf("unet: %w", err)
+		}
+	}
+	unet, err := ts.inferUNet(family, pred, heads)
 	if err != nil {
 		return fmt.Errorf("unet: %w", err)
 	}
 	vae, err := ts.inferVAE()
 	if err != nil {
 		return fmt.Errorf("vae: %w", err)
+	}
+	if upscaler {
+		if err := ts.x4Upscaler(&unet, &vae); err != nil {
+			return fmt.Errorf("unet: %w", err)
+		}
 	}
 	text, textSource, err := ts.inferText(family, o.textHeads)
 	if err != nil {
@@ -270,6 +282,12 @@ func (m *Model) fromLDM(tensors []Tensor, o *options) error {
 	}
 	m.Family = family
 	m.Scheduler = defaultScheduler(family, pred)
+	if upscaler {
+		m.Scheduler = X4SchedulerConfig()
+		m.Scheduler.PredictionType = pred
+		m.Scheduler = m.Scheduler.withRaw()
+		m.Upscaler = &UpscalerConfig{MaxNoiseLevel: defaultMaxNoiseLevel, LowResScheduler: X4LowResSchedulerConfig()}
+	}
 	if warning != "" {
 		m.Warnings = append(m.Warnings, warning)
 	}

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+
+	"github.com/gosd/gosd/diffusion/schedule"
 )
 
 // UpscalerConfig is what a diffusers StableDiffusionUpscalePipeline folder adds to a
@@ -80,4 +83,65 @@ func X4LowResSchedulerConfig() SchedulerConfig {
 		ClassName: "DDPMScheduler", NumTrainTimesteps: 1000, BetaStart: 0.0001, BetaEnd: 0.02,
 		BetaSchedule: "scaled_linear",
 	}.withRaw()
+}
+
+// X4SchedulerConfig mirrors stabilityai/stable-diffusion-x4-upscaler's
+// scheduler/scheduler_config.json: DDIM, v-prediction, scaled_linear 0.0001-0.02 (not
+// SD's 0.012), steps_offset 1.
+func X4SchedulerConfig() SchedulerConfig {
+	return SchedulerConfig{
+		ClassName: "DDIMScheduler", NumTrainTimesteps: 1000, BetaStart: 0.0001, BetaEnd: 0.02,
+		BetaSchedule: "scaled_linear", PredictionType: schedule.PredictV, StepsOffset: 1, SkipPRKSteps: true,
+	}.withRaw()
+}
+
+// The original x4 upscaler checkpoint (x4-upscaler-ema.ckpt / .safetensors, trained with
+// Stability AI's x4-upscaling.yaml) is an LDM single file whose UNet has a noise-level
+// table, model.diffusion_model.label_emb.weight (an nn.Embedding of num_classes 1000
+// rows), which diffusers' conversion maps to class_embedding.weight. What its names do
+// not tell comes from that yaml: 8 heads per level, disable_self_attentions [true, true,
+// true, false] (diffusers' only_cross_attention), image_size 128, the VAE's scale_factor
+// 0.08333, and the low-res noise augmentation (max_noise_level 350, betas 0.0001-0.02).
+
+// isX4Upscaler reports an LDM UNet with a noise-level table (SDXL's and unCLIP's
+// label_emb are MLPs, label_emb.0.*).
+func (ts ldmTensors) isX4Upscaler() bool {
+	t, ok := ts[ldmUNet+"label_emb.weight"]
+	return ok && len(t.Shape) == 2
+}
+
+// x4UpscalerHeads is the yaml's num_heads 8 at every level.
+func (ts ldmTensors) x4UpscalerHeads() ([]int, error) {
+	layout, err := ts.unetLayout()
+	if err != nil {
+		return nil, err
+	}
+	return slices.Repeat([]int{8}, layout.levels), nil
+}
+
+// x4Upscaler completes the configs inferred from an x4 upscaler's shapes with its
+// yaml's settings and checks its noise-level table.
+func (ts ldmTensors) x4Upscaler(unet *UNetConfig, vae *VAEConfig) error {
+	table, err := ts.shape(ldmUNet+"label_emb.weight", 2)
+	if err != nil {
+		return err
+	}
+	if int(table[1]) != unet.TimeEmbeddingDim {
+		return fmt.Errorf("label_emb.weight has shape %v: its rows must be %d wide, the time embedding's", table, unet.TimeEmbeddingDim)
+	}
+	if int(table[0]) <= defaultMaxNoiseLevel {
+		return fmt.Errorf("label_emb.weight has %d rows: an x4 upscaler's noise levels go up to %d", table[0], defaultMaxNoiseLevel)
+	}
+	if unet.InChannels != vae.LatentChannels+3 {
+		return fmt.Errorf("a UNet with a noise-level table and %d input channels is no x4 upscaler (latents %d + 3 image channels)", unet.InChannels, vae.LatentChannels)
+	}
+	unet.ClassEmbedType, unet.NumClassEmbeds = ClassTable, int(table[0])
+	levels := len(unet.BlockOutChannels)
+	unet.OnlyCrossAttention = make([]bool, levels)
+	for l := range levels - 1 {
+		unet.OnlyCrossAttention[l] = true
+	}
+	unet.SampleSize = 128
+	vae.ScalingFactor = 0.08333
+	return nil
 }

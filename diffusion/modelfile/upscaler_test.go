@@ -75,3 +75,67 @@ func TestReadUpscaler(t *testing.T) {
 		})
 	}
 }
+
+// x4UpscalerSingleFile writes the kit's upscaler folder as an original single file:
+// the UNet and VAE under LDM's names (the mapping the kit's SD single files check), the
+// noise-level table as label_emb.weight (diffusers' conversion maps it to
+// class_embedding.weight), the text encoder as a CLIPTextModel under
+// cond_stage_model.transformer. (SD 2.x files re-saved by diffusers).
+func x4UpscalerSingleFile(t *testing.T, folder *Model) string {
+	var tensors []Tensor
+	add := func(c map[string]Tensor, rename func(string) string) {
+		for name, x := range c {
+			x.Name = rename(name)
+			tensors = append(tensors, x)
+		}
+	}
+	add(folder.UNet.Tensors, func(n string) string {
+		if n == "class_embedding.weight" {
+			return ldmUNet + "label_emb.weight"
+		}
+		return unetModules(folder.UNet.Config).resolver(ldmUNet)(n).name
+	})
+	add(folder.VAE.Tensors, func(n string) string { return vaeModules(folder.VAE.Config).resolver(ldmVAE)(n).name })
+	add(folder.TextEncoder.Tensors, func(n string) string { return ldmHFCLIP + n })
+	path := filepath.Join(t.TempDir(), "x4-upscaler-tiny.safetensors")
+	require.NoError(t, WriteSafetensors(path, tensors, nil))
+	return path
+}
+
+// The original single-file layout of the x4 upscaler loads to exactly the folder's
+// weights and configs (but the sample size, which only the yaml gives), with the
+// released model's schedulers and noise levels.
+func TestLoadX4UpscalerSingleFile(t *testing.T) {
+	folder := loadModel(t, filepath.Join(testutil.ConformanceDir(t), "upscaler-tiny", "diffusers"))
+	single := loadModel(t, x4UpscalerSingleFile(t, folder), WithTextHeads(4))
+	assert.Equal(t, FamilySD2, single.Family)
+	assertSameWeights(t, folder.UNet.Tensors, single.UNet.Tensors)
+	assertSameWeights(t, folder.VAE.Tensors, single.VAE.Tensors)
+	assertSameWeights(t, folder.TextEncoder.Tensors, single.TextEncoder.Tensors)
+	assert.Empty(t, single.Unused)
+
+	want := folder.UNet.Config
+	assert.Equal(t, 128, single.UNet.Config.SampleSize)
+	want.SampleSize = 128
+	assert.Equal(t, want, single.UNet.Config)
+	wantVAE := folder.VAE.Config
+	wantVAE.SampleSize = single.VAE.Config.SampleSize // unused by the pipelines; not in the file
+	assert.Equal(t, wantVAE, single.VAE.Config)
+	assert.Equal(t, folder.TextEncoder.Config.HiddenAct, single.TextEncoder.Config.HiddenAct)
+	assert.Equal(t, folder.TextEncoder.Config.NumHiddenLayers, single.TextEncoder.Config.NumHiddenLayers)
+
+	require.NotNil(t, single.Upscaler)
+	assert.Equal(t, 350, single.Upscaler.MaxNoiseLevel)
+	for _, c := range []struct{ got, want SchedulerConfig }{
+		{single.Scheduler, folder.Scheduler},
+		{single.Upscaler.LowResScheduler, folder.Upscaler.LowResScheduler},
+	} {
+		assert.Equal(t, c.want.ClassName, c.got.ClassName)
+		assert.Equal(t, c.want.BetaSchedule, c.got.BetaSchedule)
+		assert.Equal(t, c.want.BetaStart, c.got.BetaStart)
+		assert.Equal(t, c.want.BetaEnd, c.got.BetaEnd)
+		assert.Equal(t, c.want.PredictionType, c.got.PredictionType)
+		assert.Equal(t, c.want.StepsOffset, c.got.StepsOffset)
+		assert.Equal(t, c.want.NumTrainTimesteps, c.got.NumTrainTimesteps)
+	}
+}
