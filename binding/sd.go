@@ -157,6 +157,7 @@ type Library struct {
 	// sd_status_t sd_vae_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x, sd_tensor_t *mean,
 	//                           sd_tensor_t *logvar);
 	sdVaeEncode func(ctx Ctx, m Model, x, mean, logvar Tensor) Status
+	esrganFuncs
 }
 
 type symbol struct {
@@ -179,6 +180,7 @@ func (l *Library) abiSymbols() []symbol {
 		{"sd_sizeof_unet_config", &l.sdSizeofUnetConfig},
 		{"sd_sizeof_unet_inputs", &l.sdSizeofUnetInputs},
 		{"sd_sizeof_vae_config", &l.sdSizeofVaeConfig},
+		{"sd_sizeof_esrgan_config", &l.sdSizeofEsrganConfig},
 	}
 }
 
@@ -241,6 +243,9 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_unet_forward", &l.sdUnetForward},
 		{"sd_vae_decode", &l.sdVaeDecode},
 		{"sd_vae_encode", &l.sdVaeEncode},
+		{"sd_esrgan_config_default", &l.sdEsrganConfigDefault},
+		{"sd_esrgan_load", &l.sdEsrganLoad},
+		{"sd_esrgan_forward", &l.sdEsrganForward},
 	}
 }
 
@@ -261,6 +266,7 @@ func (l *Library) checkLayouts() error {
 		{"sd_unet_config_t", l.sdSizeofUnetConfig(), unsafe.Sizeof(UNetConfig{})},
 		{"sd_unet_inputs_t", l.sdSizeofUnetInputs(), unsafe.Sizeof(unetInputsC{})},
 		{"sd_vae_config_t", l.sdSizeofVaeConfig(), unsafe.Sizeof(VAEConfig{})},
+		{"sd_esrgan_config_t", l.sdSizeofEsrganConfig(), unsafe.Sizeof(ESRGANConfig{})},
 	}
 	for _, s := range sizes {
 		if s.lib != s.mine {

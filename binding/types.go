@@ -9,7 +9,7 @@ type Ctx uintptr
 type Tensor uintptr
 
 // ABIVersion is the SD_ABI_VERSION this package was written against.
-const ABIVersion = 3
+const ABIVersion = 4
 
 // MaxDims mirrors SD_MAX_DIMS.
 const MaxDims = 4
@@ -99,6 +99,7 @@ const (
 	ActGELU      Activation = 1
 	ActGELUTanh  Activation = 2
 	ActQuickGELU Activation = 3
+	ActLeakyReLU Activation = 4 // slope 0.2 (ESRGAN)
 )
 
 // Layout mirrors sd_layout_t.

@@ -97,33 +97,9 @@ func open(ctx context.Context, m *modelfile.Model, o openOptions, log *slog.Logg
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	pref := binding.PreferAuto
-	switch o.device {
-	case DeviceCPU:
-		pref = binding.PreferCPU
-	case DeviceCUDA:
-		pref = binding.PreferCUDA
-	case DeviceAuto:
-	default:
-		return nil, fmt.Errorf("%w: unknown device %d", ErrInvalidRequest, int(o.device))
-	}
-	lib, err := binding.Load(binding.LoadOptions{Path: o.library, Backend: pref})
+	lib, backend, device, err := loadRuntime(o, log)
 	if err != nil {
 		return nil, err
-	}
-	if r := lib.FallbackReason(); r != "" {
-		log.Warn("the GPU build of the runtime is not usable; using the CPU", "reason", r)
-	}
-	backend, device := binding.BackendCPU, DeviceCPU
-	if pref != binding.PreferCPU {
-		if ok, why := lib.BackendAvailable(binding.BackendCUDA); ok {
-			backend, device = binding.BackendCUDA, DeviceCUDA
-		} else if pref == binding.PreferCUDA {
-			return nil, fmt.Errorf("%w: no usable GPU: %s", ErrDevice, why)
-		}
-	}
-	if o.threads < 0 {
-		return nil, fmt.Errorf("%w: threads %d", ErrInvalidRequest, o.threads)
 	}
 	eng, err := newEngine(lib, backend, o.threads)
 	if err != nil {
@@ -147,6 +123,39 @@ func open(ctx context.Context, m *modelfile.Model, o openOptions, log *slog.Logg
 	}
 	log.Info("model opened", "path", m.Path, "family", m.Family, "device", device, "backend", lib.CtxBackendDescription(eng.ctx))
 	return p, nil
+}
+
+// loadRuntime loads the runtime library for the options' device and picks its backend.
+func loadRuntime(o openOptions, log *slog.Logger) (*binding.Library, binding.Backend, Device, error) {
+	pref := binding.PreferAuto
+	switch o.device {
+	case DeviceCPU:
+		pref = binding.PreferCPU
+	case DeviceCUDA:
+		pref = binding.PreferCUDA
+	case DeviceAuto:
+	default:
+		return nil, 0, 0, fmt.Errorf("%w: unknown device %d", ErrInvalidRequest, int(o.device))
+	}
+	lib, err := binding.Load(binding.LoadOptions{Path: o.library, Backend: pref})
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if r := lib.FallbackReason(); r != "" {
+		log.Warn("the GPU build of the runtime is not usable; using the CPU", "reason", r)
+	}
+	backend, device := binding.BackendCPU, DeviceCPU
+	if pref != binding.PreferCPU {
+		if ok, why := lib.BackendAvailable(binding.BackendCUDA); ok {
+			backend, device = binding.BackendCUDA, DeviceCUDA
+		} else if pref == binding.PreferCUDA {
+			return nil, 0, 0, fmt.Errorf("%w: no usable GPU: %s", ErrDevice, why)
+		}
+	}
+	if o.threads < 0 {
+		return nil, 0, 0, fmt.Errorf("%w: threads %d", ErrInvalidRequest, o.threads)
+	}
+	return lib, backend, device, nil
 }
 
 func slogLevel(l binding.LogLevel) slog.Level {
@@ -289,10 +298,14 @@ func (p *Pipeline) release() { <-p.turn }
 // guard runs a native call so that ctx's cancellation interrupts it (the runtime checks
 // its cancel flag between operations) and reports ctx's error instead of the runtime's.
 func (p *Pipeline) guard(ctx context.Context, call func() error) error {
+	return guardNative(ctx, p.eng.lib, p.eng.ctx, call)
+}
+
+// guardNative runs a native call on c so that ctx's cancellation interrupts it, as guard.
+func guardNative(ctx context.Context, lib *binding.Library, c binding.Ctx, call func() error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	lib, c := p.eng.lib, p.eng.ctx
 	lib.CtxClearCancel(c)
 	fired := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {

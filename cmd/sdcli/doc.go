@@ -117,6 +117,12 @@
 //
 // The PNG's parameters carry "Noise level".
 //
+// A -m file holding an ESRGAN generator under Real-ESRGAN's names (RealESRGAN_x4plus.pth,
+// RealESRGAN_x4plus_anime_6B.pth, RealESRGAN_x2plus.pth, or the same as safetensors) is
+// detected and upscales without prompt or sampling, by the model's own factor, in tiles
+// of --tile input pixels (default 256); its PNG carries "Postprocess upscale by" and
+// "Postprocess upscaler", as AUTOMATIC1111's extras tab writes them.
+//
 // # sdcli info
 //
 //	sdcli info [MODEL]

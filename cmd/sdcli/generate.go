@@ -229,6 +229,9 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 	if err != nil {
 		return err
 	}
+	if o.mode == modeUpscale && diffusion.IsESRGAN(modelPath) {
+		return a.esrganUpscale(ctx, o, modelPath)
+	}
 	var initImg, mask image.Image
 	if o.init != "" {
 		if initImg, err = readImage(o.init); err != nil {

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"image"
+	"io"
+	"path/filepath"
+	"time"
 
 	"github.com/gosd/gosd/diffusion"
 )
@@ -32,4 +36,38 @@ func (o *upscaleOptions) request(req diffusion.Request, img image.Image) diffusi
 		level = diffusion.NoNoise // the API's 0 is its default
 	}
 	return diffusion.UpscaleRequest{Request: req, Image: img, NoiseLevel: level, Tile: o.tile}
+}
+
+// esrganUpscale is upscale with an ESRGAN generator: no prompt, no sampling; the PNG
+// carries AUTOMATIC1111's postprocessing fields.
+func (a *app) esrganUpscale(ctx context.Context, o *genOptions, modelPath string) error {
+	if o.prompt != "" || o.negative != "" {
+		fmt.Fprintln(a.stderr, "note: an ESRGAN model takes no prompt; -p and -n are not used")
+	}
+	img, err := readImage(o.init)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stderr, "loading %s (ESRGAN)\n", modelPath)
+	e, err := o.pipe.openESRGAN(modelPath, a.stderr)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	start := time.Now()
+	out, err := e.Upscale(ctx, diffusion.ESRGANRequest{Image: img, Tile: o.up.tile})
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b := out.Bounds()
+	fmt.Fprintf(a.stderr, "%d×%d (x%d) in %s\n", b.Dx(), b.Dy(), e.Scale(), time.Since(start).Round(10*time.Millisecond))
+	parameters := fmt.Sprintf("Postprocess upscale by: %d, Postprocess upscaler: %s, Version: gosd", e.Scale(), filepath.Base(modelPath))
+	if err := writeFileAtomic(o.output, func(w io.Writer) error { return encodePNG(w, out, parameters) }); err != nil {
+		return err
+	}
+	fmt.Fprintln(a.stdout, o.output)
+	return nil
 }

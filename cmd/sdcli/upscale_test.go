@@ -77,3 +77,20 @@ func TestUpscaleFlagValidation(t *testing.T) {
 		})
 	}
 }
+
+// An ESRGAN file is detected: upscale runs it without prompt or sampling and writes
+// AUTOMATIC1111's postprocessing fields.
+func TestUpscaleESRGAN(t *testing.T) {
+	_, rt := tinyModel(t)
+	model := filepath.Join(testutil.RepoRoot(t), "diffusion", "testdata", "esrgan", "esrgan-x4.pth")
+	low := filepath.Join(testutil.ConformanceDir(t), "upscaler-tiny", "low_res.png")
+	out := filepath.Join(t.TempDir(), "up.png")
+	r := runArgs(t, slices.Concat([]string{"upscale", "-m", model, "-i", low, "-p", "ignored", "--tile", "8", "-o", out}, rt)...)
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	assert.Equal(t, out+"\n", r.stdout)
+	assert.Contains(t, r.stderr, "(ESRGAN)")
+	assert.Contains(t, r.stderr, "takes no prompt")
+	img, params := pngParameters(t, out)
+	assert.Equal(t, image.Rect(0, 0, 64, 64), img.Bounds())
+	assert.Equal(t, "Postprocess upscale by: 4, Postprocess upscaler: esrgan-x4.pth, Version: gosd", params)
+}

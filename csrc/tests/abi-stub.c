@@ -50,3 +50,6 @@ size_t sd_sizeof_vae_config(void) {
 size_t sd_sizeof_unet_inputs(void) {
     return sizeof(sd_unet_inputs_t);
 }
+size_t sd_sizeof_esrgan_config(void) {
+    return sizeof(sd_esrgan_config_t);
+}
