@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,7 +27,8 @@ type ESRGAN struct {
 	model  binding.Model
 	file   *modelfile.File
 	cfg    binding.ESRGANConfig
-	scale  int // output / input size
+	scale  int    // output / input size
+	name   string // the file's name without extension
 	closed bool
 }
 
@@ -107,7 +109,8 @@ func OpenESRGAN(path string, opts ...Option) (*ESRGAN, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &ESRGAN{file: f}
+	base := filepath.Base(path)
+	e := &ESRGAN{file: f, name: strings.TrimSuffix(base, filepath.Ext(base))}
 	if err := e.load(o, log); err != nil {
 		e.Close()
 		return nil, err

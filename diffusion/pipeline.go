@@ -432,6 +432,16 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	if err != nil {
 		return nil, err
 	}
+	if req.Hires != nil {
+		second := par
+		hp, err := p.desc.planHires(req.Hires, &second)
+		if err != nil {
+			return nil, err
+		}
+		if x, lh, lw, err = p.hiresPass(ctx, req, par, hp, cond, x, lh, lw, tm); err != nil {
+			return nil, err
+		}
+	}
 
 	phase = time.Now()
 	var pix []float32
@@ -447,7 +457,7 @@ func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched sched
 	if err := checkFinite("VAE decoder", pix); err != nil {
 		return nil, err
 	}
-	images := toImages(pix, b, par.Height, par.Width)
+	images := toImages(pix, b, lh*f, lw*f)
 	tm.Decode = time.Since(phase)
 	return images, nil
 }

@@ -141,6 +141,9 @@ type Request struct {
 	Progress func(Progress)
 	// Preview asks for Progress.Preview (a fast approximation of the first image).
 	Preview bool
+	// Hires, for Txt2Img, adds AUTOMATIC1111's hires fix: a second pass at a larger
+	// size (nil: none).
+	Hires *Hires
 
 	// onStep, for tests: the latents after each sampler step.
 	onStep func(step int, latents []float32)
@@ -229,7 +232,13 @@ type Params struct {
 	// UpscaleFactor is an Upscale call's output/input size ratio (4 for the x4
 	// upscaler), 0 for other calls; NoiseLevel is that call's low-res noise level.
 	UpscaleFactor, NoiseLevel int
-	Model                     string // the model's file or folder name
+	// HiresScale, HiresSteps (0: the first pass's) and HiresUpscaler ("Latent" or the
+	// ESRGAN's name) describe a hires fix; HiresScale is 0 without one, and Strength is
+	// its denoising strength.
+	HiresScale    float64
+	HiresSteps    int
+	HiresUpscaler string
+	Model         string // the model's file or folder name
 	// ModelHash is AUTOMATIC1111's short model hash (the first 10 hex digits of the
 	// file's SHA-256) for single-file models; "" for folders.
 	ModelHash string
@@ -263,6 +272,9 @@ func (p Params) A1111(index int) string {
 		{"Batch pos", fmt.Sprint(index), p.BatchSize > 1},
 		{"Denoising strength", fmt.Sprint(p.Strength), p.Strength > 0},
 		{"Noise level", fmt.Sprint(p.NoiseLevel), p.UpscaleFactor > 0},
+		{"Hires upscale", fmt.Sprint(p.HiresScale), p.HiresScale > 0},
+		{"Hires steps", fmt.Sprint(p.HiresSteps), p.HiresScale > 0 && p.HiresSteps > 0},
+		{"Hires upscaler", p.HiresUpscaler, p.HiresScale > 0},
 		{"Clip skip", fmt.Sprint(p.ClipSkip), p.ClipSkip > 1},
 		{"RNG", map[rng.Kind]string{rng.CPU: "CPU", rng.CUDA: "NV"}[p.RNG], true},
 		{"Eta DDIM", fmt.Sprint(p.Eta), p.Eta > 0},

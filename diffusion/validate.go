@@ -163,6 +163,14 @@ func (d *modelDesc) plan(req Request, init *initImage) (Params, schedule.Schedul
 	if init != nil && init.upscale == nil && sched.StartIndex(par.Strength) >= len(sched.Timesteps()) {
 		return par, nil, invalid("strength %g with %d steps leaves nothing to do", par.Strength, par.Steps)
 	}
+	if req.Hires != nil {
+		if init != nil {
+			return par, nil, invalid("the hires fix is a second pass of Txt2Img")
+		}
+		if _, err := d.planHires(req.Hires, &par); err != nil {
+			return par, nil, err
+		}
+	}
 	return par, sched, nil
 }
 

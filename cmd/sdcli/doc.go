@@ -58,6 +58,15 @@
 //	--clip-skip N         text encoder layers to skip, AUTOMATIC1111's numbering (default 0)
 //	--guidance-rescale x  diffusers' guidance_rescale in [0, 1] (default 0)
 //	--eta x               DDIM's eta in [0, 1] (default 0)
+//	--hires-scale x       hires fix (AUTOMATIC1111's): after the first pass, repaint the image
+//	                      at x times its size, x in (1, 4] (default 0: none)
+//	--hires-upscaler NAME how the first pass is enlarged: latent (its latents, bilinear) or
+//	                      esrgan:PATH (the decoded image through an ESRGAN, resized with
+//	                      Lanczos and encoded again) (default latent)
+//	--hires-steps N       steps of the hires pass, as img2img counts them (default 0: --steps)
+//	--hires-strength x    denoising strength of the hires pass, in (0, 1] (default 0.7); the
+//	                      PNG records "Hires upscale", "Hires steps", "Hires upscaler" and
+//	                      "Denoising strength" as the web UI does
 //	--text-heads N        the text encoder's attention head count, for single-file
 //	                      checkpoints whose text width is not SD's (default: the folder's
 //	                      config, else the width / 64); N,N2 (a second text encoder's count)

@@ -56,6 +56,7 @@ type genOptions struct {
 	strength   float64
 	outpaint   *margins
 	up         upscaleOptions
+	hires      hiresOptions
 }
 
 // margins are --outpaint's extensions of the canvas, in pixels.
@@ -176,6 +177,9 @@ func (o *genOptions) define(fs *flagSet) {
 	fs.intVar(&o.clipSkip, "clip-skip", "N", 0, "text encoder layers to skip, AUTOMATIC1111's numbering: 2 uses the penultimate layer\n(default 0: the last layer)", intRange(0, 1000))
 	fs.floatVar(&o.rescale, "guidance-rescale", "x", 0, "guidance rescale phi in [0, 1] (default 0: off)", floatRange(0, 1))
 	fs.floatVar(&o.eta, "eta", "x", 0, "DDIM's eta in [0, 1] (default 0)", floatRange(0, 1))
+	if o.mode == modeTxt2Img {
+		o.hires.define(fs)
+	}
 	o.pipe.define(fs)
 }
 
@@ -206,6 +210,9 @@ func (o *genOptions) check(args []string) error {
 	}
 	if o.mode == modeUpscale && o.model == "" {
 		return usagef("upscale needs an x4 upscaler model: pass -m")
+	}
+	if o.mode == modeTxt2Img && o.hires.scale > 0 {
+		return o.hires.check()
 	}
 	if o.mode == modeInpaint {
 		switch {
@@ -255,6 +262,11 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		return err
 	}
 	defer p.Close()
+	hires, closeHires, err := o.hires.hires(&o.pipe, a.stderr)
+	if err != nil {
+		return err
+	}
+	defer closeHires()
 	if o.randomSeed {
 		o.seed = uint64(rand.Uint32()) // 32 bits, as web UIs pick them
 	}
@@ -268,7 +280,7 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		Sampler: o.sampler, Schedule: o.schedule, Eta: o.eta,
 		TimestepSpacing: o.spacing, PromptSyntax: o.syntax,
 		Seed: o.seed, RNG: o.rng, BatchSize: o.batch, ClipSkip: o.clipSkip,
-		Progress: bar.update,
+		Progress: bar.update, Hires: hires,
 	}
 	var res *diffusion.Result
 	switch o.mode {

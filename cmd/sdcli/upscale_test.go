@@ -94,3 +94,29 @@ func TestUpscaleESRGAN(t *testing.T) {
 	assert.Equal(t, image.Rect(0, 0, 64, 64), img.Bounds())
 	assert.Equal(t, "Postprocess upscale by: 4, Postprocess upscaler: esrgan-x4.pth, Version: gosd", params)
 }
+
+// txt2img's hires fix: the output at the hires size with the web UI's fields; bad
+// upscaler names are usage errors.
+func TestTxt2ImgHires(t *testing.T) {
+	model, rt := tinyModel(t)
+	out := filepath.Join(t.TempDir(), "hires.png")
+	esrgan := filepath.Join(testutil.RepoRoot(t), "diffusion", "testdata", "esrgan", "esrgan-x4.pth")
+	for _, up := range []string{"latent", "esrgan:" + esrgan} {
+		r := runArgs(t, slices.Concat([]string{"txt2img", "-m", model, "-p", "a red apple", "-W", "64", "-H", "64", "--steps", "4",
+			"--seed", "3", "--hires-scale", "1.5", "--hires-upscaler", up, "--hires-steps", "4", "--hires-strength", "0.5", "-o", out}, rt)...)
+		require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+		img, params := pngParameters(t, out)
+		assert.Equal(t, image.Rect(0, 0, 96, 96), img.Bounds())
+		name := map[bool]string{true: "Latent", false: "esrgan-x4"}[up == "latent"]
+		assert.Contains(t, params, "Size: 64x64, Model: diffusers, Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 4, Hires upscaler: "+name+", ")
+	}
+	for _, tc := range []struct{ args []string }{
+		{[]string{"--hires-scale", "2", "--hires-upscaler", "bicubic"}},
+		{[]string{"--hires-scale", "2", "--hires-upscaler", "esrgan:" + model}},
+		{[]string{"--hires-scale", "0.5"}},
+	} {
+		r := runArgs(t, slices.Concat([]string{"txt2img", "-m", model, "-o", out}, tc.args, rt)...)
+		assert.Equal(t, exitUsage, r.code, "stderr: %s", r.stderr)
+		assert.Contains(t, r.stderr, "hires")
+	}
+}
