@@ -229,6 +229,12 @@ type Params struct {
 	BatchSize              int
 	ClipSkip               int
 	Strength               float64 // img2img / inpaint; 0 for txt2img
+	Model                  string  // the model's file or folder name
+	// ModelHash is AUTOMATIC1111's short model hash (the first 10 hex digits of the
+	// file's SHA-256) for single-file models; "" for folders.
+	ModelHash string
+	Elapsed   time.Duration
+
 	// UpscaleFactor is an Upscale call's output/input size ratio (4 for the x4
 	// upscaler), 0 for other calls; NoiseLevel is that call's low-res noise level.
 	UpscaleFactor, NoiseLevel int
@@ -238,11 +244,6 @@ type Params struct {
 	HiresScale    float64
 	HiresSteps    int
 	HiresUpscaler string
-	Model         string // the model's file or folder name
-	// ModelHash is AUTOMATIC1111's short model hash (the first 10 hex digits of the
-	// file's SHA-256) for single-file models; "" for folders.
-	ModelHash string
-	Elapsed   time.Duration
 }
 
 // A1111 formats the parameters of image index of the batch as AUTOMATIC1111's
