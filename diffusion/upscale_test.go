@@ -326,3 +326,22 @@ func TestUpscaleTiled(t *testing.T) {
 	big := run(src, 0)
 	assert.Equal(t, image.Rect(0, 0, 160, 96), big.Bounds())
 }
+
+// Image k of a batch is the image a batch of one makes with seed Seed+k (each image's
+// generator draws its own low-res noise and latents), up to the batch-dependent rounding
+// of the UNet's GEMMs: one level at most.
+func TestUpscaleBatchSeeds(t *testing.T) {
+	p := openTiny(t, "upscaler-tiny")
+	req := UpscaleRequest{Request: Request{Prompt: "a red apple", Steps: 2, Seed: 60, BatchSize: 2}, Image: kitLowRes(t)}
+	batch, err := p.Upscale(context.Background(), req)
+	require.NoError(t, err)
+	require.Len(t, batch.Images, 2)
+	for k := range 2 {
+		single := req
+		single.BatchSize, single.Seed = 1, 60+uint64(k)
+		res, err := p.Upscale(context.Background(), single)
+		require.NoError(t, err)
+		assert.LessOrEqual(t, maxPixelDiff(res.Images[0], batch.Images[k]), 1.0, "image %d", k)
+	}
+	assert.Greater(t, maxPixelDiff(batch.Images[0], batch.Images[1]), 10.0, "different seeds, different images")
+}
