@@ -30,7 +30,8 @@ type UpscaleRequest struct {
 	NoiseLevel int
 	// Tile bounds memory for large images: the UNet runs on overlapping tiles of at
 	// most Tile x Tile low-resolution pixels (a quarter of a side overlapping, the
-	// predictions blended with linear ramps) and the VAE decodes tiles of half that. A
+	// predictions blended with linear ramps) and the VAE decodes tiles of half that (at
+	// least 64). A
 	// Tile at least the image's sides runs it whole, as diffusers. 0: twice the UNet's
 	// sample size (256 for the released model); otherwise at least MinTile.
 	Tile int
@@ -48,6 +49,9 @@ const (
 
 // MinTile is the smallest UpscaleRequest.Tile.
 const MinTile = 8
+
+// minVAETile is the smallest side of the decoder's tiles, in latent pixels.
+const minVAETile = 64
 
 // upscalerDesc is what an x4 upscaler adds to the model description.
 type upscalerDesc struct {
@@ -132,7 +136,9 @@ func (d *modelDesc) upscale(req UpscaleRequest) (Request, *initImage, error) {
 	}
 	up := &upscaleInit{noiseLevel: level, latents: req.latents}
 	if w > tile || h > tile {
-		vae := max(tile/2, MinTile)
+		// Decoding costs more memory per latent pixel than the UNet but little per
+		// call: at least 64 latent pixels a side, so small tiles do not multiply calls.
+		vae := max(tile/2, minVAETile)
 		up.tile, up.vaeTile = tiling{tile, tile / 4}, tiling{vae, vae / 4}
 	}
 	return r, &initImage{image: req.Image, upscale: up}, nil

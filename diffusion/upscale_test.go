@@ -228,15 +228,16 @@ func TestUpscaleRequestValidation(t *testing.T) {
 	}
 
 	// Images larger than the tile (default: twice the UNet's sample size, 32 here) run in
-	// tiles overlapping by a quarter, the VAE in tiles of half the size.
+	// tiles overlapping by a quarter, the VAE in tiles of half the size, at least 64.
 	for _, tc := range []struct {
 		w, tile       int
 		unet, decoder tiling
 	}{
 		{32, 0, tiling{}, tiling{}},
-		{36, 0, tiling{32, 8}, tiling{16, 4}},
+		{36, 0, tiling{32, 8}, tiling{64, 16}},
 		{36, 64, tiling{}, tiling{}},
-		{16, 8, tiling{8, 2}, tiling{8, 2}},
+		{16, 8, tiling{8, 2}, tiling{64, 16}},
+		{256, 200, tiling{200, 50}, tiling{100, 25}},
 	} {
 		_, init, err := d.upscale(UpscaleRequest{Image: solidImage(tc.w, 16, color.White), Tile: tc.tile})
 		require.NoError(t, err)
@@ -290,8 +291,8 @@ func TestDescribeUpscalerRefusesBrokenModels(t *testing.T) {
 }
 
 // A tile that covers the image runs it once: the same image as without tiling. Smaller
-// tiles run the UNet and the VAE in blended tiles; an image wider than the default tile
-// upscales to its full size.
+// tiles run the UNet in blended tiles; an image wider than the default tile and than the
+// decoder's (64 latent pixels) upscales to its full size through both.
 func TestUpscaleTiled(t *testing.T) {
 	p := openTiny(t, "upscaler-tiny")
 	low := kitLowRes(t)
@@ -312,19 +313,20 @@ func TestUpscaleTiled(t *testing.T) {
 	t.Logf("16x16 in 8x8 tiles vs whole: PSNR %.1f dB", psnr(tiled, ref))
 	assert.NotEqual(t, whole, tiled)
 
-	wide := imageTensorWith(low, 40, 24, bicubicFilter) // 40x24 in [-1, 1]
-	src := image.NewRGBA(image.Rect(0, 0, 40, 24))
-	for y := 0; y < 24; y++ {
-		for x := 0; x < 40; x++ {
+	const ww, wh = 136, 24
+	wide := imageTensorWith(low, ww, wh, bicubicFilter) // in [-1, 1]
+	src := image.NewRGBA(image.Rect(0, 0, ww, wh))
+	for y := 0; y < wh; y++ {
+		for x := 0; x < ww; x++ {
 			var c [3]uint8
 			for ch := range c {
-				c[ch] = uint8(math.Round(float64(wide[ch*40*24+y*40+x]+1) / 2 * 255))
+				c[ch] = uint8(math.Round(float64(wide[ch*ww*wh+y*ww+x]+1) / 2 * 255))
 			}
 			src.Set(x, y, color.RGBA{c[0], c[1], c[2], 255})
 		}
 	}
 	big := run(src, 0)
-	assert.Equal(t, image.Rect(0, 0, 160, 96), big.Bounds())
+	assert.Equal(t, image.Rect(0, 0, 4*ww, 4*wh), big.Bounds())
 }
 
 // Image k of a batch is the image a batch of one makes with seed Seed+k (each image's

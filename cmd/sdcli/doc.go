@@ -119,7 +119,7 @@
 //	                      change more (default 20)
 //	--tile PX             images wider or taller than PX run in overlapping tiles of at most
 //	                      PX x PX input pixels, the UNet's predictions blended across the
-//	                      overlaps at every step, the VAE decoding tiles of half the size:
+//	                      overlaps at every step, the VAE decoding tiles of half (>= 64):
 //	                      memory follows the tile, not the image (default 0: twice the
 //	                      model's sample size, 256 for the released model; a tile covering
 //	                      the image runs it whole, as diffusers)
