@@ -92,7 +92,11 @@ func generateCommand(m mode) func(*app, *flagSet) func(context.Context, []string
 }
 
 func (o *genOptions) define(fs *flagSet) {
-	fs.stringVar(&o.model, "m", "path", "", "model file (.safetensors, .ckpt) or diffusers folder\n(default: the demo model "+demoModel+")")
+	if o.mode == modeUpscale {
+		fs.stringVar(&o.model, "m", "path", "", "an x4 upscaler (diffusers folder or x4-upscaler-ema single file) or an ESRGAN file (.pth, .safetensors)\n(no default: required)")
+	} else {
+		fs.stringVar(&o.model, "m", "path", "", "model file (.safetensors, .ckpt) or diffusers folder\n(default: the demo model "+demoModel+")")
+	}
 	fs.stringVar(&o.prompt, "p", "text", "", "prompt (default: empty)")
 	fs.stringVar(&o.negative, "n", "text", "", "negative prompt (default: empty)")
 	switch o.mode {
