@@ -106,7 +106,8 @@
 // # sdcli upscale
 //
 // Upscales an image 4x with a Stable Diffusion x4 upscaler (a diffusers
-// StableDiffusionUpscalePipeline folder such as stabilityai/stable-diffusion-x4-upscaler),
+// StableDiffusionUpscalePipeline folder such as stabilityai/stable-diffusion-x4-upscaler,
+// or its original x4-upscaler-ema single file),
 // the detail generated under the prompt's guidance, as diffusers does: --seed S with
 // --rng cpu reproduces diffusers' image for torch.Generator().manual_seed(S). It takes
 // the flags of txt2img except -W and -H (the output is the image's size, rounded down to
