@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/gosd/gosd/diffusion/modelfile"
+	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -216,4 +217,19 @@ arena peak      160.0 MiB                runtime activations
 device weights  0 B                      copied to the device (weights used in place from the file are not counted)
 `
 	assert.Equal(t, want, out.String())
+}
+
+// bench -m with an x4 upscaler times an upscale to --size from a quarter-size image.
+func TestBenchUpscaler(t *testing.T) {
+	_, rt := tinyModel(t)
+	model := filepath.Join(testutil.ConformanceDir(t), "upscaler-tiny", "diffusers")
+	r := runArgs(t, slices.Concat([]string{"bench", "-m", model, "--size", "128", "--steps", "2", "--json"}, rt)...)
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	var rep benchReport
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep))
+	assert.Equal(t, 128, rep.Size)
+	assert.True(t, rep.Upscale)
+	require.Len(t, rep.StepTimes, 2)
+	assert.Positive(t, rep.Decode)
+	assert.GreaterOrEqual(t, rep.Total, rep.Decode+rep.StepTimes[0]+rep.StepTimes[1])
 }

@@ -176,7 +176,8 @@
 // The report gives the load time (Open), text encoding, the median step time, VAE
 // decoding, the total of the call, the peak resident memory of the process and the
 // runtime's peak activation memory. With -m it times that model instead, at its native
-// size unless --size is given.
+// size unless --size is given; an x4 upscaler is timed upscaling a gray image of a
+// quarter of the size to the size (in its default tiles; no random x4 weights yet).
 //
 //	--arch NAME           sd15 or sd21 (default sd15)
 //	-m path               a model file or diffusers folder to time instead (not with --arch)
