@@ -177,9 +177,10 @@
 // decoding, the total of the call, the peak resident memory of the process and the
 // runtime's peak activation memory. With -m it times that model instead, at its native
 // size unless --size is given; an x4 upscaler is timed upscaling a gray image of a
-// quarter of the size to the size (in its default tiles; no random x4 weights yet).
+// quarter of the size to the size (in its default tiles).
 //
-//	--arch NAME           sd15 or sd21 (default sd15)
+//	--arch NAME           sd15, sd21 or x4-upscaler (default sd15); x4-upscaler is timed
+//	                      upscaling a gray --size/4 image to --size
 //	-m path               a model file or diffusers folder to time instead (not with --arch)
 //	--size px             image width and height, a multiple of 8 (default 512; with -m
 //	                      the model's native size)

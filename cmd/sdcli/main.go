@@ -45,7 +45,8 @@ func newApp(stdout, stderr io.Writer) *app {
 		stderr:         stderr,
 		stderrTerminal: isTerminal(stderr),
 		demoDirs:       demoModelDirs(),
-		archs:          map[string]modelfile.Architecture{"sd15": modelfile.SD15(), "sd21": modelfile.SD21()},
+		archs: map[string]modelfile.Architecture{"sd15": modelfile.SD15(), "sd21": modelfile.SD21(),
+			"x4-upscaler": modelfile.X4Upscaler()},
 	}
 }
 

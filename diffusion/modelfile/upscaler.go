@@ -145,3 +145,25 @@ func (ts ldmTensors) x4Upscaler(unet *UNetConfig, vae *VAEConfig) error {
 	vae.ScalingFactor = 0.08333
 	return nil
 }
+
+// X4Upscaler is Stable Diffusion's x4 upscaler (stabilityai/stable-diffusion-x4-upscaler):
+// its UNet (256-512-512-1024 channels, 8 heads, cross-attention-only attn1 in the first
+// three levels, 7 input channels, a 1000-row noise-level table), a 3-level VAE scaled by
+// 0.08333, SD 2.x's text encoder, v-prediction DDIM and the DDPM low-res schedule.
+func X4Upscaler() Architecture {
+	u := SD21UNetConfig()
+	u.SampleSize, u.InChannels = 128, 7
+	u.BlockOutChannels = []int{256, 512, 512, 1024}
+	u.AttentionHeads = []int{8, 8, 8, 8}
+	u.DownBlockTypes = []string{plainDown, crossAttnDown, crossAttnDown, crossAttnDown}
+	u.UpBlockTypes = []string{crossAttnUp, crossAttnUp, crossAttnUp, plainUp}
+	u.OnlyCrossAttention = []bool{true, true, true, false}
+	u.TimeEmbeddingDim = 4 * 256
+	u.ClassEmbedType, u.NumClassEmbeds = ClassTable, 1000
+	v := SD21VAEConfig()
+	v.BlockOutChannels = []int{128, 256, 512}
+	v.DownBlockTypes, v.UpBlockTypes = v.DownBlockTypes[:3], v.UpBlockTypes[:3]
+	v.ScalingFactor, v.SampleSize = 0.08333, 256
+	return Architecture{Family: FamilySD2, UNet: u, VAE: v, TextEncoder: SD21TextEncoderConfig(), Scheduler: X4SchedulerConfig(),
+		Upscaler: &UpscalerConfig{MaxNoiseLevel: defaultMaxNoiseLevel, LowResScheduler: X4LowResSchedulerConfig()}}
+}

@@ -139,3 +139,55 @@ func TestLoadX4UpscalerSingleFile(t *testing.T) {
 		assert.Equal(t, c.want.NumTrainTimesteps, c.got.NumTrainTimesteps)
 	}
 }
+
+// tinyX4Upscaler is X4Upscaler at the kit's tiny widths.
+func tinyX4Upscaler() Architecture {
+	a := X4Upscaler()
+	a.UNet.BlockOutChannels = []int{32, 32, 64, 64}
+	a.UNet.TimeEmbeddingDim = 128
+	a.UNet.CrossAttentionDim = 32
+	a.VAE.BlockOutChannels = []int{32, 32, 64}
+	a.TextEncoder.HiddenSize, a.TextEncoder.IntermediateSize = 32, 64
+	a.TextEncoder.NumHiddenLayers, a.TextEncoder.NumAttentionHeads = 2, 4
+	a.TextEncoder.ProjectionDim = 32
+	return a
+}
+
+// Random weights of the x4 upscaler architecture load back as an upscaler folder with
+// the architecture's configs; at the kit's widths its UNet has exactly the kit's
+// tensors (the kit's tiny upscaler has the released structure).
+func TestWriteRandomX4Upscaler(t *testing.T) {
+	arch := tinyX4Upscaler()
+	dir := t.TempDir()
+	require.NoError(t, WriteRandom(t.Context(), dir, arch, F16, 1))
+	m := loadModel(t, dir)
+	require.NotNil(t, m.Upscaler)
+	assert.Equal(t, 350, m.Upscaler.MaxNoiseLevel)
+	assert.Equal(t, "scaled_linear", m.Upscaler.LowResScheduler.BetaSchedule)
+	assert.Equal(t, arch.UNet, m.UNet.Config)
+	assert.Equal(t, arch.VAE, m.VAE.Config)
+	assert.Equal(t, "DDIMScheduler", m.Scheduler.ClassName)
+	assert.Equal(t, 0.02, m.Scheduler.BetaEnd)
+
+	kit := loadModel(t, filepath.Join(testutil.ConformanceDir(t), "upscaler-tiny", "diffusers"))
+	tiny, err := arch.UNet.TensorSpecs()
+	require.NoError(t, err)
+	require.Len(t, tiny, len(kit.UNet.Tensors))
+	for _, s := range tiny {
+		k, ok := kit.UNet.Tensors[s.Name]
+		require.True(t, ok, s.Name)
+		assert.Equal(t, k.Shape, s.Shape, s.Name)
+	}
+
+	specs, err := X4Upscaler().UNet.TensorSpecs()
+	require.NoError(t, err)
+	var params int64
+	for _, s := range specs {
+		n := int64(1)
+		for _, d := range s.Shape {
+			n *= d
+		}
+		params += n
+	}
+	t.Logf("x4 upscaler UNet: %d tensors, %.1fM parameters", len(specs), float64(params)/1e6)
+}
