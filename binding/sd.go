@@ -189,6 +189,9 @@ type Library struct {
 	sdTaesdDecode func(ctx Ctx, m Model, z, out Tensor) Status
 	// sd_status_t sd_taesd_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x, sd_tensor_t *latents);
 	sdTaesdEncode func(ctx Ctx, m Model, x, latents Tensor) Status
+
+	// ESRGAN (binding/esrgan.go).
+	esrganFuncs
 }
 
 type symbol struct {
@@ -214,6 +217,7 @@ func (l *Library) abiSymbols() []symbol {
 		{"sd_sizeof_controlnet_config", &l.sdSizeofControlnetConfig},
 		{"sd_sizeof_controlnet_inputs", &l.sdSizeofControlnetInputs},
 		{"sd_sizeof_taesd_config", &l.sdSizeofTaesdConfig},
+		{"sd_sizeof_esrgan_config", &l.sdSizeofEsrganConfig},
 	}
 }
 
@@ -287,6 +291,9 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_taesd_load", &l.sdTaesdLoad},
 		{"sd_taesd_decode", &l.sdTaesdDecode},
 		{"sd_taesd_encode", &l.sdTaesdEncode},
+		{"sd_esrgan_config_default", &l.sdEsrganConfigDefault},
+		{"sd_esrgan_load", &l.sdEsrganLoad},
+		{"sd_esrgan_forward", &l.sdEsrganForward},
 	}
 }
 
@@ -310,6 +317,7 @@ func (l *Library) checkLayouts() error {
 		{"sd_controlnet_config_t", l.sdSizeofControlnetConfig(), unsafe.Sizeof(ControlNetConfig{})},
 		{"sd_controlnet_inputs_t", l.sdSizeofControlnetInputs(), unsafe.Sizeof(controlNetInputsC{})},
 		{"sd_taesd_config_t", l.sdSizeofTaesdConfig(), unsafe.Sizeof(TAESDConfig{})},
+		{"sd_esrgan_config_t", l.sdSizeofEsrganConfig(), unsafe.Sizeof(ESRGANConfig{})},
 	}
 	for _, s := range sizes {
 		if s.lib != s.mine {

@@ -99,6 +99,7 @@ const (
 	ActGELU      Activation = 1
 	ActGELUTanh  Activation = 2
 	ActQuickGELU Activation = 3
+	ActLeakyReLU Activation = 4 // slope 0.2 (ESRGAN)
 )
 
 // Layout mirrors sd_layout_t.

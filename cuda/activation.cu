@@ -2,10 +2,11 @@
  * activation.cu - elementwise activations and GEGLU on the GPU.
  *
  * x, out: any shape, f32/f16, contiguous; computed in float32. ref: torch.nn.functional.silu,
- * gelu (approximate 'none' and 'tanh'), transformers' quick_gelu (x * sigmoid(1.702 x)) and
- * diffusers' GEGLU (the projection split in halves a, gate along the last dim; a * gelu(gate)),
- * as csrc/cpu/kernels/activation.c. The formulas are the CPU kernels' ones, written so both tails
- * keep their relative accuracy: GELU through erfc, the sigmoids as x / (1 + exp(-t)).
+ * gelu (approximate 'none' and 'tanh'), transformers' quick_gelu (x * sigmoid(1.702 x)),
+ * leaky_relu with slope 0.2 (ESRGAN) and diffusers' GEGLU (the projection split in halves a, gate
+ * along the last dim; a * gelu(gate)), as csrc/cpu/kernels/activation.c. The formulas are the CPU
+ * kernels' ones, written so both tails keep their relative accuracy: GELU through erfc, the
+ * sigmoids as x / (1 + exp(-t)).
  */
 #include "activation.cuh"
 
@@ -33,6 +34,9 @@ struct QuickGelu {
     __device__ __forceinline__ float operator()(float x) const {
         return x / (1.0f + expf(-1.702f * x));
     }
+};
+struct LeakyRelu { /* ESRGAN's LeakyReLU(negative_slope=0.2) */
+    __device__ __forceinline__ float operator()(float x) const { return x >= 0.0f ? x : 0.2f * x; }
 };
 
 /* x, out: (n) T (out may be x); VEC: both 16-byte aligned. ref: the activation F. */
@@ -106,6 +110,9 @@ void launch_activation(const sd_cuda_backend_t *cb, T *out, const T *x, int64_t 
         break;
     case SD_ACT_GELU_TANH:
         launch_map(cb, out, x, n, GeluTanh());
+        break;
+    case SD_ACT_LEAKY_RELU:
+        launch_map(cb, out, x, n, LeakyRelu());
         break;
     default:
         launch_map(cb, out, x, n, QuickGelu());

@@ -17,11 +17,17 @@ type denoiser struct {
 	// rescale is diffusers' guidance_rescale φ.
 	guidance, rescale float64
 	// extra are input channels concatenated after the latents, (batch, k, h, w): the
-	// 9-channel inpainting UNet's mask and masked image latents (the x4 upscaler's
-	// low-res image later); nil for none.
+	// 9-channel inpainting UNet's mask and masked image latents, the x4 upscaler's noised
+	// low-res image; nil for none.
 	extra []float32
 	// control runs the request's ControlNets before each UNet evaluation; nil for none.
 	control *controls
+	// classLabels are the UNet's class labels, one per latent row (the x4 upscaler's
+	// noise level), repeated for the guidance batch; nil for none.
+	classLabels []float32
+	// tile, when set, evaluates grids larger than a tile in overlapping tiles (the x4
+	// upscaler's large inputs).
+	tile tiling
 }
 
 func (d *denoiser) cfg() bool { return d.guidance > 1 }
@@ -30,6 +36,24 @@ func (d *denoiser) cfg() bool { return d.guidance > 1 }
 // scheduler's ScaleModelInput, at timestep t; eval (1-based) names the evaluation in
 // errors.
 func (d *denoiser) predict(x []float32, t float64, eval int) ([]float32, error) {
+	if d.tile.covers(d.h, d.w) {
+		return d.predictWhole(x, t, eval)
+	}
+	hw := d.h * d.w
+	lc := len(x) / (d.batch * hw)
+	ec := len(d.extra) / (d.batch * hw)
+	return blendTiles(d.tile, d.batch, lc, d.h, d.w, 1, func(r rect) ([]float32, error) {
+		sub := *d
+		sub.h, sub.w, sub.tile = r.h, r.w, tiling{}
+		if d.extra != nil {
+			sub.extra = crop(d.extra, d.batch*ec, d.h, d.w, r)
+		}
+		return sub.predictWhole(crop(x, d.batch*lc, d.h, d.w, r), t, eval)
+	})
+}
+
+// predictWhole is predict on the whole grid at once.
+func (d *denoiser) predictWhole(x []float32, t float64, eval int) ([]float32, error) {
 	in := d.inputs(x, t)
 	if d.control != nil {
 		var err error
@@ -71,8 +95,16 @@ func (d *denoiser) inputs(x []float32, t float64) *unetInputs {
 	for k := range ts {
 		ts[k] = float32(t)
 	}
+	var labels []float32
+	if d.classLabels != nil {
+		labels = d.classLabels
+		if d.cfg() {
+			labels = append(append([]float32(nil), labels...), labels...)
+		}
+	}
 	return &unetInputs{x: in, batch: rows, h: d.h, w: d.w, t: ts,
-		contextTensor: d.cond.context, textEmbeds: d.cond.textEmbeds, timeIDs: d.cond.timeIDs, residualScale: 1}
+		contextTensor: d.cond.context, textEmbeds: d.cond.textEmbeds, timeIDs: d.cond.timeIDs,
+		classLabels: labels, residualScale: 1}
 }
 
 // guide applies classifier-free guidance u + g (c - u) and, when phi > 0, diffusers'

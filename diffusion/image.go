@@ -43,7 +43,12 @@ func toByte(v float32) uint8 {
 // imageTensor converts an image to (1, 3, h, w) in [-1, 1], resized with Lanczos when its
 // size differs, as diffusers' VaeImageProcessor.preprocess.
 func imageTensor(img image.Image, w, h int) []float32 {
-	rgba := resize(toNRGBA(img), w, h)
+	return imageTensorWith(img, w, h, lanczosFilter)
+}
+
+// imageTensorWith is imageTensor resizing with filter f.
+func imageTensorWith(img image.Image, w, h int, f filter) []float32 {
+	rgba := resizeWith(toNRGBA(img), w, h, f)
 	out := make([]float32, 3*w*h)
 	plane := w * h
 	for y := 0; y < h; y++ {
@@ -87,14 +92,41 @@ func toNRGBA(img image.Image) *image.NRGBA {
 
 // resize scales with a Lanczos-3 filter (separable, as PIL's Image.LANCZOS); the image
 // itself when the size already matches.
-func resize(src *image.NRGBA, w, h int) *image.NRGBA {
+func resize(src *image.NRGBA, w, h int) *image.NRGBA { return resizeWith(src, w, h, lanczosFilter) }
+
+// filter is a separable resampling kernel with its support radius (in source pixels at
+// scale 1), as PIL's filters.
+type filter struct {
+	kernel  func(float64) float64
+	support float64
+}
+
+var (
+	lanczosFilter = filter{lanczos, 3}
+	bicubicFilter = filter{bicubic, 2}
+)
+
+func resizeWith(src *image.NRGBA, w, h int, f filter) *image.NRGBA {
 	sw, sh := src.Bounds().Dx(), src.Bounds().Dy()
 	if sw == w && sh == h {
 		return src
 	}
-	tmp := resample1D(src.Pix, sw, sh, src.Stride, w, true) // horizontal: w x sh
-	outPix := resample1D(tmp, w, sh, 4*w, h, false)         // vertical: w x h
+	tmp := resample1D(src.Pix, sw, sh, src.Stride, w, true, f) // horizontal: w x sh
+	outPix := resample1D(tmp, w, sh, 4*w, h, false, f)         // vertical: w x h
 	return &image.NRGBA{Pix: outPix, Stride: 4 * w, Rect: image.Rect(0, 0, w, h)}
+}
+
+// bicubic is PIL's Image.BICUBIC kernel (Keys' cubic convolution with a = -0.5).
+func bicubic(x float64) float64 {
+	const a = -0.5
+	x = math.Abs(x)
+	switch {
+	case x < 1:
+		return ((a+2)*x-(a+3))*x*x + 1
+	case x < 2:
+		return (((x-5)*x+8)*x - 4) * a
+	}
+	return 0
 }
 
 func lanczos(x float64) float64 {
@@ -110,13 +142,13 @@ func lanczos(x float64) float64 {
 }
 
 // resample1D resizes RGBA rows (horizontal) or columns (vertical) to n samples.
-func resample1D(pix []uint8, w, h, stride, n int, horizontal bool) []uint8 {
+func resample1D(pix []uint8, w, h, stride, n int, horizontal bool, f filter) []uint8 {
 	srcLen, other := w, h
 	if !horizontal {
 		srcLen, other = h, w
 	}
 	scale := float64(srcLen) / float64(n)
-	support := 3 * math.Max(scale, 1)
+	support := f.support * math.Max(scale, 1)
 	filterScale := math.Max(scale, 1)
 	outW, outH := n, h
 	if !horizontal {
@@ -131,7 +163,7 @@ func resample1D(pix []uint8, w, h, stride, n int, horizontal bool) []uint8 {
 		weights = weights[:0]
 		var sum float64
 		for j := lo; j < hi; j++ {
-			wt := lanczos((float64(j) + 0.5 - center) / filterScale)
+			wt := f.kernel((float64(j) + 0.5 - center) / filterScale)
 			weights = append(weights, wt)
 			sum += wt
 		}

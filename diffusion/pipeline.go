@@ -55,6 +55,7 @@ type ModelInfo struct {
 	DefaultSampler Sampler // the scheduler its config names
 	TextLayers     int
 	Inpainting     bool   // a 9-channel inpainting UNet
+	Upscaler       bool   // an x4 upscaler: use Upscale
 	Device         Device // where it runs
 	Backend        string // the runtime's description of the device
 	Summary        modelfile.Summary
@@ -115,33 +116,9 @@ func open(ctx context.Context, m *modelfile.Model, taesd *modelfile.TAESD, o ope
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	pref := binding.PreferAuto
-	switch o.device {
-	case DeviceCPU:
-		pref = binding.PreferCPU
-	case DeviceCUDA:
-		pref = binding.PreferCUDA
-	case DeviceAuto:
-	default:
-		return nil, fmt.Errorf("%w: unknown device %d", ErrInvalidRequest, int(o.device))
-	}
-	lib, err := binding.Load(binding.LoadOptions{Path: o.library, Backend: pref})
+	lib, backend, device, err := loadRuntime(o, log)
 	if err != nil {
 		return nil, err
-	}
-	if r := lib.FallbackReason(); r != "" {
-		log.Warn("the GPU build of the runtime is not usable; using the CPU", "reason", r)
-	}
-	backend, device := binding.BackendCPU, DeviceCPU
-	if pref != binding.PreferCPU {
-		if ok, why := lib.BackendAvailable(binding.BackendCUDA); ok {
-			backend, device = binding.BackendCUDA, DeviceCUDA
-		} else if pref == binding.PreferCUDA {
-			return nil, fmt.Errorf("%w: no usable GPU: %s", ErrDevice, why)
-		}
-	}
-	if o.threads < 0 {
-		return nil, fmt.Errorf("%w: threads %d", ErrInvalidRequest, o.threads)
 	}
 	eng, err := newEngine(lib, backend, o.threads)
 	if err != nil {
@@ -171,6 +148,39 @@ func open(ctx context.Context, m *modelfile.Model, taesd *modelfile.TAESD, o ope
 	}
 	log.Info("model opened", "path", m.Path, "family", m.Family, "device", device, "backend", lib.CtxBackendDescription(eng.ctx))
 	return p, nil
+}
+
+// loadRuntime loads the runtime library for the options' device and picks its backend.
+func loadRuntime(o openOptions, log *slog.Logger) (*binding.Library, binding.Backend, Device, error) {
+	pref := binding.PreferAuto
+	switch o.device {
+	case DeviceCPU:
+		pref = binding.PreferCPU
+	case DeviceCUDA:
+		pref = binding.PreferCUDA
+	case DeviceAuto:
+	default:
+		return nil, 0, 0, fmt.Errorf("%w: unknown device %d", ErrInvalidRequest, int(o.device))
+	}
+	lib, err := binding.Load(binding.LoadOptions{Path: o.library, Backend: pref})
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if r := lib.FallbackReason(); r != "" {
+		log.Warn("the GPU build of the runtime is not usable; using the CPU", "reason", r)
+	}
+	backend, device := binding.BackendCPU, DeviceCPU
+	if pref != binding.PreferCPU {
+		if ok, why := lib.BackendAvailable(binding.BackendCUDA); ok {
+			backend, device = binding.BackendCUDA, DeviceCUDA
+		} else if pref == binding.PreferCUDA {
+			return nil, 0, 0, fmt.Errorf("%w: no usable GPU: %s", ErrDevice, why)
+		}
+	}
+	if o.threads < 0 {
+		return nil, 0, 0, fmt.Errorf("%w: threads %d", ErrInvalidRequest, o.threads)
+	}
+	return lib, backend, device, nil
 }
 
 func slogLevel(l binding.LogLevel) slog.Level {
@@ -319,10 +329,14 @@ func (p *Pipeline) release() { <-p.turn }
 // guard runs a native call so that ctx's cancellation interrupts it (the runtime checks
 // its cancel flag between operations) and reports ctx's error instead of the runtime's.
 func (p *Pipeline) guard(ctx context.Context, call func() error) error {
+	return guardNative(ctx, p.eng.lib, p.eng.ctx, call)
+}
+
+// guardNative runs a native call on c so that ctx's cancellation interrupts it, as guard.
+func guardNative(ctx context.Context, lib *binding.Library, c binding.Ctx, call func() error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	lib, c := p.eng.lib, p.eng.ctx
 	lib.CtxClearCancel(c)
 	fired := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
@@ -364,10 +378,11 @@ func (p *Pipeline) Inpaint(ctx context.Context, req InpaintRequest) (*Result, er
 	return p.generate(ctx, r, init)
 }
 
-// initImage is the starting point of img2img and inpainting.
+// initImage is the starting point of img2img, inpainting and upscaling.
 type initImage struct {
 	image, mask image.Image
 	strength    float64
+	upscale     *upscaleInit // set for Upscale: image is the low-resolution input
 }
 
 func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (*Result, error) {
@@ -411,14 +426,14 @@ func (p *Pipeline) generateLocked(ctx context.Context, req Request, par Params, 
 	return &Result{Images: images, Params: par, Timings: tm}, nil
 }
 
-// run is one generation, shared by the three modes: the conditioner encodes the prompts,
-// the codec the init image, the sampling loop steps the denoiser, and the codec decodes.
+// run is one generation, shared by the modes: the conditioner encodes the prompts, the
+// codec the init image, the sampling loop steps the denoiser, and the codec decodes.
 func (p *Pipeline) run(ctx context.Context, req Request, par Params, sched schedule.Scheduler, init *initImage, tm *Timings) ([]image.Image, error) {
-	x, err := p.denoise(ctx, req, par, sched, init, nil, tm)
+	dn, err := p.denoise(ctx, req, par, sched, init, nil, tm)
 	if err != nil {
 		return nil, err
 	}
-	return p.decodeImages(ctx, x, req, par, tm)
+	return p.decodeImages(ctx, dn, req, par, tm)
 }
 
 // stage is part of a schedule (a base → refiner hand-over): sampling runs entries
@@ -428,12 +443,21 @@ type stage struct {
 	first, end int
 }
 
+// denoised are the latents sampling ends with, (batch, channels, h, w), and how the
+// decoder tiles them (the x4 upscaler's tiles; zero: whole).
+type denoised struct {
+	x       []float32
+	h, w    int
+	vaeTile tiling
+}
+
 // denoise conditions on the request's prompts and runs the sampling loop from noise,
-// the init image, or a stage's latents (nil: the whole schedule), returning the latents.
-func (p *Pipeline) denoise(ctx context.Context, req Request, par Params, sched schedule.Scheduler, init *initImage, stg *stage, tm *Timings) ([]float32, error) {
+// the init image, or a stage's latents (nil: the whole schedule), then the hires fix's
+// second pass if asked, returning the latents.
+func (p *Pipeline) denoise(ctx context.Context, req Request, par Params, sched schedule.Scheduler, init *initImage, stg *stage, tm *Timings) (denoised, error) {
 	vae, err := p.vaeCodec(req.VAETiling)
 	if err != nil {
-		return nil, err
+		return denoised{}, err
 	}
 	f := vae.factor()
 	b, lh, lw := par.BatchSize, par.Height/f, par.Width/f
@@ -446,7 +470,7 @@ func (p *Pipeline) denoise(ctx context.Context, req Request, par Params, sched s
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return denoised{}, err
 	}
 	defer cond.free()
 	tm.TextEncode += time.Since(phase)
@@ -460,10 +484,12 @@ func (p *Pipeline) denoise(ctx context.Context, req Request, par Params, sched s
 		st.x = make([]float32, n)
 		gen.Normal(st.x)
 		scale(st.x, float32(sched.InitNoiseSigma()))
+	case init.upscale != nil:
+		st = p.prepareUpscale(par, sched, init, gen, lh, lw)
 	default:
 		phase = time.Now()
 		if st, err = p.prepareInit(ctx, vae, par, sched, init, gen); err != nil {
-			return nil, err
+			return denoised{}, err
 		}
 		tm.Encode = time.Since(phase)
 	}
@@ -472,30 +498,46 @@ func (p *Pipeline) denoise(ctx context.Context, req Request, par Params, sched s
 	}
 
 	d := &denoiser{unet: p.eng.unetNet(), cond: cond, batch: b, h: lh, w: lw,
-		guidance: par.GuidanceScale, rescale: par.GuidanceRescale, extra: st.extra}
+		guidance: par.GuidanceScale, rescale: par.GuidanceRescale, extra: st.extra, classLabels: st.classLabels, tile: st.tile}
 	if len(par.Controls) > 0 {
 		if d.control, err = p.newControls(req.Controls, par.Controls, cond, b, par.Width, par.Height, d.cfg()); err != nil {
-			return nil, err
+			return denoised{}, err
 		}
 		defer d.control.free()
 		d.control.total = len(sched.Timesteps()) - st.first
 	}
-	return p.sample(ctx, req, sched, d, st, gen, tm)
+	x, err := p.sample(ctx, req, sched, d, st, gen, tm)
+	if err != nil {
+		return denoised{}, err
+	}
+	if req.Hires != nil {
+		second := par
+		hp, err := p.desc.planHires(req.Hires, &second)
+		if err != nil {
+			return denoised{}, err
+		}
+		if x, lh, lw, err = p.hiresPass(ctx, req, par, hp, cond, x, lh, lw, tm); err != nil {
+			return denoised{}, err
+		}
+	}
+	return denoised{x: x, h: lh, w: lw, vaeTile: st.vaeTile}, nil
 }
 
 // decodeImages decodes denoised latents into the request's images with the decoder it
 // names.
-func (p *Pipeline) decodeImages(ctx context.Context, x []float32, req Request, par Params, tm *Timings) ([]image.Image, error) {
+func (p *Pipeline) decodeImages(ctx context.Context, dn denoised, req Request, par Params, tm *Timings) ([]image.Image, error) {
 	_, dec, err := p.codecs(req)
 	if err != nil {
 		return nil, err
 	}
-	f := dec.factor()
-	b, lh, lw := par.BatchSize, par.Height/f, par.Width/f
+	f, c := dec.factor(), dec.channels()
+	b, lh, lw := par.BatchSize, dn.h, dn.w
 	phase := time.Now()
 	var pix []float32
 	err = p.guard(ctx, func() (err error) {
-		pix, err = dec.decode(x, b, lh, lw)
+		pix, err = blendTiles(dn.vaeTile, b, 3, lh, lw, f, func(r rect) ([]float32, error) {
+			return dec.decode(crop(dn.x, b*c, lh, lw, r), b, r.h, r.w)
+		})
 		return err
 	})
 	if err != nil {
@@ -504,7 +546,7 @@ func (p *Pipeline) decodeImages(ctx context.Context, x []float32, req Request, p
 	if err := checkFinite(strings.ToUpper(req.Decoder.String())+" decoder", pix); err != nil {
 		return nil, err
 	}
-	images := toImages(pix, b, par.Height, par.Width)
+	images := toImages(pix, b, lh*f, lw*f)
 	tm.Decode = time.Since(phase)
 	return images, nil
 }

@@ -41,8 +41,8 @@ func (p *Pipeline) Txt2ImgRefined(ctx context.Context, req Request, refiner *Pip
 	if err != nil {
 		return nil, err
 	}
-	if len(req.Controls) > 0 {
-		return nil, invalid("ControlNets are not supported with a refiner hand-over")
+	if len(req.Controls) > 0 || req.Hires != nil {
+		return nil, invalid("ControlNets and the hires fix are not supported with a refiner hand-over")
 	}
 	base, _, err := p.codecs(req)
 	if err != nil {
@@ -86,16 +86,17 @@ func (p *Pipeline) Txt2ImgRefined(ctx context.Context, req Request, refiner *Pip
 	began := time.Now()
 	var tm Timings
 	x, err := p.stageLocked(ctx, func(ctx context.Context) ([]float32, error) {
-		return p.denoise(ctx, req, par, sched, nil, &stage{end: baseEnd}, &tm)
+		dn, err := p.denoise(ctx, req, par, sched, nil, &stage{end: baseEnd}, &tm)
+		return dn.x, err
 	})
 	if err != nil {
 		return nil, err
 	}
 	res := &Result{Params: rpar}
 	_, err = refiner.stageLocked(ctx, func(ctx context.Context) ([]float32, error) {
-		x, err := refiner.denoise(ctx, req, rpar, rsched, nil, &stage{from: x, first: refinerFirst}, &tm)
+		dn, err := refiner.denoise(ctx, req, rpar, rsched, nil, &stage{from: x, first: refinerFirst}, &tm)
 		if err == nil {
-			res.Images, err = refiner.decodeImages(ctx, x, req, rpar, &tm)
+			res.Images, err = refiner.decodeImages(ctx, dn, req, rpar, &tm)
 		}
 		return nil, err
 	})

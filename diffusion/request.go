@@ -157,6 +157,9 @@ type Request struct {
 	// VAETiling is whether the VAE works in tiles (default TilingAuto: above a memory
 	// bound).
 	VAETiling Tiling
+	// Hires, for Txt2Img, adds AUTOMATIC1111's hires fix: a second pass at a larger
+	// size (nil: none).
+	Hires *Hires
 
 	// onStep, for tests: the latents after each sampler step.
 	onStep func(step int, latents []float32)
@@ -254,6 +257,15 @@ type Params struct {
 	// micro-conditioning with its defaults filled in; zero for other models.
 	Prompt2, NegativePrompt2 string
 	SizeConditioning         SizeConditioning
+	// UpscaleFactor is an Upscale call's output/input size ratio (4 for the x4
+	// upscaler), 0 for other calls; NoiseLevel is that call's low-res noise level.
+	UpscaleFactor, NoiseLevel int
+	// HiresScale, HiresSteps (0: the first pass's) and HiresUpscaler ("Latent" or the
+	// ESRGAN's name) describe a hires fix; HiresScale is 0 without one, and Strength is
+	// its denoising strength.
+	HiresScale    float64
+	HiresSteps    int
+	HiresUpscaler string
 }
 
 // A1111 formats the parameters of image index of the batch as AUTOMATIC1111's
@@ -279,6 +291,10 @@ func (p Params) A1111(index int) string {
 		{"Batch size", fmt.Sprint(p.BatchSize), p.BatchSize > 1},
 		{"Batch pos", fmt.Sprint(index), p.BatchSize > 1},
 		{"Denoising strength", fmt.Sprint(p.Strength), p.Strength > 0},
+		{"Noise level", fmt.Sprint(p.NoiseLevel), p.UpscaleFactor > 0},
+		{"Hires upscale", fmt.Sprint(p.HiresScale), p.HiresScale > 0},
+		{"Hires steps", fmt.Sprint(p.HiresSteps), p.HiresScale > 0 && p.HiresSteps > 0},
+		{"Hires upscaler", p.HiresUpscaler, p.HiresScale > 0},
 		{"Clip skip", fmt.Sprint(p.ClipSkip), p.ClipSkip > 1},
 		{"RNG", map[rng.Kind]string{rng.CPU: "CPU", rng.CUDA: "NV"}[p.RNG], true},
 		{"Eta DDIM", fmt.Sprint(p.Eta), p.Eta > 0},

@@ -17,6 +17,12 @@ type start struct {
 	first, end int
 	blend      *latentBlend
 	extra      []float32
+	// classLabels are the UNet's class labels per latent row (the x4 upscaler's noise
+	// level); nil for none.
+	classLabels []float32
+	// tile is how the denoiser tiles large grids and vaeTile how the decoder does (the
+	// x4 upscaler's); zero: whole.
+	tile, vaeTile tiling
 }
 
 // sample is the sampling loop: from st, one denoiser evaluation and one scheduler step

@@ -23,6 +23,7 @@ type modelDesc struct {
 	// conditioning); clipSkipMax is then the largest ClipSkip both encoders allow.
 	sdxl        bool
 	clipSkipMax int
+	upscaler    *upscalerDesc // the x4 upscaler's noise augmentation; nil for other models
 }
 
 // describe reads the model's description from its configs.
@@ -47,10 +48,15 @@ func describe(m *modelfile.Model) (modelDesc, error) {
 		}
 		clipSkipMax--
 	}
-	// A UNet conditioned on more than text and latents (the x4 upscaler's noise level and
-	// low-resolution image) needs its own pipeline: refused until there is one.
-	if u := m.UNet.Config; u.ClassEmbedType != "" || (u.AdditionEmbedType != "" && !sdxl) || (u.InChannels != 4 && u.InChannels != 9) {
-		return modelDesc{}, fmt.Errorf("%w: a UNet with %d input channels, class embedding %q and addition embedding %q (an x4 upscaler or SDXL-style model) has no pipeline yet", ErrUnsupported, u.InChannels, u.ClassEmbedType, u.AdditionEmbedType)
+	// A UNet conditioned on more than text and latents needs its own pipeline: the x4
+	// upscaler's (noise level and low-resolution image) has one, others are refused.
+	var up *upscalerDesc
+	if m.Upscaler != nil {
+		if up, err = describeUpscaler(m); err != nil {
+			return modelDesc{}, err
+		}
+	} else if u := m.UNet.Config; u.ClassEmbedType != "" || (u.AdditionEmbedType != "" && !sdxl) || (u.InChannels != 4 && u.InChannels != 9) {
+		return modelDesc{}, fmt.Errorf("%w: a UNet with %d input channels, class embedding %q and addition embedding %q (an SDXL-style model, or an x4 upscaler without its pipeline's model_index.json) has no pipeline yet", ErrUnsupported, u.InChannels, u.ClassEmbedType, u.AdditionEmbedType)
 	}
 	// Each VAE level but the last halves the image (the runtime's VAE is built from the
 	// same config; modelfile checks that it has at least one level).
@@ -66,13 +72,15 @@ func describe(m *modelfile.Model) (modelDesc, error) {
 			Height:         side,
 			DefaultSampler: ConfiguredSampler(m.Scheduler),
 			TextLayers:     m.TextEncoder.Config.NumHiddenLayers,
-			Inpainting:     m.UNet.Config.InChannels == 9,
+			Inpainting:     up == nil && m.UNet.Config.InChannels == 9,
+			Upscaler:       up != nil,
 			Summary:        m.Summary(),
 		},
 		sched:       sched,
 		vaeFactor:   f,
 		sdxl:        sdxl,
 		clipSkipMax: clipSkipMax,
+		upscaler:    up,
 	}, nil
 }
 
@@ -146,9 +154,21 @@ func (d *modelDesc) plan(req Request, init *initImage) (Params, schedule.Schedul
 	}
 	if init != nil {
 		par.Strength = init.strength
+		if init.upscale != nil {
+			par.UpscaleFactor, par.NoiseLevel = d.vaeFactor, init.upscale.noiseLevel
+		}
 	}
 	if d.info.Inpainting && (init == nil || init.mask == nil) {
 		return par, nil, invalid("%s is an inpainting model: use Inpaint", d.info.Name)
+	}
+	if d.upscaler != nil && (init == nil || init.upscale == nil) {
+		return par, nil, invalid("%s is an x4 upscaler: use Upscale", d.info.Name)
+	}
+	if init != nil && init.upscale != nil && (len(req.Controls) > 0 || req.Decoder != DecoderVAE) {
+		return par, nil, invalid("an upscale takes no ControlNets and decodes with the upscaler's VAE")
+	}
+	if req.Hires != nil && len(req.Controls) > 0 {
+		return par, nil, invalid("ControlNets are not supported with the hires fix yet")
 	}
 	sched, err := schedule.New(d.sched, schedule.Options{
 		Sampler: par.Sampler.scheduleSampler(), Sigmas: par.Schedule, Eta: par.Eta, Spacing: par.TimestepSpacing,
@@ -161,8 +181,16 @@ func (d *modelDesc) plan(req Request, init *initImage) (Params, schedule.Schedul
 	if err != nil {
 		return par, nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
 	}
-	if init != nil && sched.StartIndex(par.Strength) >= len(sched.Timesteps()) {
+	if init != nil && init.upscale == nil && sched.StartIndex(par.Strength) >= len(sched.Timesteps()) {
 		return par, nil, invalid("strength %g with %d steps leaves nothing to do", par.Strength, par.Steps)
+	}
+	if req.Hires != nil {
+		if init != nil {
+			return par, nil, invalid("the hires fix is a second pass of Txt2Img")
+		}
+		if _, err := d.planHires(req.Hires, &par); err != nil {
+			return par, nil, err
+		}
 	}
 	return par, sched, nil
 }

@@ -199,12 +199,13 @@ func TestResolveSDXLFields(t *testing.T) {
 	}
 }
 
-// The x4 upscaler loads (its UNet takes a low-resolution image and a noise level) but has
-// no pipeline yet: refused with the reason rather than failing at the first UNet call.
+// A class-conditioned UNet outside an x4 upscaler pipeline (its model_index.json makes it
+// one) has no pipeline: refused with the reason rather than failing at the first UNet call.
 func TestModelDescriptionRefusesConditionedUNets(t *testing.T) {
 	m, err := modelfile.Load(filepath.Join(testutil.ConformanceDir(t), "upscaler-tiny", "diffusers"))
 	require.NoError(t, err)
 	defer m.Close()
+	m.Upscaler = nil
 	_, err = describe(m)
 	require.ErrorIs(t, err, ErrUnsupported)
 	assert.Contains(t, err.Error(), `7 input channels, class embedding "table"`)

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/gosd/gosd/diffusion/modelfile"
+	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -275,4 +276,40 @@ func tinySDXLArch() modelfile.Architecture {
 	a.UNet.AdditionTimeEmbedDim = 8
 	a.UNet.ProjectionClassEmbeddingsInputDim = 24 + 6*8
 	return a
+}
+
+// bench --arch x4-upscaler writes random upscaler weights and times an upscale (a tiny
+// stand-in architecture here).
+func TestBenchX4UpscalerArchitecture(t *testing.T) {
+	_, rt := tinyModel(t)
+	arch := modelfile.X4Upscaler()
+	arch.UNet.BlockOutChannels, arch.UNet.TimeEmbeddingDim, arch.UNet.CrossAttentionDim = []int{32, 32, 64, 64}, 128, 32
+	arch.VAE.BlockOutChannels = []int{32, 32, 64}
+	arch.TextEncoder.HiddenSize, arch.TextEncoder.IntermediateSize, arch.TextEncoder.NumHiddenLayers = 32, 64, 2
+	arch.TextEncoder.NumAttentionHeads, arch.TextEncoder.ProjectionDim = 4, 32
+	a, stdout, stderr := testApp(t)
+	a.archs = map[string]modelfile.Architecture{"x4-upscaler": arch}
+	code := a.run(t.Context(), slices.Concat([]string{"bench", "--arch", "x4-upscaler", "--cache", t.TempDir(), "--size", "64", "--steps", "2", "--json"}, rt))
+	require.Equal(t, exitOK, code, "stderr: %s", stderr.String())
+	var rep benchReport
+	require.NoError(t, json.Unmarshal(stdout.Bytes(), &rep))
+	assert.Equal(t, "x4-upscaler", rep.Arch)
+	assert.True(t, rep.Upscale)
+	assert.Equal(t, 64, rep.Size)
+	assert.Len(t, rep.StepTimes, 2)
+}
+
+// bench -m with an x4 upscaler times an upscale to --size from a quarter-size image.
+func TestBenchUpscaler(t *testing.T) {
+	_, rt := tinyModel(t)
+	model := filepath.Join(testutil.ConformanceDir(t), "upscaler-tiny", "diffusers")
+	r := runArgs(t, slices.Concat([]string{"bench", "-m", model, "--size", "128", "--steps", "2", "--json"}, rt)...)
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	var rep benchReport
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep))
+	assert.Equal(t, 128, rep.Size)
+	assert.True(t, rep.Upscale)
+	require.Len(t, rep.StepTimes, 2)
+	assert.Positive(t, rep.Decode)
+	assert.GreaterOrEqual(t, rep.Total, rep.Decode+rep.StepTimes[0]+rep.StepTimes[1])
 }

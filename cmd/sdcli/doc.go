@@ -5,6 +5,7 @@
 //	sdcli img2img -i photo.jpg -p "an oil painting" --strength 0.6 -o painting.png
 //	sdcli inpaint -i photo.png --mask mask.png -p "a straw hat" -o hat.png
 //	sdcli inpaint -i photo.png --outpaint 0,0,256,0 -o wider.png
+//	sdcli upscale -m stable-diffusion-x4-upscaler -i small.png -p "a cat" -o large.png
 //	sdcli preprocess canny -i photo.png -o edges.png
 //	sdcli info v1-5-pruned-emaonly.safetensors
 //	sdcli bench --arch sd15 --size 512
@@ -111,6 +112,15 @@
 //	                      (default: the folder's, else the family's): the sampler, spacing and
 //	                      prediction type of a distilled model's single file, e.g. SD-Turbo's
 //	                      (Euler, trailing) for sd_turbo.safetensors with --steps 1 --cfg 1
+//	--hires-scale x       hires fix (AUTOMATIC1111's): after the first pass, repaint the image
+//	                      at x times its size, x in (1, 4] (default 0: none)
+//	--hires-upscaler NAME how the first pass is enlarged: latent (its latents, bilinear) or
+//	                      esrgan:PATH (the decoded image through an ESRGAN, resized with
+//	                      Lanczos and encoded again) (default latent)
+//	--hires-steps N       steps of the hires pass, as img2img counts them (default 0: --steps)
+//	--hires-strength x    denoising strength of the hires pass, in (0, 1] (default 0.7); the
+//	                      PNG records "Hires upscale", "Hires steps", "Hires upscaler" and
+//	                      "Denoising strength" as the web UI does
 //	--threads N           CPU threads (default 0: one per core)
 //	--device NAME         auto, cpu or cuda (default auto: a CUDA GPU when the GPU build of the
 //	                      runtime and a usable GPU are present)
@@ -142,6 +152,36 @@
 //	                      (rounded up to keep it a multiple of 8) and paint the new area; the
 //	                      mask is made from the margins
 //	--strength x          how much is repainted, in (0, 1] (default 1)
+//
+// # sdcli upscale
+//
+// Upscales an image 4x with a Stable Diffusion x4 upscaler (a diffusers
+// StableDiffusionUpscalePipeline folder such as stabilityai/stable-diffusion-x4-upscaler,
+// or its original x4-upscaler-ema single file),
+// the detail generated under the prompt's guidance, as diffusers does: --seed S with
+// --rng cpu reproduces diffusers' image for torch.Generator().manual_seed(S). It takes
+// the flags of txt2img except -W and -H (the output is the image's size, rounded down to
+// a multiple of 4, times 4), and:
+//
+//	-m path               the upscaler (required)
+//	-i path               the low-resolution image, PNG or JPEG (required)
+//	--noise-level N       noise added to the low-resolution image first, in [0, the model's
+//	                      max_noise_level] (350 for the released model): more lets the model
+//	                      change more (default 20)
+//	--tile PX             images wider or taller than PX run in overlapping tiles of at most
+//	                      PX x PX input pixels, the UNet's predictions blended across the
+//	                      overlaps at every step, the VAE decoding tiles of half (>= 64):
+//	                      memory follows the tile, not the image (default 0: twice the
+//	                      model's sample size, 256 for the released model; a tile covering
+//	                      the image runs it whole, as diffusers)
+//
+// The PNG's parameters carry "Noise level".
+//
+// A -m file holding an ESRGAN generator under Real-ESRGAN's names (RealESRGAN_x4plus.pth,
+// RealESRGAN_x4plus_anime_6B.pth, RealESRGAN_x2plus.pth, or the same as safetensors) is
+// detected and upscales without prompt or sampling, by the model's own factor, in tiles
+// of --tile input pixels (default 256); its PNG carries "Postprocess upscale by" and
+// "Postprocess upscaler", as AUTOMATIC1111's extras tab writes them.
 //
 // # sdcli info
 //
@@ -186,10 +226,12 @@
 // The report gives the load time (Open), text encoding, the median step time, VAE
 // decoding, the total of the call, the peak resident memory of the process and the
 // runtime's peak activation memory. With -m it times that model instead, at its native
-// size unless --size is given.
+// size unless --size is given; an x4 upscaler is timed upscaling a gray image of a
+// quarter of the size to the size (in its default tiles).
 //
-//	--arch NAME           sd15, sd21 or sdxl (SDXL base 1.0: UNet 2.57 B parameters, both
-//	                      text encoders) (default sd15)
+//	--arch NAME           sd15, sd21, sdxl (SDXL base 1.0: UNet 2.57 B parameters, both text
+//	                      encoders) or x4-upscaler (timed upscaling a gray --size/4 image to
+//	                      --size) (default sd15)
 //	-m path               a model file or diffusers folder to time instead (not with --arch)
 //	--size px             image width and height, a multiple of 8 (default 512, 1024 for
 //	                      sdxl; with -m the model's native size)

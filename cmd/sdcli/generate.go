@@ -26,11 +26,12 @@ const (
 	modeTxt2Img mode = iota
 	modeImg2Img
 	modeInpaint
+	modeUpscale
 )
 
-func (m mode) String() string { return [...]string{"txt2img", "img2img", "inpaint"}[m] }
+func (m mode) String() string { return [...]string{"txt2img", "img2img", "inpaint", "upscale"}[m] }
 
-// genOptions are the flags of txt2img, img2img and inpaint.
+// genOptions are the flags of txt2img, img2img, inpaint and upscale.
 type genOptions struct {
 	mode             mode
 	model            string
@@ -58,6 +59,8 @@ type genOptions struct {
 	strength   float64
 	outpaint   *margins
 	controls   []*controlOptions
+	up         upscaleOptions
+	hires      hiresOptions
 }
 
 // margins are --outpaint's extensions of the canvas, in pixels.
@@ -93,11 +96,19 @@ func generateCommand(m mode) func(*app, *flagSet) func(context.Context, []string
 }
 
 func (o *genOptions) define(fs *flagSet) {
-	fs.stringVar(&o.model, "m", "path", "", "model file (.safetensors, .ckpt) or diffusers folder\n(default: the demo model "+demoModel+")")
+	if o.mode == modeUpscale {
+		fs.stringVar(&o.model, "m", "path", "", "an x4 upscaler (diffusers folder or x4-upscaler-ema single file) or an ESRGAN file (.pth, .safetensors)\n(no default: required)")
+	} else {
+		fs.stringVar(&o.model, "m", "path", "", "model file (.safetensors, .ckpt) or diffusers folder\n(default: the demo model "+demoModel+")")
+	}
 	fs.stringVar(&o.prompt, "p", "text", "", "prompt (default: empty)")
 	fs.stringVar(&o.negative, "n", "text", "", "negative prompt (default: empty)")
 	o.sdxl.define(fs, o.mode)
-	if o.mode != modeTxt2Img {
+	switch o.mode {
+	case modeTxt2Img:
+	case modeUpscale:
+		fs.stringVar(&o.init, "i", "path", "", "the low-resolution image, PNG or JPEG (no default: required)")
+	default:
 		fs.stringVar(&o.init, "i", "path", "", "init image, PNG or JPEG (no default: required)")
 	}
 	if o.mode == modeInpaint {
@@ -112,9 +123,13 @@ func (o *genOptions) define(fs *flagSet) {
 	if o.mode != modeTxt2Img {
 		sizeDefault = "the image's size rounded down to a multiple of 8"
 	}
-	fs.intVar(&o.width, "W", "px", 0, "width, a multiple of 8 (default: "+sizeDefault+")", side(diffusion.MaxSide))
-	fs.intVar(&o.height, "H", "px", 0, "height, a multiple of 8 (default: "+sizeDefault+")", side(diffusion.MaxSide))
-	if o.mode != modeTxt2Img {
+	if o.mode == modeUpscale {
+		o.up.define(fs) // the output's size is the image's times 4
+	} else {
+		fs.intVar(&o.width, "W", "px", 0, "width, a multiple of 8 (default: "+sizeDefault+")", side(diffusion.MaxSide))
+		fs.intVar(&o.height, "H", "px", 0, "height, a multiple of 8 (default: "+sizeDefault+")", side(diffusion.MaxSide))
+	}
+	if o.mode == modeImg2Img || o.mode == modeInpaint {
 		def := 0.8
 		if o.mode == modeInpaint {
 			def = 1
@@ -184,6 +199,9 @@ func (o *genOptions) define(fs *flagSet) {
 		return err
 	})
 	fs.document("vae-tiling", "", usage)
+	if o.mode == modeTxt2Img {
+		o.hires.define(fs)
+	}
 	o.pipe.define(fs)
 }
 
@@ -212,6 +230,12 @@ func (o *genOptions) check(args []string) error {
 	if o.mode != modeTxt2Img && o.init == "" {
 		return usagef("%s needs an init image: pass -i", o.mode)
 	}
+	if o.mode == modeUpscale && o.model == "" {
+		return usagef("upscale needs an x4 upscaler model: pass -m")
+	}
+	if o.mode == modeTxt2Img && o.hires.scale > 0 {
+		return o.hires.check()
+	}
 	if o.mode == modeInpaint {
 		switch {
 		case o.mask == "" && o.outpaint == nil:
@@ -233,6 +257,9 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 	modelPath, err := a.modelPath(o.model)
 	if err != nil {
 		return err
+	}
+	if o.mode == modeUpscale && diffusion.IsESRGAN(modelPath) {
+		return a.esrganUpscale(ctx, o, modelPath)
 	}
 	var initImg, mask image.Image
 	if o.init != "" {
@@ -272,6 +299,11 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		}
 		defer refiner.Close()
 	}
+	hires, closeHires, err := o.hires.hires(&o.pipe, a.stderr)
+	if err != nil {
+		return err
+	}
+	defer closeHires()
 	if o.randomSeed {
 		o.seed = uint64(rand.Uint32()) // 32 bits, as web UIs pick them
 	}
@@ -286,7 +318,7 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		TimestepSpacing: o.spacing, PromptSyntax: o.syntax,
 		Seed: o.seed, RNG: o.rng, BatchSize: o.batch, ClipSkip: o.clipSkip,
 		Decoder: o.decoder, VAETiling: o.tiling,
-		Progress: bar.update, Controls: controls,
+		Progress: bar.update, Controls: controls, Hires: hires,
 	}
 	o.sdxl.apply(&req)
 	var res *diffusion.Result
@@ -301,6 +333,8 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		res, err = p.Img2Img(ctx, diffusion.Img2ImgRequest{Request: req, Image: initImg, Strength: o.strength})
 	case modeInpaint:
 		res, err = p.Inpaint(ctx, diffusion.InpaintRequest{Request: req, Image: initImg, Mask: mask, Strength: o.strength})
+	case modeUpscale:
+		res, err = p.Upscale(ctx, o.up.request(req, initImg))
 	}
 	bar.finish()
 	if err != nil {

@@ -55,7 +55,10 @@ func describeModel(m *modelfile.Model) string {
 	s += fmt.Sprintf("  tokenizer    %s\n", tok)
 	s += fmt.Sprintf("  native size  %d×%d\n", side, side)
 	s += fmt.Sprintf("  scheduler    %s (--sampler auto: %s)\n", m.Scheduler.ClassName, diffusion.ConfiguredSampler(m.Scheduler))
-	if m.UNet.Config.InChannels == 9 {
+	if up := m.Upscaler; up != nil {
+		s += fmt.Sprintf("  upscaler     x%d: noise levels 0-%d by %s (use upscale)\n",
+			1<<(len(m.VAE.Config.BlockOutChannels)-1), up.MaxNoiseLevel, up.LowResScheduler.ClassName)
+	} else if m.UNet.Config.InChannels == 9 {
 		s += "  inpainting   yes: a 9-channel UNet (use inpaint)\n"
 	}
 	return s

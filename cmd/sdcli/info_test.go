@@ -65,6 +65,11 @@ func TestInfo(t *testing.T) {
 			": sd2 model (diffusers), v-prediction\n",
 			"linear projection true",
 		}},
+		{"x4 upscaler", filepath.Join(kit, "upscaler-tiny", "diffusers"), []string{
+			"in 7 out 4",
+			"  native size  64×64\n",
+			"  upscaler     x4: noise levels 0-350 by DDPMScheduler (use upscale)\n",
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -45,7 +45,8 @@ func newApp(stdout, stderr io.Writer) *app {
 		stderr:         stderr,
 		stderrTerminal: isTerminal(stderr),
 		demoDirs:       demoModelDirs(),
-		archs:          map[string]modelfile.Architecture{"sd15": modelfile.SD15(), "sd21": modelfile.SD21(), "sdxl": modelfile.SDXL()},
+		archs: map[string]modelfile.Architecture{"sd15": modelfile.SD15(), "sd21": modelfile.SD21(), "sdxl": modelfile.SDXL(),
+			"x4-upscaler": modelfile.X4Upscaler()},
 	}
 }
 
@@ -69,6 +70,7 @@ var commands = []*command{
 	{name: "txt2img", summary: "Generate images from a prompt.", setup: generateCommand(modeTxt2Img)},
 	{name: "img2img", summary: "Repaint an image (-i) guided by a prompt.", setup: generateCommand(modeImg2Img)},
 	{name: "inpaint", summary: "Repaint the white part of a mask (--mask) over an image (-i), or extend the image (--outpaint).", setup: generateCommand(modeInpaint)},
+	{name: "upscale", summary: "Upscale an image (-i) 4x with a Stable Diffusion x4 upscaler (-m), guided by a prompt, or with an ESRGAN file.", setup: generateCommand(modeUpscale)},
 	{name: "info", args: " [MODEL]", summary: "Describe a model file or diffusers folder (default: the demo model) without loading the runtime.", setup: infoCommand},
 	{name: "preprocess", args: " KIND", summary: "Make a ControlNet control image from an image (-i) without a model; KIND: canny (edges), gray or invert (white lines on black from black on white).", setup: preprocessCommand},
 	{name: "bench", summary: "Time a txt2img run on random full-size weights (written once to a cache folder) or on a model.", setup: benchCommand},

@@ -171,6 +171,22 @@ func (o *pipelineOptions) define(fs *flagSet) {
 
 // open opens the model with these options, logging on stderr.
 func (o *pipelineOptions) open(path string, stderr io.Writer) (*diffusion.Pipeline, error) {
+	opts := o.options(stderr)
+	if o.taesd != "" {
+		opts = append(opts, diffusion.WithTAESD(o.taesd))
+	}
+	p, err := diffusion.Open(path, opts...)
+	return p, o.hint(err)
+}
+
+// openESRGAN opens an ESRGAN generator with these options.
+func (o *pipelineOptions) openESRGAN(path string, stderr io.Writer) (*diffusion.ESRGAN, error) {
+	e, err := diffusion.OpenESRGAN(path, o.options(stderr)...)
+	return e, o.hint(err)
+}
+
+// options are the API's options for these flags, logging on stderr.
+func (o *pipelineOptions) options(stderr io.Writer) []diffusion.Option {
 	level := slog.LevelWarn
 	if o.verbose {
 		level = slog.LevelDebug
@@ -187,12 +203,13 @@ func (o *pipelineOptions) open(path string, stderr io.Writer) (*diffusion.Pipeli
 	if o.lib != "" {
 		opts = append(opts, diffusion.WithLibrary(o.lib))
 	}
-	if o.taesd != "" {
-		opts = append(opts, diffusion.WithTAESD(o.taesd))
-	}
-	p, err := diffusion.Open(path, opts...)
+	return opts
+}
+
+// hint adds the --lib flag to a library-not-found error.
+func (o *pipelineOptions) hint(err error) error {
 	if errors.Is(err, diffusion.ErrLibraryNotFound) {
-		return nil, fmt.Errorf("%w; or pass --lib", err)
+		return fmt.Errorf("%w; or pass --lib", err)
 	}
-	return p, err
+	return err
 }

@@ -317,6 +317,7 @@ typedef enum sd_activation {
     SD_ACT_GELU = 1,       /* exact (erf) GELU */
     SD_ACT_GELU_TANH = 2,  /* tanh approximation */
     SD_ACT_QUICK_GELU = 3, /* x * sigmoid(1.702 x) (CLIP) */
+    SD_ACT_LEAKY_RELU = 4, /* x >= 0 ? x : 0.2 x (ESRGAN's LeakyReLU(0.2)) */
     SD_ACT_COUNT
 } sd_activation_t;
 
@@ -521,6 +522,25 @@ SD_API sd_status_t sd_vae_load(sd_ctx_t *ctx, const sd_vae_config_t *config,
                                const sd_weight_t *weights, int32_t n_weights, sd_model_t **out);
 SD_API void sd_model_free(sd_ctx_t *ctx, sd_model_t *model);
 
+/* ESRGAN's generator, RRDBNet as Real-ESRGAN builds it (RealESRGAN_x4plus: 23 blocks;
+ * RealESRGAN_x4plus_anime_6B: 6), with Real-ESRGAN's names ("conv_first",
+ * "body.0.rdb1.conv1", ..., "conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last";
+ * every conv 3x3 with a bias). Its x2 and x1 models pixel-unshuffle the image by 2 or 4
+ * first; that is the caller's business, as are tiling and clamping. Loaded like the
+ * networks above. */
+typedef struct sd_esrgan_config {
+    int32_t in_channels;  /* 3; 12 or 48 for x2 / x1 models (the unshuffled image) */
+    int32_t out_channels; /* 3 */
+    int32_t num_feat;     /* 64 */
+    int32_t num_block;    /* RRDB blocks, >= 1: 23, 6 */
+    int32_t num_grow_ch;  /* 32 */
+} sd_esrgan_config_t;
+
+SD_API void sd_esrgan_config_default(sd_esrgan_config_t *c); /* RealESRGAN_x4plus */
+SD_API size_t sd_sizeof_esrgan_config(void);
+SD_API sd_status_t sd_esrgan_load(sd_ctx_t *ctx, const sd_esrgan_config_t *config,
+                                  const sd_weight_t *weights, int32_t n_weights, sd_model_t **out);
+
 /* Text encoder. ids (B, T) I32 with T <= max_positions. hidden (B, T, hidden) F32 receives
  * the output of layer (layers - skip_layers): skip_layers 0 is the last layer, 1 the
  * penultimate one ("clip skip 2" in A1111's numbering). With final_norm the text model's
@@ -705,6 +725,13 @@ SD_API sd_status_t sd_taesd_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_te
  * encoder. */
 SD_API sd_status_t sd_taesd_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x,
                                    sd_tensor_t *latents);
+
+/* ESRGAN forward: x (B, in_channels, H, W) F32 or F16 (the image in [0, 1], unshuffled
+ * for x2 / x1 models) -> out (B, out_channels, 4H, 4W), not clamped. Activation memory
+ * grows with H x W (about (num_feat + 4 num_grow_ch) x H x W activations at a time, and
+ * 16x that after the upsampling): tile large images. */
+SD_API sd_status_t sd_esrgan_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x,
+                                     sd_tensor_t *out);
 
 #ifdef __cplusplus
 }

@@ -400,6 +400,20 @@ const sd_tensor_t *ld_act(loader_t *L, int64_t rows, int64_t cols, const char *f
     return dst;
 }
 
+const sd_tensor_t *ld_const(loader_t *L, int64_t n, const float *values) {
+    if (L->st != SD_STATUS_OK) return NULL;
+    sd_backend_t *be = sd_ctx_backend_ptr(L->ctx);
+    int64_t s[1] = {n};
+    sd_tensor_t *f32 = owned_tensor(L, SD_DTYPE_F32, 1, s);
+    if (f32 == NULL) return NULL;
+    sd_status_t st = be->ops->upload(L->ctx, f32->data, values, f32->nbytes);
+    if (st == SD_STATUS_OK && be->act_dtype == SD_DTYPE_F32) return f32;
+    sd_tensor_t *dst = st == SD_STATUS_OK ? owned_tensor(L, be->act_dtype, 1, s) : NULL;
+    if (dst != NULL) st = sd_op_convert(L->ctx, dst, f32);
+    if (st != SD_STATUS_OK) L->st = st;
+    return L->st == SD_STATUS_OK ? dst : NULL;
+}
+
 sd_tensor_t sd_rows_view(const sd_tensor_t *t, int64_t r0, int64_t r1) {
     sd_tensor_t v = *t;
     size_t row_bytes = t->nbytes / (size_t)t->shape[0];
@@ -462,7 +476,8 @@ void sd_models_forget_ctx_locked(sd_ctx_t *ctx) {
 }
 
 sd_status_t sd_model_check(sd_ctx_t *ctx, const sd_model_t *model, int32_t kind, const char *op) {
-    static const char *names[] = {"a text encoder", "a UNet", "a VAE", "a ControlNet", "a TAESD"};
+    static const char *names[] = {"a text encoder", "a UNet",  "a VAE",
+                                  "a ControlNet",   "a TAESD", "an ESRGAN"};
     if (model == NULL || model->kind != kind)
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: not %s model", op, names[kind]);
     if (model->group != ctx->group)

@@ -14,7 +14,8 @@ enum {
     SD_MODEL_UNET = 1,
     SD_MODEL_VAE = 2,
     SD_MODEL_CONTROLNET = 3,
-    SD_MODEL_TAESD = 4
+    SD_MODEL_TAESD = 4,
+    SD_MODEL_ESRGAN = 5
 };
 
 /* What one context keeps for one model of its group. A model is read-only once loaded, so
@@ -34,7 +35,8 @@ struct sd_model {
     sd_tensor_t **owned; /* tensors the model made itself (backend memory), each allocated
                           * alone so pointers to them stay valid as the list grows */
     int32_t n_owned, cap_owned;
-    void *net; /* clip_net_t, unet_net_t, vae_net_t, controlnet_net_t or taesd_net_t */
+    void
+        *net; /* clip_net_t, unet_net_t, vae_net_t, controlnet_net_t, taesd_net_t or esrgan_net_t */
     void (*free_net)(sd_ctx_t *ctx, void *net);
     sd_model_ctx_state_t *states; /* guarded by the group's lock */
     sd_model_t *prev, *next;      /* the group's list of live models */
@@ -105,6 +107,10 @@ const sd_tensor_t *ld_sum(loader_t *L, const sd_tensor_t *a, const sd_tensor_t *
 /* A (rows, cols) tensor used as an activation operand, held in the activation dtype. */
 const sd_tensor_t *ld_act(loader_t *L, int64_t rows, int64_t cols, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* A (n) tensor of the model holding host values, in the activation dtype (an operand of
+ * elementwise ops, e.g. a scale broadcast over a (numel, 1) view). */
+const sd_tensor_t *ld_const(loader_t *L, int64_t n, const float *values);
 
 /* A view of rows [r0, r1) of a contiguous weight (any ndim, rows = dim 0). */
 sd_tensor_t sd_rows_view(const sd_tensor_t *t, int64_t r0, int64_t r1);

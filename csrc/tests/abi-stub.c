@@ -59,3 +59,6 @@ size_t sd_sizeof_controlnet_inputs(void) {
 size_t sd_sizeof_taesd_config(void) {
     return sizeof(sd_taesd_config_t);
 }
+size_t sd_sizeof_esrgan_config(void) {
+    return sizeof(sd_esrgan_config_t);
+}

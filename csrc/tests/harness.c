@@ -145,6 +145,8 @@ double ref_activation(int act, double x) {
         return 0.5 * x * (1 + erf(x / sqrt(2.0)));
     case SD_ACT_GELU_TANH:
         return 0.5 * x * (1 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+    case SD_ACT_LEAKY_RELU:
+        return x >= 0 ? x : 0.2 * x;
     default:
         return x / (1 + exp(-1.702 * x));
     }

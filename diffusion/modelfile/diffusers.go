@@ -27,6 +27,11 @@ func (m *Model) fromDiffusers(dir string, o *options) error {
 	if err != nil {
 		return err
 	}
+	up, err := readUpscaler(dir)
+	if err != nil {
+		return err
+	}
+	m.Upscaler = up
 	var unet UNetConfig
 	var vae VAEConfig
 	var text CLIPConfig

@@ -93,7 +93,7 @@ func (ts ldmTensors) detectFamily() (Family, error) {
 	switch {
 	case ts.hasPrefix(sgmEmbedders):
 		return ts.detectSGMFamily()
-	case ts.hasPrefix(ldmUNet + "label_emb."):
+	case ts.hasPrefix(ldmUNet+"label_emb.") && !ts.isX4Upscaler():
 		return 0, unsupportedf("a class-conditioned UNet (label_emb: SDXL or unCLIP) is not supported")
 	case !ts.hasPrefix(ldmUNet + "input_blocks.0.0."):
 		return 0, unsupportedf("no %sinput_blocks.*: not a Stable Diffusion 1.x/2.x single-file checkpoint", ldmUNet)
@@ -276,6 +276,9 @@ func unetModules(c UNetConfig) moduleMap {
 	add("add_embedding.linear_2", "label_emb.0.2", nil)
 	add("conv_norm_out", "out.0", nil)
 	add("conv_out", "out.2", nil)
+	if c.ClassEmbedType == ClassTable {
+		add("class_embedding", "label_emb", nil) // the x4 upscaler's noise-level table
+	}
 	add("mid_block.resnets.0", "middle_block.0", unetResnetInner)
 	add("mid_block.attentions.0", "middle_block.1", nil)
 	add("mid_block.resnets.1", "middle_block.2", unetResnetInner)

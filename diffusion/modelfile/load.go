@@ -44,6 +44,9 @@ type Model struct {
 	// with an aesthetic score instead of the target size. The refiner has one text
 	// encoder, SDXL's second, held as TextEncoder with its tokenizer_2 as TokenizerDir.
 	RequiresAestheticsScore bool
+	// Upscaler is set for an x4 upscaler pipeline (StableDiffusionUpscalePipeline):
+	// its noise augmentation of the low-resolution image; nil for other models.
+	Upscaler *UpscalerConfig
 	// Unused names the file tensors no component needs (EMA copies,
 	// position_ids buffers, OpenCLIP's last layer and projection, ...);
 	// for folders they are prefixed with the component's folder.
@@ -270,13 +273,25 @@ func (m *Model) fromLDM(tensors []Tensor, o *options) error {
 		family = o.family
 	}
 	pred := o.predictionFor(family)
-	unet, err := ts.inferUNet(family, pred, o.unetHeads)
+	upscaler := ts.isX4Upscaler()
+	heads := o.unetHeads
+	if upscaler && heads == nil {
+		if heads, err = ts.x4UpscalerHeads(); err != nil {
+			return fmt.Errorf("unet: %w", err)
+		}
+	}
+	unet, err := ts.inferUNet(family, pred, heads)
 	if err != nil {
 		return fmt.Errorf("unet: %w", err)
 	}
 	vae, err := ts.inferVAE()
 	if err != nil {
 		return fmt.Errorf("vae: %w", err)
+	}
+	if upscaler {
+		if err := ts.x4Upscaler(&unet, &vae); err != nil {
+			return fmt.Errorf("unet: %w", err)
+		}
 	}
 	text, textSource, err := ts.inferText(family, o.textHeads)
 	if err != nil {
@@ -298,6 +313,12 @@ func (m *Model) fromLDM(tensors []Tensor, o *options) error {
 	}
 	m.Family = family
 	m.Scheduler = defaultScheduler(family, pred)
+	if upscaler {
+		m.Scheduler = X4SchedulerConfig()
+		m.Scheduler.PredictionType = pred
+		m.Scheduler = m.Scheduler.withRaw()
+		m.Upscaler = &UpscalerConfig{MaxNoiseLevel: defaultMaxNoiseLevel, LowResScheduler: X4LowResSchedulerConfig()}
+	}
 	if warning != "" {
 		m.Warnings = append(m.Warnings, warning)
 	}

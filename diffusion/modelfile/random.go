@@ -29,6 +29,9 @@ type Architecture struct {
 	// text_encoder_2, no text_encoder, requires_aesthetics_score.
 	Refiner   bool
 	Scheduler SchedulerConfig
+	// Upscaler makes an x4 upscaler pipeline folder (StableDiffusionUpscalePipeline
+	// with its low_res_scheduler); nil for a StableDiffusionPipeline.
+	Upscaler *UpscalerConfig
 }
 
 // SD15 is Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5).
@@ -130,11 +133,20 @@ func WriteRandom(ctx context.Context, dir string, arch Architecture, dtype DType
 			return err
 		}
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "scheduler"), 0o755); err != nil {
-		return err
+	schedulers := map[string]json.RawMessage{"scheduler": arch.Scheduler.Raw}
+	if up := arch.Upscaler; up != nil {
+		index["_class_name"] = UpscalerClass
+		index["low_res_scheduler"] = []string{"diffusers", up.LowResScheduler.ClassName}
+		index["max_noise_level"] = up.MaxNoiseLevel
+		schedulers["low_res_scheduler"] = up.LowResScheduler.Raw
 	}
-	if err := os.WriteFile(filepath.Join(dir, "scheduler", "scheduler_config.json"), arch.Scheduler.Raw, 0o644); err != nil {
-		return err
+	for name, raw := range schedulers {
+		if err := os.MkdirAll(filepath.Join(dir, name), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, name, "scheduler_config.json"), raw, 0o644); err != nil {
+			return err
+		}
 	}
 	return writeJSON(filepath.Join(dir, "model_index.json"), index)
 }

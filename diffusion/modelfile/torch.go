@@ -18,7 +18,8 @@ import (
 // stream of consecutive pickles (the older tar format is refused). The
 // pickle is read by the restricted unpickler in pickle.go, which executes
 // nothing. The weights are the dict under "state_dict" when the top-level
-// dict has one (PyTorch Lightning checkpoints), else the top-level dict
+// dict has one (PyTorch Lightning checkpoints), or under "params_ema" or
+// "params" (BasicSR's, as Real-ESRGAN's .pth files), else the top-level dict
 // itself; its non-tensor entries are skipped, except that an object of any
 // class other than a tensor is refused, naming the class. Everything else
 // in the file (optimizer states, callbacks, hyper-parameters) is never
@@ -129,9 +130,14 @@ func stateDict(top any) ([]stateDictEntry, error) {
 		}
 		return nil, fmt.Errorf("the checkpoint holds a %s, not a state dict", pyTypeName(top))
 	}
-	if sd, ok := d.get("state_dict"); ok {
-		if inner, ok := sd.(*pyDict); ok {
-			d = inner
+	// Lightning keeps the weights under "state_dict"; BasicSR (Real-ESRGAN) under
+	// "params_ema", or "params" when it saved no EMA copy.
+	for _, key := range []string{"state_dict", "params_ema", "params"} {
+		if sd, ok := d.get(key); ok {
+			if inner, ok := sd.(*pyDict); ok {
+				d = inner
+				break
+			}
 		}
 	}
 	var out []stateDictEntry

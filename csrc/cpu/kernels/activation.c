@@ -2,8 +2,9 @@
  * activation.c - elementwise activations and GEGLU on the CPU.
  *
  * x, out: any shape, f32, contiguous. ref: torch.nn.functional.silu, gelu (approximate
- * 'none' and 'tanh'), transformers' quick_gelu (x * sigmoid(1.702 x)) and diffusers'
- * GEGLU (proj output split in halves a, gate along the last dim; a * gelu(gate)).
+ * 'none' and 'tanh'), transformers' quick_gelu (x * sigmoid(1.702 x)), leaky_relu with
+ * negative_slope 0.2 (ESRGAN) and diffusers' GEGLU (proj output split in halves a, gate
+ * along the last dim; a * gelu(gate)).
  */
 #include "../cpu.h"
 
@@ -15,6 +16,11 @@ typedef struct {
     const float *x;
     int64_t n;
 } map_job_t;
+
+/* A plain loop the compiler vectorises; the slope is ESRGAN's. */
+static void leaky_relu(float *dst, const float *src, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = src[i] >= 0.0f ? src[i] : 0.2f * src[i];
+}
 
 static void map_task(void *arg, int64_t task, int thread) {
     (void)thread;
@@ -36,6 +42,9 @@ sd_status_t sd_cpu_activation(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t
         break;
     case SD_ACT_GELU_TANH:
         job.fn = cpu->kern->gelu_tanh;
+        break;
+    case SD_ACT_LEAKY_RELU:
+        job.fn = leaky_relu;
         break;
     default:
         job.fn = cpu->kern->quick_gelu;
