@@ -11,8 +11,11 @@
 #include <string.h>
 
 size_t sd_gemm_scratch_floats(const sd_cpu_kernels_t *kern) {
-    return (size_t)kern->kc * (size_t)kern->nc + (size_t)kern->mc * (size_t)kern->kc +
-           (size_t)kern->mr * (size_t)kern->nr;
+    size_t floats = (size_t)kern->kc * (size_t)kern->nc + (size_t)kern->mc * (size_t)kern->kc +
+                    (size_t)kern->mr * (size_t)kern->nr;
+    /* bf16: the B and A blocks again as pair panels, one 32-bit lane per two depths. */
+    if (kern->bf16) floats += (size_t)(kern->kc + 1) / 2 * (size_t)(kern->nc + kern->mc);
+    return floats;
 }
 
 static int64_t padded_cols(const sd_cpu_kernels_t *kern, int64_t n) {
@@ -149,6 +152,16 @@ static void merge_edge_tile(const sd_gemm_c_t *c, const float *tile, int nr, int
     }
 }
 
+/* One microtile from the packed fp32 panels, or in bf16 from their pair forms. */
+static inline void run_tile(const sd_cpu_kernels_t *kern, int64_t kc, const float *ap,
+                            const float *bp, const uint32_t *ap2, const uint32_t *bp2, float *c,
+                            int64_t ldc, const sd_tile_epilogue_t *ep) {
+    if (kern->bf16)
+        kern->bf16->ukernel((kc + 1) / 2, ap2, bp2, c, ldc, ep);
+    else
+        kern->ukernel(kc, ap, bp, c, ldc, ep);
+}
+
 /* The sub-problem rows [i_lo, i_hi) x columns [j_lo, j_hi) of the full GEMM. */
 static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64_t k, int64_t i_lo,
                        int64_t i_hi, int64_t j_lo, int64_t j_hi, const sd_gemm_a_t *a,
@@ -157,6 +170,9 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
     float *bpack = scratch;
     float *apack = bpack + (size_t)kern->kc * kern->nc;
     float *tile = apack + (size_t)kern->mc * kern->kc;
+    const sd_cpu_bf16_kernels_t *bf16 = kern->bf16;
+    uint32_t *bpair = (uint32_t *)(tile + mr * nr);
+    uint32_t *apair = bpair + (size_t)(kern->kc + 1) / 2 * kern->nc;
     for (int64_t jc = j_lo; jc < j_hi; jc += kern->nc) {
         int64_t nc = SD_MIN((int64_t)kern->nc, j_hi - jc);
         for (int64_t pc = 0; pc < k; pc += kern->kc) {
@@ -175,6 +191,8 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
             } else {
                 kern->pack_b(b, n, pc, jc, kc, nc, bpack);
             }
+            const int64_t kp = (kc + 1) / 2;
+            if (bf16) bf16->pair_panels(bpair, bblock, nr, kc, (nc + nr - 1) / nr, panel_kc * nr);
             for (int64_t ic = i_lo; ic < i_hi; ic += kern->mc) {
                 int64_t mc = SD_MIN((int64_t)kern->mc, i_hi - ic);
                 const float *ablock = apack;
@@ -188,16 +206,19 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
                 } else {
                     kern->pack_a(a, m, ic, pc, mc, kc, apack);
                 }
+                if (bf16) bf16->pair_panels(apair, ablock, mr, kc, (mc + mr - 1) / mr, mr * kc);
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int64_t j = jc + jr;
                     int cols = (int)SD_MIN((int64_t)nr, jc + nc - j);
                     int64_t g = j / c->group_cols;
                     bool same_group = (j + cols - 1) / c->group_cols == g;
                     const float *bp = bblock + jr * panel_kc;
+                    const uint32_t *bp2 = bpair + jr * kp;
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int64_t i = ic + ir;
                         int rows = (int)SD_MIN((int64_t)mr, ic + mc - i);
                         const float *ap = ablock + ir * kc;
+                        const uint32_t *ap2 = apair + ir * kp;
                         if (rows == mr && cols == nr && same_group) {
                             int64_t off = c_offset(c, i, j);
                             sd_tile_epilogue_t ep = {
@@ -209,10 +230,10 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
                                 .bias_c = c->bias_col ? c->bias_col + j : NULL,
                                 .res = c->residual ? c->residual + off : NULL,
                             };
-                            kern->ukernel(kc, ap, bp, c->data + off, c->ldc, &ep);
+                            run_tile(kern, kc, ap, bp, ap2, bp2, c->data + off, c->ldc, &ep);
                         } else {
                             sd_tile_epilogue_t ep = {.alpha = 1.0f};
-                            kern->ukernel(kc, ap, bp, tile, nr, &ep);
+                            run_tile(kern, kc, ap, bp, ap2, bp2, tile, nr, &ep);
                             merge_edge_tile(c, tile, nr, i, j, rows, cols, accumulate);
                         }
                     }

@@ -235,8 +235,10 @@ sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
     const size_t m_floats = (size_t)WP * (size_t)(j.cout * chunk) + (size_t)nr;
     float *u = sd_arena_alloc(&ctx->arena, u_floats * sizeof(float));
     float *vm = sd_arena_alloc(&ctx->arena, (v_floats + m_floats) * sizeof(float));
-    bool scratch =
-        sd_cpu_scratch_reserve(cpu, SD_MAX((size_t)(WA * j.row_len), (size_t)(WM * WM * nr)));
+    /* Row buffers, output tiles, and the GEMMs' own buffers (edge tiles; bf16 pair panels). */
+    const size_t scratch_floats = SD_MAX(SD_MAX((size_t)(WA * j.row_len), (size_t)(WM * WM * nr)),
+                                         sd_gemm_scratch_floats(kern));
+    bool scratch = sd_cpu_scratch_reserve(cpu, scratch_floats);
     if (u == NULL || vm == NULL || !scratch) {
         sd_arena_free(&ctx->arena, u);
         sd_arena_free(&ctx->arena, vm);
