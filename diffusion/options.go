@@ -42,11 +42,12 @@ func ParseDevice(s string) (Device, error) {
 }
 
 type openOptions struct {
-	device  Device
-	threads int
-	library string
-	logger  *slog.Logger
-	model   []modelfile.Option
+	device    Device
+	threads   int
+	precision Precision
+	library   string
+	logger    *slog.Logger
+	model     []modelfile.Option
 }
 
 // Option configures Open.

@@ -124,7 +124,11 @@ func open(ctx context.Context, m *modelfile.Model, o openOptions, log *slog.Logg
 	if o.threads < 0 {
 		return nil, fmt.Errorf("%w: threads %d", ErrInvalidRequest, o.threads)
 	}
-	eng, err := newEngine(lib, backend, o.threads)
+	precision, err := runtimePrecision(o.precision)
+	if err != nil {
+		return nil, err
+	}
+	eng, err := newEngineWithPrecision(lib, backend, o.threads, precision)
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"image"
 	"io"
 	"os"
 	"path/filepath"
@@ -26,6 +27,7 @@ type benchOptions struct {
 	cache   string
 	json    bool
 	profile bool
+	compare bool // --compare-precision
 	pipe    pipelineOptions
 }
 
@@ -70,22 +72,24 @@ func benchCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 	fs.stringVar(&o.cache, "cache", "dir", o.cache, "folder of the random weights, one sub-folder per architecture and dtype\n(default "+cacheDefault+")")
 	fs.boolVar(&o.json, "json", "print the report as JSON (default false: a table)")
 	fs.boolVar(&o.profile, "profile", "also print the runtime's time per op kind on stderr (default false)")
+	fs.boolVar(&o.compare, "compare-precision", "run fp32, then bf16, and report both and the bf16 image's PSNR against fp32's (default false)")
 	o.pipe.define(fs)
 	return func(ctx context.Context, args []string) error { return a.bench(ctx, o, args) }
 }
 
 // benchReport is what bench measures. Times are in seconds, sizes in bytes.
 type benchReport struct {
-	Arch    string `json:"arch,omitempty"`  // random weights of this architecture; empty with -m
-	DType   string `json:"dtype,omitempty"` // the random weights' dtype
-	Model   string `json:"model"`           // the model file or folder timed
-	Size    int    `json:"size"`
-	Steps   int    `json:"steps"`
-	Sampler string `json:"sampler"`
-	Device  string `json:"device"`
-	Backend string `json:"backend"`
-	Threads int    `json:"threads"` // 0: one per core
-	CPUs    int    `json:"cpus"`
+	Arch      string `json:"arch,omitempty"`  // random weights of this architecture; empty with -m
+	DType     string `json:"dtype,omitempty"` // the random weights' dtype
+	Model     string `json:"model"`           // the model file or folder timed
+	Size      int    `json:"size"`
+	Steps     int    `json:"steps"`
+	Sampler   string `json:"sampler"`
+	Device    string `json:"device"`
+	Backend   string `json:"backend"`
+	Threads   int    `json:"threads"` // 0: one per core
+	CPUs      int    `json:"cpus"`
+	Precision string `json:"precision"`
 
 	Load        float64   `json:"load_s"`
 	TextEncode  float64   `json:"text_encode_s"`
@@ -104,6 +108,9 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 	}
 	if o.cache == "" && o.model == "" {
 		return usagef("no cache folder: pass --cache")
+	}
+	if o.compare && o.pipe.precision != diffusion.PrecisionFP32 {
+		return usagef("--compare-precision runs both precisions: leave out --precision")
 	}
 	r := benchReport{Model: o.model}
 	size := o.size
@@ -132,12 +139,28 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if o.compare {
+		return a.benchComparePrecision(ctx, o, r, size)
+	}
+	r, _, err := a.benchRun(ctx, o, r, size)
+	if err != nil {
+		return err
+	}
+	if o.json {
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	return r.table(a.stdout)
+}
 
-	fmt.Fprintf(a.stderr, "loading %s\n", r.Model)
+// benchRun opens r.Model as o.pipe says and times one txt2img of size² on it.
+func (a *app) benchRun(ctx context.Context, o *benchOptions, r benchReport, size int) (benchReport, image.Image, error) {
+	fmt.Fprintf(a.stderr, "loading %s (%s)\n", r.Model, o.pipe.precision)
 	start := time.Now()
 	p, err := o.pipe.open(r.Model, a.stderr)
 	if err != nil {
-		return err
+		return r, nil, err
 	}
 	defer p.Close()
 	load := time.Since(start)
@@ -150,18 +173,19 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 	})
 	bar.finish()
 	if err != nil {
-		return err
+		return r, nil, err
 	}
 	if o.profile {
 		fmt.Fprint(a.stderr, p.ProfileReport())
 	}
 	mem, err := p.MemoryStats()
 	if err != nil {
-		return err
+		return r, nil, err
 	}
 	info := p.Info()
 	r.Size, r.Steps, r.Sampler = res.Images[0].Bounds().Dx(), o.steps, benchSampler.String()
 	r.Device, r.Backend, r.Threads, r.CPUs = info.Device.String(), info.Backend, o.pipe.threads, runtime.NumCPU()
+	r.Precision = o.pipe.precision.String()
 	r.Load, r.TextEncode = load.Seconds(), res.Timings.TextEncode.Seconds()
 	r.Decode, r.Total = res.Timings.Decode.Seconds(), res.Timings.Total.Seconds()
 	r.ArenaPeak, r.WeightsCopy = mem.ArenaPeakBytes, mem.WeightsBytes
@@ -170,12 +194,7 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 	}
 	r.StepMedian = median(r.StepTimes)
 	r.PeakRSS, _ = peakRSS()
-	if o.json {
-		enc := json.NewEncoder(a.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(r)
-	}
-	return r.table(a.stdout)
+	return r, res.Images[0], nil
 }
 
 func median(v []float64) float64 {
@@ -211,6 +230,7 @@ func (r benchReport) table(w io.Writer) error {
 		{"model", model, r.Model},
 		{"device", r.Device, r.Backend},
 		{"threads", threads, ""},
+		{"precision", r.Precision, "of the matrix products"},
 		{"image", fmt.Sprintf("%d×%d", r.Size, r.Size), fmt.Sprintf("%d step%s %s, CFG %g", r.Steps, plural, r.Sampler, benchCFG)},
 		{"load", seconds(r.Load), "Open"},
 		{"text encode", seconds(r.TextEncode), "prompt and negative prompt"},

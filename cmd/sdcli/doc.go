@@ -64,6 +64,8 @@
 //	--threads N           CPU threads (default 0: one per core)
 //	--device NAME         auto, cpu or cuda (default auto: a CUDA GPU when the GPU build of the
 //	                      runtime and a usable GPU are present)
+//	--precision NAME      fp32 or bf16: what the matrix products compute in; bf16 needs a CPU
+//	                      with AVX512_BF16 and is refused elsewhere (default fp32, exact)
 //	--lib path            the runtime library, a file or a folder holding it (default: search
 //	                      SD_LIB, the executable's folder, lib/ beside it, build/, the system
 //	                      path)
@@ -147,7 +149,9 @@
 //	                      ~/.cache/gosd)
 //	--json                print the report as JSON instead of a table (default off)
 //	--profile             also print the runtime's time per op kind on stderr (default off)
-//	--threads N, --device NAME, --lib path, -v, --text-heads N (with -m)
+//	--compare-precision   run fp32, then bf16, and report both and the PSNR of bf16's image
+//	                      against fp32's (default off)
+//	--threads N, --device NAME, --precision NAME, --lib path, -v, --text-heads N (with -m)
 //	                      as for txt2img
 //
 // # sdcli serve
@@ -174,7 +178,7 @@
 //	--cors ORIGIN         origin allowed to call the API from a browser, or * (default none)
 //	--timeout duration    deadline of a generation from its submission (default 10m)
 //	--grace duration      how long running work may finish on shutdown (default 30s)
-//	--threads N, --device NAME, --lib path, -v, --text-heads N
+//	--threads N, --device NAME, --precision NAME, --lib path, -v, --text-heads N
 //	                      as for txt2img
 //
 // # sdcli version
