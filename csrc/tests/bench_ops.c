@@ -1,7 +1,7 @@
 /*
  * Op benchmarks on the CPU backend: GFLOP/s of the GEMM-shaped ops at Stable Diffusion
- * sizes (median of several runs after a warm-up), in fp32 and, on CPUs with AVX512_BF16, again
- * with bf16 compute (rows marked [bf16]).
+ * sizes (median of several runs after a warm-up), in fp32 and, on CPUs with AVX512_BF16, each
+ * again right after with bf16 compute (rows marked [bf16]).
  *   bench_ops [threads] [filter]
  */
 #include "harness.h"
@@ -59,13 +59,16 @@ static sd_status_t run_gn(sd_ctx_t *ctx, void *p) {
     return sd_op_group_norm(ctx, a->out, a->x, NULL, NULL, 32, 1e-5f, true);
 }
 
-/* The GEMM-shaped ops on one context; `tag` ends each name (the compute precision). */
-static void bench_products(sd_ctx_t *ctx, const char *filter, const char *tag) {
+/* GEMM-shaped op number `which` (< PRODUCTS) on one context; `tag` ends its name (the
+ * compute precision). */
+#define PRODUCTS 6
+static void bench_product(sd_ctx_t *ctx, const char *filter, const char *tag, int which) {
     const int32_t wdt[2] = {SD_DTYPE_F16, SD_DTYPE_F32};
     char name[96];
+    int at = 0;
     for (int d = 0; d < 2; d++) {
         snprintf(name, sizeof name, "linear 4096x1280 @ 1280x1280^T %s%s", d ? "f32" : "f16", tag);
-        if (bench_selected(filter, name)) {
+        if (which == at++ && bench_selected(filter, name)) {
             int64_t xs[2] = {4096, 1280}, ws[2] = {1280, 1280}, bs[1] = {1280};
             args_t a = {0};
             a.x = make_random(ctx, SD_DTYPE_F32, 2, xs);
@@ -76,7 +79,7 @@ static void bench_products(sd_ctx_t *ctx, const char *filter, const char *tag) {
             report(ctx, name, 2.0 * 4096 * 1280 * 1280, run_linear, &a);
         }
         snprintf(name, sizeof name, "conv2d 3x3 320->320 2x64x64 %s%s", d ? "f32" : "f16", tag);
-        if (bench_selected(filter, name)) {
+        if (which == at++ && bench_selected(filter, name)) {
             int64_t xs[4] = {2, 320, 64, 64}, ws[4] = {320, 320, 3, 3}, bs[1] = {320};
             args_t a = {0};
             a.x = make_random(ctx, SD_DTYPE_F32, 4, xs);
@@ -89,7 +92,7 @@ static void bench_products(sd_ctx_t *ctx, const char *filter, const char *tag) {
         }
     }
     snprintf(name, sizeof name, "conv2d 3x3 1280->1280 2x8x8 f16%s", tag);
-    if (bench_selected(filter, name)) {
+    if (which == at++ && bench_selected(filter, name)) {
         int64_t xs[4] = {2, 1280, 8, 8}, ws[4] = {1280, 1280, 3, 3};
         args_t a = {0};
         a.x = make_random(ctx, SD_DTYPE_F32, 4, xs);
@@ -100,7 +103,7 @@ static void bench_products(sd_ctx_t *ctx, const char *filter, const char *tag) {
         report(ctx, name, 2.0 * 2 * 1280 * 1280 * 9 * 64, run_conv, &a);
     }
     snprintf(name, sizeof name, "attention self 2x4096x320 8 heads%s", tag);
-    if (bench_selected(filter, name)) {
+    if (which == at++ && bench_selected(filter, name)) {
         int64_t qs[3] = {2, 4096, 320}, ks[3] = {2, 4096, 320}, cs[3] = {2, 77, 320};
         args_t a = {0};
         a.x = make_random(ctx, SD_DTYPE_F32, 3, qs);
@@ -130,13 +133,16 @@ int main(int argc, char **argv) {
         return 1;
     }
     printf("backend: %s\n", sd_ctx_backend_description(ctx));
-    /* The same products in bf16 where the CPU has it, each row after its fp32 row's run. */
+    /* The same products in bf16 where the CPU has it, each right after its fp32 run so that
+     * the pair sees the same load. */
     p.precision = SD_PRECISION_BF16;
     if (sd_ctx_init(&p, &ctx_bf16, err, sizeof err) != SD_STATUS_OK)
         printf("no bf16 rows: %s\n", err);
     rng_seed(7);
-    bench_products(ctx, filter, "");
-    if (ctx_bf16) bench_products(ctx_bf16, filter, " [bf16]");
+    for (int which = 0; which < PRODUCTS; which++) {
+        bench_product(ctx, filter, "", which);
+        if (ctx_bf16) bench_product(ctx_bf16, filter, " [bf16]", which);
+    }
     if (bench_selected(filter, "group_norm")) {
         int64_t xs[4] = {2, 320, 64, 64};
         args_t a = {0};
