@@ -42,6 +42,9 @@ typedef struct sd_packed_weight {
     int64_t rows, k; /* W is rows x k */
     int64_t padded;  /* rows rounded up to whole panels */
     void *data;
+    /* A panels already in the bf16 kernels' pair layout (sd_gemm_pair_packed_a; dtype is
+     * then ignored), for a bf16 GEMM that would otherwise narrow them block by block. */
+    bool bf16_pairs;
 } sd_packed_weight_t;
 
 /* How the GEMM reads A (M x K). */
@@ -213,6 +216,12 @@ void sd_gemm_pack_a(const sd_cpu_kernels_t *kern, const sd_gemm_a_t *a, int64_t 
                     float *dst);
 void sd_gemm_pack_b(const sd_cpu_kernels_t *kern, const sd_gemm_b_t *b, int64_t k, int64_t n,
                     float *dst);
+/* Narrows A (M x K) packed by sd_gemm_pack_a (fp32) into bf16 pair panels, for a table with
+ * bf16 kernels: sd_gemm_pairs_a_lanes(m, k) 32-bit lanes, block (k0, panel p) at
+ * k0/2 * padded + p * mr * ceil(kc/2). Use as a packed weight with bf16_pairs set. */
+size_t sd_gemm_pairs_a_lanes(const sd_cpu_kernels_t *kern, int64_t m, int64_t k);
+void sd_gemm_pair_packed_a(const sd_cpu_kernels_t *kern, const float *src, int64_t m, int64_t k,
+                           uint32_t *dst);
 
 /* Packs a weight W (rows x k, in its dtype) for use as A or as B = W^T; NULL when out of
  * memory. Free with sd_packed_weight_free. */

@@ -99,7 +99,7 @@ sd_packed_weight_t *sd_packed_weight_new(sd_pool_t *pool, const sd_cpu_kernels_t
         free(p), free(data);
         return NULL;
     }
-    *p = (sd_packed_weight_t){dtype, as_b, rows, k, padded, data};
+    *p = (sd_packed_weight_t){dtype, as_b, rows, k, padded, data, false};
     pack_weight_job_t job = {kern, w, data, dtype, as_b, rows, k, width, padded};
     sd_pool_run(pool, padded / width, pack_weight_task, &job);
     return p;
@@ -124,6 +124,21 @@ void sd_gemm_pack_a(const sd_cpu_kernels_t *kern, const sd_gemm_a_t *a, int64_t 
     const int64_t mpad = padded_rows(kern, m);
     for (int64_t pc = 0; pc < k; pc += kern->kc)
         kern->pack_a(a, m, 0, pc, m, SD_MIN((int64_t)kern->kc, k - pc), dst + pc * mpad);
+}
+
+size_t sd_gemm_pairs_a_lanes(const sd_cpu_kernels_t *kern, int64_t m, int64_t k) {
+    return (size_t)padded_rows(kern, m) * (size_t)((k + 1) / 2);
+}
+
+void sd_gemm_pair_packed_a(const sd_cpu_kernels_t *kern, const float *src, int64_t m, int64_t k,
+                           uint32_t *dst) {
+    SD_ASSERT(kern->bf16 != NULL && kern->kc % 2 == 0);
+    const int64_t mpad = padded_rows(kern, m);
+    for (int64_t pc = 0; pc < k; pc += kern->kc) {
+        const int64_t kc = SD_MIN((int64_t)kern->kc, k - pc);
+        kern->bf16->pair_panels(dst + pc / 2 * mpad, src + pc * mpad, kern->mr, kc, mpad / kern->mr,
+                                kern->mr * kc);
+    }
 }
 
 /* Offset of C[i][j] (and of the residual) for the column-group layout. */
@@ -196,7 +211,12 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
             for (int64_t ic = i_lo; ic < i_hi; ic += kern->mc) {
                 int64_t mc = SD_MIN((int64_t)kern->mc, i_hi - ic);
                 const float *ablock = apack;
-                if (a->packed != NULL) {
+                const uint32_t *ablock2 = apair;
+                if (a->packed != NULL && a->packed->bf16_pairs) {
+                    SD_ASSERT(bf16 != NULL && pc % 2 == 0);
+                    ablock2 =
+                        (const uint32_t *)a->packed->data + pc / 2 * a->packed->padded + ic * kp;
+                } else if (a->packed != NULL) {
                     const sd_packed_weight_t *pw = a->packed;
                     int64_t at = pc * pw->padded + ic * kc;
                     if (pw->dtype == SD_DTYPE_F32)
@@ -206,7 +226,8 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
                 } else {
                     kern->pack_a(a, m, ic, pc, mc, kc, apack);
                 }
-                if (bf16) bf16->pair_panels(apair, ablock, mr, kc, (mc + mr - 1) / mr, mr * kc);
+                if (bf16 && ablock2 == apair)
+                    bf16->pair_panels(apair, ablock, mr, kc, (mc + mr - 1) / mr, mr * kc);
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int64_t j = jc + jr;
                     int cols = (int)SD_MIN((int64_t)nr, jc + nc - j);
@@ -218,7 +239,7 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
                         int64_t i = ic + ir;
                         int rows = (int)SD_MIN((int64_t)mr, ic + mc - i);
                         const float *ap = ablock + ir * kc;
-                        const uint32_t *ap2 = apair + ir * kp;
+                        const uint32_t *ap2 = ablock2 + ir * kp;
                         if (rows == mr && cols == nr && same_group) {
                             int64_t off = c_offset(c, i, j);
                             sd_tile_epilogue_t ep = {
