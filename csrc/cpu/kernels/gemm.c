@@ -186,8 +186,9 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
     float *apack = bpack + (size_t)kern->kc * kern->nc;
     float *tile = apack + (size_t)kern->mc * kern->kc;
     const sd_cpu_bf16_kernels_t *bf16 = kern->bf16;
-    uint32_t *bpair = (uint32_t *)(tile + mr * nr);
-    uint32_t *apair = bpair + (size_t)(kern->kc + 1) / 2 * kern->nc;
+    /* bf16 only (the scratch holds them only then): the blocks as pair panels. */
+    uint32_t *bpair = bf16 ? (uint32_t *)(tile + mr * nr) : NULL;
+    uint32_t *apair = bf16 ? bpair + (size_t)(kern->kc + 1) / 2 * kern->nc : NULL;
     for (int64_t jc = j_lo; jc < j_hi; jc += kern->nc) {
         int64_t nc = SD_MIN((int64_t)kern->nc, j_hi - jc);
         for (int64_t pc = 0; pc < k; pc += kern->kc) {
@@ -234,12 +235,12 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
                     int64_t g = j / c->group_cols;
                     bool same_group = (j + cols - 1) / c->group_cols == g;
                     const float *bp = bblock + jr * panel_kc;
-                    const uint32_t *bp2 = bpair + jr * kp;
+                    const uint32_t *bp2 = bf16 ? bpair + jr * kp : NULL;
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int64_t i = ic + ir;
                         int rows = (int)SD_MIN((int64_t)mr, ic + mc - i);
                         const float *ap = ablock + ir * kc;
-                        const uint32_t *ap2 = ablock2 + ir * kp;
+                        const uint32_t *ap2 = bf16 ? ablock2 + ir * kp : NULL;
                         if (rows == mr && cols == nr && same_group) {
                             int64_t off = c_offset(c, i, j);
                             sd_tile_epilogue_t ep = {
