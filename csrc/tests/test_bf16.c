@@ -392,6 +392,53 @@ static void test_params(void) {
     CHECK(c == NULL, "no context on failure");
 }
 
+/* A bf16 context in the share group of an fp32 one (sd_ctx_init_shared): each computes in
+ * its own precision; the fp32 one stays exact. */
+static void test_shared_precision(void) {
+    sd_ctx_params_t p;
+    sd_ctx_params_default(&p);
+    sd_ctx_t *fp32 = NULL, *bf16 = NULL;
+    char err[256];
+    CHECK_STATUS(sd_ctx_init(&p, &fp32, err, sizeof err), SD_STATUS_OK);
+    p.precision = SD_PRECISION_BF16;
+    CHECK_STATUS(sd_ctx_init_shared(fp32, &p, &bf16, err, sizeof err), SD_STATUS_OK);
+    if (fp32 == NULL || bf16 == NULL) return;
+    CHECK(strstr(sd_ctx_backend_description(bf16), "bf16") != NULL, "bf16: %s",
+          sd_ctx_backend_description(bf16));
+    CHECK(strstr(sd_ctx_backend_description(fp32), "bf16") == NULL, "fp32: %s",
+          sd_ctx_backend_description(fp32));
+    const int64_t rows = 20, k = 37, nout = 33;
+    float *xv = frand(rows * k, -1, 1), *wv = frand(nout * k, -1, 1);
+    int64_t xs[2] = {rows, k}, ws[2] = {nout, k}, os[2] = {rows, nout};
+    double *exact = calloc((size_t)(rows * nout), sizeof(double));
+    double *rounded = calloc((size_t)(rows * nout), sizeof(double));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t o = 0; o < nout; o++)
+            for (int64_t kk = 0; kk < k; kk++) {
+                exact[r * nout + o] += (double)xv[r * k + kk] * wv[o * k + kk];
+                rounded[r * nout + o] +=
+                    (double)round_bf16(xv[r * k + kk]) * round_bf16(wv[o * k + kk]);
+            }
+    sd_ctx_t *ctxs[2] = {fp32, bf16};
+    for (int i = 0; i < 2; i++) {
+        sd_tensor_t *x = make_tensor(ctxs[i], SD_DTYPE_F32, 2, xs, xv, NULL);
+        sd_tensor_t *w = make_tensor(ctxs[i], SD_DTYPE_F32, 2, ws, wv, NULL);
+        sd_tensor_t *out = make_empty(ctxs[i], 2, os);
+        sd_linear_params_t lp;
+        sd_linear_params_default(&lp);
+        CHECK_STATUS(sd_op_linear(ctxs[i], out, x, w, NULL, NULL, &lp), SD_STATUS_OK);
+        float *got = fetch(ctxs[i], out);
+        compare(i ? "shared group: bf16 context vs bf16-rounded operands"
+                  : "shared group: fp32 context vs exact",
+                got, i ? rounded : exact, rows * nout, RTOL, ATOL);
+        free(got);
+        sd_tensor_free(ctxs[i], x), sd_tensor_free(ctxs[i], w), sd_tensor_free(ctxs[i], out);
+    }
+    free(xv), free(wv), free(exact), free(rounded);
+    sd_ctx_free(bf16);
+    sd_ctx_free(fp32);
+}
+
 static int refused(void) {
     sd_ctx_params_t p;
     sd_ctx_params_default(&p);
@@ -423,6 +470,7 @@ int main(int argc, char **argv) {
     rng_seed(3);
     test_gemm();
     test_ops();
+    test_shared_precision();
     sd_ctx_free(ctx);
     return test_summary("test_bf16");
 }
