@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"unsafe"
 
 	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
@@ -78,7 +79,8 @@ func TestLoadErrors(t *testing.T) {
 		{"missing file", filepath.Join(t.TempDir(), "libsd.so"), ErrLibraryNotFound, "libsd.so"},
 		{"not a library", writeFile(t, "libsd.so", "not an ELF file"), ErrLibraryNotFound, "libsd.so"},
 		{"wrong ABI", stub("bad-abi"), ErrABIMismatch, fmt.Sprintf("ABI version %d", ABIVersion+1000)},
-		{"wrong struct size", stub("bad-size"), ErrABIMismatch, "sd_ctx_params_t is 24 bytes"},
+		{"wrong struct size", stub("bad-size"), ErrABIMismatch,
+			fmt.Sprintf("sd_ctx_params_t is %d bytes", unsafe.Sizeof(CtxParams{})+8)},
 		{"missing function", stub("no-syms"), ErrMissingSymbol, "sd_status_string"},
 	}
 	for _, tc := range cases {
@@ -205,6 +207,27 @@ func TestCallErrors(t *testing.T) {
 	p.Backend = BackendCUDA
 	_, err = lib.CtxInit(&p)
 	assert.ErrorIs(t, err, ErrUnsupported, "the CPU build has no CUDA backend")
+	p = lib.DefaultCtxParams()
+	assert.Equal(t, PrecisionF32, p.Precision)
+	p.Precision = 9
+	_, err = lib.CtxInit(&p)
+	assert.ErrorIs(t, err, ErrInvalidArgument)
+	assert.Contains(t, err.Error(), "precision")
+}
+
+// BF16 runs where the CPU has AVX512_BF16 and is refused, saying so, elsewhere.
+func TestCtxInitBF16(t *testing.T) {
+	lib := loadCPU(t)
+	p := lib.DefaultCtxParams()
+	p.Precision = PrecisionBF16
+	ctx, err := lib.CtxInit(&p)
+	if err != nil {
+		assert.ErrorIs(t, err, ErrUnsupported)
+		assert.Contains(t, err.Error(), "bf16")
+		return
+	}
+	defer lib.CtxFree(ctx)
+	assert.Contains(t, lib.CtxBackendDescription(ctx), "bf16 compute")
 }
 
 // A context made with CtxInitShared is a context of its own (tensors, errors) in the

@@ -32,6 +32,14 @@ func (b Backend) String() string {
 	return fmt.Sprintf("backend(%d)", int32(b))
 }
 
+// Precision mirrors sd_precision_t: what a context's matrix products compute in.
+type Precision int32
+
+const (
+	PrecisionF32  Precision = 0 // exact float32 (the default)
+	PrecisionBF16 Precision = 1 // bf16 operands, float32 accumulation (CPU with AVX512_BF16)
+)
+
 // DType mirrors sd_dtype_t.
 type DType int32
 
@@ -112,10 +120,11 @@ const (
 
 // CtxParams mirrors sd_ctx_params_t.
 type CtxParams struct {
-	Backend  Backend
-	NThreads int32 // CPU threads; 0 = one per CPU the process may use, which also caps it
-	Device   int32 // GPU ordinal
-	Flags    uint32
+	Backend   Backend
+	NThreads  int32 // CPU threads; 0 = one per CPU the process may use, which also caps it
+	Device    int32 // GPU ordinal
+	Flags     uint32
+	Precision Precision // PrecisionBF16: ErrUnsupported unless the CPU has AVX512_BF16
 }
 
 // MemoryStats mirrors sd_memory_stats_t (bytes).

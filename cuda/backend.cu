@@ -367,6 +367,13 @@ sd_status_t sd_backend_cuda_create(const sd_ctx_params_t *p, sd_backend_t **out,
         copy_reason(err, err_len, "sd_ctx_init: device %d must be >= 0", (int)p->device);
         return SD_STATUS_INVALID_ARGUMENT;
     }
+    if (p->precision != SD_PRECISION_F32) {
+        /* Activations are F16 with F32 accumulation already; bf16 is the CPU's option. */
+        copy_reason(err, err_len,
+                    "sd_ctx_init: precision %d is a CPU option; the CUDA backend computes in f16",
+                    (int)p->precision);
+        return SD_STATUS_UNSUPPORTED;
+    }
     char why[192];
     int n = device_count(why, sizeof why);
     if (n <= 0) {

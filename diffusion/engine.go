@@ -43,9 +43,14 @@ type unetTensor struct {
 }
 
 func newEngine(lib *binding.Library, backend binding.Backend, threads int) (*engine, error) {
+	return newEngineWithPrecision(lib, backend, threads, binding.PrecisionF32)
+}
+
+func newEngineWithPrecision(lib *binding.Library, backend binding.Backend, threads int, precision binding.Precision) (*engine, error) {
 	p := lib.DefaultCtxParams()
 	p.Backend = backend
 	p.NThreads = int32(threads)
+	p.Precision = precision
 	ctx, err := lib.CtxInit(&p)
 	if err != nil {
 		return nil, err

@@ -127,7 +127,11 @@ func (e *ESRGAN) load(o openOptions, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if e.eng, err = newEngine(lib, backend, o.threads); err != nil {
+	precision, err := runtimePrecision(o.precision)
+	if err != nil {
+		return err
+	}
+	if e.eng, err = newEngineWithPrecision(lib, backend, o.threads, precision); err != nil {
 		return err
 	}
 	lib.CtxSetLog(e.eng.ctx, runtimeLog(log))

@@ -42,12 +42,13 @@ func ParseDevice(s string) (Device, error) {
 }
 
 type openOptions struct {
-	device  Device
-	threads int
-	library string
-	logger  *slog.Logger
-	model   []modelfile.Option
-	taesd   string // WithTAESD
+	device    Device
+	threads   int
+	library   string
+	logger    *slog.Logger
+	model     []modelfile.Option
+	taesd     string // WithTAESD
+	precision Precision
 }
 
 // Option configures Open.

@@ -120,7 +120,11 @@ func open(ctx context.Context, m *modelfile.Model, taesd *modelfile.TAESD, o ope
 	if err != nil {
 		return nil, err
 	}
-	eng, err := newEngine(lib, backend, o.threads)
+	precision, err := runtimePrecision(o.precision)
+	if err != nil {
+		return nil, err
+	}
+	eng, err := newEngineWithPrecision(lib, backend, o.threads, precision)
 	if err != nil {
 		return nil, err
 	}

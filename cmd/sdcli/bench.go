@@ -28,6 +28,7 @@ type benchOptions struct {
 	json    bool
 	profile bool
 	control string // a ControlNet to time with the model, or "random"
+	compare bool   // --compare-precision
 	pipe    pipelineOptions
 }
 
@@ -73,6 +74,7 @@ func benchCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 	fs.boolVar(&o.json, "json", "print the report as JSON (default false: a table)")
 	fs.boolVar(&o.profile, "profile", "also print the runtime's time per op kind on stderr (default false)")
 	fs.stringVar(&o.control, "controlnet", "path", "", "also run this ControlNet at every step, or random: random weights of --arch's\nSD 1.5-style ControlNet, written once to the cache (default: none)")
+	fs.boolVar(&o.compare, "compare-precision", "run fp32, then bf16, and report both and the bf16 image's PSNR against fp32's (default false)")
 	o.pipe.define(fs)
 	return func(ctx context.Context, args []string) error { return a.bench(ctx, o, args) }
 }
@@ -91,6 +93,7 @@ type benchReport struct {
 	Backend    string `json:"backend"`
 	Threads    int    `json:"threads"` // 0: one per core
 	CPUs       int    `json:"cpus"`
+	Precision  string `json:"precision"`
 	// Upscale: the model is an x4 upscaler, timed upscaling a Size/4 image to Size.
 	Upscale bool `json:"upscale,omitempty"`
 
@@ -111,6 +114,9 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 	}
 	if o.cache == "" && o.model == "" {
 		return usagef("no cache folder: pass --cache")
+	}
+	if o.compare && o.pipe.precision != diffusion.PrecisionFP32 {
+		return usagef("--compare-precision runs both precisions: leave out --precision")
 	}
 	r := benchReport{Model: o.model}
 	size := o.size
@@ -154,12 +160,29 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if o.compare {
+		return a.benchComparePrecision(ctx, o, r, size)
+	}
+	r, _, err := a.benchRun(ctx, o, r, size)
+	if err != nil {
+		return err
+	}
+	if o.json {
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	return r.table(a.stdout)
+}
 
-	fmt.Fprintf(a.stderr, "loading %s\n", r.Model)
+// benchRun opens r.Model as o.pipe says and times one txt2img of size² on it (an upscale
+// for an x4 upscaler).
+func (a *app) benchRun(ctx context.Context, o *benchOptions, r benchReport, size int) (benchReport, image.Image, error) {
+	fmt.Fprintf(a.stderr, "loading %s (%s)\n", r.Model, o.pipe.precision)
 	start := time.Now()
 	p, err := o.pipe.open(r.Model, a.stderr)
 	if err != nil {
-		return err
+		return r, nil, err
 	}
 	defer p.Close()
 
@@ -170,7 +193,7 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 	if r.ControlNet != "" {
 		cn, err := p.LoadControlNet(r.ControlNet)
 		if err != nil {
-			return err
+			return r, nil, err
 		}
 		defer cn.Close()
 		req.Controls = []diffusion.Control{{Model: cn, Image: benchControlImage(cmp.Or(size, p.Info().Width), cmp.Or(size, p.Info().Height))}}
@@ -189,18 +212,19 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 	}
 	bar.finish()
 	if err != nil {
-		return err
+		return r, nil, err
 	}
 	if o.profile {
 		fmt.Fprint(a.stderr, p.ProfileReport())
 	}
 	mem, err := p.MemoryStats()
 	if err != nil {
-		return err
+		return r, nil, err
 	}
 	info := p.Info()
 	r.Size, r.Steps, r.Sampler = res.Images[0].Bounds().Dx(), o.steps, benchSampler.String()
 	r.Device, r.Backend, r.Threads, r.CPUs = info.Device.String(), info.Backend, o.pipe.threads, runtime.NumCPU()
+	r.Precision = o.pipe.precision.String()
 	r.Load, r.TextEncode = load.Seconds(), res.Timings.TextEncode.Seconds()
 	r.Decode, r.Total = res.Timings.Decode.Seconds(), res.Timings.Total.Seconds()
 	r.ArenaPeak, r.WeightsCopy = mem.ArenaPeakBytes, mem.WeightsBytes
@@ -209,12 +233,7 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 	}
 	r.StepMedian = median(r.StepTimes)
 	r.PeakRSS, _ = peakRSS()
-	if o.json {
-		enc := json.NewEncoder(a.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(r)
-	}
-	return r.table(a.stdout)
+	return r, res.Images[0], nil
 }
 
 // benchUpscale times an x4 upscaler making a size x size image from a gray quarter-size
@@ -268,6 +287,7 @@ func (r benchReport) table(w io.Writer) error {
 	rows = append(rows, [][3]string{
 		{"device", r.Device, r.Backend},
 		{"threads", threads, ""},
+		{"precision", r.Precision, "of the matrix products"},
 		{"image", fmt.Sprintf("%d×%d", r.Size, r.Size), fmt.Sprintf("%d step%s %s, CFG %g", r.Steps, plural, r.Sampler, benchCFG)},
 		{"load", seconds(r.Load), "Open"},
 		{"text encode", seconds(r.TextEncode), "prompt and negative prompt"},

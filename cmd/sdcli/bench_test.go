@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -109,6 +110,8 @@ func TestBenchFlagValidation(t *testing.T) {
 		{"no cache folder", []string{"--cache", ""}, "no cache folder: pass --cache"},
 		{"model and arch", []string{"-m", t.TempDir(), "--arch", "sd21"}, "-m and --arch exclude each other"},
 		{"random ControlNet with a model", []string{"-m", t.TempDir(), "--controlnet", "random"}, "--controlnet random needs random weights (no -m)"},
+		{"bad precision", []string{"--precision", "fp16"}, `flag -precision: unknown precision "fp16"`},
+		{"compare and precision", []string{"--compare-precision", "--precision", "bf16"}, "--compare-precision runs both precisions"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -183,6 +186,31 @@ func TestBenchTinyArchitecture(t *testing.T) {
 	}
 }
 
+// bench --compare-precision times fp32 and then bf16 and compares their images; on a CPU
+// without AVX512_BF16 it fails saying so.
+func TestBenchComparePrecision(t *testing.T) {
+	model, rt := tinyModel(t)
+	r := runArgs(t, slices.Concat([]string{"bench", "-m", model, "--steps", "2", "--compare-precision", "--json"}, rt)...)
+	if r.code == exitError && strings.Contains(r.stderr, "bf16 precision is not available") {
+		t.Skipf("no bf16 here: %s", r.stderr)
+	}
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	var c precisionComparison
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &c))
+	assert.Equal(t, "fp32", c.FP32.Precision)
+	assert.Equal(t, "bf16", c.BF16.Precision)
+	assert.Contains(t, c.BF16.Backend, "bf16 compute")
+	require.Len(t, c.BF16.StepTimes, 2)
+	assert.Greater(t, c.PSNR, 30.0, "sd1-tiny's bf16 image is close to its fp32 one")
+	assert.False(t, math.IsInf(c.PSNR, 0), "bf16 is not fp32")
+	assert.InDelta(t, c.FP32.StepMedian/c.BF16.StepMedian, c.Speedup, 1e-9)
+
+	r = runArgs(t, slices.Concat([]string{"bench", "-m", model, "--steps", "1", "--compare-precision"}, rt)...)
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	assert.Contains(t, r.stdout, "bf16 vs fp32  PSNR ")
+	assert.Equal(t, 2, strings.Count(r.stdout, "of the matrix products"), "a table per precision")
+}
+
 // bench -m times a given model at its native size and writes no random weights.
 func TestBenchModel(t *testing.T) {
 	model, rt := tinyModel(t)
@@ -211,7 +239,7 @@ func TestBenchModel(t *testing.T) {
 func TestBenchTable(t *testing.T) {
 	r := benchReport{
 		Arch: "sd15", DType: "F16", Model: "/cache/sd15-f16", Size: 256, Steps: 1, Sampler: "ddim",
-		Device: "cpu", Backend: "cpu, 2 threads", CPUs: 2,
+		Device: "cpu", Backend: "cpu, 2 threads", CPUs: 2, Precision: "fp32",
 		Load: 0.146, TextEncode: 0.457, StepTimes: []float64{4.481}, StepMedian: 4.481, Decode: 5.12, Total: 10.059,
 		PeakRSS: 2254857830, ArenaPeak: 160 << 20,
 	}
@@ -220,6 +248,7 @@ func TestBenchTable(t *testing.T) {
 	want := `model           sd15 F16 random weights  /cache/sd15-f16
 device          cpu                      cpu, 2 threads
 threads         one per core (2)
+precision       fp32                     of the matrix products
 image           256×256                  1 step ddim, CFG 7.5
 load            0.146 s                  Open
 text encode     0.457 s                  prompt and negative prompt

@@ -124,6 +124,8 @@
 //	--threads N           CPU threads (default 0: one per core)
 //	--device NAME         auto, cpu or cuda (default auto: a CUDA GPU when the GPU build of the
 //	                      runtime and a usable GPU are present)
+//	--precision NAME      fp32 or bf16: what the matrix products compute in; bf16 needs a CPU
+//	                      with AVX512_BF16 and is refused elsewhere (default fp32, exact)
 //	--lib path            the runtime library, a file or a folder holding it (default: search
 //	                      SD_LIB, the executable's folder, lib/ beside it, build/, the system
 //	                      path)
@@ -244,8 +246,10 @@
 //	                      control image); random: random weights of an SD 1.5-style
 //	                      ControlNet for --arch, written once to the cache as a single file
 //	                      (default: none). Compare the step time with a run without it.
-//	--threads N, --device NAME, --lib path, -v, --text-heads N[,N2], --unet-heads N,N,...,
-//	                      --scheduler-config path (with -m) as for txt2img
+//	--compare-precision   run fp32, then bf16, and report both and the PSNR of bf16's image
+//	                      against fp32's (default off)
+//	--threads N, --device NAME, --precision NAME, --lib path, -v, --text-heads N[,N2],
+//	                      --unet-heads N,N,..., --scheduler-config path (with -m) as for txt2img
 //
 // # sdcli serve
 //
@@ -274,8 +278,8 @@
 //	--taesd path          a TAESD (as for txt2img's --vae-decoder taesd:PATH): every live
 //	                      preview is its decoding at full size, at some time per step
 //	                      (default none: the linear approximation at latent size)
-//	--threads N, --device NAME, --lib path, -v, --text-heads N[,N2], --unet-heads N,N,...,
-//	                      --scheduler-config path
+//	--threads N, --device NAME, --precision NAME, --lib path, -v, --text-heads N[,N2],
+//	                      --unet-heads N,N,..., --scheduler-config path
 //	                      as for txt2img
 //
 // # sdcli version

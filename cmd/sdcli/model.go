@@ -149,12 +149,13 @@ func (o *modelOptions) options() []modelfile.Option {
 
 // pipelineOptions are the flags that open a model.
 type pipelineOptions struct {
-	threads int
-	device  diffusion.Device
-	lib     string
-	verbose bool
-	model   modelOptions
-	taesd   string // a TAESD to load beside the model (--vae-decoder taesd:PATH)
+	threads   int
+	device    diffusion.Device
+	lib       string
+	verbose   bool
+	model     modelOptions
+	taesd     string // a TAESD to load beside the model (--vae-decoder taesd:PATH)
+	precision diffusion.Precision
 }
 
 func (o *pipelineOptions) define(fs *flagSet) {
@@ -163,6 +164,11 @@ func (o *pipelineOptions) define(fs *flagSet) {
 	fs.funcVar("device", "NAME", "where the networks run: auto, cpu or cuda (default auto: a CUDA GPU when usable)",
 		func(s string) (err error) {
 			o.device, err = diffusion.ParseDevice(s)
+			return err
+		})
+	fs.funcVar("precision", "NAME", "what the matrix products compute in: fp32, or bf16 on a CPU with AVX512_BF16\n(default fp32, the exact path)",
+		func(s string) (err error) {
+			o.precision, err = diffusion.ParsePrecision(s)
 			return err
 		})
 	fs.stringVar(&o.lib, "lib", "path", "", "runtime library file or folder\n(default: search SD_LIB, the executable's folder, lib/ beside it, build/, the system path)")
@@ -198,7 +204,8 @@ func (o *pipelineOptions) options(stderr io.Writer) []diffusion.Option {
 			}
 			return a
 		}}))
-	opts := []diffusion.Option{diffusion.WithDevice(o.device), diffusion.WithThreads(o.threads), diffusion.WithLogger(logger),
+	opts := []diffusion.Option{diffusion.WithDevice(o.device), diffusion.WithThreads(o.threads),
+		diffusion.WithPrecision(o.precision), diffusion.WithLogger(logger),
 		diffusion.WithModelOptions(o.model.options()...)}
 	if o.lib != "" {
 		opts = append(opts, diffusion.WithLibrary(o.lib))

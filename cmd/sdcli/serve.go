@@ -48,7 +48,7 @@ func serveCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 // openServing opens a pipeline as the flags say, logging to the server's JSON log.
 func (o *pipelineOptions) openServing(ctx context.Context, path string, logger *slog.Logger) (*diffusion.Pipeline, error) {
 	opts := []diffusion.Option{diffusion.WithDevice(o.device), diffusion.WithThreads(o.threads),
-		diffusion.WithLogger(logger.With("component", "pipeline")), diffusion.WithModelOptions(o.model.options()...)}
+		diffusion.WithPrecision(o.precision), diffusion.WithLogger(logger.With("component", "pipeline")), diffusion.WithModelOptions(o.model.options()...)}
 	if o.lib != "" {
 		opts = append(opts, diffusion.WithLibrary(o.lib))
 	}

@@ -90,6 +90,10 @@ static sd_status_t check_params(const char *fn, const sd_ctx_params_t *params, s
         snprintf(err, err_len, "%s: n_threads %d is negative", fn, (int)params->n_threads);
         return SD_STATUS_INVALID_ARGUMENT;
     }
+    if (params->precision < 0 || params->precision >= SD_PRECISION_COUNT) {
+        snprintf(err, err_len, "%s: unknown precision %d", fn, (int)params->precision);
+        return SD_STATUS_INVALID_ARGUMENT;
+    }
     if (params->flags != 0) {
         snprintf(err, err_len, "%s: flags must be 0", fn);
         return SD_STATUS_INVALID_ARGUMENT;

@@ -150,6 +150,27 @@ const sd_cpu_kernels_t *sd_cpu_select_kernels(char *why, size_t why_len) {
     return best;
 }
 
+const sd_cpu_bf16_kernels_t *sd_cpu_select_bf16(const sd_cpu_kernels_t *kern, char *why,
+                                                size_t why_len) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512bf16")) {
+        snprintf(why, why_len, "this CPU has no AVX512_BF16");
+        return NULL;
+    }
+    if (kern != &sd_cpu_kernels_avx512) {
+        snprintf(why, why_len, "it needs the avx512 kernels, and %s are in use (SD_CPU_ISA)",
+                 kern->name);
+        return NULL;
+    }
+    return &sd_cpu_bf16_avx512;
+#else
+    (void)kern;
+    snprintf(why, why_len, "AVX512_BF16 is an x86-64 feature");
+    return NULL;
+#endif
+}
+
 /* Reads up to two integers from root/dir/name; returns how many were read (0 when the file
  * is missing or starts with something else, e.g. cgroup v2's "max"). */
 static int read_numbers(const char *root, const char *dir, const char *name, long long v[2]) {
@@ -266,6 +287,19 @@ sd_status_t sd_backend_cpu_create(const sd_ctx_params_t *p, sd_backend_t **out, 
     }
     char why[160] = "";
     cpu->kern = sd_cpu_select_kernels(why, sizeof why);
+    if (p->precision == SD_PRECISION_BF16) {
+        char no[160] = "";
+        const sd_cpu_bf16_kernels_t *bf16 = sd_cpu_select_bf16(cpu->kern, no, sizeof no);
+        if (bf16 == NULL) {
+            free(cpu);
+            snprintf(err, err_len, "sd_ctx_init: bf16 precision is not available: %s", no);
+            return SD_STATUS_UNSUPPORTED;
+        }
+        SD_ASSERT(bf16->mr == cpu->kern->mr && bf16->nr == cpu->kern->nr);
+        cpu->kern_bf16 = *cpu->kern;
+        cpu->kern_bf16.bf16 = bf16;
+        cpu->kern = &cpu->kern_bf16;
+    }
     cpu->base.ops = &cpu_ops;
     cpu->base.kind = SD_BACKEND_CPU;
     cpu->base.alignment = CPU_ALIGN;
@@ -279,8 +313,9 @@ sd_status_t sd_backend_cpu_create(const sd_ctx_params_t *p, sd_backend_t **out, 
         snprintf(err, err_len, "cannot start %d threads", n);
         return SD_STATUS_OUT_OF_MEMORY;
     }
-    snprintf(cpu->base.description, sizeof cpu->base.description, "cpu, %d threads, %s kernels%s%s",
-             n, cpu->kern->name, why[0] ? "; " : "", why);
+    snprintf(cpu->base.description, sizeof cpu->base.description,
+             "cpu, %d threads, %s kernels%s%s%s", n, cpu->kern->name,
+             cpu->kern->bf16 ? ", bf16 compute" : "", why[0] ? "; " : "", why);
     *out = &cpu->base;
     return SD_STATUS_OK;
 }

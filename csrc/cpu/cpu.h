@@ -42,6 +42,9 @@ typedef struct sd_packed_weight {
     int64_t rows, k; /* W is rows x k */
     int64_t padded;  /* rows rounded up to whole panels */
     void *data;
+    /* A panels already in the bf16 kernels' pair layout (sd_gemm_pair_packed_a; dtype is
+     * then ignored), for a bf16 GEMM that would otherwise narrow them block by block. */
+    bool bf16_pairs;
 } sd_packed_weight_t;
 
 /* How the GEMM reads A (M x K). */
@@ -102,8 +105,27 @@ typedef struct sd_tile_epilogue {
     const float *res;    /* residual tile with stride ldc, or NULL */
 } sd_tile_epilogue_t;
 
+/* The bf16 GEMM path (kernels/gemm-bf16.c, AVX512_BF16 only): a microkernel over panels
+ * in the bf16 pair layout and the conversion of packed fp32 panels into it. */
+typedef struct sd_cpu_bf16_kernels {
+    int mr, nr; /* must equal the table it is attached to */
+    /* C tile (mr x nr, row stride ldc) from pair panels of kp = ceil(kc / 2) pair rows:
+     * a[p*mr + r] and b[p*nr + c] hold the bf16 values of depths 2p (low half) and 2p+1. */
+    void (*ukernel)(int64_t kp, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc,
+                    const sd_tile_epilogue_t *ep);
+    /* Narrows `panels` fp32 panels of `width` lanes and depth kc (panel p at
+     * src + p*src_stride, element (k, c) at k*width + c) into consecutive pair panels of
+     * width * ceil(kc / 2) lanes each, rounding to nearest even. */
+    void (*pair_panels)(uint32_t *dst, const float *src, int width, int64_t kc, int64_t panels,
+                        int64_t src_stride);
+} sd_cpu_bf16_kernels_t;
+
 typedef struct sd_cpu_kernels {
     const char *name;
+    /* Set on the backend's copy of the avx512 table when the context computes in bf16
+     * (SD_PRECISION_BF16): every GEMM then narrows its packed panels to bf16 and runs this
+     * microkernel; NULL in the static tables (the exact fp32 path). */
+    const sd_cpu_bf16_kernels_t *bf16;
     int mr, nr;     /* microtile */
     int mc, kc, nc; /* cache blocking */
     /* C tile (mr x nr, row stride ldc) from packed panels of depth kc. */
@@ -159,6 +181,7 @@ extern const sd_cpu_kernels_t sd_cpu_kernels_generic;
 #if defined(__x86_64__)
 extern const sd_cpu_kernels_t sd_cpu_kernels_avx2;
 extern const sd_cpu_kernels_t sd_cpu_kernels_avx512;
+extern const sd_cpu_bf16_kernels_t sd_cpu_bf16_avx512;
 #endif
 
 /* ---------------------------------------------------------------------------------------
@@ -193,6 +216,12 @@ void sd_gemm_pack_a(const sd_cpu_kernels_t *kern, const sd_gemm_a_t *a, int64_t 
                     float *dst);
 void sd_gemm_pack_b(const sd_cpu_kernels_t *kern, const sd_gemm_b_t *b, int64_t k, int64_t n,
                     float *dst);
+/* Narrows A (M x K) packed by sd_gemm_pack_a (fp32) into bf16 pair panels, for a table with
+ * bf16 kernels: sd_gemm_pairs_a_lanes(m, k) 32-bit lanes, block (k0, panel p) at
+ * k0/2 * padded + p * mr * ceil(kc/2). Use as a packed weight with bf16_pairs set. */
+size_t sd_gemm_pairs_a_lanes(const sd_cpu_kernels_t *kern, int64_t m, int64_t k);
+void sd_gemm_pair_packed_a(const sd_cpu_kernels_t *kern, const float *src, int64_t m, int64_t k,
+                           uint32_t *dst);
 
 /* Packs a weight W (rows x k, in its dtype) for use as A or as B = W^T; NULL when out of
  * memory. Free with sd_packed_weight_free. */
@@ -210,6 +239,7 @@ struct sd_cpu_backend {
     sd_backend_t base;
     sd_pool_t *pool;
     const sd_cpu_kernels_t *kern;
+    sd_cpu_kernels_t kern_bf16; /* kern points here in a bf16 context */
     /* Per-thread scratch (pack buffers, attention rows), grown on demand. */
     float **scratch;
     size_t *scratch_floats;
@@ -239,6 +269,11 @@ int sd_cgroup_cpu_limit(const char *root, const char *self_cgroup);
 
 /* Kernel table chosen for this CPU; honours SD_CPU_ISA=generic|avx2|avx512. */
 const sd_cpu_kernels_t *sd_cpu_select_kernels(char *why, size_t why_len);
+/* The bf16 kernels for `kern` when this CPU reports AVX512_BF16 and kern is the avx512
+ * table (so SD_CPU_ISA=avx2 or generic rules them out, as tests use); else NULL and `why`
+ * says what is missing. */
+const sd_cpu_bf16_kernels_t *sd_cpu_select_bf16(const sd_cpu_kernels_t *kern, char *why,
+                                                size_t why_len);
 
 /* Op implementations (csrc/cpu/kernels/), called by the backend table. */
 sd_status_t sd_cpu_conv2d(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,

@@ -109,6 +109,16 @@ typedef enum sd_dtype {
     SD_DTYPE_COUNT
 } sd_dtype_t;
 
+/* What a context's matrix products (linear, conv, attention) compute in. F32 is exact
+ * float32 arithmetic. BF16 rounds both operands to bfloat16 (8 significant bits) and
+ * accumulates in float32 (AVX512_BF16's vdpbf16ps, about twice the fp32 rate); everything
+ * else (norms, activations, softmax, the epilogue's biases and residuals) stays float32. */
+typedef enum sd_precision {
+    SD_PRECISION_F32 = 0,
+    SD_PRECISION_BF16 = 1,
+    SD_PRECISION_COUNT
+} sd_precision_t;
+
 typedef enum sd_log_level {
     SD_LOG_DEBUG = 0,
     SD_LOG_INFO = 1,
@@ -135,6 +145,12 @@ typedef struct sd_ctx_params {
     int32_t n_threads;
     int32_t device; /* GPU ordinal for the CUDA backend; ignored by the CPU backend */
     uint32_t flags; /* reserved, must be 0 */
+    /* sd_precision_t; default SD_PRECISION_F32. BF16 needs the CPU backend on a CPU with
+     * AVX512_BF16 (and the avx512 kernels: not with SD_CPU_ISA=avx2|generic), else
+     * sd_ctx_init returns SD_STATUS_UNSUPPORTED saying why; the CUDA backend refuses it the
+     * same way (it computes in F16 already). Per context: contexts of one share group may
+     * differ, the weights are stored the same way for both. */
+    int32_t precision;
 } sd_ctx_params_t;
 
 SD_API void sd_ctx_params_default(sd_ctx_params_t *params);
@@ -142,8 +158,9 @@ SD_API size_t sd_sizeof_ctx_params(void);
 
 /* Creates a context. On success *out owns the context; release it with sd_ctx_free.
  * Returns SD_STATUS_INVALID_ARGUMENT (bad params), SD_STATUS_UNSUPPORTED (backend not in
- * this build), SD_STATUS_DEVICE (no usable GPU), SD_STATUS_OUT_OF_MEMORY. On failure *out
- * is NULL; no context exists to hold the message, so it is written to `err` if not NULL
+ * this build, or a precision it cannot run), SD_STATUS_DEVICE (no usable GPU),
+ * SD_STATUS_OUT_OF_MEMORY. On failure *out is NULL; no context exists to hold the message, so it is
+ * written to `err` if not NULL
  * (`err_len` bytes, NUL-terminated). */
 SD_API sd_status_t sd_ctx_init(const sd_ctx_params_t *params, sd_ctx_t **out, char *err,
                                size_t err_len);

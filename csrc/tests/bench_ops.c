@@ -1,6 +1,7 @@
 /*
  * Op benchmarks on the CPU backend: GFLOP/s of the GEMM-shaped ops at Stable Diffusion
- * sizes (median of several runs after a warm-up).
+ * sizes (median of several runs after a warm-up), in fp32 and, on CPUs with AVX512_BF16, each
+ * again right after with bf16 compute (rows marked [bf16]).
  *   bench_ops [threads] [filter]
  */
 #include "harness.h"
@@ -58,24 +59,16 @@ static sd_status_t run_gn(sd_ctx_t *ctx, void *p) {
     return sd_op_group_norm(ctx, a->out, a->x, NULL, NULL, 32, 1e-5f, true);
 }
 
-int main(int argc, char **argv) {
-    sd_ctx_params_t p;
-    sd_ctx_params_default(&p);
-    if (argc > 1) p.n_threads = atoi(argv[1]);
-    const char *filter = argc > 2 ? argv[2] : NULL;
-    sd_ctx_t *ctx;
-    char err[256];
-    if (sd_ctx_init(&p, &ctx, err, sizeof err) != SD_STATUS_OK) {
-        fprintf(stderr, "%s\n", err);
-        return 1;
-    }
-    printf("backend: %s\n", sd_ctx_backend_description(ctx));
-    rng_seed(7);
+/* GEMM-shaped op number `which` (< PRODUCTS) on one context; `tag` ends its name (the
+ * compute precision). */
+#define PRODUCTS 6
+static void bench_product(sd_ctx_t *ctx, const char *filter, const char *tag, int which) {
     const int32_t wdt[2] = {SD_DTYPE_F16, SD_DTYPE_F32};
+    char name[96];
+    int at = 0;
     for (int d = 0; d < 2; d++) {
-        char name[96];
-        snprintf(name, sizeof name, "linear 4096x1280 @ 1280x1280^T %s", d ? "f32" : "f16");
-        if (bench_selected(filter, name)) {
+        snprintf(name, sizeof name, "linear 4096x1280 @ 1280x1280^T %s%s", d ? "f32" : "f16", tag);
+        if (which == at++ && bench_selected(filter, name)) {
             int64_t xs[2] = {4096, 1280}, ws[2] = {1280, 1280}, bs[1] = {1280};
             args_t a = {0};
             a.x = make_random(ctx, SD_DTYPE_F32, 2, xs);
@@ -85,8 +78,8 @@ int main(int argc, char **argv) {
             sd_linear_params_default(&a.lp);
             report(ctx, name, 2.0 * 4096 * 1280 * 1280, run_linear, &a);
         }
-        snprintf(name, sizeof name, "conv2d 3x3 320->320 2x64x64 %s", d ? "f32" : "f16");
-        if (bench_selected(filter, name)) {
+        snprintf(name, sizeof name, "conv2d 3x3 320->320 2x64x64 %s%s", d ? "f32" : "f16", tag);
+        if (which == at++ && bench_selected(filter, name)) {
             int64_t xs[4] = {2, 320, 64, 64}, ws[4] = {320, 320, 3, 3}, bs[1] = {320};
             args_t a = {0};
             a.x = make_random(ctx, SD_DTYPE_F32, 4, xs);
@@ -98,7 +91,8 @@ int main(int argc, char **argv) {
             report(ctx, name, 2.0 * 2 * 320 * 320 * 9 * 64 * 64, run_conv, &a);
         }
     }
-    if (bench_selected(filter, "conv2d 3x3 1280->1280 2x8x8 f16")) {
+    snprintf(name, sizeof name, "conv2d 3x3 1280->1280 2x8x8 f16%s", tag);
+    if (which == at++ && bench_selected(filter, name)) {
         int64_t xs[4] = {2, 1280, 8, 8}, ws[4] = {1280, 1280, 3, 3};
         args_t a = {0};
         a.x = make_random(ctx, SD_DTYPE_F32, 4, xs);
@@ -106,10 +100,10 @@ int main(int argc, char **argv) {
         a.out = make_empty(ctx, 4, xs);
         sd_conv2d_params_default(&a.cp);
         a.cp.pad_top = a.cp.pad_bottom = a.cp.pad_left = a.cp.pad_right = 1;
-        report(ctx, "conv2d 3x3 1280->1280 2x8x8 f16", 2.0 * 2 * 1280 * 1280 * 9 * 64, run_conv,
-               &a);
+        report(ctx, name, 2.0 * 2 * 1280 * 1280 * 9 * 64, run_conv, &a);
     }
-    if (bench_selected(filter, "attention")) {
+    snprintf(name, sizeof name, "attention self 2x4096x320 8 heads%s", tag);
+    if (which == at++ && bench_selected(filter, name)) {
         int64_t qs[3] = {2, 4096, 320}, ks[3] = {2, 4096, 320}, cs[3] = {2, 77, 320};
         args_t a = {0};
         a.x = make_random(ctx, SD_DTYPE_F32, 3, qs);
@@ -118,13 +112,36 @@ int main(int argc, char **argv) {
         a.out = make_empty(ctx, 3, qs);
         sd_attention_params_default(&a.ap);
         a.ap.heads = 8;
-        report(ctx, "attention self 2x4096x320 8 heads", 2.0 * 2 * 2 * 4096.0 * 4096 * 320,
-               run_attn, &a);
+        report(ctx, name, 2.0 * 2 * 2 * 4096.0 * 4096 * 320, run_attn, &a);
         args_t c = a;
         c.k = make_random(ctx, SD_DTYPE_F32, 3, cs);
         c.v = make_random(ctx, SD_DTYPE_F32, 3, cs);
-        report(ctx, "attention cross 2x4096x77x320 8 heads", 2.0 * 2 * 2 * 4096.0 * 77 * 320,
-               run_attn, &c);
+        snprintf(name, sizeof name, "attention cross 2x4096x77x320 8 heads%s", tag);
+        report(ctx, name, 2.0 * 2 * 2 * 4096.0 * 77 * 320, run_attn, &c);
+    }
+}
+
+int main(int argc, char **argv) {
+    sd_ctx_params_t p;
+    sd_ctx_params_default(&p);
+    if (argc > 1) p.n_threads = atoi(argv[1]);
+    const char *filter = argc > 2 ? argv[2] : NULL;
+    sd_ctx_t *ctx, *ctx_bf16 = NULL;
+    char err[256];
+    if (sd_ctx_init(&p, &ctx, err, sizeof err) != SD_STATUS_OK) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    printf("backend: %s\n", sd_ctx_backend_description(ctx));
+    /* The same products in bf16 where the CPU has it, each right after its fp32 run so that
+     * the pair sees the same load. */
+    p.precision = SD_PRECISION_BF16;
+    if (sd_ctx_init(&p, &ctx_bf16, err, sizeof err) != SD_STATUS_OK)
+        printf("no bf16 rows: %s\n", err);
+    rng_seed(7);
+    for (int which = 0; which < PRODUCTS; which++) {
+        bench_product(ctx, filter, "", which);
+        if (ctx_bf16) bench_product(ctx_bf16, filter, " [bf16]", which);
     }
     if (bench_selected(filter, "group_norm")) {
         int64_t xs[4] = {2, 320, 64, 64};
@@ -133,6 +150,7 @@ int main(int argc, char **argv) {
         a.out = make_empty(ctx, 4, xs);
         report(ctx, "group_norm+silu 2x320x64x64", 0, run_gn, &a);
     }
+    sd_ctx_free(ctx_bf16);
     sd_ctx_free(ctx);
     return 0;
 }

@@ -88,7 +88,8 @@ static void attn_task(void *arg, int64_t task, int thread) {
                                  n,
                                  j->d,
                                  (n + kern->mr - 1) / kern->mr * kern->mr,
-                                 j->kpack + at * j->kblock_f};
+                                 j->kpack + at * j->kblock_f,
+                                 false};
         sd_gemm_a_t ka = {.packed = &kp};
         /* S^T: row i (key), column c (query) at panel c / nr, i * nr + c % nr. */
         sd_gemm_c_t sc = {
@@ -109,7 +110,8 @@ static void attn_task(void *arg, int64_t task, int thread) {
                                  j->d,
                                  n,
                                  (j->d + kern->mr - 1) / kern->mr * kern->mr,
-                                 j->vpack + at * j->vblock_f};
+                                 j->vpack + at * j->vblock_f,
+                                 false};
         sd_gemm_a_t va = {.packed = &vp};
         sd_gemm_b_t pt = {
             .data = s, .dtype = SD_DTYPE_F32, .kind = SD_GEMM_B_PACKED, .ld = nq, .packed_k = n};

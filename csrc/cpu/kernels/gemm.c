@@ -11,8 +11,11 @@
 #include <string.h>
 
 size_t sd_gemm_scratch_floats(const sd_cpu_kernels_t *kern) {
-    return (size_t)kern->kc * (size_t)kern->nc + (size_t)kern->mc * (size_t)kern->kc +
-           (size_t)kern->mr * (size_t)kern->nr;
+    size_t floats = (size_t)kern->kc * (size_t)kern->nc + (size_t)kern->mc * (size_t)kern->kc +
+                    (size_t)kern->mr * (size_t)kern->nr;
+    /* bf16: the B and A blocks again as pair panels, one 32-bit lane per two depths. */
+    if (kern->bf16) floats += (size_t)(kern->kc + 1) / 2 * (size_t)(kern->nc + kern->mc);
+    return floats;
 }
 
 static int64_t padded_cols(const sd_cpu_kernels_t *kern, int64_t n) {
@@ -96,7 +99,7 @@ sd_packed_weight_t *sd_packed_weight_new(sd_pool_t *pool, const sd_cpu_kernels_t
         free(p), free(data);
         return NULL;
     }
-    *p = (sd_packed_weight_t){dtype, as_b, rows, k, padded, data};
+    *p = (sd_packed_weight_t){dtype, as_b, rows, k, padded, data, false};
     pack_weight_job_t job = {kern, w, data, dtype, as_b, rows, k, width, padded};
     sd_pool_run(pool, padded / width, pack_weight_task, &job);
     return p;
@@ -121,6 +124,21 @@ void sd_gemm_pack_a(const sd_cpu_kernels_t *kern, const sd_gemm_a_t *a, int64_t 
     const int64_t mpad = padded_rows(kern, m);
     for (int64_t pc = 0; pc < k; pc += kern->kc)
         kern->pack_a(a, m, 0, pc, m, SD_MIN((int64_t)kern->kc, k - pc), dst + pc * mpad);
+}
+
+size_t sd_gemm_pairs_a_lanes(const sd_cpu_kernels_t *kern, int64_t m, int64_t k) {
+    return (size_t)padded_rows(kern, m) * (size_t)((k + 1) / 2);
+}
+
+void sd_gemm_pair_packed_a(const sd_cpu_kernels_t *kern, const float *src, int64_t m, int64_t k,
+                           uint32_t *dst) {
+    SD_ASSERT(kern->bf16 != NULL && kern->kc % 2 == 0);
+    const int64_t mpad = padded_rows(kern, m);
+    for (int64_t pc = 0; pc < k; pc += kern->kc) {
+        const int64_t kc = SD_MIN((int64_t)kern->kc, k - pc);
+        kern->bf16->pair_panels(dst + pc / 2 * mpad, src + pc * mpad, kern->mr, kc, mpad / kern->mr,
+                                kern->mr * kc);
+    }
 }
 
 /* Offset of C[i][j] (and of the residual) for the column-group layout. */
@@ -149,6 +167,16 @@ static void merge_edge_tile(const sd_gemm_c_t *c, const float *tile, int nr, int
     }
 }
 
+/* One microtile from the packed fp32 panels, or in bf16 from their pair forms. */
+static inline void run_tile(const sd_cpu_kernels_t *kern, int64_t kc, const float *ap,
+                            const float *bp, const uint32_t *ap2, const uint32_t *bp2, float *c,
+                            int64_t ldc, const sd_tile_epilogue_t *ep) {
+    if (kern->bf16)
+        kern->bf16->ukernel((kc + 1) / 2, ap2, bp2, c, ldc, ep);
+    else
+        kern->ukernel(kc, ap, bp, c, ldc, ep);
+}
+
 /* The sub-problem rows [i_lo, i_hi) x columns [j_lo, j_hi) of the full GEMM. */
 static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64_t k, int64_t i_lo,
                        int64_t i_hi, int64_t j_lo, int64_t j_hi, const sd_gemm_a_t *a,
@@ -157,6 +185,10 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
     float *bpack = scratch;
     float *apack = bpack + (size_t)kern->kc * kern->nc;
     float *tile = apack + (size_t)kern->mc * kern->kc;
+    const sd_cpu_bf16_kernels_t *bf16 = kern->bf16;
+    /* bf16 only (the scratch holds them only then): the blocks as pair panels. */
+    uint32_t *bpair = bf16 ? (uint32_t *)(tile + mr * nr) : NULL;
+    uint32_t *apair = bf16 ? bpair + (size_t)(kern->kc + 1) / 2 * kern->nc : NULL;
     for (int64_t jc = j_lo; jc < j_hi; jc += kern->nc) {
         int64_t nc = SD_MIN((int64_t)kern->nc, j_hi - jc);
         for (int64_t pc = 0; pc < k; pc += kern->kc) {
@@ -175,10 +207,17 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
             } else {
                 kern->pack_b(b, n, pc, jc, kc, nc, bpack);
             }
+            const int64_t kp = (kc + 1) / 2;
+            if (bf16) bf16->pair_panels(bpair, bblock, nr, kc, (nc + nr - 1) / nr, panel_kc * nr);
             for (int64_t ic = i_lo; ic < i_hi; ic += kern->mc) {
                 int64_t mc = SD_MIN((int64_t)kern->mc, i_hi - ic);
                 const float *ablock = apack;
-                if (a->packed != NULL) {
+                const uint32_t *ablock2 = apair;
+                if (a->packed != NULL && a->packed->bf16_pairs) {
+                    SD_ASSERT(bf16 != NULL && pc % 2 == 0);
+                    ablock2 =
+                        (const uint32_t *)a->packed->data + pc / 2 * a->packed->padded + ic * kp;
+                } else if (a->packed != NULL) {
                     const sd_packed_weight_t *pw = a->packed;
                     int64_t at = pc * pw->padded + ic * kc;
                     if (pw->dtype == SD_DTYPE_F32)
@@ -188,16 +227,20 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
                 } else {
                     kern->pack_a(a, m, ic, pc, mc, kc, apack);
                 }
+                if (bf16 && ablock2 == apair)
+                    bf16->pair_panels(apair, ablock, mr, kc, (mc + mr - 1) / mr, mr * kc);
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int64_t j = jc + jr;
                     int cols = (int)SD_MIN((int64_t)nr, jc + nc - j);
                     int64_t g = j / c->group_cols;
                     bool same_group = (j + cols - 1) / c->group_cols == g;
                     const float *bp = bblock + jr * panel_kc;
+                    const uint32_t *bp2 = bf16 ? bpair + jr * kp : NULL;
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int64_t i = ic + ir;
                         int rows = (int)SD_MIN((int64_t)mr, ic + mc - i);
                         const float *ap = ablock + ir * kc;
+                        const uint32_t *ap2 = bf16 ? ablock2 + ir * kp : NULL;
                         if (rows == mr && cols == nr && same_group) {
                             int64_t off = c_offset(c, i, j);
                             sd_tile_epilogue_t ep = {
@@ -209,10 +252,10 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
                                 .bias_c = c->bias_col ? c->bias_col + j : NULL,
                                 .res = c->residual ? c->residual + off : NULL,
                             };
-                            kern->ukernel(kc, ap, bp, c->data + off, c->ldc, &ep);
+                            run_tile(kern, kc, ap, bp, ap2, bp2, c->data + off, c->ldc, &ep);
                         } else {
                             sd_tile_epilogue_t ep = {.alpha = 1.0f};
-                            kern->ukernel(kc, ap, bp, tile, nr, &ep);
+                            run_tile(kern, kc, ap, bp, ap2, bp2, tile, nr, &ep);
                             merge_edge_tile(c, tile, nr, i, j, rows, cols, accumulate);
                         }
                     }

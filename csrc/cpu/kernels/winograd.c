@@ -64,7 +64,9 @@ typedef struct {
     int64_t mpad;    /* Cout in whole A panels */
     int64_t row_len; /* a zero-padded input row of a tile row's patches */
     float *u;        /* WP packed A operands (Cout x Cin) */
-    float *v, *m;    /* the chunk's WP packed B operands (Cin x tiles) and results */
+    uint32_t *u2;    /* bf16: the same as pair panels, u2_lanes each; else NULL */
+    size_t u2_lanes;
+    float *v, *m; /* the chunk's WP packed B operands (Cin x tiles) and results */
     int64_t t0, nt, ntpad;
     size_t gemm_offset; /* GEMM pack buffers in a thread's scratch, after the row buffers */
 } wino_job_t;
@@ -96,6 +98,14 @@ static void filter_task(void *arg, int64_t co, int thread) {
                 j->u[(size_t)(a * WA + b) * per_xi + at] =
                     t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2];
     }
+}
+
+/* bf16: narrows U[xi] to pair panels once per call, rather than in every GEMM slice. */
+static void pair_filter_task(void *arg, int64_t xi, int thread) {
+    (void)thread;
+    const wino_job_t *j = arg;
+    sd_gemm_pair_packed_a(j->cpu->kern, j->u + (size_t)xi * (size_t)(j->mpad * j->cin), j->cout,
+                          j->cin, j->u2 + (size_t)xi * j->u2_lanes);
 }
 
 /* A run: consecutive tiles of the chunk in one tile row and one B panel. */
@@ -153,7 +163,12 @@ static void gemm_task(void *arg, int64_t task, int thread) {
     sd_split_range(j->ntpad / nr, GEMM_SLICES, slice, &p0, &p1);
     if (p0 >= p1) return;
     sd_packed_weight_t up = {SD_DTYPE_F32, false,   j->cout,
-                             j->cin,       j->mpad, j->u + (size_t)xi * (size_t)(j->mpad * j->cin)};
+                             j->cin,       j->mpad, j->u + (size_t)xi * (size_t)(j->mpad * j->cin),
+                             false};
+    if (j->u2 != NULL) {
+        up.data = j->u2 + (size_t)xi * j->u2_lanes;
+        up.bf16_pairs = true;
+    }
     sd_gemm_a_t a = {.packed = &up};
     sd_gemm_b_t b = {.data = j->v + (size_t)xi * (size_t)(j->cin * j->ntpad),
                      .dtype = SD_DTYPE_F32,
@@ -234,10 +249,16 @@ sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
     /* M rows are read a whole vector at a time: pad the end. */
     const size_t m_floats = (size_t)WP * (size_t)(j.cout * chunk) + (size_t)nr;
     float *u = sd_arena_alloc(&ctx->arena, u_floats * sizeof(float));
+    j.u2_lanes = kern->bf16 ? sd_gemm_pairs_a_lanes(kern, j.cout, j.cin) : 0;
+    uint32_t *u2 =
+        kern->bf16 ? sd_arena_alloc(&ctx->arena, WP * j.u2_lanes * sizeof(uint32_t)) : NULL;
     float *vm = sd_arena_alloc(&ctx->arena, (v_floats + m_floats) * sizeof(float));
-    bool scratch =
-        sd_cpu_scratch_reserve(cpu, SD_MAX((size_t)(WA * j.row_len), (size_t)(WM * WM * nr)));
-    if (u == NULL || vm == NULL || !scratch) {
+    /* Row buffers, output tiles, and the GEMMs' own buffers (edge tiles; bf16 pair panels). */
+    const size_t scratch_floats = SD_MAX(SD_MAX((size_t)(WA * j.row_len), (size_t)(WM * WM * nr)),
+                                         sd_gemm_scratch_floats(kern));
+    bool scratch = sd_cpu_scratch_reserve(cpu, scratch_floats);
+    if (u == NULL || vm == NULL || !scratch || (kern->bf16 && u2 == NULL)) {
+        sd_arena_free(&ctx->arena, u2);
         sd_arena_free(&ctx->arena, u);
         sd_arena_free(&ctx->arena, vm);
         return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "conv2d: cannot allocate %zu bytes",
@@ -246,6 +267,8 @@ sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
     if (j.mpad > j.cout) memset(u, 0, u_floats * sizeof(float)); /* padding rows */
     j.u = u;
     sd_pool_run(cpu->pool, j.cout, filter_task, &j);
+    j.u2 = u2;
+    if (u2 != NULL) sd_pool_run(cpu->pool, WP, pair_filter_task, &j);
 
     for (j.t0 = 0; j.t0 < tiles; j.t0 += chunk) {
         j.nt = SD_MIN(chunk, tiles - j.t0);
@@ -258,6 +281,7 @@ sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
         sd_pool_run(cpu->pool, j.cout, output_task, &j);
     }
     sd_arena_free(&ctx->arena, vm);
+    sd_arena_free(&ctx->arena, u2);
     sd_arena_free(&ctx->arena, u);
     return SD_STATUS_OK;
 }
