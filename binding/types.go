@@ -9,7 +9,7 @@ type Ctx uintptr
 type Tensor uintptr
 
 // ABIVersion is the SD_ABI_VERSION this package was written against.
-const ABIVersion = 3
+const ABIVersion = 4
 
 // MaxDims mirrors SD_MAX_DIMS.
 const MaxDims = 4

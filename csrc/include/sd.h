@@ -62,7 +62,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a function signature, a struct layout or an enum value changes. */
-#define SD_ABI_VERSION 3
+#define SD_ABI_VERSION 4
 #define SD_MAX_DIMS    4
 
 /* ---------------------------------------------------------------------------------------
@@ -501,6 +501,25 @@ SD_API sd_status_t sd_unet_load(sd_ctx_t *ctx, const sd_unet_config_t *config,
 SD_API sd_status_t sd_vae_load(sd_ctx_t *ctx, const sd_vae_config_t *config,
                                const sd_weight_t *weights, int32_t n_weights, sd_model_t **out);
 SD_API void sd_model_free(sd_ctx_t *ctx, sd_model_t *model);
+
+/* Replaces the values of loaded weights in place (e.g. with LoRA-patched ones, or back with
+ * the originals), without reloading the model: each entry names a weight given to the
+ * model's load by the same name, with the same shape (dtype F32, F16 or BF16, which may
+ * differ from the loaded one). Only those weights are converted again: the CPU backend
+ * repacks the affected GEMM weights, the CUDA backend uploads them into the memory they
+ * already use (recorded graphs stay valid). Each entry's `data` must then stay valid and
+ * unchanged until the model is freed or that weight is replaced again; the data the
+ * replaced values came from is no longer read once this returns.
+ * Every entry is checked before anything changes: an unknown name, another shape, dtype or
+ * NULL data is SD_STATUS_INVALID_ARGUMENT, a weight the load folded into another tensor (a
+ * ResNet's conv1 bias, a converted position table) SD_STATUS_UNSUPPORTED, and both leave the
+ * model as it was (conv / linear weights, what adapters patch, are never folded). Out of memory or
+ * a device error while replacing (SD_STATUS_OUT_OF_MEMORY, SD_STATUS_DEVICE) may leave the entries
+ * before the failing one replaced and the rest not: replace them all again. Not thread-safe with
+ * respect to the model: no context of the group may run it (or have a forward of it queued) during
+ * the call; the caller serialises. */
+SD_API sd_status_t sd_model_set_weights(sd_ctx_t *ctx, sd_model_t *model,
+                                        const sd_weight_t *weights, int32_t n_weights);
 
 /* Text encoder. ids (B, T) I32 with T <= max_positions. hidden (B, T, hidden) F32 receives
  * the output of layer (layers - skip_layers): skip_layers 0 is the last layer, 1 the
