@@ -345,6 +345,9 @@ func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (
 	if err != nil {
 		return nil, err
 	}
+	if err := checkLoRAs(req.LoRAs); err != nil {
+		return nil, err
+	}
 	if err := p.acquire(ctx); err != nil {
 		return nil, err
 	}
@@ -354,7 +357,12 @@ func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (
 	defer cancel(nil)
 	stop := context.AfterFunc(p.closing, func() { cancel(ErrClosed) })
 	defer stop()
-	res, err := p.generateLocked(runCtx, req, par, sched, init)
+	var res *Result
+	err = p.withLoRAs(req.LoRAs, func(applied []AppliedLoRA) (err error) {
+		par.LoRAs = applied
+		res, err = p.generateLocked(runCtx, req, par, sched, init)
+		return err
+	})
 	if err != nil && errors.Is(context.Cause(runCtx), ErrClosed) {
 		return nil, ErrClosed
 	}

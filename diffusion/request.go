@@ -141,6 +141,12 @@ type Request struct {
 	Progress func(Progress)
 	// Preview asks for Progress.Preview (a fast approximation of the first image).
 	Preview bool
+	// LoRAs are adapters merged into the model's weights for this request, each at its
+	// own scales (see LoRA). The weights are a property of the loaded model, shared by
+	// its Clones: a request with another set than the installed one waits for the
+	// running calls of every clone, then patches only the weights the old and new sets
+	// touch (without reloading the model) and runs before any other set can be installed.
+	LoRAs []LoRA
 
 	// onStep, for tests: the latents after each sampler step.
 	onStep func(step int, latents []float32)
@@ -230,7 +236,9 @@ type Params struct {
 	// ModelHash is AUTOMATIC1111's short model hash (the first 10 hex digits of the
 	// file's SHA-256) for single-file models; "" for folders.
 	ModelHash string
-	Elapsed   time.Duration
+	// LoRAs are the adapters the weights held, in the request's order.
+	LoRAs   []AppliedLoRA
+	Elapsed time.Duration
 }
 
 // A1111 formats the parameters of image index of the batch as AUTOMATIC1111's
@@ -256,6 +264,7 @@ func (p Params) A1111(index int) string {
 		{"Size", fmt.Sprintf("%dx%d", p.Width, p.Height), true},
 		{"Model hash", p.ModelHash, p.ModelHash != ""},
 		{"Model", p.Model, p.Model != ""},
+		{"Lora hashes", loraHashes(p.LoRAs), len(p.LoRAs) > 0},
 		{"Batch size", fmt.Sprint(p.BatchSize), p.BatchSize > 1},
 		{"Batch pos", fmt.Sprint(index), p.BatchSize > 1},
 		{"Denoising strength", fmt.Sprint(p.Strength), p.Strength > 0},
