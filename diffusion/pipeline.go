@@ -341,6 +341,11 @@ type initImage struct {
 
 func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (*Result, error) {
 	// A request that cannot run fails at once rather than after its wait for the turn.
+	prompt := req.Prompt
+	req, err := promptLoRAs(req)
+	if err != nil {
+		return nil, err
+	}
 	par, sched, err := p.desc.plan(req, init)
 	if err != nil {
 		return nil, err
@@ -363,6 +368,9 @@ func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (
 		res, err = p.generateLocked(runCtx, req, par, sched, init)
 		return err
 	})
+	if res != nil {
+		res.Params.Prompt = prompt
+	}
 	if err != nil && errors.Is(context.Cause(runCtx), ErrClosed) {
 		return nil, ErrClosed
 	}

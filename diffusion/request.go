@@ -147,6 +147,11 @@ type Request struct {
 	// running calls of every clone, then patches only the weights the old and new sets
 	// touch (without reloading the model) and runs before any other set can be installed.
 	LoRAs []LoRA
+	// LoRADir is the folder AUTOMATIC1111 prompt tags such as <lora:NAME:0.8> name their
+	// files in (see ParseLoRATags); the tags are taken out of Prompt and their adapters
+	// added to LoRAs. Without it a LoRA tag is an error (PromptPlain leaves tags as text).
+	// Params.Prompt keeps the tags, as the web UI's generation parameters do.
+	LoRADir string
 
 	// onStep, for tests: the latents after each sampler step.
 	onStep func(step int, latents []float32)

@@ -57,6 +57,13 @@
 //	--clip-skip N         text encoder layers to skip, AUTOMATIC1111's numbering (default 0)
 //	--guidance-rescale x  diffusers' guidance_rescale in [0, 1] (default 0)
 //	--eta x               DDIM's eta in [0, 1] (default 0)
+//	--lora PATH[:SCALE]   merge a LoRA / LyCORIS adapter (kohya or PEFT keys; LoRA, LoCon,
+//	                      LoHa, LoKr, DoRA) into the UNet and text encoder at SCALE (default 1);
+//	                      repeatable. The PNG records "Lora hashes" as AUTOMATIC1111 does.
+//	--lora-dir DIR        folder (with subfolders) in which prompt tags <lora:NAME>,
+//	                      <lora:NAME:w> and <lora:NAME:te:unet> find NAME.safetensors (.pt,
+//	                      .ckpt); the tags are removed from the prompt (default: none, a tag
+//	                      is then an error)
 //	--text-heads N        the text encoder's attention head count, for single-file
 //	                      checkpoints whose text width is not SD's (default: the folder's
 //	                      config, else the width / 64); N,N2 (a second text encoder's count)

@@ -50,6 +50,7 @@ type genOptions struct {
 	clipSkip         int
 	rescale, eta     float64
 	pipe             pipelineOptions
+	lora             loraOptions
 	// img2img and inpaint
 	init, mask string
 	strength   float64
@@ -166,6 +167,7 @@ func (o *genOptions) define(fs *flagSet) {
 	fs.intVar(&o.clipSkip, "clip-skip", "N", 0, "text encoder layers to skip, AUTOMATIC1111's numbering: 2 uses the penultimate layer\n(default 0: the last layer)", intRange(0, 1000))
 	fs.floatVar(&o.rescale, "guidance-rescale", "x", 0, "guidance rescale phi in [0, 1] (default 0: off)", floatRange(0, 1))
 	fs.floatVar(&o.eta, "eta", "x", 0, "DDIM's eta in [0, 1] (default 0)", floatRange(0, 1))
+	o.lora.define(fs)
 	o.pipe.define(fs)
 }
 
@@ -253,6 +255,7 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		TimestepSpacing: o.spacing, PromptSyntax: o.syntax,
 		Seed: o.seed, RNG: o.rng, BatchSize: o.batch, ClipSkip: o.clipSkip,
 		Progress: bar.update,
+		LoRAs:    o.lora.loras, LoRADir: o.lora.dir,
 	}
 	var res *diffusion.Result
 	switch o.mode {
