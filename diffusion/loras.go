@@ -144,7 +144,7 @@ func (p *Pipeline) withLoRAs(ls []LoRA, call func(applied []AppliedLoRA) error) 
 }
 
 // switchLoRAs installs the set ls (key want) in place of the installed one: it merges the
-// new set into the base weights (float32), restores the weights only the old set patched
+// new set into the base weights (float32, see mergeLoRAs), restores the weights only the old set patched
 // from the model's files, and replaces exactly those in the native networks (a repack of
 // the GEMM weights on the CPU, an upload on the GPU). The caller holds s.mu for writing.
 func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
@@ -194,14 +194,22 @@ func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 		{lora.UNet, p.model.UNet.Tensors, p.eng.unet, unetSet},
 		{lora.TextEncoder, p.model.TextEncoder.Tensors, p.eng.clip, textSet},
 	}
-	// Merge everything before touching the networks: a misfit fails with them unchanged.
-	patches := make([]map[string]modelfile.Tensor, len(nets))
+	// Match everything, then merge everything, before touching the networks: a misfit
+	// fails with them unchanged.
+	plans := make([][]lora.Patch, len(nets))
 	for i, n := range nets {
 		if len(n.set) == 0 {
 			continue
 		}
 		var err error
-		if patches[i], err = lora.MergeAs(modelfile.F32, n.base, n.component, n.set...); err != nil {
+		if plans[i], err = lora.Plan(n.base, n.component, n.set...); err != nil {
+			return err
+		}
+	}
+	patches := make([]map[string]modelfile.Tensor, len(nets))
+	for i, n := range nets {
+		var err error
+		if patches[i], err = p.eng.mergeLoRAs(n.base, plans[i]); err != nil {
 			return err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -256,4 +257,49 @@ func TestSetWeightsRefusesFoldedBias(t *testing.T) {
 	require.ErrorIs(t, err, binding.ErrUnsupported)
 	assert.Contains(t, err.Error(), "folded")
 	require.NoError(t, set("down_blocks.0.resnets.0.conv1.weight"))
+}
+
+// The runtime's float32 GEMM merge (mergeLoRAs) against diffusers' fused weights of the
+// kit (fuse_lora at scale 1), for both files: within the kit's 1e-6 × max|W'|.
+func TestLoRANativeMergeMatchesFusedWeights(t *testing.T) {
+	kit := testutil.ConformanceDir(t)
+	dir := filepath.Join(kit, "lora")
+	g := openGolden(t, filepath.Join(dir, "golden.safetensors"))
+	p := openTiny(t, "sd1-tiny")
+	for _, file := range []string{"lora-kohya.safetensors", "lora-peft.safetensors"} {
+		t.Run(file, func(t *testing.T) {
+			f, err := lora.Load(filepath.Join(dir, file))
+			require.NoError(t, err)
+			defer f.Close()
+			worst, n := 0.0, 0
+			for _, net := range []struct {
+				component, prefix string
+				base              map[string]modelfile.Tensor
+			}{
+				{lora.UNet, "merged.scale1.0.unet.", p.model.UNet.Tensors},
+				{lora.TextEncoder, "merged.scale1.0.te.", p.model.TextEncoder.Tensors},
+			} {
+				plan, err := lora.Plan(net.base, net.component, lora.Scaled{File: f, Scale: 1})
+				require.NoError(t, err)
+				merged, err := p.eng.mergeLoRAs(net.base, plan)
+				require.NoError(t, err)
+				for _, ref := range g.f.Tensors {
+					name, ok := strings.CutPrefix(ref.Name, net.prefix)
+					if !ok {
+						continue
+					}
+					n++
+					want, _ := g.floats(ref.Name)
+					got, err := merged[name].Float32s()
+					require.NoError(t, err)
+					require.Len(t, got, len(want), name)
+					e := relErr(got, want)
+					worst = math.Max(worst, e)
+					assert.LessOrEqual(t, e, 1e-6, name)
+				}
+			}
+			assert.Equal(t, 7, n, "the kit's fused weights")
+			t.Logf("merged weights: max|diff|/max|W'| = %.2e", worst)
+		})
+	}
 }
