@@ -16,80 +16,90 @@ import (
 // is what makes switching adapters on a full-size model take about a second instead of
 // the minutes of lora.PatchWeight's float64 loops; those (LoHa, LoKr, Tucker cores,
 // DoRA) stay on lora.PatchWeight. Uses e's context, which the caller holds.
-func (e *engine) mergeLoRAs(base map[string]modelfile.Tensor, patches []lora.Patch) (map[string]modelfile.Tensor, error) {
+//
+// The merged data lives in hostBuffers the caller frees once the runtime no longer reads
+// them (also on error).
+func (e *engine) mergeLoRAs(base map[string]modelfile.Tensor, patches []lora.Patch) (map[string]modelfile.Tensor, []hostBuffer, error) {
 	out := make(map[string]modelfile.Tensor, len(patches))
+	var bufs []hostBuffer
+	scratch := &mergeScratch{e: e, tensors: map[scratchKey]binding.Tensor{}}
+	defer scratch.free()
 	for _, p := range patches {
 		t := base[p.Weight]
 		lowRank := true
 		for _, u := range p.Updates {
 			_, _, _, ok, err := u.Module.LowRank()
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", u.File, err)
+				return nil, bufs, fmt.Errorf("%s: %w", u.File, err)
 			}
 			lowRank = lowRank && ok
 		}
-		var err error
+		buf, err := newHostBuffer(4 * int(numel(t.Shape)))
+		if err != nil {
+			return nil, bufs, err
+		}
+		bufs = append(bufs, buf)
 		if lowRank {
-			out[p.Weight], err = e.mergeLowRank(t, p.Updates)
+			err = scratch.mergeLowRank(t, p.Updates, buf.b)
 		} else {
-			out[p.Weight], err = lora.PatchWeight(t, p.Updates, modelfile.F32)
+			var m modelfile.Tensor
+			if m, err = lora.PatchWeight(t, p.Updates, modelfile.F32); err == nil {
+				copy(buf.b, m.Data)
+			}
 		}
 		if err != nil {
-			return nil, fmt.Errorf("merging LoRAs into %s: %w", p.Weight, err)
+			return nil, bufs, fmt.Errorf("merging LoRAs into %s: %w", p.Weight, err)
 		}
+		out[p.Weight] = modelfile.Tensor{Name: t.Name, DType: modelfile.F32, Shape: slices.Clone(t.Shape), Data: buf.b}
 	}
-	return out, nil
+	return out, bufs, nil
+}
+
+func numel(shape []int64) int64 {
+	n := int64(1)
+	for _, d := range shape {
+		n *= d
+	}
+	return n
 }
 
 // mergeLowRank is W + Σ s·up@down for one weight t viewed as [out, cols], in float32:
 // acc (1, out, cols) starts as t converted, then each update is one linear op
 // acc = x·w^T + acc with x = s·up (1, out, r) and w = down^T (cols, r).
-func (e *engine) mergeLowRank(t modelfile.Tensor, updates []lora.Update) (modelfile.Tensor, error) {
-	lib, ctx := e.lib, e.ctx
+func (m *mergeScratch) mergeLowRank(t modelfile.Tensor, updates []lora.Update, dst []byte) error {
+	lib, ctx := m.e.lib, m.e.ctx
 	rows := t.Shape[0]
 	cols := int64(1)
 	for _, d := range t.Shape[1:] {
 		cols *= d
 	}
-	var tensors []binding.Tensor
-	defer func() {
-		for _, x := range tensors {
-			lib.TensorFree(ctx, x)
-		}
-	}()
-	tensor := func(dt binding.DType, shape ...int64) (binding.Tensor, error) {
-		x, err := lib.TensorNew(ctx, dt, shape...)
-		if err == nil {
-			tensors = append(tensors, x)
-		}
-		return x, err
-	}
-	acc, err := tensor(binding.F32, 1, rows, cols)
+	tensor := m.tensor
+	acc, err := tensor("acc", binding.F32, 1, rows, cols)
 	if err != nil {
-		return modelfile.Tensor{}, err
+		return err
 	}
 	w := weightOf(t.Name, t)
 	if w.DType == binding.F32 {
 		err = lib.TensorUpload(ctx, acc, t.Data)
 	} else {
 		var src binding.Tensor
-		if src, err = tensor(w.DType, 1, rows, cols); err == nil {
+		if src, err = tensor("base", w.DType, 1, rows, cols); err == nil {
 			if err = lib.TensorUpload(ctx, src, t.Data); err == nil {
 				err = lib.OpConvert(ctx, acc, src)
 			}
 		}
 	}
 	if err != nil {
-		return modelfile.Tensor{}, err
+		return err
 	}
 	params := lib.DefaultLinearParams()
 	for _, u := range updates {
 		up, down, r, _, err := u.Module.LowRank()
 		if err != nil {
-			return modelfile.Tensor{}, err
+			return err
 		}
 		if int64(len(up)) != rows*int64(r) || int64(len(down)) != int64(r)*cols {
-			return modelfile.Tensor{}, fmt.Errorf("%s: module %s is [%d, %d] @ [%d, %d], the weight [%d, %d]",
+			return fmt.Errorf("%s: module %s is [%d, %d] @ [%d, %d], the weight [%d, %d]",
 				u.File, u.Module.Key, len(up)/max(r, 1), r, r, len(down)/max(r, 1), rows, cols)
 		}
 		s := float32(u.Scale)
@@ -102,29 +112,25 @@ func (e *engine) mergeLowRank(t modelfile.Tensor, updates []lora.Update) (modelf
 				downT[j*int64(r)+int64(k)] = down[int64(k)*cols+j]
 			}
 		}
-		x, err := tensor(binding.F32, 1, rows, int64(r))
+		x, err := tensor("up", binding.F32, 1, rows, int64(r))
 		if err != nil {
-			return modelfile.Tensor{}, err
+			return err
 		}
-		wt, err := tensor(binding.F32, cols, int64(r))
+		wt, err := tensor("down", binding.F32, cols, int64(r))
 		if err != nil {
-			return modelfile.Tensor{}, err
+			return err
 		}
 		if err := lib.TensorUpload(ctx, x, f32Bytes(up)); err != nil {
-			return modelfile.Tensor{}, err
+			return err
 		}
 		if err := lib.TensorUpload(ctx, wt, f32Bytes(downT)); err != nil {
-			return modelfile.Tensor{}, err
+			return err
 		}
 		if err := lib.OpLinear(ctx, acc, x, wt, 0, acc, &params); err != nil {
-			return modelfile.Tensor{}, err
+			return err
 		}
 	}
-	data := make([]byte, 4*rows*cols)
-	if err := lib.TensorDownload(ctx, acc, data); err != nil {
-		return modelfile.Tensor{}, err
-	}
-	return modelfile.Tensor{Name: t.Name, DType: modelfile.F32, Shape: slices.Clone(t.Shape), Data: data}, nil
+	return lib.TensorDownload(ctx, acc, dst)
 }
 
 // f32Bytes views float32s as their bytes (little-endian hosts, as the runtime).
@@ -133,4 +139,38 @@ func f32Bytes(v []float32) []byte {
 		return nil
 	}
 	return unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
+}
+
+// mergeScratch keeps the runtime tensors of a merge, one per role, dtype and shape: a
+// network has few distinct weight shapes, and reusing them saves an allocation (and the
+// first-touch faults of fresh memory) per weight.
+type mergeScratch struct {
+	e       *engine
+	tensors map[scratchKey]binding.Tensor
+}
+
+type scratchKey struct {
+	role       string
+	dtype      binding.DType
+	rows, cols int64
+}
+
+// tensor returns the scratch tensor of a role (distinct tensors of one call need
+// distinct roles) with the dtype and shape (1, rows, cols) or, for 2-D shapes, (rows, cols).
+func (m *mergeScratch) tensor(role string, dt binding.DType, shape ...int64) (binding.Tensor, error) {
+	k := scratchKey{role, dt, shape[len(shape)-2], shape[len(shape)-1]}
+	if x, ok := m.tensors[k]; ok {
+		return x, nil
+	}
+	x, err := m.e.lib.TensorNew(m.e.ctx, dt, shape...)
+	if err == nil {
+		m.tensors[k] = x
+	}
+	return x, err
+}
+
+func (m *mergeScratch) free() {
+	for _, x := range m.tensors {
+		m.e.lib.TensorFree(m.e.ctx, x)
+	}
 }

@@ -107,19 +107,24 @@ type loraState struct {
 	key    string
 	broken bool
 	// patched names the weights of each network that hold patched values, with their
-	// data (float32, Go memory the runtime reads: pinned, and referenced so it stays).
+	// float32 data, which the runtime reads: in bufs (hostBuffers, pinned where they are
+	// Go memory), freed when a switch replaces them.
 	patched map[string]map[string]modelfile.Tensor
 	applied []AppliedLoRA
 	pins    []*runtime.Pinner
+	bufs    []hostBuffer
 	hashes  map[string]string // short hashes by path
 }
 
-// unpin releases the pins of the patches; the networks must be freed or restored.
+// unpin releases the patches' memory; the networks must be freed or no longer read it.
 func (s *loraState) unpin() {
 	for _, p := range s.pins {
 		p.Unpin()
 	}
-	s.pins = nil
+	for _, b := range s.bufs {
+		b.free()
+	}
+	s.pins, s.bufs = nil, nil
 }
 
 // withLoRAs runs call with the engine's networks holding the adapter set ls, switching
@@ -207,9 +212,16 @@ func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 		}
 	}
 	patches := make([]map[string]modelfile.Tensor, len(nets))
+	var bufs []hostBuffer
 	for i, n := range nets {
 		var err error
-		if patches[i], err = p.eng.mergeLoRAs(n.base, plans[i]); err != nil {
+		var b []hostBuffer
+		patches[i], b, err = p.eng.mergeLoRAs(n.base, plans[i])
+		bufs = append(bufs, b...)
+		if err != nil {
+			for _, b := range bufs {
+				b.free()
+			}
 			return err
 		}
 	}
@@ -243,13 +255,14 @@ func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 				old[name] = t
 			}
 			s.pins = append(s.pins, pin)
+			s.bufs = append(s.bufs, bufs...)
 			s.broken = true
 			return fmt.Errorf("applying LoRAs: %w", err)
 		}
 		s.patched[n.component] = patches[i]
 	}
 	s.unpin()
-	s.pins = []*runtime.Pinner{pin}
+	s.pins, s.bufs = []*runtime.Pinner{pin}, bufs
 	s.key, s.broken, s.applied = want, false, applied
 	return nil
 }

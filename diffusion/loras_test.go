@@ -281,7 +281,12 @@ func TestLoRANativeMergeMatchesFusedWeights(t *testing.T) {
 			} {
 				plan, err := lora.Plan(net.base, net.component, lora.Scaled{File: f, Scale: 1})
 				require.NoError(t, err)
-				merged, err := p.eng.mergeLoRAs(net.base, plan)
+				merged, bufs, err := p.eng.mergeLoRAs(net.base, plan)
+				defer func() {
+					for _, b := range bufs {
+						b.free()
+					}
+				}()
 				require.NoError(t, err)
 				for _, ref := range g.f.Tensors {
 					name, ok := strings.CutPrefix(ref.Name, net.prefix)
