@@ -17,9 +17,11 @@ import (
 // the minutes of lora.PatchWeight's float64 loops; those (LoHa, LoKr, Tucker cores,
 // DoRA) stay on lora.PatchWeight. Uses e's context, which the caller holds.
 //
-// The merged data lives in hostBuffers the caller frees once the runtime no longer reads
-// them (also on error).
-func (e *engine) mergeLoRAs(base map[string]modelfile.Tensor, patches []lora.Patch) (map[string]modelfile.Tensor, []hostBuffer, error) {
+// The merged data of a weight goes into the memory reuse returns for it (the float32
+// buffer of its current patch: the runtime only reads it during calls, which the caller
+// excludes) or else into a new hostBuffer, returned for the caller to free once the
+// runtime no longer reads it (also on error). reused reports whether any was overwritten.
+func (e *engine) mergeLoRAs(base map[string]modelfile.Tensor, patches []lora.Patch, reuse func(name string) []byte) (_ map[string]modelfile.Tensor, _ []hostBuffer, reused bool, _ error) {
 	out := make(map[string]modelfile.Tensor, len(patches))
 	var bufs []hostBuffer
 	scratch := &mergeScratch{e: e, tensors: map[scratchKey]binding.Tensor{}}
@@ -30,29 +32,37 @@ func (e *engine) mergeLoRAs(base map[string]modelfile.Tensor, patches []lora.Pat
 		for _, u := range p.Updates {
 			_, _, _, ok, err := u.Module.LowRank()
 			if err != nil {
-				return nil, bufs, fmt.Errorf("%s: %w", u.File, err)
+				return nil, bufs, reused, fmt.Errorf("%s: %w", u.File, err)
 			}
 			lowRank = lowRank && ok
 		}
-		buf, err := newHostBuffer(4 * int(numel(t.Shape)))
-		if err != nil {
-			return nil, bufs, err
+		size := 4 * int(numel(t.Shape))
+		dst := reuse(p.Weight)
+		if len(dst) == size {
+			reused = true
+		} else {
+			buf, err := newHostBuffer(size)
+			if err != nil {
+				return nil, bufs, reused, err
+			}
+			bufs = append(bufs, buf)
+			dst = buf.b
 		}
-		bufs = append(bufs, buf)
+		var err error
 		if lowRank {
-			err = scratch.mergeLowRank(t, p.Updates, buf.b)
+			err = scratch.mergeLowRank(t, p.Updates, dst)
 		} else {
 			var m modelfile.Tensor
 			if m, err = lora.PatchWeight(t, p.Updates, modelfile.F32); err == nil {
-				copy(buf.b, m.Data)
+				copy(dst, m.Data)
 			}
 		}
 		if err != nil {
-			return nil, bufs, fmt.Errorf("merging LoRAs into %s: %w", p.Weight, err)
+			return nil, bufs, reused, fmt.Errorf("merging LoRAs into %s: %w", p.Weight, err)
 		}
-		out[p.Weight] = modelfile.Tensor{Name: t.Name, DType: modelfile.F32, Shape: slices.Clone(t.Shape), Data: buf.b}
+		out[p.Weight] = modelfile.Tensor{Name: t.Name, DType: modelfile.F32, Shape: slices.Clone(t.Shape), Data: dst}
 	}
-	return out, bufs, nil
+	return out, bufs, reused, nil
 }
 
 func numel(shape []int64) int64 {

@@ -211,17 +211,31 @@ func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 			return err
 		}
 	}
+	// A weight both sets patch is merged into the buffer of its current patch (no new
+	// memory to fault in); the others into new buffers.
 	patches := make([]map[string]modelfile.Tensor, len(nets))
 	var bufs []hostBuffer
+	kept := map[*byte]bool{}
 	for i, n := range nets {
-		var err error
+		old := s.patched[n.component]
+		reuse := func(name string) []byte {
+			if t, ok := old[name]; ok && !s.broken {
+				kept[&t.Data[0]] = true
+				return t.Data
+			}
+			return nil
+		}
 		var b []hostBuffer
-		patches[i], b, err = p.eng.mergeLoRAs(n.base, plans[i])
+		var reused bool
+		var err error
+		patches[i], b, reused, err = p.eng.mergeLoRAs(n.base, plans[i], reuse)
 		bufs = append(bufs, b...)
 		if err != nil {
 			for _, b := range bufs {
 				b.free()
 			}
+			// Overwritten patches may disagree with what the runtime packed from them.
+			s.broken = s.broken || reused || len(kept) > 0
 			return err
 		}
 	}
@@ -261,7 +275,16 @@ func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 		}
 		s.patched[n.component] = patches[i]
 	}
-	s.unpin()
+	for _, b := range s.bufs {
+		if len(b.b) > 0 && kept[&b.b[0]] {
+			bufs = append(bufs, b)
+		} else {
+			b.free()
+		}
+	}
+	for _, p := range s.pins {
+		p.Unpin()
+	}
 	s.pins, s.bufs = []*runtime.Pinner{pin}, bufs
 	s.key, s.broken, s.applied = want, false, applied
 	return nil

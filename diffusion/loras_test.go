@@ -281,7 +281,7 @@ func TestLoRANativeMergeMatchesFusedWeights(t *testing.T) {
 			} {
 				plan, err := lora.Plan(net.base, net.component, lora.Scaled{File: f, Scale: 1})
 				require.NoError(t, err)
-				merged, bufs, err := p.eng.mergeLoRAs(net.base, plan)
+				merged, bufs, _, err := p.eng.mergeLoRAs(net.base, plan, func(string) []byte { return nil })
 				defer func() {
 					for _, b := range bufs {
 						b.free()
