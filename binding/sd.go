@@ -152,6 +152,9 @@ type Library struct {
 	sdVaeLoad func(ctx Ctx, c *VAEConfig, weights uintptr, n int32, out *Model) Status
 	// void sd_model_free(sd_ctx_t *ctx, sd_model_t *model);
 	sdModelFree func(ctx Ctx, m Model)
+	// sd_status_t sd_model_set_weights(sd_ctx_t *ctx, sd_model_t *model, const sd_weight_t *weights,
+	//                                  int32_t n_weights);
+	sdModelSetWeights func(ctx Ctx, m Model, weights uintptr, n int32) Status
 	// sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids, int32_t skip_layers,
 	//                             bool final_norm, sd_tensor_t *hidden, sd_tensor_t *pooled);
 	sdClipForward func(ctx Ctx, m Model, ids Tensor, skipLayers int32, finalNorm bool, hidden, pooled Tensor) Status
@@ -278,6 +281,7 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_unet_load", &l.sdUnetLoad},
 		{"sd_vae_load", &l.sdVaeLoad},
 		{"sd_model_free", &l.sdModelFree},
+		{"sd_model_set_weights", &l.sdModelSetWeights},
 		{"sd_clip_forward", &l.sdClipForward},
 		{"sd_clip_project", &l.sdClipProject},
 		{"sd_unet_forward", &l.sdUnetForward},
@@ -674,6 +678,20 @@ func (l *Library) ModelFree(ctx Ctx, m Model) {
 	if m != 0 {
 		l.sdModelFree(ctx, m)
 	}
+}
+
+// ModelSetWeights replaces the values of loaded weights in place, each named and shaped
+// as it was given to the load (dtype F32, F16 or BF16); the data must then stay valid until
+// the model is freed or that weight is replaced again. No context of the model's share
+// group may run it meanwhile. An invalid entry changes nothing; a failure while replacing
+// may leave some replaced (replace them all again).
+func (l *Library) ModelSetWeights(ctx Ctx, m Model, ws []Weight) error {
+	table, err := newWeightTable(ws)
+	if err != nil {
+		return err
+	}
+	defer table.free()
+	return l.check(ctx, "sd_model_set_weights", l.sdModelSetWeights(ctx, m, table.ptr, int32(table.n)))
 }
 
 // CLIPForward runs the text encoder: hidden gets layer (layers - skipLayers), with the

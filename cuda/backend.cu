@@ -203,6 +203,36 @@ static sd_status_t cuda_weight_from_host(sd_ctx_t *ctx, const sd_tensor_t *host,
     return SD_STATUS_OK;
 }
 
+/* Writes the new values into the memory the weight already has (its dtype and byte size
+ * follow from the role and the shape, which do not change), so that recorded UNet graphs,
+ * which bake in weight addresses, stay valid. A failure part-way leaves a mix of old and
+ * new values: the caller replaces the weight again (sd_model_set_weights says so). */
+static sd_status_t cuda_weight_update(sd_ctx_t *ctx, const sd_tensor_t *host, int32_t role,
+                                      sd_tensor_t *w) {
+    SD_TRY(sd_cuda_enter(ctx, "weight update"));
+    if (host->dtype != SD_DTYPE_F32 && host->dtype != SD_DTYPE_F16 && host->dtype != SD_DTYPE_BF16)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "weight update: unsupported dtype %s",
+                       sd_dtype_name(host->dtype));
+    const int32_t dtype = role == SD_WEIGHT_VECTOR ? SD_DTYPE_F32 : SD_DTYPE_F16;
+    if (w->dtype != dtype || sd_tensor_numel(w) != sd_tensor_numel(host))
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "weight update: the weight was not made for this role and shape");
+    sd_status_t st;
+    if (host->dtype == dtype) {
+        cudaError_t err = cudaMemcpyAsync(w->data, host->data, w->nbytes, cudaMemcpyHostToDevice,
+                                          sd_cuda(ctx)->stream);
+        st = err == cudaSuccess ? SD_STATUS_OK : sd_cuda_fail(ctx, err, "weight update");
+    } else {
+        st = upload_converted(ctx, w->data, dtype, host->data, host->dtype, sd_tensor_numel(host));
+    }
+    if (st == SD_STATUS_OK) {
+        /* Wait: the caller may release the source as soon as this returns. */
+        cudaError_t err = cudaStreamSynchronize(sd_cuda(ctx)->stream);
+        if (err != cudaSuccess) st = sd_cuda_fail(ctx, err, "weight update");
+    }
+    return st;
+}
+
 static void cuda_weight_free(sd_ctx_t *ctx, sd_tensor_t *w) {
     if (w->kind == SD_TENSOR_OWNED) {
         sd_ctx_add_weights_bytes(ctx, -(int64_t)w->nbytes);
@@ -283,6 +313,7 @@ static const sd_backend_ops_t cuda_ops = {
     /* .download = */ cuda_download,
     /* .weight_from_host = */ cuda_weight_from_host,
     /* .weight_free = */ cuda_weight_free,
+    /* .weight_update = */ cuda_weight_update,
     /* .conv2d = */ sd_cuda_conv2d,
     /* .linear = */ sd_cuda_linear,
     /* .group_norm = */ sd_cuda_group_norm,

@@ -83,6 +83,7 @@ func (e *engine) release() (last bool) {
 	e.ctx = 0
 	if last {
 		s.pins.Unpin()
+		s.lora.unpin()
 	}
 	return last
 }

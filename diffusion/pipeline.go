@@ -391,8 +391,16 @@ type initImage struct {
 
 func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (*Result, error) {
 	// A request that cannot run fails at once rather than after its wait for the turn.
+	prompt := req.Prompt
+	req, err := promptLoRAs(req)
+	if err != nil {
+		return nil, err
+	}
 	par, sched, err := p.desc.plan(req, init)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkLoRAs(req.LoRAs); err != nil {
 		return nil, err
 	}
 	if par.Controls, err = p.checkControls(req.Controls, par.Width, par.Height); err != nil {
@@ -410,7 +418,15 @@ func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (
 	defer cancel(nil)
 	stop := context.AfterFunc(p.closing, func() { cancel(ErrClosed) })
 	defer stop()
-	res, err := p.generateLocked(runCtx, req, par, sched, init)
+	var res *Result
+	err = p.withLoRAs(req.LoRAs, func(applied []AppliedLoRA) (err error) {
+		par.LoRAs = applied
+		res, err = p.generateLocked(runCtx, req, par, sched, init)
+		return err
+	})
+	if res != nil {
+		res.Params.Prompt = prompt
+	}
 	if err != nil && errors.Is(context.Cause(runCtx), ErrClosed) {
 		return nil, ErrClosed
 	}

@@ -33,6 +33,10 @@ func (p *Pipeline) Txt2ImgRefined(ctx context.Context, req Request, refiner *Pip
 	if !(start > 0 && start < 1) {
 		return nil, invalid("refiner start %g not in (0, 1)", start)
 	}
+	req, err := promptLoRAs(req)
+	if err != nil {
+		return nil, err
+	}
 	par, sched, err := p.desc.plan(req, nil)
 	if err != nil {
 		return nil, err
@@ -41,8 +45,8 @@ func (p *Pipeline) Txt2ImgRefined(ctx context.Context, req Request, refiner *Pip
 	if err != nil {
 		return nil, err
 	}
-	if len(req.Controls) > 0 || req.Hires != nil {
-		return nil, invalid("ControlNets and the hires fix are not supported with a refiner hand-over")
+	if len(req.Controls) > 0 || req.Hires != nil || len(req.LoRAs) > 0 {
+		return nil, invalid("ControlNets, LoRAs and the hires fix are not supported with a refiner hand-over yet")
 	}
 	base, _, err := p.codecs(req)
 	if err != nil {

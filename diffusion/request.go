@@ -160,6 +160,17 @@ type Request struct {
 	// Hires, for Txt2Img, adds AUTOMATIC1111's hires fix: a second pass at a larger
 	// size (nil: none).
 	Hires *Hires
+	// LoRAs are adapters merged into the model's weights for this request, each at its
+	// own scales (see LoRA). The weights are a property of the loaded model, shared by
+	// its Clones: a request with another set than the installed one waits for the
+	// running calls of every clone, then patches only the weights the old and new sets
+	// touch (without reloading the model) and runs before any other set can be installed.
+	LoRAs []LoRA
+	// LoRADir is the folder AUTOMATIC1111 prompt tags such as <lora:NAME:0.8> name their
+	// files in (see ParseLoRATags); the tags are taken out of Prompt and their adapters
+	// added to LoRAs. Without it a LoRA tag is an error (PromptPlain leaves tags as text).
+	// Params.Prompt keeps the tags, as the web UI's generation parameters do.
+	LoRADir string
 
 	// onStep, for tests: the latents after each sampler step.
 	onStep func(step int, latents []float32)
@@ -252,6 +263,8 @@ type Params struct {
 	ModelHash string
 	Controls  []ControlParams
 	Elapsed   time.Duration
+	// LoRAs are the adapters the weights held, in the request's order.
+	LoRAs []AppliedLoRA
 
 	// SDXL: the second encoder's prompts as given ("": the first ones) and the
 	// micro-conditioning with its defaults filled in; zero for other models.
@@ -288,6 +301,7 @@ func (p Params) A1111(index int) string {
 		{"Size", fmt.Sprintf("%dx%d", p.Width, p.Height), true},
 		{"Model hash", p.ModelHash, p.ModelHash != ""},
 		{"Model", p.Model, p.Model != ""},
+		{"Lora hashes", loraHashes(p.LoRAs), len(p.LoRAs) > 0},
 		{"Batch size", fmt.Sprint(p.BatchSize), p.BatchSize > 1},
 		{"Batch pos", fmt.Sprint(index), p.BatchSize > 1},
 		{"Denoising strength", fmt.Sprint(p.Strength), p.Strength > 0},

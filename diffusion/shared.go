@@ -20,6 +20,7 @@ type netShare struct {
 	users  int               // engines whose context is alive
 	params binding.CtxParams // of the first context; forks get the same backend and threads
 	pins   *runtime.Pinner   // the loading engine's: the Go memory the networks read
+	lora   loraState         // the adapters merged into the networks' weights
 }
 
 // fork makes an engine with a context of its own in e's share group, running e's

@@ -121,6 +121,13 @@
 //	--hires-strength x    denoising strength of the hires pass, in (0, 1] (default 0.7); the
 //	                      PNG records "Hires upscale", "Hires steps", "Hires upscaler" and
 //	                      "Denoising strength" as the web UI does
+//	--lora PATH[:SCALE]   merge a LoRA / LyCORIS adapter (kohya or PEFT keys; LoRA, LoCon,
+//	                      LoHa, LoKr, DoRA) into the UNet and text encoder at SCALE (default 1);
+//	                      repeatable. The PNG records "Lora hashes" as AUTOMATIC1111 does.
+//	--lora-dir DIR        folder (with subfolders) in which prompt tags <lora:NAME>,
+//	                      <lora:NAME:w> and <lora:NAME:te:unet> find NAME.safetensors (.pt,
+//	                      .ckpt); the tags are removed from the prompt (default: none, a tag
+//	                      is then an error)
 //	--threads N           CPU threads (default 0: one per core)
 //	--device NAME         auto, cpu or cuda (default auto: a CUDA GPU when the GPU build of the
 //	                      runtime and a usable GPU are present)

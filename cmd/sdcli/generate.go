@@ -54,6 +54,7 @@ type genOptions struct {
 	tiling           diffusion.Tiling
 	pipe             pipelineOptions
 	sdxl             sdxlOptions
+	lora             loraOptions
 	// img2img and inpaint
 	init, mask string
 	strength   float64
@@ -202,6 +203,7 @@ func (o *genOptions) define(fs *flagSet) {
 	if o.mode == modeTxt2Img {
 		o.hires.define(fs)
 	}
+	o.lora.define(fs)
 	o.pipe.define(fs)
 }
 
@@ -319,6 +321,7 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		Seed: o.seed, RNG: o.rng, BatchSize: o.batch, ClipSkip: o.clipSkip,
 		Decoder: o.decoder, VAETiling: o.tiling,
 		Progress: bar.update, Controls: controls, Hires: hires,
+		LoRAs: o.lora.loras, LoRADir: o.lora.dir,
 	}
 	o.sdxl.apply(&req)
 	var res *diffusion.Result

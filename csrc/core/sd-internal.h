@@ -162,6 +162,12 @@ typedef struct sd_backend_ops {
     sd_status_t (*weight_from_host)(sd_ctx_t *ctx, const sd_tensor_t *host, int32_t role,
                                     sd_tensor_t *out);
     void (*weight_free)(sd_ctx_t *ctx, sd_tensor_t *w);
+    /* Gives a weight made by weight_from_host (with the same role) the values of `host`
+     * (same shape, any weight dtype); on failure *w is unchanged or, after a device error,
+     * the context is broken. A backend with recorded graphs keeps w's memory so that they
+     * stay valid. */
+    sd_status_t (*weight_update)(sd_ctx_t *ctx, const sd_tensor_t *host, int32_t role,
+                                 sd_tensor_t *w);
 
     sd_status_t (*conv2d)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                           const sd_tensor_t *w, const sd_tensor_t *bias,

@@ -98,6 +98,27 @@ static void cpu_weight_free(sd_ctx_t *ctx, sd_tensor_t *w) {
     w->packed = NULL;
 }
 
+/* No recorded graphs on the CPU: a GEMM B operand packed for the same dtype and shape is
+ * packed again in place; otherwise a fresh weight (a new pack, or a view of the new host
+ * data) replaces the old one, made first so that a failure leaves the old one in place. */
+static sd_status_t cpu_weight_update(sd_ctx_t *ctx, const sd_tensor_t *host, int32_t role,
+                                     sd_tensor_t *w) {
+    if (role == SD_WEIGHT_MATRIX_B && w->packed != NULL) {
+        int64_t rows = host->shape[0], k = sd_tensor_numel(host) / rows;
+        sd_cpu_backend_t *cpu = sd_cpu(ctx);
+        if (sd_packed_weight_repack(cpu->pool, cpu->kern, w->packed, host->data, host->dtype, rows,
+                                    k, true)) {
+            w->data = host->data;
+            return SD_STATUS_OK;
+        }
+    }
+    sd_tensor_t fresh;
+    SD_TRY(cpu_weight_from_host(ctx, host, role, &fresh));
+    cpu_weight_free(ctx, w);
+    *w = fresh;
+    return SD_STATUS_OK;
+}
+
 static const sd_backend_ops_t cpu_ops = {
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,
@@ -106,6 +127,7 @@ static const sd_backend_ops_t cpu_ops = {
     .download = cpu_copy,
     .weight_from_host = cpu_weight_from_host,
     .weight_free = cpu_weight_free,
+    .weight_update = cpu_weight_update,
     .conv2d = sd_cpu_conv2d,
     .linear = sd_cpu_linear,
     .group_norm = sd_cpu_group_norm,

@@ -539,6 +539,25 @@ SD_API sd_status_t sd_vae_load(sd_ctx_t *ctx, const sd_vae_config_t *config,
                                const sd_weight_t *weights, int32_t n_weights, sd_model_t **out);
 SD_API void sd_model_free(sd_ctx_t *ctx, sd_model_t *model);
 
+/* Replaces the values of loaded weights in place (e.g. with LoRA-patched ones, or back with
+ * the originals), without reloading the model: each entry names a weight given to the
+ * model's load by the same name, with the same shape (dtype F32, F16 or BF16, which may
+ * differ from the loaded one). Only those weights are converted again: the CPU backend
+ * repacks the affected GEMM weights, the CUDA backend uploads them into the memory they
+ * already use (recorded graphs stay valid). Each entry's `data` must then stay valid and
+ * unchanged until the model is freed or that weight is replaced again; the data the
+ * replaced values came from is no longer read once this returns.
+ * Every entry is checked before anything changes: an unknown name, another shape, dtype or
+ * NULL data is SD_STATUS_INVALID_ARGUMENT, a weight the load folded into another tensor (a
+ * ResNet's conv1 bias, a converted position table) SD_STATUS_UNSUPPORTED, and both leave the
+ * model as it was (conv / linear weights, what adapters patch, are never folded). Out of memory or
+ * a device error while replacing (SD_STATUS_OUT_OF_MEMORY, SD_STATUS_DEVICE) may leave the entries
+ * before the failing one replaced and the rest not: replace them all again. Not thread-safe with
+ * respect to the model: no context of the group may run it (or have a forward of it queued) during
+ * the call; the caller serialises. */
+SD_API sd_status_t sd_model_set_weights(sd_ctx_t *ctx, sd_model_t *model,
+                                        const sd_weight_t *weights, int32_t n_weights);
+
 /* ESRGAN's generator, RRDBNet as Real-ESRGAN builds it (RealESRGAN_x4plus: 23 blocks;
  * RealESRGAN_x4plus_anime_6B: 6), with Real-ESRGAN's names ("conv_first",
  * "body.0.rdb1.conv1", ..., "conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last";

@@ -64,12 +64,16 @@ sd_status_t loader_status(const loader_t *L) {
 
 static void model_free_weights(sd_ctx_t *ctx, sd_model_t *m) {
     sd_backend_t *be = sd_ctx_backend_ptr(ctx);
-    for (int32_t i = 0; i < m->n_weights; i++) be->ops->weight_free(ctx, &m->weights[i]);
+    for (int32_t i = 0; i < m->n_weights; i++) {
+        be->ops->weight_free(ctx, &m->weights[i]);
+        free(m->origins[i].name);
+    }
     for (int32_t i = 0; i < m->n_owned; i++) {
         be->ops->free(be, m->owned[i]->data);
         free(m->owned[i]);
     }
     free(m->weights);
+    free(m->origins);
     free(m->owned);
 }
 
@@ -94,7 +98,8 @@ loader_t *loader_new(sd_ctx_t *ctx, const char *what, int32_t kind, const sd_wei
     L->model->kind = kind;
     L->model->cap_weights = n;
     L->model->weights = calloc((size_t)(n > 0 ? n : 1), sizeof *L->model->weights);
-    if (L->model->weights == NULL) {
+    L->model->origins = calloc((size_t)(n > 0 ? n : 1), sizeof *L->model->origins);
+    if (L->model->weights == NULL || L->model->origins == NULL) {
         fail(L, SD_STATUS_OUT_OF_MEMORY, "out of host memory");
         return L;
     }
@@ -237,9 +242,20 @@ static const sd_tensor_t *ld_weight(loader_t *L, int32_t role, int ndim, const i
     SD_ASSERT(m->n_weights < m->cap_weights);
     sd_tensor_t host = sd_tensor_view((void *)w->data, w->dtype, ndim, shape);
     sd_tensor_t *dst = &m->weights[m->n_weights];
+    struct sd_weight_origin *o = &m->origins[m->n_weights];
+    o->name = strdup(w->name);
+    if (o->name == NULL) {
+        loader_oom(L);
+        return NULL;
+    }
+    o->role = role;
+    o->ndim = w->ndim;
+    memcpy(o->shape, w->shape, sizeof o->shape);
     sd_backend_t *be = sd_ctx_backend_ptr(L->ctx);
     sd_status_t st = be->ops->weight_from_host(L->ctx, &host, role, dst);
     if (st != SD_STATUS_OK) {
+        free(o->name);
+        o->name = NULL;
         L->st = st;
         return NULL;
     }
@@ -372,8 +388,18 @@ static sd_tensor_t *owned_tensor(loader_t *L, int32_t dtype, int ndim, const int
     return dst;
 }
 
+/* Marks the loaded weight t (if it is one) as read into a tensor made at load, which
+ * replacing it would not update. */
+static void mark_folded(loader_t *L, const sd_tensor_t *t) {
+    sd_model_t *m = L->model;
+    for (int32_t i = 0; i < m->n_weights; i++)
+        if (&m->weights[i] == t) m->origins[i].folded = true;
+}
+
 const sd_tensor_t *ld_sum(loader_t *L, const sd_tensor_t *a, const sd_tensor_t *b) {
     if (L->st != SD_STATUS_OK) return NULL;
+    mark_folded(L, a);
+    mark_folded(L, b);
     sd_tensor_t *sum = owned_tensor(L, SD_DTYPE_F32, a->ndim, a->shape);
     if (sum == NULL) return NULL;
     sd_status_t st = sd_op_add(L->ctx, sum, a, b);
@@ -389,6 +415,7 @@ const sd_tensor_t *ld_act(loader_t *L, int64_t rows, int64_t cols, const char *f
     va_end(ap);
     sd_backend_t *be = sd_ctx_backend_ptr(L->ctx);
     if (t == NULL || t->dtype == be->act_dtype) return t;
+    mark_folded(L, t);
     /* Convert once into a model-owned tensor of the activation dtype. */
     sd_tensor_t *dst = owned_tensor(L, be->act_dtype, 2, s);
     if (dst == NULL) return NULL;
@@ -501,4 +528,83 @@ sd_graph_cache_t *sd_model_graphs(sd_ctx_t *ctx, sd_model_t *model) {
     pthread_mutex_unlock(&g->lock);
     if (s == NULL) sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "out of host memory");
     return s ? &s->graphs : NULL;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Replacing weights in place
+ * ------------------------------------------------------------------------------------- */
+
+/* The model's weight slots given by `name` (a net may load one table entry more than once),
+ * in `slots` (at most `cap`); returns how many. */
+static int32_t find_slots(const sd_model_t *m, const char *name, int32_t *slots, int32_t cap) {
+    int32_t n = 0;
+    for (int32_t i = 0; i < m->n_weights && n < cap; i++)
+        if (strcmp(m->origins[i].name, name) == 0) slots[n++] = i;
+    return n;
+}
+
+static sd_status_t check_replacement(sd_ctx_t *ctx, const sd_model_t *m, const sd_weight_t *w,
+                                     int32_t index, int32_t slot) {
+    const char *op = "sd_model_set_weights";
+    if (w->name == NULL)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: entry %d has no name", op, (int)index);
+    if (slot < 0)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: the model has no weight %s", op,
+                       w->name);
+    const struct sd_weight_origin *o = &m->origins[slot];
+    bool same = w->ndim == o->ndim;
+    for (int i = 0; same && i < o->ndim; i++) same = w->shape[i] == o->shape[i];
+    if (!same) {
+        char want[96], got[96];
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: weight %s has shape %s, loaded as %s",
+                       op, w->name,
+                       shape_str(got, sizeof got,
+                                 w->ndim < 0 || w->ndim > SD_MAX_DIMS ? 0 : w->ndim, w->shape),
+                       shape_str(want, sizeof want, o->ndim, o->shape));
+    }
+    if (w->dtype != SD_DTYPE_F32 && w->dtype != SD_DTYPE_F16 && w->dtype != SD_DTYPE_BF16)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "%s: weight %s has dtype %s, expected f32, f16 or bf16", op, w->name,
+                       sd_dtype_name(w->dtype));
+    if (w->data == NULL)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: weight %s has no data", op, w->name);
+    if (o->folded)
+        return sd_fail(ctx, SD_STATUS_UNSUPPORTED,
+                       "%s: weight %s was folded into another tensor at load (a fused bias, a "
+                       "converted table) and cannot be replaced; reload the model",
+                       op, w->name);
+    return SD_STATUS_OK;
+}
+
+sd_status_t sd_model_set_weights(sd_ctx_t *ctx, sd_model_t *model, const sd_weight_t *weights,
+                                 int32_t n_weights) {
+    if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
+    const char *op = "sd_model_set_weights";
+    if (model == NULL || model->group != ctx->group)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "%s: no model, or one of a group this context does not share models with",
+                       op);
+    if (n_weights < 0 || (n_weights > 0 && weights == NULL))
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "%s: weight table is NULL or has %d entries", op, (int)n_weights);
+    enum { MAX_SLOTS = 4 };
+    int32_t slots[MAX_SLOTS];
+    /* Everything is checked first, so that a bad entry changes nothing. */
+    for (int32_t i = 0; i < n_weights; i++) {
+        const sd_weight_t *w = &weights[i];
+        int32_t n = w->name ? find_slots(model, w->name, slots, MAX_SLOTS) : 0;
+        SD_TRY(check_replacement(ctx, model, w, i, n > 0 ? slots[0] : -1));
+    }
+    sd_backend_t *be = sd_ctx_backend_ptr(ctx);
+    for (int32_t i = 0; i < n_weights; i++) {
+        const sd_weight_t *w = &weights[i];
+        int32_t n = find_slots(model, w->name, slots, MAX_SLOTS);
+        for (int32_t j = 0; j < n; j++) {
+            sd_tensor_t *t = &model->weights[slots[j]];
+            /* The shape the net sees (a 1x1 convolution's kernel may be viewed as a matrix). */
+            sd_tensor_t host = sd_tensor_view((void *)w->data, w->dtype, t->ndim, t->shape);
+            SD_TRY(be->ops->weight_update(ctx, &host, model->origins[slots[j]].role, t));
+        }
+    }
+    return SD_STATUS_OK;
 }

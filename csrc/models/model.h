@@ -31,6 +31,14 @@ struct sd_model {
     int32_t kind;
     sd_group_t *group;    /* of the context that loaded it: the contexts that may run it */
     sd_tensor_t *weights; /* backend weights, freed with the model */
+    /* Per weight: the name and shape it was given by (the caller's table), and its role, so
+     * that sd_model_set_weights can find and convert it again. */
+    struct sd_weight_origin {
+        char *name;
+        int32_t role, ndim;
+        bool folded; /* values copied into a tensor made at load (ld_sum, ld_act) */
+        int64_t shape[SD_MAX_DIMS];
+    } * origins;
     int32_t n_weights, cap_weights;
     sd_tensor_t **owned; /* tensors the model made itself (backend memory), each allocated
                           * alone so pointers to them stay valid as the list grows */

@@ -283,6 +283,110 @@ static void test_outside_the_group(void) {
     sd_ctx_free(a);
 }
 
+/* sd_model_set_weights: a model whose GEMM weights (a packed linear, the MLP's) are
+ * replaced in place by F32 values computes what a model loaded with those values computes,
+ * through every context of the group, and the originals put back restore the first result;
+ * bad entries change nothing. */
+static void test_set_weights(void) {
+    sd_ctx_t *a = new_ctx(NULL), *b = new_ctx(a);
+    sd_model_t *m = load(a);
+    if (m == NULL) return;
+    /* Two of the table's matrices with new F32 values. */
+    static const char *names[] = {"encoder.layers.0.self_attn.q_proj.weight",
+                                  "encoder.layers.1.mlp.fc1.weight"};
+    enum { N = 2 };
+    sd_weight_t repl[N], orig[N];
+    float *vals[N];
+    table_t other = table;
+    for (int i = 0; i < N; i++) {
+        int k = 0;
+        while (strcmp(table.names[k], names[i]) != 0) k++;
+        orig[i] = table.w[k];
+        int64_t n = orig[i].shape[0] * orig[i].shape[1];
+        vals[i] = malloc((size_t)n * sizeof(float));
+        for (int64_t j = 0; j < n; j++) vals[i][j] = rng_uniform(-0.5f, 0.5f);
+        repl[i] = orig[i];
+        repl[i].dtype = SD_DTYPE_F32;
+        repl[i].data = vals[i];
+        other.w[k] = repl[i];
+    }
+    sd_clip_config_t cfg = config();
+    sd_model_t *m2 = NULL;
+    CHECK_STATUS(sd_clip_load(a, &cfg, other.w, other.n, &m2), SD_STATUS_OK);
+    float *want = m2 ? encode(a, m2) : NULL;
+    float *before = encode(b, m); /* b's state for m exists before the change */
+    CHECK(want != NULL && before != NULL, "reference forwards");
+    const size_t bytes = (size_t)(B * T + B) * HID * sizeof(float);
+
+    CHECK_STATUS(sd_model_set_weights(a, m, repl, N), SD_STATUS_OK);
+    float *got_a = encode(a, m), *got_b = encode(b, m);
+    bool close_a = got_a && want, close_b = got_b && want;
+    for (int64_t i = 0; close_a && close_b && i < (int64_t)(bytes / 4); i++) {
+        float tol = backend == SD_BACKEND_CPU ? 0 : 1e-2f * (1 + fabsf(want[i]));
+        close_a = fabsf(got_a[i] - want[i]) <= tol;
+        close_b = fabsf(got_b[i] - want[i]) <= tol;
+    }
+    CHECK(close_a && close_b, "replaced weights: as a model loaded with them (a %d, b %d)", close_a,
+          close_b);
+    CHECK(before && got_a && memcmp(before, got_a, bytes) != 0,
+          "the replacement changed the output");
+
+    /* Invalid entries: nothing changes. */
+    sd_weight_t bad[2] = {orig[0], repl[1]};
+    bad[1].name = "encoder.layers.9.mlp.fc1.weight";
+    CHECK_STATUS(sd_model_set_weights(a, m, bad, 2), SD_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(sd_ctx_last_error(a), "has no weight encoder.layers.9") != NULL, "%s",
+          sd_ctx_last_error(a));
+    bad[1] = repl[1];
+    bad[1].shape[0]++;
+    CHECK_STATUS(sd_model_set_weights(a, m, bad, 2), SD_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(sd_ctx_last_error(a), "loaded as (64, 32)") != NULL, "%s", sd_ctx_last_error(a));
+    bad[1] = repl[1];
+    bad[1].data = NULL;
+    CHECK_STATUS(sd_model_set_weights(a, m, bad, 2), SD_STATUS_INVALID_ARGUMENT);
+    bad[1] = repl[1];
+    bad[1].dtype = SD_DTYPE_I32;
+    CHECK_STATUS(sd_model_set_weights(a, m, bad, 2), SD_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sd_model_set_weights(a, m, NULL, 1), SD_STATUS_INVALID_ARGUMENT);
+    float *still = encode(a, m);
+    CHECK(still && got_a && memcmp(still, got_a, bytes) == 0, "refused calls change nothing");
+
+    /* Another group's context. */
+    sd_ctx_t *outsider = new_ctx(NULL);
+    CHECK_STATUS(sd_model_set_weights(outsider, m, orig, N), SD_STATUS_INVALID_ARGUMENT);
+    sd_ctx_free(outsider);
+
+    /* F32 again with other values: the CPU repacks in place; the same results as a model
+     * loaded with them. */
+    for (int i = 0; i < N; i++)
+        for (int64_t j = 0; j < repl[i].shape[0] * repl[i].shape[1]; j++) vals[i][j] *= -0.5f;
+    sd_model_t *m3 = NULL;
+    CHECK_STATUS(sd_clip_load(a, &cfg, other.w, other.n, &m3), SD_STATUS_OK);
+    float *want3 = m3 ? encode(a, m3) : NULL;
+    CHECK_STATUS(sd_model_set_weights(a, m, repl, N), SD_STATUS_OK);
+    float *got3 = encode(b, m);
+    bool close3 = got3 && want3;
+    for (int64_t i = 0; close3 && i < (int64_t)(bytes / 4); i++)
+        close3 = fabsf(got3[i] - want3[i]) <=
+                 (backend == SD_BACKEND_CPU ? 0 : 1e-2f * (1 + fabsf(want3[i])));
+    CHECK(close3, "replaced again with F32 values");
+    free(want3);
+    free(got3);
+    sd_model_free(a, m3);
+
+    CHECK_STATUS(sd_model_set_weights(b, m, orig, N), SD_STATUS_OK);
+    CHECK(same_as_reference(a, m) && same_as_reference(b, m), "the originals restore the model");
+    free(want);
+    free(before);
+    free(got_a);
+    free(got_b);
+    free(still);
+    for (int i = 0; i < N; i++) free(vals[i]);
+    sd_model_free(a, m2);
+    sd_ctx_free(b);
+    sd_ctx_free(a);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "cuda") == 0) {
         char why[256];
@@ -305,6 +409,7 @@ int main(int argc, char **argv) {
     test_concurrent();
     test_lifetimes();
     test_outside_the_group();
+    test_set_weights();
     free(ref);
     free_table(&table);
     return test_summary("test_shared");

@@ -3,8 +3,11 @@ package lora
 import (
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/gosd/gosd/diffusion/modelfile"
 )
@@ -66,15 +69,54 @@ func MergeAs(dtype modelfile.DType, targets map[string]modelfile.Tensor, compone
 	if dtype != 0 && !dtype.IsFloat() {
 		return nil, fmt.Errorf("lora: cannot store patched weights as %s", dtype)
 	}
-	// Resolve everything first, so that a misfit fails before any work, and
-	// group the updates by weight: each weight is then patched alone and its
-	// float64 buffers dropped, keeping the peak memory at one weight's.
-	type job struct {
-		module *Module
-		scale  float64
-		file   string
+	patches, err := Plan(targets, component, adapters...)
+	if err != nil {
+		return nil, err
 	}
-	jobs := map[string][]job{}
+	// Weights are patched in parallel, one per goroutine at a time (so the peak memory
+	// is GOMAXPROCS weights' float64 buffers): each is independent of the others.
+	results := make([]modelfile.Tensor, len(patches))
+	errs := make([]error, len(patches))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(patches)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < len(patches); i = int(next.Add(1) - 1) {
+				results[i], errs[i] = PatchWeight(targets[patches[i].Weight], patches[i].Updates, dtype)
+			}
+		}()
+	}
+	wg.Wait()
+	out := make(map[string]modelfile.Tensor, len(patches))
+	for i, p := range patches {
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
+		out[p.Weight] = results[i]
+	}
+	return out, nil
+}
+
+// Patch is one weight an adapter set changes and the updates that change it.
+type Patch struct {
+	Weight  string // its name in targets
+	Updates []Update
+}
+
+// Update is one adapter's module applied to a weight at a scale.
+type Update struct {
+	Module *Module
+	Scale  float64
+	File   string // the adapter's path, for errors
+}
+
+// Plan matches the adapters' modules for component with the weights of targets and
+// groups them by weight, sorted by weight name; it fails as Merge does, before any
+// update is computed.
+func Plan(targets map[string]modelfile.Tensor, component string, adapters ...Scaled) ([]Patch, error) {
+	byWeight := map[string][]Update{}
 	for _, a := range adapters {
 		if a.File.f == nil {
 			return nil, fmt.Errorf("lora: %s is closed", a.File.Path)
@@ -84,37 +126,77 @@ func MergeAs(dtype modelfile.DType, targets map[string]modelfile.Tensor, compone
 			return nil, err
 		}
 		for _, b := range bs {
-			jobs[b.weight] = append(jobs[b.weight], job{b.module, a.Scale, a.File.Path})
+			byWeight[b.weight] = append(byWeight[b.weight], Update{b.module, a.Scale, a.File.Path})
 		}
 	}
-	out := make(map[string]modelfile.Tensor, len(jobs))
-	for name, js := range jobs {
-		t := targets[name]
-		base, err := floats(t)
-		if err != nil {
-			return nil, err
-		}
-		merged := slices.Clone(base)
-		for _, j := range js {
-			d, err := j.module.update(base, t.Shape)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", j.file, err)
-			}
-			for i, v := range d {
-				merged[i] += j.scale * v
-			}
-		}
-		dt := dtype
-		if dt == 0 {
-			dt = t.DType
-		}
-		data, err := encode(merged, dt)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-		out[name] = modelfile.Tensor{Name: t.Name, DType: dt, Shape: slices.Clone(t.Shape), Data: data}
+	patches := make([]Patch, 0, len(byWeight))
+	for _, name := range sortedKeys(byWeight) {
+		patches = append(patches, Patch{name, byWeight[name]})
 	}
-	return out, nil
+	return patches, nil
+}
+
+// PatchWeight computes one weight's merged value from its base t and the updates (in
+// float64, rounded once into dtype, or into t's own dtype with 0).
+func PatchWeight(t modelfile.Tensor, updates []Update, dtype modelfile.DType) (modelfile.Tensor, error) {
+	base, err := floats(t)
+	if err != nil {
+		return modelfile.Tensor{}, err
+	}
+	merged := slices.Clone(base)
+	for _, u := range updates {
+		d, err := u.Module.update(base, t.Shape)
+		if err != nil {
+			return modelfile.Tensor{}, fmt.Errorf("%s: %w", u.File, err)
+		}
+		for i, v := range d {
+			merged[i] += u.Scale * v
+		}
+	}
+	dt := dtype
+	if dt == 0 {
+		dt = t.DType
+	}
+	data, err := encode(merged, dt)
+	if err != nil {
+		return modelfile.Tensor{}, fmt.Errorf("%s: %w", t.Name, err)
+	}
+	return modelfile.Tensor{Name: t.Name, DType: dt, Shape: slices.Clone(t.Shape), Data: data}, nil
+}
+
+// LowRank returns the update of a plain LoRA or LoCon module (no Tucker core, no DoRA
+// magnitude; other modules report false) as two factors, c·ΔW = up @ down with the
+// alpha / rank factor c folded into up: up [out, r] and down [r, cols] row-major in
+// float32, cols = in·kh·kw. A caller may then compute W + s·up@down with a float32
+// GEMM instead of PatchWeight's float64 loops.
+func (m *Module) LowRank() (up, down []float32, rank int, ok bool, err error) {
+	if _, dora := m.magnitude(); dora || m.Kind != LoRA {
+		return nil, nil, 0, false, nil
+	}
+	if _, mid := m.tensors["lora_mid.weight"]; mid {
+		return nil, nil, 0, false, nil
+	}
+	dn, un := "lora_down.weight", "lora_up.weight"
+	if _, peft := m.tensors["lora_A.weight"]; peft {
+		dn, un = "lora_A.weight", "lora_B.weight"
+	}
+	if up, err = m.tensors[un].Float32s(); err != nil {
+		return nil, nil, 0, false, err
+	}
+	if down, err = m.tensors[dn].Float32s(); err != nil {
+		return nil, nil, 0, false, err
+	}
+	_, _, rank, err = m.factors()
+	if err != nil {
+		return nil, nil, 0, false, err
+	}
+	if m.HasAlpha && rank > 0 {
+		c := float32(m.Alpha / float64(rank))
+		for i := range up {
+			up[i] *= c
+		}
+	}
+	return up, down, rank, true, nil
 }
 
 // binding is a module matched with the weight it adapts.

@@ -39,9 +39,7 @@ type Embedding struct {
 // so the file is closed on return.
 //
 // AUTOMATIC1111's .pt layout, {"string_to_param": {"*": tensor}, ...}, nests
-// the tensor one dict down; modelfile's checkpoint reader returns only the
-// top-level tensors of a state dict, so such files fail with ErrUnsupported
-// until it exposes nested dicts.
+// the tensor one dict down (modelfile names it "string_to_param.*").
 func LoadEmbedding(path string) (*Embedding, error) {
 	f, err := modelfile.OpenFile(path)
 	if err != nil {
@@ -68,6 +66,19 @@ func LoadEmbedding(path string) (*Embedding, error) {
 	if t, ok := f.Tensor("emb_params"); ok {
 		return e, take(t, TextEncoder)
 	}
+	var params []modelfile.Tensor
+	for _, t := range f.Tensors {
+		if strings.HasPrefix(t.Name, "string_to_param.") {
+			params = append(params, t)
+		}
+	}
+	switch len(params) {
+	case 1:
+		return e, take(params[0], TextEncoder)
+	case 0:
+	default:
+		return nil, unsupportedf("%s: %d tensors in string_to_param (AUTOMATIC1111 writes one, under \"*\")", path, len(params))
+	}
 	l, okL := f.Tensor("clip_l")
 	g, okG := f.Tensor("clip_g")
 	if okL && okG {
@@ -84,9 +95,6 @@ func LoadEmbedding(path string) (*Embedding, error) {
 	}
 	if len(f.Tensors) == 1 && !okL && !okG {
 		return e, take(f.Tensors[0], TextEncoder)
-	}
-	if len(f.Tensors) == 0 && f.Format == modelfile.FormatPyTorch {
-		return nil, unsupportedf("%s: no top-level tensors (an AUTOMATIC1111 string_to_param .pt? its nested dict is not readable yet; convert it to .safetensors)", path)
 	}
 	return nil, unsupportedf("%s: not a textual-inversion embedding (tensors: %s)", path, list(names))
 }

@@ -190,7 +190,7 @@ func parse(path string, tensors []modelfile.Tensor) (*File, error) {
 	}
 	if len(unknown) > 0 {
 		slices.Sort(unknown)
-		return nil, unsupportedf("%s: %d keys of no known adapter format: %s", path, len(unknown), strings.Join(unknown, ", "))
+		return nil, unsupportedf("%s: %d keys of no known adapter format: %s", path, len(unknown), list(unknown))
 	}
 	if len(byKey) == 0 {
 		return nil, badf("%s: no adapter tensors", path)

@@ -160,8 +160,14 @@ func TestLoadCheckpointEmbedding(t *testing.T) {
 		assert.Equal(t, Vectors{2, 16, seq(32)}, e.Vectors[TextEncoder])
 	})
 	t.Run("A1111 string_to_param", func(t *testing.T) {
-		_, err := LoadEmbedding(torchSave(t, "style.pt", []entry{{key: "string_to_param", dict: []entry{{key: "*", tensor: emb}}}}))
+		e, err := LoadEmbedding(torchSave(t, "style.pt", []entry{{key: "string_to_param", dict: []entry{{key: "*", tensor: emb}}}}))
+		require.NoError(t, err)
+		assert.Equal(t, "style", e.Token)
+		assert.Equal(t, Vectors{2, 16, seq(32)}, e.Vectors[TextEncoder])
+	})
+	t.Run("A1111 string_to_param with two tensors", func(t *testing.T) {
+		_, err := LoadEmbedding(torchSave(t, "two.pt", []entry{{key: "string_to_param", dict: []entry{{key: "*", tensor: emb}, {key: "+", tensor: emb}}}}))
 		assert.ErrorIs(t, err, modelfile.ErrUnsupported)
-		assert.ErrorContains(t, err, "string_to_param")
+		assert.ErrorContains(t, err, "2 tensors in string_to_param")
 	})
 }

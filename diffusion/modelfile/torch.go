@@ -20,7 +20,8 @@ import (
 // nothing. The weights are the dict under "state_dict" when the top-level
 // dict has one (PyTorch Lightning checkpoints), or under "params_ema" or
 // "params" (BasicSR's, as Real-ESRGAN's .pth files), else the top-level dict
-// itself; its non-tensor entries are skipped, except that an object of any
+// itself; tensors in dicts nested in it are named "outer.inner", its other
+// non-tensor entries are skipped, except that an object of any
 // class other than a tensor is refused, naming the class. Everything else
 // in the file (optimizer states, callbacks, hyper-parameters) is never
 // looked at beyond parsing.
@@ -140,15 +141,35 @@ func stateDict(top any) ([]stateDictEntry, error) {
 			}
 		}
 	}
+	return dictTensors(d, "", 0)
+}
+
+// dictTensors lists the tensors of d, and of the dicts nested in it under
+// "outer.inner" names (AUTOMATIC1111's embeddings keep theirs in
+// {"string_to_param": {"*": tensor}}); other values (numbers, strings) are skipped.
+func dictTensors(d *pyDict, prefix string, depth int) ([]stateDictEntry, error) {
+	if depth > 4 {
+		return nil, fmt.Errorf("dicts nested more than 4 deep under %q", prefix)
+	}
 	var out []stateDictEntry
 	for i, k := range d.keys {
 		name, ok := k.(string)
+		if !ok && depth > 0 {
+			continue // not a dict of named tensors (an optimizer's state keyed by int)
+		}
 		if !ok {
 			return nil, fmt.Errorf("state dict key of type %s, want str", pyTypeName(k))
 		}
+		name = prefix + name
 		switch v := d.values[i].(type) {
 		case *pendingTensor:
 			out = append(out, stateDictEntry{name: name, tensor: v})
+		case *pyDict:
+			inner, err := dictTensors(v, name+".", depth+1)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, inner...)
 		case *pyObject:
 			return nil, fmt.Errorf("state dict entry %q is an instance of %s, not a tensor; refusing it", name, v.class)
 		case *pyGlobal:

@@ -105,6 +105,16 @@ sd_packed_weight_t *sd_packed_weight_new(sd_pool_t *pool, const sd_cpu_kernels_t
     return p;
 }
 
+bool sd_packed_weight_repack(sd_pool_t *pool, const sd_cpu_kernels_t *kern, sd_packed_weight_t *p,
+                             const void *w, int32_t dtype, int64_t rows, int64_t k, bool as_b) {
+    if (p == NULL || p->dtype != dtype || p->rows != rows || p->k != k || p->as_b != as_b)
+        return false;
+    const int64_t width = as_b ? kern->nr : kern->mr;
+    pack_weight_job_t job = {kern, w, p->data, dtype, as_b, rows, k, width, p->padded};
+    sd_pool_run(pool, p->padded / width, pack_weight_task, &job);
+    return true;
+}
+
 void sd_packed_weight_free(sd_packed_weight_t *p) {
     if (p == NULL) return;
     free(p->data);

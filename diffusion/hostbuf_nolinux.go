@@ -1,0 +1,5 @@
+//go:build unix && !linux
+
+package diffusion
+
+func madviseHuge([]byte) error { return nil }

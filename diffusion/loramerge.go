@@ -1,0 +1,186 @@
+package diffusion
+
+import (
+	"fmt"
+	"slices"
+	"unsafe"
+
+	"github.com/gosd/gosd/binding"
+	"github.com/gosd/gosd/diffusion/lora"
+	"github.com/gosd/gosd/diffusion/modelfile"
+)
+
+// mergeLoRAs computes the float32 patched weights of one network. Plain LoRA / LoCon
+// updates, nearly every adapter in use, are low-rank products: W' = W + s·up@down runs as
+// the runtime's float32 GEMM (a linear op with the base weight as its residual), which
+// is what makes switching adapters on a full-size model take about a second instead of
+// the minutes of lora.PatchWeight's float64 loops; those (LoHa, LoKr, Tucker cores,
+// DoRA) stay on lora.PatchWeight. Uses e's context, which the caller holds.
+//
+// The merged data of a weight goes into the memory reuse returns for it (the float32
+// buffer of its current patch: the runtime only reads it during calls, which the caller
+// excludes) or else into a new hostBuffer, returned for the caller to free once the
+// runtime no longer reads it (also on error). reused reports whether any was overwritten.
+func (e *engine) mergeLoRAs(base map[string]modelfile.Tensor, patches []lora.Patch, reuse func(name string) []byte) (_ map[string]modelfile.Tensor, _ []hostBuffer, reused bool, _ error) {
+	out := make(map[string]modelfile.Tensor, len(patches))
+	var bufs []hostBuffer
+	scratch := &mergeScratch{e: e, tensors: map[scratchKey]binding.Tensor{}}
+	defer scratch.free()
+	for _, p := range patches {
+		t := base[p.Weight]
+		lowRank := true
+		for _, u := range p.Updates {
+			_, _, _, ok, err := u.Module.LowRank()
+			if err != nil {
+				return nil, bufs, reused, fmt.Errorf("%s: %w", u.File, err)
+			}
+			lowRank = lowRank && ok
+		}
+		size := 4 * int(numel(t.Shape))
+		dst := reuse(p.Weight)
+		if len(dst) == size {
+			reused = true
+		} else {
+			buf, err := newHostBuffer(size)
+			if err != nil {
+				return nil, bufs, reused, err
+			}
+			bufs = append(bufs, buf)
+			dst = buf.b
+		}
+		var err error
+		if lowRank {
+			err = scratch.mergeLowRank(t, p.Updates, dst)
+		} else {
+			var m modelfile.Tensor
+			if m, err = lora.PatchWeight(t, p.Updates, modelfile.F32); err == nil {
+				copy(dst, m.Data)
+			}
+		}
+		if err != nil {
+			return nil, bufs, reused, fmt.Errorf("merging LoRAs into %s: %w", p.Weight, err)
+		}
+		out[p.Weight] = modelfile.Tensor{Name: t.Name, DType: modelfile.F32, Shape: slices.Clone(t.Shape), Data: dst}
+	}
+	return out, bufs, reused, nil
+}
+
+func numel(shape []int64) int64 {
+	n := int64(1)
+	for _, d := range shape {
+		n *= d
+	}
+	return n
+}
+
+// mergeLowRank is W + Σ s·up@down for one weight t viewed as [out, cols], in float32:
+// acc (1, out, cols) starts as t converted, then each update is one linear op
+// acc = x·w^T + acc with x = s·up (1, out, r) and w = down^T (cols, r).
+func (m *mergeScratch) mergeLowRank(t modelfile.Tensor, updates []lora.Update, dst []byte) error {
+	lib, ctx := m.e.lib, m.e.ctx
+	rows := t.Shape[0]
+	cols := int64(1)
+	for _, d := range t.Shape[1:] {
+		cols *= d
+	}
+	tensor := m.tensor
+	acc, err := tensor("acc", binding.F32, 1, rows, cols)
+	if err != nil {
+		return err
+	}
+	w := weightOf(t.Name, t)
+	if w.DType == binding.F32 {
+		err = lib.TensorUpload(ctx, acc, t.Data)
+	} else {
+		var src binding.Tensor
+		if src, err = tensor("base", w.DType, 1, rows, cols); err == nil {
+			if err = lib.TensorUpload(ctx, src, t.Data); err == nil {
+				err = lib.OpConvert(ctx, acc, src)
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	params := lib.DefaultLinearParams()
+	for _, u := range updates {
+		up, down, r, _, err := u.Module.LowRank()
+		if err != nil {
+			return err
+		}
+		if int64(len(up)) != rows*int64(r) || int64(len(down)) != int64(r)*cols {
+			return fmt.Errorf("%s: module %s is [%d, %d] @ [%d, %d], the weight [%d, %d]",
+				u.File, u.Module.Key, len(up)/max(r, 1), r, r, len(down)/max(r, 1), rows, cols)
+		}
+		s := float32(u.Scale)
+		for i := range up {
+			up[i] *= s
+		}
+		downT := make([]float32, len(down))
+		for k := range r {
+			for j := range cols {
+				downT[j*int64(r)+int64(k)] = down[int64(k)*cols+j]
+			}
+		}
+		x, err := tensor("up", binding.F32, 1, rows, int64(r))
+		if err != nil {
+			return err
+		}
+		wt, err := tensor("down", binding.F32, cols, int64(r))
+		if err != nil {
+			return err
+		}
+		if err := lib.TensorUpload(ctx, x, f32Bytes(up)); err != nil {
+			return err
+		}
+		if err := lib.TensorUpload(ctx, wt, f32Bytes(downT)); err != nil {
+			return err
+		}
+		if err := lib.OpLinear(ctx, acc, x, wt, 0, acc, &params); err != nil {
+			return err
+		}
+	}
+	return lib.TensorDownload(ctx, acc, dst)
+}
+
+// f32Bytes views float32s as their bytes (little-endian hosts, as the runtime).
+func f32Bytes(v []float32) []byte {
+	if len(v) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
+}
+
+// mergeScratch keeps the runtime tensors of a merge, one per role, dtype and shape: a
+// network has few distinct weight shapes, and reusing them saves an allocation (and the
+// first-touch faults of fresh memory) per weight.
+type mergeScratch struct {
+	e       *engine
+	tensors map[scratchKey]binding.Tensor
+}
+
+type scratchKey struct {
+	role       string
+	dtype      binding.DType
+	rows, cols int64
+}
+
+// tensor returns the scratch tensor of a role (distinct tensors of one call need
+// distinct roles) with the dtype and shape (1, rows, cols) or, for 2-D shapes, (rows, cols).
+func (m *mergeScratch) tensor(role string, dt binding.DType, shape ...int64) (binding.Tensor, error) {
+	k := scratchKey{role, dt, shape[len(shape)-2], shape[len(shape)-1]}
+	if x, ok := m.tensors[k]; ok {
+		return x, nil
+	}
+	x, err := m.e.lib.TensorNew(m.e.ctx, dt, shape...)
+	if err == nil {
+		m.tensors[k] = x
+	}
+	return x, err
+}
+
+func (m *mergeScratch) free() {
+	for _, x := range m.tensors {
+		m.e.lib.TensorFree(m.e.ctx, x)
+	}
+}

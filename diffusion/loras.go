@@ -1,0 +1,353 @@
+package diffusion
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"unsafe"
+
+	"github.com/gosd/gosd/binding"
+	"github.com/gosd/gosd/diffusion/lora"
+	"github.com/gosd/gosd/diffusion/modelfile"
+)
+
+// LoRA is an adapter (LoRA, LoCon, LoHa, LoKr, DoRA; kohya / AUTOMATIC1111 or diffusers /
+// PEFT keys; .safetensors, .pt, .ckpt) merged into the model's weights for a request.
+type LoRA struct {
+	Path string
+	// Scale multiplies the adapter's update of both networks; 0 means 1 (AUTOMATIC1111's
+	// default multiplier). To leave an adapter out, leave it out of the list.
+	Scale float64
+	// UNetScale and TextScale, when set, replace Scale for the UNet or the text encoder
+	// (AUTOMATIC1111's unet and te multipliers); 0 there leaves that network unpatched.
+	UNetScale, TextScale *float64
+}
+
+// scales are the resolved multipliers of the UNet and the text encoder.
+func (l LoRA) scales() (unet, text float64) {
+	s := l.Scale
+	if s == 0 {
+		s = 1
+	}
+	unet, text = s, s
+	if l.UNetScale != nil {
+		unet = *l.UNetScale
+	}
+	if l.TextScale != nil {
+		text = *l.TextScale
+	}
+	return unet, text
+}
+
+// AppliedLoRA is an adapter a generation ran with, as Params reports it.
+type AppliedLoRA struct {
+	// Name is the file's base name without extension, AUTOMATIC1111's network name.
+	Name string
+	Path string
+	// Hash is AUTOMATIC1111's short hash of the file (12 hex digits; for .safetensors
+	// the SHA-256 of everything after the header, else of the whole file).
+	Hash                 string
+	UNetScale, TextScale float64
+}
+
+// checkLoRAs validates what a request can be checked for before its turn: paths given,
+// scales finite.
+func checkLoRAs(ls []LoRA) error {
+	for i, l := range ls {
+		u, t := l.scales()
+		switch {
+		case l.Path == "":
+			return invalid("LoRA %d has no path", i)
+		case math.IsNaN(u) || math.IsInf(u, 0) || math.IsNaN(t) || math.IsInf(t, 0):
+			return invalid("LoRA %s: scales must be finite (unet %v, text %v)", l.Path, u, t)
+		}
+	}
+	return nil
+}
+
+// loraKey identifies a set of adapters at their scales: the weights are only patched
+// again when the key changes (so a file rewritten on disk under the same path is read
+// again only after a request with another set).
+func loraKey(ls []LoRA) string {
+	var b strings.Builder
+	for _, l := range ls {
+		u, t := l.scales()
+		if u == 0 && t == 0 {
+			continue
+		}
+		abs, err := filepath.Abs(l.Path)
+		if err != nil {
+			abs = l.Path
+		}
+		fmt.Fprintf(&b, "%q %s %s\n", abs, strconv.FormatFloat(u, 'g', -1, 64), strconv.FormatFloat(t, 'g', -1, 64))
+	}
+	return b.String()
+}
+
+// loraState is the adapter set merged into the weights of one share group's networks:
+// the weights are a property of the loaded model, so every Pipeline of the share (see
+// Clone) runs with the set the last switch installed. Generations hold mu for reading
+// while they run with the installed set; a generation that needs another set takes mu
+// for writing, which waits for every running generation of the share, patches, and runs
+// under the write lock (so that it cannot be switched away before its turn).
+type loraState struct {
+	mu sync.RWMutex
+	// key is the installed set (loraKey; "" for the base weights). broken marks a failed
+	// switch: the native weights are a mix, and the next switch rewrites all of patched.
+	key    string
+	broken bool
+	// patched names the weights of each network that hold patched values, with their
+	// float32 data, which the runtime reads: in bufs (hostBuffers, pinned where they are
+	// Go memory), freed when a switch replaces them.
+	patched map[string]map[string]modelfile.Tensor
+	applied []AppliedLoRA
+	pins    []*runtime.Pinner
+	bufs    []hostBuffer
+	hashes  map[string]string // short hashes by path
+}
+
+// unpin releases the patches' memory; the networks must be freed or no longer read it.
+func (s *loraState) unpin() {
+	for _, p := range s.pins {
+		p.Unpin()
+	}
+	for _, b := range s.bufs {
+		b.free()
+	}
+	s.pins, s.bufs = nil, nil
+}
+
+// withLoRAs runs call with the engine's networks holding the adapter set ls, switching
+// the share's weights when they hold another set. It returns what was applied.
+func (p *Pipeline) withLoRAs(ls []LoRA, call func(applied []AppliedLoRA) error) error {
+	s := &p.eng.share.lora
+	want := loraKey(ls)
+	s.mu.RLock()
+	if s.key == want && !s.broken {
+		defer s.mu.RUnlock()
+		return call(s.applied)
+	}
+	s.mu.RUnlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.key != want || s.broken {
+		if err := p.switchLoRAs(s, ls, want); err != nil {
+			return err
+		}
+	}
+	return call(s.applied)
+}
+
+// switchLoRAs installs the set ls (key want) in place of the installed one: it merges the
+// new set into the base weights (float32, see mergeLoRAs), restores the weights only the old set patched
+// from the model's files, and replaces exactly those in the native networks (a repack of
+// the GEMM weights on the CPU, an upload on the GPU). The caller holds s.mu for writing.
+func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
+	var files []*lora.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	var applied []AppliedLoRA
+	var unetSet, textSet []lora.Scaled
+	for _, l := range ls {
+		u, t := l.scales()
+		if u == 0 && t == 0 {
+			continue
+		}
+		f, err := lora.Load(l.Path)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return invalid("LoRA %s: %v", l.Path, err)
+			}
+			return err
+		}
+		files = append(files, f)
+		if err := f.CheckComponents(lora.UNet, lora.TextEncoder); err != nil {
+			return err
+		}
+		if u != 0 {
+			unetSet = append(unetSet, lora.Scaled{File: f, Scale: u})
+		}
+		if t != 0 {
+			textSet = append(textSet, lora.Scaled{File: f, Scale: t})
+		}
+		hash, err := s.shortHash(l.Path)
+		if err != nil {
+			return err
+		}
+		name := strings.TrimSuffix(filepath.Base(l.Path), filepath.Ext(l.Path))
+		applied = append(applied, AppliedLoRA{Name: name, Path: l.Path, Hash: hash, UNetScale: u, TextScale: t})
+	}
+	nets := []struct {
+		component string
+		base      map[string]modelfile.Tensor
+		model     binding.Model
+		set       []lora.Scaled
+	}{
+		{lora.UNet, p.model.UNet.Tensors, p.eng.unet, unetSet},
+		{lora.TextEncoder, p.model.TextEncoder.Tensors, p.eng.clip, textSet},
+	}
+	// Match everything, then merge everything, before touching the networks: a misfit
+	// fails with them unchanged.
+	plans := make([][]lora.Patch, len(nets))
+	for i, n := range nets {
+		if len(n.set) == 0 {
+			continue
+		}
+		var err error
+		if plans[i], err = lora.Plan(n.base, n.component, n.set...); err != nil {
+			return err
+		}
+	}
+	// A weight both sets patch is merged into the buffer of its current patch (no new
+	// memory to fault in); the others into new buffers.
+	patches := make([]map[string]modelfile.Tensor, len(nets))
+	var bufs []hostBuffer
+	kept := map[*byte]bool{}
+	for i, n := range nets {
+		old := s.patched[n.component]
+		reuse := func(name string) []byte {
+			if t, ok := old[name]; ok && !s.broken {
+				kept[&t.Data[0]] = true
+				return t.Data
+			}
+			return nil
+		}
+		var b []hostBuffer
+		var reused bool
+		var err error
+		patches[i], b, reused, err = p.eng.mergeLoRAs(n.base, plans[i], reuse)
+		bufs = append(bufs, b...)
+		if err != nil {
+			for _, b := range bufs {
+				b.free()
+			}
+			// Overwritten patches may disagree with what the runtime packed from them.
+			s.broken = s.broken || reused || len(kept) > 0
+			return err
+		}
+	}
+	if s.patched == nil {
+		s.patched = map[string]map[string]modelfile.Tensor{}
+	}
+	pin := &runtime.Pinner{}
+	for i, n := range nets {
+		old := s.patched[n.component]
+		var ws []binding.Weight
+		for name, t := range patches[i] {
+			pin.Pin(&t.Data[0])
+			ws = append(ws, weightOf(name, t))
+		}
+		for name := range old {
+			if _, again := patches[i][name]; !again {
+				ws = append(ws, weightOf(name, n.base[name]))
+			}
+		}
+		if len(ws) == 0 {
+			continue
+		}
+		if err := p.eng.lib.ModelSetWeights(p.eng.ctx, n.model, ws); err != nil {
+			// Some weights may hold new values, others old ones: remember every weight
+			// either set touches and keep both sets' data pinned until a switch succeeds.
+			for name, t := range patches[i] {
+				if old == nil {
+					old = map[string]modelfile.Tensor{}
+					s.patched[n.component] = old
+				}
+				old[name] = t
+			}
+			s.pins = append(s.pins, pin)
+			s.bufs = append(s.bufs, bufs...)
+			s.broken = true
+			return fmt.Errorf("applying LoRAs: %w", err)
+		}
+		s.patched[n.component] = patches[i]
+	}
+	for _, b := range s.bufs {
+		if len(b.b) > 0 && kept[&b.b[0]] {
+			bufs = append(bufs, b)
+		} else {
+			b.free()
+		}
+	}
+	for _, p := range s.pins {
+		p.Unpin()
+	}
+	s.pins, s.bufs = []*runtime.Pinner{pin}, bufs
+	s.key, s.broken, s.applied = want, false, applied
+	return nil
+}
+
+// weightOf describes a tensor for the runtime: base weights view the model's mapped
+// files, patched ones pinned Go memory.
+func weightOf(name string, t modelfile.Tensor) binding.Weight {
+	dt := binding.F32
+	switch t.DType {
+	case modelfile.F16:
+		dt = binding.F16
+	case modelfile.BF16:
+		dt = binding.BF16
+	}
+	return binding.Weight{Name: name, DType: dt, Shape: t.Shape, Data: unsafe.Pointer(&t.Data[0])}
+}
+
+// shortHash is AUTOMATIC1111's short hash of an adapter file (its "Lora hashes"): the
+// first 12 hex digits of the SHA-256 of a .safetensors file's tensor data (what follows
+// the 8-byte length and the JSON header; kohya's sd-scripts' "addnet" hash), or of a
+// whole other file. Cached by path, size and modification time.
+func (s *loraState) shortHash(path string) (string, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer fh.Close()
+	st, err := fh.Stat()
+	if err != nil {
+		return "", err
+	}
+	key := fmt.Sprintf("%s\x00%d\x00%d", path, st.Size(), st.ModTime().UnixNano())
+	if h, ok := s.hashes[key]; ok {
+		return h, nil
+	}
+	if strings.EqualFold(filepath.Ext(path), ".safetensors") {
+		var n [8]byte
+		if _, err := io.ReadFull(fh, n[:]); err != nil {
+			return "", fmt.Errorf("%s: %w", path, err)
+		}
+		if _, err := fh.Seek(int64(binary.LittleEndian.Uint64(n[:]))+8, io.SeekStart); err != nil {
+			return "", fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, fh); err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))[:12]
+	if s.hashes == nil {
+		s.hashes = map[string]string{}
+	}
+	s.hashes[key] = sum
+	return sum, nil
+}
+
+// loraHashes is AUTOMATIC1111's "Lora hashes" value: "name: hash" pairs joined by ", "
+// (quoted as a whole by A1111's field quoting).
+func loraHashes(ls []AppliedLoRA) string {
+	parts := make([]string, len(ls))
+	for i, l := range ls {
+		parts[i] = l.Name + ": " + l.Hash
+	}
+	return strings.Join(parts, ", ")
+}
