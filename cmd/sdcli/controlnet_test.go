@@ -1,14 +1,11 @@
 package main
 
 import (
-	"image/color"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 
-	"github.com/gosd/gosd/diffusion/modelfile"
 	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -78,22 +75,8 @@ func TestTxt2ImgControlNetMatchesDiffusers(t *testing.T) {
 			require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
 
 			img, params := pngParameters(t, out)
-			f, err := modelfile.OpenSafetensors(filepath.Join(kit, "controlnet-"+run.name+".safetensors"))
-			require.NoError(t, err)
-			defer f.Close()
-			golden, ok := f.Tensor("image")
-			require.True(t, ok)
-			ref, err := golden.Float32s()
-			require.NoError(t, err)
-			var worst float64
-			for y := 0; y < 64; y++ {
-				for x := 0; x < 64; x++ {
-					c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
-					for ch, v := range []uint8{c.R, c.G, c.B} {
-						worst = math.Max(worst, math.Abs(float64(v)-255*float64(ref[ch*64*64+y*64+x])))
-					}
-				}
-			}
+			ref := kitImage(t, filepath.Join(kit, "controlnet-"+run.name+".safetensors"))
+			worst := maxPixelError(t, img, ref)
 			t.Logf("max |pixel - 255 ref| = %.3f", worst)
 			assert.LessOrEqual(t, worst, 2.0, "2/255 per pixel")
 

@@ -8,7 +8,6 @@ import (
 	"image/color"
 	"image/jpeg"
 	"image/png"
-	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -19,7 +18,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/gosd/gosd/diffusion/modelfile"
 	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -161,23 +159,8 @@ func TestTxt2ImgMatchesDiffusers(t *testing.T) {
 	assert.Equal(t, "a red apple on a table\nNegative prompt: blurry\n"+
 		"Steps: 6, Sampler: DDIM, CFG scale: 7.5, Seed: 50, Size: 64x64, Model: diffusers, RNG: CPU, Version: gosd", params)
 
-	f, err := modelfile.OpenSafetensors(filepath.Join(testutil.ConformanceDir(t), "sd1-tiny", "txt2img-ddim.safetensors"))
-	require.NoError(t, err)
-	defer f.Close()
-	golden, ok := f.Tensor("image")
-	require.True(t, ok)
-	require.Equal(t, []int64{1, 3, 64, 64}, golden.Shape)
-	ref, err := golden.Float32s()
-	require.NoError(t, err)
-	var worst float64
-	for y := 0; y < 64; y++ {
-		for x := 0; x < 64; x++ {
-			c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
-			for ch, v := range []uint8{c.R, c.G, c.B} {
-				worst = math.Max(worst, math.Abs(float64(v)-255*float64(ref[ch*64*64+y*64+x])))
-			}
-		}
-	}
+	ref := kitImage(t, filepath.Join(testutil.ConformanceDir(t), "sd1-tiny", "txt2img-ddim.safetensors"))
+	worst := maxPixelError(t, img, ref)
 	t.Logf("max |pixel - 255 ref| = %.3f", worst)
 	assert.LessOrEqual(t, worst, 0.51)
 }
@@ -337,13 +320,7 @@ func TestImg2ImgAndInpaint(t *testing.T) {
 func TestTxt2ImgSDXLMatchesDiffusers(t *testing.T) {
 	_, rt := tinyModel(t)
 	model := filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "diffusers")
-	f, err := modelfile.OpenSafetensors(filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "txt2img-euler-prompt2.safetensors"))
-	require.NoError(t, err)
-	defer f.Close()
-	golden, ok := f.Tensor("image")
-	require.True(t, ok)
-	ref, err := golden.Float32s()
-	require.NoError(t, err)
+	ref := kitImage(t, filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "txt2img-euler-prompt2.safetensors"))
 	for _, c := range []struct {
 		name  string
 		extra []string
@@ -356,15 +333,7 @@ func TestTxt2ImgSDXLMatchesDiffusers(t *testing.T) {
 			require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
 			img, _ := pngParameters(t, out)
 			require.Equal(t, image.Rect(0, 0, 64, 64), img.Bounds())
-			var worst float64
-			for y := 0; y < 64; y++ {
-				for x := 0; x < 64; x++ {
-					c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
-					for ch, v := range []uint8{c.R, c.G, c.B} {
-						worst = math.Max(worst, math.Abs(float64(v)-255*float64(ref[ch*64*64+y*64+x])))
-					}
-				}
-			}
+			worst := maxPixelError(t, img, ref)
 			t.Logf("max |pixel - 255 ref| = %.3f", worst)
 			assert.LessOrEqual(t, worst, 2.0)
 		})
@@ -383,28 +352,14 @@ func TestTxt2ImgSDXLMatchesDiffusers(t *testing.T) {
 func TestTxt2ImgSDXLSingleFile(t *testing.T) {
 	_, rt := tinyModel(t)
 	single := filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "sdxl-tiny-single-file.safetensors")
-	f, err := modelfile.OpenSafetensors(filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "txt2img-euler.safetensors"))
-	require.NoError(t, err)
-	defer f.Close()
-	golden, ok := f.Tensor("image")
-	require.True(t, ok)
-	ref, err := golden.Float32s()
-	require.NoError(t, err)
+	ref := kitImage(t, filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "txt2img-euler.safetensors"))
 	out := filepath.Join(t.TempDir(), "apple.png")
 	r := runArgs(t, slices.Concat([]string{"txt2img", "-m", single, "--text-heads", "2,2", "--unet-heads", "2,2,4",
 		"-p", "a red apple on a table", "-n", "blurry", "-W", "64", "-H", "64", "--steps", "6", "--cfg", "5",
 		"--sampler", "euler", "--seed", "50", "--rng", "cpu", "-o", out}, rt)...)
 	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
 	img, _ := pngParameters(t, out)
-	var worst float64
-	for y := 0; y < 64; y++ {
-		for x := 0; x < 64; x++ {
-			c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
-			for ch, v := range []uint8{c.R, c.G, c.B} {
-				worst = math.Max(worst, math.Abs(float64(v)-255*float64(ref[ch*64*64+y*64+x])))
-			}
-		}
-	}
+	worst := maxPixelError(t, img, ref)
 	t.Logf("max |pixel - 255 ref| = %.3f", worst)
 	assert.LessOrEqual(t, worst, 2.0)
 

@@ -1,15 +1,12 @@
 package main
 
 import (
-	"image/color"
-	"math"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"testing"
 
-	"github.com/gosd/gosd/diffusion/modelfile"
 	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -54,13 +51,7 @@ func TestParseLoRAFlag(t *testing.T) {
 func TestTxt2ImgLoRAMatchesDiffusers(t *testing.T) {
 	model, rt := tinyModel(t)
 	dir := filepath.Join(testutil.ConformanceDir(t), "lora")
-	f, err := modelfile.OpenSafetensors(filepath.Join(dir, "txt2img-ddim-lora-kohya-0.8.safetensors"))
-	require.NoError(t, err)
-	defer f.Close()
-	golden, ok := f.Tensor("image")
-	require.True(t, ok)
-	ref, err := golden.Float32s()
-	require.NoError(t, err)
+	ref := kitImage(t, filepath.Join(dir, "txt2img-ddim-lora-kohya-0.8.safetensors"))
 	for _, tc := range []struct {
 		name   string
 		prompt string
@@ -78,15 +69,7 @@ func TestTxt2ImgLoRAMatchesDiffusers(t *testing.T) {
 			require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
 			img, params := pngParameters(t, out)
 			assert.Regexp(t, regexp.MustCompile(`(?s)^`+regexp.QuoteMeta(tc.prompt)+`\n.*, Lora hashes: "`+tc.hashOf+`: [0-9a-f]{12}", `), params)
-			var worst float64
-			for y := range 64 {
-				for x := range 64 {
-					c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
-					for ch, v := range []uint8{c.R, c.G, c.B} {
-						worst = math.Max(worst, math.Abs(float64(v)-255*float64(ref[ch*64*64+y*64+x])))
-					}
-				}
-			}
+			worst := maxPixelError(t, img, ref)
 			t.Logf("max |pixel - 255 ref| = %.3f", worst)
 			assert.LessOrEqual(t, worst, 2.0)
 		})
@@ -96,6 +79,6 @@ func TestTxt2ImgLoRAMatchesDiffusers(t *testing.T) {
 	r := runArgs(t, slices.Concat([]string{"txt2img", "-m", model, "--steps", "1", "--lora", filepath.Join(dir, "none.safetensors"), "-o", out}, rt)...)
 	assert.Equal(t, exitUsage, r.code)
 	assert.Contains(t, r.stderr, "none.safetensors")
-	_, err = os.Stat(out)
+	_, err := os.Stat(out)
 	assert.True(t, os.IsNotExist(err))
 }

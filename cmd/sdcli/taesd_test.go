@@ -2,13 +2,10 @@ package main
 
 import (
 	"image"
-	"image/color"
-	"math"
 	"path/filepath"
 	"slices"
 	"testing"
 
-	"github.com/gosd/gosd/diffusion/modelfile"
 	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -27,22 +24,8 @@ func TestTxt2ImgTAESDDecoder(t *testing.T) {
 	img, _ := pngParameters(t, out)
 	require.Equal(t, image.Rect(0, 0, 64, 64), img.Bounds())
 
-	f, err := modelfile.OpenSafetensors(filepath.Join(kit, "taesd-tiny", "txt2img-ddim-taesd.safetensors"))
-	require.NoError(t, err)
-	defer f.Close()
-	golden, ok := f.Tensor("image")
-	require.True(t, ok)
-	ref, err := golden.Float32s()
-	require.NoError(t, err)
-	var worst float64
-	for y := 0; y < 64; y++ {
-		for x := 0; x < 64; x++ {
-			c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
-			for ch, v := range []uint8{c.R, c.G, c.B} {
-				worst = math.Max(worst, math.Abs(float64(v)-255*float64(ref[ch*64*64+y*64+x])))
-			}
-		}
-	}
+	ref := kitImage(t, filepath.Join(kit, "taesd-tiny", "txt2img-ddim-taesd.safetensors"))
+	worst := maxPixelError(t, img, ref)
 	t.Logf("max |pixel - 255 ref| = %.3f", worst)
 	assert.LessOrEqual(t, worst, 2.0)
 }
