@@ -409,28 +409,38 @@ func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (
 	if _, _, err := p.codecs(req); err != nil {
 		return nil, err
 	}
-	if err := p.acquire(ctx); err != nil {
+	var res *Result
+	err = p.runLocked(ctx, func(ctx context.Context) error {
+		return p.withLoRAs(req.LoRAs, func(applied []AppliedLoRA) (err error) {
+			par.LoRAs = applied
+			res, err = p.generateLocked(ctx, req, par, sched, init)
+			return err
+		})
+	})
+	if err != nil {
 		return nil, err
 	}
+	res.Params.Prompt = prompt
+	return res, nil
+}
+
+// runLocked runs work on the pipeline's native context: it waits for its turn (giving up
+// when ctx ends), and the context work gets ends with ctx or when Close interrupts it,
+// which work's error then reports as ErrClosed.
+func (p *Pipeline) runLocked(ctx context.Context, work func(context.Context) error) error {
+	if err := p.acquire(ctx); err != nil {
+		return err
+	}
 	defer p.release()
-	// The call stops when its own context ends or when Close interrupts it.
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stop := context.AfterFunc(p.closing, func() { cancel(ErrClosed) })
 	defer stop()
-	var res *Result
-	err = p.withLoRAs(req.LoRAs, func(applied []AppliedLoRA) (err error) {
-		par.LoRAs = applied
-		res, err = p.generateLocked(runCtx, req, par, sched, init)
-		return err
-	})
-	if res != nil {
-		res.Params.Prompt = prompt
-	}
+	err := work(runCtx)
 	if err != nil && errors.Is(context.Cause(runCtx), ErrClosed) {
-		return nil, ErrClosed
+		return ErrClosed
 	}
-	return res, err
+	return err
 }
 
 func (p *Pipeline) generateLocked(ctx context.Context, req Request, par Params, sched schedule.Scheduler, init *initImage) (*Result, error) {

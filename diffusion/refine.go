@@ -2,7 +2,6 @@ package diffusion
 
 import (
 	"context"
-	"errors"
 	"math"
 	"time"
 )
@@ -89,20 +88,22 @@ func (p *Pipeline) Txt2ImgRefined(ctx context.Context, req Request, refiner *Pip
 
 	began := time.Now()
 	var tm Timings
-	x, err := p.stageLocked(ctx, func(ctx context.Context) ([]float32, error) {
+	var x []float32
+	err = p.runLocked(ctx, func(ctx context.Context) error {
 		dn, err := p.denoise(ctx, req, par, sched, nil, &stage{end: baseEnd}, &tm)
-		return dn.x, err
+		x = dn.x
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	res := &Result{Params: rpar}
-	_, err = refiner.stageLocked(ctx, func(ctx context.Context) ([]float32, error) {
+	err = refiner.runLocked(ctx, func(ctx context.Context) error {
 		dn, err := refiner.denoise(ctx, req, rpar, rsched, nil, &stage{from: x, first: refinerFirst}, &tm)
 		if err == nil {
 			res.Images, err = refiner.decodeImages(ctx, dn, req, rpar, &tm)
 		}
-		return nil, err
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -118,22 +119,4 @@ func (p *Pipeline) Txt2ImgRefined(ctx context.Context, req Request, refiner *Pip
 func handOverTimestep(start float64, trainTimesteps int) float64 {
 	t := float64(trainTimesteps)
 	return math.RoundToEven(t - start*t) // Python's round: halves to even
-}
-
-// stageLocked runs one stage on the pipeline's native context: it waits for its turn and
-// stops when ctx ends or the pipeline closes, as generate does.
-func (p *Pipeline) stageLocked(ctx context.Context, run func(context.Context) ([]float32, error)) ([]float32, error) {
-	if err := p.acquire(ctx); err != nil {
-		return nil, err
-	}
-	defer p.release()
-	runCtx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	stop := context.AfterFunc(p.closing, func() { cancel(ErrClosed) })
-	defer stop()
-	x, err := run(runCtx)
-	if err != nil && errors.Is(context.Cause(runCtx), ErrClosed) {
-		return nil, ErrClosed
-	}
-	return x, err
 }
