@@ -30,6 +30,31 @@ type goldenFile struct {
 	f *modelfile.File
 }
 
+// assertVAEDecodeGoldens checks the VAE decoder against a kit's vae.decode and vae.decode2
+// (raw latents in, images out).
+func assertVAEDecodeGoldens(t *testing.T, e *engine, g *goldenFile) {
+	t.Helper()
+	for _, d := range []string{"vae.decode", "vae.decode2"} {
+		z, zs := g.floats(d + ".z")
+		ref, _ := g.floats(d + ".out")
+		got, err := e.vaeNet().decode(z, int(zs[0]), int(zs[2]), int(zs[3]))
+		require.NoError(t, err)
+		assertClose(t, d, got, ref)
+	}
+}
+
+// assertVAEEncodeGolden checks the VAE encoder's mean and logvar against a kit's vae.encode.
+func assertVAEEncodeGolden(t *testing.T, e *engine, g *goldenFile) {
+	t.Helper()
+	x, xs := g.floats("vae.encode.x")
+	mean, logvar, err := e.vaeNet().encode(x, int(xs[0]), int(xs[2]), int(xs[3]))
+	require.NoError(t, err)
+	refMean, _ := g.floats("vae.encode.mean")
+	refLogvar, _ := g.floats("vae.encode.logvar")
+	assertClose(t, "vae.encode.mean", mean, refMean)
+	assertClose(t, "vae.encode.logvar", logvar, refLogvar)
+}
+
 func openGolden(t *testing.T, path string) *goldenFile {
 	f, err := modelfile.OpenSafetensors(path)
 	require.NoError(t, err)
@@ -120,20 +145,8 @@ func TestComponentsMatchDiffusers(t *testing.T) {
 				require.NoError(t, err)
 				assertClose(t, u, got, ref)
 			}
-			for _, d := range []string{"vae.decode", "vae.decode2"} {
-				z, zs := g.floats(d + ".z")
-				ref, _ := g.floats(d + ".out")
-				got, err := e.vaeNet().decode(z, int(zs[0]), int(zs[2]), int(zs[3]))
-				require.NoError(t, err)
-				assertClose(t, d, got, ref)
-			}
-			x, xs := g.floats("vae.encode.x")
-			mean, logvar, err := e.vaeNet().encode(x, int(xs[0]), int(xs[2]), int(xs[3]))
-			require.NoError(t, err)
-			refMean, _ := g.floats("vae.encode.mean")
-			refLogvar, _ := g.floats("vae.encode.logvar")
-			assertClose(t, "vae.encode.mean", mean, refMean)
-			assertClose(t, "vae.encode.logvar", logvar, refLogvar)
+			assertVAEDecodeGoldens(t, e, g)
+			assertVAEEncodeGolden(t, e, g)
 
 			ids := g.ints("clip.ids")
 			refLast, ls := g.floats("clip.last_hidden_state")

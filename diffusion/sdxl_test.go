@@ -265,20 +265,8 @@ func TestSDXLVAEMatchesDiffusers(t *testing.T) {
 	require.True(t, m1.VAE.Config.ForceUpcast)
 	assert.Equal(t, int32(0), sd1.vaeCfg.ForceUpcast)
 	g := openGolden(t, filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "golden.safetensors"))
-	for _, d := range []string{"vae.decode", "vae.decode2"} {
-		z, zs := g.floats(d + ".z")
-		ref, _ := g.floats(d + ".out")
-		got, err := e.vaeNet().decode(z, int(zs[0]), int(zs[2]), int(zs[3]))
-		require.NoError(t, err)
-		assertClose(t, d, got, ref)
-	}
-	x, xs := g.floats("vae.encode.x")
-	mean, logvar, err := e.vaeNet().encode(x, int(xs[0]), int(xs[2]), int(xs[3]))
-	require.NoError(t, err)
-	refMean, _ := g.floats("vae.encode.mean")
-	refLogvar, _ := g.floats("vae.encode.logvar")
-	assertClose(t, "vae.encode.mean", mean, refMean)
-	assertClose(t, "vae.encode.logvar", logvar, refLogvar)
+	assertVAEDecodeGoldens(t, e, g)
+	assertVAEEncodeGolden(t, e, g)
 }
 
 // An SDXL-Turbo-style call: one step, trailing spacing, guidance off. The UNet then gets

@@ -37,13 +37,7 @@ func TestUpscalerComponentsMatchDiffusers(t *testing.T) {
 	g := openGolden(t, filepath.Join(dir, "golden.safetensors"))
 
 	require.Equal(t, 4, e.vaeNet().factor())
-	for _, d := range []string{"vae.decode", "vae.decode2"} {
-		z, zs := g.floats(d + ".z")
-		ref, _ := g.floats(d + ".out")
-		got, err := e.vaeNet().decode(z, int(zs[0]), int(zs[2]), int(zs[3]))
-		require.NoError(t, err)
-		assertClose(t, d, got, ref)
-	}
+	assertVAEDecodeGoldens(t, e, g)
 
 	ids := g.ints("clip.ids")
 	refLast, ls := g.floats("clip.last_hidden_state")
