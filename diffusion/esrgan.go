@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"image"
-	"io"
 	"log/slog"
 	"math"
 	"os"
@@ -97,14 +96,7 @@ func esrganConfig(f *modelfile.File) (binding.ESRGANConfig, int, error) {
 // OpenESRGAN loads an ESRGAN generator (see ESRGAN); of the options, the device, threads,
 // library and logger apply.
 func OpenESRGAN(path string, opts ...Option) (*ESRGAN, error) {
-	var o openOptions
-	for _, opt := range opts {
-		opt(&o)
-	}
-	log := o.logger
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
+	o, log := applyOptions(opts)
 	f, err := modelfile.OpenFile(path)
 	if err != nil {
 		return nil, err

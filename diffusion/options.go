@@ -2,6 +2,7 @@ package diffusion
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 
@@ -89,4 +90,18 @@ func WithSchedulerConfig(path string) Option {
 // WithModelOptions passes further options to modelfile.Load (head counts, variants).
 func WithModelOptions(opts ...modelfile.Option) Option {
 	return func(o *openOptions) { o.model = append(o.model, opts...) }
+}
+
+// applyOptions applies opts and returns them with the logger to use (one that discards
+// when none was given).
+func applyOptions(opts []Option) (openOptions, *slog.Logger) {
+	var o openOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	log := o.logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return o, log
 }

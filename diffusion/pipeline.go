@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"image"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -74,14 +73,7 @@ func OpenContext(ctx context.Context, path string, opts ...Option) (*Pipeline, e
 	if ctx == nil {
 		return nil, invalid("nil context")
 	}
-	var o openOptions
-	for _, opt := range opts {
-		opt(&o)
-	}
-	log := o.logger
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
+	o, log := applyOptions(opts)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
