@@ -142,6 +142,11 @@ func (e *engine) load(ctx context.Context, m *modelfile.Model) error {
 		if err := st.load(ws); err != nil {
 			return err
 		}
+		// The network has packed or uploaded what it reads often: drop the file's pages
+		// now rather than after the last network, so they and the packs of every network
+		// are never resident together (SDXL's load peaked at 12.8 GB so). What is still
+		// read from the file (conv weights on the CPU, embedding rows) faults back in.
+		_ = m.ReleaseMemory() // advice: a failure only leaves the pages resident
 	}
 	return ctx.Err()
 }

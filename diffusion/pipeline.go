@@ -131,11 +131,6 @@ func open(ctx context.Context, m *modelfile.Model, taesd *modelfile.TAESD, o ope
 			return nil, err
 		}
 	}
-	// The runtime has packed or uploaded what it uses often; the file's pages need not
-	// stay resident (what is still read, like embedding rows, faults back in).
-	if err := m.ReleaseMemory(); err != nil {
-		log.Warn("releasing the model's mapped pages", "err", err)
-	}
 	p := &Pipeline{turn: make(chan struct{}, 1), model: m, eng: eng, hash: hashModelFile(m.Path), log: log, taesd: taesd}
 	p.closing, p.stopAll = context.WithCancel(context.Background())
 	if err := p.setup(m, device); err != nil {
