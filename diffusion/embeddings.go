@@ -136,11 +136,12 @@ func fileShortHash(path string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil))[:12], nil
 }
 
-// tiHashes formats AUTOMATIC1111's "TI hashes" field: "name: hash, ...".
+// tiHashes formats AUTOMATIC1111's "TI hashes" field: "name: hash, ...", with ":" and
+// "," taken out of the names as the web UI does.
 func tiHashes(es []AppliedEmbedding) string {
 	parts := make([]string, len(es))
 	for i, e := range es {
-		parts[i] = e.Name + ": " + e.Hash
+		parts[i] = strings.NewReplacer(":", "", ",", "").Replace(e.Name) + ": " + e.Hash
 	}
 	return strings.Join(parts, ", ")
 }
