@@ -211,10 +211,21 @@ func TestEmbeddingErrors(t *testing.T) {
 			assert.ErrorContains(t, err, tt.want)
 		})
 	}
-	// Names that no prompt uses are not loaded.
+	// Names that no prompt uses are not loaded, nor any in plain syntax; files given
+	// by path are found like the folder's.
 	_, used, err := p.requestEmbeddings(Request{Prompt: "a cat", EmbeddingDir: dir})
 	require.NoError(t, err)
 	assert.Empty(t, used)
+	_, used, err = p.requestEmbeddings(Request{Prompt: "a wide cat", EmbeddingDir: dir, PromptSyntax: PromptPlain})
+	require.NoError(t, err)
+	assert.Empty(t, used)
+	other := filepath.Join(t.TempDir(), "other.safetensors")
+	writeEmbedding(t, other, map[string][]float32{"emb_params": randomVectors(9, 3, width)}, 3)
+	embeds, used, err := p.requestEmbeddings(Request{NegativePrompt: "other", Embeddings: []string{other}})
+	require.NoError(t, err)
+	require.Len(t, used, 1)
+	assert.Equal(t, "other", used[0].Name)
+	assert.Equal(t, 3, embeds[0].Vectors[lora.TextEncoder].N)
 	_, _, err = p.requestEmbeddings(Request{Prompt: "a cat", EmbeddingDir: filepath.Join(dir, "missing")})
 	require.ErrorIs(t, err, ErrInvalidRequest)
 }

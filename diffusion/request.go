@@ -177,6 +177,7 @@ type Request struct {
 	// AUTOMATIC1111's web UI, a file's base name written in a prompt or negative prompt
 	// (A1111 syntax) stands for its N vectors, which count toward the 75-token chunks.
 	// SDXL embeddings give clip_l to the first text encoder and clip_g to the second.
+	// PromptPlain reads the names as text.
 	Embeddings   []string
 	EmbeddingDir string
 
