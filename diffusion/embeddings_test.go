@@ -150,40 +150,57 @@ func TestEmbeddingMatchesSubstitutedTokenTable(t *testing.T) {
 
 // A whole txt2img run with an embedding in the negative prompt: unlike the run without
 // the embedding folder (the name read as text), and as the run of the model whose token
-// table holds the vectors at the ids of "dog" and "house", given those words instead.
+// tables hold the vectors at the ids of "dog" and "house", given those words instead.
 func TestEmbeddingInNegativePromptTxt2Img(t *testing.T) {
-	p := openTiny(t, "sd1-tiny")
-	vecs := randomVectors(4, 2, p.eng.clipNet().width())
-	dir := t.TempDir()
-	writeEmbedding(t, filepath.Join(dir, "sub", "bad-hands.safetensors"), map[string][]float32{"emb_params": vecs}, 2)
+	for _, model := range []string{"sd1-tiny", "sdxl-tiny"} {
+		t.Run(model, func(t *testing.T) {
+			p := openTiny(t, model)
+			tensors := map[string][]float32{"emb_params": randomVectors(4, 2, p.eng.clipNet().width())}
+			tables := [][]float32{tensors["emb_params"]}
+			if p.desc.sdxl {
+				tensors = map[string][]float32{"clip_l": randomVectors(5, 2, p.eng.clipNet().width()), "clip_g": randomVectors(6, 2, p.eng.clipNet2().width())}
+				tables = [][]float32{tensors["clip_l"], tensors["clip_g"]}
+			}
+			dir := t.TempDir()
+			path := filepath.Join(dir, "sub", "bad-hands.safetensors")
+			writeEmbedding(t, path, tensors, 2)
 
-	req := kitRequest(DDIM)
-	req.NegativePrompt = "blurry, bad-hands"
-	req.EmbeddingDir = dir
-	with, err := p.Txt2Img(context.Background(), req)
-	require.NoError(t, err)
-	req.EmbeddingDir = ""
-	without, err := p.Txt2Img(context.Background(), req)
-	require.NoError(t, err)
+			req := kitRequest(DDIM)
+			req.NegativePrompt = "blurry, bad-hands"
+			req.EmbeddingDir = dir
+			with, err := p.Txt2Img(context.Background(), req)
+			require.NoError(t, err)
+			req.EmbeddingDir = ""
+			without, err := p.Txt2Img(context.Background(), req)
+			require.NoError(t, err)
 
-	ref := openSubstituted(t, "sd1-tiny", singleTokens(t, p, "dog", "house"), vecs)
-	rreq := kitRequest(DDIM)
-	rreq.NegativePrompt = "blurry, dog house"
-	want, err := ref.Txt2Img(context.Background(), rreq)
-	require.NoError(t, err)
+			ref := openSubstituted(t, model, singleTokens(t, p, "dog", "house"), tables...)
+			rreq := kitRequest(DDIM)
+			rreq.NegativePrompt = "blurry, dog house"
+			want, err := ref.Txt2Img(context.Background(), rreq)
+			require.NoError(t, err)
 
-	d := maxPixelDiff(with.Images[0], want.Images[0])
-	t.Logf("with the embedding vs the substituted table: max pixel diff %.3f levels; vs without: %.1f", d, maxPixelDiff(with.Images[0], without.Images[0]))
-	assert.LessOrEqual(t, d, 2.0, "2/255 per pixel")
-	assert.Greater(t, maxPixelDiff(with.Images[0], without.Images[0]), 2.0)
+			d, d0 := maxPixelDiff(with.Images[0], want.Images[0]), maxPixelDiff(with.Images[0], without.Images[0])
+			t.Logf("with the embedding vs the substituted tables: max pixel diff %.3f levels; vs without: %.1f", d, d0)
+			assert.LessOrEqual(t, d, 2.0, "2/255 per pixel")
+			assert.Greater(t, d0, 2.0)
 
-	hash, err := fileShortHash(filepath.Join(dir, "sub", "bad-hands.safetensors"))
-	require.NoError(t, err)
-	require.Len(t, with.Params.Embeddings, 1)
-	assert.Equal(t, AppliedEmbedding{Name: "bad-hands", Path: filepath.Join(dir, "sub", "bad-hands.safetensors"), Hash: hash}, with.Params.Embeddings[0])
-	assert.Contains(t, with.Params.A1111(0), `TI hashes: "bad-hands: `+hash+`"`)
-	assert.Empty(t, without.Params.Embeddings)
-	assert.NotContains(t, without.Params.A1111(0), "TI hashes")
+			hash, err := fileShortHash(path)
+			require.NoError(t, err)
+			require.Len(t, with.Params.Embeddings, 1)
+			assert.Equal(t, AppliedEmbedding{Name: "bad-hands", Path: path, Hash: hash}, with.Params.Embeddings[0])
+			assert.Contains(t, with.Params.A1111(0), `TI hashes: "bad-hands: `+hash+`"`)
+			assert.Empty(t, without.Params.Embeddings)
+			assert.NotContains(t, without.Params.A1111(0), "TI hashes")
+			if p.desc.sdxl { // an SD 1.x embedding on SDXL
+				sd1 := filepath.Join(t.TempDir(), "sd1.safetensors")
+				writeEmbedding(t, sd1, map[string][]float32{"emb_params": tables[0]}, 2)
+				_, _, err := p.requestEmbeddings(Request{Prompt: "sd1", Embeddings: []string{sd1}})
+				require.ErrorIs(t, err, ErrInvalidRequest)
+				assert.ErrorContains(t, err, sd1+" has no vectors for SDXL's second text encoder (clip_g)")
+			}
+		})
+	}
 }
 
 // Embeddings that do not fit the model, or names that are ambiguous, are request errors
