@@ -158,6 +158,9 @@ type Library struct {
 	// sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids, int32_t skip_layers,
 	//                             bool final_norm, sd_tensor_t *hidden, sd_tensor_t *pooled);
 	sdClipForward func(ctx Ctx, m Model, ids Tensor, skipLayers int32, finalNorm bool, hidden, pooled Tensor) Status
+	// sd_status_t sd_clip_forward_extra(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids, const sd_tensor_t *extra,
+	//                                   int32_t skip_layers, bool final_norm, sd_tensor_t *hidden, sd_tensor_t *pooled);
+	sdClipForwardExtra func(ctx Ctx, m Model, ids, extra Tensor, skipLayers int32, finalNorm bool, hidden, pooled Tensor) Status
 	// sd_status_t sd_clip_project(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *pooled, sd_tensor_t *out);
 	sdClipProject func(ctx Ctx, m Model, pooled, out Tensor) Status
 	// sd_status_t sd_unet_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_unet_inputs_t *in, sd_tensor_t *out);
@@ -283,6 +286,7 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_model_free", &l.sdModelFree},
 		{"sd_model_set_weights", &l.sdModelSetWeights},
 		{"sd_clip_forward", &l.sdClipForward},
+		{"sd_clip_forward_extra", &l.sdClipForwardExtra},
 		{"sd_clip_project", &l.sdClipProject},
 		{"sd_unet_forward", &l.sdUnetForward},
 		{"sd_vae_decode", &l.sdVaeDecode},
@@ -698,6 +702,12 @@ func (l *Library) ModelSetWeights(ctx Ctx, m Model, ws []Weight) error {
 // final layer norm when finalNorm; pooled (may be 0) the normed last layer at the eos.
 func (l *Library) CLIPForward(ctx Ctx, m Model, ids Tensor, skipLayers int32, finalNorm bool, hidden, pooled Tensor) error {
 	return l.check(ctx, "sd_clip_forward", l.sdClipForward(ctx, m, ids, skipLayers, finalNorm, hidden, pooled))
+}
+
+// CLIPForwardExtra is CLIPForward with extra (E, hidden) F32 token embeddings for this
+// call (0 for none): an id vocab+i embeds as extra's row i (textual inversion).
+func (l *Library) CLIPForwardExtra(ctx Ctx, m Model, ids, extra Tensor, skipLayers int32, finalNorm bool, hidden, pooled Tensor) error {
+	return l.check(ctx, "sd_clip_forward_extra", l.sdClipForwardExtra(ctx, m, ids, extra, skipLayers, finalNorm, hidden, pooled))
 }
 
 // CLIPProject applies the text encoder's text_projection to pooled (B, hidden), writing

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 
 	"github.com/gosd/gosd/binding"
+	"github.com/gosd/gosd/diffusion/lora"
 	"github.com/gosd/gosd/diffusion/tokenizer"
 )
 
@@ -74,12 +75,13 @@ func (c *conditioner) upload(hidden []float32, tokens, width int) (*conditioning
 }
 
 // promptChunks tokenizes one prompt in the request's syntax.
-func (c *conditioner) promptChunks(syntax PromptSyntax, prompt string) ([]tokenizer.Chunk, error) {
-	return tokenize(c.tok, c.padID, syntax, prompt, c.log)
+func (c *conditioner) promptChunks(syntax PromptSyntax, prompt string, words []tokenizer.Word) ([]tokenizer.Chunk, error) {
+	return tokenize(c.tok, c.padID, syntax, prompt, words, c.log)
 }
 
-// tokenize tokenizes one prompt in a syntax with tok, padding with padID.
-func tokenize(tok *tokenizer.Tokenizer, padID int, syntax PromptSyntax, prompt string, log *slog.Logger) ([]tokenizer.Chunk, error) {
+// tokenize tokenizes one prompt in a syntax with tok, padding with padID; in A1111
+// syntax words (textual inversions) stand in for their names.
+func tokenize(tok *tokenizer.Tokenizer, padID int, syntax PromptSyntax, prompt string, words []tokenizer.Word, log *slog.Logger) ([]tokenizer.Chunk, error) {
 	if syntax == PromptPlain {
 		ch, dropped := tok.EncodePlain(prompt, padID)
 		if dropped > 0 {
@@ -87,7 +89,7 @@ func tokenize(tok *tokenizer.Tokenizer, padID int, syntax PromptSyntax, prompt s
 		}
 		return []tokenizer.Chunk{ch}, nil
 	}
-	return tok.EncodeWeighted(prompt, padID)
+	return tok.EncodeWeightedWith(prompt, padID, words)
 }
 
 // encodePrompts turns the prompt (and, with classifier-free guidance, the negative
@@ -98,13 +100,14 @@ func tokenize(tok *tokenizer.Tokenizer, padID int, syntax PromptSyntax, prompt s
 // AUTOMATIC1111's web UI does; a prompt of at most 75 tokens without emphasis or BREAK
 // gives exactly diffusers' embeddings. Plain syntax always gives diffusers' embeddings.
 func (c *conditioner) encodePrompts(par Params, cfg bool) ([]float32, int, error) {
-	cond, err := c.promptChunks(par.PromptSyntax, par.Prompt)
+	ti := newTITable(par.embeds, lora.TextEncoder, int(c.clip.cfg.VocabSize))
+	cond, err := c.promptChunks(par.PromptSyntax, par.Prompt, ti.words)
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: prompt: %v", ErrInvalidRequest, err)
 	}
 	prompts := [][]tokenizer.Chunk{cond}
 	if cfg {
-		uncond, err := c.promptChunks(par.PromptSyntax, par.NegativePrompt)
+		uncond, err := c.promptChunks(par.PromptSyntax, par.NegativePrompt, ti.words)
 		if err != nil {
 			return nil, 0, fmt.Errorf("%w: negative prompt: %v", ErrInvalidRequest, err)
 		}
@@ -129,7 +132,7 @@ func (c *conditioner) encodePrompts(par Params, cfg bool) ([]float32, int, error
 			ids = append(ids, ch.IDs[:]...)
 		}
 	}
-	hidden, _, err := c.clip.encode(ids, len(prompts)*chunks, ctxLen, max(par.ClipSkip-1, 0), true, false)
+	hidden, _, err := c.clip.encodeWith(ids, ti.rows, len(prompts)*chunks, ctxLen, max(par.ClipSkip-1, 0), true, false)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -130,6 +130,12 @@ func (c clipNet) width() int { return int(c.cfg.Hidden) }
 // hidden (batch, tokens, width) and, when asked, pooled (batch, width), in host memory:
 // emphasis and chunk joining happen in Go before the conditioner uploads the result.
 func (c clipNet) encode(ids []int32, batch, tokens, skip int, finalNorm, wantPooled bool) (hidden, pooled []float32, err error) {
+	return c.encodeWith(ids, nil, batch, tokens, skip, finalNorm, wantPooled)
+}
+
+// encodeWith is encode with extra token rows (rows, width) for this call: ids from the
+// encoder's vocab_size on select them (textual inversion; nil: none).
+func (c clipNet) encodeWith(ids []int32, extra []float32, batch, tokens, skip int, finalNorm, wantPooled bool) (hidden, pooled []float32, err error) {
 	s := &scope{lib: c.lib, ctx: c.ctx}
 	defer s.done()
 	width := int64(c.width())
@@ -147,7 +153,13 @@ func (c clipNet) encode(ids []int32, batch, tokens, skip int, finalNorm, wantPoo
 			return nil, nil, err
 		}
 	}
-	if err = c.lib.CLIPForward(c.ctx, c.model, tid, int32(skip), finalNorm, th, tp); err != nil {
+	var te binding.Tensor
+	if len(extra) > 0 {
+		if te, err = s.f32(extra, int64(len(extra))/width, width); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err = c.lib.CLIPForwardExtra(c.ctx, c.model, tid, te, int32(skip), finalNorm, th, tp); err != nil {
 		return nil, nil, err
 	}
 	if hidden, err = s.read(th, batch*tokens*int(width)); err != nil {

@@ -390,6 +390,9 @@ func (p *Pipeline) generate(ctx context.Context, req Request, init *initImage) (
 	if err := checkLoRAs(req.LoRAs); err != nil {
 		return nil, err
 	}
+	if par.embeds, par.Embeddings, err = p.requestEmbeddings(req); err != nil {
+		return nil, err
+	}
 	if par.Controls, err = p.checkControls(req.Controls, par.Width, par.Height); err != nil {
 		return nil, err
 	}

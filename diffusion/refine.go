@@ -1,6 +1,7 @@
 package diffusion
 
 import (
+	"cmp"
 	"context"
 	"math"
 	"time"
@@ -46,6 +47,9 @@ func (p *Pipeline) Txt2ImgRefined(ctx context.Context, req Request, refiner *Pip
 	}
 	if len(req.Controls) > 0 || req.Hires != nil || len(req.LoRAs) > 0 {
 		return nil, invalid("ControlNets, LoRAs and the hires fix are not supported with a refiner hand-over yet")
+	}
+	if _, used, err := p.requestEmbeddings(req); err != nil || len(used) > 0 {
+		return nil, cmp.Or(err, invalid("textual-inversion embeddings are not supported with a refiner hand-over yet"))
 	}
 	base, _, err := p.codecs(req)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gosd/gosd/diffusion/lora"
 	"github.com/gosd/gosd/diffusion/modelfile"
 	"github.com/gosd/gosd/diffusion/rng"
 	"github.com/gosd/gosd/diffusion/schedule"
@@ -171,6 +172,14 @@ type Request struct {
 	// added to LoRAs. Without it a LoRA tag is an error (PromptPlain leaves tags as text).
 	// Params.Prompt keeps the tags, as the web UI's generation parameters do.
 	LoRADir string
+	// Embeddings are textual-inversion files (see lora.LoadEmbedding), and EmbeddingDir a
+	// folder searched with its subfolders for more (.safetensors, .pt, .bin): as in
+	// AUTOMATIC1111's web UI, a file's base name written in a prompt or negative prompt
+	// (A1111 syntax) stands for its N vectors, which count toward the 75-token chunks.
+	// SDXL embeddings give clip_l to the first text encoder and clip_g to the second.
+	// PromptPlain reads the names as text.
+	Embeddings   []string
+	EmbeddingDir string
 
 	// onStep, for tests: the latents after each sampler step.
 	onStep func(step int, latents []float32)
@@ -265,6 +274,9 @@ type Params struct {
 	Elapsed   time.Duration
 	// LoRAs are the adapters the weights held, in the request's order.
 	LoRAs []AppliedLoRA
+	// Embeddings are the textual inversions the prompts used, in name order.
+	Embeddings []AppliedEmbedding
+	embeds     []*lora.Embedding // their vectors, for the conditioner
 
 	// SDXL: the second encoder's prompts as given ("": the first ones) and the
 	// micro-conditioning with its defaults filled in; zero for other models.
@@ -302,6 +314,7 @@ func (p Params) A1111(index int) string {
 		{"Model hash", p.ModelHash, p.ModelHash != ""},
 		{"Model", p.Model, p.Model != ""},
 		{"Lora hashes", loraHashes(p.LoRAs), len(p.LoRAs) > 0},
+		{"TI hashes", tiHashes(p.Embeddings), len(p.Embeddings) > 0},
 		{"Batch size", fmt.Sprint(p.BatchSize), p.BatchSize > 1},
 		{"Batch pos", fmt.Sprint(index), p.BatchSize > 1},
 		{"Denoising strength", fmt.Sprint(p.Strength), p.Strength > 0},

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"image"
 
+	"github.com/gosd/gosd/diffusion/lora"
 	"github.com/gosd/gosd/diffusion/modelfile"
 	"github.com/gosd/gosd/diffusion/tokenizer"
 )
@@ -189,10 +190,17 @@ func (c *conditioner) conditionSDXL(par Params, cfg bool) (*conditioning, error)
 		net     clipNet
 		prompts []string
 		chunks  [][]tokenizer.Chunk
+		ti      tiTable
 	}
-	encs := []*encoder{{tok: c.tok, pad: c.padID, net: c.clip, prompts: []string{par.NegativePrompt, par.Prompt}}}
+	first := lora.TextEncoder
+	if c.tok2 == nil { // the refiner's one encoder is OpenCLIP bigG, clip_g's
+		first = lora.TextEncoder2
+	}
+	encs := []*encoder{{tok: c.tok, pad: c.padID, net: c.clip, prompts: []string{par.NegativePrompt, par.Prompt},
+		ti: newTITable(par.embeds, first, int(c.clip.cfg.VocabSize))}}
 	if c.tok2 != nil {
-		encs = append(encs, &encoder{tok: c.tok2, pad: c.padID2, net: c.clip2, prompts: []string{neg2, prompt2}})
+		encs = append(encs, &encoder{tok: c.tok2, pad: c.padID2, net: c.clip2, prompts: []string{neg2, prompt2},
+			ti: newTITable(par.embeds, lora.TextEncoder2, int(c.clip2.cfg.VocabSize))})
 	}
 	for _, e := range encs {
 		if !cfg || zeroNeg {
@@ -206,7 +214,7 @@ func (c *conditioner) conditionSDXL(par Params, cfg bool) (*conditioning, error)
 	chunks := 0
 	for k, e := range encs {
 		for i, pr := range e.prompts {
-			ch, err := tokenize(e.tok, e.pad, par.PromptSyntax, pr, c.log)
+			ch, err := tokenize(e.tok, e.pad, par.PromptSyntax, pr, e.ti.words, c.log)
 			if err != nil {
 				return nil, fmt.Errorf("%w: prompt %d of text encoder %d: %v", ErrInvalidRequest, i+1, k+1, err)
 			}
@@ -234,7 +242,7 @@ func (c *conditioner) conditionSDXL(par Params, cfg bool) (*conditioning, error)
 			}
 		}
 		var pool []float32
-		hidden[k], pool, err = e.net.encode(ids, prompts*chunks, ctxLen, skip, false, e == proj)
+		hidden[k], pool, err = e.net.encodeWith(ids, e.ti.rows, prompts*chunks, ctxLen, skip, false, e == proj)
 		if err != nil {
 			return nil, err
 		}

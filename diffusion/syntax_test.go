@@ -58,7 +58,7 @@ func TestPromptChunksSyntax(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			logged.Reset()
-			chunks, err := c.promptChunks(tt.syntax, tt.prompt)
+			chunks, err := c.promptChunks(tt.syntax, tt.prompt, nil)
 			require.NoError(t, err)
 			require.Len(t, chunks, tt.chunks)
 			assert.InDelta(t, tt.weight, chunks[0].Weights[1], 1e-6)

@@ -128,6 +128,9 @@
 //	                      <lora:NAME:w> and <lora:NAME:te:unet> find NAME.safetensors (.pt,
 //	                      .ckpt); the tags are removed from the prompt (default: none, a tag
 //	                      is then an error)
+//	--embedding-dir DIR   folder (with subfolders) of textual-inversion embeddings (.safetensors,
+//	                      .pt, .bin): a file's name in the prompt or negative prompt stands for
+//	                      its vectors, as in AUTOMATIC1111; the PNG records "TI hashes"
 //	--threads N           CPU threads (default 0: one per core)
 //	--device NAME         auto, cpu or cuda (default auto: a CUDA GPU when the GPU build of the
 //	                      runtime and a usable GPU are present)

@@ -321,7 +321,7 @@ func (a *app) generate(ctx context.Context, o *genOptions, args []string) error 
 		Seed: o.seed, RNG: o.rng, BatchSize: o.batch, ClipSkip: o.clipSkip,
 		Decoder: o.decoder, VAETiling: o.tiling,
 		Progress: bar.update, Controls: controls, Hires: hires,
-		LoRAs: o.lora.loras, LoRADir: o.lora.dir,
+		LoRAs: o.lora.loras, LoRADir: o.lora.dir, EmbeddingDir: o.lora.embeddingDir,
 	}
 	o.sdxl.apply(&req)
 	var res *diffusion.Result

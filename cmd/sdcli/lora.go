@@ -9,10 +9,12 @@ import (
 	"github.com/gosd/gosd/diffusion"
 )
 
-// loraOptions are the adapter flags of the generation subcommands.
+// loraOptions are the adapter flags of the generation subcommands, and the
+// textual-inversion folder (AUTOMATIC1111's other per-prompt extra network).
 type loraOptions struct {
-	loras []diffusion.LoRA
-	dir   string
+	loras        []diffusion.LoRA
+	dir          string
+	embeddingDir string
 }
 
 func (o *loraOptions) define(fs *flagSet) {
@@ -26,6 +28,7 @@ func (o *loraOptions) define(fs *flagSet) {
 			return nil
 		})
 	fs.stringVar(&o.dir, "lora-dir", "DIR", "", "folder (searched with its subfolders) that prompt tags <lora:NAME:SCALE> name files in\n(default: none; a tag is then an error)")
+	fs.stringVar(&o.embeddingDir, "embedding-dir", "DIR", "", "folder (searched with its subfolders) of textual-inversion embeddings: a file's name in the\nprompt or negative prompt stands for its vectors (default: none)")
 }
 
 // parseLoRAFlag reads PATH[:SCALE]: a suffix after the last ":" that parses as a number

@@ -588,6 +588,15 @@ SD_API sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_te
                                    int32_t skip_layers, bool final_norm, sd_tensor_t *hidden,
                                    sd_tensor_t *pooled);
 
+/* sd_clip_forward with extra token embeddings for this call only (textual inversion):
+ * extra (E, hidden) F32 or NULL (then it is sd_clip_forward); an id v in [vocab_size,
+ * vocab_size + E) embeds as row v - vocab_size of extra, as if the token table had E more
+ * rows; position embeddings and the layers are unchanged. An id outside [0, vocab_size + E)
+ * is SD_STATUS_INVALID_ARGUMENT. extra is only read during the call; the caller keeps it. */
+SD_API sd_status_t sd_clip_forward_extra(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids,
+                                         const sd_tensor_t *extra, int32_t skip_layers,
+                                         bool final_norm, sd_tensor_t *hidden, sd_tensor_t *pooled);
+
 /* CLIPTextModelWithProjection's text_embeds: out (B, projection_dim) F32 = pooled (B, hidden)
  * F32 (sd_clip_forward's pooled output) times text_projection transposed. A model loaded
  * with projection_dim 0 is SD_STATUS_INVALID_ARGUMENT. */

@@ -151,6 +151,65 @@ static void clip_layer(build_t *g, const clip_net_t *net, const clip_layer_w *l,
 sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids,
                             int32_t skip_layers, bool final_norm, sd_tensor_t *hidden,
                             sd_tensor_t *pooled) {
+    return sd_clip_forward_extra(ctx, model, ids, NULL, skip_layers, final_norm, hidden, pooled);
+}
+
+/* The token embeddings of ids when some select rows of extra: a per-call table of B*T + E
+ * rows, row p (p = i*T + j) the token row of ids[i, j] (row 0 where it is an extra id), then
+ * the E extra rows; the ids are remapped to p or B*T + (id - vocab). Small next to the
+ * vocabulary (B*T + E rows instead of vocab + E). */
+static void clip_embed_extra(build_t *g, const clip_net_t *net, const sd_tensor_t *ids,
+                             const sd_tensor_t *extra, sd_tensor_t *x) {
+    const int64_t b = ids->shape[0], t = ids->shape[1], c = net->cfg.hidden, e = extra->shape[0];
+    const int32_t vocab = net->cfg.vocab_size;
+    sd_backend_t *be = sd_ctx_backend_ptr(g->ctx);
+    int32_t *host = malloc((size_t)(b * t) * sizeof *host);
+    int32_t *tok = malloc((size_t)(b * t) * sizeof *tok);
+    sd_tensor_t *tok_ids = NULL, *map_ids = NULL;
+    if (host == NULL || tok == NULL) {
+        g->st = sd_fail(g->ctx, SD_STATUS_OUT_OF_MEMORY, "out of host memory");
+        goto done;
+    }
+    G(g, be->ops->download(g->ctx, host, ids->data, ids->nbytes));
+    for (int64_t p = 0; p < b * t && g->st == SD_STATUS_OK; p++) {
+        const int32_t id = host[p];
+        if (id < 0 || id >= vocab + e) {
+            g->st = sd_fail(g->ctx, SD_STATUS_INVALID_ARGUMENT,
+                            "clip_forward: id %d not in [0, %d + %lld extra rows)", id, vocab,
+                            (long long)e);
+            break;
+        }
+        tok[p] = id < vocab ? id : 0;
+        host[p] = id < vocab ? (int32_t)p : (int32_t)(b * t + (id - vocab));
+    }
+    int64_t s[2] = {1, b * t};
+    if (g->st == SD_STATUS_OK) g->st = sd_scratch_new(g->ctx, SD_DTYPE_I32, 2, s, &tok_ids);
+    if (g->st == SD_STATUS_OK) g->st = sd_scratch_new(g->ctx, SD_DTYPE_I32, 2, s, &map_ids);
+    G(g, be->ops->upload(g->ctx, tok_ids->data, tok, (size_t)(b * t) * sizeof *tok));
+    G(g, be->ops->upload(g->ctx, map_ids->data, host, (size_t)(b * t) * sizeof *host));
+    sd_tensor_t *table = g_new(g, 2, b * t + e, c, 0, 0);
+    if (g->st == SD_STATUS_OK) {
+        int64_t ts[3] = {1, b * t, c};
+        sd_tensor_t head = sd_rows_view(table, 0, b * t);
+        sd_tensor_t head3 = sd_tensor_view(head.data, head.dtype, 3, ts);
+        G(g, sd_op_embedding(g->ctx, &head3, tok_ids, net->token_embedding));
+        sd_tensor_t tail = sd_rows_view(table, b * t, b * t + e);
+        G(g, sd_op_convert(g->ctx, &tail, extra));
+        int64_t xs[3] = {1, b * t, c};
+        sd_tensor_t flat = sd_tensor_view(x->data, x->dtype, 3, xs);
+        G(g, sd_op_embedding(g->ctx, &flat, map_ids, table));
+    }
+    g_free(g, table);
+done:
+    if (tok_ids != NULL) sd_scratch_free(g->ctx, tok_ids);
+    if (map_ids != NULL) sd_scratch_free(g->ctx, map_ids);
+    free(host);
+    free(tok);
+}
+
+sd_status_t sd_clip_forward_extra(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids,
+                                  const sd_tensor_t *extra, int32_t skip_layers, bool final_norm,
+                                  sd_tensor_t *hidden, sd_tensor_t *pooled) {
     if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
     SD_TRY(sd_ctx_check(ctx));
     SD_TRY(sd_model_check(ctx, model, SD_MODEL_CLIP, "clip_forward"));
@@ -175,10 +234,18 @@ sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t 
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
                        "clip_forward: pooled %s must be (%lld, %lld)",
                        sd_tensor_describe(pooled, buf, sizeof buf), (long long)b, (long long)c);
+    if (extra != NULL && (extra->dtype != SD_DTYPE_F32 || extra->ndim != 2 || extra->shape[0] < 1 ||
+                          extra->shape[1] != c))
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "clip_forward: extra rows %s must be (E >= 1, %lld) f32",
+                       sd_tensor_describe(extra, buf, sizeof buf), (long long)c);
 
     build_t gr = build_begin(ctx), *g = &gr;
     sd_tensor_t *x = g_new(g, 3, b, t, c, 0);
-    G(g, sd_op_embedding(ctx, x, ids, net->token_embedding));
+    if (extra != NULL)
+        clip_embed_extra(g, net, ids, extra, x);
+    else
+        G(g, sd_op_embedding(ctx, x, ids, net->token_embedding));
     sd_tensor_t pos = sd_rows_view(net->position_embedding, 0, t);
     G(g, sd_op_add(ctx, x, x, &pos));
 

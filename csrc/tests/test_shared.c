@@ -113,19 +113,28 @@ static sd_model_t *load(sd_ctx_t *c) {
     return m;
 }
 
-/* hidden (B, T, HID) then pooled (B, HID) of the fixed ids, malloc'd; NULL on failure. */
-static float *encode(sd_ctx_t *c, sd_model_t *m) {
-    sd_tensor_t *ids = NULL, *hidden = NULL, *pooled = NULL;
+/* hidden (B, T, HID) then pooled (B, HID) of ids (B, T), with n_extra extra token rows
+ * (sd_clip_forward_extra) when extra_host is not NULL, malloc'd; NULL on failure. */
+static float *encode_ids(sd_ctx_t *c, sd_model_t *m, const int32_t *ids_in, const float *extra_host,
+                         int64_t n_extra) {
+    sd_tensor_t *ids = NULL, *extra = NULL, *hidden = NULL, *pooled = NULL;
     float *out = malloc((size_t)(B * T + B) * HID * sizeof(float));
     sd_status_t st = sd_tensor_new(c, SD_DTYPE_I32, 2, (int64_t[]){B, T}, &ids);
-    if (st == SD_STATUS_OK) st = sd_tensor_upload(c, ids, ids_host, sizeof ids_host);
+    if (st == SD_STATUS_OK) st = sd_tensor_upload(c, ids, ids_in, sizeof ids_host);
+    if (st == SD_STATUS_OK && extra_host != NULL)
+        st = sd_tensor_new(c, SD_DTYPE_F32, 2, (int64_t[]){n_extra, HID}, &extra);
+    if (st == SD_STATUS_OK && extra_host != NULL)
+        st = sd_tensor_upload(c, extra, extra_host, (size_t)(n_extra * HID) * sizeof(float));
     if (st == SD_STATUS_OK) st = sd_tensor_new(c, SD_DTYPE_F32, 3, (int64_t[]){B, T, HID}, &hidden);
     if (st == SD_STATUS_OK) st = sd_tensor_new(c, SD_DTYPE_F32, 2, (int64_t[]){B, HID}, &pooled);
-    if (st == SD_STATUS_OK) st = sd_clip_forward(c, m, ids, 0, true, hidden, pooled);
+    if (st == SD_STATUS_OK)
+        st = extra != NULL ? sd_clip_forward_extra(c, m, ids, extra, 0, true, hidden, pooled)
+                           : sd_clip_forward(c, m, ids, 0, true, hidden, pooled);
     if (st == SD_STATUS_OK) st = sd_tensor_download(c, hidden, out, sd_tensor_nbytes(hidden));
     if (st == SD_STATUS_OK)
         st = sd_tensor_download(c, pooled, out + B * T * HID, sd_tensor_nbytes(pooled));
     sd_tensor_free(c, ids);
+    sd_tensor_free(c, extra);
     sd_tensor_free(c, hidden);
     sd_tensor_free(c, pooled);
     if (st != SD_STATUS_OK) {
@@ -134,6 +143,10 @@ static float *encode(sd_ctx_t *c, sd_model_t *m) {
         return NULL;
     }
     return out;
+}
+
+static float *encode(sd_ctx_t *c, sd_model_t *m) {
+    return encode_ids(c, m, ids_host, NULL, 0);
 }
 
 static const float *reference;
@@ -387,6 +400,45 @@ static void test_set_weights(void) {
     sd_ctx_free(a);
 }
 
+/* Extra token rows by definition: ids VOCAB + k with extra row k set to the token table's
+ * rows of the ids they replace give the plain forward's output; other rows change it; an id
+ * past the extra rows is refused. */
+static void test_extra_rows(void) {
+    sd_ctx_t *c = new_ctx(NULL);
+    sd_model_t *m = load(c);
+    if (m == NULL) return;
+    enum { E = 3 };
+    static const int subst[E] = {1, 5, T + 2}; /* positions given extra ids, both rows */
+    float extra[E * HID];
+    int32_t ids[B * T];
+    memcpy(ids, ids_host, sizeof ids);
+    const uint16_t *tok = table.data[0]; /* embeddings.token_embedding.weight, F16 */
+    for (int k = 0; k < E; k++) {
+        for (int j = 0; j < HID; j++)
+            extra[k * HID + j] = sd_f16_to_f32(tok[(size_t)ids[subst[k]] * HID + j]);
+        ids[subst[k]] = VOCAB + k;
+    }
+    const size_t bytes = (size_t)(B * T + B) * HID * sizeof(float);
+    float *got = encode_ids(c, m, ids, extra, E);
+    bool close = got != NULL;
+    for (int64_t i = 0; close && i < (int64_t)(bytes / 4); i++)
+        close = fabsf(got[i] - reference[i]) <=
+                (backend == SD_BACKEND_CPU ? 1e-6f : 1e-2f) * (1 + fabsf(reference[i]));
+    CHECK(close, "extra rows equal to the token rows they stand for: the plain output");
+    for (int j = 0; j < HID; j++) extra[HID + j] = -extra[HID + j];
+    float *other = encode_ids(c, m, ids, extra, E);
+    CHECK(other && memcmp(other, reference, bytes) != 0, "other extra rows change the output");
+    ids[0] = VOCAB + E;
+    float *bad = encode_ids(c, m, ids, extra, E);
+    CHECK(bad == NULL && strstr(sd_ctx_last_error(c), "extra rows") != NULL, "%s",
+          sd_ctx_last_error(c));
+    free(got);
+    free(other);
+    free(bad);
+    sd_model_free(c, m);
+    sd_ctx_free(c);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "cuda") == 0) {
         char why[256];
@@ -410,6 +462,7 @@ int main(int argc, char **argv) {
     test_lifetimes();
     test_outside_the_group();
     test_set_weights();
+    test_extra_rows();
     free(ref);
     free_table(&table);
     return test_summary("test_shared");

@@ -1,5 +1,10 @@
 package tokenizer
 
+import (
+	"fmt"
+	"slices"
+)
+
 // commaBacktrack is how far back from a chunk's end a comma may be for the
 // words after it to move to the next chunk, so that a phrase is not cut in
 // two (the web UI's comma_padding_backtrack setting, default 20).
@@ -31,9 +36,30 @@ type Chunk struct {
 // Where the web UI differs: it pads SD 1.x chunks with end-of-text and, for
 // SD 2.x, turns everything after the first end-of-text id into padding; this
 // pads after the chunk's own end-of-text, which is the same unless the prompt
-// spells out "<|endoftext|>". Textual-inversion embeddings and prompt editing
-// ("[a:b:0.5]", "[a|b]") are not handled here.
+// spells out "<|endoftext|>". Prompt editing ("[a:b:0.5]", "[a|b]") is not handled
+// here; textual-inversion embeddings are EncodeWeightedWith's.
 func (t *Tokenizer) EncodeWeighted(prompt string, padID int) ([]Chunk, error) {
+	return t.EncodeWeightedWith(prompt, padID, nil)
+}
+
+// Word is a textual-inversion token: where the prompt's tokens spell Text (tokenized as
+// a prompt word, so matching is case-insensitive and whole-token as in the web UI), IDs
+// stand in their place (ids past the vocabulary that the text encoder maps to the
+// embedding's vectors).
+type Word struct {
+	Text string
+	IDs  []int
+}
+
+// EncodeWeightedWith is EncodeWeighted with the words' ids in place of their text, as
+// the web UI inserts embeddings: the longest word matching first; a word's ids take the
+// emphasis of its segment and stay in one chunk (a word that does not fit in the current
+// chunk starts the next). A word of more than ChunkLength ids is an error.
+func (t *Tokenizer) EncodeWeightedWith(prompt string, padID int, words []Word) ([]Chunk, error) {
+	match, err := t.matcher(words)
+	if err != nil {
+		return nil, err
+	}
 	segments, err := ParseEmphasis(prompt)
 	if err != nil {
 		return nil, err
@@ -54,7 +80,20 @@ func (t *Tokenizer) EncodeWeighted(prompt string, padID int) ([]Chunk, error) {
 			continue
 		}
 		w := float32(seg.Weight)
-		for _, id := range t.Encode(seg.Text) {
+		toks := t.Encode(seg.Text)
+		for i := 0; i < len(toks); i++ {
+			if word, n := match(toks[i:]); word != nil {
+				if len(ids)+len(word.IDs) > ChunkLength {
+					flush()
+				}
+				for _, id := range word.IDs {
+					ids = append(ids, id)
+					weights = append(weights, w)
+				}
+				i += n - 1
+				continue
+			}
+			id := toks[i]
 			switch {
 			case id == t.comma:
 				lastComma = len(ids)
@@ -76,6 +115,34 @@ func (t *Tokenizer) EncodeWeighted(prompt string, padID int) ([]Chunk, error) {
 		flush()
 	}
 	return chunks, nil
+}
+
+// matcher returns a function finding the word that toks starts with (longest text
+// first) and the number of tokens it spans.
+func (t *Tokenizer) matcher(words []Word) (func(toks []int) (*Word, int), error) {
+	type spelled struct {
+		w    *Word
+		toks []int
+	}
+	var sp []spelled
+	for i := range words {
+		w := &words[i]
+		if len(w.IDs) == 0 || len(w.IDs) > ChunkLength {
+			return nil, fmt.Errorf("embedding %q has %d vectors: a chunk holds 1 to %d", w.Text, len(w.IDs), ChunkLength)
+		}
+		if toks := t.Encode(w.Text); len(toks) > 0 {
+			sp = append(sp, spelled{w, toks})
+		}
+	}
+	slices.SortStableFunc(sp, func(a, b spelled) int { return len(b.toks) - len(a.toks) })
+	return func(toks []int) (*Word, int) {
+		for _, s := range sp {
+			if len(toks) >= len(s.toks) && slices.Equal(toks[:len(s.toks)], s.toks) {
+				return s.w, len(s.toks)
+			}
+		}
+		return nil, 0
+	}, nil
 }
 
 // chunk wraps up to ChunkLength tokens into one encoder sequence.

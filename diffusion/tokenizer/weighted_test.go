@@ -188,3 +188,47 @@ func TestEncodePlainMatchesDiffusers(t *testing.T) {
 	}
 	assert.Contains(t, tok.Encode("(detailed)"), single(t, tok, "("), "brackets are tokens")
 }
+
+func TestEncodeWeightedWithWords(t *testing.T) {
+	tok, err := Default()
+	require.NoError(t, err)
+	cat, dog := single(t, tok, "cat"), single(t, tok, "dog")
+	const e0 = 50000 // ids past the vocabulary, as the conditioner assigns them
+	style := Word{Text: "my-style", IDs: []int{e0, e0 + 1, e0 + 2}}
+	styleXL := Word{Text: "my-style-xl", IDs: []int{e0 + 3}}
+	words := []Word{style, styleXL}
+	tests := []struct {
+		name   string
+		prompt string
+		want   []Chunk
+	}{
+		{"in place of the name's tokens", "cat my-style dog",
+			[]Chunk{wantChunk(tok, 0, run{cat, 1, 1}, run{e0, 1, 1}, run{e0 + 1, 1, 1}, run{e0 + 2, 1, 1}, run{dog, 1, 1})}},
+		{"case-insensitive, emphasis applies", "(My-Style:1.5)",
+			[]Chunk{wantChunk(tok, 0, run{e0, 1, 1.5}, run{e0 + 1, 1, 1.5}, run{e0 + 2, 1, 1.5})}},
+		{"longest name first", "my-style-xl cat",
+			[]Chunk{wantChunk(tok, 0, run{e0 + 3, 1, 1}, run{cat, 1, 1})}},
+		{"part of a word is not the name", "my-stylex",
+			[]Chunk{wantChunk(tok, 0, runsOf(tok.Encode("my-stylex"))...)}},
+		{"a word that does not fit starts the next chunk", strings.Repeat("cat ", 73) + "my-style",
+			[]Chunk{wantChunk(tok, 0, run{cat, 73, 1}), wantChunk(tok, 0, run{e0, 1, 1}, run{e0 + 1, 1, 1}, run{e0 + 2, 1, 1})}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tok.EncodeWeightedWith(tt.prompt, 0, words)
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+		})
+	}
+	_, err = tok.EncodeWeightedWith("x", 0, []Word{{Text: "big", IDs: make([]int, ChunkLength+1)}})
+	assert.ErrorContains(t, err, `embedding "big" has 76 vectors`)
+}
+
+// runsOf is one run per id, weight 1.
+func runsOf(ids []int) []run {
+	rs := make([]run, len(ids))
+	for i, id := range ids {
+		rs[i] = run{id, 1, 1}
+	}
+	return rs
+}
