@@ -55,6 +55,26 @@ func assertVAEEncodeGolden(t *testing.T, e *engine, g *goldenFile) {
 	assertClose(t, "vae.encode.logvar", logvar, refLogvar)
 }
 
+// assertCLIPGoldens checks a text encoder against a kit's <prefix>.ids golden: the last
+// hidden state (final layer norm applied), the pooled output and transformers' raw
+// penultimate hidden_states[-2]. It returns the pooled output.
+func assertCLIPGoldens(t *testing.T, c clipNet, g *goldenFile, prefix string) (pooled []float32, batch int) {
+	t.Helper()
+	ids := g.ints(prefix + ".ids")
+	refLast, ls := g.floats(prefix + ".last_hidden_state")
+	b, n := int(ls[0]), int(ls[1])
+	last, pooled, err := c.encode(ids, b, n, 0, true, true)
+	require.NoError(t, err)
+	assertClose(t, prefix+".last_hidden_state", last, refLast)
+	refPooled, _ := g.floats(prefix + ".pooled")
+	assertClose(t, prefix+".pooled", pooled, refPooled)
+	refPen, _ := g.floats(prefix + ".penultimate_hidden_state")
+	pen, _, err := c.encode(ids, b, n, 1, false, false)
+	require.NoError(t, err)
+	assertClose(t, prefix+".penultimate_hidden_state", pen, refPen)
+	return pooled, b
+}
+
 func openGolden(t *testing.T, path string) *goldenFile {
 	f, err := modelfile.OpenSafetensors(path)
 	require.NoError(t, err)
@@ -148,18 +168,7 @@ func TestComponentsMatchDiffusers(t *testing.T) {
 			assertVAEDecodeGoldens(t, e, g)
 			assertVAEEncodeGolden(t, e, g)
 
-			ids := g.ints("clip.ids")
-			refLast, ls := g.floats("clip.last_hidden_state")
-			hidden, pooled, err := e.clipNet().encode(ids, int(ls[0]), int(ls[1]), 0, true, true)
-			require.NoError(t, err)
-			assertClose(t, "clip.last_hidden_state", hidden, refLast)
-			refPooled, _ := g.floats("clip.pooled")
-			assertClose(t, "clip.pooled", pooled, refPooled)
-			// The kit's penultimate state is transformers' raw hidden_states[-2].
-			refPen, _ := g.floats("clip.penultimate_hidden_state")
-			pen, _, err := e.clipNet().encode(ids, int(ls[0]), int(ls[1]), 1, false, false)
-			require.NoError(t, err)
-			assertClose(t, "clip.penultimate_hidden_state", pen, refPen)
+			assertCLIPGoldens(t, e.clipNet(), g, "clip")
 		})
 	}
 }

@@ -47,18 +47,7 @@ func TestSDXLTextEncodersMatchTransformers(t *testing.T) {
 		net    clipNet
 	}{{"te1", e.clipNet()}, {"te2", e.clipNet2()}} {
 		t.Run(tc.prefix, func(t *testing.T) {
-			ids := g.ints(tc.prefix + ".ids")
-			refLast, ls := g.floats(tc.prefix + ".last_hidden_state")
-			b, n := int(ls[0]), int(ls[1])
-			last, pooled, err := tc.net.encode(ids, b, n, 0, true, true)
-			require.NoError(t, err)
-			assertClose(t, tc.prefix+".last_hidden_state", last, refLast)
-			refPooled, _ := g.floats(tc.prefix + ".pooled")
-			assertClose(t, tc.prefix+".pooled", pooled, refPooled)
-			refPen, _ := g.floats(tc.prefix + ".penultimate_hidden_state")
-			pen, _, err := tc.net.encode(ids, b, n, 1, false, false)
-			require.NoError(t, err)
-			assertClose(t, tc.prefix+".penultimate_hidden_state", pen, refPen)
+			pooled, b := assertCLIPGoldens(t, tc.net, g, tc.prefix)
 			if tc.prefix == "te2" {
 				refEmbeds, _ := g.floats("te2.text_embeds")
 				embeds, err := tc.net.project(pooled, b)

@@ -39,17 +39,7 @@ func TestUpscalerComponentsMatchDiffusers(t *testing.T) {
 	require.Equal(t, 4, e.vaeNet().factor())
 	assertVAEDecodeGoldens(t, e, g)
 
-	ids := g.ints("clip.ids")
-	refLast, ls := g.floats("clip.last_hidden_state")
-	hidden, pooled, err := e.clipNet().encode(ids, int(ls[0]), int(ls[1]), 0, true, true)
-	require.NoError(t, err)
-	assertClose(t, "clip.last_hidden_state", hidden, refLast)
-	refPooled, _ := g.floats("clip.pooled")
-	assertClose(t, "clip.pooled", pooled, refPooled)
-	refPen, _ := g.floats("clip.penultimate_hidden_state")
-	pen, _, err := e.clipNet().encode(ids, int(ls[0]), int(ls[1]), 1, false, false)
-	require.NoError(t, err)
-	assertClose(t, "clip.penultimate_hidden_state", pen, refPen)
+	assertCLIPGoldens(t, e.clipNet(), g, "clip")
 
 	require.NotNil(t, m.Upscaler)
 	cfg, err := schedule.ParseConfig(m.Upscaler.LowResScheduler.Raw)
