@@ -2,6 +2,7 @@ package diffusion
 
 import (
 	"context"
+	"image"
 	"math"
 	"path/filepath"
 	"testing"
@@ -73,6 +74,20 @@ func assertCLIPGoldens(t *testing.T, c clipNet, g *goldenFile, prefix string) (p
 	require.NoError(t, err)
 	assertClose(t, prefix+".penultimate_hidden_state", pen, refPen)
 	return pooled, b
+}
+
+// assertImageClose compares an 8-bit image with the kit's float image at 2/255 per pixel.
+func assertImageClose(t *testing.T, img image.Image, g *goldenFile) {
+	t.Helper()
+	ref, rs := g.floats("image")
+	require.Equal(t, image.Rect(0, 0, int(rs[3]), int(rs[2])), img.Bounds())
+	got := imageCHW(img)
+	var worst float64
+	for i := range ref {
+		worst = math.Max(worst, math.Abs(float64(got[i])-float64(ref[i])*255))
+	}
+	t.Logf("image: max |pixel - 255 ref| = %.3f levels, PSNR %.1f dB", worst, psnr(got, ref))
+	assert.LessOrEqual(t, worst, 2.0, "2/255 per pixel")
 }
 
 func openGolden(t *testing.T, path string) *goldenFile {

@@ -73,14 +73,7 @@ func assertKitImage(t *testing.T, golden string, steps [][]float32, res *Result)
 		t.Logf("step%02d.latents: max|diff|/max|ref| = %.2e", i, e)
 		assert.LessOrEqual(t, e, conformanceTol, "step %d", i)
 	}
-	ref, _ := g.floats("image")
-	got := imageCHW(res.Images[0])
-	var worst float64
-	for i := range ref {
-		worst = math.Max(worst, math.Abs(float64(got[i])-float64(ref[i])*255))
-	}
-	t.Logf("image: max |pixel - 255 ref| = %.3f levels", worst)
-	assert.LessOrEqual(t, worst, 2.0, "pixels within 2/255")
+	assertImageClose(t, res.Images[0], g)
 }
 
 func runSteps(t *testing.T, p *Pipeline, req Request) ([][]float32, *Result) {

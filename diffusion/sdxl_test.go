@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"image"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -227,20 +226,6 @@ func openSDXLTiny(t *testing.T, source string) *Pipeline {
 	t.Cleanup(func() { p.Close() })
 	assert.Equal(t, modelfile.FamilySDXL, p.Info().Family)
 	return p
-}
-
-// assertImageClose compares an 8-bit image with the kit's float image at 2/255 per pixel.
-func assertImageClose(t *testing.T, img image.Image, g *goldenFile) {
-	t.Helper()
-	ref, rs := g.floats("image")
-	require.Equal(t, image.Rect(0, 0, int(rs[3]), int(rs[2])), img.Bounds())
-	got := imageCHW(img)
-	var worst float64
-	for i := range ref {
-		worst = math.Max(worst, math.Abs(float64(got[i])-float64(ref[i])*255))
-	}
-	t.Logf("image: max |pixel - 255 ref| = %.3f levels, PSNR %.1f dB", worst, psnr(got, ref))
-	assert.LessOrEqual(t, worst, 2.0, "2/255 per pixel")
 }
 
 // sdxl-tiny's VAE (scaling_factor 0.13025, force_upcast) on raw latents and images. Its
