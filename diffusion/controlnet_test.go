@@ -382,17 +382,7 @@ func TestControlNetStepsMatchDiffusers(t *testing.T) {
 			defer d.control.free()
 			d.control.total = len(sched.Timesteps())
 
-			x, _ := g.floats("init_latents")
-			scale(x, float32(sched.InitNoiseSigma()))
-			for i, ts := range sched.Timesteps() {
-				noise, err := d.predict(sched.ScaleModelInput(x, i), ts, i+1)
-				require.NoError(t, err)
-				next, err := sched.Step(noise, i, x, nil)
-				require.NoError(t, err)
-				ref, _ := g.floats(fmt.Sprintf("step%02d.latents", i))
-				assertClose(t, fmt.Sprintf("step%02d.latents (from diffusers' step%02d)", i, i-1), next, ref)
-				x = ref
-			}
+			assertTeacherForcedSteps(t, d, sched, g)
 		})
 	}
 }

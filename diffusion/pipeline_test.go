@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/gosd/gosd/diffusion/schedule"
 	"github.com/gosd/gosd/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -33,6 +34,24 @@ var kitRuns = []struct {
 	name    string
 	sampler Sampler
 }{{"ddim", DDIM}, {"euler", Euler}, {"dpmpp2m", DPMPP2M}}
+
+// assertTeacherForcedSteps runs every sampler step of a kit run from diffusers' own
+// latents of the step before (its init_latents first): each step's result must match the
+// kit's next latents within the tolerance.
+func assertTeacherForcedSteps(t *testing.T, d *denoiser, sched schedule.Scheduler, g *goldenFile) {
+	t.Helper()
+	x, _ := g.floats("init_latents")
+	scale(x, float32(sched.InitNoiseSigma()))
+	for i, ts := range sched.Timesteps() {
+		noise, err := d.predict(sched.ScaleModelInput(x, i), ts, i+1)
+		require.NoError(t, err)
+		next, err := sched.Step(noise, i, x, nil)
+		require.NoError(t, err)
+		ref, _ := g.floats(fmt.Sprintf("step%02d.latents", i))
+		assertClose(t, fmt.Sprintf("step%02d.latents (from diffusers' step%02d)", i, i-1), next, ref)
+		x = ref
+	}
+}
 
 func kitRequest(s Sampler) Request {
 	return Request{
@@ -66,17 +85,7 @@ func TestTxt2ImgStepsMatchDiffusers(t *testing.T) {
 				}
 				assert.Equal(t, refT, got, "timesteps")
 
-				x, _ := g.floats("init_latents")
-				scale(x, float32(sched.InitNoiseSigma()))
-				for i, ts := range sched.Timesteps() {
-					noise, err := d.predict(sched.ScaleModelInput(x, i), ts, i+1)
-					require.NoError(t, err)
-					next, err := sched.Step(noise, i, x, nil)
-					require.NoError(t, err)
-					ref, _ := g.floats(fmt.Sprintf("step%02d.latents", i))
-					assertClose(t, fmt.Sprintf("step%02d.latents (from diffusers' step%02d)", i, i-1), next, ref)
-					x = ref
-				}
+				assertTeacherForcedSteps(t, d, sched, g)
 			})
 		}
 	}
