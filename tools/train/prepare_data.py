@@ -92,6 +92,39 @@ def base_captions(label, name, short_names, tags, group, subgroup):
     return caps
 
 
+def plain_captions(label, name, short_names):
+    """The subject recipe's captions: the emoji's names, bare and in a few fixed carrier phrases.
+    Held-out phrasings (heldout_prompts.json) use other carriers, so they test new wordings."""
+    names = [clean_label(label)]
+    for alt in [name.lower().strip()] + [s.replace("_", " ").replace("-", " ") for s in short_names[:1]]:
+        if len(alt) >= 3 and alt not in names and not alt.startswith("flag"):
+            names.append(alt)
+    caps = []
+    for x in names:
+        caps += [x, with_article(x), f"{x} emoji", f"emoji of {with_article(x)}", f"a picture of {with_article(x)}"]
+    return caps
+
+
+def select_subjects(entries, subjects):
+    """The first `cap` base emoji of each listed subcategory, in sort order, minus the excluded labels."""
+    caps, exclude = subjects["subcategories"], set(subjects.get("exclude", []))
+    known = {e["label"] for e in entries}
+    missing = sorted(exclude - known)
+    if missing:
+        sys.exit(f"prepare_data: subjects file excludes labels that are not in the data: {missing}")
+    taken, out = {}, []
+    for e in entries:
+        s = e["subcategory"]
+        if s in caps and e["label"] not in exclude and taken.get(s, 0) < caps[s]:
+            taken[s] = taken.get(s, 0) + 1
+            e = dict(e, captions=plain_captions(e["label"], e["name"], e["short_names"]))
+            out.append(e)
+    empty = sorted(s for s in caps if s not in taken)
+    if empty:
+        sys.exit(f"prepare_data: subjects file names subcategories with no emoji: {empty}")
+    return out
+
+
 def tone_captions(base_label, tone):
     lab = clean_label(base_label)
     return [f"{lab}, {tone}", f"{with_article(lab)} with {tone}", f"{lab} emoji, {tone}", f"{tone} {lab}"]
@@ -138,6 +171,8 @@ def build_entries(datasource, emojibase, messages, skin_tones=True):
             "image": d["image"],
             "subcategory": d["subcategory"],
             "label": clean_label(label),
+            "name": d["name"] or "",
+            "short_names": d.get("short_names", []),
             "weight": 1.0,
             "captions": base_captions(label, d["name"], d.get("short_names", []), tags, group, subgroup),
         })
@@ -200,11 +235,16 @@ def main(argv=None):
                     help=f"command run from the repository root that tokenizes stdin lines (default {DEFAULT_TOKENIZER_CMD!r})")
     ap.add_argument("--limit", type=int, default=0, help="keep only the first N images (smoke tests); 0 = all")
     ap.add_argument("--no-skin-tones", action="store_true", help="leave out skin-tone variants")
+    ap.add_argument("--subjects", default=None,
+                    help="JSON of subcategories and caps (subjects.json): only those base emoji, with plain captions")
     args = ap.parse_args(argv)
     out = args.out or os.path.join(args.data_dir, "emoji64.npz")
 
     ds_dir, datasource, emojibase, messages, versions = load_sources(args.data_dir)
-    entries = build_entries(datasource, emojibase, messages, skin_tones=not args.no_skin_tones)
+    entries = build_entries(datasource, emojibase, messages, skin_tones=not (args.no_skin_tones or args.subjects))
+    if args.subjects:
+        with open(args.subjects) as f:
+            entries = select_subjects(entries, json.load(f))
 
     with open(args.heldout) as f:
         heldout = json.load(f)
@@ -246,7 +286,8 @@ def main(argv=None):
         "sources": versions,
         "image_license": "Noto Emoji images: Apache License 2.0 (googlefonts/noto-emoji)",
         "tokenizer_cmd": args.tokenizer_cmd,
-        "skin_tones": not args.no_skin_tones,
+        "skin_tones": not (args.no_skin_tones or args.subjects),
+        "subjects": os.path.basename(args.subjects) if args.subjects else None,
         "limit": args.limit,
         "heldout_removed": removed,
     }

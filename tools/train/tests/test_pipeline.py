@@ -144,6 +144,35 @@ class PrepareDataTest(unittest.TestCase):
                 # white background: corners of every image are (near) white
                 self.assertGreater(d["images"][:, 0, 0].min(), 200)
 
+    def test_prepare_subjects(self):
+        with open(os.path.join(TRAIN, "subjects.json")) as f:
+            subjects = json.load(f)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "d.npz")
+            subprocess.run([sys.executable, os.path.join(TRAIN, "prepare_data.py"), "--subjects",
+                            os.path.join(TRAIN, "subjects.json"), "--out", out, "--tokenizer-cmd", FAKE_TOKENIZER],
+                           check=True, capture_output=True)
+            with np.load(out) as d:
+                subcats = [str(s) for s in d["subcategory"]]
+                ids = [str(s) for s in d["image_ids"]]
+                labels = {str(s) for s in d["labels"]}
+                caps = {str(c) for c in d["captions"]}
+                with open(os.path.join(TRAIN, "heldout_prompts.json")) as f:
+                    held = json.load(f)["prompts"]
+            self.assertLessEqual(len(ids), sum(subjects["subcategories"].values()))
+            self.assertGreater(len(ids), 350)
+            for s, cap in subjects["subcategories"].items():
+                self.assertLessEqual(subcats.count(s), cap, s)
+            self.assertFalse(labels & set(subjects["exclude"]))
+            self.assertFalse([h for h in ids if any(t in h for t in ("1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"))],
+                             "skin-tone variants in the subject set")
+            self.assertIn("a red apple", caps)
+            self.assertIn("a picture of a red apple", caps)
+            self.assertFalse(caps & {h["prompt"] for h in held}, "held-out prompts leaked into the captions")
+            for h in held:  # every named held-out emoji is a trained subject
+                if h["id"]:
+                    self.assertIn(h["id"], ids, h["prompt"])
+
 
 class SmokeTest(unittest.TestCase):
     def test_train_export_sample(self):
