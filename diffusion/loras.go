@@ -161,6 +161,12 @@ func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 	}()
 	var applied []AppliedLoRA
 	var unetSet, textSet []lora.Scaled
+	// SDXL's adapters also patch the second text encoder (kohya's lora_te2_, PEFT's
+	// text_encoder_2.), with the text scale.
+	components := []string{lora.UNet, lora.TextEncoder}
+	if p.eng.clip2 != 0 {
+		components = append(components, lora.TextEncoder2)
+	}
 	for _, l := range ls {
 		u, t := l.scales()
 		if u == 0 && t == 0 {
@@ -174,7 +180,7 @@ func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 			return err
 		}
 		files = append(files, f)
-		if err := f.CheckComponents(lora.UNet, lora.TextEncoder); err != nil {
+		if err := f.CheckComponents(components...); err != nil {
 			return err
 		}
 		if u != 0 {
@@ -190,14 +196,21 @@ func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 		name := strings.TrimSuffix(filepath.Base(l.Path), filepath.Ext(l.Path))
 		applied = append(applied, AppliedLoRA{Name: name, Path: l.Path, Hash: hash, UNetScale: u, TextScale: t})
 	}
-	nets := []struct {
+	type net struct {
 		component string
 		base      map[string]modelfile.Tensor
 		model     binding.Model
 		set       []lora.Scaled
-	}{
-		{lora.UNet, p.model.UNet.Tensors, p.eng.unet, unetSet},
-		{lora.TextEncoder, p.model.TextEncoder.Tensors, p.eng.clip, textSet},
+		alias     func(string) string
+	}
+	// kohya's SDXL trainer names UNet modules as the original checkpoint does
+	// (input_blocks.4.1...), SD 1.x trainers as diffusers does: both match.
+	nets := []net{
+		{lora.UNet, p.model.UNet.Tensors, p.eng.unet, unetSet, p.model.UNet.Config.LDMName},
+		{lora.TextEncoder, p.model.TextEncoder.Tensors, p.eng.clip, textSet, nil},
+	}
+	if p.eng.clip2 != 0 {
+		nets = append(nets, net{lora.TextEncoder2, p.model.ExtraTextEncoders[0].Tensors, p.eng.clip2, textSet, nil})
 	}
 	// Match everything, then merge everything, before touching the networks: a misfit
 	// fails with them unchanged.
@@ -207,7 +220,7 @@ func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 			continue
 		}
 		var err error
-		if plans[i], err = lora.Plan(n.base, n.component, n.set...); err != nil {
+		if plans[i], err = lora.PlanAliased(n.base, n.alias, n.component, n.set...); err != nil {
 			return err
 		}
 	}

@@ -31,7 +31,7 @@ func (f *File) Apply(targets map[string]modelfile.Tensor, component string, scal
 // requests re-patches the union of the old and new sets and restores the
 // rest by dropping their patches.
 func (f *File) Targets(targets map[string]modelfile.Tensor, component string) ([]string, error) {
-	bs, err := f.resolve(targets, component)
+	bs, err := f.resolve(targets, component, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -116,12 +116,19 @@ type Update struct {
 // groups them by weight, sorted by weight name; it fails as Merge does, before any
 // update is computed.
 func Plan(targets map[string]modelfile.Tensor, component string, adapters ...Scaled) ([]Patch, error) {
+	return PlanAliased(targets, nil, component, adapters...)
+}
+
+// PlanAliased is Plan for adapters whose modules may also be named by alias
+// (see modelfile.UNetConfig.LDMName): alias maps a module path of targets
+// (a weight's name without ".weight") to its other name.
+func PlanAliased(targets map[string]modelfile.Tensor, alias func(string) string, component string, adapters ...Scaled) ([]Patch, error) {
 	byWeight := map[string][]Update{}
 	for _, a := range adapters {
 		if a.File.f == nil {
 			return nil, fmt.Errorf("lora: %s is closed", a.File.Path)
 		}
-		bs, err := a.File.resolve(targets, component)
+		bs, err := a.File.resolve(targets, component, alias)
 		if err != nil {
 			return nil, err
 		}
@@ -206,8 +213,20 @@ type binding struct {
 }
 
 // resolve matches the file's modules for component with weights of targets
-// and checks their shapes, reporting every module that does not fit.
-func (f *File) resolve(targets map[string]modelfile.Tensor, component string) ([]binding, error) {
+// and checks their shapes, reporting every module that does not fit. alias,
+// when not nil, gives a second name of a module path of targets (the
+// original checkpoint's) that modules may use instead.
+func (f *File) resolve(targets map[string]modelfile.Tensor, component string, alias func(string) string) ([]binding, error) {
+	aliases := map[string]string{} // alternative module path -> module path of targets
+	if alias != nil {
+		for name := range targets {
+			if p, ok := strings.CutSuffix(name, ".weight"); ok {
+				if a := alias(p); a != p {
+					aliases[a] = p
+				}
+			}
+		}
+	}
 	// kohya keys write the module path with "_" for "."; several paths may
 	// collapse to one such name, which is then ambiguous (marked by "").
 	var underscored map[string]string
@@ -222,17 +241,21 @@ func (f *File) resolve(targets map[string]modelfile.Tensor, component string) ([
 		if m.kohya {
 			if underscored == nil {
 				underscored = map[string]string{}
-				for name := range targets {
-					p, ok := strings.CutSuffix(name, ".weight")
-					if !ok {
-						continue
-					}
-					u := strings.ReplaceAll(p, ".", "_")
-					if _, dup := underscored[u]; dup {
+				add := func(name, p string) {
+					u := strings.ReplaceAll(name, ".", "_")
+					if q, dup := underscored[u]; dup && q != p {
 						underscored[u] = ""
 					} else {
 						underscored[u] = p
 					}
+				}
+				for name := range targets {
+					if p, ok := strings.CutSuffix(name, ".weight"); ok {
+						add(p, p)
+					}
+				}
+				for a, p := range aliases {
+					add(a, p)
 				}
 			}
 			p, ok := underscored[m.Path]
@@ -241,6 +264,10 @@ func (f *File) resolve(targets map[string]modelfile.Tensor, component string) ([
 				continue
 			}
 			path = p
+		} else if p, ok := aliases[path]; ok {
+			if _, own := targets[path+".weight"]; !own {
+				path = p
+			}
 		}
 		t, ok := targets[path+".weight"]
 		if !ok || path == "" {

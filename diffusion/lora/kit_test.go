@@ -199,7 +199,7 @@ func TestKitFormulaAllModules(t *testing.T) {
 				targets := asF32(t, k.targets(comp))
 				got, err := f.Apply(targets, comp, s)
 				require.NoError(t, err)
-				bs, err := f.resolve(targets, comp)
+				bs, err := f.resolve(targets, comp, nil)
 				require.NoError(t, err)
 				for _, b := range bs {
 					ref := refMerge(t, f, b.module, decoded(t, targets[b.weight]), s)

@@ -539,3 +539,12 @@ func openCLIPSource(p string) func(string) source {
 		return source{name: block + rest}
 	}
 }
+
+// LDMName is the original (LDM / SGM) checkpoint name, without the
+// "model.diffusion_model." prefix, of the diffusers UNet tensor or module
+// path name for a UNet of config c: "down_blocks.1.attentions.0.proj_in"
+// reads "input_blocks.4.1.proj_in". Adapters trained on single files
+// (kohya's SDXL LoRAs) name their modules this way.
+func (c UNetConfig) LDMName(name string) string {
+	return strings.TrimSuffix(unetModules(c).resolver("")(name+".").name, ".")
+}

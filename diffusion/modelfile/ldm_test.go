@@ -410,3 +410,24 @@ func TestLDMTextEncoderDepth(t *testing.T) {
 		}
 	}
 }
+
+// LDMName against names of the real SD 1.5 and SDXL checkpoints.
+func TestUNetLDMName(t *testing.T) {
+	sd15, sdxl := SD15UNetConfig(), SDXLUNetConfig()
+	for _, tc := range []struct {
+		c          UNetConfig
+		name, want string
+	}{
+		{sd15, "down_blocks.1.attentions.0.proj_in", "input_blocks.4.1.proj_in"},
+		{sd15, "down_blocks.0.resnets.1.conv1", "input_blocks.2.0.in_layers.2"},
+		{sd15, "mid_block.resnets.1.time_emb_proj", "middle_block.2.emb_layers.1"},
+		{sd15, "up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_k", "output_blocks.11.1.transformer_blocks.0.attn2.to_k"},
+		{sd15, "up_blocks.1.upsamplers.0.conv", "output_blocks.5.2.conv"},
+		{sdxl, "down_blocks.1.attentions.0.transformer_blocks.1.ff.net.0.proj", "input_blocks.4.1.transformer_blocks.1.ff.net.0.proj"},
+		{sdxl, "up_blocks.0.attentions.2.proj_out", "output_blocks.2.1.proj_out"},
+		{sdxl, "add_embedding.linear_1", "label_emb.0.0"},
+		{sdxl, "conv_in", "input_blocks.0.0"},
+	} {
+		assert.Equal(t, tc.want, tc.c.LDMName(tc.name), tc.name)
+	}
+}
