@@ -22,7 +22,8 @@ const DefaultRefinerStart = 0.8
 // Both models take the request as it is (prompts, size, steps, guidance, seed); a
 // Sampler of SamplerAuto resolves to each model's own scheduler. Samplers with more than
 // one model call a step (Heun, DPM2, DPM++ 2S, PNDM) are refused. refiner may be p. The
-// result's Params are the refiner's, Timings cover both.
+// result's Params are the refiner's, with Model and ModelHash the base model's and Refiner,
+// RefinerSwitchAt set; Timings cover both.
 func (p *Pipeline) Txt2ImgRefined(ctx context.Context, req Request, refiner *Pipeline, start float64) (*Result, error) {
 	if refiner == nil {
 		return nil, invalid("no refiner")
@@ -112,7 +113,12 @@ func (p *Pipeline) Txt2ImgRefined(ctx context.Context, req Request, refiner *Pip
 	if err != nil {
 		return nil, err
 	}
-	res.Params.ModelHash = refiner.hash.get()
+	res.Params.Model, res.Params.ModelHash = par.Model, p.hash.get()
+	res.Params.Refiner = rpar.Model
+	if h := refiner.hash.get(); h != "" {
+		res.Params.Refiner += " [" + h + "]"
+	}
+	res.Params.RefinerSwitchAt = start
 	tm.Total = time.Since(began)
 	res.Params.Elapsed, res.Timings = tm.Total, tm
 	return res, nil

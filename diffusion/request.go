@@ -291,6 +291,11 @@ type Params struct {
 	HiresScale    float64
 	HiresSteps    int
 	HiresUpscaler string
+	// Refiner ("name [hash]", the hash "" for folders) and RefinerSwitchAt (the fraction
+	// of the schedule the base model ran) describe a Txt2ImgRefined hand-over; Model and
+	// ModelHash then name the base model. Refiner is "" without one.
+	Refiner         string
+	RefinerSwitchAt float64
 }
 
 // A1111 formats the parameters of image index of the batch as AUTOMATIC1111's
@@ -313,6 +318,11 @@ func (p Params) A1111(index int) string {
 		{"Size", fmt.Sprintf("%dx%d", p.Width, p.Height), true},
 		{"Model hash", p.ModelHash, p.ModelHash != ""},
 		{"Model", p.Model, p.Model != ""},
+		{"Refiner", p.Refiner, p.Refiner != ""},
+		{"Refiner switch at", fmt.Sprint(p.RefinerSwitchAt), p.Refiner != ""},
+		// SDXL's second prompts (no AUTOMATIC1111 field: it gives both encoders one prompt).
+		{"Prompt 2", p.Prompt2, p.Prompt2 != ""},
+		{"Negative prompt 2", p.NegativePrompt2, p.NegativePrompt2 != ""},
 		{"Lora hashes", loraHashes(p.LoRAs), len(p.LoRAs) > 0},
 		{"TI hashes", tiHashes(p.Embeddings), len(p.Embeddings) > 0},
 		{"Batch size", fmt.Sprint(p.BatchSize), p.BatchSize > 1},

@@ -302,6 +302,7 @@ func TestSDXLImg2ImgAndInpaintRun(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, imageCHW(a.Images[0]), imageCHW(b.Images[0]), "deterministic for a seed")
 	assert.Equal(t, 0.5, a.Params.Strength)
+	assert.Contains(t, a.Params.A1111(0), ", Prompt 2: an oil painting, ")
 	assert.Equal(t, Size{64, 64}, a.Params.SizeConditioning.OriginalSize, "defaults to the image's size")
 
 	mask := image.NewGray(image.Rect(0, 0, 64, 64))
@@ -425,6 +426,10 @@ func TestSDXLRefiner(t *testing.T) {
 	refined, err := base.Txt2ImgRefined(context.Background(), req, r, 0.5)
 	require.NoError(t, err)
 	assert.NotEqual(t, imageCHW(plain.Images[0]), imageCHW(refined.Images[0]), "the refiner ran the last steps")
+	assert.Equal(t, plain.Params.Model, refined.Params.Model, "Model names the base model")
+	assert.Equal(t, r.Info().Name, refined.Params.Refiner, "a folder: no hash")
+	assert.Equal(t, 0.5, refined.Params.RefinerSwitchAt)
+	assert.Contains(t, refined.Params.A1111(0), ", Refiner: "+r.Info().Name+", Refiner switch at: 0.5, ")
 }
 
 // Long prompts in A1111 syntax: each encoder chunks its own prompt, the shorter side is
