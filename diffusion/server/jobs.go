@@ -262,9 +262,12 @@ func (s *Server) run(j *job) {
 			case modeInpaint:
 				res, err = p.Inpaint(itCtx, diffusion.InpaintRequest{Request: req, Image: sp.image, Mask: sp.mask, Strength: sp.strength})
 			}
+			// Skipped: the iteration's context ended but not the job's (read before skip()
+			// below cancels it anyway, else every error would pass for a skip).
+			skipped := itCtx.Err() != nil && j.ctx.Err() == nil
 			skip()
-			if err != nil && j.ctx.Err() == nil && itCtx.Err() != nil {
-				err = nil // skipped: on to the next iteration
+			if err != nil && skipped {
+				err = nil // on to the next iteration
 				continue
 			}
 			if err != nil {
