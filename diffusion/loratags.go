@@ -49,7 +49,7 @@ func ParseLoRATags(prompt, dir string) (string, []LoRA, error) {
 			return ""
 		}
 		if index == nil {
-			if index, err = indexLoRAs(dir); err != nil {
+			if index, err = IndexLoRAs(dir); err != nil {
 				return ""
 			}
 		}
@@ -129,8 +129,10 @@ func parseLoRATag(args string) (string, LoRA, error) {
 	return name, LoRA{UNetScale: &unet, TextScale: &te}, nil
 }
 
-// indexLoRAs maps the base names of the adapter files under dir to their paths.
-func indexLoRAs(dir string) (map[string][]string, error) {
+// IndexLoRAs maps the base names of the adapter files (.safetensors, .pt, .ckpt) under
+// dir and its subfolders, the names prompt tags call them by, to their paths (several
+// for a name make a tag naming it an error).
+func IndexLoRAs(dir string) (map[string][]string, error) {
 	index := map[string][]string{}
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {

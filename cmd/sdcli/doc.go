@@ -285,6 +285,11 @@
 //	--cors ORIGIN         origin allowed to call the API from a browser, or * (default none)
 //	--timeout duration    deadline of a generation from its submission (default 10m)
 //	--grace duration      how long running work may finish on shutdown (default 30s)
+//	--lora-dir DIR        folder (with subfolders) whose adapters prompt tags <lora:NAME:w>
+//	                      may name; GET /sdapi/v1/loras lists them (default none: a tag
+//	                      is an error)
+//	--embedding-dir DIR   folder (with subfolders) of textual-inversion embeddings that
+//	                      prompts use by file name (default none)
 //	--taesd path          a TAESD (as for txt2img's --vae-decoder taesd:PATH): every live
 //	                      preview is its decoding at full size, at some time per step
 //	                      (default none: the linear approximation at latent size)

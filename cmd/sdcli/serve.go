@@ -25,6 +25,7 @@ type serveOptions struct {
 	apiKey, cors   string
 	timeout, grace time.Duration
 	pipe           pipelineOptions
+	lora           loraOptions
 }
 
 func serveCommand(a *app, fs *flagSet) func(context.Context, []string) error {
@@ -41,6 +42,8 @@ func serveCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 	fs.funcVar("grace", "duration", "on SIGINT or SIGTERM, how long running work may finish before it is cancelled (default 30s)", durationFlag(&o.grace))
 	o.timeout, o.grace = 10*time.Minute, 30*time.Second
 	fs.stringVar(&o.pipe.taesd, "taesd", "path", "", "a TAESD folder or file: live previews are its decoding at full size\n(default: none, the linear preview at latent size)")
+	fs.stringVar(&o.lora.dir, "lora-dir", "DIR", "", "folder (searched with its subfolders) whose adapters prompts may name in tags\n<lora:NAME:SCALE>; GET /sdapi/v1/loras lists them (default: none; a tag is then an error)")
+	fs.stringVar(&o.lora.embeddingDir, "embedding-dir", "DIR", "", "folder (searched with its subfolders) of textual-inversion embeddings that prompts\nuse by file name (default: none)")
 	o.pipe.define(fs)
 	return func(ctx context.Context, args []string) error { return a.serve(ctx, o, args) }
 }
@@ -103,6 +106,7 @@ func (a *app) serve(ctx context.Context, o *serveOptions, args []string) error {
 		},
 		Workers: o.workers, Queue: o.queue, MaxSize: o.maxSize, MaxSteps: o.maxSteps,
 		Timeout: o.timeout, APIKey: o.apiKey, CORSOrigin: o.cors, Logger: logger,
+		LoRADir: o.lora.dir, EmbeddingDir: o.lora.embeddingDir,
 	})
 	if err != nil {
 		return err

@@ -4,7 +4,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -377,8 +379,23 @@ func (s *Server) handleA1111Upscalers(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleA1111Loras lists none: the runtime does not load LoRAs.
+// handleA1111Loras lists the adapters of Config.LoRADir as the web UI's Lora extension
+// does (name, alias, path, metadata: the safetensors header's __metadata__ is not read).
 func (s *Server) handleA1111Loras(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, []any{})
+	out := []map[string]any{}
+	if s.cfg.LoRADir != "" {
+		index, err := diffusion.IndexLoRAs(s.cfg.LoRADir)
+		if err != nil { // the server's folder, not the request, is at fault
+			writeError(w, r, fmt.Errorf("listing the LoRA folder %s: %s", s.cfg.LoRADir, strings.TrimPrefix(err.Error(), diffusion.ErrInvalidRequest.Error()+": ")))
+			return
+		}
+		for _, name := range slices.Sorted(maps.Keys(index)) {
+			for _, path := range index[name] {
+				out = append(out, map[string]any{"name": name, "alias": name, "path": path, "metadata": map[string]any{}})
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) handleA1111PNGInfo(w http.ResponseWriter, r *http.Request) {

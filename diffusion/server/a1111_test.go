@@ -1,10 +1,12 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"image"
 	"image/color"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,9 +14,13 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/gosd/gosd/diffusion"
+	"github.com/gosd/gosd/diffusion/modelfile"
 )
 
 type a1111Response struct {
@@ -233,4 +239,85 @@ func TestA1111SwitchModel(t *testing.T) {
 	assert.Equal(t, "emoji-copy", opts["sd_model_checkpoint"])
 	assert.Equal(t, 200, call(t, "GET", hs.URL+"/readyz", "", nil).StatusCode)
 	require.Equal(t, 200, call(t, "POST", hs.URL+"/sdapi/v1/txt2img", `{"prompt":"x","steps":1}`, &res).StatusCode)
+}
+
+// writeDemoLoRA writes a kohya LoRA for one attention projection of the demo model's
+// UNet, with random factors, at path.
+func writeDemoLoRA(t *testing.T, path string) {
+	t.Helper()
+	model, _ := demoModel(t)
+	f, err := modelfile.OpenFile(filepath.Join(model, "unet", "diffusion_pytorch_model.safetensors"))
+	require.NoError(t, err)
+	defer f.Close()
+	const module = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+	var shape []int64
+	for _, w := range f.Tensors {
+		if w.Name == module+".weight" {
+			shape = w.Shape
+		}
+	}
+	require.Len(t, shape, 2, module)
+	r := rand.New(rand.NewPCG(1, 2))
+	factor := func(name string, dims ...int64) modelfile.Tensor {
+		v := make([]float32, dims[0]*dims[1])
+		for i := range v {
+			v[i] = float32(r.NormFloat64())
+		}
+		return modelfile.Tensor{Name: name, DType: modelfile.F32, Shape: dims, Data: unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))}
+	}
+	key := "lora_unet_" + strings.ReplaceAll(module, ".", "_")
+	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+	require.NoError(t, modelfile.WriteSafetensors(path, []modelfile.Tensor{
+		factor(key+".lora_down.weight", 4, shape[1]), factor(key+".lora_up.weight", shape[0], 4)}, nil))
+}
+
+// Prompt tags name adapters of Config.LoRADir (listed by /sdapi/v1/loras) and words
+// embeddings of Config.EmbeddingDir; the infotext records both.
+func TestA1111LoRAsAndEmbeddings(t *testing.T) {
+	loras, embeds := t.TempDir(), t.TempDir()
+	writeDemoLoRA(t, filepath.Join(loras, "styles", "style.safetensors"))
+	vec := make([]float32, 2*96) // two vectors of the demo text encoder's width
+	for i := range vec {
+		vec[i] = float32(i%7) / 7
+	}
+	require.NoError(t, modelfile.WriteSafetensors(filepath.Join(embeds, "shiny.safetensors"), []modelfile.Tensor{{Name: "emb_params",
+		DType: modelfile.F32, Shape: []int64{2, 96}, Data: unsafe.Slice((*byte)(unsafe.Pointer(&vec[0])), 4*len(vec))}}, nil))
+	_, hs := testServer(t, func(c *Config) { c.LoRADir, c.EmbeddingDir = loras, embeds })
+
+	var list []map[string]any
+	require.Equal(t, 200, call(t, "GET", hs.URL+"/sdapi/v1/loras", "", &list).StatusCode)
+	require.Len(t, list, 1)
+	assert.Equal(t, "style", list[0]["name"])
+	assert.Equal(t, filepath.Join(loras, "styles", "style.safetensors"), list[0]["path"])
+
+	gen := func(prompt string) (int, a1111Response) {
+		var res a1111Response
+		body, _ := json.Marshal(map[string]any{"prompt": prompt, "steps": 2, "seed": 3})
+		return call(t, "POST", hs.URL+"/sdapi/v1/txt2img", string(body), &res).StatusCode, res
+	}
+	status, plain := gen("a red apple")
+	require.Equal(t, 200, status)
+	status, styled := gen("<lora:style:0.7> a red apple")
+	require.Equal(t, 200, status)
+	assert.NotEqual(t, plain.Images[0], styled.Images[0], "the adapter changed the image")
+	_, text := decodePNG(t, styled.Images[0])
+	assert.Contains(t, text["parameters"], `Lora hashes: "style: `)
+	status, shiny := gen("a shiny red apple")
+	require.Equal(t, 200, status)
+	_, text = decodePNG(t, shiny.Images[0])
+	assert.Contains(t, text["parameters"], `TI hashes: "shiny: `)
+
+	var e map[string]any
+	body, _ := json.Marshal(map[string]any{"prompt": "<lora:missing:1> a red apple", "steps": 2})
+	require.Equal(t, 422, call(t, "POST", hs.URL+"/sdapi/v1/txt2img", string(body), &e).StatusCode,
+		"an error of the generation itself is not an empty success")
+	assert.Contains(t, fmt.Sprint(e), "missing")
+}
+
+func TestNewRefusesMissingFolders(t *testing.T) {
+	for _, c := range []Config{{LoRADir: filepath.Join(t.TempDir(), "none")}, {EmbeddingDir: "a1111_test.go"}} {
+		c.Models, c.Open = []string{"m"}, func(context.Context, string) (*diffusion.Pipeline, error) { return nil, nil }
+		_, err := New(context.Background(), c)
+		assert.ErrorContains(t, err, "is not a folder")
+	}
 }

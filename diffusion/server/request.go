@@ -31,7 +31,8 @@ type params struct {
 
 // build makes the request; errors name the field as param (width, height, steps, ...).
 func (s *Server) build(p params) (diffusion.Request, error) {
-	req := diffusion.Request{Prompt: p.prompt, NegativePrompt: p.negative, BatchSize: max(1, p.batch)}
+	req := diffusion.Request{Prompt: p.prompt, NegativePrompt: p.negative, BatchSize: max(1, p.batch),
+		LoRADir: s.cfg.LoRADir, EmbeddingDir: s.cfg.EmbeddingDir}
 	for _, f := range []struct {
 		name string
 		v    int

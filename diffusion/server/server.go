@@ -28,6 +28,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -64,6 +65,11 @@ type Config struct {
 	MaxBodyBytes int64
 	// Timeout is a generation's deadline, from its submission (default 10 minutes).
 	Timeout time.Duration
+	// LoRADir, when set, is the folder (with its subfolders) whose adapters prompts may
+	// name in AUTOMATIC1111 tags <lora:NAME:SCALE>, listed by GET /sdapi/v1/loras;
+	// without it a tag is an error. EmbeddingDir likewise holds textual-inversion
+	// embeddings that prompts use by file name.
+	LoRADir, EmbeddingDir string
 	// APIKey, when set, is required of every API request as "Authorization: Bearer KEY"
 	// (the page at /, /healthz and /readyz stay open; the page asks for the key).
 	APIKey string
@@ -84,6 +90,14 @@ func (c *Config) defaults() error {
 	}
 	if c.Open == nil {
 		return errors.New("server: no Open function")
+	}
+	for _, d := range []struct{ field, dir string }{{"LoRADir", c.LoRADir}, {"EmbeddingDir", c.EmbeddingDir}} {
+		if d.dir == "" {
+			continue
+		}
+		if st, err := os.Stat(d.dir); err != nil || !st.IsDir() {
+			return fmt.Errorf("server: %s %s is not a folder", d.field, d.dir)
+		}
 	}
 	setInt := func(v *int, def int) {
 		if *v <= 0 {
