@@ -5,22 +5,40 @@
 - parity: sdmodels.ControlNetModel and the UNet with residuals reproduce the conformance kit's
   controlnet-tiny goldens (diffusers 0.31) within 1e-4 of max|ref| (skips without the kit);
 - from_unet: the demo UNet's encoder copied, zero residuals, a 64x64 hint for 16x16 latents;
+- canny_data.py: the Go Canny over a dataset (skips without go);
+- a smoke training of a few steps on a few synthetic images with a freshly initialised tiny base
+  model, resume and time budget, export and strict reload;
+- the runtime: sdcli loads the exported ControlNet and draws, with a ControlNet whose every
+  weight matters, the image PyTorch draws (skips without a built build/sdcli, go or the kit's
+  tokenizer files).
 """
 
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import unittest
 
+import numpy as np
 import torch
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 TRAIN = os.path.dirname(TESTS)
 sys.path.insert(0, TRAIN)
 
+import canny_data  # noqa: E402
+import export  # noqa: E402
+import export_controlnet  # noqa: E402
+import prepare_data  # noqa: E402
 import safetensors_io as st  # noqa: E402
+import sampling  # noqa: E402
 import sdmodels  # noqa: E402
 import test_parity  # noqa: E402
+import train  # noqa: E402
+import train_controlnet  # noqa: E402
+from tests import test_pipeline  # noqa: E402
 
 KIT = test_parity.conformance_dir()
 CN_KIT = os.path.join(KIT, "controlnet-tiny") if KIT else None
@@ -115,6 +133,193 @@ class FromUNetTest(unittest.TestCase):
             # A 64x64 hint on 8x8 latents does not fit the encoder: an error, not a silent broadcast.
             with self.assertRaises(RuntimeError):
                 cn(torch.randn(1, 4, 8, 8), t[:1], ctx[:1], cond[:1])
+
+
+REPO = os.path.dirname(os.path.dirname(TRAIN))
+SDCLI = os.environ.get("GOSD_SDCLI", os.path.join(REPO, "build", "sdcli"))
+HAVE_GO = shutil.which("go") is not None
+TOKENIZER_SRC = export.default_tokenizer_src()
+
+# A tiny SD of the demo model's shape (3 levels, 4x VAE, 64x64 images, 16x16 latents).
+TINY = {
+    "unet": {"block_out_channels": [32, 32, 64], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+             "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "layers_per_block": 1,
+             "norm_num_groups": 8, "attention_head_dim": [2, 2, 2], "cross_attention_dim": 32, "use_linear_projection": True,
+             "sample_size": 16},
+    "vae": {"block_out_channels": [16, 16, 32], "down_block_types": ["DownEncoderBlock2D"] * 3,
+            "up_block_types": ["UpDecoderBlock2D"] * 3, "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64},
+    "text_encoder": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
+}
+SCHED = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+         "prediction_type": "epsilon", "timestep_spacing": "leading", "steps_offset": 1}
+
+
+def perturb(model, std, seed):
+    """Adds N(0, std) to every weight, so that zero-initialised layers matter in comparisons."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+def tiny_base(out):
+    """A freshly initialised (and perturbed) tiny SD written as a diffusers folder."""
+    torch.manual_seed(0)
+    models = {k: perturb(sdmodels.build(k, TINY[k]), 0.02, i) for i, k in enumerate(("unet", "vae", "text_encoder"))}
+    export.write_folder(out, TINY, {k: m.state_dict() for k, m in models.items()}, 0.5, SCHED, TOKENIZER_SRC)
+
+
+def stand_in_edges(images):
+    """Test-only edge maps (a thresholded pixel gradient), so that training tests need no Go."""
+    gray = images.astype(np.float32).mean(axis=3)
+    gx = np.abs(np.diff(gray, axis=2, prepend=gray[:, :, :1]))
+    gy = np.abs(np.diff(gray, axis=1, prepend=gray[:, :1]))
+    return ((gx + gy) > 40).astype(np.uint8) * 255
+
+
+@unittest.skipUnless(HAVE_GO, "go not on PATH")
+class CannyDataTest(unittest.TestCase):
+    def test_canny_data(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            data = os.path.join(tmp, "d.npz")
+            test_pipeline.synthetic_dataset(data, n=6)
+            self.assertEqual(canny_data.main(["--data", data]), 0)
+            with np.load(canny_data.edges_path(data)) as e, np.load(data) as d:
+                edges, meta = e["edges"], json.loads(str(e["meta"]))
+                self.assertEqual(edges.shape, d["images"].shape[:3])
+                self.assertEqual(list(e["image_ids"]), list(d["image_ids"]))
+            self.assertEqual(meta["thresholds"], "100,200")
+            self.assertEqual(set(np.unique(edges)), {0, 255})
+            for e in edges:  # a disc on white: a ring of edges, nothing at the centre or the corners
+                self.assertTrue(e[32, :].any() and e[32, 32] == 0 and e[0, 0] == 0 and e[63, 63] == 0)
+            with self.assertRaises(ValueError):
+                canny_data.canny(np.zeros((2, 8, 8), np.uint8))
+
+
+@unittest.skipIf(TOKENIZER_SRC is None, "no CLIP vocab.json/merges.txt (third_party/clip or the conformance kit)")
+class SmokeTrainTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp()
+        cls.base = os.path.join(cls.tmp, "base")
+        tiny_base(cls.base)
+        cls.data = os.path.join(cls.tmp, "data.npz")
+        test_pipeline.synthetic_dataset(cls.data)
+        with np.load(cls.data) as d:
+            cls.edges = stand_in_edges(d["images"])
+            ids = d["image_ids"]
+        cls.edges_path = os.path.join(cls.tmp, "edges.npz")
+        np.savez_compressed(cls.edges_path, edges=cls.edges, image_ids=ids, meta=np.array(json.dumps({"thresholds": "test"})))
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp)
+
+    def train(self, run, *extra):
+        return train_controlnet.main(["--run", run, "--base", self.base, "--data", self.data, "--edges", self.edges_path,
+                                      "--quiet", "--threads", "1", *extra])
+
+    def test_train_resume_export(self):
+        run = os.path.join(self.tmp, "run")
+        self.assertEqual(self.train(run, "--smoke"), 0)
+        with open(os.path.join(run, "status.json")) as f:
+            self.assertTrue(json.load(f)["done"])
+        self.assertTrue(os.path.isfile(os.path.join(run, "samples", "final.png")))
+        with open(os.path.join(run, "loss.csv")) as f:
+            rows = f.read().splitlines()
+        self.assertEqual(len(rows), 1 + 3, rows)  # header + one row per smoke step
+        ck = train.load_checkpoint(os.path.join(run, "controlnet.pt"), "cpu")
+        self.assertEqual(ck["step"], 3)
+        self.assertEqual(ck["config"]["conditioning_embedding_out_channels"], [16, 32, 64])
+        # The zero convolutions have moved off zero: the ControlNet was trained.
+        self.assertGreater(ck["controlnet"]["controlnet_mid_block.weight"].abs().max().item(), 0)
+        # Resuming a finished run does nothing and still succeeds.
+        self.assertEqual(train_controlnet.main(["--run", run, "--resume", "--quiet"]), 0)
+
+        out = os.path.join(self.tmp, "export")
+        self.assertEqual(export_controlnet.main(["--run", run, "--out", out]), 0)
+        with open(os.path.join(out, "config.json")) as f:
+            cfg = json.load(f)
+        self.assertEqual(cfg["_class_name"], "ControlNetModel")
+        self.assertEqual(set(cfg) - {"_diffusers_version"}, set(sdmodels.CONTROLNET_DEFAULTS))
+        self.assertEqual(cfg["block_out_channels"], TINY["unet"]["block_out_channels"])
+        header, _, _ = st.read_header(os.path.join(out, export_controlnet.WEIGHTS))
+        self.assertTrue(all(v["dtype"] == "F16" for v in header.values()))
+        with open(os.path.join(out, "README.md")) as f:
+            card = f.read()
+        self.assertIn("Apache License 2.0", card)
+        self.assertIn("3 steps x batch 4", card)
+
+        # The folder holds the EMA weights, rounded to fp16, and reloads strictly.
+        loaded = export_controlnet.load_folder(out).state_dict()
+        ema = {k[len("controlnet."):]: v for k, v in ck["ema"].items()}
+        self.assertEqual(set(loaded), set(ema))
+        for k, v in ema.items():
+            self.assertTrue(torch.equal(loaded[k], v.half().float()), k)
+
+        # Outputs survive the fp16 round trip, with every weight perturbed so that every path matters.
+        cn = perturb(sdmodels.ControlNetModel(ck["config"]), 0.02, 5).eval()
+        out2 = os.path.join(self.tmp, "export2")
+        export_controlnet.write_folder(out2, cn.config, cn.state_dict())
+        loaded = export_controlnet.load_folder(out2)
+        x, t, ctx = torch.randn(2, 4, 16, 16), torch.tensor([900, 20]), torch.randn(2, 77, 32)
+        cond = torch.from_numpy(self.edges[:2]).float().div(255)[:, None].expand(-1, 3, -1, -1)
+        with torch.no_grad():
+            (down_a, mid_a), (down_b, mid_b) = cn(x, t, ctx, cond), loaded(x, t, ctx, cond)
+        for u, v in zip(down_a + [mid_a], down_b + [mid_b]):
+            self.assertLess((u - v).abs().max().item() / u.abs().max().item(), 1e-2)
+
+    def test_time_budget_and_resume(self):
+        run = os.path.join(self.tmp, "budget")
+        self.assertEqual(self.train(run, "--smoke", "--max-minutes", "1e-9"), train_controlnet.EXIT_INCOMPLETE)
+        self.assertEqual(train.load_checkpoint(os.path.join(run, "controlnet.pt"), "cpu")["step"], 0)
+        self.assertEqual(train_controlnet.main(["--run", run, "--resume", "--quiet"]), 0)
+
+    def test_bad_inputs(self):
+        with self.assertRaises(SystemExit):  # edges of another dataset
+            other = os.path.join(self.tmp, "other.npz")
+            np.savez_compressed(other, edges=self.edges[:3], image_ids=np.array(["a", "b", "c"]))
+            self.train(os.path.join(self.tmp, "bad"), "--smoke", "--edges", other)
+        with self.assertRaises(SystemExit):  # not a model
+            train_controlnet.main(["--run", os.path.join(self.tmp, "bad2"), "--base", self.tmp, "--smoke", "--quiet"])
+
+    @unittest.skipUnless(os.access(SDCLI, os.X_OK) and HAVE_GO, "no built sdcli (go build -o build/sdcli ./cmd/sdcli) or no go")
+    def test_runtime_matches_pytorch(self):
+        """The exported ControlNet in sdcli draws the image the PyTorch pipeline draws (2/255 per pixel)."""
+        base = export.load_folder(self.base)
+        cn = perturb(sdmodels.ControlNetModel.from_unet(base["unet"], (16, 32, 64)), 0.1, 7).eval()
+        out = os.path.join(self.tmp, "cn-random")
+        export_controlnet.write_folder(out, cn.config, cn.state_dict())
+        cn = export_controlnet.load_folder(out)  # the fp16 weights the runtime gets
+        control = os.path.join(self.tmp, "control.png")
+        from PIL import Image
+
+        Image.fromarray(self.edges[1]).save(control)
+        prompt, seed, steps = "a red disc", 3, 8
+        png = os.path.join(self.tmp, "sdcli.png")
+        r = subprocess.run([SDCLI, "txt2img", "--lib", os.path.dirname(SDCLI), "--device", "cpu", "--threads", "1", "-m", self.base,
+                            "--controlnet", out, "--control-image", control, "-p", prompt, "--seed", str(seed),
+                            "--steps", str(steps), "--cfg", "5", "--sampler", "ddim", "-W", "64", "-H", "64", "-o", png],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with Image.open(png) as im:
+            got = np.asarray(im.convert("RGB"), dtype=np.int32)
+
+        ids = torch.from_numpy(prepare_data.tokenize(["", prompt], prepare_data.DEFAULT_TOKENIZER_CMD).astype(np.int64))
+        with torch.no_grad():
+            ctx = base["text_encoder"](ids)["last_hidden_state"]
+            cond = torch.from_numpy(self.edges[1]).float().div(255)[None, None].expand(1, 3, -1, -1)
+            g = torch.Generator().manual_seed(seed)
+            lat = sampling.sample(train_controlnet.Controlled(base["unet"], cn, cond), ctx[1:], ctx[:1], base["scheduler"],
+                                  steps, 5.0, "ddim", g, (4, 16, 16))
+            ref = sampling.to_uint8(sampling.decode(base["vae"], lat, 0.5))[0].astype(np.int32)
+            plain = sampling.to_uint8(sampling.decode(base["vae"], sampling.sample(
+                base["unet"], ctx[1:], ctx[:1], base["scheduler"], steps, 5.0, "ddim", torch.Generator().manual_seed(seed),
+                (4, 16, 16)), 0.5))[0].astype(np.int32)
+        self.assertGreater(np.abs(ref - plain).max(), 20, "the ControlNet must change the picture for this test to mean anything")
+        print(f"\nsdcli vs PyTorch: max|diff| {np.abs(got - ref).max()}/255; ControlNet effect {np.abs(ref - plain).max()}/255", file=sys.stderr)
+        self.assertLessEqual(np.abs(got - ref).max(), 2, "sdcli vs PyTorch, max |diff| in 1/255")
 
 
 if __name__ == "__main__":
