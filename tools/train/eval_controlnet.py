@@ -138,8 +138,9 @@ def contact_sheet(rows, path, cols=4, scale=2):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sdcli", required=True, help="the sdcli binary (go build -o build/sdcli ./cmd/sdcli)")
-    ap.add_argument("--controlnet", required=True, help="exported ControlNet folder (export_controlnet.py)")
+    ap.add_argument("--sdcli", help="the sdcli binary (go build -o build/sdcli ./cmd/sdcli); required")
+    ap.add_argument("--controlnet", help="exported ControlNet folder (export_controlnet.py); required")
+    ap.add_argument("--write-shapes", metavar="DIR", help="instead: write the drawn shapes as DIR/<name>.png (make demo-control's) and exit")
     ap.add_argument("--model", default=os.path.join(HERE, "..", "..", "models", "gosd-emoji"), help="base model folder (default models/gosd-emoji)")
     ap.add_argument("--data", default=os.path.join(HERE, "data", "emoji64-demo.npz"), help="dataset with the held-out prompts' emoji")
     ap.add_argument("--edges", default="", help="its edge maps (default: DATA with -canny.npz)")
@@ -155,6 +156,15 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="sdcli --threads (default 0: sdcli's choice)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "controlnet.png"), help="contact sheet PNG")
     args = ap.parse_args(argv)
+    if args.write_shapes:
+        from PIL import Image
+
+        os.makedirs(args.write_shapes, exist_ok=True)
+        for name in SHAPES:
+            Image.fromarray(draw_shape(name)).save(os.path.join(args.write_shapes, f"{name}.png"), optimize=True)
+        return 0
+    if not args.sdcli or not args.controlnet:
+        ap.error("--sdcli and --controlnet are required")
     for what, path in (("--sdcli", args.sdcli), ("--controlnet", os.path.join(args.controlnet, "config.json")),
                        ("--model", os.path.join(args.model, "model_index.json"))):
         if not os.path.isfile(path):
