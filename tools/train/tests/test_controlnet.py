@@ -8,6 +8,8 @@
 - canny_data.py: the Go Canny over a dataset (skips without go);
 - a smoke training of a few steps on a few synthetic images with a freshly initialised tiny base
   model, resume and time budget, export and strict reload;
+- the evaluation's edge metric and drawn shapes, and eval_controlnet.py through sdcli;
+- make demo-control without the ControlNet: a clear message and a failure;
 - the runtime: sdcli loads the exported ControlNet and draws, with a ControlNet whose every
   weight matters, the image PyTorch draws (skips without a built build/sdcli, go or the kit's
   tokenizer files).
@@ -29,6 +31,7 @@ TRAIN = os.path.dirname(TESTS)
 sys.path.insert(0, TRAIN)
 
 import canny_data  # noqa: E402
+import eval_controlnet  # noqa: E402
 import export  # noqa: E402
 import export_controlnet  # noqa: E402
 import prepare_data  # noqa: E402
@@ -197,6 +200,43 @@ class CannyDataTest(unittest.TestCase):
                 canny_data.canny(np.zeros((2, 8, 8), np.uint8))
 
 
+class EvalTest(unittest.TestCase):
+    def test_edge_agreement(self):
+        ref = np.zeros((16, 16), bool)
+        ref[4:12, 8] = True
+        shifted = np.roll(ref, 1, axis=1)
+        cases = [  # (prediction, tolerance, precision, recall)
+            (ref, 0, 1.0, 1.0),
+            (shifted, 0, 0.0, 0.0),
+            (shifted, 1, 1.0, 1.0),
+            (np.roll(ref, 2, axis=1), 1, 0.0, 0.0),
+            (np.zeros_like(ref), 1, 0.0, 0.0),
+            (ref | np.roll(ref, 5, axis=1), 1, 0.5, 1.0),
+        ]
+        for i, (pred, tol, p, r) in enumerate(cases):
+            with self.subTest(i):
+                s = eval_controlnet.scores([eval_controlnet.edge_agreement(pred, ref, tol)])
+                self.assertEqual((s["precision"], s["recall"]), (p, r))
+                self.assertAlmostEqual(s["f1"], round(2 * p * r / (p + r), 4) if p + r else 0.0)
+
+    def test_shapes_are_drawn_ones(self):
+        from PIL import Image
+
+        for name in eval_controlnet.SHAPES:
+            with Image.open(os.path.join(TRAIN, "shapes", f"{name}.png")) as im:
+                self.assertTrue(np.array_equal(np.asarray(im.convert("RGB")), eval_controlnet.draw_shape(name)), name)
+        with self.assertRaises(ValueError):
+            eval_controlnet.draw_shape("hexagon")
+
+    @unittest.skipUnless(shutil.which("make"), "no make")
+    def test_demo_control_without_controlnet(self):
+        r = subprocess.run(["make", "-C", REPO, "--no-print-directory", "demo-control", "CONTROLNET=/nonexistent/cn"],
+                           capture_output=True, text=True)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("no ControlNet at /nonexistent/cn yet", r.stderr)
+        self.assertIn("make -C tools/train canny controlnet export-controlnet", r.stderr)
+
+
 @unittest.skipIf(TOKENIZER_SRC is None, "no CLIP vocab.json/merges.txt (third_party/clip or the conformance kit)")
 class SmokeTrainTest(unittest.TestCase):
     @classmethod
@@ -270,6 +310,16 @@ class SmokeTrainTest(unittest.TestCase):
         for u, v in zip(down_a + [mid_a], down_b + [mid_b]):
             self.assertLess((u - v).abs().max().item() / u.abs().max().item(), 1e-2)
 
+        if os.access(SDCLI, os.X_OK) and HAVE_GO:
+            sheet = os.path.join(self.tmp, "eval.png")
+            self.assertEqual(eval_controlnet.main(["--sdcli", SDCLI, "--controlnet", out, "--model", self.base, "--no-emoji",
+                                                   "--seeds", "0", "--steps", "2", "--threads", "1", "--out", sheet]), 0)
+            with open(os.path.join(self.tmp, "eval-eval.json")) as f:
+                report = json.load(f)
+            self.assertEqual(report["summary"]["groups"]["drawn shapes"]["images"], 4)
+            self.assertEqual(len(report["images"]), 4)
+            self.assertTrue(os.path.isfile(sheet))
+
     def test_time_budget_and_resume(self):
         run = os.path.join(self.tmp, "budget")
         self.assertEqual(self.train(run, "--smoke", "--max-minutes", "1e-9"), train_controlnet.EXIT_INCOMPLETE)
@@ -288,6 +338,7 @@ class SmokeTrainTest(unittest.TestCase):
     def test_runtime_matches_pytorch(self):
         """The exported ControlNet in sdcli draws the image the PyTorch pipeline draws (2/255 per pixel)."""
         base = export.load_folder(self.base)
+        torch.manual_seed(0)  # the control embedding's default initialisation
         cn = perturb(sdmodels.ControlNetModel.from_unet(base["unet"], (16, 32, 64)), 0.1, 7).eval()
         out = os.path.join(self.tmp, "cn-random")
         export_controlnet.write_folder(out, cn.config, cn.state_dict())
