@@ -326,6 +326,18 @@ class SmokeTrainTest(unittest.TestCase):
         self.assertEqual(train.load_checkpoint(os.path.join(run, "controlnet.pt"), "cpu")["step"], 0)
         self.assertEqual(train_controlnet.main(["--run", run, "--resume", "--quiet"]), 0)
 
+    def test_base_from_a_training_run(self):
+        """--base may be a train.py run folder (its EMA weights) instead of an exported folder."""
+        base_run = os.path.join(self.tmp, "base-run")
+        self.assertEqual(train.main(["--smoke", "--config", os.path.join(TRAIN, "config-cpu.json"), "--run", base_run,
+                                     "--data", self.data, "--quiet", "--threads", "1"]), 0)
+        run = os.path.join(self.tmp, "from-run")
+        self.assertEqual(train_controlnet.main(["--run", run, "--base", base_run, "--data", self.data, "--edges", self.edges_path,
+                                                "--smoke", "--quiet", "--threads", "1"]), 0)
+        ck = train.load_checkpoint(os.path.join(run, "controlnet.pt"), "cpu")
+        with open(os.path.join(TRAIN, "config-cpu.json")) as f:
+            self.assertEqual(ck["config"]["block_out_channels"], json.load(f)["model"]["unet"]["block_out_channels"])
+
     def test_bad_inputs(self):
         with self.assertRaises(SystemExit):  # edges of another dataset
             other = os.path.join(self.tmp, "other.npz")
