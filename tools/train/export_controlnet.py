@@ -72,9 +72,9 @@ def model_card(cfg, size, info):
     if info.get("note"):
         lines += ["**Status:** " + info["note"], ""]
     lines += [
-        "A Canny-edge ControlNet for gosd's bundled demo model (`models/gosd-emoji`): given white-on-black",
-        "edges at 64x64 and a prompt, the demo model draws an emoji-style picture that follows the edges.",
-        "It is a standard diffusers `ControlNetModel` folder:",
+        "A Canny-edge ControlNet for gosd's bundled demo model (`models/gosd-emoji`), trained so that, given",
+        "white-on-black edges at 64x64 and a prompt, the demo model draws an emoji-style picture that follows",
+        "them (how closely: see Evaluation). It is a standard diffusers `ControlNetModel` folder:",
         "",
         "```sh",
         "sdcli txt2img -m models/gosd-emoji --controlnet models/gosd-emoji-canny \\",
@@ -108,7 +108,7 @@ def model_card(cfg, size, info):
         f"`config-controlnet.json`, seed {info.get('seed', '?')}. The ControlNet starts as a copy of the base UNet's encoder",
         "(diffusers' `ControlNetModel.from_unet`); the UNet, text encoder and VAE stay frozen. Epsilon-prediction loss",
         "with min-SNR-5 weighting on the base model's schedule, "
-        f"{info.get('cond_drop', '?')} empty captions, {info.get('steps', '?')} steps x batch {info.get('batch', '?')}, "
+        f"{100 * info.get('cond_drop', 0):.0f}% empty captions, {info.get('steps', '?')} steps x batch {info.get('batch', '?')}, "
         f"AdamW lr {info.get('lr', '?')} with warmup and cosine decay, EMA {info.get('ema', '?')} (the exported weights).",
         f"Device: {info.get('device', '?')}; training time {info.get('train_minutes', '?')} minutes. "
         f"Final loss: {info.get('final_loss', '?')}.",
