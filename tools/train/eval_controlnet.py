@@ -12,7 +12,9 @@ white, so their edges, by the same Go Canny, are outlines) with a fitting prompt
 Metric: the output's Canny edges (the same Go Canny) against the control edges, a pixel
 matching when the other map has an edge within --tolerance pixels (Chebyshev distance):
 precision = output edges near a control edge, recall = control edges near an output edge, F1,
-summed over the images of a group (held-out emoji, shapes). Writes OUT (contact sheet: control |
+summed over the images of a group (held-out emoji, shapes). For scale, "other_subject" scores
+each control's edges against the next control's of its group (a perfect picture of something
+else). Writes OUT (contact sheet: control |
 with | without, first seed) and OUT without .png + -eval.json (summary and per-image rows).
 """
 
@@ -199,8 +201,12 @@ def main(argv=None):
     groups = {}
     for g in dict.fromkeys(r["group"] for r in rows):
         rs = [r for r in rows if r["group"] == g]
+        # Chance level: each control's edges scored against those of the group's next control, as if
+        # the output had drawn another subject perfectly.
+        maps = [it["edges"] > 0 for it in items if it["group"] == g]
+        other = [edge_agreement(maps[(i + 1) % len(maps)], m, args.tolerance) for i, m in enumerate(maps)]
         groups[g] = {"images": len(rs), "with": scores([r["with"]["counts"] for r in rs]),
-                     "without": scores([r["without"]["counts"] for r in rs])}
+                     "without": scores([r["without"]["counts"] for r in rs]), "other_subject": scores(other)}
     summary = {"groups": groups, "seeds": seeds, "steps": args.steps, "guidance": args.guidance, "scale": args.scale,
                "tolerance_px": args.tolerance, "controlnet": os.path.abspath(args.controlnet), "model": os.path.abspath(args.model),
                "source": "sdcli (Go runtime), DDIM"}

@@ -123,12 +123,12 @@ def model_card(cfg, size, info):
             f"Edge agreement through sdcli ({s.get('steps', '?')} steps, guidance {s.get('guidance', '?')}, seeds {s.get('seeds', '?')}): "
             f"the Canny edges of each output against its control edges, matched within {s.get('tolerance_px', '?')} px.",
             "",
-            "| control images | with the ControlNet (F1 / precision / recall) | without (F1) |",
-            "|---|---|---|",
+            "| control images | with the ControlNet (F1 / precision / recall) | without (F1) | another subject's edges (F1) |",
+            "|---|---|---|---|",
         ]
         for group, g in s.get("groups", {}).items():
             lines.append(f"| {group} ({g['images']}) | {g['with']['f1']:.3f} / {g['with']['precision']:.3f} / {g['with']['recall']:.3f} "
-                         f"| {g['without']['f1']:.3f} |")
+                         f"| {g['without']['f1']:.3f} | {g.get('other_subject', {}).get('f1', float('nan')):.3f} |")
         lines.append("")
     lines += [
         "## Intended use and limits",
