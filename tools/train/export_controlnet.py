@@ -156,6 +156,8 @@ def run_info(run, cfg, ck):
         if path and os.path.exists(path):
             with np.load(path) as d:
                 info[key] = len(d["images"]) if key == "images" else json.loads(str(d["meta"])).get("thresholds", "?")
+    if cfg.get("limit_images"):
+        info["images"] = min(cfg["limit_images"], info.get("images", cfg["limit_images"]))
     status = os.path.join(run, "status.json")
     if os.path.exists(status):
         with open(status) as f:

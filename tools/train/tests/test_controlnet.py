@@ -290,6 +290,8 @@ class SmokeTrainTest(unittest.TestCase):
             card = f.read()
         self.assertIn("Apache License 2.0", card)
         self.assertIn("3 steps x batch 4", card)
+        with open(os.path.join(TRAIN, "config-controlnet.json")) as f:
+            self.assertIn(f"({json.load(f)['smoke']['limit_images']} Noto Color Emoji", card)  # the images trained on
 
         # The folder holds the EMA weights, rounded to fp16, and reloads strictly.
         loaded = export_controlnet.load_folder(out).state_dict()
