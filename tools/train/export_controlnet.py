@@ -141,7 +141,7 @@ def model_card(cfg, size, info):
     return "\n".join(lines)
 
 
-def run_info(run, cfg, ck):
+def run_info(run, cfg):
     info = {"seed": cfg.get("seed"), "steps": cfg["train"]["steps"], "batch": cfg["train"]["batch_size"],
             "lr": cfg["train"]["lr"], "ema": cfg["train"].get("ema_decay"), "cond_drop": cfg["train"].get("cond_drop"),
             "base_name": os.path.basename(os.path.normpath(cfg.get("base", "gosd-emoji")))}
@@ -185,7 +185,7 @@ def main(argv=None):
         state = ck["controlnet"]
     else:
         state = {k[len("controlnet."):]: v for k, v in ck["ema"].items() if k.startswith("controlnet.")}
-    info = run_info(args.run, cfg, ck)
+    info = run_info(args.run, cfg)
     info["params"] = sum(v.numel() for v in state.values())
     if args.note:
         info["note"] = args.note
