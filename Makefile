@@ -24,7 +24,15 @@ PROMPT ?= a red apple
 SEED ?= 1
 DEMO_OUT ?= demo.png
 
-.PHONY: all deps lib go test sanitize lint format bench demo clean
+# make demo-control CONTROL_SHAPE=star CONTROL_PROMPT="a yellow star": the edges of a drawn shape
+# (tools/train/shapes/, or CONTROL_IMAGE=any.png) -> pictures that follow them, by the demo ControlNet.
+CONTROLNET ?= models/gosd-emoji-canny
+CONTROL_SHAPE ?= heart
+CONTROL_IMAGE ?= tools/train/shapes/$(CONTROL_SHAPE).png
+CONTROL_PROMPT ?= a red heart
+CONTROL_OUT ?= demo-control.png
+
+.PHONY: all deps lib go test sanitize lint format bench demo demo-control clean
 
 all: lib go
 
@@ -74,6 +82,15 @@ bench: lib
 demo: lib
 	$(GO) build -o $(BUILD)/sdcli ./cmd/sdcli
 	$(BUILD)/sdcli txt2img --lib $(BUILD) --device cpu -p "$(PROMPT)" --seed $(SEED) --batch 4 -o $(DEMO_OUT)
+
+demo-control:
+	@test -f $(CONTROLNET)/config.json || { echo "demo-control: no ControlNet at $(CONTROLNET) yet: train and export it first," \
+		"make -C tools/train canny controlnet export-controlnet (tools/train/README.md, \"The Canny ControlNet\")" >&2; exit 1; }
+	@test -f $(CONTROL_IMAGE) || { echo "demo-control: control image $(CONTROL_IMAGE) not found" >&2; exit 1; }
+	@$(MAKE) --no-print-directory lib
+	$(GO) build -o $(BUILD)/sdcli ./cmd/sdcli
+	$(BUILD)/sdcli txt2img --lib $(BUILD) --device cpu -m models/gosd-emoji --controlnet $(CONTROLNET) \
+		--control-image $(CONTROL_IMAGE) --control-preprocess canny -p "$(CONTROL_PROMPT)" --seed $(SEED) --batch 4 -o $(CONTROL_OUT)
 
 clean:
 	rm -rf $(BUILD) $(BUILD).cmake.log $(SANITIZE_BUILD) $(SANITIZE_BUILD).cmake.log

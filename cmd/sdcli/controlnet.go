@@ -36,7 +36,7 @@ func defineControlFlags(fs *flagSet, list *[]*controlOptions) {
 	}
 	fs.funcVar("controlnet", "path", "ControlNet: a diffusers ControlNetModel folder or an original single file (control_v11*);\nrepeatable, the --control-* flags after it apply to it (default: none)",
 		func(s string) error {
-			*list = append(*list, &controlOptions{path: s, scale: 1, end: 1, preprocess: "none", low: 100, high: 200})
+			*list = append(*list, &controlOptions{path: s, scale: 1, end: 1, preprocess: "none", low: control.CannyLow, high: control.CannyHigh})
 			return nil
 		})
 	fs.funcVar("control-image", "path", "the ControlNet's control image, PNG or JPEG, resized to the output (no default: required)",

@@ -26,7 +26,7 @@ type preprocessOptions struct {
 }
 
 func preprocessCommand(a *app, fs *flagSet) func(context.Context, []string) error {
-	o := &preprocessOptions{low: 100, high: 200}
+	o := &preprocessOptions{low: control.CannyLow, high: control.CannyHigh}
 	fs.stringVar(&o.input, "i", "path", "", "input image, PNG or JPEG (no default: required)")
 	fs.stringVar(&o.output, "o", "path", "", "output PNG, 8-bit gray (no default: required; an existing file is replaced)")
 	fs.funcVar("canny", "LOW,HIGH", fmt.Sprintf("canny's hysteresis thresholds on the gradient magnitude, 0 to %d;\nswapped when LOW > HIGH, as OpenCV (default 100,200, as diffusers' example)", maxCannyThreshold),

@@ -2,6 +2,14 @@ package control
 
 import "image"
 
+// CannyLow and CannyHigh are the default hysteresis thresholds: those of diffusers'
+// Canny ControlNet example, which sdcli's --control-preprocess canny and the demo
+// ControlNet's training edges (tools/train/canny) use.
+const (
+	CannyLow  = 100
+	CannyHigh = 200
+)
+
 // Canny returns the edges of img, 255 on 0, as OpenCV's cv2.Canny(image, low, high)
 // with its defaults: a 3×3 Sobel aperture and the L1 gradient magnitude |dx| + |dy|
 // (L2gradient=False). A gray image (*image.Gray) is one channel; any other is taken as

@@ -1,6 +1,6 @@
 """Stable Diffusion networks in plain PyTorch, state-dict compatible with diffusers/transformers.
 
-Three models, each built from the same config.json a diffusers SD folder carries and owning
+Three models (and a ControlNet for the UNet), each built from the same config.json a diffusers SD folder carries and owning
 parameters under exactly the names the reference libraries use, so a state dict loads into
 (and comes out of) a diffusers `UNet2DConditionModel` / `AutoencoderKL` or a transformers
 `CLIPTextModel` unchanged:
@@ -8,10 +8,11 @@ parameters under exactly the names the reference libraries use, so a state dict 
   UNet2DConditionModel   unet/config.json          -> unet/diffusion_pytorch_model.safetensors
   AutoencoderKL          vae/config.json           -> vae/diffusion_pytorch_model.safetensors
   CLIPTextModel          text_encoder/config.json  -> text_encoder/model.safetensors ("text_model." keys)
+  ControlNetModel        config.json               -> diffusion_pytorch_model.safetensors (a folder of its own)
 
 Only the options Stable Diffusion 1.x/2.x use are implemented; any other config value raises
 NotImplementedError instead of being ignored. Runs on torch >= 1.13 (no SDPA required).
-test_parity.py checks all three against the diffusers reference outputs of the conformance kit.
+test_parity.py checks all four against the diffusers reference outputs of the conformance kit.
 """
 
 import math
@@ -307,84 +308,130 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         return self.resnets[1](x, temb)
 
 
+_UNET_FIXED_OPTIONS = [
+    ("act_fn", ["silu"], "silu"),
+    ("time_embedding_type", ["positional"], "positional"),
+    ("resnet_time_scale_shift", ["default"], "default"),
+    ("mid_block_type", ["UNetMidBlock2DCrossAttn"], "UNetMidBlock2DCrossAttn"),
+    ("class_embed_type", [None], None),
+    ("addition_embed_type", [None], None),
+    ("encoder_hid_dim_type", [None], None),
+    ("time_cond_proj_dim", [None], None),
+    ("time_embedding_dim", [None], None),
+    ("time_embedding_act_fn", [None], None),
+    ("timestep_post_act", [None], None),
+    ("num_class_embeds", [None], None),
+    ("only_cross_attention", [False], False),
+    ("dual_cross_attention", [False], False),
+    ("attention_type", ["default"], "default"),
+    ("center_input_sample", [False], False),
+    ("conv_in_kernel", [3], 3),
+    ("conv_out_kernel", [3], 3),
+    ("resnet_skip_time_act", [False], False),
+]
+
+
+def _encoder_arch(cfg):
+    """The per-level settings of a UNet config that its encoder half (and a ControlNet) uses."""
+    for key, allowed, default in _UNET_FIXED_OPTIONS:
+        _check(cfg, key, allowed, default)
+    down_types = list(cfg["down_block_types"])
+    channels = list(cfg["block_out_channels"])
+    n = len(channels)
+    if len(down_types) != n:
+        raise ValueError("down_block_types and block_out_channels must have the same length")
+    for t in down_types:
+        if t not in ("CrossAttnDownBlock2D", "DownBlock2D"):
+            raise NotImplementedError(f"down block type {t}")
+    # diffusers' historical naming: "attention_head_dim" in SD configs is the number of heads
+    # (num_attention_heads, when set, takes precedence).
+    heads_cfg = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)
+    return {
+        "down_types": down_types,
+        "channels": channels,
+        "heads": _per_block(heads_cfg, n, "attention_head_dim"),
+        "layers": _per_block(cfg.get("layers_per_block", 2), n, "layers_per_block"),
+        "t_layers": _per_block(cfg.get("transformer_layers_per_block", 1), n, "transformer_layers_per_block"),
+        "context_dim": _per_block(cfg["cross_attention_dim"], n, "cross_attention_dim"),
+        "linear": bool(cfg.get("use_linear_projection", False)),
+        "groups": cfg.get("norm_num_groups", 32),
+        "eps": cfg.get("norm_eps", 1e-5),
+        "res_scale": cfg.get("resnet_out_scale_factor", 1.0),
+    }
+
+
+def _add_encoder(model, cfg, a):
+    """Gives model (a UNet or a ControlNet) conv_in, time_embedding, down_blocks and mid_block,
+    created in this order (the order fixes what a seeded initialisation draws)."""
+    channels, n = a["channels"], len(a["channels"])
+    model.flip_sin_to_cos = cfg.get("flip_sin_to_cos", True)
+    model.freq_shift = cfg.get("freq_shift", 0)
+    temb_ch = channels[0] * 4
+    model.conv_in = nn.Conv2d(cfg.get("in_channels", 4), channels[0], 3, padding=1)
+    model.time_embedding = TimestepEmbedding(channels[0], temb_ch)
+    model.down_blocks = nn.ModuleList()
+    out_ch = channels[0]
+    for i, btype in enumerate(a["down_types"]):
+        in_ch, out_ch = out_ch, channels[i]
+        attn = (a["heads"][i], a["t_layers"][i], a["context_dim"][i], a["linear"]) if btype == "CrossAttnDownBlock2D" else None
+        model.down_blocks.append(
+            UNetDownBlock(in_ch, out_ch, temb_ch, a["layers"][i], a["groups"], a["eps"], i < n - 1,
+                          cfg.get("downsample_padding", 1), attn, a["res_scale"])
+        )
+    model.mid_block = UNetMidBlock2DCrossAttn(channels[-1], temb_ch, a["groups"], a["eps"], a["heads"][-1], a["t_layers"][-1],
+                                              a["context_dim"][-1], a["linear"], cfg.get("mid_block_scale_factor", 1))
+    return temb_ch
+
+
+def _run_encoder(model, sample, timestep, context, hint=None):
+    """The encoder half of a UNet or ControlNet: -> (mid-block output, skips, time embedding).
+
+    hint, when given, is added to conv_in's output (the ControlNet's control-image embedding).
+    skips: conv_in's output (with the hint), every resnet/attention output and every
+    downsampler output, in order: what the up blocks consume and the ControlNet's zero convs take."""
+    if not torch.is_tensor(timestep):
+        timestep = torch.tensor([timestep], dtype=torch.float32, device=sample.device)
+    timestep = timestep.reshape(-1).to(sample.device).expand(sample.shape[0])
+    t_emb = timestep_embedding(timestep, model.conv_in.out_channels, model.flip_sin_to_cos, model.freq_shift)
+    temb = model.time_embedding(t_emb.to(sample.dtype))
+
+    x = model.conv_in(sample)
+    if hint is not None:
+        x = x + hint
+    skips = [x]
+    for block in model.down_blocks:
+        x, s = block(x, temb, context)
+        skips.extend(s)
+    return model.mid_block(x, temb, context), skips, temb
+
+
 class UNet2DConditionModel(nn.Module):
     """The SD 1.x/2.x UNet from a diffusers unet/config.json dict.
 
-    forward(sample (B, C, H, W), timestep (B,) or scalar, encoder_hidden_states (B, L, D)) -> (B, Cout, H, W)."""
+    forward(sample (B, C, H, W), timestep (B,) or scalar, encoder_hidden_states (B, L, D),
+    down_block_additional_residuals=None, mid_block_additional_residual=None) -> (B, Cout, H, W).
+    The residuals are a ControlNet's outputs (ControlNetModel.forward): one per encoder skip,
+    added to it before the up blocks use it, and one added to the mid block's output, as
+    diffusers does; without them the forward is the plain UNet's."""
 
     def __init__(self, config):
         super().__init__()
         cfg = dict(config)
         self.config = cfg
-        for key, allowed, default in [
-            ("act_fn", ["silu"], "silu"),
-            ("time_embedding_type", ["positional"], "positional"),
-            ("resnet_time_scale_shift", ["default"], "default"),
-            ("mid_block_type", ["UNetMidBlock2DCrossAttn"], "UNetMidBlock2DCrossAttn"),
-            ("class_embed_type", [None], None),
-            ("addition_embed_type", [None], None),
-            ("encoder_hid_dim_type", [None], None),
-            ("time_cond_proj_dim", [None], None),
-            ("time_embedding_dim", [None], None),
-            ("time_embedding_act_fn", [None], None),
-            ("timestep_post_act", [None], None),
-            ("num_class_embeds", [None], None),
-            ("only_cross_attention", [False], False),
-            ("dual_cross_attention", [False], False),
-            ("attention_type", ["default"], "default"),
-            ("center_input_sample", [False], False),
-            ("conv_in_kernel", [3], 3),
-            ("conv_out_kernel", [3], 3),
-            ("resnet_skip_time_act", [False], False),
-        ]:
-            _check(cfg, key, allowed, default)
-
-        down_types = list(cfg["down_block_types"])
+        a = _encoder_arch(cfg)
         up_types = list(cfg["up_block_types"])
-        channels = list(cfg["block_out_channels"])
+        channels = a["channels"]
         n = len(channels)
-        if len(down_types) != n or len(up_types) != n:
+        if len(up_types) != n:
             raise ValueError("down_block_types, up_block_types and block_out_channels must have the same length")
-        for t in down_types:
-            if t not in ("CrossAttnDownBlock2D", "DownBlock2D"):
-                raise NotImplementedError(f"down block type {t}")
         for t in up_types:
             if t not in ("CrossAttnUpBlock2D", "UpBlock2D"):
                 raise NotImplementedError(f"up block type {t}")
-
-        # diffusers' historical naming: "attention_head_dim" in SD configs is the number of heads
-        # (num_attention_heads, when set, takes precedence).
-        heads_cfg = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)
-        heads = _per_block(heads_cfg, n, "attention_head_dim")
-        layers = _per_block(cfg.get("layers_per_block", 2), n, "layers_per_block")
-        t_layers = _per_block(cfg.get("transformer_layers_per_block", 1), n, "transformer_layers_per_block")
-        context_dim = _per_block(cfg["cross_attention_dim"], n, "cross_attention_dim")
-        linear = bool(cfg.get("use_linear_projection", False))
-        groups = cfg.get("norm_num_groups", 32)
-        eps = cfg.get("norm_eps", 1e-5)
-        res_scale = cfg.get("resnet_out_scale_factor", 1.0)
-        self.flip_sin_to_cos = cfg.get("flip_sin_to_cos", True)
-        self.freq_shift = cfg.get("freq_shift", 0)
-
-        temb_ch = channels[0] * 4
-        self.conv_in = nn.Conv2d(cfg.get("in_channels", 4), channels[0], 3, padding=1)
-        self.time_embedding = TimestepEmbedding(channels[0], temb_ch)
-
-        self.down_blocks = nn.ModuleList()
-        out_ch = channels[0]
-        for i, btype in enumerate(down_types):
-            in_ch, out_ch = out_ch, channels[i]
-            attn = (heads[i], t_layers[i], context_dim[i], linear) if btype == "CrossAttnDownBlock2D" else None
-            self.down_blocks.append(
-                UNetDownBlock(in_ch, out_ch, temb_ch, layers[i], groups, eps, i < n - 1,
-                              cfg.get("downsample_padding", 1), attn, res_scale)
-            )
-
-        self.mid_block = UNetMidBlock2DCrossAttn(channels[-1], temb_ch, groups, eps, heads[-1], t_layers[-1],
-                                                 context_dim[-1], linear, cfg.get("mid_block_scale_factor", 1))
+        temb_ch = _add_encoder(self, cfg, a)
+        groups, eps, linear = a["groups"], a["eps"], a["linear"]
 
         rev_ch = channels[::-1]
-        rev_heads, rev_layers, rev_t_layers, rev_ctx = heads[::-1], layers[::-1], t_layers[::-1], context_dim[::-1]
+        rev_heads, rev_layers, rev_t_layers, rev_ctx = a["heads"][::-1], a["layers"][::-1], a["t_layers"][::-1], a["context_dim"][::-1]
         self.up_blocks = nn.ModuleList()
         out_ch = rev_ch[0]
         for i, btype in enumerate(up_types):
@@ -392,25 +439,22 @@ class UNet2DConditionModel(nn.Module):
             in_ch = rev_ch[min(i + 1, n - 1)]
             attn = (rev_heads[i], rev_t_layers[i], rev_ctx[i], linear) if btype == "CrossAttnUpBlock2D" else None
             self.up_blocks.append(
-                UNetUpBlock(in_ch, prev_out, out_ch, temb_ch, rev_layers[i] + 1, groups, eps, i < n - 1, attn, res_scale)
+                UNetUpBlock(in_ch, prev_out, out_ch, temb_ch, rev_layers[i] + 1, groups, eps, i < n - 1, attn, a["res_scale"])
             )
 
         self.conv_norm_out = nn.GroupNorm(groups, channels[0], eps=eps)
         self.conv_out = nn.Conv2d(channels[0], cfg.get("out_channels", 4), 3, padding=1)
 
-    def forward(self, sample, timestep, encoder_hidden_states):
-        if not torch.is_tensor(timestep):
-            timestep = torch.tensor([timestep], dtype=torch.float32, device=sample.device)
-        timestep = timestep.reshape(-1).to(sample.device).expand(sample.shape[0])
-        t_emb = timestep_embedding(timestep, self.conv_in.out_channels, self.flip_sin_to_cos, self.freq_shift)
-        temb = self.time_embedding(t_emb.to(sample.dtype))
-
-        x = self.conv_in(sample)
-        skips = [x]
-        for block in self.down_blocks:
-            x, s = block(x, temb, encoder_hidden_states)
-            skips.extend(s)
-        x = self.mid_block(x, temb, encoder_hidden_states)
+    def forward(self, sample, timestep, encoder_hidden_states, down_block_additional_residuals=None,
+                mid_block_additional_residual=None):
+        x, skips, temb = _run_encoder(self, sample, timestep, encoder_hidden_states)
+        if (down_block_additional_residuals is None) != (mid_block_additional_residual is None):
+            raise ValueError("ControlNet residuals: give both the down-block and the mid-block residuals, or neither")
+        if down_block_additional_residuals is not None:
+            if len(down_block_additional_residuals) != len(skips):
+                raise ValueError(f"{len(down_block_additional_residuals)} down-block residuals for {len(skips)} skips")
+            skips = [s + r for s, r in zip(skips, down_block_additional_residuals)]
+            x = x + mid_block_additional_residual
         for block in self.up_blocks:
             n = len(block.resnets)
             block_skips = skips[-n:]
@@ -419,6 +463,94 @@ class UNet2DConditionModel(nn.Module):
             size = skips[-1].shape[2:] if (block.upsamplers is not None and skips) else None
             x = block(x, block_skips, temb, encoder_hidden_states, size)
         return self.conv_out(F.silu(self.conv_norm_out(x)))
+
+
+# --------------------------------------------------------------------------------------------
+# ControlNet
+
+
+class ControlNetConditioningEmbedding(nn.Module):
+    """The control image's encoder (diffusers ControlNetConditioningEmbedding): conv_in
+    cond_ch -> c[0], then per further width a 3x3 conv c[i] -> c[i] and a 3x3 stride-2 conv
+    c[i] -> c[i+1], SiLU after each, and conv_out c[-1] -> out_ch (no activation), zero at
+    initialisation. len(c) - 1 stride-2 steps: (B, cond_ch, H, W) -> (B, out_ch, H / 2^(len(c)-1), ...)."""
+
+    def __init__(self, out_ch, cond_ch, channels):
+        super().__init__()
+        self.conv_in = nn.Conv2d(cond_ch, channels[0], 3, padding=1)
+        self.blocks = nn.ModuleList()
+        for ci, cn in zip(channels[:-1], channels[1:]):
+            self.blocks.append(nn.Conv2d(ci, ci, 3, padding=1))
+            self.blocks.append(nn.Conv2d(ci, cn, 3, padding=1, stride=2))
+        self.conv_out = nn.Conv2d(channels[-1], out_ch, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x):
+        x = F.silu(self.conv_in(x))
+        for block in self.blocks:
+            x = F.silu(block(x))
+        return self.conv_out(x)
+
+
+class ControlNetModel(nn.Module):
+    """diffusers ControlNetModel from its config.json dict: the UNet's encoder half (conv_in,
+    time embedding, down blocks, mid block) with the control image's embedding added after
+    conv_in, and a zero-initialised 1x1 conv on every encoder skip (controlnet_down_blocks)
+    and on the mid block's output (controlnet_mid_block).
+
+    forward(sample, timestep, encoder_hidden_states, controlnet_cond (B, 3, 2^k H, 2^k W) in [0, 1],
+    conditioning_scale=1.0, guess_mode=False) -> (down residuals [per skip], mid residual),
+    which UNet2DConditionModel.forward takes as down_block_additional_residuals /
+    mid_block_additional_residual. from_unet(unet) starts one from a UNet's encoder weights."""
+
+    def __init__(self, config):
+        super().__init__()
+        cfg = dict(config)
+        self.config = cfg
+        if cfg.get("_class_name", "ControlNetModel") != "ControlNetModel":
+            raise NotImplementedError(f"class {cfg['_class_name']} is not a ControlNetModel")
+        _check(cfg, "global_pool_conditions", [False], False)
+        _check(cfg, "controlnet_conditioning_channel_order", ["rgb", "bgr"], "rgb")
+        a = _encoder_arch(cfg)
+        _add_encoder(self, cfg, a)
+        channels = a["channels"]
+        self.controlnet_cond_embedding = ControlNetConditioningEmbedding(
+            channels[0], cfg.get("conditioning_channels", 3), list(cfg.get("conditioning_embedding_out_channels", (16, 32, 96, 256))))
+        skip_ch = [channels[0]]
+        for i, ch in enumerate(channels):
+            skip_ch += [ch] * a["layers"][i] + ([ch] if i < len(channels) - 1 else [])
+        self.controlnet_down_blocks = nn.ModuleList([nn.Conv2d(ch, ch, 1) for ch in skip_ch])
+        self.controlnet_mid_block = nn.Conv2d(channels[-1], channels[-1], 1)
+        for conv in list(self.controlnet_down_blocks) + [self.controlnet_mid_block]:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0, guess_mode=False):
+        if self.config.get("controlnet_conditioning_channel_order", "rgb") == "bgr":
+            controlnet_cond = controlnet_cond.flip(1)
+        hint = self.controlnet_cond_embedding(controlnet_cond)
+        x, skips, _ = _run_encoder(self, sample, timestep, encoder_hidden_states, hint)
+        down = [conv(s) for conv, s in zip(self.controlnet_down_blocks, skips)]
+        mid = self.controlnet_mid_block(x)
+        if guess_mode:
+            # Guess mode: the shallow residuals are damped, 0.1 for the first skip up to 1.0 for the mid block.
+            scales = torch.logspace(-1, 0, len(down) + 1, device=x.device) * conditioning_scale
+            return [d * s for d, s in zip(down, scales)], mid * scales[-1]
+        return [d * conditioning_scale for d in down], mid * conditioning_scale
+
+    @classmethod
+    def from_unet(cls, unet, conditioning_embedding_out_channels=(16, 32, 96, 256), conditioning_channels=3,
+                  channel_order="rgb"):
+        """A ControlNet for `unet` whose encoder starts as a copy of the UNet's (conv_in, time
+        embedding, down blocks, mid block), as diffusers' ControlNetModel.from_unet; the control
+        embedding gets torch's default initialisation except its zero conv_out, and the zero
+        convs are zero, so it adds nothing until trained."""
+        cfg = controlnet_config(unet.config, conditioning_embedding_out_channels, conditioning_channels, channel_order)
+        cn = cls(cfg)
+        for name in ("conv_in", "time_embedding", "down_blocks", "mid_block"):
+            getattr(cn, name).load_state_dict(getattr(unet, name).state_dict())
+        return cn.to(next(unet.parameters()).dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -833,6 +965,57 @@ CLIP_DEFAULTS = {
     "projection_dim": 768,
     "vocab_size": 49408,
 }
+
+# A diffusers ControlNetModel config.json: its own keys and the UNet keys it shares.
+CONTROLNET_DEFAULTS = {
+    "_class_name": "ControlNetModel",
+    "act_fn": "silu",
+    "addition_embed_type": None,
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": None,
+    "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "class_embed_type": None,
+    "conditioning_channels": 3,
+    "conditioning_embedding_out_channels": [16, 32, 96, 256],
+    "controlnet_conditioning_channel_order": "rgb",
+    "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "downsample_padding": 1,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "global_pool_conditions": False,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "num_attention_heads": None,
+    "num_class_embeds": None,
+    "only_cross_attention": False,
+    "projection_class_embeddings_input_dim": None,
+    "resnet_time_scale_shift": "default",
+    "transformer_layers_per_block": 1,
+    "upcast_attention": False,
+    "use_linear_projection": False,
+}
+
+
+def controlnet_config(unet_config, conditioning_embedding_out_channels=(16, 32, 96, 256), conditioning_channels=3,
+                      channel_order="rgb"):
+    """The ControlNetModel config.json of a ControlNet for a UNet of config unet_config (a dict):
+    every shared key copied from the UNet's, as diffusers' ControlNetModel.from_unet does.
+    conditioning_embedding_out_channels: k + 1 widths take the control image down 2^k times,
+    which must be the VAE's factor (SD: 4 widths for 8x; the 4x demo VAE: 3)."""
+    unet = full_config("unet", unet_config)
+    cfg = {k: json_copy(unet[k]) if k in unet and not k.startswith("_") else json_copy(v) for k, v in CONTROLNET_DEFAULTS.items()}
+    cfg.update(conditioning_embedding_out_channels=list(conditioning_embedding_out_channels),
+               conditioning_channels=conditioning_channels, controlnet_conditioning_channel_order=channel_order)
+    return cfg
+
 
 _DEFAULTS = {"unet": UNET_DEFAULTS, "vae": VAE_DEFAULTS, "text_encoder": CLIP_DEFAULTS}
 _CLASSES = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel}
