@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -16,8 +17,8 @@ import (
 // a1111Request holds the fields of AUTOMATIC1111's txt2img and img2img requests this
 // server reads, with the web UI's defaults (newA1111Request); the response echoes it as
 // "parameters". Width and height default to the model's native size rather than a fixed
-// 512, which is SD 1.x's native size. Fields asking for what the runtime lacks (hires
-// fix, face restoration, tiling, scripts, variation seeds) are refused when set.
+// 512, which is SD 1.x's native size. Fields asking for what the runtime lacks (face
+// restoration, tiling, scripts, variation seeds) are refused when set.
 type a1111Request struct {
 	Prompt            string         `json:"prompt"`
 	NegativePrompt    string         `json:"negative_prompt"`
@@ -40,6 +41,15 @@ type a1111Request struct {
 	DenoisingStrength *float64       `json:"denoising_strength"`
 	OverrideSettings  map[string]any `json:"override_settings"`
 	EnableHR          bool           `json:"enable_hr"`
+	// The hires fix (enable_hr): Request.Hires with the "Latent" upscaler (bilinear latents).
+	HRScale           float64        `json:"hr_scale"`
+	HRUpscaler        *string        `json:"hr_upscaler"`
+	HRSecondPassSteps int            `json:"hr_second_pass_steps"`
+	HRResizeX         int            `json:"hr_resize_x"`
+	HRResizeY         int            `json:"hr_resize_y"`
+	HRSamplerName     *string        `json:"hr_sampler_name"`
+	HRPrompt          string         `json:"hr_prompt"`
+	HRNegativePrompt  string         `json:"hr_negative_prompt"`
 	ScriptName        string         `json:"script_name"`
 	AlwaysonScripts   map[string]any `json:"alwayson_scripts"`
 	SendImages        bool           `json:"send_images"`
@@ -53,7 +63,7 @@ type a1111Request struct {
 }
 
 func newA1111Request() a1111Request {
-	return a1111Request{Seed: -1, Subseed: -1, SamplerIndex: "Euler", BatchSize: 1, NIter: 1, Steps: 50, CFGScale: 7,
+	return a1111Request{Seed: -1, Subseed: -1, SamplerIndex: "Euler", BatchSize: 1, NIter: 1, Steps: 50, CFGScale: 7, HRScale: 2,
 		SendImages: true, Styles: []string{}, OverrideSettings: map[string]any{}, AlwaysonScripts: map[string]any{}}
 }
 
@@ -69,7 +79,7 @@ func (s *Server) a1111Spec(q *a1111Request, img2img bool) (spec, error) {
 		field string
 		set   bool
 	}{
-		{"enable_hr", q.EnableHR}, {"restore_faces", q.RestoreFaces}, {"tiling", q.Tiling},
+		{"enable_hr", q.EnableHR && img2img}, {"restore_faces", q.RestoreFaces}, {"tiling", q.Tiling},
 		{"script_name", q.ScriptName != ""}, {"alwayson_scripts", len(q.AlwaysonScripts) > 0},
 		{"subseed_strength", q.SubseedStrength != 0}, {"styles", len(q.Styles) > 0}, {"save_images", q.SaveImages},
 	} {
@@ -108,6 +118,11 @@ func (s *Server) a1111Spec(q *a1111Request, img2img bool) (spec, error) {
 	}
 	sp := spec{mode: modeTxt2Img, req: req, iterations: q.NIter}
 	if !img2img {
+		if q.EnableHR {
+			if sp.req.Hires, err = s.a1111Hires(q); err != nil {
+				return spec{}, err
+			}
+		}
 		return sp, nil
 	}
 	if len(q.InitImages) != 1 {
@@ -136,6 +151,42 @@ func (s *Server) a1111Spec(q *a1111Request, img2img bool) (spec, error) {
 		sp.mode = modeInpaint
 	}
 	return sp, nil
+}
+
+// a1111Hires reads the hires-fix fields of a txt2img request with enable_hr: the
+// second pass at hr_scale with the "Latent" upscaler (the web UI's default), at
+// denoising_strength (default 0.75, the API's) for hr_second_pass_steps (0: steps).
+// What the runtime's hires fix does not do (other upscalers, a target size instead of a
+// scale, another sampler or prompt for the second pass) is refused.
+func (s *Server) a1111Hires(q *a1111Request) (*diffusion.Hires, error) {
+	if u := q.HRUpscaler; u != nil && *u != "Latent" {
+		return nil, badRequest("hr_upscaler", "hr_upscaler %q is not supported by this server (only \"Latent\")", *u)
+	}
+	switch {
+	case q.HRResizeX != 0 || q.HRResizeY != 0:
+		return nil, badRequest("hr_resize_x", "hr_resize_x / hr_resize_y are not supported by this server: give hr_scale")
+	case q.HRSamplerName != nil && *q.HRSamplerName != "" && *q.HRSamplerName != q.SamplerName && *q.HRSamplerName != q.SamplerIndex:
+		return nil, badRequest("hr_sampler_name", "a second-pass sampler other than the first pass's is not supported by this server")
+	case (q.HRPrompt != "" && q.HRPrompt != q.Prompt) || (q.HRNegativePrompt != "" && q.HRNegativePrompt != q.NegativePrompt):
+		return nil, badRequest("hr_prompt", "a second-pass prompt other than the first pass's is not supported by this server")
+	case !(q.HRScale > 1 && q.HRScale <= 4):
+		return nil, badRequest("hr_scale", "hr_scale %v: want more than 1 and at most 4", q.HRScale)
+	case q.HRSecondPassSteps < 0 || q.HRSecondPassSteps > s.cfg.MaxSteps:
+		return nil, badRequest("hr_second_pass_steps", "hr_second_pass_steps %d: want between 0 and %d", q.HRSecondPassSteps, s.cfg.MaxSteps)
+	}
+	h := &diffusion.Hires{Scale: q.HRScale, Steps: q.HRSecondPassSteps, Strength: 0.75}
+	if q.DenoisingStrength != nil {
+		h.Strength = *q.DenoisingStrength
+	}
+	if !(h.Strength > 0 && h.Strength <= 1) {
+		return nil, badRequest("denoising_strength", "denoising_strength %v: want in (0, 1]", h.Strength)
+	}
+	_, info, _ := s.pool.current()
+	w, hgt := cmp.Or(q.Width, info.Width), cmp.Or(q.Height, info.Height)
+	if int(float64(w)*q.HRScale) > s.cfg.MaxSize || int(float64(hgt)*q.HRScale) > s.cfg.MaxSize {
+		return nil, badRequest("hr_scale", "%dx%d at hr_scale %v is over this server's limit of %d px a side", w, hgt, q.HRScale, s.cfg.MaxSize)
+	}
+	return h, nil
 }
 
 func (s *Server) handleA1111Txt2Img(w http.ResponseWriter, r *http.Request) {

@@ -105,7 +105,13 @@ func TestA1111Validation(t *testing.T) {
 		{"txt2img", `{"width":100000,"height":64}`, "width"},
 		{"txt2img", `{"sampler_name":"nope"}`, "sampler_name"},
 		{"txt2img", `{"steps":"many"}`, "steps"},
-		{"txt2img", `{"enable_hr":true}`, "enable_hr"},
+		{"img2img", `{"enable_hr":true,"init_images":["aGVsbG8="]}`, "enable_hr"},
+		{"txt2img", `{"enable_hr":true,"hr_upscaler":"R-ESRGAN 4x+"}`, "hr_upscaler"},
+		{"txt2img", `{"enable_hr":true,"hr_scale":1}`, "hr_scale"},
+		{"txt2img", `{"enable_hr":true,"hr_scale":2,"width":768,"height":768}`, "hr_scale"},
+		{"txt2img", `{"enable_hr":true,"hr_resize_x":128}`, "hr_resize_x"},
+		{"txt2img", `{"enable_hr":true,"hr_prompt":"other"}`, "hr_prompt"},
+		{"txt2img", `{"enable_hr":true,"denoising_strength":0}`, "denoising_strength"},
 		{"txt2img", `{"seed":-7}`, "seed"},
 		{"txt2img", `{"batch_size":9}`, "batch_size"},
 		{"txt2img", `{"batch_size":4,"n_iter":4}`, "n"},
@@ -320,4 +326,18 @@ func TestNewRefusesMissingFolders(t *testing.T) {
 		_, err := New(context.Background(), c)
 		assert.ErrorContains(t, err, "is not a folder")
 	}
+}
+
+// enable_hr runs the hires fix: twice the size by default, at the request's denoising
+// strength, recorded in the infotext as the web UI records it.
+func TestA1111HiresFix(t *testing.T) {
+	_, hs := testServer(t, nil)
+	var res a1111Response
+	resp := call(t, "POST", hs.URL+"/sdapi/v1/txt2img", `{"prompt":"a red apple","steps":4,"seed":3,"enable_hr":true,
+		"hr_upscaler":"Latent","hr_second_pass_steps":3,"denoising_strength":0.6,"hr_sampler_name":""}`, &res)
+	require.Equal(t, 200, resp.StatusCode)
+	img, text := decodePNG(t, res.Images[0])
+	assert.Equal(t, image.Pt(128, 128), img.Bounds().Size(), "hr_scale 2 of the native 64x64")
+	assert.Contains(t, text["parameters"], "Size: 64x64")
+	assert.Contains(t, text["parameters"], "Denoising strength: 0.6, Hires upscale: 2, Hires steps: 3, Hires upscaler: Latent")
 }
