@@ -9,7 +9,7 @@ import (
 )
 
 // Features that do not combine yet are refused with ErrInvalidRequest before any work,
-// never silently dropped: a refiner hand-over with ControlNets, LoRAs or the hires fix,
+// never silently dropped: a refiner hand-over with ControlNets or the hires fix,
 // the hires fix with ControlNets, and an upscale with ControlNets or another decoder.
 func TestUnsupportedCombinationsRefused(t *testing.T) {
 	p := openTiny(t, "sd1-tiny")
@@ -21,7 +21,6 @@ func TestUnsupportedCombinationsRefused(t *testing.T) {
 		want string
 	}{
 		{"refiner with ControlNets", Request{Controls: control}, "not supported with a refiner"},
-		{"refiner with LoRAs", Request{LoRAs: []LoRA{{Path: "style.safetensors"}}}, "not supported with a refiner"},
 		{"refiner with a LoRA tag", Request{Prompt: "<lora:style:0.5> a cat", LoRADir: t.TempDir()}, "style"},
 		{"refiner with the hires fix", Request{Hires: &Hires{Scale: 2}}, "not supported with a refiner"},
 	} {

@@ -190,3 +190,29 @@ func TestSDXLLoRAMatchesMergedModel(t *testing.T) {
 		})
 	}
 }
+
+// A refiner hand-over with an adapter: the base model's stage runs adapted. With the
+// model as its own refiner the whole run equals the merged model's hand-over.
+func TestSDXLLoRAWithRefiner(t *testing.T) {
+	base := openSDXLTiny(t, "diffusers")
+	file, mods := writeSDXLKohyaLoRA(t, base.model)
+	merged, err := Open(writeMergedSDXL(t, filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "diffusers"), mods),
+		WithDevice(DeviceCPU), WithThreads(2), WithLibrary(filepath.Join(testutil.RepoRoot(t), "build")))
+	require.NoError(t, err)
+	defer merged.Close()
+	req := Request{Prompt: "a red apple on a table", Width: 64, Height: 64, Steps: 4, GuidanceScale: 5, Seed: 9, Sampler: Euler}
+	want, err := merged.Txt2ImgRefined(t.Context(), req, merged, 0.5)
+	require.NoError(t, err)
+	req.LoRAs = []LoRA{{Path: file, Scale: sdxlLoRAScale}}
+	got, err := base.Txt2ImgRefined(t.Context(), req, base, 0.5)
+	require.NoError(t, err)
+	a, b := imageCHW(got.Images[0]), imageCHW(want.Images[0])
+	require.Len(t, a, len(b))
+	worst := 0
+	for i := range a {
+		worst = max(worst, int(a[i])-int(b[i]), int(b[i])-int(a[i]))
+	}
+	assert.LessOrEqual(t, worst, 1, "8-bit levels")
+	require.Len(t, got.Params.LoRAs, 1)
+	assert.Contains(t, got.Params.A1111(0), "Lora hashes: ")
+}

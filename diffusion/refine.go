@@ -1,8 +1,8 @@
 package diffusion
 
 import (
-	"cmp"
 	"context"
+	"fmt"
 	"math"
 	"time"
 )
@@ -21,8 +21,10 @@ const DefaultRefinerStart = 0.8
 //
 // Both models take the request as it is (prompts, size, steps, guidance, seed); a
 // Sampler of SamplerAuto resolves to each model's own scheduler. Samplers with more than
-// one model call a step (Heun, DPM2, DPM++ 2S, PNDM) are refused. refiner may be p. The
-// result's Params are the refiner's, with Model and ModelHash the base model's and Refiner,
+// one model call a step (Heun, DPM2, DPM++ 2S, PNDM) are refused. refiner may be p.
+// LoRAs adapt p only (the refiner is another model; when it is p, it keeps them);
+// textual-inversion embeddings serve both models' encoders. The result's Params are the
+// refiner's, with Model, ModelHash, LoRAs and Embeddings the base model's and Refiner,
 // RefinerSwitchAt set; Timings cover both.
 func (p *Pipeline) Txt2ImgRefined(ctx context.Context, req Request, refiner *Pipeline, start float64) (*Result, error) {
 	if refiner == nil {
@@ -46,11 +48,19 @@ func (p *Pipeline) Txt2ImgRefined(ctx context.Context, req Request, refiner *Pip
 	if err != nil {
 		return nil, err
 	}
-	if len(req.Controls) > 0 || req.Hires != nil || len(req.LoRAs) > 0 {
-		return nil, invalid("ControlNets, LoRAs and the hires fix are not supported with a refiner hand-over yet")
+	if len(req.Controls) > 0 || req.Hires != nil {
+		return nil, invalid("ControlNets and the hires fix are not supported with a refiner hand-over yet")
 	}
-	if _, used, err := p.requestEmbeddings(req); err != nil || len(used) > 0 {
-		return nil, cmp.Or(err, invalid("textual-inversion embeddings are not supported with a refiner hand-over yet"))
+	if err := checkLoRAs(req.LoRAs); err != nil {
+		return nil, err
+	}
+	// Each model encodes the prompts with the embeddings for its own encoders (an SDXL
+	// embedding's clip_g vectors serve the refiner's only one).
+	if par.embeds, par.Embeddings, err = p.requestEmbeddings(req); err != nil {
+		return nil, err
+	}
+	if rpar.embeds, rpar.Embeddings, err = refiner.requestEmbeddings(req); err != nil {
+		return nil, fmt.Errorf("refiner: %w", err)
 	}
 	base, _, err := p.codecs(req)
 	if err != nil {
@@ -95,24 +105,36 @@ func (p *Pipeline) Txt2ImgRefined(ctx context.Context, req Request, refiner *Pip
 	var tm Timings
 	var x []float32
 	err = p.runLocked(ctx, func(ctx context.Context) error {
-		dn, err := p.denoise(ctx, req, par, sched, nil, &stage{end: baseEnd}, &tm)
-		x = dn.x
-		return err
+		return p.withLoRAs(req.LoRAs, func(applied []AppliedLoRA) error {
+			par.LoRAs = applied
+			dn, err := p.denoise(ctx, req, par, sched, nil, &stage{end: baseEnd}, &tm)
+			x = dn.x
+			return err
+		})
 	})
 	if err != nil {
 		return nil, err
+	}
+	// The LoRAs adapt the base model: the refiner, another model, runs its own weights
+	// (the same adapted ones when it is p).
+	var refinerLoRAs []LoRA
+	if refiner == p {
+		refinerLoRAs = req.LoRAs
 	}
 	res := &Result{Params: rpar}
 	err = refiner.runLocked(ctx, func(ctx context.Context) error {
-		dn, err := refiner.denoise(ctx, req, rpar, rsched, nil, &stage{from: x, first: refinerFirst}, &tm)
-		if err == nil {
-			res.Images, err = refiner.decodeImages(ctx, dn, req, rpar, &tm)
-		}
-		return err
+		return refiner.withLoRAs(refinerLoRAs, func([]AppliedLoRA) error {
+			dn, err := refiner.denoise(ctx, req, rpar, rsched, nil, &stage{from: x, first: refinerFirst}, &tm)
+			if err == nil {
+				res.Images, err = refiner.decodeImages(ctx, dn, req, rpar, &tm)
+			}
+			return err
+		})
 	})
 	if err != nil {
 		return nil, err
 	}
+	res.Params.LoRAs, res.Params.Embeddings = par.LoRAs, par.Embeddings
 	res.Params.Model, res.Params.ModelHash = par.Model, p.hash.get()
 	res.Params.Refiner = rpar.Model
 	if h := refiner.hash.get(); h != "" {
