@@ -79,11 +79,14 @@ func (c *conditioner) promptChunks(syntax PromptSyntax, prompt string, words []t
 	return tokenize(c.tok, c.padID, syntax, prompt, words, c.log)
 }
 
-// tokenize tokenizes one prompt in a syntax with tok, padding with padID; in A1111
-// syntax words (textual inversions) stand in for their names.
+// tokenize tokenizes one prompt in a syntax with tok, padding with padID; words
+// (textual inversions) stand in for their names.
 func tokenize(tok *tokenizer.Tokenizer, padID int, syntax PromptSyntax, prompt string, words []tokenizer.Word, log *slog.Logger) ([]tokenizer.Chunk, error) {
 	if syntax == PromptPlain {
-		ch, dropped := tok.EncodePlain(prompt, padID)
+		ch, dropped, err := tok.EncodePlainWith(prompt, padID, words)
+		if err != nil {
+			return nil, err
+		}
 		if dropped > 0 {
 			log.Warn("prompt truncated: CLIP takes at most 75 tokens", "dropped_tokens", dropped)
 		}

@@ -30,10 +30,10 @@ type AppliedEmbedding struct {
 // requestEmbeddings loads the textual inversions of req (Embeddings, and the files of
 // EmbeddingDir and its subfolders) whose names occur in its prompts, in name order, and
 // checks them against the model's text encoders: SD 1.x / 2.x need vectors as wide as
-// the encoder (emb_params), SDXL clip_l and clip_g for both encoders. PromptPlain reads
-// names as text (as it reads LoRA tags), so it uses none.
+// the encoder (emb_params), SDXL clip_l and clip_g for both encoders. Both prompt
+// syntaxes use them (PromptPlain as diffusers' load_textual_inversion tokens).
 func (p *Pipeline) requestEmbeddings(req Request) ([]*lora.Embedding, []AppliedEmbedding, error) {
-	if (len(req.Embeddings) == 0 && req.EmbeddingDir == "") || req.PromptSyntax == PromptPlain {
+	if len(req.Embeddings) == 0 && req.EmbeddingDir == "" {
 		return nil, nil, nil
 	}
 	files := map[string][]string{} // name -> paths

@@ -125,6 +125,10 @@ func TestEmbeddingMatchesSubstitutedTokenTable(t *testing.T) {
 				ti := newTITable(embeds, components[k], int(net.cfg.VocabSize))
 				got, err := p.tok.EncodeWeightedWith("a my-emb apple", p.padID, ti.words)
 				require.NoError(t, err)
+				plainChunk, dropped, err := p.tok.EncodePlainWith("a my-emb apple", p.padID, ti.words)
+				require.NoError(t, err)
+				assert.Zero(t, dropped)
+				assert.Equal(t, got[0].IDs, plainChunk.IDs, "plain syntax reads the name the same way")
 				want, err := ref.tok.EncodeWeighted("a dog house apple", ref.padID)
 				require.NoError(t, err)
 				require.Len(t, got, 1)
@@ -228,13 +232,13 @@ func TestEmbeddingErrors(t *testing.T) {
 			assert.ErrorContains(t, err, tt.want)
 		})
 	}
-	// Names that no prompt uses are not loaded, nor any in plain syntax; files given
+	// Names that no prompt uses are not loaded; plain syntax uses them too; files given
 	// by path are found like the folder's.
 	_, used, err := p.requestEmbeddings(Request{Prompt: "a cat", EmbeddingDir: dir})
 	require.NoError(t, err)
 	assert.Empty(t, used)
 	_, used, err = p.requestEmbeddings(Request{Prompt: "a wide cat", EmbeddingDir: dir, PromptSyntax: PromptPlain})
-	require.NoError(t, err)
+	require.ErrorIs(t, err, ErrInvalidRequest, "the too wide embedding is used, and refused")
 	assert.Empty(t, used)
 	other := filepath.Join(t.TempDir(), "other.safetensors")
 	writeEmbedding(t, other, map[string][]float32{"emb_params": randomVectors(9, 3, width)}, 3)

@@ -175,9 +175,9 @@ type Request struct {
 	// Embeddings are textual-inversion files (see lora.LoadEmbedding), and EmbeddingDir a
 	// folder searched with its subfolders for more (.safetensors, .pt, .bin): as in
 	// AUTOMATIC1111's web UI, a file's base name written in a prompt or negative prompt
-	// (A1111 syntax) stands for its N vectors, which count toward the 75-token chunks.
-	// SDXL embeddings give clip_l to the first text encoder and clip_g to the second.
-	// PromptPlain reads the names as text.
+	// stands for its N vectors, which count toward the 75-token chunks (PromptPlain: as
+	// diffusers' load_textual_inversion tokens, within its one chunk). SDXL embeddings
+	// give clip_l to the first text encoder and clip_g to the second.
 	Embeddings   []string
 	EmbeddingDir string
 

@@ -166,7 +166,29 @@ func (t *Tokenizer) chunk(ids []int, weights []float32, padID int) Chunk {
 // text), all weights 1. dropped counts the tokens past ChunkLength that were
 // cut off, for the warning diffusers prints.
 func (t *Tokenizer) EncodePlain(prompt string, padID int) (c Chunk, dropped int) {
-	ids := t.Encode(prompt)
+	c, dropped, _ = t.EncodePlainWith(prompt, padID, nil)
+	return c, dropped
+}
+
+// EncodePlainWith is EncodePlain with the words' ids in place of their text (the
+// longest word matching first), as diffusers' pipelines read the tokens a loaded
+// textual inversion added: its name stands for its vectors. The truncation counts the
+// words' ids. A word of more than ChunkLength ids is an error.
+func (t *Tokenizer) EncodePlainWith(prompt string, padID int, words []Word) (c Chunk, dropped int, err error) {
+	match, err := t.matcher(words)
+	if err != nil {
+		return c, 0, err
+	}
+	toks := t.Encode(prompt)
+	ids := make([]int, 0, len(toks))
+	for i := 0; i < len(toks); i++ {
+		if word, n := match(toks[i:]); word != nil {
+			ids = append(ids, word.IDs...)
+			i += n - 1
+			continue
+		}
+		ids = append(ids, toks[i])
+	}
 	if len(ids) > ChunkLength {
 		dropped = len(ids) - ChunkLength
 		ids = ids[:ChunkLength]
@@ -175,5 +197,5 @@ func (t *Tokenizer) EncodePlain(prompt string, padID int) (c Chunk, dropped int)
 	for i := range weights {
 		weights[i] = 1
 	}
-	return t.chunk(ids, weights, padID), dropped
+	return t.chunk(ids, weights, padID), dropped, nil
 }

@@ -232,3 +232,24 @@ func runsOf(ids []int) []run {
 	}
 	return rs
 }
+
+// Plain syntax reads textual-inversion names as the weighted syntax does, within its one
+// chunk: the words' ids count toward the 75 kept tokens.
+func TestEncodePlainWithWords(t *testing.T) {
+	tok, err := Default()
+	require.NoError(t, err)
+	cat := single(t, tok, "cat")
+	const e0 = 50000
+	words := []Word{{Text: "my-style", IDs: []int{e0, e0 + 1, e0 + 2}}}
+	got, dropped, err := tok.EncodePlainWith("cat (my-style) dog", 0, words)
+	require.NoError(t, err)
+	assert.Zero(t, dropped)
+	assert.Equal(t, wantChunk(tok, 0, runsOf(append(append(tok.Encode("cat ("), e0, e0+1, e0+2), tok.Encode(") dog")...))...), got,
+		"brackets are text; the name still stands for its vectors")
+	got, dropped, err = tok.EncodePlainWith(strings.Repeat("cat ", 73)+"my-style dog", 0, words)
+	require.NoError(t, err)
+	assert.Equal(t, 2, dropped, "73 + 3 + 1 tokens, 75 kept")
+	assert.Equal(t, wantChunk(tok, 0, run{cat, 73, 1}, run{e0, 1, 1}, run{e0 + 1, 1, 1}), got)
+	_, _, err = tok.EncodePlainWith("x", 0, []Word{{Text: "big", IDs: make([]int, ChunkLength+1)}})
+	assert.ErrorContains(t, err, `embedding "big" has 76 vectors`)
+}
