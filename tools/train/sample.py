@@ -90,6 +90,7 @@ def nearest_neighbour_eval(images, prompts, data_path):
     nearest = dist.argmin(dim=1).tolist()
     rows, hits = [], {"id": 0, "any_tone": 0, "subcategory": 0}
     scored = 0
+    by_kind = {}  # kind -> [hits (id or subcategory), scored]
     for i, p in enumerate(prompts):
         j = nearest[i]
         row = {"prompt": p["prompt"], "nearest_id": ids[j], "nearest_label": labels[j]}
@@ -101,10 +102,22 @@ def nearest_neighbour_eval(images, prompts, data_path):
             hits["id"] += row["hit_id"]
             hits["any_tone"] += row["hit_any_tone"]
             hits["subcategory"] += row["hit_id"] or row["hit_subcategory"]
+            if p.get("kind"):
+                k = by_kind.setdefault(p["kind"], [0, 0])
+                k[0] += row["hit_id"] or row["hit_subcategory"]
+                k[1] += 1
         rows.append(row)
     summary = {k: f"{v}/{scored} ({100 * v / max(scored, 1):.1f}%)" for k, v in hits.items()}
     summary["id_or_subcategory"] = summary.pop("subcategory")
     summary["chance_id"] = f"1/{len(ids)}"
+    if by_kind:
+        summary["by_kind"] = {k: f"{h}/{n} ({100 * h / n:.1f}%) named emoji or subcategory" for k, (h, n) in by_kind.items()}
+    # A uniformly random dataset image hits a prompt's subcategory with probability
+    # (images of that subcategory) / N: the mean of that over the scored prompts.
+    named = [p for p in prompts if p.get("id")]
+    if named:
+        chance = sum(subcats.count(p["subcategory"]) for p in named) / (len(named) * len(ids))
+        summary["chance_id_or_subcategory"] = f"{100 * chance:.1f}%"
     return summary, rows
 
 
