@@ -145,6 +145,16 @@ func writeMergedSDXL(t *testing.T, src string, mods []sdxlLoRAModule) string {
 	return dst
 }
 
+// openMergedSDXL opens a copy of the kit's sdxl-tiny with mods merged into its files.
+func openMergedSDXL(t *testing.T, mods []sdxlLoRAModule) *Pipeline {
+	t.Helper()
+	p, err := Open(writeMergedSDXL(t, filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "diffusers"), mods),
+		WithDevice(DeviceCPU), WithThreads(2), WithLibrary(filepath.Join(testutil.RepoRoot(t), "build")))
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
 // An SDXL adapter as kohya's SDXL trainer writes it, on the kit's sdxl-tiny from its
 // folder and from its single file: the run equals, step by step, the run of a copy of the
 // model with the adapter merged into its files by the formula above (UNet, both text
@@ -152,10 +162,7 @@ func writeMergedSDXL(t *testing.T, src string, mods []sdxlLoRAModule) string {
 func TestSDXLLoRAMatchesMergedModel(t *testing.T) {
 	base := openSDXLTiny(t, "diffusers")
 	file, mods := writeSDXLKohyaLoRA(t, base.model)
-	merged, err := Open(writeMergedSDXL(t, filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "diffusers"), mods),
-		WithDevice(DeviceCPU), WithThreads(2), WithLibrary(filepath.Join(testutil.RepoRoot(t), "build")))
-	require.NoError(t, err)
-	defer merged.Close()
+	merged := openMergedSDXL(t, mods)
 
 	req := Request{Prompt: "a red apple on a table", NegativePrompt: "blurry", Width: 64, Height: 64, Steps: 4,
 		GuidanceScale: 5, Seed: 9, Sampler: Euler}
@@ -196,10 +203,7 @@ func TestSDXLLoRAMatchesMergedModel(t *testing.T) {
 func TestSDXLLoRAWithRefiner(t *testing.T) {
 	base := openSDXLTiny(t, "diffusers")
 	file, mods := writeSDXLKohyaLoRA(t, base.model)
-	merged, err := Open(writeMergedSDXL(t, filepath.Join(testutil.ConformanceDir(t), "sdxl-tiny", "diffusers"), mods),
-		WithDevice(DeviceCPU), WithThreads(2), WithLibrary(filepath.Join(testutil.RepoRoot(t), "build")))
-	require.NoError(t, err)
-	defer merged.Close()
+	merged := openMergedSDXL(t, mods)
 	req := Request{Prompt: "a red apple on a table", Width: 64, Height: 64, Steps: 4, GuidanceScale: 5, Seed: 9, Sampler: Euler}
 	want, err := merged.Txt2ImgRefined(t.Context(), req, merged, 0.5)
 	require.NoError(t, err)
