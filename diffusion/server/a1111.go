@@ -42,14 +42,16 @@ type a1111Request struct {
 	OverrideSettings  map[string]any `json:"override_settings"`
 	EnableHR          bool           `json:"enable_hr"`
 	// The hires fix (enable_hr): Request.Hires with the "Latent" upscaler (bilinear latents).
-	HRScale           float64        `json:"hr_scale"`
-	HRUpscaler        *string        `json:"hr_upscaler"`
-	HRSecondPassSteps int            `json:"hr_second_pass_steps"`
-	HRResizeX         int            `json:"hr_resize_x"`
-	HRResizeY         int            `json:"hr_resize_y"`
-	HRSamplerName     *string        `json:"hr_sampler_name"`
-	HRPrompt          string         `json:"hr_prompt"`
-	HRNegativePrompt  string         `json:"hr_negative_prompt"`
+	HRScale           float64 `json:"hr_scale"`
+	HRUpscaler        *string `json:"hr_upscaler"`
+	HRSecondPassSteps int     `json:"hr_second_pass_steps"`
+	HRResizeX         int     `json:"hr_resize_x"`
+	HRResizeY         int     `json:"hr_resize_y"`
+	HRSamplerName     *string `json:"hr_sampler_name"`
+	HRPrompt          string  `json:"hr_prompt"`
+	HRNegativePrompt  string  `json:"hr_negative_prompt"`
+	// An SDXL refiner hand-over: refused ("" or "None" is none).
+	RefinerCheckpoint string         `json:"refiner_checkpoint"`
 	ScriptName        string         `json:"script_name"`
 	AlwaysonScripts   map[string]any `json:"alwayson_scripts"`
 	SendImages        bool           `json:"send_images"`
@@ -82,6 +84,7 @@ func (s *Server) a1111Spec(q *a1111Request, img2img bool) (spec, error) {
 		{"enable_hr", q.EnableHR && img2img}, {"restore_faces", q.RestoreFaces}, {"tiling", q.Tiling},
 		{"script_name", q.ScriptName != ""}, {"alwayson_scripts", len(q.AlwaysonScripts) > 0},
 		{"subseed_strength", q.SubseedStrength != 0}, {"styles", len(q.Styles) > 0}, {"save_images", q.SaveImages},
+		{"refiner_checkpoint", q.RefinerCheckpoint != "" && q.RefinerCheckpoint != "None"},
 	} {
 		if err := unsupported(u.field, u.set); err != nil {
 			return spec{}, err

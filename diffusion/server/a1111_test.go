@@ -107,6 +107,7 @@ func TestA1111Validation(t *testing.T) {
 		{"txt2img", `{"steps":"many"}`, "steps"},
 		{"img2img", `{"enable_hr":true,"init_images":["aGVsbG8="]}`, "enable_hr"},
 		{"txt2img", `{"enable_hr":true,"hr_upscaler":"R-ESRGAN 4x+"}`, "hr_upscaler"},
+		{"txt2img", `{"refiner_checkpoint":"sd_xl_refiner_1.0.safetensors","refiner_switch_at":0.8}`, "refiner_checkpoint"},
 		{"txt2img", `{"enable_hr":true,"hr_scale":1}`, "hr_scale"},
 		{"txt2img", `{"enable_hr":true,"hr_scale":2,"width":768,"height":768}`, "hr_scale"},
 		{"txt2img", `{"enable_hr":true,"hr_resize_x":128}`, "hr_resize_x"},

@@ -88,6 +88,19 @@ func TestJobs(t *testing.T) {
 	assert.Equal(t, "cancelled", got.Error.Type)
 
 	assert.Equal(t, 404, call(t, "GET", hs.URL+"/v1/jobs/job_nope", "", nil).StatusCode)
+
+	// A generation's own error fails the job: SDXL's second prompt on an SD 1.x model.
+	require.Equal(t, 202, call(t, "POST", hs.URL+"/v1/jobs", `{"prompt":"x","prompt_2":"y","steps":2}`, &j).StatusCode)
+	var failed jobJSON
+	require.Eventually(t, func() bool {
+		failed = jobJSON{}
+		call(t, "GET", hs.URL+"/v1/jobs/"+j.ID, "", &failed)
+		return failed.Status != stateQueued && failed.Status != stateRunning
+	}, 20*time.Second, 5*time.Millisecond)
+	assert.Equal(t, stateFailed, failed.Status)
+	require.NotNil(t, failed.Error)
+	assert.Contains(t, failed.Error.Message, "SDXL")
+	assert.Empty(t, failed.Images)
 }
 
 // TestQueueFull fills a queue of 2 behind one long job: the next submission is a 429

@@ -11,16 +11,19 @@ import (
 // jobRequest is the body of POST /v1/jobs: a txt2img, img2img or inpaint generation in
 // this server's own terms (our sampler names or AUTOMATIC1111's).
 type jobRequest struct {
-	Prompt         string  `json:"prompt"`
-	NegativePrompt string  `json:"negative_prompt"`
-	Width          int     `json:"width"`
-	Height         int     `json:"height"`
-	Steps          int     `json:"steps"`
-	CFGScale       float64 `json:"cfg_scale"`
-	Sampler        string  `json:"sampler"`
-	Scheduler      string  `json:"scheduler"`
-	Seed           int64   `json:"seed"`
-	BatchSize      int     `json:"batch_size"`
+	Prompt         string `json:"prompt"`
+	NegativePrompt string `json:"negative_prompt"`
+	// Prompt2 and NegativePrompt2 go to SDXL's second text encoder ("": the first ones).
+	Prompt2         string  `json:"prompt_2"`
+	NegativePrompt2 string  `json:"negative_prompt_2"`
+	Width           int     `json:"width"`
+	Height          int     `json:"height"`
+	Steps           int     `json:"steps"`
+	CFGScale        float64 `json:"cfg_scale"`
+	Sampler         string  `json:"sampler"`
+	Scheduler       string  `json:"scheduler"`
+	Seed            int64   `json:"seed"`
+	BatchSize       int     `json:"batch_size"`
 	// Image (base64, or a data URL) makes it img2img; with Mask (white = repaint),
 	// inpainting.
 	Image    string  `json:"image"`
@@ -102,6 +105,7 @@ func (s *Server) handleJobCreate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err)
 		return
 	}
+	req.Prompt2, req.NegativePrompt2 = q.Prompt2, q.NegativePrompt2
 	sp := spec{mode: modeTxt2Img, req: req, strength: q.Strength}
 	if q.Image != "" {
 		if sp.image, _, err = decodeBase64Image(q.Image, "image"); err == nil {
