@@ -268,7 +268,8 @@
 // Serves image generation over HTTP (package diffusion/server) until SIGINT or SIGTERM:
 // OpenAI's Images API (POST /v1/images/generations and /v1/images/edits, with streaming,
 // GET /v1/models), AUTOMATIC1111's API (/sdapi/v1/txt2img, img2img, progress, interrupt,
-// skip, options, sd-models, samplers, schedulers, upscalers, loras, png-info), queued jobs
+// skip, options, sd-models, samplers, schedulers, upscalers, loras, png-info; the
+// ControlNet extension's alwayson_scripts and /controlnet/model_list), queued jobs
 // (POST /v1/jobs, GET /v1/jobs/ID and its /events, DELETE to cancel), a web page at /,
 // /healthz, /readyz and Prometheus metrics at /metrics. It logs one JSON line per request
 // on stderr. On a signal it stops taking work, lets the running work finish for --grace,
@@ -290,6 +291,9 @@
 //	                      is an error)
 //	--embedding-dir DIR   folder (with subfolders) of textual-inversion embeddings that
 //	                      prompts use by file name (default none)
+//	--controlnet-dir DIR  folder (with subfolders) of ControlNets for AUTOMATIC1111's
+//	                      alwayson_scripts.controlnet; GET /controlnet/model_list lists
+//	                      them (default none)
 //	--taesd path          a TAESD (as for txt2img's --vae-decoder taesd:PATH): every live
 //	                      preview is its decoding at full size, at some time per step
 //	                      (default none: the linear approximation at latent size)

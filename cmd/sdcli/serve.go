@@ -26,6 +26,7 @@ type serveOptions struct {
 	timeout, grace time.Duration
 	pipe           pipelineOptions
 	lora           loraOptions
+	controlNetDir  string
 }
 
 func serveCommand(a *app, fs *flagSet) func(context.Context, []string) error {
@@ -44,6 +45,7 @@ func serveCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 	fs.stringVar(&o.pipe.taesd, "taesd", "path", "", "a TAESD folder or file: live previews are its decoding at full size\n(default: none, the linear preview at latent size)")
 	fs.stringVar(&o.lora.dir, "lora-dir", "DIR", "", "folder (searched with its subfolders) whose adapters prompts may name in tags\n<lora:NAME:SCALE>; GET /sdapi/v1/loras lists them (default: none; a tag is then an error)")
 	fs.stringVar(&o.lora.embeddingDir, "embedding-dir", "DIR", "", "folder (searched with its subfolders) of textual-inversion embeddings that prompts\nuse by file name (default: none)")
+	fs.stringVar(&o.controlNetDir, "controlnet-dir", "DIR", "", "folder (searched with its subfolders) of ControlNets (diffusers folders, single files)\nfor AUTOMATIC1111's alwayson_scripts.controlnet; GET /controlnet/model_list lists them (default: none)")
 	o.pipe.define(fs)
 	return func(ctx context.Context, args []string) error { return a.serve(ctx, o, args) }
 }
@@ -106,7 +108,7 @@ func (a *app) serve(ctx context.Context, o *serveOptions, args []string) error {
 		},
 		Workers: o.workers, Queue: o.queue, MaxSize: o.maxSize, MaxSteps: o.maxSteps,
 		Timeout: o.timeout, APIKey: o.apiKey, CORSOrigin: o.cors, Logger: logger,
-		LoRADir: o.lora.dir, EmbeddingDir: o.lora.embeddingDir,
+		LoRADir: o.lora.dir, EmbeddingDir: o.lora.embeddingDir, ControlNetDir: o.controlNetDir,
 	})
 	if err != nil {
 		return err

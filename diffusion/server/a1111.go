@@ -82,7 +82,7 @@ func (s *Server) a1111Spec(q *a1111Request, img2img bool) (spec, error) {
 		set   bool
 	}{
 		{"enable_hr", q.EnableHR && img2img}, {"restore_faces", q.RestoreFaces}, {"tiling", q.Tiling},
-		{"script_name", q.ScriptName != ""}, {"alwayson_scripts", len(q.AlwaysonScripts) > 0},
+		{"script_name", q.ScriptName != ""},
 		{"subseed_strength", q.SubseedStrength != 0}, {"styles", len(q.Styles) > 0}, {"save_images", q.SaveImages},
 		{"refiner_checkpoint", q.RefinerCheckpoint != "" && q.RefinerCheckpoint != "None"},
 	} {
@@ -126,7 +126,8 @@ func (s *Server) a1111Spec(q *a1111Request, img2img bool) (spec, error) {
 				return spec{}, err
 			}
 		}
-		return sp, nil
+		sp.controls, err = s.a1111Controls(q.AlwaysonScripts, nil, q.Width, q.Height)
+		return sp, err
 	}
 	if len(q.InitImages) != 1 {
 		return spec{}, badRequest("init_images", "init_images: want one image (got %d)", len(q.InitImages))
@@ -153,7 +154,8 @@ func (s *Server) a1111Spec(q *a1111Request, img2img bool) (spec, error) {
 		}
 		sp.mode = modeInpaint
 	}
-	return sp, nil
+	sp.controls, err = s.a1111Controls(q.AlwaysonScripts, sp.image, q.Width, q.Height)
+	return sp, err
 }
 
 // a1111Hires reads the hires-fix fields of a txt2img request with enable_hr: the

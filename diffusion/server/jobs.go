@@ -29,6 +29,8 @@ type spec struct {
 	// iterations run one after another (AUTOMATIC1111's n_iter), each a batch of
 	// req.BatchSize whose seeds follow the previous batch's.
 	iterations int
+	// controls become req.Controls once the worker has the ControlNets loaded.
+	controls []controlUnit
 }
 
 func (sp spec) images() int { return max(1, sp.req.BatchSize) * max(1, sp.iterations) }
@@ -245,11 +247,16 @@ func (s *Server) run(j *job) {
 		s.metrics.running.Inc()
 		defer s.metrics.running.Dec()
 		sp := j.spec
-		var err error
+		controls, err := s.pool.controls(p, sp.controls)
+		if err != nil {
+			j.finish(err)
+			return
+		}
 		for it := range max(1, sp.iterations) {
 			itCtx, skip := context.WithCancel(j.ctx)
 			j.update(func() { j.iteration, j.skip, j.progress = it, skip, diffusion.Progress{} })
 			req := sp.req
+			req.Controls = controls
 			req.Seed += uint64(it * max(1, req.BatchSize))
 			req.Preview = true
 			req.Progress = func(pr diffusion.Progress) { j.update(func() { j.progress = pr }) }

@@ -25,6 +25,10 @@ type pool struct {
 	// loaded is what current reports, kept apart from mu so that health checks and
 	// request checks do not wait for a switch's load.
 	loaded atomic.Pointer[loadedModel]
+	// controlNets are the ControlNets loaded for the pipelines, by path: loaded by the
+	// first generation that names one, closed with the pipelines.
+	cnMu        sync.Mutex
+	controlNets map[string]*diffusion.ControlNet
 }
 
 type loadedModel struct {
@@ -124,7 +128,30 @@ func (p *pool) switchTo(ctx context.Context, m Model) error {
 	return err
 }
 
+// controlNet is the ControlNet at path for the loaded model's pipelines (its clones
+// share it), loading it with pl, a pipeline the caller holds, the first time.
+func (p *pool) controlNet(pl *diffusion.Pipeline, path string) (*diffusion.ControlNet, error) {
+	p.cnMu.Lock()
+	defer p.cnMu.Unlock()
+	if cn, ok := p.controlNets[path]; ok {
+		return cn, nil
+	}
+	cn, err := pl.LoadControlNet(path)
+	if err != nil {
+		return nil, err
+	}
+	if p.controlNets == nil {
+		p.controlNets = map[string]*diffusion.ControlNet{}
+	}
+	p.controlNets[path] = cn
+	return cn, nil
+}
+
 func (p *pool) closeLocked() {
+	for _, cn := range p.controlNets {
+		cn.Close()
+	}
+	p.controlNets = nil
 	for _, pl := range p.pipes {
 		pl.Close()
 	}

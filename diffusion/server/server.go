@@ -70,6 +70,10 @@ type Config struct {
 	// without it a tag is an error. EmbeddingDir likewise holds textual-inversion
 	// embeddings that prompts use by file name.
 	LoRADir, EmbeddingDir string
+	// ControlNetDir, when set, is the folder (with its subfolders) of ControlNets
+	// (diffusers folders, single files) that AUTOMATIC1111 requests may use through
+	// alwayson_scripts.controlnet, listed by GET /controlnet/model_list.
+	ControlNetDir string
 	// APIKey, when set, is required of every API request as "Authorization: Bearer KEY"
 	// (the page at /, /healthz and /readyz stay open; the page asks for the key).
 	APIKey string
@@ -91,7 +95,7 @@ func (c *Config) defaults() error {
 	if c.Open == nil {
 		return errors.New("server: no Open function")
 	}
-	for _, d := range []struct{ field, dir string }{{"LoRADir", c.LoRADir}, {"EmbeddingDir", c.EmbeddingDir}} {
+	for _, d := range []struct{ field, dir string }{{"LoRADir", c.LoRADir}, {"EmbeddingDir", c.EmbeddingDir}, {"ControlNetDir", c.ControlNetDir}} {
 		if d.dir == "" {
 			continue
 		}
@@ -260,6 +264,8 @@ func (s *Server) routes() *http.ServeMux {
 	api("GET /sdapi/v1/schedulers", s.handleA1111Schedulers)
 	api("GET /sdapi/v1/upscalers", s.handleA1111Upscalers)
 	api("GET /sdapi/v1/loras", s.handleA1111Loras)
+	api("GET /controlnet/model_list", s.handleControlNetModels)
+	api("GET /controlnet/module_list", s.handleControlNetModules)
 	api("POST /sdapi/v1/png-info", s.handleA1111PNGInfo)
 	return mux
 }
