@@ -217,7 +217,14 @@ def main(argv=None):
     ap.add_argument("--out", default="samples.png", help="grid PNG to write (default samples.png)")
     ap.add_argument("--save-each", default="", metavar="DIR",
                     help="also write every image at its own size as DIR/<prompt index>-seed<seed>.png")
+    ap.add_argument("--controlnet", default="", metavar="DIR", help="steer the UNet with this ControlNet folder (PyTorch only)")
+    ap.add_argument("--control-image", default="", metavar="PNG",
+                    help="its control image, used as it is (values / 255; gray taken for R, G and B), at --size")
     args = ap.parse_args(argv)
+    if bool(args.controlnet) != bool(args.control_image):
+        ap.error("--controlnet and --control-image go together")
+    if args.controlnet and args.sdcli:
+        ap.error("--controlnet samples with PyTorch; for sdcli give it --controlnet yourself")
     device = train.pick_device(args.device)
 
     if args.recon:
@@ -248,6 +255,16 @@ def main(argv=None):
             ids = prepare_data.tokenize([""] + texts, args.tokenizer_cmd)
         ids = torch.from_numpy(ids.astype(np.int64)).to(device)
         unet, clip, vae, sf, sched = load_models(args, device)
+        if args.controlnet:
+            import export_controlnet
+            import train_controlnet
+            from PIL import Image
+
+            with Image.open(args.control_image) as im:
+                if im.size != (args.size, args.size):
+                    ap.error(f"--control-image is {im.size[0]}x{im.size[1]}, not {args.size}x{args.size}")
+                cond = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+            unet = train_controlnet.Controlled(unet, export_controlnet.load_folder(args.controlnet).to(device), cond.to(device))
         for seed in seeds:
             per_seed.append(generate_torch(args, unet, clip, vae, sf, sched, ids, seed, device))
     if args.save_each:
