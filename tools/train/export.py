@@ -200,7 +200,7 @@ def model_card(configs, sizes, sched, info):
     if info.get("note"):
         lines += ["**Status:** " + info["note"], ""]
     subjects = bool(info.get("subjects"))
-    examples = ("\"a red apple\", \"a cat face\", \"a rocket\", \"a snowman\"" if subjects else
+    examples = ("\"a red apple\", \"a cat face\", \"a red heart\", \"a penguin\"" if subjects else
                 "\"a red apple\", \"a cat face\",\n\"thumbs up, dark skin tone\", \"flag of japan\"")
     lines += [
         "A very small Stable Diffusion model (the SD 1.x architecture, scaled down) trained from scratch on",
