@@ -2,6 +2,7 @@ package diffusion
 
 import (
 	"context"
+	"image"
 	"image/png"
 	"os"
 	"path/filepath"
@@ -48,4 +49,50 @@ func TestDemoModelMatchesTrainer(t *testing.T) {
 	db := psnr(imageCHW(got), refFloats)
 	t.Logf("demo model vs PyTorch trainer: PSNR %.1f dB", db)
 	assert.GreaterOrEqual(t, db, 40.0)
+}
+
+// The demo ControlNet (models/gosd-emoji-canny) on the edges of a drawn star, through the
+// whole runtime: the image must match the one the trainer's PyTorch pipeline draws. The
+// reference is regenerated whenever the model or the ControlNet changes, with
+//
+//	go run ./cmd/sdcli preprocess -i tools/train/shapes/star.png -o diffusion/testdata/star-canny.png canny
+//	cd tools/train && python3 sample.py --model ../../models/gosd-emoji --controlnet ../../models/gosd-emoji-canny \
+//	    --control-image ../../diffusion/testdata/star-canny.png --prompt "a star" --seed 1 --steps 25 \
+//	    --guidance 5 --sampler ddim --device cpu --save-each /tmp/ref
+//
+// and /tmp/ref/000-seed1.png copied to testdata/gosd-emoji-canny-star-seed1.png.
+func TestDemoControlNetMatchesTrainer(t *testing.T) {
+	root := testutil.RepoRoot(t)
+	testLibrary(t)
+	p, err := Open(filepath.Join(root, "models", "gosd-emoji"), WithDevice(DeviceCPU), WithThreads(2),
+		WithLibrary(filepath.Join(root, "build")))
+	require.NoError(t, err)
+	defer p.Close()
+	cn, err := p.LoadControlNet(filepath.Join(root, "models", "gosd-emoji-canny"))
+	require.NoError(t, err)
+	defer cn.Close()
+	decode := func(name string) image.Image {
+		f, err := os.Open(filepath.Join("testdata", name))
+		require.NoError(t, err)
+		defer f.Close()
+		img, err := png.Decode(f)
+		require.NoError(t, err)
+		return img
+	}
+	edges, ref := decode("star-canny.png"), decode("gosd-emoji-canny-star-seed1.png")
+	req := Request{Prompt: "a star", Seed: 1, Steps: 25, GuidanceScale: 5, Sampler: DDIM}
+	plain, err := p.Txt2Img(context.Background(), req)
+	require.NoError(t, err)
+	req.Controls = []Control{{Model: cn, Image: edges}}
+	res, err := p.Txt2Img(context.Background(), req)
+	require.NoError(t, err)
+	refCHW := imageCHW(ref)
+	refFloats := make([]float32, len(refCHW))
+	for i, v := range refCHW {
+		refFloats[i] = float32(v) / 255
+	}
+	db := psnr(imageCHW(res.Images[0]), refFloats)
+	t.Logf("demo ControlNet vs PyTorch trainer: PSNR %.1f dB; without the ControlNet %.1f dB", db, psnr(imageCHW(plain.Images[0]), refFloats))
+	assert.GreaterOrEqual(t, db, 40.0)
+	assert.Less(t, psnr(imageCHW(plain.Images[0]), refFloats), 30.0, "the ControlNet must change the picture")
 }
