@@ -19,7 +19,7 @@ CMAKE_FLAGS ?=
 
 C_SOURCES = $(shell git ls-files 'csrc/*.c' 'csrc/*.h' 'cuda/*.cu' 'cuda/*.cuh' 2>/dev/null)
 
-# make demo PROMPT="a slice of pizza" SEED=7: the bundled demo model, on the CPU.
+# make demo PROMPT="a penguin" SEED=7: the bundled demo model, on the CPU.
 PROMPT ?= a red apple
 SEED ?= 1
 DEMO_OUT ?= demo.png
