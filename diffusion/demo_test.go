@@ -13,6 +13,18 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// openDemo opens the bundled demo model on the CPU.
+func openDemo(t *testing.T) *Pipeline {
+	t.Helper()
+	root := testutil.RepoRoot(t)
+	testLibrary(t)
+	p, err := Open(filepath.Join(root, "models", "gosd-emoji"), WithDevice(DeviceCPU), WithThreads(2),
+		WithLibrary(filepath.Join(root, "build")))
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
 // The bundled demo model, trained weights, through the whole runtime: the image must match
 // the one its training code's own PyTorch sampler draws from the same exported folder. The
 // reference is regenerated whenever the model changes, with
@@ -22,12 +34,7 @@ import (
 //
 // and /tmp/ref/000-seed1.png copied to testdata/gosd-emoji-red-apple-seed1.png.
 func TestDemoModelMatchesTrainer(t *testing.T) {
-	root := testutil.RepoRoot(t)
-	testLibrary(t)
-	p, err := Open(filepath.Join(root, "models", "gosd-emoji"), WithDevice(DeviceCPU), WithThreads(2),
-		WithLibrary(filepath.Join(root, "build")))
-	require.NoError(t, err)
-	defer p.Close()
+	p := openDemo(t)
 
 	f, err := os.Open(filepath.Join("testdata", "gosd-emoji-red-apple-seed1.png"))
 	require.NoError(t, err)
@@ -62,13 +69,8 @@ func TestDemoModelMatchesTrainer(t *testing.T) {
 //
 // and /tmp/ref/000-seed1.png copied to testdata/gosd-emoji-canny-star-seed1.png.
 func TestDemoControlNetMatchesTrainer(t *testing.T) {
-	root := testutil.RepoRoot(t)
-	testLibrary(t)
-	p, err := Open(filepath.Join(root, "models", "gosd-emoji"), WithDevice(DeviceCPU), WithThreads(2),
-		WithLibrary(filepath.Join(root, "build")))
-	require.NoError(t, err)
-	defer p.Close()
-	cn, err := p.LoadControlNet(filepath.Join(root, "models", "gosd-emoji-canny"))
+	p := openDemo(t)
+	cn, err := p.LoadControlNet(filepath.Join(testutil.RepoRoot(t), "models", "gosd-emoji-canny"))
 	require.NoError(t, err)
 	defer cn.Close()
 	decode := func(name string) image.Image {
