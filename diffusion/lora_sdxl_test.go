@@ -52,6 +52,7 @@ func writeSDXLKohyaLoRA(t *testing.T, m *modelfile.Model) (string, []sdxlLoRAMod
 	comps := map[string]map[string]modelfile.Tensor{
 		lora.UNet: m.UNet.Tensors, lora.TextEncoder: m.TextEncoder.Tensors, lora.TextEncoder2: m.ExtraTextEncoders[0].Tensors,
 	}
+	ldmName := m.UNet.Config.LDMNames()
 	var ts []modelfile.Tensor
 	var mods []sdxlLoRAModule
 	for _, tg := range targets {
@@ -76,7 +77,7 @@ func writeSDXLKohyaLoRA(t *testing.T, m *modelfile.Model) (string, []sdxlLoRAMod
 		path := strings.TrimSuffix(tg.weight, ".weight")
 		prefix := map[string]string{lora.UNet: "lora_unet_", lora.TextEncoder: "lora_te1_", lora.TextEncoder2: "lora_te2_"}[tg.component]
 		if tg.component == lora.UNet {
-			path = m.UNet.Config.LDMName(path)
+			path = ldmName(path)
 			require.NotContains(t, path, "blocks.1.attentions", "an original-checkpoint name")
 		}
 		key := prefix + strings.ReplaceAll(path, ".", "_")

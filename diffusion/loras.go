@@ -206,7 +206,7 @@ func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 	// kohya's SDXL trainer names UNet modules as the original checkpoint does
 	// (input_blocks.4.1...), SD 1.x trainers as diffusers does: both match.
 	nets := []net{
-		{lora.UNet, p.model.UNet.Tensors, p.eng.unet, unetSet, p.model.UNet.Config.LDMName},
+		{lora.UNet, p.model.UNet.Tensors, p.eng.unet, unetSet, p.model.UNet.Config.LDMNames()},
 		{lora.TextEncoder, p.model.TextEncoder.Tensors, p.eng.clip, textSet, nil},
 	}
 	if p.eng.clip2 != 0 {

@@ -120,7 +120,7 @@ func Plan(targets map[string]modelfile.Tensor, component string, adapters ...Sca
 }
 
 // PlanAliased is Plan for adapters whose modules may also be named by alias
-// (see modelfile.UNetConfig.LDMName): alias maps a module path of targets
+// (see modelfile.UNetConfig.LDMNames): alias maps a module path of targets
 // (a weight's name without ".weight") to its other name.
 func PlanAliased(targets map[string]modelfile.Tensor, alias func(string) string, component string, adapters ...Scaled) ([]Patch, error) {
 	byWeight := map[string][]Update{}

@@ -15,7 +15,7 @@
 //     model's own module paths the same way and comparing. kohya's SDXL
 //     trainer names UNet modules as the original checkpoint does
 //     ("lora_unet_input_blocks_4_1_proj_in"): PlanAliased matches those
-//     through a second name of each target (modelfile.UNetConfig.LDMName).
+//     through a second name of each target (modelfile.UNetConfig.LDMNames).
 //   - diffusers / PEFT: the module path itself, prefixed by "unet.",
 //     "text_encoder." or "text_encoder_2." (peft's own "base_model.model."
 //     prefix is dropped). A key without a component prefix belongs to the

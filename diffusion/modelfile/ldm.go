@@ -540,11 +540,13 @@ func openCLIPSource(p string) func(string) source {
 	}
 }
 
-// LDMName is the original (LDM / SGM) checkpoint name, without the
-// "model.diffusion_model." prefix, of the diffusers UNet tensor or module
-// path name for a UNet of config c: "down_blocks.1.attentions.0.proj_in"
-// reads "input_blocks.4.1.proj_in". Adapters trained on single files
-// (kohya's SDXL LoRAs) name their modules this way.
-func (c UNetConfig) LDMName(name string) string {
-	return strings.TrimSuffix(unetModules(c).resolver("")(name+".").name, ".")
+// LDMNames returns the original (LDM / SGM) checkpoint name, without the
+// "model.diffusion_model." prefix, of a diffusers UNet tensor or module path
+// for a UNet of config c: "down_blocks.1.attentions.0.proj_in" reads
+// "input_blocks.4.1.proj_in". Adapters trained on single files (kohya's SDXL
+// LoRAs) name their modules this way. The module map is built once, for all
+// the names asked of the function.
+func (c UNetConfig) LDMNames() func(name string) string {
+	resolve := unetModules(c).resolver("")
+	return func(name string) string { return strings.TrimSuffix(resolve(name+".").name, ".") }
 }

@@ -411,8 +411,8 @@ func TestLDMTextEncoderDepth(t *testing.T) {
 	}
 }
 
-// LDMName against names of the real SD 1.5 and SDXL checkpoints.
-func TestUNetLDMName(t *testing.T) {
+// LDMNames against names of the real SD 1.5 and SDXL checkpoints.
+func TestUNetLDMNames(t *testing.T) {
 	sd15, sdxl := SD15UNetConfig(), SDXLUNetConfig()
 	for _, tc := range []struct {
 		c          UNetConfig
@@ -428,6 +428,6 @@ func TestUNetLDMName(t *testing.T) {
 		{sdxl, "add_embedding.linear_1", "label_emb.0.0"},
 		{sdxl, "conv_in", "input_blocks.0.0"},
 	} {
-		assert.Equal(t, tc.want, tc.c.LDMName(tc.name), tc.name)
+		assert.Equal(t, tc.want, tc.c.LDMNames()(tc.name), tc.name)
 	}
 }
