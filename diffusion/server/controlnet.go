@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"image"
@@ -137,6 +138,7 @@ func (s *Server) a1111Controls(scripts map[string]any, init image.Image, width, 
 		}
 	}
 	var out []controlUnit
+	var models map[string]string // listed once, for the first enabled unit
 	for i, u := range units {
 		name := strings.TrimSpace(u.Model)
 		if k := strings.LastIndex(name, " ["); k > 0 && strings.HasSuffix(name, "]") {
@@ -148,9 +150,10 @@ func (s *Server) a1111Controls(scripts map[string]any, init image.Image, width, 
 		if s.cfg.ControlNetDir == "" {
 			return nil, badRequest(field, "controlnet unit %d: this server has no ControlNet folder", i)
 		}
-		models, err := listControlNets(s.cfg.ControlNetDir)
-		if err != nil {
-			return nil, fmt.Errorf("listing the ControlNet folder %s: %w", s.cfg.ControlNetDir, err)
+		if models == nil {
+			if models, err = s.controlNetFiles(); err != nil {
+				return nil, err
+			}
 		}
 		path, ok := models[name]
 		if !ok {
@@ -233,13 +236,7 @@ func (s *Server) checkControlResize(mode any, img image.Image, width, height int
 		return fmt.Errorf("resize_mode %v: want Just Resize, Crop and Resize or Resize and Fill", mode)
 	}
 	_, info, _ := s.pool.current()
-	w, h := width, height
-	if w == 0 {
-		w = info.Width
-	}
-	if h == 0 {
-		h = info.Height
-	}
+	w, h := cmp.Or(width, info.Width), cmp.Or(height, info.Height)
 	b := img.Bounds()
 	if w > 0 && h > 0 && b.Dx()*h != b.Dy()*w {
 		return fmt.Errorf("resize_mode %v with a %dx%d image for a %dx%d output is not supported by this server: give an image of the output's aspect ratio, or resize_mode Just Resize", mode, b.Dx(), b.Dy(), w, h)
@@ -262,12 +259,22 @@ func (p *pool) controls(pl *diffusion.Pipeline, units []controlUnit) ([]diffusio
 	return out, nil
 }
 
+// controlNetFiles lists Config.ControlNetDir (see listControlNets); its errors are the
+// server's, not the request's.
+func (s *Server) controlNetFiles() (map[string]string, error) {
+	models, err := listControlNets(s.cfg.ControlNetDir)
+	if err != nil {
+		return nil, fmt.Errorf("listing the ControlNet folder %s: %w", s.cfg.ControlNetDir, err)
+	}
+	return models, nil
+}
+
 func (s *Server) handleControlNetModels(w http.ResponseWriter, r *http.Request) {
 	names := []string{}
 	if s.cfg.ControlNetDir != "" {
-		models, err := listControlNets(s.cfg.ControlNetDir)
+		models, err := s.controlNetFiles()
 		if err != nil {
-			writeError(w, r, fmt.Errorf("listing the ControlNet folder %s: %w", s.cfg.ControlNetDir, err))
+			writeError(w, r, err)
 			return
 		}
 		for name := range models {
