@@ -159,14 +159,30 @@ func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 			f.Close()
 		}
 	}()
+	type net struct {
+		component string
+		base      map[string]modelfile.Tensor
+		model     binding.Model
+		text      bool // patched at the text scale
+		alias     func(string) string
+	}
+	// kohya's SDXL trainer names UNet modules as the original checkpoint does
+	// (input_blocks.4.1...), SD 1.x trainers as diffusers does: both match. SDXL's
+	// adapters also patch the second text encoder (kohya's lora_te2_, PEFT's
+	// text_encoder_2.).
+	nets := []net{
+		{lora.UNet, p.model.UNet.Tensors, p.eng.unet, false, p.model.UNet.Config.LDMNames()},
+		{lora.TextEncoder, p.model.TextEncoder.Tensors, p.eng.clip, true, nil},
+	}
+	if p.eng.clip2 != 0 {
+		nets = append(nets, net{lora.TextEncoder2, p.model.ExtraTextEncoders[0].Tensors, p.eng.clip2, true, nil})
+	}
+	components := make([]string, len(nets))
+	for i, n := range nets {
+		components[i] = n.component
+	}
 	var applied []AppliedLoRA
 	var unetSet, textSet []lora.Scaled
-	// SDXL's adapters also patch the second text encoder (kohya's lora_te2_, PEFT's
-	// text_encoder_2.), with the text scale.
-	components := []string{lora.UNet, lora.TextEncoder}
-	if p.eng.clip2 != 0 {
-		components = append(components, lora.TextEncoder2)
-	}
 	for _, l := range ls {
 		u, t := l.scales()
 		if u == 0 && t == 0 {
@@ -196,31 +212,19 @@ func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 		name := strings.TrimSuffix(filepath.Base(l.Path), filepath.Ext(l.Path))
 		applied = append(applied, AppliedLoRA{Name: name, Path: l.Path, Hash: hash, UNetScale: u, TextScale: t})
 	}
-	type net struct {
-		component string
-		base      map[string]modelfile.Tensor
-		model     binding.Model
-		set       []lora.Scaled
-		alias     func(string) string
-	}
-	// kohya's SDXL trainer names UNet modules as the original checkpoint does
-	// (input_blocks.4.1...), SD 1.x trainers as diffusers does: both match.
-	nets := []net{
-		{lora.UNet, p.model.UNet.Tensors, p.eng.unet, unetSet, p.model.UNet.Config.LDMNames()},
-		{lora.TextEncoder, p.model.TextEncoder.Tensors, p.eng.clip, textSet, nil},
-	}
-	if p.eng.clip2 != 0 {
-		nets = append(nets, net{lora.TextEncoder2, p.model.ExtraTextEncoders[0].Tensors, p.eng.clip2, textSet, nil})
-	}
 	// Match everything, then merge everything, before touching the networks: a misfit
 	// fails with them unchanged.
 	plans := make([][]lora.Patch, len(nets))
 	for i, n := range nets {
-		if len(n.set) == 0 {
+		set := unetSet
+		if n.text {
+			set = textSet
+		}
+		if len(set) == 0 {
 			continue
 		}
 		var err error
-		if plans[i], err = lora.PlanAliased(n.base, n.alias, n.component, n.set...); err != nil {
+		if plans[i], err = lora.PlanAliased(n.base, n.alias, n.component, set...); err != nil {
 			return err
 		}
 	}
