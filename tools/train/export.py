@@ -320,12 +320,20 @@ def run_info(run, cfg, params):
             info["images"] = len(d["images"])
             info["captions"] = len(d["captions"])
             info.update(json.loads(str(d["meta"])))
-    status = os.path.join(run, "status.json")
-    if os.path.exists(status):
-        with open(status) as f:
-            st_ = json.load(f)
-        info["device"] = f"{st_.get('device', '?')}, torch {st_.get('torch', '?')}"
+    device = run_device(run)
+    if device:
+        info["device"] = device
     return info
+
+
+def run_device(run):
+    """What a run trained on, from its status.json ("cpu (2 threads), torch 1.13"), or None."""
+    status = os.path.join(run, "status.json")
+    if not os.path.exists(status):
+        return None
+    with open(status) as f:
+        s = json.load(f)
+    return f"{s.get('device', '?')}, torch {s.get('torch', '?')}"
 
 
 def main(argv=None):

@@ -158,11 +158,9 @@ def run_info(run, cfg):
                 info[key] = len(d["images"]) if key == "images" else json.loads(str(d["meta"])).get("thresholds", "?")
     if cfg.get("limit_images"):
         info["images"] = min(cfg["limit_images"], info.get("images", cfg["limit_images"]))
-    status = os.path.join(run, "status.json")
-    if os.path.exists(status):
-        with open(status) as f:
-            s = json.load(f)
-        info["device"] = f"{s.get('device', '?')}, torch {s.get('torch', '?')}"
+    device = export.run_device(run)
+    if device:
+        info["device"] = device
     return info
 
 
