@@ -50,6 +50,7 @@ func ParseLoRATags(prompt, dir string) (string, []LoRA, error) {
 		}
 		if index == nil {
 			if index, err = IndexLoRAs(dir); err != nil {
+				err = invalid("%v", err) // the request's folder
 				return ""
 			}
 		}
@@ -147,7 +148,7 @@ func IndexLoRAs(dir string) (map[string][]string, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, invalid("LoRA folder: %v", err)
+		return nil, fmt.Errorf("LoRA folder: %w", err)
 	}
 	return index, nil
 }

@@ -441,8 +441,8 @@ func (s *Server) handleA1111Loras(w http.ResponseWriter, r *http.Request) {
 	out := []map[string]any{}
 	if s.cfg.LoRADir != "" {
 		index, err := diffusion.IndexLoRAs(s.cfg.LoRADir)
-		if err != nil { // the server's folder, not the request, is at fault
-			writeError(w, r, fmt.Errorf("listing the LoRA folder %s: %s", s.cfg.LoRADir, strings.TrimPrefix(err.Error(), diffusion.ErrInvalidRequest.Error()+": ")))
+		if err != nil {
+			writeError(w, r, fmt.Errorf("listing %s: %w", s.cfg.LoRADir, err))
 			return
 		}
 		for _, name := range slices.Sorted(maps.Keys(index)) {
