@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -42,19 +41,12 @@ func (p *Pipeline) requestEmbeddings(req Request) ([]*lora.Embedding, []AppliedE
 		files[name] = append(files[name], path)
 	}
 	if req.EmbeddingDir != "" {
-		err := filepath.WalkDir(req.EmbeddingDir, func(path string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			ext := filepath.Ext(path)
-			if !d.IsDir() && slices.ContainsFunc(embeddingExtensions, func(e string) bool { return strings.EqualFold(e, ext) }) {
-				name := strings.TrimSuffix(d.Name(), ext)
-				files[name] = append(files[name], path)
-			}
-			return nil
-		})
+		found, err := indexFiles(req.EmbeddingDir, embeddingExtensions)
 		if err != nil {
 			return nil, nil, invalid("embedding folder: %v", err)
+		}
+		for name, paths := range found {
+			files[name] = append(files[name], paths...)
 		}
 	}
 	// A name is used where the prompts' tokens spell it, as the tokenizer will match it.

@@ -134,23 +134,30 @@ func parseLoRATag(args string) (string, LoRA, error) {
 // dir and its subfolders, the names prompt tags call them by, to their paths (several
 // for a name make a tag naming it an error).
 func IndexLoRAs(dir string) (map[string][]string, error) {
+	index, err := indexFiles(dir, loraExtensions)
+	if err != nil {
+		return nil, fmt.Errorf("LoRA folder: %w", err)
+	}
+	return index, nil
+}
+
+// indexFiles maps the base names (without extension) of the files under dir and its
+// subfolders whose extension is one of exts, in any case, to their paths.
+func indexFiles(dir string, exts []string) (map[string][]string, error) {
 	index := map[string][]string{}
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		ext := filepath.Ext(path)
-		if d.IsDir() || !slices.ContainsFunc(loraExtensions, func(e string) bool { return strings.EqualFold(e, ext) }) {
+		if d.IsDir() || !slices.ContainsFunc(exts, func(e string) bool { return strings.EqualFold(e, ext) }) {
 			return nil
 		}
 		name := strings.TrimSuffix(d.Name(), ext)
 		index[name] = append(index[name], path)
 		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("LoRA folder: %w", err)
-	}
-	return index, nil
+	return index, err
 }
 
 // promptLoRAs takes the LoRA tags out of an AUTOMATIC1111-syntax prompt when the
