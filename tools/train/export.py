@@ -265,7 +265,7 @@ def model_card(configs, sizes, sched, info):
         "Trained with gosd's tools/train (plain PyTorch, no diffusers), seed "
         f"{info.get('seed', '?')}: first the VAE ({info.get('vae_steps', '?')} steps, L1 + L2 + image-gradient L1 + small KL),",
         "then the text encoder and UNet together from scratch on the diffusion loss "
-        f"({info.get('unet_steps', '?')} steps, batch {info.get('unet_batch', '?')}, min-SNR weighting,",
+        f"({info.get('unet_steps', '?')} steps, batch {info.get('unet_batch', '?')}, {info.get('unet_lr', 'AdamW')}, min-SNR weighting,",
         "10% empty captions, EMA of the weights, which are the ones exported). "
         f"Device: {info.get('device', '?')}; training time {info.get('train_minutes', '?')} minutes.",
         f"Final losses: {info.get('final_losses', '?')}.",
@@ -300,9 +300,20 @@ def model_card(configs, sizes, sched, info):
     return "\n".join(lines)
 
 
+def schedule_text(tc):
+    """The learning-rate schedule of a training section in words (train.lr_at)."""
+    floor = tc["lr"] * tc.get("min_lr_frac", 0.0)
+    text = f"AdamW {tc['lr']:g} after {tc.get('warmup', 0)} warm-up steps, cosine to {floor:g}"
+    restart = tc.get("restart")
+    if restart:
+        text += f" by step {restart['at']}, then a second cosine from {restart['lr']:g} to {floor:g}"
+    return text
+
+
 def run_info(run, cfg, params):
     info = {"params": params, "seed": cfg.get("seed"), "vae_steps": cfg["vae_train"]["steps"],
-            "unet_steps": cfg["unet_train"]["steps"], "unet_batch": cfg["unet_train"]["batch_size"]}
+            "unet_steps": cfg["unet_train"]["steps"], "unet_batch": cfg["unet_train"]["batch_size"],
+            "unet_lr": schedule_text(cfg["unet_train"])}
     csv_path = os.path.join(run, "loss.csv")
     if os.path.exists(csv_path):
         last, seconds = {}, {}

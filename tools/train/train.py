@@ -3,6 +3,7 @@
 
   python3 train.py --run runs/demo                    # whole run (config.json), device auto
   python3 train.py --run runs/demo --resume --max-minutes 9   # in chunks; exits 75 until done
+  python3 train.py --run runs/demo --resume --extend --config longer.json   # a finished run, further
   python3 train.py --smoke                            # a few steps of everything on a tiny subset
   python3 train.py --bench 5                          # seconds per step of each stage, synthetic data
 
@@ -139,13 +140,21 @@ def make_optimizer(models, tc, device):
 
 
 def lr_at(step, tc):
-    """Linear warmup, then cosine decay to min_lr_frac * lr at the last step."""
+    """Linear warmup, then cosine decay to min_lr_frac * lr at the last step. With
+    "restart": {"at": N, "lr": X} the first cosine ends at step N and a second one falls from X
+    to the same floor over the remaining steps (how a finished run is extended, --extend)."""
     warm, total, lr = tc.get("warmup", 0), tc["steps"], tc["lr"]
+    lo = lr * tc.get("min_lr_frac", 0.0)
+    restart = tc.get("restart")
+    if restart and step >= restart["at"]:
+        p = min(1.0, (step - restart["at"]) / max(1, total - restart["at"]))
+        return lo + (restart["lr"] - lo) * 0.5 * (1 + math.cos(math.pi * p))
+    if restart:
+        total = restart["at"]
     if step < warm:
         return lr * (step + 1) / warm
     p = min(1.0, (step - warm) / max(1, total - warm))
-    lo = tc.get("min_lr_frac", 0.0)
-    return lr * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * p)))
+    return lo + (lr - lo) * 0.5 * (1 + math.cos(math.pi * p))
 
 
 class EMA:
@@ -258,7 +267,7 @@ def train_vae(cfg, data, run, device, deadline, resume, quiet=False):
         # Loaded on the CPU: load_state_dict moves weights and optimizer state where they belong.
         ck = load_checkpoint(path, "cpu")
         vae.load_state_dict(ck["model"])
-        if ck.get("done"):
+        if ck.get("done") and ck["step"] >= tc["steps"]:
             return vae.eval()
         opt.load_state_dict(ck["opt"])
         g.set_state(ck["rng"].cpu())
@@ -404,7 +413,7 @@ def train_unet(cfg, data, vae, lat_mean, lat_logvar, sf, run, device, deadline, 
         clip.load_state_dict(ck["text_encoder"])
         ema.load(ck["ema"])
         sf = ck["scaling_factor"]
-        if ck.get("done"):
+        if ck.get("done") and ck["step"] >= tc["steps"]:
             return ema
         opt.load_state_dict(ck["opt"])
         g.set_state(ck["rng"].cpu())
@@ -475,7 +484,22 @@ def resolve_config(args):
     saved = os.path.join(args.run, "config.json")
     if args.resume and os.path.exists(saved):
         with open(saved) as f:
-            return json.load(f)
+            cfg = json.load(f)
+        if not args.extend:
+            return cfg
+        # A longer schedule for the same models: only the training sections come from --config.
+        with open(args.config) as f:
+            new = json.load(f)
+        for key in ("model", "scheduler", "seed"):
+            if new.get(key) != cfg.get(key):
+                sys.exit(f"train: --extend: {args.config} changes \"{key}\" of the run; start a new run instead")
+        for key in ("vae_train", "unet_train"):
+            if new[key]["steps"] < cfg[key]["steps"]:
+                sys.exit(f"train: --extend: {args.config} shortens {key}.steps ({cfg[key]['steps']} -> {new[key]['steps']})")
+        cfg.update(vae_train=new["vae_train"], unet_train=new["unet_train"])
+        return cfg
+    if args.extend:
+        sys.exit("train: --extend needs --resume and a run folder with a saved config")
     with open(args.config) as f:
         cfg = json.load(f)
     if args.seed is not None:
@@ -611,6 +635,8 @@ def main(argv=None):
     ap.add_argument("--run", default=None, help="run folder (default tools/train/runs/demo, or runs/smoke with --smoke)")
     ap.add_argument("--data", default=None, help="prepared dataset .npz (default: the config's \"data\")")
     ap.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints and saved config")
+    ap.add_argument("--extend", action="store_true",
+                    help="with --resume: continue a run to the longer schedule of --config (same models)")
     ap.add_argument("--max-minutes", type=float, default=0, help="stop, checkpoint and exit 75 after this long (default 0: no limit)")
     ap.add_argument("--device", default="auto", help="cuda, cpu or auto (default auto: cuda when available)")
     ap.add_argument("--seed", type=int, default=None, help="override the config's seed")

@@ -228,6 +228,47 @@ class SmokeTest(unittest.TestCase):
             self.assertTrue(os.path.isfile(os.path.join(run, "vae.pt")))
             self.assertEqual(train.main(["--run", run, "--resume", "--quiet"]), 0)
 
+    def test_extend_a_finished_run(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            data = os.path.join(tmp, "data.npz")
+            synthetic_dataset(data)
+            run = os.path.join(tmp, "run")
+            self.assertEqual(train.main(["--smoke", "--run", run, "--data", data, "--quiet"]), 0)
+            with open(os.path.join(run, "config.json")) as f:
+                cfg = json.load(f)
+            done = cfg["unet_train"]["steps"]
+            cfg["unet_train"].update(steps=done + 2, restart={"at": done, "lr": 1e-4})
+            longer = os.path.join(tmp, "longer.json")
+            with open(longer, "w") as f:
+                json.dump(cfg, f)
+            self.assertEqual(train.main(["--run", run, "--resume", "--extend", "--config", longer, "--quiet"]), 0)
+            ck = train.load_checkpoint(os.path.join(run, "unet.pt"), "cpu")
+            self.assertEqual(ck["step"], done + 2)
+            self.assertTrue(ck["done"])
+
+            # Another model is a new run, not an extension; so is --extend without a run.
+            cfg["model"]["unet"]["layers_per_block"] += 1
+            with open(longer, "w") as f:
+                json.dump(cfg, f)
+            with self.assertRaises(SystemExit):
+                train.main(["--run", run, "--resume", "--extend", "--config", longer, "--quiet"])
+            with self.assertRaises(SystemExit):
+                train.main(["--run", os.path.join(tmp, "none"), "--extend", "--config", longer, "--quiet"])
+
+
+class ScheduleTest(unittest.TestCase):
+    def test_restart(self):
+        tc = {"steps": 300, "lr": 1e-3, "warmup": 10, "min_lr_frac": 0.1}
+        plain = [train.lr_at(s, tc) for s in range(300)]
+        self.assertAlmostEqual(plain[0], 1e-4)
+        self.assertAlmostEqual(plain[-1], 1e-4, delta=1e-7)
+        longer = dict(tc, steps=400, restart={"at": 300, "lr": 5e-4})
+        # The first 300 steps are unchanged; then a second cosine from 5e-4 down to the same floor.
+        self.assertEqual([train.lr_at(s, longer) for s in range(300)], plain)
+        self.assertAlmostEqual(train.lr_at(300, longer), 5e-4)
+        self.assertAlmostEqual(train.lr_at(350, longer), (5e-4 + 1e-4) / 2)
+        self.assertAlmostEqual(train.lr_at(400, longer), 1e-4)
+
 
 if __name__ == "__main__":
     unittest.main()
