@@ -50,8 +50,10 @@ static void remove_block(sd_arena_chunk_t *c, int32_t at) {
     c->n_blocks--;
 }
 
-static bool add_chunk(sd_arena_t *a, size_t need) {
-    size_t size = need > a->min_chunk ? need : a->min_chunk;
+/* Adds a chunk of `want` bytes (at least the minimum chunk size), or of exactly `need` where
+ * that much is not available. */
+static bool add_chunk(sd_arena_t *a, size_t need, size_t want) {
+    size_t size = want > a->min_chunk ? want : a->min_chunk;
     if (a->n_chunks == a->cap_chunks) {
         int32_t cap = a->cap_chunks ? a->cap_chunks * 2 : 8;
         sd_arena_chunk_t *nc = realloc(a->chunks, (size_t)cap * sizeof *nc);
@@ -76,6 +78,21 @@ static bool add_chunk(sd_arena_t *a, size_t need) {
     a->n_chunks++;
     a->reserved += size;
     return true;
+}
+
+/* Makes room for a request no free block fits: the chunks that are wholly idle are given
+ * back and one chunk of at least their joint size is added, so that the reserved memory
+ * follows the largest working set rather than the sum of different ones (a UNet's many
+ * mid-size tensors, then a VAE decoder's few large ones, which fit none of the UNet's
+ * chunks). Out of backend memory, it falls back to a chunk of just `need`. */
+static bool grow(sd_arena_t *a, size_t need) {
+    size_t idle = 0;
+    for (int32_t ci = 0; ci < a->n_chunks; ci++) {
+        const sd_arena_chunk_t *c = &a->chunks[ci];
+        if (c->n_blocks == 1 && !c->blocks[0].used) idle += c->size;
+    }
+    if (idle > 0) sd_arena_trim(a);
+    return add_chunk(a, need, need > idle ? need : idle);
 }
 
 void *sd_arena_alloc(sd_arena_t *a, size_t nbytes) {
@@ -107,11 +124,7 @@ void *sd_arena_alloc(sd_arena_t *a, size_t nbytes) {
             if (a->in_use > a->peak) a->peak = a->in_use;
             return (char *)c->base + b->offset;
         }
-        if (attempt == 0 && !add_chunk(a, need)) {
-            /* Out of backend memory: give back idle chunks and try once more. */
-            sd_arena_trim(a);
-            if (!add_chunk(a, need)) return NULL;
-        }
+        if (attempt == 0 && !grow(a, need)) return NULL;
     }
     return NULL;
 }

@@ -244,6 +244,15 @@ static void test_arena(void) {
     CHECK(big1 == big2 && small1 == small2 && a.reserved == reserved, "deterministic");
     CHECK(a.peak >= peak, "peak");
     sd_arena_free(&a, big2), sd_arena_free(&a, small2);
+    /* A request no free block fits replaces the wholly idle chunks by one of their joint
+     * size: the reserved memory stays at the largest working set, not the sum of them. */
+    CHECK(a.n_chunks == 2 && a.reserved == (4 << 20), "two idle chunks, %zu bytes", a.reserved);
+    void *bigger = sd_arena_alloc(&a, 3 << 20 | 1 << 19);
+    CHECK(bigger != NULL && a.n_chunks == 1 && a.reserved == (4 << 20),
+          "merged: %d chunks, %zu bytes", a.n_chunks, a.reserved);
+    void *rest = sd_arena_alloc(&a, 1 << 19); /* what is left of the merged chunk */
+    CHECK(rest != NULL && a.n_chunks == 1, "the merged chunk's rest is used");
+    sd_arena_free(&a, bigger), sd_arena_free(&a, rest);
     sd_arena_trim(&a);
     CHECK(a.n_chunks == 0 && a.reserved == 0, "trimmed");
     sd_arena_destroy(&a);
