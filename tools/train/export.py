@@ -271,6 +271,8 @@ def model_card(configs, sizes, sched, info):
         f"Final losses: {info.get('final_losses', '?')}.",
         "",
     ]
+    if info.get("commands"):
+        lines += ["To reproduce, in tools/train of the gosd repository:", "", "```sh", *info["commands"], "```", ""]
     ev = info.get("eval")
     if ev:
         sm = ev["summary"]
@@ -360,6 +362,8 @@ def main(argv=None):
                     help="export even if the dataset was tokenized by tests/fake_tokenize.py (never ship that)")
     ap.add_argument("--eval", default="", metavar="JSON",
                     help="evaluation report of this model (sample.py --eval writes it) to summarise in the model card")
+    ap.add_argument("--command", action="append", default=[],
+                    help="a command that trained the run, listed in the model card (repeatable, in order)")
     ap.add_argument("--note", default="", help="a status paragraph put at the top of the model card")
     args = ap.parse_args(argv)
     out = args.out or os.path.join(args.run, "export")
@@ -382,6 +386,8 @@ def main(argv=None):
     info = run_info(args.run, cfg, params)
     if args.note:
         info["note"] = args.note
+    if args.command:
+        info["commands"] = args.command
     if args.eval:
         with open(args.eval) as f:
             info["eval"] = json.load(f)

@@ -211,11 +211,13 @@ class SmokeTest(unittest.TestCase):
                     summary = json.load(f)["summary"]
 
                 # The model card quotes the evaluation it is given.
-                self.assertEqual(export.main(["--run", run, "--out", out, "--eval", report]), 0)
+                self.assertEqual(export.main(["--run", run, "--out", out, "--eval", report,
+                                              "--command", "python3 train.py --run r", "--command", "python3 export.py"]), 0)
                 with open(os.path.join(out, "README.md")) as f:
                     card = f.read()
                 self.assertIn("## Evaluation", card)
                 self.assertIn(summary["id_or_subcategory"], card)
+                self.assertIn("```sh\npython3 train.py --run r\npython3 export.py\n```", card)
 
     def test_time_budget_and_resume(self):
         with tempfile.TemporaryDirectory() as tmp:
