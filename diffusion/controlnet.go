@@ -152,6 +152,14 @@ func (p *Pipeline) loadControlNet(f *modelfile.ControlNet) (*ControlNet, error) 
 	fits := uc.Levels == base.Levels && uc.BlockOutChannels == base.BlockOutChannels &&
 		uc.LayersPerBlock == base.LayersPerBlock && uc.CrossAttentionDim == base.CrossAttentionDim &&
 		uc.InChannels == p.eng.vaeCfg.LatentChannels
+	if fits && (uc.AdditionEmbedType != base.AdditionEmbedType ||
+		uc.ProjectionClassEmbeddingsInputDim != base.ProjectionClassEmbeddingsInputDim ||
+		uc.AdditionTimeEmbedDim != base.AdditionTimeEmbedDim) {
+		// An SDXL ControlNet embeds the pooled text and the time ids as the base UNet does.
+		return nil, fmt.Errorf("%w: ControlNet %s (added embedding %d, %d inputs) does not fit this model's UNet (added embedding %d, %d inputs)",
+			ErrInvalidRequest, filepath.Base(f.Path), uc.AdditionEmbedType, uc.ProjectionClassEmbeddingsInputDim,
+			base.AdditionEmbedType, base.ProjectionClassEmbeddingsInputDim)
+	}
 	if !fits {
 		return nil, fmt.Errorf("%w: ControlNet %s (channels %v, %d layers, text width %d, %d input channels) does not fit this model (channels %v, %d layers, text width %d, %d latent channels)",
 			ErrInvalidRequest, filepath.Base(f.Path), uc.BlockOutChannels[:uc.Levels], uc.LayersPerBlock, uc.CrossAttentionDim, uc.InChannels,
@@ -315,10 +323,12 @@ type controls struct {
 	// condContext is the prompt's rows of the context: the input of guess-mode ControlNets
 	// under guidance; made on first use.
 	condContext binding.Tensor
-	down        []binding.Tensor
-	mid         binding.Tensor
-	x, t        map[int]binding.Tensor // input tensors by rows
-	held        []*ControlNet          // each read-locked once until free
+	// SDXL's added conditioning, rows as the context's (nil for other models).
+	textEmbeds, timeIDs []float32
+	down                []binding.Tensor
+	mid                 binding.Tensor
+	x, t, te, ids       map[int]binding.Tensor // input tensors by rows
+	held                []*ControlNet          // each read-locked once until free
 }
 
 // newControls uploads the control images for a request of batch images of w x h pixels;
@@ -326,7 +336,8 @@ type controls struct {
 func (p *Pipeline) newControls(cs []Control, pars []ControlParams, cond *conditioning, batch, w, h int, cfg bool) (*controls, error) {
 	lib, ctx := p.eng.lib, p.eng.ctx
 	c := &controls{lib: lib, ctx: ctx, s: &scope{lib: lib, ctx: ctx}, batch: batch, cfg: cfg,
-		context: cond.context, x: map[int]binding.Tensor{}, t: map[int]binding.Tensor{}}
+		context: cond.context, textEmbeds: cond.textEmbeds, timeIDs: cond.timeIDs,
+		x: map[int]binding.Tensor{}, t: map[int]binding.Tensor{}, te: map[int]binding.Tensor{}, ids: map[int]binding.Tensor{}}
 	for _, ctl := range cs {
 		if slices.Contains(c.held, ctl.Model) {
 			continue
@@ -434,6 +445,7 @@ func (c *controls) residuals(u unetNet, x []float32, t float64, i, h, w int) ([]
 		in := c.lib.DefaultControlNetInputs()
 		in.Scale, in.GuessMode, in.Accumulate = float32(r.par.Scale), r.par.GuessMode, n > 0
 		xin, runRows, context := x, c.batch, c.context
+		textEmbeds, timeIDs := c.textEmbeds, c.timeIDs
 		switch {
 		case c.cfg && !r.par.GuessMode:
 			xin = append(append(make([]float32, 0, 2*len(x)), x...), x...)
@@ -444,6 +456,7 @@ func (c *controls) residuals(u unetNet, x []float32, t float64, i, h, w int) ([]
 			if context, err = c.promptContext(); err != nil {
 				return nil, 0, err
 			}
+			textEmbeds, timeIDs = textEmbeds[len(textEmbeds)/2:], timeIDs[len(timeIDs)/2:]
 		}
 		var err error
 		lc := int64(len(x) / (c.batch * h * w))
@@ -456,6 +469,15 @@ func (c *controls) residuals(u unetNet, x []float32, t float64, i, h, w int) ([]
 		}
 		if in.T, err = c.input(c.t, runRows, ts, int64(runRows)); err != nil {
 			return nil, 0, err
+		}
+		if textEmbeds != nil {
+			n := int64(runRows)
+			if in.TextEmbeds, err = c.input(c.te, runRows, textEmbeds, n, int64(len(textEmbeds))/n); err != nil {
+				return nil, 0, err
+			}
+			if in.TimeIDs, err = c.input(c.ids, runRows, timeIDs, n, int64(len(timeIDs))/n); err != nil {
+				return nil, 0, err
+			}
 		}
 		in.Context, in.Cond = context, r.cond
 		if err := c.lib.ControlNetForward(c.ctx, r.cn.model, &in, c.down, c.mid); err != nil {

@@ -344,7 +344,7 @@ func (ts ldmTensors) inferControlNet() (ControlNetConfig, error) {
 	case !ts.hasPrefix(p + "input_hint_block."):
 		return ControlNetConfig{}, errors.New("no input_hint_block: not a ControlNet")
 	case ts.hasPrefix(p + "label_emb."):
-		return ControlNetConfig{}, unsupportedf("an SDXL ControlNet (label_emb) is not supported")
+		return ControlNetConfig{}, unsupportedf("an SDXL ControlNet in the original single-file layout (label_emb) is not supported; use its diffusers folder (config.json and weights)")
 	}
 	convIn, err := ts.shape(p+"input_blocks.0.0.weight", 4)
 	if err != nil {
