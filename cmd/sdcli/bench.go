@@ -28,12 +28,14 @@ type benchOptions struct {
 	json    bool
 	profile bool
 	control string // a ControlNet to time with the model, or "random"
-	compare bool   // --compare-precision
+	taesd   string // a TAESD decoding the image, or "random"
+	cfg     float64
+	compare bool // --compare-precision
 	pipe    pipelineOptions
 }
 
-// The benchmark's fixed choices: random fp16 weights of a fixed seed, and a run with
-// classifier-free guidance (a UNet batch of 2 per step) and a one-evaluation-per-step
+// The benchmark's fixed choices: random fp16 weights of a fixed seed, and by default a run
+// with classifier-free guidance (a UNet batch of 2 per step) and a one-evaluation-per-step
 // sampler, so that steps are comparable.
 const (
 	benchDType   = modelfile.F16
@@ -74,6 +76,8 @@ func benchCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 	fs.boolVar(&o.json, "json", "print the report as JSON (default false: a table)")
 	fs.boolVar(&o.profile, "profile", "also print the runtime's time per op kind on stderr (default false)")
 	fs.stringVar(&o.control, "controlnet", "path", "", "also run this ControlNet at every step, or random: random weights of --arch's\nSD 1.5-style ControlNet, written once to the cache (default: none)")
+	fs.stringVar(&o.taesd, "taesd", "path", "", "decode the image with this TAESD (folder or file), or random: random weights of\nTAESD's architecture, written once to the cache (default: the model's VAE)")
+	fs.floatVar(&o.cfg, "cfg", "scale", benchCFG, "classifier-free guidance scale; at most 1 turns it off, as for SD-Turbo (default 7.5)", floatRange(0, 100))
 	fs.boolVar(&o.compare, "compare-precision", "run fp32, then bf16, and report both and the bf16 image's PSNR against fp32's (default false)")
 	o.pipe.define(fs)
 	return func(ctx context.Context, args []string) error { return a.bench(ctx, o, args) }
@@ -86,14 +90,17 @@ type benchReport struct {
 	Model string `json:"model"`           // the model file or folder timed
 	// ControlNet is the ControlNet run at every step with the model; empty for none.
 	ControlNet string `json:"controlnet,omitempty"`
-	Size       int    `json:"size"`
-	Steps      int    `json:"steps"`
-	Sampler    string `json:"sampler"`
-	Device     string `json:"device"`
-	Backend    string `json:"backend"`
-	Threads    int    `json:"threads"` // 0: one per core
-	CPUs       int    `json:"cpus"`
-	Precision  string `json:"precision"`
+	// TAESD decodes the image instead of the model's VAE; empty for the VAE.
+	TAESD     string  `json:"taesd,omitempty"`
+	CFG       float64 `json:"cfg"` // guidance scale; at most 1: none (a UNet batch of 1)
+	Size      int     `json:"size"`
+	Steps     int     `json:"steps"`
+	Sampler   string  `json:"sampler"`
+	Device    string  `json:"device"`
+	Backend   string  `json:"backend"`
+	Threads   int     `json:"threads"` // 0: one per core
+	CPUs      int     `json:"cpus"`
+	Precision string  `json:"precision"`
 	// Upscale: the model is an x4 upscaler, timed upscaling a Size/4 image to Size.
 	Upscale bool `json:"upscale,omitempty"`
 
@@ -146,6 +153,17 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 		}
 		r.Model, size = dir, cmp.Or(size, native)
 	}
+	r.TAESD, r.CFG = o.taesd, o.cfg
+	if o.taesd == "random" {
+		dir := filepath.Join(o.cache, "taesd-"+strings.ToLower(benchDType.String()))
+		path, err := ensureRandomFolder(ctx, dir, "taesd", a.stderr, func(ctx context.Context, tmp string) error {
+			return modelfile.WriteRandomTAESD(ctx, tmp, benchDType, benchSeed)
+		})
+		if err != nil {
+			return err
+		}
+		r.TAESD = path
+	}
 	r.ControlNet = o.control
 	if o.control == "random" {
 		if o.model != "" {
@@ -180,7 +198,9 @@ func (a *app) bench(ctx context.Context, o *benchOptions, args []string) error {
 func (a *app) benchRun(ctx context.Context, o *benchOptions, r benchReport, size int) (benchReport, image.Image, error) {
 	fmt.Fprintf(a.stderr, "loading %s (%s)\n", r.Model, o.pipe.precision)
 	start := time.Now()
-	p, err := o.pipe.open(r.Model, a.stderr)
+	pipe := o.pipe
+	pipe.taesd = r.TAESD
+	p, err := pipe.open(r.Model, a.stderr)
 	if err != nil {
 		return r, nil, err
 	}
@@ -188,7 +208,10 @@ func (a *app) benchRun(ctx context.Context, o *benchOptions, r benchReport, size
 
 	req := diffusion.Request{
 		Prompt: benchPrompt, Width: size, Height: size, Steps: o.steps,
-		GuidanceScale: benchCFG, Sampler: benchSampler, Seed: benchSeed,
+		GuidanceScale: guidanceScale(r.CFG), Sampler: benchSampler, Seed: benchSeed,
+	}
+	if r.TAESD != "" {
+		req.Decoder = diffusion.DecoderTAESD
 	}
 	if r.ControlNet != "" {
 		cn, err := p.LoadControlNet(r.ControlNet)
@@ -276,24 +299,32 @@ func (r benchReport) table(w io.Writer) error {
 	if r.Arch != "" {
 		model = fmt.Sprintf("%s %s random weights", r.Arch, r.DType)
 	}
-	stepNote := "UNet batch 2 with CFG"
+	guidance, batch := fmt.Sprintf("CFG %g", r.CFG), "batch 2 with CFG"
+	if r.CFG <= 1 {
+		guidance, batch = "no CFG", "batch 1 without CFG"
+	}
+	stepNote := "UNet " + batch
 	rows := [][3]string{
 		{"model", model, r.Model},
 	}
 	if r.ControlNet != "" {
 		rows = append(rows, [3]string{"controlnet", "run at every step", r.ControlNet})
-		stepNote = "UNet and ControlNet, batch 2 with CFG"
+		stepNote = "UNet and ControlNet, " + batch
+	}
+	decode := [3]string{"vae decode", seconds(r.Decode), ""}
+	if r.TAESD != "" {
+		decode = [3]string{"taesd decode", seconds(r.Decode), r.TAESD}
 	}
 	rows = append(rows, [][3]string{
 		{"device", r.Device, r.Backend},
 		{"threads", threads, ""},
 		{"precision", r.Precision, "of the matrix products"},
-		{"image", fmt.Sprintf("%d×%d", r.Size, r.Size), fmt.Sprintf("%d step%s %s, CFG %g", r.Steps, plural, r.Sampler, benchCFG)},
+		{"image", fmt.Sprintf("%d×%d", r.Size, r.Size), fmt.Sprintf("%d step%s %s, %s", r.Steps, plural, r.Sampler, guidance)},
 		{"load", seconds(r.Load), "Open"},
 		{"text encode", seconds(r.TextEncode), "prompt and negative prompt"},
 		{"step", seconds(r.StepMedian), fmt.Sprintf("median of %d (min %s, max %s), %s",
 			len(r.StepTimes), seconds(slices.Min(r.StepTimes)), seconds(slices.Max(r.StepTimes)), stepNote)},
-		{"vae decode", seconds(r.Decode), ""},
+		decode,
 		{"total", seconds(r.Total), map[bool]string{false: "txt2img", true: "upscale from a quarter of the size"}[r.Upscale] + ", without load"},
 		{"peak RSS", rss, rssNote},
 		{"arena peak", formatBytes(r.ArenaPeak), "runtime activations"},
@@ -335,6 +366,14 @@ func formatBytes(n uint64) string {
 // when dir is not complete (has no marker): into a temporary folder beside it, renamed
 // to dir once complete, so an interrupted write leaves nothing that looks usable.
 func ensureRandomWeights(ctx context.Context, dir string, arch modelfile.Architecture, log io.Writer) (string, error) {
+	return ensureRandomFolder(ctx, dir, arch.Family.String(), log, func(ctx context.Context, tmp string) error {
+		return modelfile.WriteRandom(ctx, tmp, arch, benchDType, benchSeed)
+	})
+}
+
+// ensureRandomFolder returns dir holding the random weights write writes (of what, a
+// family or network named in the marker), writing them first as ensureRandomWeights says.
+func ensureRandomFolder(ctx context.Context, dir, what string, log io.Writer, write func(ctx context.Context, tmp string) error) (string, error) {
 	marker := filepath.Join(dir, randomMarker)
 	if _, err := os.Stat(marker); err == nil {
 		return dir, nil
@@ -350,10 +389,10 @@ func ensureRandomWeights(ctx context.Context, dir string, arch modelfile.Archite
 	defer os.RemoveAll(tmp) // gone already once renamed
 	fmt.Fprintf(log, "writing random %s weights to %s (once; later runs reuse them)\n", benchDType, dir)
 	start := time.Now()
-	if err := modelfile.WriteRandom(ctx, tmp, arch, benchDType, benchSeed); err != nil {
+	if err := write(ctx, tmp); err != nil {
 		return "", fmt.Errorf("writing random weights: %w", err)
 	}
-	note, err := json.Marshal(map[string]any{"family": arch.Family.String(), "dtype": benchDType.String(), "seed": benchSeed})
+	note, err := json.Marshal(map[string]any{"family": what, "dtype": benchDType.String(), "seed": benchSeed})
 	if err != nil {
 		return "", err
 	}

@@ -177,6 +177,22 @@ func TestBenchTinyArchitecture(t *testing.T) {
 	assert.Contains(t, r.stdout, "controlnet      run at every step")
 	assert.Contains(t, r.stdout, "UNet and ControlNet, batch 2 with CFG")
 
+	// A random TAESD of the real architecture decoding, without guidance (SD-Turbo's way).
+	r = bench("--steps", "1", "--json", "--taesd", "random", "--cfg", "1")
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	taesd := filepath.Join(cache, "taesd-f16")
+	assert.Contains(t, r.stderr, "writing random F16 weights to "+taesd)
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep))
+	assert.Equal(t, taesd, rep.TAESD)
+	assert.Equal(t, 1.0, rep.CFG)
+	assert.Positive(t, rep.Decode)
+	r = bench("--steps", "1", "--taesd", "random", "--cfg", "1")
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	assert.NotContains(t, r.stderr, "writing")
+	for _, s := range []string{"1 step ddim, no CFG", "UNet batch 1 without CFG", "taesd decode", taesd} {
+		assert.Contains(t, r.stdout, s)
+	}
+
 	r = bench("--steps", "2")
 	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
 	assert.NotContains(t, r.stderr, "writing", "the weights are reused")
@@ -239,7 +255,7 @@ func TestBenchModel(t *testing.T) {
 func TestBenchTable(t *testing.T) {
 	r := benchReport{
 		Arch: "sd15", DType: "F16", Model: "/cache/sd15-f16", Size: 256, Steps: 1, Sampler: "ddim",
-		Device: "cpu", Backend: "cpu, 2 threads", CPUs: 2, Precision: "fp32",
+		Device: "cpu", Backend: "cpu, 2 threads", CPUs: 2, Precision: "fp32", CFG: 7.5,
 		Load: 0.146, TextEncode: 0.457, StepTimes: []float64{4.481}, StepMedian: 4.481, Decode: 5.12, Total: 10.059,
 		PeakRSS: 2254857830, ArenaPeak: 160 << 20,
 	}

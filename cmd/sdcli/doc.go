@@ -234,7 +234,8 @@
 // and memory can be compared without downloading a model. The weights (fp16) are
 // written once, by modelfile.WriteRandom, into a sub-folder of the cache per
 // architecture and type (a few GB, under a minute); later runs reuse them. The run
-// uses classifier-free guidance (a UNet batch of 2 per step) and the DDIM sampler.
+// uses the DDIM sampler and classifier-free guidance (a UNet batch of 2 per step) unless
+// --cfg turns it off.
 // The report gives the load time (Open), text encoding, the median step time, VAE
 // decoding, the total of the call, the peak resident memory of the process and the
 // runtime's peak activation memory. With -m it times that model instead, at its native
@@ -256,6 +257,11 @@
 //	                      control image); random: random weights of an SD 1.5-style
 //	                      ControlNet for --arch, written once to the cache as a single file
 //	                      (default: none). Compare the step time with a run without it.
+//	--taesd path          decode the image with this TAESD (folder or file) instead of the
+//	                      VAE; random: random weights of TAESD's architecture, written once
+//	                      to the cache (default: the model's VAE)
+//	--cfg scale           guidance scale; at most 1 turns guidance off, as SD-Turbo runs
+//	                      (default 7.5)
 //	--compare-precision   run fp32, then bf16, and report both and the PSNR of bf16's image
 //	                      against fp32's (default off)
 //	--threads N, --device NAME, --precision NAME, --lib path, -v, --text-heads N[,N2],

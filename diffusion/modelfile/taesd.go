@@ -1,12 +1,15 @@
 package modelfile
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -426,4 +429,44 @@ func inferTAESDConfig(all map[string]Tensor) (TAESDConfig, error) {
 		return c, errors.New("neither TAESD encoder nor decoder tensors (encoder.layers.0.weight, decoder.layers.0.weight, or the original 0.weight / 1.weight)")
 	}
 	return c, c.Validate()
+}
+
+// WriteRandomTAESD writes a diffusers AutoencoderTiny folder of TAESD's architecture
+// (DefaultTAESDConfig: config.json and diffusion_pytorch_model.safetensors) holding random
+// weights of the given type, for benchmarks, drawn as WriteRandom draws a pipeline's.
+func WriteRandomTAESD(ctx context.Context, dir string, dtype DType, seed uint64) error {
+	if !dtype.IsFloat() {
+		return fmt.Errorf("random weights of type %s: want F32, F16 or BF16", dtype)
+	}
+	c := DefaultTAESDConfig()
+	specs, err := c.TensorSpecs()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	cfg := map[string]any{
+		"_class_name": "AutoencoderTiny", "in_channels": c.InChannels, "out_channels": c.OutChannels,
+		"latent_channels": c.LatentChannels, "encoder_block_out_channels": c.EncoderBlockOutChannels,
+		"decoder_block_out_channels": c.DecoderBlockOutChannels, "num_encoder_blocks": c.NumEncoderBlocks,
+		"num_decoder_blocks": c.NumDecoderBlocks, "act_fn": "relu", "upsample_fn": "nearest",
+		"upsampling_scaling_factor": 2, "scaling_factor": c.ScalingFactor, "shift_factor": c.ShiftFactor,
+		"force_upcast": false, "latent_magnitude": 3, "latent_shift": 0.5,
+	}
+	if err := writeJSON(filepath.Join(dir, "config.json"), cfg); err != nil {
+		return err
+	}
+	heads := make([]Tensor, len(specs))
+	for i, s := range specs {
+		heads[i] = Tensor{Name: s.Name, DType: dtype, Shape: s.Shape}
+	}
+	gen := &randomWeights{seed: seed, stream: hashString("taesd"), bufs: make([][]byte, runtime.GOMAXPROCS(0))}
+	return writeSafetensors(filepath.Join(dir, "diffusion_pytorch_model.safetensors"), heads, map[string]string{"format": "pt"},
+		func(w io.Writer, i int) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return gen.write(w, heads[i], uint64(i))
+		})
 }

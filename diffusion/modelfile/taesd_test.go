@@ -155,3 +155,25 @@ func TestLoadTAESDPth(t *testing.T) {
 		assert.Equal(t, ref.Tensors[name].Data, x.Data, name)
 	}
 }
+
+// Random TAESD weights load back as TAESD's architecture, every tensor present, the same
+// bytes for the same seed.
+func TestWriteRandomTAESD(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, WriteRandomTAESD(t.Context(), dir, F16, 3))
+	m, err := LoadTAESD(dir)
+	require.NoError(t, err)
+	defer m.Close()
+	assert.Equal(t, DefaultTAESDConfig(), m.Config)
+	specs, err := m.Config.TensorSpecs()
+	require.NoError(t, err)
+	assert.Len(t, m.Tensors, len(specs))
+	again := t.TempDir()
+	require.NoError(t, WriteRandomTAESD(t.Context(), again, F16, 3))
+	a, err := os.ReadFile(filepath.Join(dir, "diffusion_pytorch_model.safetensors"))
+	require.NoError(t, err)
+	b, err := os.ReadFile(filepath.Join(again, "diffusion_pytorch_model.safetensors"))
+	require.NoError(t, err)
+	assert.Equal(t, a, b)
+	require.Error(t, WriteRandomTAESD(t.Context(), t.TempDir(), I64, 3))
+}
