@@ -371,8 +371,8 @@ static void test_ops(void) {
         }
     test_conv_case(2, 5, 9, 11, 7, false);
     test_conv_case(1, 31, 19, 37, 29, false); /* K = 279: across KC, odd */
-    test_conv_case(2, 33, 24, 23, 40, true);
-    test_conv_case(1, 64, 40, 36, 48, true);
+    test_conv_case(2, 33, 32, 31, 40, true);
+    test_conv_case(1, 64, 48, 45, 48, true);
     test_attention_case(33, 33, 24, 3, 1);
     test_attention_case(64, 300, 80, 2, 1); /* d = 40 (SD 1.x), Tk > KC */
     test_attention_case(40, 77, 64, 1, 3);  /* larger logits */
