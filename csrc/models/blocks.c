@@ -111,6 +111,38 @@ sd_tensor_t *g_resnet(build_t *g, const resnet_w *r, const sd_tensor_t *x,
     return out;
 }
 
+sd_tensor_t *g_resnet_take(build_t *g, const resnet_w *r, sd_tensor_t *x,
+                           const sd_tensor_t *temb_silu, int32_t groups, float eps) {
+    if (g->st != SD_STATUS_OK || r->shortcut.w == NULL) {
+        sd_tensor_t *out = g_resnet(g, r, x, temb_silu, groups, eps);
+        g_free(g, x);
+        return out;
+    }
+    const int64_t b = x->shape[0], h = x->shape[2], w = x->shape[3];
+    sd_tensor_t *sc = g_new(g, 4, b, r->c_out, h, w);
+    g_conv(g, sc, x, &r->shortcut, NULL, NULL, 1, 0, 0, 0, 0);
+    G(g, sd_op_group_norm(g->ctx, x, x, r->norm1.gamma, r->norm1.beta, groups, eps, true));
+    sd_tensor_t *tb = NULL;
+    if (temb_silu != NULL && r->temb.w != NULL) {
+        tb = g_new(g, 2, b, r->c_out, 0, 0);
+        g_linear(g, tb, temb_silu, &r->temb, NULL, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
+    }
+    sd_tensor_t *h1 = g_new(g, 4, b, r->c_out, h, w);
+    g_conv(g, h1, x, &r->conv1, tb, NULL, 1, 1, 1, 1, 1);
+    g_free(g, x);
+    g_free(g, tb);
+    G(g, sd_op_group_norm(g->ctx, h1, h1, r->norm2.gamma, r->norm2.beta, groups, eps, true));
+    sd_tensor_t *out = g_new(g, 4, b, r->c_out, h, w);
+    g_conv(g, out, h1, &r->conv2, NULL, sc, 1, 1, 1, 1, 1);
+    g_free(g, h1);
+    g_free(g, sc);
+    if (g->st != SD_STATUS_OK) {
+        g_free(g, out);
+        return NULL;
+    }
+    return out;
+}
+
 /* ---------------------------------------------------------------------------------------
  * Transformer2DModel with BasicTransformerBlocks
  * ref: diffusers.models.transformers.transformer_2d.Transformer2DModel (continuous input):
@@ -264,12 +296,16 @@ sd_tensor_t *g_vae_attention(build_t *g, const vae_attn_w *a, const sd_tensor_t 
     return out;
 }
 
-sd_tensor_t *g_upsample(build_t *g, const sd_conv_w *conv, const sd_tensor_t *x, int64_t oh,
-                        int64_t ow) {
-    if (g->st != SD_STATUS_OK) return NULL;
+static sd_tensor_t *upsample(build_t *g, const sd_conv_w *conv, const sd_tensor_t *x,
+                             sd_tensor_t *take, int64_t oh, int64_t ow) {
+    if (g->st != SD_STATUS_OK) {
+        g_free(g, take);
+        return NULL;
+    }
     const int64_t b = x->shape[0], c = x->shape[1];
     sd_tensor_t *up = g_new(g, 4, b, c, oh, ow);
     G(g, sd_op_upsample_nearest(g->ctx, up, x));
+    g_free(g, take);
     sd_tensor_t *out = g_new(g, 4, b, conv->w ? conv->w->shape[0] : c, oh, ow);
     g_conv(g, out, up, conv, NULL, NULL, 1, 1, 1, 1, 1);
     g_free(g, up);
@@ -278,4 +314,14 @@ sd_tensor_t *g_upsample(build_t *g, const sd_conv_w *conv, const sd_tensor_t *x,
         return NULL;
     }
     return out;
+}
+
+sd_tensor_t *g_upsample(build_t *g, const sd_conv_w *conv, const sd_tensor_t *x, int64_t oh,
+                        int64_t ow) {
+    return upsample(g, conv, x, NULL, oh, ow);
+}
+
+sd_tensor_t *g_upsample_take(build_t *g, const sd_conv_w *conv, sd_tensor_t *x, int64_t oh,
+                             int64_t ow) {
+    return upsample(g, conv, x, x, oh, ow);
 }

@@ -62,6 +62,12 @@ void ld_resnet(loader_t *L, resnet_w *r, int64_t c_in, int64_t c_out, int64_t te
 /* Returns a new (B, c_out, H, W) tensor; temb_silu is SiLU(temb) (B, temb_dim) or NULL. */
 sd_tensor_t *g_resnet(build_t *g, const resnet_w *r, const sd_tensor_t *x,
                       const sd_tensor_t *temb_silu, int32_t groups, float eps);
+/* The same, taking x (a tensor of the build, freed here): with a shortcut conv, the shortcut
+ * is computed first and norm1 runs in place on x, so that x, its normalised copy and
+ * conv1's output are never live together (at a 1024² VAE decoder's last level: 2 GB
+ * instead of 2.5). */
+sd_tensor_t *g_resnet_take(build_t *g, const resnet_w *r, sd_tensor_t *x,
+                           const sd_tensor_t *temb_silu, int32_t groups, float eps);
 
 /* diffusers' BasicTransformerBlock inside Transformer2DModel. */
 typedef struct {
@@ -99,5 +105,8 @@ sd_tensor_t *g_vae_attention(build_t *g, const vae_attn_w *a, const sd_tensor_t 
 /* Nearest resize to (oh, ow) then a 3x3 conv (diffusers' Upsample2D). New tensor. */
 sd_tensor_t *g_upsample(build_t *g, const sd_conv_w *conv, const sd_tensor_t *x, int64_t oh,
                         int64_t ow);
+/* The same, taking x (a tensor of the build), freed once resized, before the conv. */
+sd_tensor_t *g_upsample_take(build_t *g, const sd_conv_w *conv, sd_tensor_t *x, int64_t oh,
+                             int64_t ow);
 
 #endif /* SD_BLOCKS_H */

@@ -340,8 +340,7 @@ sd_tensor_t *g_unet_up(build_t *g, const unet_block_w *up, const sd_unet_config_
             G(g, sd_op_concat(g->ctx, cat, h, s));
             g_free(g, h);
             g_free(g, s);
-            sd_tensor_t *r = g_resnet(g, &blk->resnets[j], cat, temb, groups, eps);
-            g_free(g, cat);
+            sd_tensor_t *r = g_resnet_take(g, &blk->resnets[j], cat, temb, groups, eps);
             if (blk->attentions) {
                 sd_tensor_t *a2 = g_transformer(g, &blk->attentions[j], r, cond, groups);
                 g_free(g, r);

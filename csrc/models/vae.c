@@ -168,14 +168,11 @@ sd_status_t sd_vae_load(sd_ctx_t *ctx, const sd_vae_config_t *config, const sd_w
     return loader_finish(L, net, vae_free, out);
 }
 
-/* Runs a chain of ResNets, freeing each intermediate (but not x). */
+/* Runs a chain of ResNets on x (a tensor of the build), freeing x and each intermediate. */
 static sd_tensor_t *g_resnets(build_t *g, const vae_block_w *blk, sd_tensor_t *x, int32_t groups) {
     sd_tensor_t *h = x;
-    for (int32_t j = 0; j < blk->n_resnets; j++) {
-        sd_tensor_t *r = g_resnet(g, &blk->resnets[j], h, NULL, groups, VAE_EPS);
-        if (h != x) g_free(g, h);
-        h = r;
-    }
+    for (int32_t j = 0; j < blk->n_resnets; j++)
+        h = g_resnet_take(g, &blk->resnets[j], h, NULL, groups, VAE_EPS);
     return h;
 }
 
@@ -227,15 +224,9 @@ sd_status_t sd_vae_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *z
     g_free(g, x);
     for (int i = 0; i < levels; i++) {
         const vae_block_w *blk = &net->up[i];
-        sd_tensor_t *r = g_resnets(g, blk, hcur, groups);
-        g_free(g, hcur);
-        hcur = r;
-        if (blk->sampler.w != NULL && g->st == SD_STATUS_OK) {
-            sd_tensor_t *u =
-                g_upsample(g, &blk->sampler, hcur, 2 * hcur->shape[2], 2 * hcur->shape[3]);
-            g_free(g, hcur);
-            hcur = u;
-        }
+        hcur = g_resnets(g, blk, hcur, groups);
+        if (blk->sampler.w != NULL && g->st == SD_STATUS_OK)
+            hcur = g_upsample_take(g, &blk->sampler, hcur, 2 * hcur->shape[2], 2 * hcur->shape[3]);
     }
     G(g, sd_op_group_norm(ctx, hcur, hcur, net->dec_norm.gamma, net->dec_norm.beta, groups, VAE_EPS,
                           true));
@@ -286,9 +277,7 @@ sd_status_t sd_vae_encode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *x
     g_release_input(g, x, xi);
     for (int i = 0; i < levels; i++) {
         const vae_block_w *blk = &net->down[i];
-        sd_tensor_t *r = g_resnets(g, blk, hcur, groups);
-        g_free(g, hcur);
-        hcur = r;
+        hcur = g_resnets(g, blk, hcur, groups);
         if (blk->sampler.w != NULL && g->st == SD_STATUS_OK) {
             sd_tensor_t *d = g_new(g, 4, b, hcur->shape[1], hcur->shape[2] / 2, hcur->shape[3] / 2);
             g_conv(g, d, hcur, &blk->sampler, NULL, NULL, 2, 0, 1, 0, 1);
