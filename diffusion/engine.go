@@ -113,9 +113,12 @@ func (e *engine) load(ctx context.Context, m *modelfile.Model) error {
 		tensors map[string]modelfile.Tensor
 		load    func([]binding.Weight) error
 	}
+	// The UNet first: while it packs, its file's pages are resident beside its packs, and
+	// no other network's packs are there yet (SDXL's loading peak: 9.39 GB, 9.6 GB with the
+	// text encoders first).
 	steps := []step{
-		{m.TextEncoder.Tensors, func(ws []binding.Weight) (err error) { e.clip, err = e.lib.CLIPLoad(e.ctx, &cc, ws); return err }},
 		{m.UNet.Tensors, func(ws []binding.Weight) (err error) { e.unet, err = e.lib.UNetLoad(e.ctx, &uc, ws); return err }},
+		{m.TextEncoder.Tensors, func(ws []binding.Weight) (err error) { e.clip, err = e.lib.CLIPLoad(e.ctx, &cc, ws); return err }},
 		{m.VAE.Tensors, func(ws []binding.Weight) (err error) { e.vae, err = e.lib.VAELoad(e.ctx, &vc, ws); return err }},
 	}
 	switch len(m.ExtraTextEncoders) {
