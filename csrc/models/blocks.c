@@ -77,11 +77,22 @@ void ld_resnet(loader_t *L, resnet_w *r, int64_t c_in, int64_t c_out, int64_t te
     if (c_in != c_out) r->shortcut = ld_conv(L, c_out, c_in, 1, "%s.conv_shortcut", prefix);
 }
 
-sd_tensor_t *g_resnet(build_t *g, const resnet_w *r, const sd_tensor_t *x,
-                      const sd_tensor_t *temb_silu, int32_t groups, float eps) {
-    if (g->st != SD_STATUS_OK) return NULL;
+/* One ResNet on x; take is x when the caller hands it over (freed here), else NULL. With a
+ * shortcut conv and x taken, the shortcut runs first and norm1 in place on x. */
+static sd_tensor_t *resnet(build_t *g, const resnet_w *r, const sd_tensor_t *x, sd_tensor_t *take,
+                           const sd_tensor_t *temb_silu, int32_t groups, float eps) {
+    if (g->st != SD_STATUS_OK) {
+        g_free(g, take);
+        return NULL;
+    }
     const int64_t b = x->shape[0], h = x->shape[2], w = x->shape[3];
-    sd_tensor_t *n1 = g_new(g, 4, b, r->c_in, h, w);
+    const bool early = take != NULL && r->shortcut.w != NULL;
+    sd_tensor_t *sc = NULL;
+    if (early) {
+        sc = g_new(g, 4, b, r->c_out, h, w);
+        g_conv(g, sc, x, &r->shortcut, NULL, NULL, 1, 0, 0, 0, 0);
+    }
+    sd_tensor_t *n1 = early ? take : g_new(g, 4, b, r->c_in, h, w);
     G(g, sd_op_group_norm(g->ctx, n1, x, r->norm1.gamma, r->norm1.beta, groups, eps, true));
     /* The time embedding becomes a per-sample bias of conv1: temb_proj(..) + conv1.bias
      * (the two biases were summed at load). */
@@ -92,18 +103,18 @@ sd_tensor_t *g_resnet(build_t *g, const resnet_w *r, const sd_tensor_t *x,
     }
     sd_tensor_t *h1 = g_new(g, 4, b, r->c_out, h, w);
     g_conv(g, h1, n1, &r->conv1, tb, NULL, 1, 1, 1, 1, 1);
-    g_free(g, n1);
+    g_free(g, n1); /* x itself when taken early */
     g_free(g, tb);
     G(g, sd_op_group_norm(g->ctx, h1, h1, r->norm2.gamma, r->norm2.beta, groups, eps, true));
-    sd_tensor_t *sc = (sd_tensor_t *)x;
-    if (r->shortcut.w != NULL) {
+    if (r->shortcut.w != NULL && !early) {
         sc = g_new(g, 4, b, r->c_out, h, w);
         g_conv(g, sc, x, &r->shortcut, NULL, NULL, 1, 0, 0, 0, 0);
     }
     sd_tensor_t *out = g_new(g, 4, b, r->c_out, h, w);
-    g_conv(g, out, h1, &r->conv2, NULL, sc, 1, 1, 1, 1, 1);
+    g_conv(g, out, h1, &r->conv2, NULL, sc != NULL ? sc : x, 1, 1, 1, 1, 1);
     g_free(g, h1);
-    if (sc != x) g_free(g, sc);
+    g_free(g, sc);
+    if (!early) g_free(g, take);
     if (g->st != SD_STATUS_OK) {
         g_free(g, out);
         return NULL;
@@ -111,36 +122,14 @@ sd_tensor_t *g_resnet(build_t *g, const resnet_w *r, const sd_tensor_t *x,
     return out;
 }
 
+sd_tensor_t *g_resnet(build_t *g, const resnet_w *r, const sd_tensor_t *x,
+                      const sd_tensor_t *temb_silu, int32_t groups, float eps) {
+    return resnet(g, r, x, NULL, temb_silu, groups, eps);
+}
+
 sd_tensor_t *g_resnet_take(build_t *g, const resnet_w *r, sd_tensor_t *x,
                            const sd_tensor_t *temb_silu, int32_t groups, float eps) {
-    if (g->st != SD_STATUS_OK || r->shortcut.w == NULL) {
-        sd_tensor_t *out = g_resnet(g, r, x, temb_silu, groups, eps);
-        g_free(g, x);
-        return out;
-    }
-    const int64_t b = x->shape[0], h = x->shape[2], w = x->shape[3];
-    sd_tensor_t *sc = g_new(g, 4, b, r->c_out, h, w);
-    g_conv(g, sc, x, &r->shortcut, NULL, NULL, 1, 0, 0, 0, 0);
-    G(g, sd_op_group_norm(g->ctx, x, x, r->norm1.gamma, r->norm1.beta, groups, eps, true));
-    sd_tensor_t *tb = NULL;
-    if (temb_silu != NULL && r->temb.w != NULL) {
-        tb = g_new(g, 2, b, r->c_out, 0, 0);
-        g_linear(g, tb, temb_silu, &r->temb, NULL, SD_LAYOUT_TOKENS, SD_LAYOUT_TOKENS);
-    }
-    sd_tensor_t *h1 = g_new(g, 4, b, r->c_out, h, w);
-    g_conv(g, h1, x, &r->conv1, tb, NULL, 1, 1, 1, 1, 1);
-    g_free(g, x);
-    g_free(g, tb);
-    G(g, sd_op_group_norm(g->ctx, h1, h1, r->norm2.gamma, r->norm2.beta, groups, eps, true));
-    sd_tensor_t *out = g_new(g, 4, b, r->c_out, h, w);
-    g_conv(g, out, h1, &r->conv2, NULL, sc, 1, 1, 1, 1, 1);
-    g_free(g, h1);
-    g_free(g, sc);
-    if (g->st != SD_STATUS_OK) {
-        g_free(g, out);
-        return NULL;
-    }
-    return out;
+    return resnet(g, r, x, x, temb_silu, groups, eps);
 }
 
 /* ---------------------------------------------------------------------------------------
