@@ -5,10 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 )
@@ -314,25 +312,19 @@ func SD15ControlNetConfig() ControlNetConfig {
 // WriteRandom's) to path as an original single file: cldm names with the
 // "control_model." prefix, the shapes diffusers' converter expects.
 func WriteRandomControlNet(ctx context.Context, path string, c ControlNetConfig, dtype DType, seed uint64) error {
-	if !dtype.IsFloat() {
-		return fmt.Errorf("random weights of type %s: want F32, F16 or BF16", dtype)
+	if err := checkRandomDType(dtype); err != nil {
+		return err
 	}
 	specs, err := c.TensorSpecs()
 	if err != nil {
 		return err
 	}
 	resolve := cldmModules(c).resolver(cldmPrefix)
-	heads := make([]Tensor, len(specs))
-	for i, s := range specs {
-		heads[i] = Tensor{Name: resolve(s.Name).name, DType: dtype, Shape: s.Shape}
+	heads := randomHeads(specs, dtype)
+	for i := range heads {
+		heads[i].Name = resolve(heads[i].Name).name
 	}
-	gen := &randomWeights{seed: seed, stream: hashString("controlnet"), bufs: make([][]byte, runtime.GOMAXPROCS(0))}
-	return writeSafetensors(path, heads, map[string]string{"format": "pt"}, func(w io.Writer, i int) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		return gen.write(w, heads[i], uint64(i))
-	})
+	return writeRandomTensors(ctx, path, heads, "controlnet", seed)
 }
 
 // inferControlNet reads a cldm ControlNet's config off its shapes (names under ldmUNet).

@@ -60,8 +60,8 @@ func SD21() Architecture {
 // Weights are generated and written in chunks, so memory stays small
 // whatever the model's size. Cancelling ctx stops between tensors.
 func WriteRandom(ctx context.Context, dir string, arch Architecture, dtype DType, seed uint64) error {
-	if !dtype.IsFloat() {
-		return fmt.Errorf("random weights of type %s: want F32, F16 or BF16", dtype)
+	if err := checkRandomDType(dtype); err != nil {
+		return err
 	}
 	index := map[string]any{
 		"_class_name":             "StableDiffusionPipeline",
@@ -117,19 +117,9 @@ func WriteRandom(ctx context.Context, dir string, arch Architecture, dtype DType
 		if err := writeJSON(filepath.Join(dir, c.dir, "config.json"), c.config); err != nil {
 			return err
 		}
-		heads := make([]Tensor, len(specs))
-		for i, s := range specs {
-			heads[i] = Tensor{Name: s.Name, DType: dtype, Shape: s.Shape}
-		}
-		// Each component draws from its own seed so that their weights do
+		// Each component draws from its own stream so that their weights do
 		// not depend on one another's sizes.
-		gen := &randomWeights{seed: seed, stream: hashString(c.dir), bufs: make([][]byte, runtime.GOMAXPROCS(0))}
-		if err := writeSafetensors(filepath.Join(dir, c.dir, c.weights), heads, map[string]string{"format": "pt"}, func(w io.Writer, i int) error {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			return gen.write(w, heads[i], uint64(i))
-		}); err != nil {
+		if err := writeRandomTensors(ctx, filepath.Join(dir, c.dir, c.weights), randomHeads(specs, dtype), c.dir, seed); err != nil {
 			return err
 		}
 	}
@@ -149,6 +139,35 @@ func WriteRandom(ctx context.Context, dir string, arch Architecture, dtype DType
 		}
 	}
 	return writeJSON(filepath.Join(dir, "model_index.json"), index)
+}
+
+// checkRandomDType refuses random weights of a type the runtime does not compute in.
+func checkRandomDType(dtype DType) error {
+	if !dtype.IsFloat() {
+		return fmt.Errorf("random weights of type %s: want F32, F16 or BF16", dtype)
+	}
+	return nil
+}
+
+// randomHeads are the tensors specs describes, in dtype, without data.
+func randomHeads(specs []TensorSpec, dtype DType) []Tensor {
+	heads := make([]Tensor, len(specs))
+	for i, s := range specs {
+		heads[i] = Tensor{Name: s.Name, DType: dtype, Shape: s.Shape}
+	}
+	return heads
+}
+
+// writeRandomTensors writes heads as one safetensors file of random weights drawn from
+// the stream named stream of seed; cancelling ctx stops between tensors.
+func writeRandomTensors(ctx context.Context, path string, heads []Tensor, stream string, seed uint64) error {
+	gen := &randomWeights{seed: seed, stream: hashString(stream), bufs: make([][]byte, runtime.GOMAXPROCS(0))}
+	return writeSafetensors(path, heads, map[string]string{"format": "pt"}, func(w io.Writer, i int) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return gen.write(w, heads[i], uint64(i))
+	})
 }
 
 func writeJSON(path string, v any) error {

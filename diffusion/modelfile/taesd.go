@@ -5,11 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -435,8 +433,8 @@ func inferTAESDConfig(all map[string]Tensor) (TAESDConfig, error) {
 // (DefaultTAESDConfig: config.json and diffusion_pytorch_model.safetensors) holding random
 // weights of the given type, for benchmarks, drawn as WriteRandom draws a pipeline's.
 func WriteRandomTAESD(ctx context.Context, dir string, dtype DType, seed uint64) error {
-	if !dtype.IsFloat() {
-		return fmt.Errorf("random weights of type %s: want F32, F16 or BF16", dtype)
+	if err := checkRandomDType(dtype); err != nil {
+		return err
 	}
 	c := DefaultTAESDConfig()
 	specs, err := c.TensorSpecs()
@@ -457,16 +455,5 @@ func WriteRandomTAESD(ctx context.Context, dir string, dtype DType, seed uint64)
 	if err := writeJSON(filepath.Join(dir, "config.json"), cfg); err != nil {
 		return err
 	}
-	heads := make([]Tensor, len(specs))
-	for i, s := range specs {
-		heads[i] = Tensor{Name: s.Name, DType: dtype, Shape: s.Shape}
-	}
-	gen := &randomWeights{seed: seed, stream: hashString("taesd"), bufs: make([][]byte, runtime.GOMAXPROCS(0))}
-	return writeSafetensors(filepath.Join(dir, "diffusion_pytorch_model.safetensors"), heads, map[string]string{"format": "pt"},
-		func(w io.Writer, i int) error {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			return gen.write(w, heads[i], uint64(i))
-		})
+	return writeRandomTensors(ctx, filepath.Join(dir, "diffusion_pytorch_model.safetensors"), randomHeads(specs, dtype), "taesd", seed)
 }
