@@ -155,6 +155,9 @@ type Library struct {
 	// sd_status_t sd_model_set_weights(sd_ctx_t *ctx, sd_model_t *model, const sd_weight_t *weights,
 	//                                  int32_t n_weights);
 	sdModelSetWeights func(ctx Ctx, m Model, weights uintptr, n int32) Status
+	// sd_status_t sd_model_weight_copied(sd_ctx_t *ctx, const sd_model_t *model, const char *name,
+	//                                    int32_t dtype, bool *copied);
+	sdModelWeightCopied func(ctx Ctx, m Model, name *byte, dtype DType, copied *bool) Status
 	// sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids, int32_t skip_layers,
 	//                             bool final_norm, sd_tensor_t *hidden, sd_tensor_t *pooled);
 	sdClipForward func(ctx Ctx, m Model, ids Tensor, skipLayers int32, finalNorm bool, hidden, pooled Tensor) Status
@@ -285,6 +288,7 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_vae_load", &l.sdVaeLoad},
 		{"sd_model_free", &l.sdModelFree},
 		{"sd_model_set_weights", &l.sdModelSetWeights},
+		{"sd_model_weight_copied", &l.sdModelWeightCopied},
 		{"sd_clip_forward", &l.sdClipForward},
 		{"sd_clip_forward_extra", &l.sdClipForwardExtra},
 		{"sd_clip_project", &l.sdClipProject},
@@ -686,7 +690,8 @@ func (l *Library) ModelFree(ctx Ctx, m Model) {
 
 // ModelSetWeights replaces the values of loaded weights in place, each named and shaped
 // as it was given to the load (dtype F32, F16 or BF16); the data must then stay valid until
-// the model is freed or that weight is replaced again. No context of the model's share
+// the model is freed or that weight is replaced again, unless ModelWeightCopied reports the
+// weight copied. No context of the model's share
 // group may run it meanwhile. An invalid entry changes nothing; a failure while replacing
 // may leave some replaced (replace them all again).
 func (l *Library) ModelSetWeights(ctx Ctx, m Model, ws []Weight) error {
@@ -696,6 +701,16 @@ func (l *Library) ModelSetWeights(ctx Ctx, m Model, ws []Weight) error {
 	}
 	defer table.free()
 	return l.check(ctx, "sd_model_set_weights", l.sdModelSetWeights(ctx, m, table.ptr, int32(table.n)))
+}
+
+// ModelWeightCopied reports whether the model copies data of dtype given for a loaded weight
+// to ModelSetWeights (converts, packs or uploads it, so that the memory is free once the
+// call returned) or reads that memory in place until the weight is replaced again.
+func (l *Library) ModelWeightCopied(ctx Ctx, m Model, name string, dtype DType) (bool, error) {
+	c := append([]byte(name), 0)
+	var copied bool
+	err := l.check(ctx, "sd_model_weight_copied", l.sdModelWeightCopied(ctx, m, &c[0], dtype, &copied))
+	return copied, err
 }
 
 // CLIPForward runs the text encoder: hidden gets layer (layers - skipLayers), with the

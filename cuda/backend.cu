@@ -207,6 +207,11 @@ static sd_status_t cuda_weight_from_host(sd_ctx_t *ctx, const sd_tensor_t *host,
  * follow from the role and the shape, which do not change), so that recorded UNet graphs,
  * which bake in weight addresses, stay valid. A failure part-way leaves a mix of old and
  * new values: the caller replaces the weight again (sd_model_set_weights says so). */
+static bool cuda_weight_copies(int32_t role, int32_t dtype) {
+    (void)role, (void)dtype;
+    return true; /* uploads */
+}
+
 static sd_status_t cuda_weight_update(sd_ctx_t *ctx, const sd_tensor_t *host, int32_t role,
                                       sd_tensor_t *w) {
     SD_TRY(sd_cuda_enter(ctx, "weight update"));
@@ -314,6 +319,7 @@ static const sd_backend_ops_t cuda_ops = {
     /* .weight_from_host = */ cuda_weight_from_host,
     /* .weight_free = */ cuda_weight_free,
     /* .weight_update = */ cuda_weight_update,
+    /* .weight_copies = */ cuda_weight_copies,
     /* .conv2d = */ sd_cuda_conv2d,
     /* .linear = */ sd_cuda_linear,
     /* .group_norm = */ sd_cuda_group_norm,

@@ -168,6 +168,9 @@ typedef struct sd_backend_ops {
      * stay valid. */
     sd_status_t (*weight_update)(sd_ctx_t *ctx, const sd_tensor_t *host, int32_t role,
                                  sd_tensor_t *w);
+    /* Whether weight_from_host and weight_update copy host data of this role and dtype
+     * (convert, pack, upload) rather than read it in place afterwards. */
+    bool (*weight_copies)(int32_t role, int32_t dtype);
 
     sd_status_t (*conv2d)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                           const sd_tensor_t *w, const sd_tensor_t *bias,

@@ -98,9 +98,11 @@ static void cpu_weight_free(sd_ctx_t *ctx, sd_tensor_t *w) {
     w->packed = NULL;
 }
 
-/* No recorded graphs on the CPU: a GEMM B operand packed for the same dtype and shape is
- * packed again in place; otherwise a fresh weight (a new pack, or a view of the new host
- * data) replaces the old one, made first so that a failure leaves the old one in place. */
+/* No recorded graphs on the CPU: a GEMM B operand packed for the same dtype and shape, or
+ * in F32 (so that the base weights put back after float32 adapter merges reuse the merges'
+ * packs rather than fault in new ones), is packed again in place; otherwise a fresh weight
+ * (a new pack, or a view of the new host data) replaces the old one, made first so that a
+ * failure leaves the old one in place. */
 static sd_status_t cpu_weight_update(sd_ctx_t *ctx, const sd_tensor_t *host, int32_t role,
                                      sd_tensor_t *w) {
     if (role == SD_WEIGHT_MATRIX_B && w->packed != NULL) {
@@ -108,7 +110,11 @@ static sd_status_t cpu_weight_update(sd_ctx_t *ctx, const sd_tensor_t *host, int
         sd_cpu_backend_t *cpu = sd_cpu(ctx);
         if (sd_packed_weight_repack(cpu->pool, cpu->kern, w->packed, host->data, host->dtype, rows,
                                     k, true)) {
-            w->data = host->data;
+            sd_packed_weight_t *p = w->packed;
+            *w = *host;
+            w->prev = w->next = NULL;
+            w->kind = SD_TENSOR_VIEW;
+            w->packed = p;
             return SD_STATUS_OK;
         }
     }
@@ -117,6 +123,11 @@ static sd_status_t cpu_weight_update(sd_ctx_t *ctx, const sd_tensor_t *host, int
     cpu_weight_free(ctx, w);
     *w = fresh;
     return SD_STATUS_OK;
+}
+
+/* As cpu_weight_from_host: packed GEMM B operands and widened vectors are copies. */
+static bool cpu_weight_copies(int32_t role, int32_t dtype) {
+    return role == SD_WEIGHT_MATRIX_B || (role == SD_WEIGHT_VECTOR && dtype != SD_DTYPE_F32);
 }
 
 static const sd_backend_ops_t cpu_ops = {
@@ -128,6 +139,7 @@ static const sd_backend_ops_t cpu_ops = {
     .weight_from_host = cpu_weight_from_host,
     .weight_free = cpu_weight_free,
     .weight_update = cpu_weight_update,
+    .weight_copies = cpu_weight_copies,
     .conv2d = sd_cpu_conv2d,
     .linear = sd_cpu_linear,
     .group_norm = sd_cpu_group_norm,

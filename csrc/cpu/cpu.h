@@ -228,9 +228,10 @@ void sd_gemm_pair_packed_a(const sd_cpu_kernels_t *kern, const float *src, int64
 sd_packed_weight_t *sd_packed_weight_new(sd_pool_t *pool, const sd_cpu_kernels_t *kern,
                                          const void *w, int32_t dtype, int64_t rows, int64_t k,
                                          bool as_b);
-/* Packs w again into p's memory when p was made for the same dtype, shape and operand (a
- * weight replaced by others of its kind, as adapters switch), saving the allocation and its
- * first-touch faults; false (p unchanged) otherwise. */
+/* Packs w again into p's memory when p was made for the same shape and operand and either
+ * w's dtype or F32 (which holds every F16 / BF16 value exactly): a weight replaced by
+ * others of its kind, as adapters switch, saves the allocation and its first-touch faults;
+ * false (p unchanged) otherwise. */
 bool sd_packed_weight_repack(sd_pool_t *pool, const sd_cpu_kernels_t *kern, sd_packed_weight_t *p,
                              const void *w, int32_t dtype, int64_t rows, int64_t k, bool as_b);
 void sd_packed_weight_free(sd_packed_weight_t *p);

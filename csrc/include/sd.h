@@ -543,10 +543,13 @@ SD_API void sd_model_free(sd_ctx_t *ctx, sd_model_t *model);
  * the originals), without reloading the model: each entry names a weight given to the
  * model's load by the same name, with the same shape (dtype F32, F16 or BF16, which may
  * differ from the loaded one). Only those weights are converted again: the CPU backend
- * repacks the affected GEMM weights, the CUDA backend uploads them into the memory they
- * already use (recorded graphs stay valid). Each entry's `data` must then stay valid and
- * unchanged until the model is freed or that weight is replaced again; the data the
- * replaced values came from is no longer read once this returns.
+ * repacks the affected GEMM weights (a pack made F32 by F32 values stays F32, holding F16
+ * or BF16 values put back exactly, so switching back and forth faults in no new memory),
+ * the CUDA backend uploads them into the memory they already use (recorded graphs stay
+ * valid). Each entry's `data` must then stay valid and
+ * unchanged until the model is freed or that weight is replaced again, unless
+ * sd_model_weight_copied says the model copied it; the data the replaced values came from
+ * is no longer read once this returns.
  * Every entry is checked before anything changes: an unknown name, another shape, dtype or
  * NULL data is SD_STATUS_INVALID_ARGUMENT, a weight the load folded into another tensor (a
  * ResNet's conv1 bias, a converted position table) SD_STATUS_UNSUPPORTED, and both leave the
@@ -557,6 +560,16 @@ SD_API void sd_model_free(sd_ctx_t *ctx, sd_model_t *model);
  * the call; the caller serialises. */
 SD_API sd_status_t sd_model_set_weights(sd_ctx_t *ctx, sd_model_t *model,
                                         const sd_weight_t *weights, int32_t n_weights);
+
+/* Whether the model copies the data given for the weight `name` in `dtype` to
+ * sd_model_set_weights (converts, packs or uploads it: the memory is no longer read once the
+ * call returns) or reads it in place until that weight is replaced again (on the CPU a
+ * convolution's kernel, an F32 vector): *copied. A caller replacing many weights can pass
+ * those the model copies through one reused buffer, and learn before replacing any whether
+ * all can be: an unknown name is SD_STATUS_INVALID_ARGUMENT, a weight the load folded into
+ * another tensor SD_STATUS_UNSUPPORTED (as sd_model_set_weights). */
+SD_API sd_status_t sd_model_weight_copied(sd_ctx_t *ctx, const sd_model_t *model, const char *name,
+                                          int32_t dtype, bool *copied);
 
 /* ESRGAN's generator, RRDBNet as Real-ESRGAN builds it (RealESRGAN_x4plus: 23 blocks;
  * RealESRGAN_x4plus_anime_6B: 6), with Real-ESRGAN's names ("conv_first",

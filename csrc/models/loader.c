@@ -576,6 +576,33 @@ static sd_status_t check_replacement(sd_ctx_t *ctx, const sd_model_t *m, const s
     return SD_STATUS_OK;
 }
 
+sd_status_t sd_model_weight_copied(sd_ctx_t *ctx, const sd_model_t *model, const char *name,
+                                   int32_t dtype, bool *copied) {
+    if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
+    const char *op = "sd_model_weight_copied";
+    if (model == NULL || model->group != ctx->group || name == NULL || copied == NULL)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "%s: no model, name or result, or a model of a group this context does "
+                       "not share models with",
+                       op);
+    enum { MAX_SLOTS = 4 };
+    int32_t slots[MAX_SLOTS];
+    int32_t n = find_slots(model, name, slots, MAX_SLOTS);
+    if (n == 0)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: the model has no weight %s", op, name);
+    const sd_backend_t *be = sd_ctx_backend_ptr(ctx);
+    *copied = true;
+    for (int32_t j = 0; j < n; j++) {
+        if (model->origins[slots[j]].folded)
+            return sd_fail(ctx, SD_STATUS_UNSUPPORTED,
+                           "%s: weight %s was folded into another tensor at load and cannot be "
+                           "replaced",
+                           op, name);
+        *copied = *copied && be->ops->weight_copies(model->origins[slots[j]].role, dtype);
+    }
+    return SD_STATUS_OK;
+}
+
 sd_status_t sd_model_set_weights(sd_ctx_t *ctx, sd_model_t *model, const sd_weight_t *weights,
                                  int32_t n_weights) {
     if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;

@@ -364,9 +364,30 @@ static void test_set_weights(void) {
     float *still = encode(a, m);
     CHECK(still && got_a && memcmp(still, got_a, bytes) == 0, "refused calls change nothing");
 
+    /* What the model copies: packed matrices and widened vectors; on the CPU not an F32
+     * vector or the token table, read in place. */
+    bool copied = false;
+    CHECK_STATUS(sd_model_weight_copied(a, m, names[0], SD_DTYPE_F32, &copied), SD_STATUS_OK);
+    CHECK(copied, "a packed matrix is copied");
+    CHECK_STATUS(sd_model_weight_copied(b, m, "final_layer_norm.weight", SD_DTYPE_F16, &copied),
+                 SD_STATUS_OK);
+    CHECK(copied, "an F16 vector is copied");
+    CHECK_STATUS(sd_model_weight_copied(b, m, "final_layer_norm.weight", SD_DTYPE_F32, &copied),
+                 SD_STATUS_OK);
+    CHECK(copied == (backend != SD_BACKEND_CPU), "an F32 vector: copied %d", copied);
+    CHECK_STATUS(
+        sd_model_weight_copied(a, m, "embeddings.token_embedding.weight", SD_DTYPE_F16, &copied),
+        SD_STATUS_OK);
+    CHECK(copied == (backend != SD_BACKEND_CPU), "the token table: copied %d", copied);
+    CHECK_STATUS(
+        sd_model_weight_copied(a, m, "encoder.layers.9.mlp.fc1.weight", SD_DTYPE_F32, &copied),
+        SD_STATUS_INVALID_ARGUMENT);
+
     /* Another group's context. */
     sd_ctx_t *outsider = new_ctx(NULL);
     CHECK_STATUS(sd_model_set_weights(outsider, m, orig, N), SD_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sd_model_weight_copied(outsider, m, names[0], SD_DTYPE_F32, &copied),
+                 SD_STATUS_INVALID_ARGUMENT);
     sd_ctx_free(outsider);
 
     /* F32 again with other values: the CPU repacks in place; the same results as a model
@@ -387,8 +408,16 @@ static void test_set_weights(void) {
     free(got3);
     sd_model_free(a, m3);
 
+    sd_memory_stats_t ms;
+    CHECK_STATUS(sd_ctx_memory_stats(a, &ms), SD_STATUS_OK);
+    const uint64_t f32_bytes = ms.weights_bytes;
     CHECK_STATUS(sd_model_set_weights(b, m, orig, N), SD_STATUS_OK);
     CHECK(same_as_reference(a, m) && same_as_reference(b, m), "the originals restore the model");
+    /* On the CPU the F16 originals went into the F32 packs the replacements made. */
+    CHECK_STATUS(sd_ctx_memory_stats(a, &ms), SD_STATUS_OK);
+    CHECK(backend != SD_BACKEND_CPU || ms.weights_bytes == f32_bytes,
+          "%llu bytes of weights, %llu with the F32 replacements",
+          (unsigned long long)ms.weights_bytes, (unsigned long long)f32_bytes);
     free(want);
     free(before);
     free(got_a);

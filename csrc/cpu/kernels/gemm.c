@@ -53,13 +53,13 @@ static void stage(const sd_cpu_kernels_t *kern, float *dst, const void *src, int
 }
 
 /* One task per panel: the kernels' packers (which transpose in registers) produce the
- * panel as float32, and it is narrowed back to the weight's dtype, exactly, as the values
- * came from it. */
+ * panel as float32, kept as such in a float32 pack or narrowed back to the pack's dtype,
+ * the source's (exact, as the values came from it). */
 typedef struct {
     const sd_cpu_kernels_t *kern;
     const void *src;
     void *dst;
-    int32_t dtype;
+    int32_t dtype, pack_dtype; /* the source's, the pack's: the same, or F32 */
     bool as_b;
     int64_t rows, k, width, padded;
 } pack_weight_job_t;
@@ -81,10 +81,10 @@ static void pack_weight_task(void *arg, int64_t panel, int thread) {
             kern->pack_a(&a, j->rows, r0, pc, n, kc, tmp);
         }
         const int64_t at = pc * j->padded + r0 * kc, count = j->width * kc;
-        if (j->dtype == SD_DTYPE_F32)
+        if (j->pack_dtype == SD_DTYPE_F32)
             memcpy((float *)j->dst + at, tmp, (size_t)count * sizeof(float));
         else
-            kern->narrow((uint16_t *)j->dst + at, tmp, j->dtype, count);
+            kern->narrow((uint16_t *)j->dst + at, tmp, j->pack_dtype, count);
     }
 }
 
@@ -100,17 +100,18 @@ sd_packed_weight_t *sd_packed_weight_new(sd_pool_t *pool, const sd_cpu_kernels_t
         return NULL;
     }
     *p = (sd_packed_weight_t){dtype, as_b, rows, k, padded, data, false};
-    pack_weight_job_t job = {kern, w, data, dtype, as_b, rows, k, width, padded};
+    pack_weight_job_t job = {kern, w, data, dtype, dtype, as_b, rows, k, width, padded};
     sd_pool_run(pool, padded / width, pack_weight_task, &job);
     return p;
 }
 
 bool sd_packed_weight_repack(sd_pool_t *pool, const sd_cpu_kernels_t *kern, sd_packed_weight_t *p,
                              const void *w, int32_t dtype, int64_t rows, int64_t k, bool as_b) {
-    if (p == NULL || p->dtype != dtype || p->rows != rows || p->k != k || p->as_b != as_b)
+    if (p == NULL || (p->dtype != dtype && p->dtype != SD_DTYPE_F32) || p->rows != rows ||
+        p->k != k || p->as_b != as_b)
         return false;
     const int64_t width = as_b ? kern->nr : kern->mr;
-    pack_weight_job_t job = {kern, w, p->data, dtype, as_b, rows, k, width, p->padded};
+    pack_weight_job_t job = {kern, w, p->data, dtype, p->dtype, as_b, rows, k, width, p->padded};
     sd_pool_run(pool, p->padded / width, pack_weight_task, &job);
     return true;
 }
