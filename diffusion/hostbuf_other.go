@@ -2,10 +2,24 @@
 
 package diffusion
 
-// hostBuffer is Go memory where anonymous mappings are not available (loraState pins
-// what it hands to the runtime).
-type hostBuffer struct{ b []byte }
+import "runtime"
 
-func newHostBuffer(n int) (hostBuffer, error) { return hostBuffer{make([]byte, n)}, nil }
+// hostBuffer is Go memory where anonymous mappings are not available, pinned while the
+// runtime may read it.
+type hostBuffer struct {
+	b   []byte
+	pin *runtime.Pinner
+}
 
-func (h hostBuffer) free() {}
+func newHostBuffer(n int) (hostBuffer, error) {
+	b := make([]byte, max(n, 1))
+	pin := &runtime.Pinner{}
+	pin.Pin(&b[0])
+	return hostBuffer{b[:n], pin}, nil
+}
+
+func (h hostBuffer) free() {
+	if h.pin != nil {
+		h.pin.Unpin()
+	}
+}

@@ -2,7 +2,6 @@ package diffusion
 
 import (
 	"fmt"
-	"slices"
 	"unsafe"
 
 	"github.com/gosd/gosd/binding"
@@ -10,59 +9,57 @@ import (
 	"github.com/gosd/gosd/diffusion/modelfile"
 )
 
-// mergeLoRAs computes the float32 patched weights of one network. Plain LoRA / LoCon
-// updates, nearly every adapter in use, are low-rank products: W' = W + s·up@down runs as
-// the runtime's float32 GEMM (a linear op with the base weight as its residual), which
-// is what makes switching adapters on a full-size model take about a second instead of
-// the minutes of lora.PatchWeight's float64 loops; those (LoHa, LoKr, Tucker cores,
-// DoRA) stay on lora.PatchWeight. Uses e's context, which the caller holds.
-//
-// The merged data of a weight goes into the memory reuse returns for it (the float32
-// buffer of its current patch: the runtime only reads it during calls, which the caller
-// excludes) or else into a new hostBuffer, returned for the caller to free once the
-// runtime no longer reads it (also on error). reused reports whether any was overwritten.
-func (e *engine) mergeLoRAs(base map[string]modelfile.Tensor, patches []lora.Patch, reuse func(name string) []byte) (_ map[string]modelfile.Tensor, _ []hostBuffer, reused bool, _ error) {
-	out := make(map[string]modelfile.Tensor, len(patches))
-	var bufs []hostBuffer
-	scratch := &mergeScratch{e: e, tensors: map[scratchKey]binding.Tensor{}}
-	defer scratch.free()
-	for _, p := range patches {
-		t := base[p.Weight]
-		lowRank := true
-		for _, u := range p.Updates {
-			_, _, _, ok, err := u.Module.LowRank()
-			if err != nil {
-				return nil, bufs, reused, fmt.Errorf("%s: %w", u.File, err)
-			}
-			lowRank = lowRank && ok
-		}
-		size := 4 * int(numel(t.Shape))
-		dst := reuse(p.Weight)
-		if len(dst) == size {
-			reused = true
-		} else {
-			buf, err := newHostBuffer(size)
-			if err != nil {
-				return nil, bufs, reused, err
-			}
-			bufs = append(bufs, buf)
-			dst = buf.b
-		}
-		var err error
-		if lowRank {
-			err = scratch.mergeLowRank(t, p.Updates, dst)
-		} else {
-			var m modelfile.Tensor
-			if m, err = lora.PatchWeight(t, p.Updates, modelfile.F32); err == nil {
-				copy(dst, m.Data)
-			}
-		}
+// merger computes float32 patched weights. Plain LoRA / LoCon updates, nearly every
+// adapter in use, are low-rank products: W' = W + s·up@down runs as the runtime's float32
+// GEMM (a linear op with the base weight as its residual), which is what makes switching
+// adapters on a full-size model take about a second instead of the minutes of
+// lora.PatchWeight's float64 loops; those (LoHa, LoKr, Tucker cores, DoRA) stay on
+// lora.PatchWeight. It uses its engine's context, which the caller holds.
+type merger struct {
+	e *engine
+	// tensors are the runtime tensors of a merge, one per role, dtype and shape: a network
+	// has few distinct weight shapes, and reusing them saves an allocation (and the
+	// first-touch faults of fresh memory) per weight.
+	tensors map[scratchKey]binding.Tensor
+	// staging holds merged weights the runtime copies (packs, uploads) on their way in.
+	staging hostBuffer
+}
+
+func (e *engine) newMerger() *merger {
+	return &merger{e: e, tensors: map[scratchKey]binding.Tensor{}}
+}
+
+// merge writes the float32 weight t + Σ updates into dst (4 bytes per element).
+func (m *merger) merge(t modelfile.Tensor, updates []lora.Update, dst []byte) error {
+	lowRank := true
+	for _, u := range updates {
+		_, _, _, ok, err := u.Module.LowRank()
 		if err != nil {
-			return nil, bufs, reused, fmt.Errorf("merging LoRAs into %s: %w", p.Weight, err)
+			return fmt.Errorf("%s: %w", u.File, err)
 		}
-		out[p.Weight] = modelfile.Tensor{Name: t.Name, DType: modelfile.F32, Shape: slices.Clone(t.Shape), Data: dst}
+		lowRank = lowRank && ok
 	}
-	return out, bufs, reused, nil
+	if lowRank {
+		return m.mergeLowRank(t, updates, dst)
+	}
+	w, err := lora.PatchWeight(t, updates, modelfile.F32)
+	if err == nil {
+		copy(dst, w.Data)
+	}
+	return err
+}
+
+// stagingBuffer returns the staging memory, n bytes, grown as needed.
+func (m *merger) stagingBuffer(n int) ([]byte, error) {
+	if len(m.staging.b) < n {
+		m.staging.free()
+		var err error
+		if m.staging, err = newHostBuffer(n); err != nil {
+			m.staging = hostBuffer{}
+			return nil, err
+		}
+	}
+	return m.staging.b[:n], nil
 }
 
 func numel(shape []int64) int64 {
@@ -76,7 +73,7 @@ func numel(shape []int64) int64 {
 // mergeLowRank is W + Σ s·up@down for one weight t viewed as [out, cols], in float32:
 // acc (1, out, cols) starts as t converted, then each update is one linear op
 // acc = x·w^T + acc with x = s·up (1, out, r) and w = down^T (cols, r).
-func (m *mergeScratch) mergeLowRank(t modelfile.Tensor, updates []lora.Update, dst []byte) error {
+func (m *merger) mergeLowRank(t modelfile.Tensor, updates []lora.Update, dst []byte) error {
 	lib, ctx := m.e.lib, m.e.ctx
 	rows := t.Shape[0]
 	cols := int64(1)
@@ -151,14 +148,6 @@ func f32Bytes(v []float32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
 }
 
-// mergeScratch keeps the runtime tensors of a merge, one per role, dtype and shape: a
-// network has few distinct weight shapes, and reusing them saves an allocation (and the
-// first-touch faults of fresh memory) per weight.
-type mergeScratch struct {
-	e       *engine
-	tensors map[scratchKey]binding.Tensor
-}
-
 type scratchKey struct {
 	role       string
 	dtype      binding.DType
@@ -167,7 +156,7 @@ type scratchKey struct {
 
 // tensor returns the scratch tensor of a role (distinct tensors of one call need
 // distinct roles) with the dtype and shape (1, rows, cols) or, for 2-D shapes, (rows, cols).
-func (m *mergeScratch) tensor(role string, dt binding.DType, shape ...int64) (binding.Tensor, error) {
+func (m *merger) tensor(role string, dt binding.DType, shape ...int64) (binding.Tensor, error) {
 	k := scratchKey{role, dt, shape[len(shape)-2], shape[len(shape)-1]}
 	if x, ok := m.tensors[k]; ok {
 		return x, nil
@@ -179,8 +168,9 @@ func (m *mergeScratch) tensor(role string, dt binding.DType, shape ...int64) (bi
 	return x, err
 }
 
-func (m *mergeScratch) free() {
+func (m *merger) free() {
 	for _, x := range m.tensors {
 		m.e.lib.TensorFree(m.e.ctx, x)
 	}
+	m.staging.free()
 }

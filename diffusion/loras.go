@@ -10,7 +10,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -102,29 +101,33 @@ func loraKey(ls []LoRA) string {
 // under the write lock (so that it cannot be switched away before its turn).
 type loraState struct {
 	mu sync.RWMutex
-	// key is the installed set (loraKey; "" for the base weights). broken marks a failed
-	// switch: the native weights are a mix, and the next switch rewrites all of patched.
+	// key is the installed set (loraKey; "" for the base weights). broken marks a switch
+	// that failed after it began to change the weights: they are a mix of two sets until
+	// the next switch rewrites every weight of patched.
 	key    string
 	broken bool
-	// patched names the weights of each network that hold patched values, with their
-	// float32 data, which the runtime reads: in bufs (hostBuffers, pinned where they are
-	// Go memory), freed when a switch replaces them.
-	patched map[string]map[string]modelfile.Tensor
+	// patched names, per network, the weights that may hold other values than the
+	// model's files, with the float32 memory the runtime reads for those it reads in
+	// place (a hostBuffer, freed when the weight is replaced); an empty one for those it
+	// copied (a CPU GEMM pack, a device upload).
+	patched map[string]map[string]hostBuffer
+	// stale is memory the runtime may still read after a failed replacement.
+	stale   []hostBuffer
 	applied []AppliedLoRA
-	pins    []*runtime.Pinner
-	bufs    []hostBuffer
 	hashes  map[string]string // short hashes by path
 }
 
 // unpin releases the patches' memory; the networks must be freed or no longer read it.
 func (s *loraState) unpin() {
-	for _, p := range s.pins {
-		p.Unpin()
+	for _, ws := range s.patched {
+		for _, b := range ws {
+			b.free()
+		}
 	}
-	for _, b := range s.bufs {
+	for _, b := range s.stale {
 		b.free()
 	}
-	s.pins, s.bufs = nil, nil
+	s.patched, s.stale = nil, nil
 }
 
 // withLoRAs runs call with the engine's networks holding the adapter set ls, switching
@@ -149,9 +152,10 @@ func (p *Pipeline) withLoRAs(ls []LoRA, call func(applied []AppliedLoRA) error) 
 }
 
 // switchLoRAs installs the set ls (key want) in place of the installed one: it merges the
-// new set into the base weights (float32, see mergeLoRAs), restores the weights only the old set patched
-// from the model's files, and replaces exactly those in the native networks (a repack of
-// the GEMM weights on the CPU, an upload on the GPU). The caller holds s.mu for writing.
+// new set into the base weights (float32, see merger), puts back the base values of the
+// weights only the old set patched, and replaces exactly those in the native networks (a
+// repack of the GEMM weights on the CPU, an upload on the GPU). The caller holds s.mu for
+// writing.
 func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 	var files []*lora.File
 	defer func() {
@@ -212,9 +216,10 @@ func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 		name := strings.TrimSuffix(filepath.Base(l.Path), filepath.Ext(l.Path))
 		applied = append(applied, AppliedLoRA{Name: name, Path: l.Path, Hash: hash, UNetScale: u, TextScale: t})
 	}
-	// Match everything, then merge everything, before touching the networks: a misfit
-	// fails with them unchanged.
+	// Match everything, and ask the runtime whether it can replace every weight (and
+	// which it copies), before touching the networks: a misfit fails with them unchanged.
 	plans := make([][]lora.Patch, len(nets))
+	copies := make([]map[string]bool, len(nets))
 	for i, n := range nets {
 		set := unetSet
 		if n.text {
@@ -227,85 +232,106 @@ func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 		if plans[i], err = lora.PlanAliased(n.base, n.alias, n.component, set...); err != nil {
 			return err
 		}
+		copies[i] = map[string]bool{}
+		for _, pt := range plans[i] {
+			if copies[i][pt.Weight], err = p.eng.lib.ModelWeightCopied(p.eng.ctx, n.model, pt.Weight, binding.F32); err != nil {
+				return fmt.Errorf("LoRA: %w", err)
+			}
+		}
 	}
-	// A weight both sets patch is merged into the buffer of its current patch (no new
-	// memory to fault in); the others into new buffers.
-	patches := make([]map[string]modelfile.Tensor, len(nets))
-	var bufs []hostBuffer
-	kept := map[*byte]bool{}
+	// From here on a failure (out of memory) leaves the weights a mix of both sets, which
+	// patched records.
+	s.broken = true
+	m := p.eng.newMerger()
+	defer m.free()
 	for i, n := range nets {
-		old := s.patched[n.component]
-		reuse := func(name string) []byte {
-			if t, ok := old[name]; ok && !s.broken {
-				kept[&t.Data[0]] = true
-				return t.Data
-			}
-			return nil
-		}
-		var b []hostBuffer
-		var reused bool
-		var err error
-		patches[i], b, reused, err = p.eng.mergeLoRAs(n.base, plans[i], reuse)
-		bufs = append(bufs, b...)
-		if err != nil {
-			for _, b := range bufs {
-				b.free()
-			}
-			// Overwritten patches may disagree with what the runtime packed from them.
-			s.broken = s.broken || reused || len(kept) > 0
-			return err
-		}
-	}
-	if s.patched == nil {
-		s.patched = map[string]map[string]modelfile.Tensor{}
-	}
-	pin := &runtime.Pinner{}
-	for i, n := range nets {
-		old := s.patched[n.component]
-		var ws []binding.Weight
-		for name, t := range patches[i] {
-			pin.Pin(&t.Data[0])
-			ws = append(ws, weightOf(name, t))
-		}
-		for name := range old {
-			if _, again := patches[i][name]; !again {
-				ws = append(ws, weightOf(name, n.base[name]))
-			}
-		}
-		if len(ws) == 0 {
-			continue
-		}
-		if err := p.eng.lib.ModelSetWeights(p.eng.ctx, n.model, ws); err != nil {
-			// Some weights may hold new values, others old ones: remember every weight
-			// either set touches and keep both sets' data pinned until a switch succeeds.
-			for name, t := range patches[i] {
-				if old == nil {
-					old = map[string]modelfile.Tensor{}
-					s.patched[n.component] = old
-				}
-				old[name] = t
-			}
-			s.pins = append(s.pins, pin)
-			s.bufs = append(s.bufs, bufs...)
-			s.broken = true
+		if err := s.install(m, n.model, n.component, n.base, plans[i], copies[i]); err != nil {
 			return fmt.Errorf("applying LoRAs: %w", err)
 		}
-		s.patched[n.component] = patches[i]
 	}
-	for _, b := range s.bufs {
-		if len(b.b) > 0 && kept[&b.b[0]] {
-			bufs = append(bufs, b)
-		} else {
-			b.free()
-		}
-	}
-	for _, p := range s.pins {
-		p.Unpin()
-	}
-	s.pins, s.bufs = []*runtime.Pinner{pin}, bufs
 	s.key, s.broken, s.applied = want, false, applied
 	return nil
 }
+
+// install gives one network the weights of plan, merged one at a time, and the base
+// values back to the weights the installed set patched and plan does not, keeping
+// s.patched true at every step. A merged weight the runtime copies (copied) passes
+// through the merger's staging memory; one it reads in place gets float32 memory of its
+// own (its previous patch's, when it had one).
+func (s *loraState) install(m *merger, model binding.Model, component string, base map[string]modelfile.Tensor, plan []lora.Patch, copied map[string]bool) error {
+	lib, ctx := m.e.lib, m.e.ctx
+	if s.patched == nil {
+		s.patched = map[string]map[string]hostBuffer{}
+	}
+	patched := s.patched[component]
+	if patched == nil {
+		patched = map[string]hostBuffer{}
+		s.patched[component] = patched
+	}
+	set := func(name string, t modelfile.Tensor) error {
+		return lib.ModelSetWeights(ctx, model, []binding.Weight{weightOf(name, t)})
+	}
+	inPlan := make(map[string]bool, len(plan))
+	for _, pt := range plan {
+		inPlan[pt.Weight] = true
+		t := base[pt.Weight]
+		size := 4 * int(numel(t.Shape))
+		old, had := patched[pt.Weight]
+		var dst []byte
+		var own hostBuffer // new memory of its own
+		inPlace := false
+		var err error
+		switch {
+		case copied[pt.Weight]:
+			dst, err = m.stagingBuffer(size)
+		case had && len(old.b) == size:
+			dst, inPlace = old.b, true // read by the runtime: overwritten while no generation runs
+		default:
+			own, err = newHostBuffer(size)
+			dst = own.b
+		}
+		if err != nil {
+			return err
+		}
+		if failMerge != nil {
+			err = failMerge(pt.Weight)
+		}
+		if err == nil {
+			err = m.merge(t, pt.Updates, dst)
+		}
+		if err != nil {
+			own.free()
+			return fmt.Errorf("merging LoRAs into %s: %w", pt.Weight, err)
+		}
+		err = set(pt.Weight, modelfile.Tensor{Name: t.Name, DType: modelfile.F32, Shape: t.Shape, Data: dst})
+		if !inPlace {
+			patched[pt.Weight] = own // empty when copied
+			if err == nil {
+				old.free()
+			} else {
+				// The weight's uses may read the old memory or the new.
+				s.stale = append(s.stale, old)
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	for name, old := range patched {
+		if inPlan[name] {
+			continue
+		}
+		if err := set(name, base[name]); err != nil {
+			return err
+		}
+		delete(patched, name)
+		old.free()
+	}
+	return nil
+}
+
+// failMerge, when tests set it, makes the merge of the weights it returns an error for fail.
+var failMerge func(weight string) error
 
 // weightOf describes a tensor for the runtime: base weights view the model's mapped
 // files, patched ones pinned Go memory.

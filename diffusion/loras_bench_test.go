@@ -98,13 +98,15 @@ func halfBits(f float32) uint16 {
 }
 
 // Applying a rank-32 LoRA to a full-size SD 1.5 (merge in float32, install in the
-// runtime), and switching between two: what a request with a new adapter set waits
-// before its first step. Run: go test ./diffusion -run '^$' -bench LoRA -benchtime 3x
+// runtime): to a model just loaded ("first": the runtime makes float32 packs of the
+// patched GEMM weights), to the base weights after another adapter ("apply": the packs
+// exist), and switching between two ("switch"): what a request with a new adapter set
+// waits before its first step. Run: go test ./diffusion -run '^$' -bench LoRA -benchtime 3x
 func BenchmarkLoRA(b *testing.B) {
 	p := benchSD15(b)
 	one := []LoRA{{Path: writeRandomLoRA(b, p.model, 32, 1)}}
 	two := []LoRA{{Path: writeRandomLoRA(b, p.model, 32, 2)}}
-	install := func(b *testing.B, ls []LoRA) {
+	install := func(b *testing.B, p *Pipeline, ls []LoRA) {
 		if err := p.acquire(context.Background()); err != nil {
 			b.Fatal(err)
 		}
@@ -113,20 +115,32 @@ func BenchmarkLoRA(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	b.Run("apply", func(b *testing.B) {
+	b.Run("first", func(b *testing.B) {
 		for b.Loop() {
 			b.StopTimer()
-			install(b, nil)
+			q := benchSD15(b)
 			b.StartTimer()
-			install(b, one)
+			install(b, q, one)
+			b.StopTimer()
+			q.Close()
+			b.StartTimer()
+		}
+	})
+	b.Run("apply", func(b *testing.B) {
+		install(b, p, two)
+		for b.Loop() {
+			b.StopTimer()
+			install(b, p, nil)
+			b.StartTimer()
+			install(b, p, one)
 		}
 	})
 	b.Run("switch", func(b *testing.B) {
-		install(b, one)
+		install(b, p, one)
 		sets := [][]LoRA{two, one}
 		i := 0
 		for b.Loop() {
-			install(b, sets[i%2])
+			install(b, p, sets[i%2])
 			i++
 		}
 	})

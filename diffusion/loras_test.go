@@ -3,6 +3,7 @@ package diffusion
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -177,6 +178,51 @@ func TestLoRAErrors(t *testing.T) {
 	assertKitImage(t, run.golden, steps, res)
 }
 
+// A switch that fails after it began to change the weights leaves them marked for repair:
+// the next request, with the base weights or with another set, gets exactly its own image.
+func TestLoRAFailedSwitchIsRepaired(t *testing.T) {
+	run := kitLoRARun(t)
+	p := openTiny(t, "sd1-tiny")
+	base := run.request
+	base.LoRAs = nil
+	res, err := p.Txt2Img(context.Background(), base)
+	require.NoError(t, err)
+	want := imageCHW(res.Images[0])
+	steps, res := runSteps(t, p, run.request)
+	assertKitImage(t, run.golden, steps, res)
+
+	// The kit's adapter at another scale, the merge failing at one of the UNet's up
+	// blocks (as when out of memory): the weights before it have changed by then.
+	failed := ""
+	failMerge = func(weight string) error {
+		if failed == "" && strings.HasPrefix(weight, "up_blocks.") {
+			failed = weight
+		}
+		if weight == failed {
+			return errors.New("injected failure")
+		}
+		return nil
+	}
+	t.Cleanup(func() { failMerge = nil })
+	req := run.request
+	req.LoRAs = []LoRA{{Path: run.request.LoRAs[0].Path, Scale: 1}}
+	_, err = p.Txt2Img(context.Background(), req)
+	require.ErrorContains(t, err, "injected failure")
+	t.Log(err)
+	s := &p.eng.share.lora
+	require.True(t, s.broken, "the switch failed after it began")
+	assert.NotEmpty(t, s.patched[lora.UNet], "weights changed before the failure")
+
+	res, err = p.Txt2Img(context.Background(), base)
+	require.NoError(t, err)
+	assert.Equal(t, want, imageCHW(res.Images[0]), "the base weights back")
+	_, err = p.Txt2Img(context.Background(), req)
+	require.ErrorContains(t, err, "injected failure")
+	failMerge = nil
+	steps, res = runSteps(t, p, run.request)
+	assertKitImage(t, run.golden, steps, res)
+}
+
 // writeForeignLoRA writes a kohya adapter for a module sd1-tiny lacks (an LDM name).
 func writeForeignLoRA(t *testing.T) string {
 	t.Helper()
@@ -250,9 +296,15 @@ func TestSetWeightsRefusesFoldedBias(t *testing.T) {
 	require.ErrorIs(t, err, binding.ErrUnsupported)
 	assert.Contains(t, err.Error(), "folded")
 	require.NoError(t, set("down_blocks.0.resnets.0.conv1.weight"))
+	// The question a switch asks before it changes anything gets the same answer.
+	_, err = p.eng.lib.ModelWeightCopied(p.eng.ctx, p.eng.unet, "down_blocks.0.resnets.0.conv1.bias", binding.F32)
+	require.ErrorIs(t, err, binding.ErrUnsupported)
+	copied, err := p.eng.lib.ModelWeightCopied(p.eng.ctx, p.eng.unet, "down_blocks.0.resnets.0.conv1.weight", binding.F32)
+	require.NoError(t, err)
+	assert.False(t, copied, "a 3x3 kernel is read in place on the CPU")
 }
 
-// The runtime's float32 GEMM merge (mergeLoRAs) against diffusers' fused weights of the
+// The runtime's float32 GEMM merge (merger) against diffusers' fused weights of the
 // kit (fuse_lora at scale 1), for both files: within the kit's 1e-6 × max|W'|.
 func TestLoRANativeMergeMatchesFusedWeights(t *testing.T) {
 	kit := testutil.ConformanceDir(t)
@@ -274,13 +326,15 @@ func TestLoRANativeMergeMatchesFusedWeights(t *testing.T) {
 			} {
 				plan, err := lora.Plan(net.base, net.component, lora.Scaled{File: f, Scale: 1})
 				require.NoError(t, err)
-				merged, bufs, _, err := p.eng.mergeLoRAs(net.base, plan, func(string) []byte { return nil })
-				defer func() {
-					for _, b := range bufs {
-						b.free()
-					}
-				}()
-				require.NoError(t, err)
+				m := p.eng.newMerger()
+				defer m.free()
+				merged := map[string]modelfile.Tensor{}
+				for _, pt := range plan {
+					w := net.base[pt.Weight]
+					dst := make([]byte, 4*numel(w.Shape))
+					require.NoError(t, m.merge(w, pt.Updates, dst), pt.Weight)
+					merged[pt.Weight] = modelfile.Tensor{Name: w.Name, DType: modelfile.F32, Shape: w.Shape, Data: dst}
+				}
 				for _, ref := range g.f.Tensors {
 					name, ok := strings.CutPrefix(ref.Name, net.prefix)
 					if !ok {
