@@ -122,16 +122,18 @@ func pyFloat(v float64) string {
 	return s
 }
 
-// LoadControlNet loads a ControlNet: a diffusers ControlNetModel folder or an original
-// single file (lllyasviel's control_v11*: .safetensors, .pth), its config read off the
-// shapes. It must have been made for this Pipeline's model (the same encoder shapes). The
+// LoadControlNet loads a ControlNet: a diffusers ControlNetModel folder or a single file
+// (lllyasviel's control_v11*: .safetensors, .pth; SDXL ones in the original layout or with
+// diffusers' names, such as diffusers_xl_canny_full), its config read off the shapes and,
+// for what they do not tell (attention heads), this Pipeline's UNet. It must have been made
+// for this Pipeline's model (the same encoder shapes). The
 // weights are loaded once and shared by the Pipeline's clones; free them with Close.
 func (p *Pipeline) LoadControlNet(path string) (*ControlNet, error) {
 	if err := p.acquire(context.Background()); err != nil {
 		return nil, err
 	}
 	defer p.release()
-	f, err := modelfile.LoadControlNet(path)
+	f, err := modelfile.LoadControlNetFor(path, &p.model.UNet.Config)
 	if err != nil {
 		return nil, err
 	}

@@ -75,7 +75,7 @@ func benchCommand(a *app, fs *flagSet) func(context.Context, []string) error {
 	fs.stringVar(&o.cache, "cache", "dir", o.cache, "folder of the random weights, one sub-folder per architecture and dtype\n(default "+cacheDefault+")")
 	fs.boolVar(&o.json, "json", "print the report as JSON (default false: a table)")
 	fs.boolVar(&o.profile, "profile", "also print the runtime's time per op kind on stderr (default false)")
-	fs.stringVar(&o.control, "controlnet", "path", "", "also run this ControlNet at every step, or random: random weights of --arch's\nSD 1.5-style ControlNet, written once to the cache (default: none)")
+	fs.stringVar(&o.control, "controlnet", "path", "", "also run this ControlNet at every step, or random: random weights of a ControlNet\nof --arch's UNet, written once to the cache (default: none)")
 	fs.stringVar(&o.taesd, "taesd", "path", "", "decode the image with this TAESD (folder or file), or random: random weights of\nTAESD's architecture, written once to the cache (default: the model's VAE)")
 	fs.floatVar(&o.cfg, "cfg", "scale", benchCFG, "classifier-free guidance scale; at most 1 turns it off, as for SD-Turbo (default 7.5)", floatRange(0, 100))
 	fs.boolVar(&o.compare, "compare-precision", "run fp32, then bf16, and report both and the bf16 image's PSNR against fp32's (default false)")

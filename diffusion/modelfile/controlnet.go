@@ -165,10 +165,20 @@ func (c *ControlNet) ReleaseMemory() error {
 }
 
 // LoadControlNet loads a ControlNet: a diffusers ControlNetModel folder (config.json and
-// diffusion_pytorch_model weights) or an original single file (lllyasviel's cldm layout,
-// keys with or without the "control_model." prefix: input_hint_block, input_blocks,
-// zero_convs, middle_block, middle_block_out) whose config is read off the shapes.
-func LoadControlNet(path string) (*ControlNet, error) {
+// diffusion_pytorch_model weights) or a single file whose config is read off the shapes:
+// the original layout (lllyasviel's cldm, keys with or without the "control_model."
+// prefix: input_hint_block, input_blocks, zero_convs, middle_block, middle_block_out; SDXL's
+// with label_emb) or diffusers' names without config.json (lllyasviel's diffusers_xl_*
+// files, a folder's weights file on its own). What shapes do not tell is SD's: 8 heads per
+// level with 1x1-conv projections (SD 1.x), 64-wide heads with linear ones (SD 2.x, SDXL),
+// SDXL's 256-wide time-id embedding, 32 norm groups; see LoadControlNetFor.
+func LoadControlNet(path string) (*ControlNet, error) { return LoadControlNetFor(path, nil) }
+
+// LoadControlNetFor is LoadControlNet for a ControlNet that runs beside a UNet of config
+// base: a single file takes its attention heads and time-id embedding width from base
+// when its levels have base's widths (a ControlNet copies its UNet's architecture), which
+// also loads ControlNets of models whose heads are not SD's.
+func LoadControlNetFor(path string, base *UNetConfig) (*ControlNet, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, err
@@ -177,7 +187,7 @@ func LoadControlNet(path string) (*ControlNet, error) {
 	if st.IsDir() {
 		err = cn.fromFolder(path)
 	} else {
-		err = cn.fromSingleFile(path)
+		err = cn.fromSingleFile(path, base)
 	}
 	if err != nil {
 		cn.Close()
@@ -239,12 +249,23 @@ func (cn *ControlNet) bind(cfg ControlNetConfig, n int, resolve func(string) sou
 // The prefix of the original ControlNet checkpoints' keys (some files drop it).
 const cldmPrefix = "control_model."
 
-func (cn *ControlNet) fromSingleFile(path string) error {
+func (cn *ControlNet) fromSingleFile(path string, base *UNetConfig) error {
 	f, err := OpenFile(path)
 	if err != nil {
 		return err
 	}
 	cn.files, cn.Format = []*File{f}, f.Format
+	if _, ok := f.Tensor(diffusersHintConv + ".weight"); ok {
+		all := ldmTensors{}
+		for _, t := range f.Tensors {
+			all[t.Name] = t
+		}
+		cfg, err := all.inferDiffusersControlNet(base)
+		if err != nil {
+			return err
+		}
+		return cn.bind(cfg, len(all), func(n string) source { return source{name: n} }, all.find, all)
+	}
 	hasPrefix := false
 	for _, t := range f.Tensors {
 		hasPrefix = hasPrefix || strings.HasPrefix(t.Name, cldmPrefix+"input_hint_block.")
@@ -266,7 +287,7 @@ func (cn *ControlNet) fromSingleFile(path string) error {
 		ts[ldmUNet+name] = t
 		all[ldmUNet+name] = t
 	}
-	cfg, err := ts.inferControlNet()
+	cfg, err := ts.inferControlNet(base)
 	if err != nil {
 		return err
 	}
@@ -327,16 +348,12 @@ func WriteRandomControlNet(ctx context.Context, path string, c ControlNetConfig,
 	return writeRandomTensors(ctx, path, heads, "controlnet", seed)
 }
 
-// inferControlNet reads a cldm ControlNet's config off its shapes (names under ldmUNet).
-// What shapes do not tell is SD's: 8 heads per level with 1x1-conv projections (SD 1.x),
-// 64-wide heads with linear ones (SD 2.x), 32 norm groups.
-func (ts ldmTensors) inferControlNet() (ControlNetConfig, error) {
+// inferControlNet reads a cldm ControlNet's config off its shapes (names under ldmUNet);
+// what they do not tell comes from base or SD (see shapeless).
+func (ts ldmTensors) inferControlNet(base *UNetConfig) (ControlNetConfig, error) {
 	p := ldmUNet
-	switch {
-	case !ts.hasPrefix(p + "input_hint_block."):
+	if !ts.hasPrefix(p + "input_hint_block.") {
 		return ControlNetConfig{}, errors.New("no input_hint_block: not a ControlNet")
-	case ts.hasPrefix(p + "label_emb."):
-		return ControlNetConfig{}, unsupportedf("an SDXL ControlNet in the original single-file layout (label_emb) is not supported; use its diffusers folder (config.json and weights)")
 	}
 	convIn, err := ts.shape(p+"input_blocks.0.0.weight", 4)
 	if err != nil {
@@ -370,24 +387,11 @@ func (ts ldmTensors) inferControlNet() (ControlNetConfig, error) {
 		u.TransformerLayersPerBlock = append(u.TransformerLayersPerBlock, max(len(ts.indices(first+"1.transformer_blocks.")), 1))
 	}
 	u.UpBlockTypes = mirrorUpBlocks(u.DownBlockTypes)
-	// The cross-attention width: from any attention (the mid block may have none).
-	for name, t := range ts {
-		if strings.HasSuffix(name, ".transformer_blocks.0.attn2.to_k.weight") && len(t.Shape) == 2 {
-			u.CrossAttentionDim = int(t.Shape[1])
-		}
-		if strings.HasSuffix(name, ".proj_in.weight") && len(t.Shape) == 2 {
-			u.UseLinearProjection = true
-		}
+	if err := ts.attentionShapes(&u, p+"label_emb.0.0.weight"); err != nil {
+		return ControlNetConfig{}, err
 	}
-	for _, ch := range u.BlockOutChannels {
-		switch {
-		case !u.UseLinearProjection:
-			u.AttentionHeads = append(u.AttentionHeads, 8)
-		case ch%64 == 0:
-			u.AttentionHeads = append(u.AttentionHeads, ch/64)
-		default:
-			return ControlNetConfig{}, unsupportedf("%d channels are not a multiple of SD 2.x's 64-wide heads", ch)
-		}
+	if err := u.shapeless(base); err != nil {
+		return ControlNetConfig{}, err
 	}
 
 	// input_hint_block: convs at the even indices (SiLU between): conv_in, then pairs
@@ -410,6 +414,125 @@ func (ts ldmTensors) inferControlNet() (ControlNetConfig, error) {
 		ConditioningEmbeddingOutChannels: []int{int(hint0[0])}}
 	for i := range (convs - 2) / 2 {
 		w, err := ts.shape(fmt.Sprintf("%sinput_hint_block.%d.weight", p, 4*i+4), 4)
+		if err != nil {
+			return ControlNetConfig{}, err
+		}
+		c.ConditioningEmbeddingOutChannels = append(c.ConditioningEmbeddingOutChannels, int(w[0]))
+	}
+	return c, nil
+}
+
+// The hint embedding's first conv in diffusers' names, which marks a ControlNet file of them.
+const diffusersHintConv = "controlnet_cond_embedding.conv_in"
+
+// attentionShapes reads what any attention tells (the cross-attention width, linear or
+// convolutional projections; the mid block may have none) and SDXL's added embedding from
+// its first linear layer, addEmb, when present.
+func (ts ldmTensors) attentionShapes(u *UNetConfig, addEmb string) error {
+	for name, t := range ts {
+		if strings.HasSuffix(name, ".transformer_blocks.0.attn2.to_k.weight") && len(t.Shape) == 2 {
+			u.CrossAttentionDim = int(t.Shape[1])
+		}
+		if strings.HasSuffix(name, ".proj_in.weight") && len(t.Shape) == 2 {
+			u.UseLinearProjection = true
+		}
+	}
+	if _, ok := ts[addEmb]; ok {
+		w, err := ts.shape(addEmb, 2)
+		if err != nil {
+			return err
+		}
+		u.AdditionEmbedType, u.ProjectionClassEmbeddingsInputDim = AdditionTextTime, int(w[1])
+	}
+	return nil
+}
+
+// shapeless sets what a ControlNet's shapes do not tell: the attention heads and, with
+// SDXL's added embedding, the width each time id is embedded at. They are base's when
+// the levels have base's widths (and the added embedding its inputs); else SD's: 8 heads
+// per level with 1x1-conv projections (SD 1.x), 64-wide heads with linear ones (SD 2.x,
+// SDXL), 256-wide time ids (SDXL).
+func (u *UNetConfig) shapeless(base *UNetConfig) error {
+	if base != nil && slices.Equal(base.BlockOutChannels, u.BlockOutChannels) && len(base.AttentionHeads) == len(u.BlockOutChannels) {
+		u.AttentionHeads = slices.Clone(base.AttentionHeads)
+		if u.AdditionEmbedType == base.AdditionEmbedType && u.ProjectionClassEmbeddingsInputDim == base.ProjectionClassEmbeddingsInputDim {
+			u.AdditionTimeEmbedDim = base.AdditionTimeEmbedDim
+		}
+	}
+	if u.AdditionEmbedType == AdditionTextTime && u.AdditionTimeEmbedDim == 0 {
+		u.AdditionTimeEmbedDim = 256
+	}
+	if u.AttentionHeads != nil {
+		return nil
+	}
+	for _, ch := range u.BlockOutChannels {
+		switch {
+		case !u.UseLinearProjection:
+			u.AttentionHeads = append(u.AttentionHeads, 8)
+		case ch%64 == 0:
+			u.AttentionHeads = append(u.AttentionHeads, ch/64)
+		default:
+			return unsupportedf("%d channels are not a multiple of SD 2.x's 64-wide heads", ch)
+		}
+	}
+	return nil
+}
+
+// inferDiffusersControlNet reads the config of a ControlNet stored with diffusers' names
+// in one file off its shapes; what they do not tell comes from base or SD (see shapeless).
+func (ts ldmTensors) inferDiffusersControlNet(base *UNetConfig) (ControlNetConfig, error) {
+	convIn, err := ts.shape("conv_in.weight", 4)
+	if err != nil {
+		return ControlNetConfig{}, err
+	}
+	temb, err := ts.shape("time_embedding.linear_1.weight", 2)
+	if err != nil {
+		return ControlNetConfig{}, err
+	}
+	levels := ts.indices("down_blocks.")
+	if len(levels) == 0 || levels[len(levels)-1] != len(levels)-1 {
+		return ControlNetConfig{}, fmt.Errorf("down_blocks %v are not numbered 0..n-1", levels)
+	}
+	u := UNetConfig{
+		InChannels: int(convIn[1]), OutChannels: int(convIn[1]),
+		ConvInKernel: int(convIn[2]), ConvOutKernel: 3,
+		TimeEmbeddingDim: int(temb[0]),
+		MidBlockType:     cond(ts.hasPrefix("mid_block.attentions.0."), crossAttnMid, plainMid),
+		NormNumGroups:    32, NormEps: 1e-5, FlipSinToCos: true, SampleSize: 64,
+	}
+	for l := range levels {
+		b := fmt.Sprintf("down_blocks.%d.", l)
+		conv1, err := ts.shape(b+"resnets.0.conv1.weight", 4)
+		if err != nil {
+			return ControlNetConfig{}, err
+		}
+		attn := ts.hasPrefix(b + "attentions.0.")
+		u.BlockOutChannels = append(u.BlockOutChannels, int(conv1[0]))
+		u.LayersPerBlock = append(u.LayersPerBlock, len(ts.indices(b+"resnets.")))
+		u.DownBlockTypes = append(u.DownBlockTypes, cond(attn, crossAttnDown, plainDown))
+		u.TransformerLayersPerBlock = append(u.TransformerLayersPerBlock, max(len(ts.indices(b+"attentions.0.transformer_blocks.")), 1))
+	}
+	u.UpBlockTypes = mirrorUpBlocks(u.DownBlockTypes)
+	if err := ts.attentionShapes(&u, "add_embedding.linear_1.weight"); err != nil {
+		return ControlNetConfig{}, err
+	}
+	if err := u.shapeless(base); err != nil {
+		return ControlNetConfig{}, err
+	}
+	// The hint embedding: conv_in, pairs of convs (the second of each to the next
+	// width, stride 2), conv_out.
+	hint0, err := ts.shape(diffusersHintConv+".weight", 4)
+	if err != nil {
+		return ControlNetConfig{}, err
+	}
+	c := ControlNetConfig{UNetConfig: u, ConditioningChannels: int(hint0[1]), ChannelOrder: "rgb",
+		ConditioningEmbeddingOutChannels: []int{int(hint0[0])}}
+	blocks := ts.indices("controlnet_cond_embedding.blocks.")
+	if len(blocks)%2 != 0 || (len(blocks) > 0 && blocks[len(blocks)-1] != len(blocks)-1) {
+		return ControlNetConfig{}, fmt.Errorf("controlnet_cond_embedding.blocks %v are not pairs numbered 0..n-1", blocks)
+	}
+	for i := 1; i < len(blocks); i += 2 {
+		w, err := ts.shape(fmt.Sprintf("controlnet_cond_embedding.blocks.%d.weight", i), 4)
 		if err != nil {
 			return ControlNetConfig{}, err
 		}

@@ -69,6 +69,67 @@ func TestControlNetSingleFileMatchesFolder(t *testing.T) {
 	}
 }
 
+// assertSameControlNet checks a ControlNet loaded from a single file against its folder:
+// the config read off the shapes (and base) is config.json's, the tensors the same bytes.
+func assertSameControlNet(t *testing.T, ref, got *ControlNet) {
+	t.Helper()
+	want := ref.Config
+	want.SampleSize = got.Config.SampleSize // not in the file
+	assert.Equal(t, want, got.Config)
+	assert.Empty(t, got.Unused)
+	require.Len(t, got.Tensors, len(ref.Tensors))
+	for name, r := range ref.Tensors {
+		g, ok := got.Tensors[name]
+		require.True(t, ok, name)
+		assert.Equal(t, r.Shape, g.Shape, name)
+		assert.Equal(t, r.Data, g.Data, name)
+	}
+}
+
+// SDXL ControlNets as single files (the diffusion package's test ControlNet, from_unet of
+// the kit's sdxl-tiny): its folder's weights file on its own (diffusers' names, as
+// lllyasviel's diffusers_xl_* files) and the same weights in the original layout
+// (control_model. + the UNet's LDM names, the added embedding as label_emb) load to the
+// folder's config and tensors, given the UNet they run beside for the heads (2, 2, 4, which
+// no rule gives; without it the load says so). So does the kit's SD 1.x ControlNet's
+// weights file on its own, where SD's 8 heads are right without a base.
+func TestControlNetSingleFilesWithDiffusersNames(t *testing.T) {
+	dir := filepath.Join("..", "testdata", "sdxl-controlnet", "controlnet")
+	ref := loadControlNet(t, dir)
+	require.Equal(t, AdditionTextTime, ref.Config.AdditionEmbedType)
+	base := ref.Config.UNetConfig
+	weights := filepath.Join(dir, "diffusion_pytorch_model.safetensors")
+
+	f, err := OpenSafetensors(weights)
+	require.NoError(t, err)
+	defer f.Close()
+	resolve := cldmModules(ref.Config).resolver(cldmPrefix)
+	var ldm []Tensor
+	for _, ten := range f.Tensors {
+		ten.Name = resolve(ten.Name).name
+		ldm = append(ldm, ten)
+	}
+	ldmPath := filepath.Join(t.TempDir(), "controlnet-xl-ldm.safetensors")
+	require.NoError(t, WriteSafetensors(ldmPath, ldm, nil))
+
+	for _, path := range []string{weights, ldmPath} {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			got, err := LoadControlNetFor(path, &base)
+			require.NoError(t, err)
+			defer got.Close()
+			assertSameControlNet(t, ref, got)
+			_, err = LoadControlNet(path)
+			require.ErrorIs(t, err, ErrUnsupported)
+			assert.ErrorContains(t, err, "64-wide heads")
+		})
+	}
+	t.Run("sd1", func(t *testing.T) {
+		kit := kitControlNetDir(t)
+		ref := loadControlNet(t, filepath.Join(kit, "diffusers"))
+		assertSameControlNet(t, ref, loadControlNet(t, filepath.Join(kit, "diffusers", "diffusion_pytorch_model.safetensors")))
+	})
+}
+
 func TestControlNetLoadErrors(t *testing.T) {
 	dir := kitControlNetDir(t)
 	tmp := t.TempDir()
