@@ -60,8 +60,16 @@ static inline vf vload(const float *p) {
 static inline void vstore(float *p, vf v) {
     *(vf_u *)p = v;
 }
+/* Every lane s. Not written (vf){0} + s: that must add (0 + -0 is +0), and the scalar add
+ * before the broadcast cost the microkernel a fifth of its speed. */
 static inline vf vsplat(float s) {
-    return (vf){0} + s;
+#if SD_ISA == SD_ISA_AVX512
+    return (vf)_mm512_set1_ps(s);
+#elif SD_ISA == SD_ISA_AVX2
+    return (vf)_mm256_set1_ps(s);
+#else
+    return (vf){s, s, s, s};
+#endif
 }
 static inline vf vselect(vi mask, vf a, vf b) {
     return (vf)(((vi)a & mask) | ((vi)b & ~mask));
