@@ -92,6 +92,13 @@ static void ukernel(int64_t kc, const float *restrict a, const float *restrict b
     for (int r = 0; r < MR; r++)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) acc[r][v] = (vf){0};
+    /* Accumulating, the epilogue reads the tile's rows of C: fetched (for writing) now, so
+     * that their misses overlap the products rather than stall it. */
+    if (ep->accumulate) {
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; r++)
+            for (int l = 0; l < NR; l += 16) __builtin_prefetch(c + r * ldc + l, 1, 3);
+    }
 
     for (int64_t k = 0; k < kc; k++) {
         vf bv[NV];
