@@ -83,23 +83,43 @@ static inline int64_t packed_at(int64_t row, int64_t k, int64_t width, int64_t p
     return pc * padded + row / width * width * kc + (k - pc) * width + row % width;
 }
 
-static void filter_task(void *arg, int64_t co, int thread) {
+/* U for one A panel of output channels: lanes are the panel's rows, which lie side by side
+ * in every U[xi] (a vector store per transformed position; rows past Cout, zero weights,
+ * come out zero), and the weights are converted a block of input channels at a time. */
+enum { FILTER_LANES = 16, FILTER_CI = 32 };
+
+static void filter_task(void *arg, int64_t panel, int thread) {
     (void)thread;
     const wino_job_t *j = arg;
     const sd_cpu_kernels_t *kern = j->cpu->kern;
+    const int64_t mr = kern->mr, co0 = panel * mr, rows = SD_MIN(mr, j->cout - co0);
+    SD_ASSERT(mr <= FILTER_LANES);
     const size_t es = sd_dtype_size(j->wdtype), per_xi = (size_t)(j->mpad * j->cin);
-    for (int64_t ci = 0; ci < j->cin; ci++) {
-        float g[9], t[WA][3];
-        sd_convert_to_f32(g, (const char *)j->w + (size_t)((co * j->cin + ci) * 9) * es, j->wdtype,
-                          9);
-        for (int a = 0; a < WA; a++)
-            for (int b = 0; b < 3; b++)
-                t[a][b] = G[a][0] * g[b] + G[a][1] * g[3 + b] + G[a][2] * g[6 + b];
-        const size_t at = (size_t)packed_at(co, ci, kern->mr, j->mpad, j->cin, kern->kc);
-        for (int a = 0; a < WA; a++)
-            for (int b = 0; b < WA; b++)
-                j->u[(size_t)(a * WA + b) * per_xi + at] =
-                    t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2];
+    float w[FILTER_LANES][FILTER_CI * 9];
+    for (int64_t c0 = 0; c0 < j->cin; c0 += FILTER_CI) {
+        const int64_t nc = SD_MIN((int64_t)FILTER_CI, j->cin - c0);
+        for (int64_t r = 0; r < rows; r++)
+            sd_convert_to_f32(w[r],
+                              (const char *)j->w + (size_t)(((co0 + r) * j->cin + c0) * 9) * es,
+                              j->wdtype, nc * 9);
+        for (int64_t r = rows; r < FILTER_LANES; r++) memset(w[r], 0, sizeof w[r]);
+        for (int64_t cc = 0; cc < nc; cc++) {
+            float t[WA][3][FILTER_LANES];
+            for (int a = 0; a < WA; a++)
+                for (int b = 0; b < 3; b++)
+                    for (int r = 0; r < FILTER_LANES; r++)
+                        t[a][b][r] = G[a][0] * w[r][cc * 9 + b] + G[a][1] * w[r][cc * 9 + 3 + b] +
+                                     G[a][2] * w[r][cc * 9 + 6 + b];
+            /* The panel's rows of channel c0 + cc are consecutive in every U[xi]. */
+            float *u = j->u + packed_at(co0, c0 + cc, mr, j->mpad, j->cin, kern->kc);
+            for (int a = 0; a < WA; a++)
+                for (int b = 0; b < WA; b++) {
+                    float v[FILTER_LANES];
+                    for (int r = 0; r < FILTER_LANES; r++)
+                        v[r] = t[a][0][r] * G[b][0] + t[a][1][r] * G[b][1] + t[a][2][r] * G[b][2];
+                    memcpy(u + (size_t)(a * WA + b) * per_xi, v, (size_t)mr * sizeof(float));
+                }
+        }
     }
 }
 
@@ -267,9 +287,8 @@ sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
         return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "conv2d: cannot allocate %zu bytes",
                        (u_floats + v_floats + m_floats) * sizeof(float));
     }
-    if (j.mpad > j.cout) memset(u, 0, u_floats * sizeof(float)); /* padding rows */
     j.u = u;
-    sd_pool_run(cpu->pool, j.cout, filter_task, &j);
+    sd_pool_run(cpu->pool, j.mpad / kern->mr, filter_task, &j);
     j.u2 = u2;
     if (u2 != NULL) sd_pool_run(cpu->pool, WP, pair_filter_task, &j);
 
