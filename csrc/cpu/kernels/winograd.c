@@ -88,6 +88,24 @@ static inline int64_t packed_at(int64_t row, int64_t k, int64_t width, int64_t p
  * come out zero), and the weights are converted a block of input channels at a time. */
 enum { FILTER_LANES = 16, FILTER_CI = 32 };
 
+/* The first n of v to dst: copies of a constant size for the kernel tables' panel widths,
+ * which the compiler inlines, rather than a library call per store. */
+static inline void store_lanes(float *dst, const float v[FILTER_LANES], int64_t n) {
+    switch (n) {
+    case 12:
+        memcpy(dst, v, 12 * sizeof(float));
+        break;
+    case 6:
+        memcpy(dst, v, 6 * sizeof(float));
+        break;
+    case 4:
+        memcpy(dst, v, 4 * sizeof(float));
+        break;
+    default:
+        memcpy(dst, v, (size_t)n * sizeof(float));
+    }
+}
+
 static void filter_task(void *arg, int64_t panel, int thread) {
     (void)thread;
     const wino_job_t *j = arg;
@@ -98,10 +116,13 @@ static void filter_task(void *arg, int64_t panel, int thread) {
     float w[FILTER_LANES][FILTER_CI * 9];
     for (int64_t c0 = 0; c0 < j->cin; c0 += FILTER_CI) {
         const int64_t nc = SD_MIN((int64_t)FILTER_CI, j->cin - c0);
-        for (int64_t r = 0; r < rows; r++)
-            sd_convert_to_f32(w[r],
-                              (const char *)j->w + (size_t)(((co0 + r) * j->cin + c0) * 9) * es,
-                              j->wdtype, nc * 9);
+        for (int64_t r = 0; r < rows; r++) {
+            const void *src = (const char *)j->w + (size_t)(((co0 + r) * j->cin + c0) * 9) * es;
+            if (j->wdtype == SD_DTYPE_F16)
+                kern->f16_to_f32(w[r], src, nc * 9);
+            else
+                sd_convert_to_f32(w[r], src, j->wdtype, nc * 9);
+        }
         for (int64_t r = rows; r < FILTER_LANES; r++) memset(w[r], 0, sizeof w[r]);
         for (int64_t cc = 0; cc < nc; cc++) {
             float t[WA][3][FILTER_LANES];
@@ -117,7 +138,7 @@ static void filter_task(void *arg, int64_t panel, int thread) {
                     float v[FILTER_LANES];
                     for (int r = 0; r < FILTER_LANES; r++)
                         v[r] = t[a][0][r] * G[b][0] + t[a][1][r] * G[b][1] + t[a][2][r] * G[b][2];
-                    memcpy(u + (size_t)(a * WA + b) * per_xi, v, (size_t)mr * sizeof(float));
+                    store_lanes(u + (size_t)(a * WA + b) * per_xi, v, mr);
                 }
         }
     }
