@@ -39,9 +39,10 @@ static const float G[WA][3] = {
 /* Below these the direct implicit GEMM is as fast: the filter transform (36 values per
  * input-output channel pair, made on every call) and the short GEMMs would not pay. At 64
  * tiles (one 32x32 image: SD's 512² UNet at batch 1, e.g. SD-Turbo without guidance) a
- * 640-channel conv was slower this way: the SD 2.1 512² batch-1 step took 4.7-4.8 s with
- * the limit at 64 and 3.2-3.9 s at 128, interleaved runs. */
-#define MIN_TILES    128
+ * 640-channel conv was slower this way until the filter transform was vectorised; since,
+ * the SD 2.1 512² batch-1 step takes 2.42-2.87 s with the limit at 64 against 2.52-3.17 s
+ * at 128 (interleaved runs). */
+#define MIN_TILES    64
 #define MIN_CHANNELS 32
 /* Transformed inputs and outputs of one chunk of tiles. */
 #define CHUNK_BYTES ((size_t)48 << 20)
