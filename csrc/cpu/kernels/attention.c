@@ -67,17 +67,21 @@ static void attn_task(void *arg, int64_t task, int thread) {
     float *s = scratch + j->gemm_f; /* S^T / P^T: panels of (kb x nr) */
     float *o = s + j->s_f;          /* O^T: (d x QB) */
     float *m = o + j->o_f, *l = m + QB, *alpha = l + QB;
+    float *qpack = alpha + QB; /* Q^T packed once, for every key block */
 
     for (int64_t c = 0; c < QB; c++) m[c] = -INFINITY, l[c] = 0.0f;
     memset(o, 0, (size_t)(j->d * QB) * sizeof(float));
     /* Columns past nq in the last panel are never read back; keep them finite. */
     if (nq % nr) memset(s, 0, j->s_f * sizeof(float));
 
-    /* Q^T as B: B[dd][q] = Q[q][dd]. */
-    sd_gemm_b_t qt = {.data = j->q + (b * j->tq + q0) * j->c + h * j->d,
-                      .dtype = SD_DTYPE_F32,
-                      .kind = SD_GEMM_B_NK,
-                      .ld = j->c};
+    /* Q^T as B: B[dd][q] = Q[q][dd], packed once here rather than by every key block's GEMM. */
+    const sd_gemm_b_t q_nk = {.data = j->q + (b * j->tq + q0) * j->c + h * j->d,
+                              .dtype = SD_DTYPE_F32,
+                              .kind = SD_GEMM_B_NK,
+                              .ld = j->c};
+    sd_gemm_pack_b(kern, &q_nk, j->d, nq, qpack);
+    sd_gemm_b_t qt = {
+        .data = qpack, .dtype = SD_DTYPE_F32, .kind = SD_GEMM_B_PACKED, .ld = nq, .packed_k = j->d};
     /* Causal: keys past the block's last query are never visible. */
     const int64_t last_key = j->causal ? SD_MIN(j->tk, q0 + nq) : j->tk;
     for (int64_t kbi = 0; kbi * j->kb < last_key; kbi++) {
@@ -156,8 +160,9 @@ sd_status_t sd_cpu_attention(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t 
     job.gemm_f = ALIGN16(sd_gemm_scratch_floats(kern));
     job.s_f = ALIGN16(job.kb * QB);
     job.o_f = ALIGN16(job.d * QB);
+    const size_t q_f = sd_gemm_packed_floats(kern, job.d, QB);
 #undef ALIGN16
-    if (!sd_cpu_scratch_reserve(cpu, job.gemm_f + job.s_f + job.o_f + 3 * QB))
+    if (!sd_cpu_scratch_reserve(cpu, job.gemm_f + job.s_f + job.o_f + 3 * QB + q_f))
         return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "attention: cannot allocate work buffers");
     size_t pack_bytes = (size_t)(bh * job.kblocks) * (job.kblock_f + job.vblock_f) * sizeof(float);
     float *packs = sd_arena_alloc(&ctx->arena, pack_bytes);
