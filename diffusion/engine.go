@@ -34,6 +34,9 @@ type engine struct {
 	// while the shape stays so a step allocates nothing. Recorded GPU graphs keep their own
 	// staging buffers in the runtime.
 	unetTensors []unetTensor
+	// mergeTensors are the runtime tensors LoRA merges work in (row blocks of about 1 MB, a
+	// few MB in all), kept for the next switch; freed with the context.
+	mergeTensors map[scratchKey]binding.Tensor
 	// The engines running these networks, each on a context of its own (see Clone).
 	share *netShare
 }

@@ -17,17 +17,11 @@ import (
 // lora.PatchWeight. It uses its engine's context, which the caller holds.
 type merger struct {
 	e *engine
-	// tensors are the runtime tensors of a merge, one per role, dtype and shape: a network
-	// has few distinct weight shapes, and reusing them saves an allocation (and the
-	// first-touch faults of fresh memory) per weight.
-	tensors map[scratchKey]binding.Tensor
 	// staging holds merged weights the runtime copies (packs, uploads) on their way in.
 	staging hostBuffer
 }
 
-func (e *engine) newMerger() *merger {
-	return &merger{e: e, tensors: map[scratchKey]binding.Tensor{}}
-}
+func (e *engine) newMerger() *merger { return &merger{e: e} }
 
 // merge writes the float32 weight t + Σ updates into dst (4 bytes per element).
 func (m *merger) merge(t modelfile.Tensor, updates []lora.Update, dst []byte) error {
@@ -70,9 +64,15 @@ func numel(shape []int64) int64 {
 	return n
 }
 
-// mergeLowRank is W + Σ s·up@down for one weight t viewed as [out, cols], in float32:
-// acc (1, out, cols) starts as t converted, then each update is one linear op
-// acc = x·w^T + acc with x = s·up (1, out, r) and w = down^T (cols, r).
+// mergeBlockFloats is the size of the row blocks a weight merges in: small enough for the
+// engine to keep their tensors from one switch to the next, so that a switch works in
+// memory already touched rather than fresh allocations the size of its largest weights.
+const mergeBlockFloats = 1 << 18
+
+// mergeLowRank is W + Σ s·up@down for one weight t viewed as [out, cols], in float32, a
+// block of rows at a time: acc (1, n, cols) starts as the block of t converted, then each
+// update is one linear op acc = x·w^T + acc with x = s·up's rows (1, n, r) and
+// w = down^T (cols, r).
 func (m *merger) mergeLowRank(t modelfile.Tensor, updates []lora.Update, dst []byte) error {
 	lib, ctx := m.e.lib, m.e.ctx
 	rows := t.Shape[0]
@@ -80,27 +80,13 @@ func (m *merger) mergeLowRank(t modelfile.Tensor, updates []lora.Update, dst []b
 	for _, d := range t.Shape[1:] {
 		cols *= d
 	}
-	tensor := m.tensor
-	acc, err := tensor("acc", binding.F32, 1, rows, cols)
-	if err != nil {
-		return err
+	type factor struct {
+		up []float32 // scaled, rows x r
+		r  int64
+		wt binding.Tensor
 	}
-	w := weightOf(t.Name, t)
-	if w.DType == binding.F32 {
-		err = lib.TensorUpload(ctx, acc, t.Data)
-	} else {
-		var src binding.Tensor
-		if src, err = tensor("base", w.DType, 1, rows, cols); err == nil {
-			if err = lib.TensorUpload(ctx, src, t.Data); err == nil {
-				err = lib.OpConvert(ctx, acc, src)
-			}
-		}
-	}
-	if err != nil {
-		return err
-	}
-	params := lib.DefaultLinearParams()
-	for _, u := range updates {
+	fs := make([]factor, len(updates))
+	for i, u := range updates {
 		up, down, r, _, err := u.Module.LowRank()
 		if err != nil {
 			return err
@@ -119,25 +105,56 @@ func (m *merger) mergeLowRank(t modelfile.Tensor, updates []lora.Update, dst []b
 				downT[j*int64(r)+int64(k)] = down[int64(k)*cols+j]
 			}
 		}
-		x, err := tensor("up", binding.F32, 1, rows, int64(r))
+		wt, err := m.tensor(fmt.Sprintf("down%d", i), binding.F32, cols, int64(r))
 		if err != nil {
-			return err
-		}
-		wt, err := tensor("down", binding.F32, cols, int64(r))
-		if err != nil {
-			return err
-		}
-		if err := lib.TensorUpload(ctx, x, f32Bytes(up)); err != nil {
 			return err
 		}
 		if err := lib.TensorUpload(ctx, wt, f32Bytes(downT)); err != nil {
 			return err
 		}
-		if err := lib.OpLinear(ctx, acc, x, wt, 0, acc, &params); err != nil {
+		fs[i] = factor{up, int64(r), wt}
+	}
+	dt := weightOf(t.Name, t).DType
+	es := int64(lib.DTypeSize(dt))
+	block := max(1, mergeBlockFloats/cols)
+	params := lib.DefaultLinearParams()
+	for r0 := int64(0); r0 < rows; r0 += block {
+		n := min(block, rows-r0)
+		acc, err := m.tensor("acc", binding.F32, 1, n, cols)
+		if err != nil {
+			return err
+		}
+		src := t.Data[r0*cols*es : (r0+n)*cols*es]
+		if dt == binding.F32 {
+			err = lib.TensorUpload(ctx, acc, src)
+		} else {
+			var b binding.Tensor
+			if b, err = m.tensor("base", dt, 1, n, cols); err == nil {
+				if err = lib.TensorUpload(ctx, b, src); err == nil {
+					err = lib.OpConvert(ctx, acc, b)
+				}
+			}
+		}
+		if err != nil {
+			return err
+		}
+		for _, f := range fs {
+			x, err := m.tensor("up", binding.F32, 1, n, f.r)
+			if err != nil {
+				return err
+			}
+			if err := lib.TensorUpload(ctx, x, f32Bytes(f.up[r0*f.r:(r0+n)*f.r])); err != nil {
+				return err
+			}
+			if err := lib.OpLinear(ctx, acc, x, f.wt, 0, acc, &params); err != nil {
+				return err
+			}
+		}
+		if err := lib.TensorDownload(ctx, acc, dst[4*r0*cols:4*(r0+n)*cols]); err != nil {
 			return err
 		}
 	}
-	return lib.TensorDownload(ctx, acc, dst)
+	return nil
 }
 
 // f32Bytes views float32s as their bytes (little-endian hosts, as the runtime).
@@ -154,23 +171,23 @@ type scratchKey struct {
 	rows, cols int64
 }
 
-// tensor returns the scratch tensor of a role (distinct tensors of one call need
+// tensor returns the engine's merge tensor of a role (distinct tensors of one call need
 // distinct roles) with the dtype and shape (1, rows, cols) or, for 2-D shapes, (rows, cols).
+// The down factors are whole (cols x rank); the rest are row blocks.
 func (m *merger) tensor(role string, dt binding.DType, shape ...int64) (binding.Tensor, error) {
 	k := scratchKey{role, dt, shape[len(shape)-2], shape[len(shape)-1]}
-	if x, ok := m.tensors[k]; ok {
+	e := m.e
+	if x, ok := e.mergeTensors[k]; ok {
 		return x, nil
 	}
-	x, err := m.e.lib.TensorNew(m.e.ctx, dt, shape...)
+	x, err := e.lib.TensorNew(e.ctx, dt, shape...)
 	if err == nil {
-		m.tensors[k] = x
+		if e.mergeTensors == nil {
+			e.mergeTensors = map[scratchKey]binding.Tensor{}
+		}
+		e.mergeTensors[k] = x
 	}
 	return x, err
 }
 
-func (m *merger) free() {
-	for _, x := range m.tensors {
-		m.e.lib.TensorFree(m.e.ctx, x)
-	}
-	m.staging.free()
-}
+func (m *merger) free() { m.staging.free() }
