@@ -331,7 +331,15 @@ static void test_set_weights(void) {
     CHECK(want != NULL && before != NULL, "reference forwards");
     const size_t bytes = (size_t)(B * T + B) * HID * sizeof(float);
 
+    sd_memory_stats_t ms;
+    CHECK_STATUS(sd_ctx_memory_stats(a, &ms), SD_STATUS_OK);
+    const uint64_t f16_bytes = ms.weights_bytes;
     CHECK_STATUS(sd_model_set_weights(a, m, repl, N), SD_STATUS_OK);
+    /* On the CPU the two weights are now packed in F32: 2 more bytes per element. */
+    CHECK_STATUS(sd_ctx_memory_stats(a, &ms), SD_STATUS_OK);
+    CHECK(backend != SD_BACKEND_CPU || ms.weights_bytes > f16_bytes,
+          "%llu bytes of weights with F32 replacements, %llu before",
+          (unsigned long long)ms.weights_bytes, (unsigned long long)f16_bytes);
     float *got_a = encode(a, m), *got_b = encode(b, m);
     bool close_a = got_a && want, close_b = got_b && want;
     for (int64_t i = 0; close_a && close_b && i < (int64_t)(bytes / 4); i++) {
@@ -408,7 +416,6 @@ static void test_set_weights(void) {
     free(got3);
     sd_model_free(a, m3);
 
-    sd_memory_stats_t ms;
     CHECK_STATUS(sd_ctx_memory_stats(a, &ms), SD_STATUS_OK);
     const uint64_t f32_bytes = ms.weights_bytes;
     CHECK_STATUS(sd_model_set_weights(b, m, orig, N), SD_STATUS_OK);
