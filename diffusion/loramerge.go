@@ -23,24 +23,33 @@ type merger struct {
 
 func (e *engine) newMerger() *merger { return &merger{e: e} }
 
+// lowRank is one update as a product: up (rows x r, alpha / r applied), down (r x cols).
+type lowRank struct {
+	up, down []float32
+	r        int
+	scale    float64
+	file     string
+	key      string
+}
+
 // merge writes the float32 weight t + Σ updates into dst (4 bytes per element).
 func (m *merger) merge(t modelfile.Tensor, updates []lora.Update, dst []byte) error {
-	lowRank := true
+	fs := make([]lowRank, 0, len(updates))
 	for _, u := range updates {
-		_, _, _, ok, err := u.Module.LowRank()
+		up, down, r, ok, err := u.Module.LowRank()
 		if err != nil {
 			return fmt.Errorf("%s: %w", u.File, err)
 		}
-		lowRank = lowRank && ok
+		if !ok {
+			w, err := lora.PatchWeight(t, updates, modelfile.F32)
+			if err == nil {
+				copy(dst, w.Data)
+			}
+			return err
+		}
+		fs = append(fs, lowRank{up, down, r, u.Scale, u.File, u.Module.Key})
 	}
-	if lowRank {
-		return m.mergeLowRank(t, updates, dst)
-	}
-	w, err := lora.PatchWeight(t, updates, modelfile.F32)
-	if err == nil {
-		copy(dst, w.Data)
-	}
-	return err
+	return m.mergeLowRank(t, fs, dst)
 }
 
 // stagingBuffer returns the staging memory, n bytes, grown as needed.
@@ -73,7 +82,7 @@ const mergeBlockFloats = 1 << 18
 // block of rows at a time: acc (1, n, cols) starts as the block of t converted, then each
 // update is one linear op acc = x·w^T + acc with x = s·up's rows (1, n, r) and
 // w = down^T (cols, r).
-func (m *merger) mergeLowRank(t modelfile.Tensor, updates []lora.Update, dst []byte) error {
+func (m *merger) mergeLowRank(t modelfile.Tensor, updates []lowRank, dst []byte) error {
 	lib, ctx := m.e.lib, m.e.ctx
 	rows := t.Shape[0]
 	cols := int64(1)
@@ -87,15 +96,12 @@ func (m *merger) mergeLowRank(t modelfile.Tensor, updates []lora.Update, dst []b
 	}
 	fs := make([]factor, len(updates))
 	for i, u := range updates {
-		up, down, r, _, err := u.Module.LowRank()
-		if err != nil {
-			return err
-		}
+		up, down, r := u.up, u.down, u.r
 		if int64(len(up)) != rows*int64(r) || int64(len(down)) != int64(r)*cols {
 			return fmt.Errorf("%s: module %s is [%d, %d] @ [%d, %d], the weight [%d, %d]",
-				u.File, u.Module.Key, len(up)/max(r, 1), r, r, len(down)/max(r, 1), rows, cols)
+				u.file, u.key, len(up)/max(r, 1), r, r, len(down)/max(r, 1), rows, cols)
 		}
-		s := float32(u.Scale)
+		s := float32(u.scale)
 		for i := range up {
 			up[i] *= s
 		}
