@@ -368,13 +368,7 @@ func (ts ldmTensors) inferControlNet(base *UNetConfig) (ControlNetConfig, error)
 		return ControlNetConfig{}, err
 	}
 	n := layout.layersPerBlock
-	u := UNetConfig{
-		InChannels: int(convIn[1]), OutChannels: int(convIn[1]),
-		ConvInKernel: int(convIn[2]), ConvOutKernel: 3,
-		TimeEmbeddingDim: int(temb[0]),
-		MidBlockType:     cond(ts.hasPrefix(p+"middle_block.1."), crossAttnMid, plainMid),
-		NormNumGroups:    32, NormEps: 1e-5, FlipSinToCos: true, SampleSize: 64,
-	}
+	u := controlNetUNet(convIn, temb, ts.hasPrefix(p+"middle_block.1."))
 	for l := range layout.levels {
 		first := fmt.Sprintf("%sinput_blocks.%d.", p, 1+l*(n+1))
 		out, err := ts.shape(first+"0.out_layers.3.weight", 4)
@@ -420,6 +414,20 @@ func (ts ldmTensors) inferControlNet(base *UNetConfig) (ControlNetConfig, error)
 		c.ConditioningEmbeddingOutChannels = append(c.ConditioningEmbeddingOutChannels, int(w[0]))
 	}
 	return c, nil
+}
+
+// controlNetUNet is the part of a ControlNet's UNet config that its conv_in and first time
+// embedding layer tell (in and out channels, conv_in's kernel, the embedding width) and
+// whether the mid block attends, with SD's norms and timestep embedding; the levels are
+// the caller's to add.
+func controlNetUNet(convIn, temb []int64, midAttention bool) UNetConfig {
+	return UNetConfig{
+		InChannels: int(convIn[1]), OutChannels: int(convIn[1]),
+		ConvInKernel: int(convIn[2]), ConvOutKernel: 3,
+		TimeEmbeddingDim: int(temb[0]),
+		MidBlockType:     cond(midAttention, crossAttnMid, plainMid),
+		NormNumGroups:    32, NormEps: 1e-5, FlipSinToCos: true, SampleSize: 64,
+	}
 }
 
 // The hint embedding's first conv in diffusers' names, which marks a ControlNet file of them.
@@ -493,13 +501,7 @@ func (ts ldmTensors) inferDiffusersControlNet(base *UNetConfig) (ControlNetConfi
 	if len(levels) == 0 || levels[len(levels)-1] != len(levels)-1 {
 		return ControlNetConfig{}, fmt.Errorf("down_blocks %v are not numbered 0..n-1", levels)
 	}
-	u := UNetConfig{
-		InChannels: int(convIn[1]), OutChannels: int(convIn[1]),
-		ConvInKernel: int(convIn[2]), ConvOutKernel: 3,
-		TimeEmbeddingDim: int(temb[0]),
-		MidBlockType:     cond(ts.hasPrefix("mid_block.attentions.0."), crossAttnMid, plainMid),
-		NormNumGroups:    32, NormEps: 1e-5, FlipSinToCos: true, SampleSize: 64,
-	}
+	u := controlNetUNet(convIn, temb, ts.hasPrefix("mid_block.attentions.0."))
 	for l := range levels {
 		b := fmt.Sprintf("down_blocks.%d.", l)
 		conv1, err := ts.shape(b+"resnets.0.conv1.weight", 4)
