@@ -534,6 +534,9 @@ sd_graph_cache_t *sd_model_graphs(sd_ctx_t *ctx, sd_model_t *model) {
  * Replacing weights in place
  * ------------------------------------------------------------------------------------- */
 
+/* At most this many slots of a model hold one table entry. */
+enum { MAX_SLOTS = 4 };
+
 /* The model's weight slots given by `name` (a net may load one table entry more than once),
  * in `slots` (at most `cap`); returns how many. */
 static int32_t find_slots(const sd_model_t *m, const char *name, int32_t *slots, int32_t cap) {
@@ -585,7 +588,6 @@ sd_status_t sd_model_weight_copied(sd_ctx_t *ctx, const sd_model_t *model, const
                        "%s: no model, name or result, or a model of a group this context does "
                        "not share models with",
                        op);
-    enum { MAX_SLOTS = 4 };
     int32_t slots[MAX_SLOTS];
     int32_t n = find_slots(model, name, slots, MAX_SLOTS);
     if (n == 0)
@@ -614,7 +616,6 @@ sd_status_t sd_model_set_weights(sd_ctx_t *ctx, sd_model_t *model, const sd_weig
     if (n_weights < 0 || (n_weights > 0 && weights == NULL))
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
                        "%s: weight table is NULL or has %d entries", op, (int)n_weights);
-    enum { MAX_SLOTS = 4 };
     int32_t slots[MAX_SLOTS];
     /* Everything is checked first, so that a bad entry changes nothing. */
     for (int32_t i = 0; i < n_weights; i++) {
