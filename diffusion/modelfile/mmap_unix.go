@@ -34,6 +34,7 @@ func mapFile(path string) ([]byte, func() error, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("mmap %s: %w", path, err)
 	}
+	preferHugePages(int(f.Fd()), data)
 	return data, func() error { return unix.Munmap(data) }, nil
 }
 
