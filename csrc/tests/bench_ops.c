@@ -6,8 +6,10 @@
  */
 #include "harness.h"
 
+#include "cpu.h"
 #include "sd-internal.h"
 
+#include <inttypes.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -61,11 +63,33 @@ static sd_status_t run_gn(sd_ctx_t *ctx, void *p) {
 
 /* GEMM-shaped op number `which` (< PRODUCTS) on one context; `tag` ends its name (the
  * compute precision). */
-#define PRODUCTS 6
+#define PRODUCTS 8
 static void bench_product(sd_ctx_t *ctx, const char *filter, const char *tag, int which) {
     const int32_t wdt[2] = {SD_DTYPE_F16, SD_DTYPE_F32};
     char name[96];
     int at = 0;
+    /* A model's linear layers at 256² with CFG (few tokens): F16 weights packed at load. */
+    const int64_t packed_shapes[2][3] = {{128, 1280, 1280}, {2048, 320, 2560}};
+    for (int s = 0; s < 2; s++) {
+        const int64_t rows = packed_shapes[s][0], k = packed_shapes[s][1], n = packed_shapes[s][2];
+        snprintf(name, sizeof name,
+                 "linear %" PRId64 "x%" PRId64 " @ %" PRId64 "x%" PRId64 "^T f16 packed%s", rows, k,
+                 n, k, tag);
+        if (which == at++ && bench_selected(filter, name)) {
+            int64_t xs[2] = {rows, k}, ws[2] = {n, k}, os[2] = {rows, n};
+            args_t a = {0};
+            a.x = make_random(ctx, SD_DTYPE_F32, 2, xs);
+            a.w = make_random(ctx, SD_DTYPE_F16, 2, ws);
+            sd_cpu_backend_t *cpu = sd_cpu(ctx);
+            a.w->packed =
+                sd_packed_weight_new(cpu->pool, cpu->kern, a.w->data, SD_DTYPE_F16, n, k, true);
+            a.out = make_empty(ctx, 2, os);
+            sd_linear_params_default(&a.lp);
+            report(ctx, name, 2.0 * (double)(rows * k * n), run_linear, &a);
+            sd_packed_weight_free(a.w->packed); /* the test's: only model weights free theirs */
+            a.w->packed = NULL;
+        }
+    }
     for (int d = 0; d < 2; d++) {
         snprintf(name, sizeof name, "linear 4096x1280 @ 1280x1280^T %s%s", d ? "f32" : "f16", tag);
         if (which == at++ && bench_selected(filter, name)) {
