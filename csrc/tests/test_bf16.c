@@ -378,6 +378,40 @@ static void test_ops(void) {
     test_attention_case(40, 77, 64, 1, 3);  /* larger logits */
 }
 
+/* Winograd by output-channel slices (winograd.c's U_BYTES; 2048 input channels make two of
+ * the 120 output channels) narrows each slice's U to pair panels of its own. Slicing does
+ * not change what any output sums, nor in what order: the 120-channel conv must equal, bit
+ * for bit, the two 60-channel convs of its halves (which take one slice each). */
+static void test_conv_slices(void) {
+    const int64_t cin = 2048, cout = 120, half = cout / 2, side = 32, plane = side * side;
+    int64_t xs[4] = {1, cin, side, side}, ws[4] = {cout, cin, 3, 3}, os[4] = {1, cout, side, side};
+    int64_t hws[4] = {half, cin, 3, 3}, hos[4] = {1, half, side, side};
+    float *xv = frand(cin * plane, -1, 1), *wv = frand(cout * cin * 9, -0.5f, 0.5f);
+    sd_conv2d_params_t cp;
+    sd_conv2d_params_default(&cp);
+    cp.pad_top = cp.pad_bottom = cp.pad_left = cp.pad_right = 1;
+    sd_tensor_t *x = make_tensor(ctx, SD_DTYPE_F32, 4, xs, xv, NULL);
+    sd_tensor_t *w = make_tensor(ctx, SD_DTYPE_F16, 4, ws, wv, NULL);
+    sd_tensor_t *out = make_empty(ctx, 4, os);
+    CHECK(sd_cpu_winograd_applies(x, w, &cp, side, side), "conv path");
+    CHECK_STATUS(sd_op_conv2d(ctx, out, x, w, NULL, NULL, &cp), SD_STATUS_OK);
+    float *whole = fetch(ctx, out);
+    int64_t differ = 0;
+    for (int h = 0; h < 2; h++) {
+        sd_tensor_t *wh = make_tensor(ctx, SD_DTYPE_F16, 4, hws, wv + h * half * cin * 9, NULL);
+        sd_tensor_t *oh = make_empty(ctx, 4, hos);
+        CHECK_STATUS(sd_op_conv2d(ctx, oh, x, wh, NULL, NULL, &cp), SD_STATUS_OK);
+        float *part = fetch(ctx, oh);
+        for (int64_t i = 0; i < half * plane; i++) differ += part[i] != whole[h * half * plane + i];
+        free(part);
+        sd_tensor_free(ctx, wh), sd_tensor_free(ctx, oh);
+    }
+    CHECK(differ == 0, "conv2d winograd by slices: %lld of %lld outputs differ from the halves'",
+          (long long)differ, (long long)(cout * plane));
+    free(whole), free(xv), free(wv);
+    sd_tensor_free(ctx, x), sd_tensor_free(ctx, w), sd_tensor_free(ctx, out);
+}
+
 /* ---- the context option ------------------------------------------------------------------ */
 
 static void test_params(void) {
@@ -470,6 +504,7 @@ int main(int argc, char **argv) {
     rng_seed(3);
     test_gemm();
     test_ops();
+    test_conv_slices();
     test_shared_precision();
     sd_ctx_free(ctx);
     return test_summary("test_bf16");

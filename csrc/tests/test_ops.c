@@ -130,6 +130,56 @@ static void test_conv2d(void) {
         }
 }
 
+/* A Winograd conv whose transformed filters exceed one slice (winograd.c's U_BYTES: 2048
+ * input channels make slices of 60 of the 120 output channels), per-sample bias and a
+ * residual, checked at every 5th row and column (and the last) for every channel: the
+ * reference of the whole output would take seconds. */
+static void test_conv2d_winograd_slices(int64_t side) {
+    const int64_t cin = 2048, cout = 120, h = side, wd = side;
+    int64_t xs[4] = {1, cin, h, wd}, ws[4] = {cout, cin, 3, 3}, os[4] = {1, cout, h, wd};
+    int64_t bs[2] = {1, cout}, no = cout * h * wd;
+    float *xv = frand(cin * h * wd, -1, 1), *wv = frand(cout * cin * 9, -0.5f, 0.5f);
+    float *wr = malloc((size_t)(cout * cin * 9) * sizeof(float));
+    float *bv = frand(cout, -1, 1), *rv = frand(no, -1, 1);
+    sd_tensor_t *x = make_tensor(ctx, SD_DTYPE_F32, 4, xs, xv, NULL);
+    sd_tensor_t *w = make_tensor(ctx, SD_DTYPE_F16, 4, ws, wv, wr);
+    sd_tensor_t *b = make_tensor(ctx, SD_DTYPE_F32, 2, bs, bv, NULL);
+    sd_tensor_t *res = make_tensor(ctx, SD_DTYPE_F32, 4, os, rv, NULL);
+    sd_tensor_t *out = make_empty(ctx, 4, os);
+    sd_conv2d_params_t p;
+    sd_conv2d_params_default(&p);
+    p.pad_top = p.pad_bottom = p.pad_left = p.pad_right = 1;
+    CHECK(sd_cpu_winograd_applies(x, w, &p, h, wd), "conv path");
+    CHECK_STATUS(sd_op_conv2d(ctx, out, x, w, b, res, &p), SD_STATUS_OK);
+    float *all = fetch(ctx, out), *got = malloc((size_t)no * sizeof(float));
+    double *ref = dalloc(no);
+    int64_t n = 0;
+    for (int64_t co = 0; co < cout; co++)
+        for (int64_t y = 0; y < h; y++)
+            for (int64_t xx = 0; xx < wd; xx++) {
+                if ((y % 5 != 0 && y != h - 1) || (xx % 5 != 0 && xx != wd - 1)) continue;
+                double acc = bv[co];
+                for (int64_t ci = 0; ci < cin; ci++)
+                    for (int ky = 0; ky < 3; ky++)
+                        for (int kx = 0; kx < 3; kx++) {
+                            int64_t iy = y - 1 + ky, ix = xx - 1 + kx;
+                            if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
+                            acc += (double)xv[(ci * h + iy) * wd + ix] *
+                                   wr[((co * cin + ci) * 3 + ky) * 3 + kx];
+                        }
+                const int64_t oi = (co * h + y) * wd + xx;
+                ref[n] = acc + rv[oi];
+                got[n++] = all[oi];
+            }
+    char what[96];
+    snprintf(what, sizeof what, "conv2d winograd by output-channel slices, cin%lld %lldx%lld",
+             (long long)cin, (long long)h, (long long)wd);
+    compare(what, got, ref, n, RTOL, ATOL);
+    free(all), free(got), free(ref), free(xv), free(wv), free(wr), free(bv), free(rv);
+    sd_tensor_free(ctx, x), sd_tensor_free(ctx, w), sd_tensor_free(ctx, b);
+    sd_tensor_free(ctx, res), sd_tensor_free(ctx, out);
+}
+
 /* ---- linear ------------------------------------------------------------------------------ */
 
 static void test_linear_case(int64_t batch, int64_t t, int64_t k, int64_t nout, int32_t in_layout,
@@ -598,6 +648,8 @@ int main(int argc, char **argv) {
     }
     rng_seed(1);
     test_conv2d();
+    test_conv2d_winograd_slices(32); /* 64 tiles: one chunk, its V kept for both slices */
+    test_conv2d_winograd_slices(56); /* 196 tiles: two chunks per slice */
     test_linear();
     test_norms();
     test_attention();

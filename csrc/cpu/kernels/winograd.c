@@ -14,7 +14,8 @@
  * transform writes U and the input transform writes V straight into the GEMM's packed
  * panel layouts, so the GEMMs pack nothing. Tiles are processed in chunks so V and M stay
  * within a bounded buffer; U is recomputed per call (cheap next to the GEMMs wherever
- * this path is chosen). Bias, per-sample bias and residual are added by the output
+ * this path is chosen), a slice of output channels at a time where the whole of it would
+ * be large (see U_BYTES). Bias, per-sample bias and residual are added by the output
  * transform. fp32 accuracy stays within a few 1e-6 of the direct convolution on SD's
  * activations (the op and conformance tests check it).
  */
@@ -46,6 +47,12 @@ static const float G[WA][3] = {
 #define MIN_CHANNELS 32
 /* Transformed inputs and outputs of one chunk of tiles. */
 #define CHUNK_BYTES ((size_t)48 << 20)
+/* Transformed filters of one slice of output channels. The whole U of a deep conv is large
+ * (SD's 1920->640 up-block conv: 177 MB, SDXL's 2560->1280: 472 MB), and was most of the
+ * activation arena at batch 1 (one step of SD-Turbo: a 294 MB arena, every page of it
+ * first touched during the step); by slices, the input transform is made once per slice
+ * when the tiles take more than one chunk (few-tile deep convs take one, kept). */
+#define U_BYTES ((size_t)32 << 20)
 
 bool sd_cpu_winograd_applies(const sd_tensor_t *x, const sd_tensor_t *w,
                              const sd_conv2d_params_t *p, int64_t oh, int64_t ow) {
@@ -65,9 +72,10 @@ typedef struct {
     int64_t bias_stride; /* 0: one bias per channel; Cout: per sample */
     int64_t n, cin, h, wd, cout, oh, ow, th, tw;
     int32_t pt, pl;
-    int64_t mpad;    /* Cout in whole A panels */
+    int64_t co0, cs; /* the slice of output channels [co0, co0 + cs) being computed */
+    int64_t mpad;    /* cs in whole A panels */
     int64_t row_len; /* a zero-padded input row of a tile row's patches */
-    float *u;        /* WP packed A operands (Cout x Cin) */
+    float *u;        /* WP packed A operands (cs x Cin) */
     uint32_t *u2;    /* bf16: the same as pair panels, u2_lanes each; else NULL */
     size_t u2_lanes;
     float *v, *m; /* the chunk's WP packed B operands (Cin x tiles) and results */
@@ -111,7 +119,8 @@ static void filter_task(void *arg, int64_t panel, int thread) {
     (void)thread;
     const wino_job_t *j = arg;
     const sd_cpu_kernels_t *kern = j->cpu->kern;
-    const int64_t mr = kern->mr, co0 = panel * mr, rows = SD_MIN(mr, j->cout - co0);
+    const int64_t mr = kern->mr, co0 = j->co0 + panel * mr;
+    const int64_t rows = SD_MIN(mr, j->co0 + j->cs - co0);
     SD_ASSERT(mr <= FILTER_LANES);
     const size_t es = sd_dtype_size(j->wdtype), per_xi = (size_t)(j->mpad * j->cin);
     float w[FILTER_LANES][FILTER_CI * 9];
@@ -133,7 +142,7 @@ static void filter_task(void *arg, int64_t panel, int thread) {
                         t[a][b][r] = G[a][0] * w[r][cc * 9 + b] + G[a][1] * w[r][cc * 9 + 3 + b] +
                                      G[a][2] * w[r][cc * 9 + 6 + b];
             /* The panel's rows of channel c0 + cc are consecutive in every U[xi]. */
-            float *u = j->u + packed_at(co0, c0 + cc, mr, j->mpad, j->cin, kern->kc);
+            float *u = j->u + packed_at(co0 - j->co0, c0 + cc, mr, j->mpad, j->cin, kern->kc);
             for (int a = 0; a < WA; a++)
                 for (int b = 0; b < WA; b++) {
                     float v[FILTER_LANES];
@@ -149,7 +158,7 @@ static void filter_task(void *arg, int64_t panel, int thread) {
 static void pair_filter_task(void *arg, int64_t xi, int thread) {
     (void)thread;
     const wino_job_t *j = arg;
-    sd_gemm_pair_packed_a(j->cpu->kern, j->u + (size_t)xi * (size_t)(j->mpad * j->cin), j->cout,
+    sd_gemm_pair_packed_a(j->cpu->kern, j->u + (size_t)xi * (size_t)(j->mpad * j->cin), j->cs,
                           j->cin, j->u2 + (size_t)xi * j->u2_lanes);
 }
 
@@ -207,7 +216,7 @@ static void gemm_task(void *arg, int64_t task, int thread) {
     int64_t p0, p1; /* panels of the slice */
     sd_split_range(j->ntpad / nr, GEMM_SLICES, slice, &p0, &p1);
     if (p0 >= p1) return;
-    sd_packed_weight_t up = {SD_DTYPE_F32, false,   j->cout,
+    sd_packed_weight_t up = {SD_DTYPE_F32, false,   j->cs,
                              j->cin,       j->mpad, j->u + (size_t)xi * (size_t)(j->mpad * j->cin),
                              false};
     if (j->u2 != NULL) {
@@ -220,22 +229,23 @@ static void gemm_task(void *arg, int64_t task, int thread) {
                      .kind = SD_GEMM_B_PACKED,
                      .ld = j->nt,
                      .packed_k = j->cin};
-    sd_gemm_c_t c = {.data = j->m + (size_t)xi * (size_t)(j->cout * j->nt),
+    sd_gemm_c_t c = {.data = j->m + (size_t)xi * (size_t)(j->cs * j->nt),
                      .ldc = j->nt,
                      .group_cols = j->nt,
                      .alpha = 1.0f};
-    sd_gemm_serial_cols(kern, j->cout, j->nt, j->cin, p0 * nr, SD_MIN(p1 * nr, j->nt), &a, &b, &c,
+    sd_gemm_serial_cols(kern, j->cs, j->nt, j->cin, p0 * nr, SD_MIN(p1 * nr, j->nt), &a, &b, &c,
                         j->cpu->scratch[thread] + j->gemm_offset);
 }
 
-static void output_task(void *arg, int64_t co, int thread) {
+/* Output channel j->co0 + oc of the slice. */
+static void output_task(void *arg, int64_t oc, int thread) {
     const wino_job_t *j = arg;
     const sd_cpu_kernels_t *kern = j->cpu->kern;
     float *y = j->cpu->scratch[thread]; /* WM rows of WM * NR outputs */
-    const int64_t row = WM * kern->nr;
+    const int64_t row = WM * kern->nr, co = j->co0 + oc;
     tile_run_t r;
     for (int64_t k = 0; next_run(j, k, &r); k += r.n) {
-        kern->wino_output(j->m + co * j->nt + r.k, j->cout * j->nt, r.n, y);
+        kern->wino_output(j->m + oc * j->nt + r.k, j->cs * j->nt, r.n, y);
         const float bias = j->bias ? j->bias[r.img * j->bias_stride + co] : 0.0f;
         const int64_t base = (r.img * j->cout + co) * j->oh * j->ow;
         const int64_t x0 = r.tx * WM, cols = SD_MIN((int64_t)r.n * WM, j->ow - x0);
@@ -277,24 +287,28 @@ sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
         .pt = p->pad_top,
         .pl = p->pad_left,
     };
-    const int64_t nr = kern->nr;
+    const int64_t nr = kern->nr, mr = kern->mr;
     j.th = (j.oh + WM - 1) / WM;
     j.tw = (j.ow + WM - 1) / WM;
-    j.mpad = (j.cout + kern->mr - 1) / kern->mr * kern->mr;
     /* Every patch of the tile row, the gathers' overreach past the last tile (a vector is at
      * most NR lanes) and the whole padded input row. */
     j.row_len = SD_MAX(WM * (j.tw + nr) + WA, j.wd + j.pl);
     const int64_t tiles = j.n * j.th * j.tw;
-    int64_t chunk =
-        (int64_t)(CHUNK_BYTES / ((size_t)WP * (size_t)(j.cin + j.cout) * sizeof(float)));
+    /* Output channels per slice: whole A panels whose U fits U_BYTES (at least one panel),
+     * the slices made even. */
+    const int64_t row_bytes = (int64_t)((size_t)WP * (size_t)j.cin * sizeof(float));
+    int64_t cs = SD_MAX(mr, (int64_t)U_BYTES / row_bytes / mr * mr);
+    const int64_t slices = (j.cout + cs - 1) / cs;
+    cs = SD_MIN(j.cout, ((j.cout + slices - 1) / slices + mr - 1) / mr * mr);
+    int64_t chunk = (int64_t)(CHUNK_BYTES / ((size_t)WP * (size_t)(j.cin + cs) * sizeof(float)));
     chunk = SD_MIN(SD_MAX(nr, chunk / nr * nr), (tiles + nr - 1) / nr * nr);
 
-    const size_t u_floats = (size_t)WP * (size_t)(j.mpad * j.cin);
+    const size_t u_floats = (size_t)WP * (size_t)((cs + mr - 1) / mr * mr * j.cin);
     const size_t v_floats = (size_t)WP * (size_t)(j.cin * chunk);
     /* M rows are read a whole vector at a time: pad the end. */
-    const size_t m_floats = (size_t)WP * (size_t)(j.cout * chunk) + (size_t)nr;
+    const size_t m_floats = (size_t)WP * (size_t)(cs * chunk) + (size_t)nr;
     float *u = sd_arena_alloc(&ctx->arena, u_floats * sizeof(float));
-    j.u2_lanes = kern->bf16 ? sd_gemm_pairs_a_lanes(kern, j.cout, j.cin) : 0;
+    j.u2_lanes = kern->bf16 ? sd_gemm_pairs_a_lanes(kern, cs, j.cin) : 0;
     uint32_t *u2 =
         kern->bf16 ? sd_arena_alloc(&ctx->arena, WP * j.u2_lanes * sizeof(uint32_t)) : NULL;
     float *vm = sd_arena_alloc(&ctx->arena, (v_floats + m_floats) * sizeof(float));
@@ -310,19 +324,26 @@ sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
                        (u_floats + v_floats + m_floats) * sizeof(float));
     }
     j.u = u;
-    sd_pool_run(cpu->pool, j.mpad / kern->mr, filter_task, &j);
     j.u2 = u2;
-    if (u2 != NULL) sd_pool_run(cpu->pool, WP, pair_filter_task, &j);
-
-    for (j.t0 = 0; j.t0 < tiles; j.t0 += chunk) {
-        j.nt = SD_MIN(chunk, tiles - j.t0);
-        j.ntpad = (j.nt + nr - 1) / nr * nr;
-        j.v = vm;
-        j.m = vm + v_floats;
-        if (j.ntpad > j.nt) memset(j.v, 0, (size_t)WP * (size_t)(j.cin * j.ntpad) * sizeof(float));
-        sd_pool_run(cpu->pool, j.cin, input_task, &j);
-        sd_pool_run(cpu->pool, WP * GEMM_SLICES, gemm_task, &j);
-        sd_pool_run(cpu->pool, j.cout, output_task, &j);
+    j.v = vm;
+    j.m = vm + v_floats;
+    for (j.co0 = 0; j.co0 < j.cout; j.co0 += cs) {
+        j.cs = SD_MIN(cs, j.cout - j.co0);
+        j.mpad = (j.cs + mr - 1) / mr * mr;
+        sd_pool_run(cpu->pool, j.mpad / mr, filter_task, &j);
+        if (u2 != NULL) sd_pool_run(cpu->pool, WP, pair_filter_task, &j);
+        for (j.t0 = 0; j.t0 < tiles; j.t0 += chunk) {
+            j.nt = SD_MIN(chunk, tiles - j.t0);
+            j.ntpad = (j.nt + nr - 1) / nr * nr;
+            /* One chunk holds every tile: its V serves every slice. */
+            if (j.co0 == 0 || chunk < tiles) {
+                if (j.ntpad > j.nt)
+                    memset(j.v, 0, (size_t)WP * (size_t)(j.cin * j.ntpad) * sizeof(float));
+                sd_pool_run(cpu->pool, j.cin, input_task, &j);
+            }
+            sd_pool_run(cpu->pool, WP * GEMM_SLICES, gemm_task, &j);
+            sd_pool_run(cpu->pool, j.cs, output_task, &j);
+        }
     }
     sd_arena_free(&ctx->arena, vm);
     sd_arena_free(&ctx->arena, u2);
