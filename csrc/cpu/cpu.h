@@ -168,7 +168,9 @@ typedef struct sd_cpu_kernels {
     /* Winograd F(4x4, 3x3) transforms, vectorised over tiles (see kernels/winograd.c).
      * wino_input: n <= NR tiles of one tile row, tile i's 6x6 patch starting at column
      * 4*i of `rows` (6 rows of a zero-padded buffer, row stride ld). The 36 transformed
-     * values of tile i go to dst[xi * xi_stride + i].
+     * values of tile i go to dst[xi * xi_stride + i], by streaming stores where aligned
+     * (they pass the caches on their way to the GEMMs): the caller fences (sfence) before
+     * another thread reads dst.
      * wino_output: for n <= NR tiles, m[xi * xi_stride + i] holds tile i's 36 products;
      * writes the 4x4 output of tile i to y[r * 4 * NR + 4 * i + c]. */
     void (*wino_input)(const float *rows, int64_t ld, int n, float *dst, int64_t xi_stride);

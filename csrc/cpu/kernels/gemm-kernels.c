@@ -631,7 +631,15 @@ static void wino_input(const float *rows, int64_t ld, int n, float *dst, int64_t
             for (int a = 0; a < 6; a++) {
                 float *o = dst + (int64_t)(a * 6 + b) * xi_stride + t0;
                 if (t0 + VW <= n) {
-                    vstore(o, r[a]);
+#if SD_ISA == SD_ISA_AVX512
+                    /* Streamed: V is read once, by the GEMMs, from a buffer larger than the
+                     * caches, so fetching its lines before writing them only cost
+                     * bandwidth (TAESD and VAE decodes at 512² 6-8% faster). */
+                    if (((uintptr_t)o & 63) == 0)
+                        _mm512_stream_ps(o, (__m512)r[a]);
+                    else
+#endif
+                        vstore(o, r[a]);
                 } else {
                     for (int t = 0; t < n - t0; t++) o[t] = r[a][t];
                 }

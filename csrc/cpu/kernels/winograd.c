@@ -22,6 +22,9 @@
 #include "../cpu.h"
 
 #include <string.h>
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
 #define WM 4         /* output tile side */
 #define WA (WM + 2)  /* input tile side */
@@ -204,6 +207,9 @@ static void input_task(void *arg, int64_t ci, int thread) {
         float *dst = j->v + packed_at(r.k, ci, kern->nr, j->ntpad, j->cin, kern->kc);
         kern->wino_input(rows + WM * r.tx, j->row_len, r.n, dst, (int64_t)per_xi);
     }
+#if defined(__x86_64__)
+    _mm_sfence(); /* the input transform's streaming stores, before the GEMMs read them */
+#endif
 }
 
 /* The chunk's 36 GEMMs as one set of tasks: (position xi, slice of tiles). */
