@@ -193,14 +193,20 @@ static void input_task(void *arg, int64_t ci, int thread) {
     tile_run_t r;
     for (int64_t k = 0; next_run(j, k, &r); k += r.n) {
         if (r.img != filled_img || r.ty != filled_ty) {
-            /* The tile row's 6 input rows, zero-padded around the image. */
+            /* The tile row's 6 input rows, zero-padded around the image (only the padding
+             * is cleared: the rows are rewritten for every channel and tile row). */
             const float *plane = j->x + (r.img * j->cin + ci) * j->h * j->wd;
-            memset(rows, 0, (size_t)(WA * j->row_len) * sizeof(float));
+            const int64_t tail = j->row_len - j->pl - j->wd;
             for (int a = 0; a < WA; a++) {
+                float *row = rows + a * j->row_len;
                 int64_t iy = r.ty * WM + a - j->pt;
-                if (iy < 0 || iy >= j->h) continue;
-                memcpy(rows + a * j->row_len + j->pl, plane + iy * j->wd,
-                       (size_t)j->wd * sizeof(float));
+                if (iy < 0 || iy >= j->h) {
+                    memset(row, 0, (size_t)j->row_len * sizeof(float));
+                    continue;
+                }
+                memset(row, 0, (size_t)j->pl * sizeof(float));
+                memcpy(row + j->pl, plane + iy * j->wd, (size_t)j->wd * sizeof(float));
+                memset(row + j->pl + j->wd, 0, (size_t)tail * sizeof(float));
             }
             filled_img = r.img, filled_ty = r.ty;
         }
