@@ -114,6 +114,9 @@ static void test_conv2d(void) {
         {2, 31, 19, 37, 29, 3, 3, 1, 1, 1, 1, 1},  /* K = 279 > KC, rows across NR panels */
         {1, 17, 40, 40, 150, 3, 3, 1, 1, 1, 1, 1}, /* M = 150 > MC */
         {2, 3, 48, 47, 4, 1, 1, 1, 0, 0, 0, 0},    /* N = 4512 > NC */
+        /* M > N (a deep level's conv): B packed once for both threads' rows */
+        {2, 40, 4, 4, 96, 3, 3, 1, 1, 1, 1, 1},    /* K = 360: two KC blocks, one panel */
+        {1, 20, 12, 13, 200, 3, 3, 1, 1, 1, 1, 1}, /* N = 156: panels in two pack tasks */
         /* Winograd: >= 32 channels, >= 64 tiles; ragged edges, uneven padding, many chunks */
         {2, 33, 24, 23, 40, 3, 3, 1, 1, 1, 1, 1},
         {1, 32, 30, 37, 35, 3, 3, 1, 0, 1, 2, 0},
@@ -126,7 +129,7 @@ static void test_conv2d(void) {
     for (int bias = 0; bias < 3; bias++)
         for (int res = 0; res < 3; res++) {
             test_conv2d_case(&cases[7], SD_DTYPE_F16, bias, res);
-            test_conv2d_case(&cases[10], SD_DTYPE_F16, bias, res);
+            test_conv2d_case(&cases[12], SD_DTYPE_F16, bias, res);
         }
 }
 

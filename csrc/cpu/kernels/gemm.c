@@ -313,6 +313,30 @@ static void gemm_task(void *arg, int64_t task, int thread) {
                job->cpu->scratch[thread]);
 }
 
+/* B packed once for every part of a GEMM split by rows: one task per KC block and group of
+ * PACK_PANELS panels. */
+#define PACK_PANELS 4
+/* Up to this size; a larger B is packed by each part, a block at a time. */
+#define SHARED_B_BYTES ((size_t)32 << 20)
+
+typedef struct {
+    const sd_cpu_kernels_t *kern;
+    const sd_gemm_b_t *b;
+    int64_t n, k, groups;
+    float *dst;
+} pack_job_t;
+
+static void pack_b_task(void *arg, int64_t task, int thread) {
+    (void)thread;
+    const pack_job_t *pj = arg;
+    const sd_cpu_kernels_t *kern = pj->kern;
+    const int64_t pc = task / pj->groups * kern->kc,
+                  j0 = task % pj->groups * PACK_PANELS * kern->nr;
+    const int64_t kc = SD_MIN((int64_t)kern->kc, pj->k - pc);
+    const int64_t nc = SD_MIN((int64_t)PACK_PANELS * kern->nr, pj->n - j0);
+    kern->pack_b(pj->b, pj->n, pc, j0, kc, nc, pj->dst + pc * padded_cols(kern, pj->n) + j0 * kc);
+}
+
 sd_status_t sd_gemm(sd_ctx_t *ctx, int64_t m, int64_t n, int64_t k, const sd_gemm_a_t *a,
                     const sd_gemm_b_t *b, const sd_gemm_c_t *c) {
     sd_cpu_backend_t *cpu = sd_cpu(ctx);
@@ -331,6 +355,25 @@ sd_status_t sd_gemm(sd_ctx_t *ctx, int64_t m, int64_t n, int64_t k, const sd_gem
     }
     job.parts_m = SD_MIN(job.parts_m, tiles_m);
     job.parts_n = SD_MIN(job.parts_n, tiles_n);
+    /* Split by rows, every part would pack all of B (a direct conv's im2col: the weights
+     * have more rows than the image at the UNet's deep levels have pixels): packed once,
+     * by all threads, where it is small enough to keep whole. */
+    sd_gemm_b_t shared;
+    float *packed = NULL;
+    const size_t packed_floats = sd_gemm_packed_floats(kern, k, n);
+    if (job.parts_m > 1 && job.parts_n == 1 && b->kind != SD_GEMM_B_PACKED &&
+        packed_floats * sizeof(float) <= SHARED_B_BYTES &&
+        (packed = sd_arena_alloc(&ctx->arena, packed_floats * sizeof(float))) != NULL) {
+        pack_job_t pj = {kern, b, n, k, (tiles_n + PACK_PANELS - 1) / PACK_PANELS, packed};
+        sd_pool_run(cpu->pool, (k + kern->kc - 1) / kern->kc * pj.groups, pack_b_task, &pj);
+        shared = (sd_gemm_b_t){.data = packed,
+                               .dtype = SD_DTYPE_F32,
+                               .kind = SD_GEMM_B_PACKED,
+                               .ld = n,
+                               .packed_k = k};
+        job.b = &shared;
+    }
     sd_pool_run(cpu->pool, job.parts_m * job.parts_n, gemm_task, &job);
+    sd_arena_free(&ctx->arena, packed);
     return SD_STATUS_OK;
 }
