@@ -48,8 +48,11 @@ static const float G[WA][3] = {
  * at 128 (interleaved runs). */
 #define MIN_TILES    64
 #define MIN_CHANNELS 32
-/* Transformed inputs and outputs of one chunk of tiles. */
-#define CHUNK_BYTES ((size_t)48 << 20)
+/* Transformed inputs and outputs of one chunk of tiles, and at most this many tiles (long
+ * enough GEMMs; narrow convs, TAESD's 64 channels, then keep 28 MB rather than 48 of V and
+ * M, which at 512² made TAESD's decode the largest user of the activation arena). */
+#define CHUNK_BYTES     ((size_t)48 << 20)
+#define MAX_CHUNK_TILES 1536
 /* Transformed filters of one slice of output channels. The whole U of a deep conv is large
  * (SD's 1920->640 up-block conv: 177 MB, SDXL's 2560->1280: 472 MB), and was most of the
  * activation arena at batch 1 (one step of SD-Turbo: a 294 MB arena, every page of it
@@ -313,7 +316,8 @@ sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
     const int64_t slices = (j.cout + cs - 1) / cs;
     cs = SD_MIN(j.cout, ((j.cout + slices - 1) / slices + mr - 1) / mr * mr);
     int64_t chunk = (int64_t)(CHUNK_BYTES / ((size_t)WP * (size_t)(j.cin + cs) * sizeof(float)));
-    chunk = SD_MIN(SD_MAX(nr, chunk / nr * nr), (tiles + nr - 1) / nr * nr);
+    chunk =
+        SD_MIN(SD_MIN(SD_MAX(nr, chunk / nr * nr), (tiles + nr - 1) / nr * nr), MAX_CHUNK_TILES);
 
     const size_t u_floats = (size_t)WP * (size_t)((cs + mr - 1) / mr * mr * j.cin);
     const size_t v_floats = (size_t)WP * (size_t)(j.cin * chunk);
