@@ -321,6 +321,7 @@ static const sd_backend_ops_t cuda_ops = {
     /* .weight_update = */ cuda_weight_update,
     /* .weight_copies = */ cuda_weight_copies,
     /* .conv2d = */ sd_cuda_conv2d,
+    /* .conv2d_up2 = */ NULL, /* not fused: the decoders upsample, then convolve */
     /* .linear = */ sd_cuda_linear,
     /* .group_norm = */ sd_cuda_group_norm,
     /* .layer_norm = */ sd_cuda_layer_norm,

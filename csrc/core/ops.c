@@ -161,6 +161,33 @@ sd_status_t sd_op_conv2d(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
              ctx->backend->ops->conv2d(ctx, out, x, w, bias, residual, p));
 }
 
+sd_status_t sd_op_conv2d_up2(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                             const sd_tensor_t *w, const sd_tensor_t *bias) {
+    static const char op[] = "conv2d (upsampled input)";
+    OP_ENTER(ctx);
+    if (ctx->backend->ops->conv2d_up2 == NULL) return SD_STATUS_UNSUPPORTED;
+    SD_TRY(check(ctx, op, "out", out, true, ACT, 4, 4));
+    SD_TRY(check(ctx, op, "x", x, true, ACT, 4, 4));
+    SD_TRY(same_act_dtype(ctx, op, out, &x, 1));
+    SD_TRY(check(ctx, op, "w", w, true, FLOAT_DTYPES, 4, 4));
+    SD_TRY(check(ctx, op, "bias", bias, false, F32_ONLY | ACT, 1, 1));
+    const int64_t cout = w->shape[0], cin = x->shape[1];
+    if (w->shape[1] != cin || w->shape[2] != 3 || w->shape[3] != 3)
+        return shape_error(ctx, op, "w", w, "(Cout, x's channels, 3, 3)");
+    if (out->shape[0] != x->shape[0] || out->shape[1] != cout || out->shape[2] != 2 * x->shape[2] ||
+        out->shape[3] != 2 * x->shape[3])
+        return shape_error(ctx, op, "out", out, "(N, Cout, 2H, 2W) of x (N, Cin, H, W)");
+    if (bias != NULL && !is_vector_of(bias, cout))
+        return shape_error(ctx, op, "bias", bias, "(Cout)");
+    SD_TRY(no_alias(ctx, op, out, x, "x"));
+    const uint64_t t0 = sd_profile_begin(ctx);
+    const sd_status_t st = ctx->backend->ops->conv2d_up2(ctx, out, x, w, bias);
+    if (st != SD_STATUS_UNSUPPORTED)
+        sd_profile_end(ctx, "conv2d 3x3",
+                       t0 ? 2.0 * (double)sd_tensor_numel(out) * (double)(cin * 9) : 0.0, t0);
+    return st;
+}
+
 sd_status_t sd_op_linear(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                          const sd_tensor_t *w, const sd_tensor_t *bias, const sd_tensor_t *residual,
                          const sd_linear_params_t *p) {

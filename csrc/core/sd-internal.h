@@ -175,6 +175,11 @@ typedef struct sd_backend_ops {
     sd_status_t (*conv2d)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                           const sd_tensor_t *w, const sd_tensor_t *bias,
                           const sd_tensor_t *residual, const sd_conv2d_params_t *p);
+    /* Optional (NULL: not fused): out = conv2d(upsample_nearest_2x(x), w 3x3, padding 1) +
+     * bias without the upsampled tensor; SD_STATUS_UNSUPPORTED, no error recorded, for a
+     * shape it does not fuse. */
+    sd_status_t (*conv2d_up2)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                              const sd_tensor_t *w, const sd_tensor_t *bias);
     sd_status_t (*linear)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                           const sd_tensor_t *w, const sd_tensor_t *bias,
                           const sd_tensor_t *residual, const sd_linear_params_t *p);
@@ -335,6 +340,14 @@ uint64_t sd_ctx_arena_epoch(sd_ctx_t *ctx);
 /* SD_STATUS_CANCELLED (with the message set) when cancellation was requested, the sticky
  * device status when the context is broken, else OK. Called by every op. */
 sd_status_t sd_ctx_check(sd_ctx_t *ctx);
+
+/* The decoders' nearest 2x upsample followed by a 3x3 convolution with padding 1, fused where
+ * the backend can (sd_backend_ops_t.conv2d_up2): out (N, Cout, 2H, 2W) = conv2d(up(x), w) +
+ * bias for x (N, Cin, H, W), without the upsampled tensor (SD's VAE at 512²: 268 MB).
+ * SD_STATUS_UNSUPPORTED, with nothing recorded, where it does not fuse: the caller then
+ * upsamples and convolves. Profiled as "conv2d 3x3". */
+sd_status_t sd_op_conv2d_up2(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                             const sd_tensor_t *w, const sd_tensor_t *bias);
 
 #ifdef __cplusplus
 }

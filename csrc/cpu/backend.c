@@ -141,6 +141,7 @@ static const sd_backend_ops_t cpu_ops = {
     .weight_update = cpu_weight_update,
     .weight_copies = cpu_weight_copies,
     .conv2d = sd_cpu_conv2d,
+    .conv2d_up2 = sd_cpu_conv2d_up2,
     .linear = sd_cpu_linear,
     .group_norm = sd_cpu_group_norm,
     .layer_norm = sd_cpu_layer_norm,

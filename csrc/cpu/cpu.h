@@ -290,9 +290,15 @@ sd_status_t sd_cpu_conv2d(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
 /* Winograd F(4x4, 3x3) for the 3x3 stride-1 convolutions where it pays (kernels/winograd.c). */
 bool sd_cpu_winograd_applies(const sd_tensor_t *x, const sd_tensor_t *w,
                              const sd_conv2d_params_t *p, int64_t oh, int64_t ow);
+/* up: x is the conv's input at half size, upsampled (nearest, 2x) on the fly. */
 sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                                    const sd_tensor_t *w, const sd_tensor_t *bias,
-                                   const sd_tensor_t *residual, const sd_conv2d_params_t *p);
+                                   const sd_tensor_t *residual, const sd_conv2d_params_t *p,
+                                   bool up);
+/* out = conv2d(upsample_nearest_2x(x), w) + bias, 3x3 with padding 1, without the upsampled
+ * input in memory; SD_STATUS_UNSUPPORTED (no error recorded) where Winograd does not apply. */
+sd_status_t sd_cpu_conv2d_up2(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                              const sd_tensor_t *w, const sd_tensor_t *bias);
 sd_status_t sd_cpu_linear(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                           const sd_tensor_t *w, const sd_tensor_t *bias,
                           const sd_tensor_t *residual, const sd_linear_params_t *p);

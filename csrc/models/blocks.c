@@ -292,6 +292,19 @@ static sd_tensor_t *upsample(build_t *g, const sd_conv_w *conv, const sd_tensor_
         return NULL;
     }
     const int64_t b = x->shape[0], c = x->shape[1];
+    if (conv->w != NULL && oh == 2 * x->shape[2] && ow == 2 * x->shape[3]) {
+        /* Fused where the backend can: the upsampled tensor is never made. */
+        sd_tensor_t *out = g_new(g, 4, b, conv->w->shape[0], oh, ow);
+        sd_status_t st = out ? sd_op_conv2d_up2(g->ctx, out, x, conv->w, conv->b) : g->st;
+        if (st != SD_STATUS_UNSUPPORTED) {
+            G(g, st);
+            g_free(g, take);
+            if (g->st == SD_STATUS_OK) return out;
+            g_free(g, out);
+            return NULL;
+        }
+        g_free(g, out);
+    }
     sd_tensor_t *up = g_new(g, 4, b, c, oh, ow);
     G(g, sd_op_upsample_nearest(g->ctx, up, x));
     g_free(g, take);

@@ -222,13 +222,7 @@ sd_status_t sd_taesd_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t 
         const taesd_level_w *lv = &net->dec[i];
         g_blocks(g, lv, &x, NULL);
         if (i == c->decoder_levels - 1 || g->st != SD_STATUS_OK) break;
-        const int64_t oh = 2 * x->shape[2], ow = 2 * x->shape[3];
-        sd_tensor_t *u = g_new(g, 4, b, ch, oh, ow);
-        G(g, sd_op_upsample_nearest(ctx, u, x));
-        g_free(g, x);
-        x = g_new(g, 4, b, ch, oh, ow);
-        g_conv(g, x, u, &lv->conv, NULL, NULL, 1, 1, 1, 1, 1);
-        g_free(g, u);
+        x = g_upsample_take(g, &lv->conv, x, 2 * x->shape[2], 2 * x->shape[3]);
     }
     sd_tensor_t *res = out->dtype == g->act ? out : g_new(g, 4, b, c->out_channels, h * f, w * f);
     if (g->st == SD_STATUS_OK)

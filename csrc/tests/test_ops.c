@@ -7,6 +7,7 @@
 #include "harness.h"
 
 #include "cpu.h"
+#include "sd-internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -181,6 +182,45 @@ static void test_conv2d_winograd_slices(int64_t side) {
     free(all), free(got), free(ref), free(xv), free(wv), free(wr), free(bv), free(rv);
     sd_tensor_free(ctx, x), sd_tensor_free(ctx, w), sd_tensor_free(ctx, b);
     sd_tensor_free(ctx, res), sd_tensor_free(ctx, out);
+}
+
+/* The decoders' fused upsample + conv (sd_op_conv2d_up2) against the two ops it replaces, bit
+ * for bit where Winograd applies (the same transform of the same values); refused, with no
+ * error recorded, where it does not. */
+static void test_conv2d_up2(void) {
+    const int64_t n = 1, cin = 33, h = 17, wd = 15, cout = 40;
+    int64_t xs[4] = {n, cin, h, wd}, us[4] = {n, cin, 2 * h, 2 * wd};
+    int64_t ws[4] = {cout, cin, 3, 3}, os[4] = {n, cout, 2 * h, 2 * wd}, bs[1] = {cout};
+    float *xv = frand(n * cin * h * wd, -1, 1), *wv = frand(cout * cin * 9, -0.5f, 0.5f);
+    float *bv = frand(cout, -1, 1);
+    sd_tensor_t *x = make_tensor(ctx, SD_DTYPE_F32, 4, xs, xv, NULL);
+    sd_tensor_t *w = make_tensor(ctx, SD_DTYPE_F16, 4, ws, wv, NULL);
+    sd_tensor_t *b = make_tensor(ctx, SD_DTYPE_F32, 1, bs, bv, NULL);
+    sd_tensor_t *up = make_empty(ctx, 4, us), *ref = make_empty(ctx, 4, os);
+    sd_tensor_t *out = make_empty(ctx, 4, os);
+    sd_conv2d_params_t p;
+    sd_conv2d_params_default(&p);
+    p.pad_top = p.pad_bottom = p.pad_left = p.pad_right = 1;
+    CHECK(sd_cpu_winograd_applies(up, w, &p, 2 * h, 2 * wd), "conv path");
+    CHECK_STATUS(sd_op_upsample_nearest(ctx, up, x), SD_STATUS_OK);
+    CHECK_STATUS(sd_op_conv2d(ctx, ref, up, w, b, NULL, &p), SD_STATUS_OK);
+    CHECK_STATUS(sd_op_conv2d_up2(ctx, out, x, w, b), SD_STATUS_OK);
+    float *got = fetch(ctx, out), *want = fetch(ctx, ref);
+    int64_t differ = 0, no = n * cout * 4 * h * wd;
+    for (int64_t i = 0; i < no; i++) differ += got[i] != want[i];
+    CHECK(differ == 0, "conv2d of an upsampled input: %lld of %lld outputs differ",
+          (long long)differ, (long long)no);
+    free(got), free(want);
+    /* Too few tiles for Winograd: refused, nothing recorded. */
+    int64_t sxs[4] = {1, cin, 4, 4}, sos[4] = {1, cout, 8, 8};
+    sd_tensor_t *sx = make_empty(ctx, 4, sxs), *so = make_empty(ctx, 4, sos);
+    CHECK_STATUS(sd_op_conv2d_up2(ctx, so, sx, w, b), SD_STATUS_UNSUPPORTED);
+    CHECK(sd_ctx_last_error(ctx)[0] == '\0' || strstr(sd_ctx_last_error(ctx), "upsampled") == NULL,
+          "no error recorded: %s", sd_ctx_last_error(ctx));
+    free(xv), free(wv), free(bv);
+    sd_tensor_free(ctx, x), sd_tensor_free(ctx, w), sd_tensor_free(ctx, b);
+    sd_tensor_free(ctx, up), sd_tensor_free(ctx, ref), sd_tensor_free(ctx, out);
+    sd_tensor_free(ctx, sx), sd_tensor_free(ctx, so);
 }
 
 /* ---- linear ------------------------------------------------------------------------------ */
@@ -653,6 +693,7 @@ int main(int argc, char **argv) {
     test_conv2d();
     test_conv2d_winograd_slices(32); /* 64 tiles: one chunk, its V kept for both slices */
     test_conv2d_winograd_slices(56); /* 196 tiles: two chunks per slice */
+    test_conv2d_up2();
     test_linear();
     test_norms();
     test_attention();

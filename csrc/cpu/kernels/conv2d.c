@@ -21,7 +21,7 @@ sd_status_t sd_cpu_conv2d(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
     const int64_t oh = out->shape[2], ow = out->shape[3], ohw = oh * ow;
     const int64_t k = cin * kh * kw;
     if (sd_cpu_winograd_applies(x, w, p, oh, ow))
-        return sd_cpu_conv2d_winograd(ctx, out, x, w, bias, residual, p);
+        return sd_cpu_conv2d_winograd(ctx, out, x, w, bias, residual, p, false);
 
     const sd_packed_weight_t *pw = w->packed;
     sd_gemm_a_t a = {
@@ -54,4 +54,14 @@ sd_status_t sd_cpu_conv2d(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
         .residual = residual ? residual->data : NULL,
     };
     return sd_gemm(ctx, cout, n * ohw, k, &a, &b, &c);
+}
+
+sd_status_t sd_cpu_conv2d_up2(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
+                              const sd_tensor_t *w, const sd_tensor_t *bias) {
+    sd_conv2d_params_t p;
+    sd_conv2d_params_default(&p);
+    p.pad_top = p.pad_bottom = p.pad_left = p.pad_right = 1;
+    if (!sd_cpu_winograd_applies(x, w, &p, out->shape[2], out->shape[3]))
+        return SD_STATUS_UNSUPPORTED;
+    return sd_cpu_conv2d_winograd(ctx, out, x, w, bias, NULL, &p, true);
 }

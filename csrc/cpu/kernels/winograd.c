@@ -75,9 +75,10 @@ typedef struct {
     int32_t wdtype;
     float *out;
     const float *bias, *residual;
-    int64_t bias_stride; /* 0: one bias per channel; Cout: per sample */
-    int64_t n, cin, h, wd, cout, oh, ow, th, tw;
+    int64_t bias_stride;                         /* 0: one bias per channel; Cout: per sample */
+    int64_t n, cin, h, wd, cout, oh, ow, th, tw; /* h, wd: the input the conv sees */
     int32_t pt, pl;
+    bool up;         /* x is that input at half size, upsampled (nearest, 2x) as rows are read */
     int64_t co0, cs; /* the slice of output channels [co0, co0 + cs) being computed */
     int64_t mpad;    /* cs in whole A panels */
     int64_t row_len; /* a zero-padded input row of a tile row's patches */
@@ -198,7 +199,8 @@ static void input_task(void *arg, int64_t ci, int thread) {
         if (r.img != filled_img || r.ty != filled_ty) {
             /* The tile row's 6 input rows, zero-padded around the image (only the padding
              * is cleared: the rows are rewritten for every channel and tile row). */
-            const float *plane = j->x + (r.img * j->cin + ci) * j->h * j->wd;
+            const int64_t sh = j->up ? j->h / 2 : j->h, sw = j->up ? j->wd / 2 : j->wd;
+            const float *plane = j->x + (r.img * j->cin + ci) * sh * sw;
             const int64_t tail = j->row_len - j->pl - j->wd;
             for (int a = 0; a < WA; a++) {
                 float *row = rows + a * j->row_len;
@@ -208,7 +210,13 @@ static void input_task(void *arg, int64_t ci, int thread) {
                     continue;
                 }
                 memset(row, 0, (size_t)j->pl * sizeof(float));
-                memcpy(row + j->pl, plane + iy * j->wd, (size_t)j->wd * sizeof(float));
+                if (j->up) {
+                    const float *src = plane + iy / 2 * sw;
+                    float *d = row + j->pl;
+                    for (int64_t i = 0; i < sw; i++) d[2 * i] = d[2 * i + 1] = src[i];
+                } else {
+                    memcpy(row + j->pl, plane + iy * j->wd, (size_t)j->wd * sizeof(float));
+                }
                 memset(row + j->pl + j->wd, 0, (size_t)tail * sizeof(float));
             }
             filled_img = r.img, filled_ty = r.ty;
@@ -280,7 +288,8 @@ static void output_task(void *arg, int64_t oc, int thread) {
 
 sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                                    const sd_tensor_t *w, const sd_tensor_t *bias,
-                                   const sd_tensor_t *residual, const sd_conv2d_params_t *p) {
+                                   const sd_tensor_t *residual, const sd_conv2d_params_t *p,
+                                   bool up) {
     sd_cpu_backend_t *cpu = sd_cpu(ctx);
     const sd_cpu_kernels_t *kern = cpu->kern;
     wino_job_t j = {
@@ -294,8 +303,9 @@ sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
         .bias_stride = bias && bias->ndim == 2 ? w->shape[0] : 0,
         .n = x->shape[0],
         .cin = x->shape[1],
-        .h = x->shape[2],
-        .wd = x->shape[3],
+        .h = x->shape[2] * (up ? 2 : 1),
+        .wd = x->shape[3] * (up ? 2 : 1),
+        .up = up,
         .cout = w->shape[0],
         .oh = out->shape[2],
         .ow = out->shape[3],
