@@ -378,12 +378,12 @@ static void test_ops(void) {
     test_attention_case(40, 77, 64, 1, 3);  /* larger logits */
 }
 
-/* Winograd by output-channel slices (winograd.c's U_BYTES; 2048 input channels make two of
- * the 120 output channels) narrows each slice's U to pair panels of its own. Slicing does
- * not change what any output sums, nor in what order: the 120-channel conv must equal, bit
- * for bit, the two 60-channel convs of its halves (which take one slice each). */
+/* Winograd by output-channel slices (winograd.c's U_BYTES; 2048 input channels make slices
+ * of 72 and 58 of 130 output channels) narrows each slice's U to pair panels of its own.
+ * Slicing does not change what any output sums, nor in what order: the 130-channel conv must
+ * equal, bit for bit, the two 65-channel convs of its halves (which take one slice each). */
 static void test_conv_slices(void) {
-    const int64_t cin = 2048, cout = 120, half = cout / 2, side = 32, plane = side * side;
+    const int64_t cin = 2048, cout = 130, half = cout / 2, side = 32, plane = side * side;
     int64_t xs[4] = {1, cin, side, side}, ws[4] = {cout, cin, 3, 3}, os[4] = {1, cout, side, side};
     int64_t hws[4] = {half, cin, 3, 3}, hos[4] = {1, half, side, side};
     float *xv = frand(cin * plane, -1, 1), *wv = frand(cout * cin * 9, -0.5f, 0.5f);
