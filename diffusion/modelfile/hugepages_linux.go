@@ -27,7 +27,7 @@ const (
 //
 // A 2 MiB mapping needs the cached file in 2 MiB folios, which the kernel makes when it
 // reads the file for a mapping advised MADV_HUGEPAGE and whose file system supports
-// large folios (ext4 and xfs on Linux 6.16+); pages cached earlier in small folios (a
+// large folios (xfs; ext4 since Linux 6.16); pages cached earlier in small folios (a
 // file just written or copied) stay small. So the mapping is advised, a 2 MiB probe is
 // read, and when its pages turn out small the probe range is dropped from the cache and
 // read again: if it comes back in one 2 MiB page, the file system can, and the whole file
