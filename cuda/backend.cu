@@ -207,11 +207,6 @@ static sd_status_t cuda_weight_from_host(sd_ctx_t *ctx, const sd_tensor_t *host,
  * follow from the role and the shape, which do not change), so that recorded UNet graphs,
  * which bake in weight addresses, stay valid. A failure part-way leaves a mix of old and
  * new values: the caller replaces the weight again (sd_model_set_weights says so). */
-static bool cuda_weight_copies(int32_t role, int32_t dtype) {
-    (void)role, (void)dtype;
-    return true; /* uploads */
-}
-
 static sd_status_t cuda_weight_update(sd_ctx_t *ctx, const sd_tensor_t *host, int32_t role,
                                       sd_tensor_t *w) {
     SD_TRY(sd_cuda_enter(ctx, "weight update"));
@@ -236,6 +231,12 @@ static sd_status_t cuda_weight_update(sd_ctx_t *ctx, const sd_tensor_t *host, in
         if (err != cudaSuccess) st = sd_cuda_fail(ctx, err, "weight update");
     }
     return st;
+}
+
+/* Every weight is uploaded: the host data is never read after the call. */
+static bool cuda_weight_copies(int32_t role, int32_t dtype) {
+    (void)role, (void)dtype;
+    return true; /* uploads */
 }
 
 static void cuda_weight_free(sd_ctx_t *ctx, sd_tensor_t *w) {

@@ -334,7 +334,7 @@ func (s *loraState) install(m *merger, model binding.Model, component string, ba
 var failMerge func(weight string) error
 
 // weightOf describes a tensor for the runtime: base weights view the model's mapped
-// files, patched ones pinned Go memory.
+// files, patched ones a hostBuffer or the merger's staging memory.
 func weightOf(name string, t modelfile.Tensor) binding.Weight {
 	dt := binding.F32
 	switch t.DType {

@@ -255,13 +255,13 @@ static inline void transpose16(__m512 r[16]) {
 static void pack_rows_t16(float *restrict dst, const void *src, int32_t dtype,
                           const int64_t *row_offset, int rows, int lanes, int stride, int64_t kc) {
     const __mmask16 out_mask = (__mmask16)((1u << lanes) - 1);
+    const size_t es = dtype == SD_DTYPE_F32 ? 4 : 2;
     for (int64_t k = 0; k < kc; k += 16) {
         int n = (int)SD_MIN((int64_t)16, kc - k);
         __m512 r[16];
         /* The rows are as many streams, far apart (a direct conv's weight rows are Cin*9
          * elements long): fetched 512 bytes ahead, which the hardware prefetchers did not
          * (conv 1280->1280 on 2x8x8, whose packing of F16 weights is a large part: 5-8%). */
-        const size_t es = dtype == SD_DTYPE_F32 ? 4 : 2;
         for (int i = 0; i < rows; i++)
             __builtin_prefetch((const char *)src + (size_t)(row_offset[i] + k) * es + 512, 0, 0);
         for (int i = 0; i < 16; i++)
