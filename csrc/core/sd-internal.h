@@ -171,6 +171,15 @@ typedef struct sd_backend_ops {
     /* Whether weight_from_host and weight_update copy host data of this role and dtype
      * (convert, pack, upload) rather than read it in place afterwards. */
     bool (*weight_copies)(int32_t role, int32_t dtype);
+    /* Whether weight_merge takes this weight (made by weight_from_host with this role);
+     * NULL when the backend merges none. */
+    bool (*weight_merges)(const sd_tensor_t *w, int32_t role);
+    /* Gives such a weight the values base + up · down computed in float32: base in host
+     * memory, of the weight's shape (any weight dtype) viewed as rows x cols, up (rows x
+     * rank) and down (rank x cols) float32, none read after the call. On failure *w is
+     * unchanged. */
+    sd_status_t (*weight_merge)(sd_ctx_t *ctx, const sd_tensor_t *base, const float *up,
+                                const float *down, int64_t rank, int32_t role, sd_tensor_t *w);
 
     sd_status_t (*conv2d)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                           const sd_tensor_t *w, const sd_tensor_t *bias,

@@ -22,6 +22,75 @@ void *sd_host_alloc_large(size_t nbytes) {
     return p;
 }
 
+#ifdef __linux__
+static const size_t HUGE_PAGE = (size_t)2 << 20;
+
+static size_t map_length(size_t nbytes) {
+    const size_t unit = nbytes >= HUGE_PAGE ? HUGE_PAGE : (size_t)sysconf(_SC_PAGESIZE);
+    return (SD_MAX(nbytes, 1) + unit - 1) / unit * unit;
+}
+
+/* An address range of len bytes, 2 MiB aligned when len is whole 2 MiB pages: a mapping
+ * of len plus 2 MiB with its unaligned ends cut off. */
+static char *map_aligned(size_t len, int prot) {
+    const size_t extra = len % HUGE_PAGE == 0 ? HUGE_PAGE : 0;
+    /* A reservation (PROT_NONE) commits no memory. */
+    const int flags = MAP_PRIVATE | MAP_ANONYMOUS | (prot == PROT_NONE ? MAP_NORESERVE : 0);
+    char *raw = mmap(NULL, len + extra, prot, flags, -1, 0);
+    if (raw == MAP_FAILED) return NULL;
+    char *p = raw;
+    if (extra) {
+        p = (char *)(((uintptr_t)raw + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+        if (p > raw) munmap(raw, (size_t)(p - raw));
+        if (raw + len + extra > p + len) munmap(p + len, (size_t)(raw + len + extra - (p + len)));
+    }
+    return p;
+}
+
+void *sd_host_map(size_t nbytes) {
+    const size_t len = map_length(nbytes);
+    char *p = map_aligned(len, PROT_READ | PROT_WRITE);
+#ifdef MADV_HUGEPAGE
+    if (p != NULL && len % HUGE_PAGE == 0) madvise(p, len, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+void sd_host_unmap(void *p, size_t nbytes) {
+    if (p != NULL) munmap(p, map_length(nbytes));
+}
+
+void *sd_host_remap(void *p, size_t old_nbytes, size_t nbytes) {
+    const size_t old_len = map_length(old_nbytes), len = map_length(nbytes);
+    if (len < old_len) return NULL;
+    /* Moved to an aligned range reserved first, so that its 2 MiB pages stay whole. */
+    char *at = map_aligned(len, PROT_NONE);
+    if (at == NULL) return NULL;
+    if (mremap(p, old_len, len, MREMAP_MAYMOVE | MREMAP_FIXED, at) == MAP_FAILED) {
+        munmap(at, len);
+        return NULL;
+    }
+#ifdef MADV_HUGEPAGE
+    if (len % HUGE_PAGE == 0) madvise(at, len, MADV_HUGEPAGE);
+#endif
+    return at;
+}
+#else
+void *sd_host_map(size_t nbytes) {
+    return sd_host_alloc_large(nbytes);
+}
+
+void sd_host_unmap(void *p, size_t nbytes) {
+    (void)nbytes;
+    free(p);
+}
+
+void *sd_host_remap(void *p, size_t old_nbytes, size_t nbytes) {
+    (void)p, (void)old_nbytes, (void)nbytes;
+    return NULL;
+}
+#endif
+
 static void *cpu_alloc(sd_backend_t *be, size_t nbytes) {
     (void)be;
     return sd_host_alloc_large(nbytes == 0 ? CPU_ALIGN : nbytes);
@@ -130,6 +199,52 @@ static bool cpu_weight_copies(int32_t role, int32_t dtype) {
     return role == SD_WEIGHT_MATRIX_B || (role == SD_WEIGHT_VECTOR && dtype != SD_DTYPE_F32);
 }
 
+/* Adapters merge into GEMM B operands while they are packed, and into the matrices read in
+ * place (convolution kernels, channels-first linear weights) as float32 memory of the
+ * backend's own, which later merges reuse. */
+static bool cpu_weight_merges(const sd_tensor_t *w, int32_t role) {
+    const sd_packed_weight_t *p = w->packed;
+    if (role == SD_WEIGHT_MATRIX_B) return p != NULL && p->as_b;
+    return role == SD_WEIGHT_MATRIX_A && p == NULL;
+}
+
+static sd_status_t cpu_weight_merge(sd_ctx_t *ctx, const sd_tensor_t *base, const float *up,
+                                    const float *down, int64_t rank, int32_t role, sd_tensor_t *w) {
+    SD_ASSERT(cpu_weight_merges(w, role));
+    sd_cpu_backend_t *cpu = sd_cpu(ctx);
+    const int64_t n = sd_tensor_numel(w), rows = w->shape[0];
+    const size_t bytes = (size_t)n * sizeof(float);
+    if (role == SD_WEIGHT_MATRIX_B) {
+        sd_packed_weight_t *p = w->packed;
+        const int64_t before = (int64_t)sd_packed_weight_bytes(p);
+        if (!sd_packed_weight_merge(cpu->pool, cpu->kern, p, base->data, base->dtype, up, down,
+                                    rank))
+            return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "cannot merge an adapter into a weight");
+        sd_ctx_add_weights_bytes(ctx, (int64_t)sd_packed_weight_bytes(p) - before);
+        /* The values are only in the pack now. */
+        w->data = NULL;
+        w->dtype = SD_DTYPE_F32;
+        w->nbytes = bytes;
+        return SD_STATUS_OK;
+    }
+    const bool reuse = w->kind == SD_TENSOR_OWNED && w->dtype == SD_DTYPE_F32;
+    float *dst = reuse ? w->data : cpu_alloc(NULL, bytes);
+    if (dst == NULL ||
+        !sd_weight_merge_rows(cpu, dst, base->data, base->dtype, rows, n / rows, up, down, rank)) {
+        if (!reuse) cpu_free(NULL, dst);
+        return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "cannot merge an adapter into a weight");
+    }
+    if (!reuse) {
+        cpu_weight_free(ctx, w);
+        w->data = dst;
+        w->dtype = SD_DTYPE_F32;
+        w->nbytes = bytes;
+        w->kind = SD_TENSOR_OWNED;
+        sd_ctx_add_weights_bytes(ctx, (int64_t)bytes);
+    }
+    return SD_STATUS_OK;
+}
+
 static const sd_backend_ops_t cpu_ops = {
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,
@@ -140,6 +255,8 @@ static const sd_backend_ops_t cpu_ops = {
     .weight_free = cpu_weight_free,
     .weight_update = cpu_weight_update,
     .weight_copies = cpu_weight_copies,
+    .weight_merges = cpu_weight_merges,
+    .weight_merge = cpu_weight_merge,
     .conv2d = sd_cpu_conv2d,
     .conv2d_up2 = sd_cpu_conv2d_up2,
     .linear = sd_cpu_linear,

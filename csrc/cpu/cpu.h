@@ -236,6 +236,19 @@ sd_packed_weight_t *sd_packed_weight_new(sd_pool_t *pool, const sd_cpu_kernels_t
  * false (p unchanged) otherwise. */
 bool sd_packed_weight_repack(sd_pool_t *pool, const sd_cpu_kernels_t *kern, sd_packed_weight_t *p,
                              const void *w, int32_t dtype, int64_t rows, int64_t k, bool as_b);
+/* Packs W = base + up · down (base rows x k in its dtype; up rows x rank, down rank x k,
+ * float32) into p, made for this weight as B: the base's panels are converted while packed
+ * and the product added to them by the microkernel, in float32, so that the merged weight
+ * is never stored unpacked. p becomes F32 (new memory when it held F16 or BF16); false
+ * (p unchanged) when out of memory. */
+bool sd_packed_weight_merge(sd_pool_t *pool, const sd_cpu_kernels_t *kern, sd_packed_weight_t *p,
+                            const void *base, int32_t dtype, const float *up, const float *down,
+                            int64_t rank);
+/* dst (rows x cols, float32) = base (its dtype) + up · down, in float32, by blocks of rows
+ * over the pool; false (dst untouched) when the GEMM's scratch cannot be had. */
+bool sd_weight_merge_rows(sd_cpu_backend_t *cpu, float *dst, const void *base, int32_t dtype,
+                          int64_t rows, int64_t cols, const float *up, const float *down,
+                          int64_t rank);
 void sd_packed_weight_free(sd_packed_weight_t *p);
 size_t sd_packed_weight_bytes(const sd_packed_weight_t *p);
 
@@ -263,9 +276,17 @@ float *sd_cpu_scratch(sd_cpu_backend_t *cpu, int thread, size_t n);
 /* Makes sure every thread's scratch holds n floats; false when out of memory. */
 bool sd_cpu_scratch_reserve(sd_cpu_backend_t *cpu, size_t n);
 
-/* Large host allocations (packed weights, arena chunks): 2 MiB aligned and backed by
+/* Large host allocations (arena chunks, scratch): 2 MiB aligned and backed by
  * transparent huge pages where the kernel offers them, to save page faults. */
 void *sd_host_alloc_large(size_t nbytes);
+/* The same as a mapping of its own (on Linux; elsewhere sd_host_alloc_large's memory), which
+ * sd_host_remap can grow keeping the pages it has, so that a pack widened from F16 to F32
+ * touches only its new half. Free with sd_host_unmap and the size asked for. */
+void *sd_host_map(size_t nbytes);
+void sd_host_unmap(void *p, size_t nbytes);
+/* p (of old_nbytes) grown to nbytes, its contents kept; NULL (p unchanged) when it cannot
+ * (not Linux, out of address space). */
+void *sd_host_remap(void *p, size_t old_nbytes, size_t nbytes);
 
 /* The CPUs this process may run on: its affinity mask, capped by the CPU quota of its
  * cgroups; at least 1. The CPU backend uses no more threads than this. */

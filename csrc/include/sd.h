@@ -571,6 +571,21 @@ SD_API sd_status_t sd_model_set_weights(sd_ctx_t *ctx, sd_model_t *model,
 SD_API sd_status_t sd_model_weight_copied(sd_ctx_t *ctx, const sd_model_t *model, const char *name,
                                           int32_t dtype, bool *copied);
 
+/* Replaces one loaded weight, as sd_model_set_weights would with the float32 values
+ * base + up · down (a low-rank adapter merged into it), when the backend computes that merge
+ * itself: *merged is then true. `base` is an entry as sd_model_set_weights takes (its data is
+ * not read after the call); up is rows x rank and down rank x cols, float32 row-major, with
+ * the weight viewed as rows (its first dimension) x cols (the rest), any scale already in up;
+ * neither is read after the call. The CPU backend merges the weights of linear layers
+ * while it packs them (reading base once, never storing the merged weight unpacked) and
+ * those it reads in place (convolution kernels) into float32 memory of its own. Otherwise
+ * (vectors and tables; any weight on CUDA) *merged is false and nothing changed: merge on
+ * the host and call sd_model_set_weights. Checks, failures and thread
+ * safety as sd_model_set_weights; rank < 1 or a NULL factor is SD_STATUS_INVALID_ARGUMENT. */
+SD_API sd_status_t sd_model_merge_weight(sd_ctx_t *ctx, sd_model_t *model, const sd_weight_t *base,
+                                         const float *up, const float *down, int32_t rank,
+                                         bool *merged);
+
 /* ESRGAN's generator, RRDBNet as Real-ESRGAN builds it (RealESRGAN_x4plus: 23 blocks;
  * RealESRGAN_x4plus_anime_6B: 6), with Real-ESRGAN's names ("conv_first",
  * "body.0.rdb1.conv1", ..., "conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last";

@@ -546,9 +546,8 @@ static int32_t find_slots(const sd_model_t *m, const char *name, int32_t *slots,
     return n;
 }
 
-static sd_status_t check_replacement(sd_ctx_t *ctx, const sd_model_t *m, const sd_weight_t *w,
-                                     int32_t index, int32_t slot) {
-    const char *op = "sd_model_set_weights";
+static sd_status_t check_replacement(sd_ctx_t *ctx, const char *op, const sd_model_t *m,
+                                     const sd_weight_t *w, int32_t index, int32_t slot) {
     if (w->name == NULL)
         return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT, "%s: entry %d has no name", op, (int)index);
     if (slot < 0)
@@ -621,7 +620,7 @@ sd_status_t sd_model_set_weights(sd_ctx_t *ctx, sd_model_t *model, const sd_weig
     for (int32_t i = 0; i < n_weights; i++) {
         const sd_weight_t *w = &weights[i];
         int32_t n = w->name ? find_slots(model, w->name, slots, MAX_SLOTS) : 0;
-        SD_TRY(check_replacement(ctx, model, w, i, n > 0 ? slots[0] : -1));
+        SD_TRY(check_replacement(ctx, op, model, w, i, n > 0 ? slots[0] : -1));
     }
     sd_backend_t *be = sd_ctx_backend_ptr(ctx);
     for (int32_t i = 0; i < n_weights; i++) {
@@ -634,5 +633,36 @@ sd_status_t sd_model_set_weights(sd_ctx_t *ctx, sd_model_t *model, const sd_weig
             SD_TRY(be->ops->weight_update(ctx, &host, model->origins[slots[j]].role, t));
         }
     }
+    return SD_STATUS_OK;
+}
+
+sd_status_t sd_model_merge_weight(sd_ctx_t *ctx, sd_model_t *model, const sd_weight_t *base,
+                                  const float *up, const float *down, int32_t rank, bool *merged) {
+    if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
+    const char *op = "sd_model_merge_weight";
+    if (model == NULL || model->group != ctx->group || base == NULL || merged == NULL)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "%s: no model, base weight or result, or a model of a group this context "
+                       "does not share models with",
+                       op);
+    *merged = false;
+    int32_t slots[MAX_SLOTS];
+    int32_t n = base->name ? find_slots(model, base->name, slots, MAX_SLOTS) : 0;
+    SD_TRY(check_replacement(ctx, op, model, base, 0, n > 0 ? slots[0] : -1));
+    if (up == NULL || down == NULL || rank <= 0)
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "%s: weight %s: no up or down factor, or rank %d", op, base->name,
+                       (int)rank);
+    sd_backend_t *be = sd_ctx_backend_ptr(ctx);
+    if (be->ops->weight_merges == NULL) return SD_STATUS_OK;
+    for (int32_t j = 0; j < n; j++)
+        if (!be->ops->weight_merges(&model->weights[slots[j]], model->origins[slots[j]].role))
+            return SD_STATUS_OK;
+    for (int32_t j = 0; j < n; j++) {
+        sd_tensor_t *t = &model->weights[slots[j]];
+        sd_tensor_t host = sd_tensor_view((void *)base->data, base->dtype, t->ndim, t->shape);
+        SD_TRY(be->ops->weight_merge(ctx, &host, up, down, rank, model->origins[slots[j]].role, t));
+    }
+    *merged = true;
     return SD_STATUS_OK;
 }

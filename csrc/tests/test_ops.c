@@ -308,6 +308,92 @@ static void test_linear(void) {
     sd_tensor_free(ctx, x), sd_tensor_free(ctx, w), sd_tensor_free(ctx, o);
 }
 
+/* A low-rank product merged into a packed weight (sd_packed_weight_merge, what adapters use):
+ * the linear layer over it computes x (W + up·down)^T. Shapes cross the packing's edges:
+ * output rows past whole NR panels, depths past KC blocks and not in whole MR tiles, a rank
+ * of more than one KC block; merged into F16 and BF16 packs (made F32) and again into the F32
+ * pack, which must start from the base again rather than add to the last merge. */
+static void test_merged_linear_case(int64_t t, int64_t k, int64_t nout, int64_t rank,
+                                    int32_t wdtype) {
+    float *xv = frand(t * k, -1, 1), *wv = frand(nout * k, -0.5f, 0.5f);
+    float *up = frand(nout * rank, -0.2f, 0.2f), *down = frand(rank * k, -0.2f, 0.2f);
+    float *wr = malloc((size_t)(nout * k) * 4);
+    int64_t xs[2] = {t, k}, ws[2] = {nout, k}, os[2] = {t, nout};
+    sd_tensor_t *x = make_tensor(ctx, SD_DTYPE_F32, 2, xs, xv, NULL);
+    sd_tensor_t *w = make_tensor(ctx, wdtype, 2, ws, wv, wr);
+    sd_tensor_t *out = make_empty(ctx, 2, os);
+    sd_cpu_backend_t *cpu = sd_cpu(ctx);
+    sd_packed_weight_t *pw =
+        sd_packed_weight_new(cpu->pool, cpu->kern, w->data, wdtype, nout, k, true);
+    w->packed = pw;
+    double *ref = dalloc(t * nout), *merged = dalloc(nout * k);
+    for (int64_t o = 0; o < nout; o++)
+        for (int64_t j = 0; j < k; j++) {
+            double v = wr[o * k + j];
+            for (int64_t d = 0; d < rank; d++) v += (double)up[o * rank + d] * down[d * k + j];
+            merged[o * k + j] = v;
+        }
+    for (int64_t i = 0; i < t; i++)
+        for (int64_t o = 0; o < nout; o++) {
+            double acc = 0;
+            for (int64_t j = 0; j < k; j++) acc += (double)xv[i * k + j] * merged[o * k + j];
+            ref[i * nout + o] = acc;
+        }
+    sd_linear_params_t p;
+    sd_linear_params_default(&p);
+    char name[96];
+    for (int round = 0; round < 2; round++) {
+        CHECK(sd_packed_weight_merge(cpu->pool, cpu->kern, pw, w->data, wdtype, up, down, rank),
+              "merge");
+        CHECK(pw->dtype == SD_DTYPE_F32, "a merged pack is F32");
+        CHECK_STATUS(sd_op_linear(ctx, out, x, w, NULL, NULL, &p), SD_STATUS_OK);
+        float *got = fetch(ctx, out);
+        snprintf(name, sizeof name, "merged linear t%lld k%lld n%lld rank %lld %s, merge %d",
+                 (long long)t, (long long)k, (long long)nout, (long long)rank,
+                 sd_dtype_name(wdtype), round + 1);
+        compare(name, got, ref, t * nout, RTOL, ATOL);
+        free(got);
+    }
+    free(xv), free(wv), free(up), free(down), free(wr), free(ref), free(merged);
+    sd_packed_weight_free(pw);
+    w->packed = NULL;
+    sd_tensor_free(ctx, x), sd_tensor_free(ctx, w), sd_tensor_free(ctx, out);
+}
+
+/* The same for a matrix merged unpacked (sd_weight_merge_rows: convolution kernels). */
+static void test_merged_rows_case(int64_t rows, int64_t cols, int64_t rank, int32_t dtype) {
+    float *wv = frand(rows * cols, -0.5f, 0.5f), *wr = malloc((size_t)(rows * cols) * 4);
+    float *up = frand(rows * rank, -0.2f, 0.2f), *down = frand(rank * cols, -0.2f, 0.2f);
+    float *got = malloc((size_t)(rows * cols) * 4);
+    int64_t ws[2] = {rows, cols};
+    sd_tensor_t *w = make_tensor(ctx, dtype, 2, ws, wv, wr);
+    double *ref = dalloc(rows * cols);
+    for (int64_t o = 0; o < rows; o++)
+        for (int64_t j = 0; j < cols; j++) {
+            double v = wr[o * cols + j];
+            for (int64_t d = 0; d < rank; d++) v += (double)up[o * rank + d] * down[d * cols + j];
+            ref[o * cols + j] = v;
+        }
+    CHECK(sd_weight_merge_rows(sd_cpu(ctx), got, w->data, dtype, rows, cols, up, down, rank),
+          "merge rows");
+    char name[96];
+    snprintf(name, sizeof name, "merged rows %lldx%lld rank %lld %s", (long long)rows,
+             (long long)cols, (long long)rank, sd_dtype_name(dtype));
+    compare(name, got, ref, rows * cols, RTOL, ATOL);
+    free(wv), free(wr), free(up), free(down), free(got), free(ref);
+    sd_tensor_free(ctx, w);
+}
+
+static void test_merged_linear(void) {
+    test_merged_rows_case(7, 45, 3, SD_DTYPE_F16);
+    test_merged_rows_case(40, 27, 300, SD_DTYPE_F32);
+    test_merged_rows_case(1, 9, 1, SD_DTYPE_BF16);
+    test_merged_linear_case(9, 300, 70, 40, SD_DTYPE_F16);
+    test_merged_linear_case(5, 20, 33, 300, SD_DTYPE_BF16);
+    test_merged_linear_case(3, 256, 32, 12, SD_DTYPE_F32);
+    test_merged_linear_case(1, 1, 1, 1, SD_DTYPE_F16);
+}
+
 /* ---- norms ------------------------------------------------------------------------------- */
 
 static void test_group_norm_case(int64_t n, int64_t c, int64_t h, int64_t w, int32_t groups,
@@ -696,6 +782,7 @@ int main(int argc, char **argv) {
     test_conv2d_winograd_slices(56); /* 196 tiles: two chunks per slice */
     test_conv2d_up2();
     test_linear();
+    test_merged_linear();
     test_norms();
     test_attention();
     test_activations();

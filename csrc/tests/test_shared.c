@@ -436,6 +436,89 @@ static void test_set_weights(void) {
     sd_ctx_free(a);
 }
 
+/* sd_model_merge_weight: on the CPU a GEMM weight given base + up·down computes what a model
+ * loaded with those values (merged in double, rounded to F32) computes, through every context
+ * of the group, and the base put back with sd_model_set_weights restores the first result; a
+ * weight the backend does not merge (the token table; every weight on CUDA) and bad calls
+ * change nothing. */
+static void test_merge_weight(void) {
+    sd_ctx_t *a = new_ctx(NULL), *b = new_ctx(a);
+    sd_model_t *m = load(a);
+    if (m == NULL) return;
+    static const char *name = "encoder.layers.1.mlp.fc1.weight"; /* FF x HID */
+    enum { R = 3 };
+    int k = 0;
+    while (strcmp(table.names[k], name) != 0) k++;
+    const sd_weight_t base = table.w[k];
+    float up[FF * R], down[R * HID], merged[FF * HID];
+    for (int i = 0; i < FF * R; i++) up[i] = rng_uniform(-0.5f, 0.5f);
+    for (int i = 0; i < R * HID; i++) down[i] = rng_uniform(-0.5f, 0.5f);
+    for (int o = 0; o < FF; o++)
+        for (int j = 0; j < HID; j++) {
+            double v = sd_f16_to_f32(table.data[k][o * HID + j]);
+            for (int d = 0; d < R; d++) v += (double)up[o * R + d] * down[d * HID + j];
+            merged[o * HID + j] = (float)v;
+        }
+    table_t other = table;
+    other.w[k].dtype = SD_DTYPE_F32;
+    other.w[k].data = merged;
+    sd_clip_config_t cfg = config();
+    sd_model_t *m2 = NULL;
+    CHECK_STATUS(sd_clip_load(a, &cfg, other.w, other.n, &m2), SD_STATUS_OK);
+    float *want = m2 ? encode(a, m2) : NULL;
+    const int64_t n = (B * T + B) * HID;
+
+    bool done = true;
+    CHECK_STATUS(sd_model_merge_weight(a, m, &base, up, down, R, &done), SD_STATUS_OK);
+    CHECK(done == (backend == SD_BACKEND_CPU), "merged by the backend: %d", done);
+    if (done) {
+        float *got_a = encode(a, m), *got_b = encode(b, m);
+        bool close = want && got_a && got_b;
+        for (int64_t i = 0; close && i < n; i++)
+            close =
+                fabsf(got_a[i] - want[i]) <= 1e-5f * (1 + fabsf(want[i])) && got_b[i] == got_a[i];
+        CHECK(close, "merged: as a model loaded with the merged values, in both contexts");
+        CHECK(got_a && memcmp(got_a, reference, (size_t)n * 4) != 0,
+              "the merge changed the output");
+        free(got_a);
+        free(got_b);
+    } else {
+        CHECK(same_as_reference(a, m), "not merged: unchanged");
+    }
+
+    /* Bad calls and weights the backend does not merge change nothing. */
+    sd_weight_t bad = base;
+    bad.name = "encoder.layers.9.mlp.fc1.weight";
+    CHECK_STATUS(sd_model_merge_weight(a, m, &bad, up, down, R, &done), SD_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sd_model_merge_weight(a, m, &base, up, down, 0, &done),
+                 SD_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sd_model_merge_weight(a, m, &base, NULL, down, R, &done),
+                 SD_STATUS_INVALID_ARGUMENT);
+    bad = base;
+    bad.shape[1]++;
+    CHECK_STATUS(sd_model_merge_weight(a, m, &bad, up, down, R, &done), SD_STATUS_INVALID_ARGUMENT);
+    float *before = encode(a, m);
+    done = true;
+    CHECK_STATUS(sd_model_merge_weight(a, m, &table.w[0], up, down, 1, &done), SD_STATUS_OK);
+    CHECK(!done, "the token table is not merged by the backend");
+    float *after = encode(a, m);
+    CHECK(before && after && memcmp(before, after, (size_t)n * 4) == 0,
+          "refused and declined merges change nothing");
+    sd_ctx_t *outsider = new_ctx(NULL);
+    CHECK_STATUS(sd_model_merge_weight(outsider, m, &base, up, down, R, &done),
+                 SD_STATUS_INVALID_ARGUMENT);
+    sd_ctx_free(outsider);
+
+    CHECK_STATUS(sd_model_set_weights(b, m, &base, 1), SD_STATUS_OK);
+    CHECK(same_as_reference(a, m) && same_as_reference(b, m), "the base restores the model");
+    free(want);
+    free(before);
+    free(after);
+    sd_model_free(a, m2);
+    sd_ctx_free(b);
+    sd_ctx_free(a);
+}
+
 /* Extra token rows by definition: ids VOCAB + k with extra row k set to the token table's
  * rows of the ids they replace give the plain forward's output; other rows change it; an id
  * past the extra rows is refused. */
@@ -498,6 +581,7 @@ int main(int argc, char **argv) {
     test_lifetimes();
     test_outside_the_group();
     test_set_weights();
+    test_merge_weight();
     test_extra_rows();
     free(ref);
     free_table(&table);

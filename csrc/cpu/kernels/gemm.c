@@ -94,9 +94,10 @@ sd_packed_weight_t *sd_packed_weight_new(sd_pool_t *pool, const sd_cpu_kernels_t
     const int64_t width = as_b ? kern->nr : kern->mr;
     const int64_t padded = (rows + width - 1) / width * width;
     sd_packed_weight_t *p = malloc(sizeof *p);
-    void *data = sd_host_alloc_large((size_t)(padded * k) * sd_dtype_size(dtype));
+    const size_t bytes = (size_t)(padded * k) * sd_dtype_size(dtype);
+    void *data = sd_host_map(bytes);
     if (p == NULL || data == NULL) {
-        free(p), free(data);
+        free(p), sd_host_unmap(data, bytes);
         return NULL;
     }
     *p = (sd_packed_weight_t){dtype, as_b, rows, k, padded, data, false};
@@ -116,9 +117,148 @@ bool sd_packed_weight_repack(sd_pool_t *pool, const sd_cpu_kernels_t *kern, sd_p
     return true;
 }
 
+/* One task per B panel of the merged weight: the panel of the base, packed in place
+ * (converted to float32), then up·down added to it by the microkernel (C += A·B with A the
+ * rows of down^T at the panel's depths, B the panel's rows of up as a column panel). */
+typedef struct {
+    const sd_cpu_kernels_t *kern;
+    const void *base;
+    int32_t dtype;
+    float *dst;
+    int64_t rows, k, padded, rank;
+    const float *down_a; /* per KC block of depths: down^T's rows packed as A panels */
+    int64_t a_block;     /* floats of one such block: padded KC rows x rank */
+    const float *up_b;   /* up as B panels over the rank (sd_gemm_pack_b's layout) */
+} merge_job_t;
+
+static void merge_task(void *arg, int64_t panel, int thread) {
+    (void)thread;
+    const merge_job_t *j = arg;
+    const sd_cpu_kernels_t *kern = j->kern;
+    const int mr = kern->mr, nr = kern->nr;
+    const int64_t r0 = panel * nr, n = SD_MIN((int64_t)nr, j->rows - r0);
+    _Alignas(64) float edge[16 * 64]; /* one MR x NR tile */
+    SD_ASSERT(mr * nr <= 16 * 64);
+    const sd_tile_epilogue_t add = {.alpha = 1.0f, .accumulate = true};
+    const sd_tile_epilogue_t put = {.alpha = 1.0f};
+    sd_gemm_b_t b = {.data = j->base, .dtype = j->dtype, .kind = SD_GEMM_B_NK, .ld = j->k};
+    for (int64_t pc = 0; pc < j->k; pc += kern->kc) {
+        const int64_t kc = SD_MIN((int64_t)kern->kc, j->k - pc);
+        /* The panel's block in place (64-byte aligned: whole NR-float rows from an aligned
+         * start), as the microkernel's C tiles of row stride NR. */
+        float *c = j->dst + pc * j->padded + r0 * kc;
+        kern->pack_b(&b, j->rows, pc, r0, kc, n, c);
+        const float *a_blk = j->down_a + pc / kern->kc * j->a_block;
+        const int64_t kc_pad = (kc + mr - 1) / mr * mr;
+        for (int64_t d0 = 0; d0 < j->rank; d0 += kern->kc) {
+            const int64_t dc = SD_MIN((int64_t)kern->kc, j->rank - d0);
+            const float *bp = j->up_b + d0 * j->padded + r0 * dc;
+            for (int64_t i = 0; i < kc; i += mr) {
+                const float *ap = a_blk + d0 * kc_pad + i * dc;
+                if (i + mr <= kc) {
+                    kern->ukernel(dc, ap, bp, c + i * nr, nr, &add);
+                    continue;
+                }
+                kern->ukernel(dc, ap, bp, edge, nr, &put);
+                for (int64_t r = 0; r < kc - i; r++)
+                    for (int col = 0; col < nr; col++) c[(i + r) * nr + col] += edge[r * nr + col];
+            }
+        }
+    }
+}
+
+bool sd_packed_weight_merge(sd_pool_t *pool, const sd_cpu_kernels_t *kern, sd_packed_weight_t *p,
+                            const void *base, int32_t dtype, const float *up, const float *down,
+                            int64_t rank) {
+    SD_ASSERT(p->as_b && rank > 0);
+    const int64_t k = p->k, kc_max = kern->kc, mr = kern->mr;
+    const int64_t blocks = (k + kc_max - 1) / kc_max;
+    const int64_t a_block = (kc_max + mr - 1) / mr * mr * rank;
+    /* The microkernel reads panels (and writes tiles) with aligned vector loads. */
+    float *down_a = sd_host_alloc_large((size_t)(blocks * a_block) * sizeof(float));
+    float *up_b = sd_host_alloc_large(sd_gemm_packed_floats(kern, rank, p->rows) * sizeof(float));
+    if (down_a == NULL || up_b == NULL) {
+        free(down_a), free(up_b);
+        return false;
+    }
+    /* An F16 / BF16 pack grows into F32 where its memory can (the pages it has are kept:
+     * only the new half is fresh memory), else moves to new memory. */
+    float *dst = p->data;
+    if (p->dtype != SD_DTYPE_F32) {
+        const size_t bytes = (size_t)(p->padded * k) * sizeof(float);
+        dst = sd_host_remap(p->data, sd_packed_weight_bytes(p), bytes);
+        if (dst != NULL) {
+            p->data = NULL; /* moved */
+        } else if ((dst = sd_host_map(bytes)) == NULL) {
+            free(down_a), free(up_b);
+            return false;
+        }
+    }
+    /* down^T (k x rank) by blocks of KC rows, each in A panels of its own (a block's
+     * depths, the rows of a B panel's KC block, start a fresh run of MR-row panels). */
+    const sd_gemm_a_t a = {.data = down, .dtype = SD_DTYPE_F32, .col_major = true, .ld = k};
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        const int64_t i0 = blk * kc_max, rows = SD_MIN(kc_max, k - i0);
+        const int64_t rows_pad = (rows + mr - 1) / mr * mr;
+        for (int64_t d0 = 0; d0 < rank; d0 += kc_max)
+            kern->pack_a(&a, k, i0, d0, rows, SD_MIN(kc_max, rank - d0),
+                         down_a + blk * a_block + d0 * rows_pad);
+    }
+    const sd_gemm_b_t ub = {.data = up, .dtype = SD_DTYPE_F32, .kind = SD_GEMM_B_NK, .ld = rank};
+    sd_gemm_pack_b(kern, &ub, rank, p->rows, up_b);
+    merge_job_t job = {kern, base, dtype, dst, p->rows, k, p->padded, rank, down_a, a_block, up_b};
+    sd_pool_run(pool, p->padded / kern->nr, merge_task, &job);
+    free(down_a);
+    free(up_b);
+    if (dst != p->data) {
+        sd_host_unmap(p->data, sd_packed_weight_bytes(p));
+        p->data = dst;
+        p->dtype = SD_DTYPE_F32;
+    }
+    return true;
+}
+
+/* One block of rows of an unpacked merged weight: the base's rows converted in place,
+ * then the rows' up · down added by the GEMM (the block as its own residual). */
+typedef struct {
+    sd_cpu_backend_t *cpu;
+    float *dst;
+    const void *base;
+    int32_t dtype;
+    const float *up, *down;
+    int64_t rows, cols, rank, block;
+} merge_rows_job_t;
+
+static void merge_rows_task(void *arg, int64_t task, int thread) {
+    const merge_rows_job_t *j = arg;
+    const sd_cpu_kernels_t *kern = j->cpu->kern;
+    const int64_t r0 = task * j->block, n = SD_MIN(j->block, j->rows - r0);
+    float *d = j->dst + r0 * j->cols;
+    stage(kern, d, j->base, j->dtype, r0 * j->cols, n * j->cols);
+    const sd_gemm_a_t a = {.data = j->up + r0 * j->rank, .dtype = SD_DTYPE_F32, .ld = j->rank};
+    const sd_gemm_b_t b = {
+        .data = j->down, .dtype = SD_DTYPE_F32, .kind = SD_GEMM_B_KN, .ld = j->cols};
+    const sd_gemm_c_t c = {
+        .data = d, .ldc = j->cols, .group_cols = j->cols, .alpha = 1.0f, .residual = d};
+    sd_gemm_serial(kern, n, j->cols, j->rank, &a, &b, &c,
+                   sd_cpu_scratch(j->cpu, thread, sd_gemm_scratch_floats(kern)));
+}
+
+bool sd_weight_merge_rows(sd_cpu_backend_t *cpu, float *dst, const void *base, int32_t dtype,
+                          int64_t rows, int64_t cols, const float *up, const float *down,
+                          int64_t rank) {
+    if (!sd_cpu_scratch_reserve(cpu, sd_gemm_scratch_floats(cpu->kern))) return false;
+    /* A few blocks per thread: each packs all of down again, the smaller operand. */
+    const int64_t tasks = SD_MIN(rows, 4 * (int64_t)sd_pool_threads(cpu->pool));
+    const int64_t block = (rows + tasks - 1) / tasks;
+    merge_rows_job_t job = {cpu, dst, base, dtype, up, down, rows, cols, rank, block};
+    sd_pool_run(cpu->pool, (rows + block - 1) / block, merge_rows_task, &job);
+    return true;
+}
+
 void sd_packed_weight_free(sd_packed_weight_t *p) {
     if (p == NULL) return;
-    free(p->data);
+    sd_host_unmap(p->data, sd_packed_weight_bytes(p));
     free(p);
 }
 
