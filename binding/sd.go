@@ -158,6 +158,9 @@ type Library struct {
 	// sd_status_t sd_model_weight_copied(sd_ctx_t *ctx, const sd_model_t *model, const char *name,
 	//                                    int32_t dtype, bool *copied);
 	sdModelWeightCopied func(ctx Ctx, m Model, name *byte, dtype DType, copied *bool) Status
+	// sd_status_t sd_model_merge_weight(sd_ctx_t *ctx, sd_model_t *model, const sd_weight_t *base,
+	//                                   const float *up, const float *down, int32_t rank, bool *merged);
+	sdModelMergeWeight func(ctx Ctx, m Model, base uintptr, up, down *float32, rank int32, merged *bool) Status
 	// sd_status_t sd_clip_forward(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *ids, int32_t skip_layers,
 	//                             bool final_norm, sd_tensor_t *hidden, sd_tensor_t *pooled);
 	sdClipForward func(ctx Ctx, m Model, ids Tensor, skipLayers int32, finalNorm bool, hidden, pooled Tensor) Status
@@ -289,6 +292,7 @@ func (l *Library) apiSymbols() []symbol {
 		{"sd_model_free", &l.sdModelFree},
 		{"sd_model_set_weights", &l.sdModelSetWeights},
 		{"sd_model_weight_copied", &l.sdModelWeightCopied},
+		{"sd_model_merge_weight", &l.sdModelMergeWeight},
 		{"sd_clip_forward", &l.sdClipForward},
 		{"sd_clip_forward_extra", &l.sdClipForwardExtra},
 		{"sd_clip_project", &l.sdClipProject},
@@ -711,6 +715,38 @@ func (l *Library) ModelWeightCopied(ctx Ctx, m Model, name string, dtype DType) 
 	var copied bool
 	err := l.check(ctx, "sd_model_weight_copied", l.sdModelWeightCopied(ctx, m, &c[0], dtype, &copied))
 	return copied, err
+}
+
+// ModelMergeWeight gives the loaded weight base names the values base + up·down, computed in
+// float32 (a low-rank adapter merged into it), when the backend merges it itself: up is
+// rows x rank, down rank x cols (the weight viewed as its first dimension by the rest),
+// row-major, any scale already in up. It reports false, with nothing changed, for weights the
+// backend does not merge (on the CPU vectors and tables, on CUDA every weight): merge those
+// on the host and call ModelSetWeights. None of the memory is read once
+// it returns. Rules as ModelSetWeights.
+func (l *Library) ModelMergeWeight(ctx Ctx, m Model, base Weight, up, down []float32, rank int) (bool, error) {
+	if rank < 1 || len(up) == 0 || len(down) == 0 || len(up)%rank != 0 || len(down)%rank != 0 {
+		return false, fmt.Errorf("sd_model_merge_weight: %s: factors of %d and %d values for rank %d", base.Name, len(up), len(down), rank)
+	}
+	rows, cols := int64(1), int64(1)
+	if len(base.Shape) > 0 {
+		rows = base.Shape[0]
+		for _, d := range base.Shape[1:] {
+			cols *= d
+		}
+	}
+	if int64(len(up)) != rows*int64(rank) || int64(len(down)) != int64(rank)*cols {
+		return false, fmt.Errorf("sd_model_merge_weight: %s is %v: up must be %d x %d and down %d x %d, got %d and %d values",
+			base.Name, base.Shape, rows, rank, rank, cols, len(up), len(down))
+	}
+	table, err := newWeightTable([]Weight{base})
+	if err != nil {
+		return false, err
+	}
+	defer table.free()
+	var merged bool
+	err = l.check(ctx, "sd_model_merge_weight", l.sdModelMergeWeight(ctx, m, table.ptr, &up[0], &down[0], int32(rank), &merged))
+	return merged, err
 }
 
 // CLIPForward runs the text encoder: hidden gets layer (layers - skipLayers), with the

@@ -10,11 +10,13 @@ import (
 )
 
 // merger computes float32 patched weights. Plain LoRA / LoCon updates, nearly every
-// adapter in use, are low-rank products: W' = W + s·up@down runs as the runtime's float32
-// GEMM (a linear op with the base weight as its residual), which is what makes switching
-// adapters on a full-size model take about a second instead of the minutes of
-// lora.PatchWeight's float64 loops; those (LoHa, LoKr, Tucker cores, DoRA) stay on
-// lora.PatchWeight. It uses its engine's context, which the caller holds.
+// adapter in use, are low-rank products W' = W + s·up@down: where the backend merges a
+// weight itself (the CPU, see mergeResident) the runtime computes it where the weight lives;
+// elsewhere (CUDA) it runs here as the runtime's float32 GEMM (a linear op with the base
+// weight as its residual) and the result is installed with ModelSetWeights. Either way
+// switching adapters on a full-size model takes under a second instead of the minutes of
+// lora.PatchWeight's float64 loops; the other kinds (LoHa, LoKr, Tucker cores, DoRA) stay
+// on lora.PatchWeight. It uses its engine's context, which the caller holds.
 type merger struct {
 	e *engine
 	// staging holds merged weights the runtime copies (packs, uploads) on their way in.
@@ -50,6 +52,50 @@ func (m *merger) merge(t modelfile.Tensor, updates []lora.Update, dst []byte) er
 		fs = append(fs, lowRank{up, down, r, u.Scale, u.File, u.Module.Key})
 	}
 	return m.mergeLowRank(t, fs, dst)
+}
+
+// mergeResident has the runtime merge the updates into the weight name of model where it keeps it, when
+// all are low-rank products and the backend merges that weight (the CPU adds the product
+// while it packs a linear layer's weight, one pass over the base with no float32 copy of
+// the merged weight, and merges convolution kernels into memory of its own): the factors
+// go in as one product, up = [s1·up1 | s2·up2 ...] and down = [down1; down2 ...]. False,
+// with nothing changed, otherwise.
+func (m *merger) mergeResident(model binding.Model, name string, t modelfile.Tensor, updates []lora.Update) (bool, error) {
+	rows := t.Shape[0]
+	cols := numel(t.Shape) / rows
+	ups := make([][]float32, len(updates))
+	downs := make([][]float32, len(updates))
+	total := 0
+	for i, u := range updates {
+		up, down, r, ok, err := u.Module.LowRank()
+		if err != nil || !ok {
+			return false, err
+		}
+		if int64(len(up)) != rows*int64(r) || int64(len(down)) != int64(r)*cols {
+			return false, fmt.Errorf("%s: module %s is [%d, %d] @ [%d, %d], the weight [%d, %d]",
+				u.File, u.Module.Key, len(up)/max(r, 1), r, r, len(down)/max(r, 1), rows, cols)
+		}
+		s := float32(u.Scale)
+		for j := range up { // LowRank's factors are fresh copies
+			up[j] *= s
+		}
+		ups[i], downs[i] = up, down
+		total += r
+	}
+	up, down := ups[0], downs[0]
+	if len(updates) > 1 {
+		up, down = make([]float32, rows*int64(total)), nil
+		off := 0
+		for i, src := range ups {
+			r := len(src) / int(rows)
+			for row := range int(rows) {
+				copy(up[row*total+off:row*total+off+r], src[row*r:(row+1)*r])
+			}
+			down = append(down, downs[i]...)
+			off += r
+		}
+	}
+	return m.e.lib.ModelMergeWeight(m.e.ctx, model, weightOf(name, t), up, down, total)
 }
 
 // stagingBuffer returns the staging memory, n bytes, grown as needed.

@@ -255,9 +255,10 @@ func (p *Pipeline) switchLoRAs(s *loraState, ls []LoRA, want string) error {
 
 // install gives one network the weights of plan, merged one at a time, and the base
 // values back to the weights the installed set patched and plan does not, keeping
-// s.patched true at every step. A merged weight the runtime copies (copied) passes
-// through the merger's staging memory; one it reads in place gets float32 memory of its
-// own (its previous patch's, when it had one).
+// s.patched true at every step. The runtime merges what it can where it keeps the weight;
+// otherwise a merged weight the runtime copies (copied) passes through the merger's
+// staging memory, and one it reads in place gets float32 memory of its own (its previous
+// patch's, when it had one).
 func (s *loraState) install(m *merger, model binding.Model, component string, base map[string]modelfile.Tensor, plan []lora.Patch, copied map[string]bool) error {
 	lib, ctx := m.e.lib, m.e.ctx
 	if s.patched == nil {
@@ -277,10 +278,25 @@ func (s *loraState) install(m *merger, model binding.Model, component string, ba
 		t := base[pt.Weight]
 		size := 4 * int(numel(t.Shape))
 		old, had := patched[pt.Weight]
+		var err error
+		if failMerge != nil {
+			err = failMerge(pt.Weight)
+		}
+		resident := false
+		if err == nil && residentMerges {
+			resident, err = m.mergeResident(model, pt.Weight, t, pt.Updates)
+		}
+		if err != nil {
+			return fmt.Errorf("merging LoRAs into %s: %w", pt.Weight, err)
+		}
+		if resident {
+			patched[pt.Weight] = hostBuffer{} // the runtime holds the merged values
+			old.free()
+			continue
+		}
 		var dst []byte
 		var own hostBuffer // new memory of its own
 		inPlace := false
-		var err error
 		switch {
 		case copied[pt.Weight]:
 			dst, err = m.stagingBuffer(size)
@@ -293,12 +309,7 @@ func (s *loraState) install(m *merger, model binding.Model, component string, ba
 		if err != nil {
 			return err
 		}
-		if failMerge != nil {
-			err = failMerge(pt.Weight)
-		}
-		if err == nil {
-			err = m.merge(t, pt.Updates, dst)
-		}
+		err = m.merge(t, pt.Updates, dst)
 		if err != nil {
 			own.free()
 			return fmt.Errorf("merging LoRAs into %s: %w", pt.Weight, err)
@@ -329,6 +340,10 @@ func (s *loraState) install(m *merger, model binding.Model, component string, ba
 	}
 	return nil
 }
+
+// residentMerges lets the runtime merge low-rank updates where it keeps the weights (tests
+// turn it off to compare with the host merge the other backends use).
+var residentMerges = true
 
 // failMerge, when tests set it, makes the merge of the weights it returns an error for fail.
 var failMerge func(weight string) error

@@ -284,6 +284,48 @@ func TestLoRASwitchingAcrossClones(t *testing.T) {
 	}
 }
 
+// The runtime's own merge (ModelMergeWeight: on the CPU while it packs a linear layer's
+// weight, or into float32 memory of its own for a convolution's kernel) gives the image the
+// host merge gives (what CUDA uses: ModelSetWeights with merged values), up to the rounding
+// of float32 sums in another order; vectors are left to the host.
+func TestLoRAResidentMergeMatchesHostMerge(t *testing.T) {
+	run := kitLoRARun(t)
+	p := openTiny(t, "sd1-tiny")
+	image := func() []uint8 {
+		res, err := p.Txt2Img(context.Background(), run.request)
+		require.NoError(t, err)
+		return imageCHW(res.Images[0])
+	}
+	resident := image()
+	residentMerges = false
+	defer func() { residentMerges = true }()
+	host := image()
+	require.Len(t, resident, len(host))
+	worst := 0
+	for i := range host {
+		worst = max(worst, int(resident[i])-int(host[i]), int(host[i])-int(resident[i]))
+	}
+	assert.LessOrEqual(t, worst, 1, "max |difference| in 8-bit levels")
+
+	require.NoError(t, p.acquire(context.Background()))
+	defer p.release()
+	for name, want := range map[string]bool{
+		"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight": true,  // packed
+		"down_blocks.0.resnets.0.conv1.weight":                              true,  // read in place
+		"down_blocks.0.resnets.0.norm1.weight":                              false, // a vector
+	} {
+		base := p.model.UNet.Tensors[name]
+		rows := base.Shape[0]
+		cols := numel(base.Shape) / rows
+		up, down := make([]float32, rows*2), make([]float32, 2*cols)
+		merged, err := p.eng.lib.ModelMergeWeight(p.eng.ctx, p.eng.unet, weightOf(name, base), up, down, 2)
+		require.NoError(t, err, name)
+		assert.Equal(t, want, merged, name)
+		_, err = p.eng.lib.ModelMergeWeight(p.eng.ctx, p.eng.unet, weightOf(name, base), up, down[1:], 2)
+		assert.ErrorContains(t, err, "down", name)
+	}
+}
+
 // The runtime refuses to replace a weight its load folded into another tensor (a ResNet's
 // conv1 bias lives in its time-embedding bias) rather than leave it stale; the conv
 // weight beside it is replaceable.
