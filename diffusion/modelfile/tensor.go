@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/bits"
 	"strings"
+	"sync"
 )
 
 // DType is the element type of a tensor, named as in the safetensors format.
@@ -92,8 +93,9 @@ func (t Tensor) Float32s() ([]float32, error) {
 			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(t.Data[4*i:]))
 		}
 	case F16:
+		table := halfTable()
 		for i := range out {
-			out[i] = halfToFloat32(binary.LittleEndian.Uint16(t.Data[2*i:]))
+			out[i] = table[binary.LittleEndian.Uint16(t.Data[2*i:])]
 		}
 	case BF16:
 		for i := range out {
@@ -127,6 +129,17 @@ func numElements(shape []int64) (int64, bool) {
 }
 
 // halfToFloat32 converts IEEE 754 binary16 bits to float32, exactly.
+// halfTable holds every binary16 value as float32 (256 KiB, made on first use): a lookup
+// converts the millions of values of a weight or adapter file several times faster than
+// decoding each.
+var halfTable = sync.OnceValue(func() *[1 << 16]float32 {
+	var t [1 << 16]float32
+	for h := range t {
+		t[h] = halfToFloat32(uint16(h))
+	}
+	return &t
+})
+
 func halfToFloat32(h uint16) float32 {
 	sign := uint32(h>>15) << 31
 	exp := uint32(h>>10) & 0x1f

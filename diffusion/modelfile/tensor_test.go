@@ -117,3 +117,36 @@ func TestNumElements(t *testing.T) {
 		}
 	}
 }
+
+// Every binary16 value converts to the float32 its definition gives: (-1)^s · 2^(e-15) ·
+// (1 + m/1024) for normal exponents, (-1)^s · m · 2^-24 for subnormals, ±Inf, NaN.
+func TestFloat32sConvertsEveryHalf(t *testing.T) {
+	data := make([]byte, 2<<16)
+	for h := range 1 << 16 {
+		binary.LittleEndian.PutUint16(data[2*h:], uint16(h))
+	}
+	got, err := Tensor{Name: "all", DType: F16, Shape: []int64{1 << 16}, Data: data}.Float32s()
+	require.NoError(t, err)
+	for h := range 1 << 16 {
+		sign, exp, mant := h>>15, (h>>10)&0x1f, h&0x3ff
+		var want float64
+		switch {
+		case exp == 0x1f && mant != 0:
+			assert.True(t, math.IsNaN(float64(got[h])), "%#04x", h)
+			continue
+		case exp == 0x1f:
+			want = math.Inf(1)
+		case exp == 0:
+			want = math.Ldexp(float64(mant), -24)
+		default:
+			want = math.Ldexp(1+float64(mant)/1024, exp-15)
+		}
+		if sign == 1 {
+			want = -want
+		}
+		if !assert.Equal(t, float32(want), got[h], "%#04x", h) {
+			return
+		}
+		assert.Equal(t, math.Signbit(want), math.Signbit(float64(got[h])), "%#04x sign", h)
+	}
+}
