@@ -77,6 +77,10 @@ typedef struct sd_gemm_b {
     int64_t ld;          /* PACKED: the N it was packed with */
     int64_t packed_k;    /* PACKED: the K it was packed with; a GEMM may use a prefix of both */
     sd_gemm_conv_t conv; /* IM2COL only */
+    /* PACKED with a bf16 table: the panels already in the pair layout (block (k0, panel p)
+     * at k0/2 * padded + p * NR * ceil(kc/2); dtype then ignored), as Winograd's input
+     * transform writes them. */
+    bool bf16_pairs;
 } sd_gemm_b_t;
 
 /* Where C (M x N) goes and what is added to it. Columns come in groups of `group_cols`
@@ -174,6 +178,12 @@ typedef struct sd_cpu_kernels {
      * wino_output: for n <= NR tiles, m[xi * xi_stride + i] holds tile i's 36 products;
      * writes the 4x4 output of tile i to y[r * 4 * NR + 4 * i + c]. */
     void (*wino_input)(const float *rows, int64_t ld, int n, float *dst, int64_t xi_stride);
+    /* The avx512 table only (else NULL), for bf16 GEMMs: wino_input of two input channels
+     * (rows1 NULL: a zero channel) rounded to bf16 (nearest even) and paired, the first
+     * channel's value in the low half of lane dst[xi * xi_stride + i], the second's in the
+     * high half (streaming stores where aligned, as wino_input). */
+    void (*wino_input_pair)(const float *rows0, const float *rows1, int64_t ld, int n,
+                            uint32_t *dst, int64_t xi_stride);
     void (*wino_output)(const float *m, int64_t xi_stride, int n, float *y);
     /* Narrows n floats to dtype (F16 or BF16, round to nearest even). */
     void (*narrow)(uint16_t *dst, const float *src, int32_t dtype, int64_t n);

@@ -4,8 +4,9 @@
  * the GEMM's packed fp32 panels into the bf16 pair layout it reads. Compiled alone with
  * -mavx512bf16 (CMakeLists.txt) and used only when CPUID reports AVX512_BF16 and the
  * context asked for SD_PRECISION_BF16; the tile and blocking are the avx512 table's, so
- * every packer, Winograd transform and the attention kernel work unchanged in fp32 and
- * only the panels the microkernel reads are narrowed.
+ * every packer, the Winograd filter transform and the attention kernel work unchanged in
+ * fp32 and only the panels the microkernel reads are narrowed (Winograd's input transform
+ * writes its panels paired: the avx512 table's wino_input_pair).
  *
  * Pair layout: a panel of width W (MR rows of A or NR columns of B) and depth kc becomes
  * ceil(kc/2) rows of W 32-bit lanes; lane c of pair row p holds bf16(x[2p][c]) in its low

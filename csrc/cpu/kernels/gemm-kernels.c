@@ -654,6 +654,55 @@ static void wino_input(const float *rows, int64_t ld, int n, float *dst, int64_t
     }
 }
 
+#if SD_ISA == SD_ISA_AVX512
+#define WINO_POSITIONS 36
+/* bf16 bits of each lane, in its low half: rounded to nearest even, NaN kept quiet (as
+ * sd_f32_to_bf16 and vcvtne2ps2bf16, for the normal values the transforms produce). */
+static inline __m512i bf16_bits(__m512 x) {
+    const __m512i b = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    return _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(b, 16), _mm512_set1_epi32(0x40));
+}
+
+static void wino_input_pair(const float *rows0, const float *rows1, int64_t ld, int n,
+                            uint32_t *dst, int64_t xi_stride) {
+    for (int t0 = 0; t0 < n; t0 += VW) {
+        vf lo[WINO_POSITIONS]; /* the first channel's 36 values, paired with the second's */
+        for (int c = 0; c < 2; c++) {
+            const float *rows = c ? rows1 : rows0;
+            vf cols[6][6];
+            for (int a = 0; a < 6; a++) {
+                vf d[6] = {0};
+                if (rows) patch_row(rows + a * ld + 4 * t0, d);
+                bt6(d, cols[a]);
+            }
+            for (int b = 0; b < 6; b++) {
+                vf d[6], r[6];
+                for (int a = 0; a < 6; a++) d[a] = cols[a][b];
+                bt6(d, r);
+                for (int a = 0; a < 6; a++) {
+                    const int xi = a * 6 + b;
+                    if (c == 0) {
+                        lo[xi] = r[a];
+                        continue;
+                    }
+                    const __m512i v = _mm512_or_si512(
+                        bf16_bits((__m512)lo[xi]), _mm512_slli_epi32(bf16_bits((__m512)r[a]), 16));
+                    uint32_t *o = dst + (int64_t)xi * xi_stride + t0;
+                    if (t0 + VW <= n && ((uintptr_t)o & 63) == 0)
+                        _mm512_stream_si512((void *)o, v); /* as wino_input */
+                    else
+                        _mm512_mask_storeu_epi32(o, (__mmask16)((1u << SD_MIN(VW, n - t0)) - 1), v);
+                }
+            }
+        }
+    }
+}
+#endif
+
 static void wino_output(const float *m, int64_t xi_stride, int n, float *y) {
     for (int t0 = 0; t0 < n; t0 += VW) {
         vf rows[4][6]; /* A^T applied down each column: rows[r][b] */
@@ -760,5 +809,8 @@ const sd_cpu_kernels_t KERNELS_SYM = {
     .narrow = narrow_n,
     .softmax_panel = softmax_panel,
     .wino_input = wino_input,
+#if SD_ISA == SD_ISA_AVX512
+    .wino_input_pair = wino_input_pair,
+#endif
     .wino_output = wino_output,
 };

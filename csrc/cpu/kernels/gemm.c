@@ -347,8 +347,17 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
             bool accumulate = pc > 0;
             /* Panels hold `panel_kc` rows: kc, or the depth B was packed with. */
             const float *bblock = bpack;
+            const uint32_t *bblock2 = bpair;
             int64_t panel_kc = kc;
-            if (b->kind == SD_GEMM_B_PACKED) {
+            int64_t panel_kp = (kc + 1) / 2; /* pair rows per B panel */
+            if (b->kind == SD_GEMM_B_PACKED && b->bf16_pairs) {
+                panel_kc = SD_MIN((int64_t)kern->kc, b->packed_k - pc);
+                panel_kp = (panel_kc + 1) / 2;
+                /* An odd depth's last pair holds one depth past it. */
+                SD_ASSERT(bf16 != NULL && pc % 2 == 0 && (kc % 2 == 0 || kc == panel_kc));
+                bblock2 =
+                    (const uint32_t *)b->data + pc / 2 * padded_cols(kern, b->ld) + jc * panel_kp;
+            } else if (b->kind == SD_GEMM_B_PACKED) {
                 panel_kc = SD_MIN((int64_t)kern->kc, b->packed_k - pc);
                 int64_t at = pc * padded_cols(kern, b->ld) + jc * panel_kc;
                 if (b->dtype == SD_DTYPE_F32)
@@ -359,7 +368,8 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
                 kern->pack_b(b, n, pc, jc, kc, nc, bpack);
             }
             const int64_t kp = (kc + 1) / 2;
-            if (bf16) bf16->pair_panels(bpair, bblock, nr, kc, (nc + nr - 1) / nr, panel_kc * nr);
+            if (bf16 && bblock2 == bpair)
+                bf16->pair_panels(bpair, bblock, nr, kc, (nc + nr - 1) / nr, panel_kc * nr);
             for (int64_t ic = i_lo; ic < i_hi; ic += kern->mc) {
                 int64_t mc = SD_MIN((int64_t)kern->mc, i_hi - ic);
                 const float *ablock = apack;
@@ -386,7 +396,7 @@ static void gemm_block(const sd_cpu_kernels_t *kern, int64_t m, int64_t n, int64
                     int64_t g = j / c->group_cols;
                     bool same_group = (j + cols - 1) / c->group_cols == g;
                     const float *bp = bblock + jr * panel_kc;
-                    const uint32_t *bp2 = bf16 ? bpair + jr * kp : NULL;
+                    const uint32_t *bp2 = bf16 ? bblock2 + jr * panel_kp : NULL;
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int64_t i = ic + ir;
                         int rows = (int)SD_MIN((int64_t)mr, ic + mc - i);

@@ -12,12 +12,13 @@
  * The channel sums are 36 independent GEMMs, M[xi] (Cout x tiles) = U[xi] (Cout x Cin)
  * V[xi] (Cin x tiles), so 9 multiplies per output become 36 / 16 = 2.25. The filter
  * transform writes U and the input transform writes V straight into the GEMM's packed
- * panel layouts, so the GEMMs pack nothing. Tiles are processed in chunks so V and M stay
- * within a bounded buffer; U is recomputed per call (cheap next to the GEMMs wherever
- * this path is chosen), a slice of output channels at a time where the whole of it would
- * be large (see U_BYTES). Bias, per-sample bias and residual are added by the output
- * transform. fp32 accuracy stays within a few 1e-6 of the direct convolution on SD's
- * activations (the op and conformance tests check it).
+ * panel layouts, so the GEMMs pack nothing (in bf16, V goes straight into the pair layout
+ * the bf16 microkernel reads, two input channels at a time). Tiles are processed in chunks so V and
+ * M stay within a bounded buffer; U is recomputed per call (cheap next to the GEMMs wherever this
+ * path is chosen), a slice of output channels at a time where the whole of it would be large (see
+ * U_BYTES). Bias, per-sample bias and residual are added by the output transform. fp32 accuracy
+ * stays within a few 1e-6 of the direct convolution on SD's activations (the op and conformance
+ * tests check it).
  */
 #include "../cpu.h"
 
@@ -86,6 +87,8 @@ typedef struct {
     uint32_t *u2;    /* bf16: the same as pair panels, u2_lanes each; else NULL */
     size_t u2_lanes;
     float *v, *m; /* the chunk's WP packed B operands (Cin x tiles) and results */
+    uint32_t *v2; /* bf16: V written as pair panels instead (v2_lanes each); else NULL */
+    size_t v2_lanes;
     int64_t t0, nt, ntpad;
     size_t gemm_offset; /* GEMM pack buffers in a thread's scratch, after the row buffers */
 } wino_job_t;
@@ -188,6 +191,31 @@ static bool next_run(const wino_job_t *j, int64_t k, tile_run_t *r) {
     return true;
 }
 
+/* The tile row's 6 input rows of channel ci, zero-padded around the image (only the
+ * padding is cleared: the rows are rewritten for every channel and tile row). */
+static void fill_rows(const wino_job_t *j, const tile_run_t *r, int64_t ci, float *rows) {
+    const int64_t sh = j->up ? j->h / 2 : j->h, sw = j->up ? j->wd / 2 : j->wd;
+    const float *plane = j->x + (r->img * j->cin + ci) * sh * sw;
+    const int64_t tail = j->row_len - j->pl - j->wd;
+    for (int a = 0; a < WA; a++) {
+        float *row = rows + a * j->row_len;
+        int64_t iy = r->ty * WM + a - j->pt;
+        if (iy < 0 || iy >= j->h) {
+            memset(row, 0, (size_t)j->row_len * sizeof(float));
+            continue;
+        }
+        memset(row, 0, (size_t)j->pl * sizeof(float));
+        if (j->up) {
+            const float *src = plane + iy / 2 * sw;
+            float *d = row + j->pl;
+            for (int64_t i = 0; i < sw; i++) d[2 * i] = d[2 * i + 1] = src[i];
+        } else {
+            memcpy(row + j->pl, plane + iy * j->wd, (size_t)j->wd * sizeof(float));
+        }
+        memset(row + j->pl + j->wd, 0, (size_t)tail * sizeof(float));
+    }
+}
+
 static void input_task(void *arg, int64_t ci, int thread) {
     const wino_job_t *j = arg;
     const sd_cpu_kernels_t *kern = j->cpu->kern;
@@ -197,28 +225,7 @@ static void input_task(void *arg, int64_t ci, int thread) {
     tile_run_t r;
     for (int64_t k = 0; next_run(j, k, &r); k += r.n) {
         if (r.img != filled_img || r.ty != filled_ty) {
-            /* The tile row's 6 input rows, zero-padded around the image (only the padding
-             * is cleared: the rows are rewritten for every channel and tile row). */
-            const int64_t sh = j->up ? j->h / 2 : j->h, sw = j->up ? j->wd / 2 : j->wd;
-            const float *plane = j->x + (r.img * j->cin + ci) * sh * sw;
-            const int64_t tail = j->row_len - j->pl - j->wd;
-            for (int a = 0; a < WA; a++) {
-                float *row = rows + a * j->row_len;
-                int64_t iy = r.ty * WM + a - j->pt;
-                if (iy < 0 || iy >= j->h) {
-                    memset(row, 0, (size_t)j->row_len * sizeof(float));
-                    continue;
-                }
-                memset(row, 0, (size_t)j->pl * sizeof(float));
-                if (j->up) {
-                    const float *src = plane + iy / 2 * sw;
-                    float *d = row + j->pl;
-                    for (int64_t i = 0; i < sw; i++) d[2 * i] = d[2 * i + 1] = src[i];
-                } else {
-                    memcpy(row + j->pl, plane + iy * j->wd, (size_t)j->wd * sizeof(float));
-                }
-                memset(row + j->pl + j->wd, 0, (size_t)tail * sizeof(float));
-            }
+            fill_rows(j, &r, ci, rows);
             filled_img = r.img, filled_ty = r.ty;
         }
         float *dst = j->v + packed_at(r.k, ci, kern->nr, j->ntpad, j->cin, kern->kc);
@@ -226,6 +233,36 @@ static void input_task(void *arg, int64_t ci, int thread) {
     }
 #if defined(__x86_64__)
     _mm_sfence(); /* the input transform's streaming stores, before the GEMMs read them */
+#endif
+}
+
+/* bf16: input channels 2p and 2p + 1 (when there is one) into the halves of V's pair
+ * lanes, so that the GEMMs read V as it is and no fp32 V is written. */
+static void input_pair_task(void *arg, int64_t p, int thread) {
+    const wino_job_t *j = arg;
+    const sd_cpu_kernels_t *kern = j->cpu->kern;
+    const int64_t nr = kern->nr, kcb = kern->kc, ci = 2 * p;
+    const int64_t pc = ci / kcb * kcb, kp = (SD_MIN(kcb, j->cin - pc) + 1) / 2;
+    const int chans = ci + 1 < j->cin ? 2 : 1;
+    float *rows = j->cpu->scratch[thread]; /* 6 padded input rows per channel */
+    int64_t filled_img = -1, filled_ty = -1;
+    tile_run_t r;
+    for (int64_t k = 0; next_run(j, k, &r); k += r.n) {
+        const bool fill = r.img != filled_img || r.ty != filled_ty;
+        /* Pair row (ci - pc) / 2 of the tiles' B panel in the block of depth pc. */
+        uint32_t *dst =
+            j->v2 + pc / 2 * j->ntpad + r.k / nr * nr * kp + (ci - pc) / 2 * nr + r.k % nr;
+        float *rows1 = chans == 2 ? rows + WA * j->row_len : NULL;
+        if (fill) {
+            fill_rows(j, &r, ci, rows);
+            if (rows1) fill_rows(j, &r, ci + 1, rows1);
+        }
+        kern->wino_input_pair(rows + WM * r.tx, rows1 ? rows1 + WM * r.tx : NULL, j->row_len, r.n,
+                              dst, (int64_t)j->v2_lanes);
+        filled_img = r.img, filled_ty = r.ty;
+    }
+#if defined(__x86_64__)
+    _mm_sfence(); /* as input_task */
 #endif
 }
 
@@ -252,6 +289,10 @@ static void gemm_task(void *arg, int64_t task, int thread) {
                      .kind = SD_GEMM_B_PACKED,
                      .ld = j->nt,
                      .packed_k = j->cin};
+    if (j->v2 != NULL) {
+        b.data = j->v2 + (size_t)xi * j->v2_lanes;
+        b.bf16_pairs = true;
+    }
     sd_gemm_c_t c = {.data = j->m + (size_t)xi * (size_t)(j->cs * j->nt),
                      .ldc = j->nt,
                      .group_cols = j->nt,
@@ -330,7 +371,10 @@ sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
         SD_MIN(SD_MIN(SD_MAX(nr, chunk / nr * nr), (tiles + nr - 1) / nr * nr), MAX_CHUNK_TILES);
 
     const size_t u_floats = (size_t)WP * (size_t)((cs + mr - 1) / mr * mr * j.cin);
-    const size_t v_floats = (size_t)WP * (size_t)(j.cin * chunk);
+    /* bf16: V as pair lanes (half the bytes) in place of the fp32 V. */
+    const bool pairs = kern->bf16 != NULL && kern->wino_input_pair != NULL;
+    j.v2_lanes = pairs ? (size_t)(chunk * ((j.cin + 1) / 2)) : 0;
+    const size_t v_floats = pairs ? WP * j.v2_lanes : (size_t)WP * (size_t)(j.cin * chunk);
     /* M rows are read a whole vector at a time: pad the end. */
     const size_t m_floats = (size_t)WP * (size_t)(cs * chunk) + (size_t)nr;
     float *u = sd_arena_alloc(&ctx->arena, u_floats * sizeof(float));
@@ -339,8 +383,9 @@ sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
         kern->bf16 ? sd_arena_alloc(&ctx->arena, WP * j.u2_lanes * sizeof(uint32_t)) : NULL;
     float *vm = sd_arena_alloc(&ctx->arena, (v_floats + m_floats) * sizeof(float));
     /* Row buffers, output tiles, and the GEMMs' own buffers (edge tiles; bf16 pair panels). */
-    const size_t scratch_floats = SD_MAX(SD_MAX((size_t)(WA * j.row_len), (size_t)(WM * WM * nr)),
-                                         sd_gemm_scratch_floats(kern));
+    const size_t scratch_floats =
+        SD_MAX(SD_MAX((size_t)((pairs ? 2 : 1) * WA * j.row_len), (size_t)(WM * WM * nr)),
+               sd_gemm_scratch_floats(kern));
     bool scratch = sd_cpu_scratch_reserve(cpu, scratch_floats);
     if (u == NULL || vm == NULL || !scratch || (kern->bf16 && u2 == NULL)) {
         sd_arena_free(&ctx->arena, u2);
@@ -351,7 +396,8 @@ sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
     }
     j.u = u;
     j.u2 = u2;
-    j.v = vm;
+    j.v = pairs ? NULL : vm;
+    j.v2 = pairs ? (uint32_t *)vm : NULL;
     j.m = vm + v_floats;
     for (j.co0 = 0; j.co0 < j.cout; j.co0 += cs) {
         j.cs = SD_MIN(cs, j.cout - j.co0);
@@ -363,9 +409,15 @@ sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
             j.ntpad = (j.nt + nr - 1) / nr * nr;
             /* One chunk holds every tile: its V serves every slice. */
             if (j.co0 == 0 || chunk < tiles) {
-                if (j.ntpad > j.nt)
-                    memset(j.v, 0, (size_t)WP * (size_t)(j.cin * j.ntpad) * sizeof(float));
-                sd_pool_run(cpu->pool, j.cin, input_task, &j);
+                if (pairs) {
+                    /* The lanes past the tiles are never written. */
+                    if (j.ntpad > j.nt) memset(j.v2, 0, WP * j.v2_lanes * sizeof(uint32_t));
+                    sd_pool_run(cpu->pool, (j.cin + 1) / 2, input_pair_task, &j);
+                } else {
+                    if (j.ntpad > j.nt)
+                        memset(j.v, 0, (size_t)WP * (size_t)(j.cin * j.ntpad) * sizeof(float));
+                    sd_pool_run(cpu->pool, j.cin, input_task, &j);
+                }
             }
             sd_pool_run(cpu->pool, WP * GEMM_SLICES, gemm_task, &j);
             sd_pool_run(cpu->pool, j.cs, output_task, &j);
