@@ -234,6 +234,11 @@ void sd_gemm_pack_b(const sd_cpu_kernels_t *kern, const sd_gemm_b_t *b, int64_t 
 size_t sd_gemm_pairs_a_lanes(const sd_cpu_kernels_t *kern, int64_t m, int64_t k);
 void sd_gemm_pair_packed_a(const sd_cpu_kernels_t *kern, const float *src, int64_t m, int64_t k,
                            uint32_t *dst);
+/* The same for B (K x N) packed by sd_gemm_pack_b: sd_gemm_pairs_b_lanes(k, n) lanes, for
+ * a SD_GEMM_B_PACKED operand with bf16_pairs set. */
+size_t sd_gemm_pairs_b_lanes(const sd_cpu_kernels_t *kern, int64_t k, int64_t n);
+void sd_gemm_pair_packed_b(const sd_cpu_kernels_t *kern, const float *src, int64_t k, int64_t n,
+                           uint32_t *dst);
 
 /* Packs a weight W (rows x k, in its dtype) for use as A or as B = W^T; NULL when out of
  * memory. Free with sd_packed_weight_free. */

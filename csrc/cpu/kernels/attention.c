@@ -30,28 +30,32 @@ typedef struct {
     int64_t kb, kblocks; /* keys per block: a multiple of MR that fits one KC block */
     bool causal;
     float scale;
-    float *kpack, *vpack;      /* per (batch, head): every key block's K and V^T panels */
-    size_t kblock_f, vblock_f; /* floats per key block */
-    size_t gemm_f, s_f, o_f;   /* per-thread scratch layout */
+    float *kpack, *vpack;         /* per (batch, head): every key block's K and V^T panels */
+    size_t kblock_f, vblock_f;    /* floats per key block */
+    size_t gemm_f, s_f, o_f, q_f; /* per-thread scratch layout */
 } attn_job_t;
 
 static int64_t keys_in(const attn_job_t *j, int64_t kbi) {
     return SD_MIN(j->kb, j->tk - kbi * j->kb);
 }
 
-/* Phase 1: one task per (batch, head, key block) packs K (rows = keys) and V^T. */
+/* Phase 1: one task per (batch, head, key block) packs K (rows = keys) and V^T; in bf16
+ * as pair panels, narrowed here once rather than by each query block's GEMMs. */
 static void pack_task(void *arg, int64_t task, int thread) {
-    (void)thread;
     const attn_job_t *j = arg;
     const sd_cpu_kernels_t *kern = j->cpu->kern;
     const int64_t kbi = task % j->kblocks, bh = task / j->kblocks;
     const int64_t b = bh / j->heads, h = bh % j->heads, k0 = kbi * j->kb, n = keys_in(j, kbi);
     const size_t at = (size_t)(bh * j->kblocks + kbi);
     const int64_t row = (b * j->tk + k0) * j->c + h * j->d;
+    float *kdst = j->kpack + at * j->kblock_f, *vdst = j->vpack + at * j->vblock_f;
+    float *tmp = j->cpu->scratch[thread]; /* bf16: the fp32 panels on their way */
     sd_gemm_a_t ka = {.data = j->k + row, .dtype = SD_DTYPE_F32, .ld = j->c};
-    sd_gemm_pack_a(kern, &ka, n, j->d, j->kpack + at * j->kblock_f);
+    sd_gemm_pack_a(kern, &ka, n, j->d, kern->bf16 ? tmp : kdst);
+    if (kern->bf16) sd_gemm_pair_packed_a(kern, tmp, n, j->d, (uint32_t *)kdst);
     sd_gemm_a_t va = {.data = j->v + row, .dtype = SD_DTYPE_F32, .col_major = true, .ld = j->c};
-    sd_gemm_pack_a(kern, &va, j->d, n, j->vpack + at * j->vblock_f);
+    sd_gemm_pack_a(kern, &va, j->d, n, kern->bf16 ? tmp : vdst);
+    if (kern->bf16) sd_gemm_pair_packed_a(kern, tmp, j->d, n, (uint32_t *)vdst);
 }
 
 /* Phase 2: one task per (batch, head, block of QB queries). */
@@ -67,7 +71,8 @@ static void attn_task(void *arg, int64_t task, int thread) {
     float *s = scratch + j->gemm_f; /* S^T / P^T: panels of (kb x nr) */
     float *o = s + j->s_f;          /* O^T: (d x QB) */
     float *m = o + j->o_f, *l = m + QB, *alpha = l + QB;
-    float *qpack = alpha + QB; /* Q^T packed once, for every key block */
+    float *qpack = alpha + QB;                       /* Q^T packed once, for every key block */
+    uint32_t *qpairs = (uint32_t *)(qpack + j->q_f); /* bf16: the same as pair panels */
 
     for (int64_t c = 0; c < QB; c++) m[c] = -INFINITY, l[c] = 0.0f;
     memset(o, 0, (size_t)(j->d * QB) * sizeof(float));
@@ -82,6 +87,11 @@ static void attn_task(void *arg, int64_t task, int thread) {
     sd_gemm_pack_b(kern, &q_nk, j->d, nq, qpack);
     sd_gemm_b_t qt = {
         .data = qpack, .dtype = SD_DTYPE_F32, .kind = SD_GEMM_B_PACKED, .ld = nq, .packed_k = j->d};
+    if (kern->bf16) {
+        sd_gemm_pair_packed_b(kern, qpack, j->d, nq, qpairs);
+        qt.data = qpairs;
+        qt.bf16_pairs = true;
+    }
     /* Causal: keys past the block's last query are never visible. */
     const int64_t last_key = j->causal ? SD_MIN(j->tk, q0 + nq) : j->tk;
     for (int64_t kbi = 0; kbi * j->kb < last_key; kbi++) {
@@ -93,7 +103,7 @@ static void attn_task(void *arg, int64_t task, int thread) {
                                  j->d,
                                  (n + kern->mr - 1) / kern->mr * kern->mr,
                                  j->kpack + at * j->kblock_f,
-                                 false};
+                                 kern->bf16 != NULL};
         sd_gemm_a_t ka = {.packed = &kp};
         /* S^T: row i (key), column c (query) at panel c / nr, i * nr + c % nr. */
         sd_gemm_c_t sc = {
@@ -115,7 +125,7 @@ static void attn_task(void *arg, int64_t task, int thread) {
                                  n,
                                  (j->d + kern->mr - 1) / kern->mr * kern->mr,
                                  j->vpack + at * j->vblock_f,
-                                 false};
+                                 kern->bf16 != NULL};
         sd_gemm_a_t va = {.packed = &vp};
         sd_gemm_b_t pt = {
             .data = s, .dtype = SD_DTYPE_F32, .kind = SD_GEMM_B_PACKED, .ld = nq, .packed_k = n};
@@ -160,9 +170,12 @@ sd_status_t sd_cpu_attention(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t 
     job.gemm_f = ALIGN16(sd_gemm_scratch_floats(kern));
     job.s_f = ALIGN16(job.kb * QB);
     job.o_f = ALIGN16(job.d * QB);
-    const size_t q_f = sd_gemm_packed_floats(kern, job.d, QB);
+    job.q_f = ALIGN16(sd_gemm_packed_floats(kern, job.d, QB));
+    const size_t q2_f = kern->bf16 ? sd_gemm_pairs_b_lanes(kern, job.d, QB) : 0;
 #undef ALIGN16
-    if (!sd_cpu_scratch_reserve(cpu, job.gemm_f + job.s_f + job.o_f + 3 * QB + q_f))
+    /* Phase 1 narrows through the start of the same scratch: one key block's panels. */
+    SD_ASSERT(job.gemm_f >= SD_MAX(job.kblock_f, job.vblock_f));
+    if (!sd_cpu_scratch_reserve(cpu, job.gemm_f + job.s_f + job.o_f + 3 * QB + job.q_f + q2_f))
         return sd_fail(ctx, SD_STATUS_OUT_OF_MEMORY, "attention: cannot allocate work buffers");
     size_t pack_bytes = (size_t)(bh * job.kblocks) * (job.kblock_f + job.vblock_f) * sizeof(float);
     float *packs = sd_arena_alloc(&ctx->arena, pack_bytes);

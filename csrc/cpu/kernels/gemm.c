@@ -292,6 +292,21 @@ void sd_gemm_pair_packed_a(const sd_cpu_kernels_t *kern, const float *src, int64
     }
 }
 
+size_t sd_gemm_pairs_b_lanes(const sd_cpu_kernels_t *kern, int64_t k, int64_t n) {
+    return (size_t)padded_cols(kern, n) * (size_t)((k + 1) / 2);
+}
+
+void sd_gemm_pair_packed_b(const sd_cpu_kernels_t *kern, const float *src, int64_t k, int64_t n,
+                           uint32_t *dst) {
+    SD_ASSERT(kern->bf16 != NULL && kern->kc % 2 == 0);
+    const int64_t npad = padded_cols(kern, n);
+    for (int64_t pc = 0; pc < k; pc += kern->kc) {
+        const int64_t kc = SD_MIN((int64_t)kern->kc, k - pc);
+        kern->bf16->pair_panels(dst + pc / 2 * npad, src + pc * npad, kern->nr, kc, npad / kern->nr,
+                                kern->nr * kc);
+    }
+}
+
 /* Offset of C[i][j] (and of the residual) for the column-group layout. */
 static inline int64_t c_offset(const sd_gemm_c_t *c, int64_t i, int64_t j) {
     int64_t g = j / c->group_cols, jj = j - g * c->group_cols;
