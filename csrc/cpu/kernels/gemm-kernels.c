@@ -622,18 +622,29 @@ static inline void patch_row(const float *p, vf d[6]) {
 #endif
 }
 
+/* B^T applied along each patch row of VW tiles from t0: cols[a][b']. No rows: zeros. */
+static inline void wino_rows(const float *rows, int64_t ld, int t0, vf cols[6][6]) {
+    for (int a = 0; a < 6; a++) {
+        vf d[6] = {0};
+        if (rows) patch_row(rows + a * ld + 4 * t0, d);
+        bt6(d, cols[a]);
+    }
+}
+
+/* Then down column b: r[a] is the transformed value at position a * 6 + b. */
+static inline void wino_column(vf cols[6][6], int b, vf r[6]) {
+    vf d[6];
+    for (int a = 0; a < 6; a++) d[a] = cols[a][b];
+    bt6(d, r);
+}
+
 static void wino_input(const float *rows, int64_t ld, int n, float *dst, int64_t xi_stride) {
     for (int t0 = 0; t0 < n; t0 += VW) {
-        vf cols[6][6]; /* B^T applied along each patch row: cols[a][b'] */
-        for (int a = 0; a < 6; a++) {
-            vf d[6];
-            patch_row(rows + a * ld + 4 * t0, d);
-            bt6(d, cols[a]);
-        }
+        vf cols[6][6];
+        wino_rows(rows, ld, t0, cols);
         for (int b = 0; b < 6; b++) {
-            vf d[6], r[6];
-            for (int a = 0; a < 6; a++) d[a] = cols[a][b];
-            bt6(d, r);
+            vf r[6];
+            wino_column(cols, b, r);
             for (int a = 0; a < 6; a++) {
                 float *o = dst + (int64_t)(a * 6 + b) * xi_stride + t0;
                 if (t0 + VW <= n) {
@@ -672,17 +683,11 @@ static void wino_input_pair(const float *rows0, const float *rows1, int64_t ld, 
     for (int t0 = 0; t0 < n; t0 += VW) {
         vf lo[WINO_POSITIONS]; /* the first channel's 36 values, paired with the second's */
         for (int c = 0; c < 2; c++) {
-            const float *rows = c ? rows1 : rows0;
             vf cols[6][6];
-            for (int a = 0; a < 6; a++) {
-                vf d[6] = {0};
-                if (rows) patch_row(rows + a * ld + 4 * t0, d);
-                bt6(d, cols[a]);
-            }
+            wino_rows(c ? rows1 : rows0, ld, t0, cols);
             for (int b = 0; b < 6; b++) {
-                vf d[6], r[6];
-                for (int a = 0; a < 6; a++) d[a] = cols[a][b];
-                bt6(d, r);
+                vf r[6];
+                wino_column(cols, b, r);
                 for (int a = 0; a < 6; a++) {
                     const int xi = a * 6 + b;
                     if (c == 0) {

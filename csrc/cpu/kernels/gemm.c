@@ -281,15 +281,21 @@ size_t sd_gemm_pairs_a_lanes(const sd_cpu_kernels_t *kern, int64_t m, int64_t k)
     return (size_t)padded_rows(kern, m) * (size_t)((k + 1) / 2);
 }
 
-void sd_gemm_pair_packed_a(const sd_cpu_kernels_t *kern, const float *src, int64_t m, int64_t k,
-                           uint32_t *dst) {
+/* Narrows an operand packed in panels of `width` (padded panel lanes in all, depth k) into
+ * pair panels, a KC block at a time. */
+static void pair_packed(const sd_cpu_kernels_t *kern, const float *src, int64_t k, int64_t padded,
+                        int width, uint32_t *dst) {
     SD_ASSERT(kern->bf16 != NULL && kern->kc % 2 == 0);
-    const int64_t mpad = padded_rows(kern, m);
     for (int64_t pc = 0; pc < k; pc += kern->kc) {
         const int64_t kc = SD_MIN((int64_t)kern->kc, k - pc);
-        kern->bf16->pair_panels(dst + pc / 2 * mpad, src + pc * mpad, kern->mr, kc, mpad / kern->mr,
-                                kern->mr * kc);
+        kern->bf16->pair_panels(dst + pc / 2 * padded, src + pc * padded, width, kc, padded / width,
+                                width * kc);
     }
+}
+
+void sd_gemm_pair_packed_a(const sd_cpu_kernels_t *kern, const float *src, int64_t m, int64_t k,
+                           uint32_t *dst) {
+    pair_packed(kern, src, k, padded_rows(kern, m), kern->mr, dst);
 }
 
 size_t sd_gemm_pairs_b_lanes(const sd_cpu_kernels_t *kern, int64_t k, int64_t n) {
@@ -298,13 +304,7 @@ size_t sd_gemm_pairs_b_lanes(const sd_cpu_kernels_t *kern, int64_t k, int64_t n)
 
 void sd_gemm_pair_packed_b(const sd_cpu_kernels_t *kern, const float *src, int64_t k, int64_t n,
                            uint32_t *dst) {
-    SD_ASSERT(kern->bf16 != NULL && kern->kc % 2 == 0);
-    const int64_t npad = padded_cols(kern, n);
-    for (int64_t pc = 0; pc < k; pc += kern->kc) {
-        const int64_t kc = SD_MIN((int64_t)kern->kc, k - pc);
-        kern->bf16->pair_panels(dst + pc / 2 * npad, src + pc * npad, kern->nr, kc, npad / kern->nr,
-                                kern->nr * kc);
-    }
+    pair_packed(kern, src, k, padded_cols(kern, n), kern->nr, dst);
 }
 
 /* Offset of C[i][j] (and of the residual) for the column-group layout. */
