@@ -325,6 +325,7 @@ static const sd_backend_ops_t cuda_ops = {
     /* .weight_merge = */ NULL,
     /* .conv2d = */ sd_cuda_conv2d,
     /* .conv2d_up2 = */ NULL, /* not fused: the decoders upsample, then convolve */
+    /* .copy_rows = */ NULL,  /* decoders run whole images */
     /* .linear = */ sd_cuda_linear,
     /* .group_norm = */ sd_cuda_group_norm,
     /* .layer_norm = */ sd_cuda_layer_norm,

@@ -188,6 +188,32 @@ sd_status_t sd_op_conv2d_up2(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t 
     return st;
 }
 
+bool sd_ctx_copies_rows(sd_ctx_t *ctx) {
+    return ctx->backend->ops->copy_rows != NULL;
+}
+
+sd_status_t sd_op_copy_rows(sd_ctx_t *ctx, sd_tensor_t *dst, int64_t dst_row,
+                            const sd_tensor_t *src, int64_t src_row, int64_t rows) {
+    static const char op[] = "copy_rows";
+    OP_ENTER(ctx);
+    if (ctx->backend->ops->copy_rows == NULL) return SD_STATUS_UNSUPPORTED;
+    SD_TRY(check(ctx, op, "dst", dst, true, ACT, 4, 4));
+    SD_TRY(check(ctx, op, "src", src, true, ACT, 4, 4));
+    SD_TRY(same_act_dtype(ctx, op, dst, &src, 1));
+    if (src->shape[0] != dst->shape[0] || src->shape[1] != dst->shape[1] ||
+        src->shape[3] != dst->shape[3])
+        return shape_error(ctx, op, "src", src, "dst's (N, C, ., W)");
+    if (rows < 0 || dst_row < 0 || src_row < 0 || dst_row + rows > dst->shape[2] ||
+        src_row + rows > src->shape[2])
+        return sd_fail(ctx, SD_STATUS_INVALID_ARGUMENT,
+                       "%s: rows [%lld, +%lld) of src (%lld) to [%lld, ...) of dst (%lld)", op,
+                       (long long)src_row, (long long)rows, (long long)src->shape[2],
+                       (long long)dst_row, (long long)dst->shape[2]);
+    SD_TRY(no_alias(ctx, op, dst, src, "src"));
+    DISPATCH(ctx, "copy_rows", 0,
+             ctx->backend->ops->copy_rows(ctx, dst, dst_row, src, src_row, rows));
+}
+
 sd_status_t sd_op_linear(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                          const sd_tensor_t *w, const sd_tensor_t *bias, const sd_tensor_t *residual,
                          const sd_linear_params_t *p) {

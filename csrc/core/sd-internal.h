@@ -189,6 +189,10 @@ typedef struct sd_backend_ops {
      * shape it does not fuse. */
     sd_status_t (*conv2d_up2)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                               const sd_tensor_t *w, const sd_tensor_t *bias);
+    /* Optional (NULL: models do not work in row bands): rows [dst_row, dst_row + rows) of
+     * every (n, c) plane of dst get rows [src_row, ...) of src's (4-D, same N, C and W). */
+    sd_status_t (*copy_rows)(sd_ctx_t *ctx, sd_tensor_t *dst, int64_t dst_row,
+                             const sd_tensor_t *src, int64_t src_row, int64_t rows);
     sd_status_t (*linear)(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                           const sd_tensor_t *w, const sd_tensor_t *bias,
                           const sd_tensor_t *residual, const sd_linear_params_t *p);
@@ -357,6 +361,14 @@ sd_status_t sd_ctx_check(sd_ctx_t *ctx);
  * upsamples and convolves. Profiled as "conv2d 3x3". */
 sd_status_t sd_op_conv2d_up2(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                              const sd_tensor_t *w, const sd_tensor_t *bias);
+/* Whether the backend copies row bands (sd_op_copy_rows): a decoder may then run its
+ * full-resolution layers a band of rows at a time. */
+bool sd_ctx_copies_rows(sd_ctx_t *ctx);
+/* Rows [dst_row, dst_row + rows) of every (n, c) plane of dst (N, C, H, W) get rows
+ * [src_row, src_row + rows) of src (N, C, H', W); SD_STATUS_UNSUPPORTED where the backend
+ * has no copy_rows. */
+sd_status_t sd_op_copy_rows(sd_ctx_t *ctx, sd_tensor_t *dst, int64_t dst_row,
+                            const sd_tensor_t *src, int64_t src_row, int64_t rows);
 
 #ifdef __cplusplus
 }

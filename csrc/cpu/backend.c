@@ -259,6 +259,7 @@ static const sd_backend_ops_t cpu_ops = {
     .weight_merge = cpu_weight_merge,
     .conv2d = sd_cpu_conv2d,
     .conv2d_up2 = sd_cpu_conv2d_up2,
+    .copy_rows = sd_cpu_copy_rows,
     .linear = sd_cpu_linear,
     .group_norm = sd_cpu_group_norm,
     .layer_norm = sd_cpu_layer_norm,

@@ -335,6 +335,8 @@ sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
  * input in memory; SD_STATUS_UNSUPPORTED (no error recorded) where Winograd does not apply. */
 sd_status_t sd_cpu_conv2d_up2(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                               const sd_tensor_t *w, const sd_tensor_t *bias);
+sd_status_t sd_cpu_copy_rows(sd_ctx_t *ctx, sd_tensor_t *dst, int64_t dst_row,
+                             const sd_tensor_t *src, int64_t src_row, int64_t rows);
 sd_status_t sd_cpu_linear(sd_ctx_t *ctx, sd_tensor_t *out, const sd_tensor_t *x,
                           const sd_tensor_t *w, const sd_tensor_t *bias,
                           const sd_tensor_t *residual, const sd_linear_params_t *p);

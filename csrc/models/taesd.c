@@ -187,6 +187,70 @@ static void g_blocks(build_t *g, const taesd_level_w *lv, sd_tensor_t **x,
     }
 }
 
+/* Output rows per band of the decoder's last level (see g_last_level_bands). */
+#define TAESD_BAND_ROWS 64
+
+/* A tensor holding rows [lo, lo + h) of a full-height (H) activation. */
+typedef struct {
+    sd_tensor_t *t;
+    int64_t lo;
+} band_t;
+
+/* A 3x3 conv of a band: zero padding only at the image's edges, so the result holds the
+ * rows whose whole receptive field the band has: one fewer at each inner edge. */
+static band_t g_band_conv(build_t *g, band_t x, int64_t full_h, const sd_conv_w *c,
+                          const band_t *residual) {
+    const int64_t h = x.t ? x.t->shape[2] : 0;
+    const int32_t pt = x.lo == 0, pb = x.lo + h == full_h;
+    band_t y = {NULL, x.lo + 1 - pt};
+    if (g->st != SD_STATUS_OK) return y;
+    const int64_t oh = h - 2 + pt + pb;
+    y.t = g_new(g, 4, x.t->shape[0], c->w->shape[0], oh, x.t->shape[3]);
+    sd_tensor_t *res = NULL;
+    if (residual != NULL && g->st == SD_STATUS_OK) { /* the residual's rows of y */
+        res = g_new(g, 4, x.t->shape[0], residual->t->shape[1], oh, x.t->shape[3]);
+        if (res) G(g, sd_op_copy_rows(g->ctx, res, 0, residual->t, y.lo - residual->lo, oh));
+    }
+    g_conv(g, y.t, x.t, c, NULL, res, 1, pt, pb, 1, 1);
+    g_free(g, res);
+    return y;
+}
+
+/* The decoder's last level (its Blocks and the output conv) on x (B, C, H, W), into res,
+ * a band of output rows at a time: each band starts from x's rows within the level's
+ * receptive field of it (one row per conv each way) and is cut to its own rows at the end.
+ * The same values as the whole image at once (up to float rounding of other Winograd tile
+ * boundaries), in a fraction of the memory: at 512² the level's three 64 MiB tensors become
+ * bands of a few MB, which the caches keep and the arena finds already touched. */
+static void g_last_level_bands(build_t *g, const taesd_level_w *lv, const sd_tensor_t *x,
+                               sd_tensor_t *res) {
+    const int64_t b = x->shape[0], ch = x->shape[1], full_h = x->shape[2], w = x->shape[3];
+    const int64_t halo = 3 * (int64_t)lv->n_blocks + 1;
+    for (int64_t y0 = 0; y0 < full_h && g->st == SD_STATUS_OK; y0 += TAESD_BAND_ROWS) {
+        const int64_t y1 = SD_MIN(full_h, y0 + TAESD_BAND_ROWS);
+        const int64_t lo = SD_MAX(0, y0 - halo), hi = SD_MIN(full_h, y1 + halo);
+        band_t cur = {g_new(g, 4, b, ch, hi - lo, w), lo};
+        if (cur.t) G(g, sd_op_copy_rows(g->ctx, cur.t, 0, x, lo, hi - lo));
+        for (int32_t j = 0; j < lv->n_blocks && g->st == SD_STATUS_OK; j++) {
+            const taesd_block_w *blk = &lv->blocks[j];
+            band_t t1 = g_band_conv(g, cur, full_h, &blk->conv[0], NULL);
+            if (t1.t) g_relu(g, t1.t);
+            band_t t2 = g_band_conv(g, t1, full_h, &blk->conv[1], NULL);
+            g_free(g, t1.t);
+            if (t2.t) g_relu(g, t2.t);
+            band_t r = g_band_conv(g, t2, full_h, &blk->conv[2], &cur);
+            g_free(g, t2.t);
+            if (r.t) g_relu(g, r.t);
+            g_free(g, cur.t);
+            cur = r;
+        }
+        band_t o = g_band_conv(g, cur, full_h, &lv->conv, NULL);
+        g_free(g, cur.t);
+        if (o.t) G(g, sd_op_copy_rows(g->ctx, res, y0, o.t, y0 - o.lo, y1 - y0));
+        g_free(g, o.t);
+    }
+}
+
 sd_status_t sd_taesd_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t *z,
                             sd_tensor_t *out) {
     if (ctx == NULL) return SD_STATUS_INVALID_ARGUMENT;
@@ -218,15 +282,21 @@ sd_status_t sd_taesd_decode(sd_ctx_t *ctx, sd_model_t *model, const sd_tensor_t 
     g_conv(g, x, zc, &net->dec_in, NULL, NULL, 1, 1, 1, 1, 1);
     g_relu(g, x);
     g_free(g, zc);
+    const taesd_level_w *last = &net->dec[c->decoder_levels - 1];
+    /* The last level by bands where the backend copies them and the image has several. */
+    const bool bands = sd_ctx_copies_rows(ctx) && h * f > 2 * TAESD_BAND_ROWS;
     for (int i = 0; i < c->decoder_levels && g->st == SD_STATUS_OK; i++) {
         const taesd_level_w *lv = &net->dec[i];
+        if (i == c->decoder_levels - 1 && bands) break;
         g_blocks(g, lv, &x, NULL);
         if (i == c->decoder_levels - 1 || g->st != SD_STATUS_OK) break;
         x = g_upsample_take(g, &lv->conv, x, 2 * x->shape[2], 2 * x->shape[3]);
     }
     sd_tensor_t *res = out->dtype == g->act ? out : g_new(g, 4, b, c->out_channels, h * f, w * f);
-    if (g->st == SD_STATUS_OK)
-        g_conv(g, res, x, &net->dec[c->decoder_levels - 1].conv, NULL, NULL, 1, 1, 1, 1, 1);
+    if (g->st == SD_STATUS_OK && bands)
+        g_last_level_bands(g, last, x, res);
+    else if (g->st == SD_STATUS_OK)
+        g_conv(g, res, x, &last->conv, NULL, NULL, 1, 1, 1, 1, 1);
     if (res != out) {
         g_output(g, out, res);
         g_free(g, res);

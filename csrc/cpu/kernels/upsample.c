@@ -53,3 +53,15 @@ sd_status_t sd_cpu_upsample_nearest(sd_ctx_t *ctx, sd_tensor_t *out, const sd_te
     free(cols);
     return SD_STATUS_OK;
 }
+
+sd_status_t sd_cpu_copy_rows(sd_ctx_t *ctx, sd_tensor_t *dst, int64_t dst_row,
+                             const sd_tensor_t *src, int64_t src_row, int64_t rows) {
+    (void)ctx;
+    const int64_t planes = dst->shape[0] * dst->shape[1], w = dst->shape[3];
+    const size_t es = sd_dtype_size(dst->dtype), run = (size_t)(rows * w) * es;
+    for (int64_t p = 0; p < planes; p++)
+        memcpy((char *)dst->data + ((size_t)(p * dst->shape[2] + dst_row) * (size_t)w) * es,
+               (const char *)src->data + ((size_t)(p * src->shape[2] + src_row) * (size_t)w) * es,
+               run);
+    return SD_STATUS_OK;
+}
