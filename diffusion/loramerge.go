@@ -25,74 +25,79 @@ type merger struct {
 
 func (e *engine) newMerger() *merger { return &merger{e: e} }
 
-// lowRank is one update as a product: up (rows x r, alpha / r applied), down (r x cols).
+// lowRank is one update as a product, checked against its weight: up (rows x r, with alpha / r
+// and the adapter's scale applied), down (r x cols).
 type lowRank struct {
 	up, down []float32
 	r        int
-	scale    float64
-	file     string
-	key      string
 }
 
-// merge writes the float32 weight t + Σ updates into dst (4 bytes per element).
-func (m *merger) merge(t modelfile.Tensor, updates []lora.Update, dst []byte) error {
+// lowRanks reads the updates of weight t as low-rank products (LoRA, LoCon), the form both the
+// runtime's merge and the host's GEMM merge take; nil when one is of another kind (LoHa, LoKr,
+// a Tucker core, DoRA), which lora.PatchWeight merges.
+func lowRanks(t modelfile.Tensor, updates []lora.Update) ([]lowRank, error) {
+	rows := t.Shape[0]
+	cols := numel(t.Shape) / rows
 	fs := make([]lowRank, 0, len(updates))
 	for _, u := range updates {
 		up, down, r, ok, err := u.Module.LowRank()
 		if err != nil {
-			return fmt.Errorf("%s: %w", u.File, err)
+			return nil, fmt.Errorf("%s: %w", u.File, err)
 		}
 		if !ok {
-			w, err := lora.PatchWeight(t, updates, modelfile.F32)
-			if err == nil {
-				copy(dst, w.Data)
-			}
-			return err
-		}
-		fs = append(fs, lowRank{up, down, r, u.Scale, u.File, u.Module.Key})
-	}
-	return m.mergeLowRank(t, fs, dst)
-}
-
-// mergeResident has the runtime merge the updates into the weight name of model where it keeps it, when
-// all are low-rank products and the backend merges that weight (the CPU adds the product
-// while it packs a linear layer's weight, one pass over the base with no float32 copy of
-// the merged weight, and merges convolution kernels into memory of its own): the factors
-// go in as one product, up = [s1·up1 | s2·up2 ...] and down = [down1; down2 ...]. False,
-// with nothing changed, otherwise.
-func (m *merger) mergeResident(model binding.Model, name string, t modelfile.Tensor, updates []lora.Update) (bool, error) {
-	rows := t.Shape[0]
-	cols := numel(t.Shape) / rows
-	ups := make([][]float32, len(updates))
-	downs := make([][]float32, len(updates))
-	total := 0
-	for i, u := range updates {
-		up, down, r, ok, err := u.Module.LowRank()
-		if err != nil || !ok {
-			return false, err
+			return nil, nil
 		}
 		if int64(len(up)) != rows*int64(r) || int64(len(down)) != int64(r)*cols {
-			return false, fmt.Errorf("%s: module %s is [%d, %d] @ [%d, %d], the weight [%d, %d]",
+			return nil, fmt.Errorf("%s: module %s is [%d, %d] @ [%d, %d], the weight [%d, %d]",
 				u.File, u.Module.Key, len(up)/max(r, 1), r, r, len(down)/max(r, 1), rows, cols)
 		}
 		s := float32(u.Scale)
 		for j := range up { // LowRank's factors are fresh copies
 			up[j] *= s
 		}
-		ups[i], downs[i] = up, down
-		total += r
+		fs = append(fs, lowRank{up, down, r})
 	}
-	up, down := ups[0], downs[0]
-	if len(updates) > 1 {
-		up, down = make([]float32, rows*int64(total)), nil
+	return fs, nil
+}
+
+// merge writes the float32 weight t + Σ updates into dst (4 bytes per element): fs, the
+// updates as lowRanks gave them, by the runtime's GEMM, or all by lora.PatchWeight (fs nil).
+func (m *merger) merge(t modelfile.Tensor, updates []lora.Update, fs []lowRank, dst []byte) error {
+	if fs != nil {
+		return m.mergeLowRank(t, fs, dst)
+	}
+	w, err := lora.PatchWeight(t, updates, modelfile.F32)
+	if err == nil {
+		copy(dst, w.Data)
+	}
+	return err
+}
+
+// mergeResident has the runtime merge the low-rank updates fs into the weight name of model
+// where it keeps it, when the backend merges that weight (the CPU adds the product while it
+// packs a linear layer's weight, one pass over the base with no float32 copy of the merged
+// weight, and merges convolution kernels into memory of its own): the factors go in as one
+// product, up = [s1·up1 | s2·up2 ...] and down = [down1; down2 ...]. False, with nothing
+// changed, otherwise.
+func (m *merger) mergeResident(model binding.Model, name string, t modelfile.Tensor, fs []lowRank) (bool, error) {
+	if len(fs) == 0 {
+		return false, nil
+	}
+	rows := int(t.Shape[0])
+	up, down, total := fs[0].up, fs[0].down, fs[0].r
+	if len(fs) > 1 {
+		total = 0
+		for _, f := range fs {
+			total += f.r
+		}
+		up, down = make([]float32, rows*total), nil
 		off := 0
-		for i, src := range ups {
-			r := len(src) / int(rows)
-			for row := range int(rows) {
-				copy(up[row*total+off:row*total+off+r], src[row*r:(row+1)*r])
+		for _, f := range fs {
+			for row := range rows {
+				copy(up[row*total+off:row*total+off+f.r], f.up[row*f.r:(row+1)*f.r])
 			}
-			down = append(down, downs[i]...)
-			off += r
+			down = append(down, f.down...)
+			off += f.r
 		}
 	}
 	return m.e.lib.ModelMergeWeight(m.e.ctx, model, weightOf(name, t), up, down, total)
@@ -124,17 +129,14 @@ func numel(shape []int64) int64 {
 // memory already touched rather than fresh allocations the size of its largest weights.
 const mergeBlockFloats = 1 << 18
 
-// mergeLowRank is W + Σ s·up@down for one weight t viewed as [out, cols], in float32, a
-// block of rows at a time: acc (1, n, cols) starts as the block of t converted, then each
-// update is one linear op acc = x·w^T + acc with x = s·up's rows (1, n, r) and
-// w = down^T (cols, r).
+// mergeLowRank is W + Σ up@down for one weight t viewed as [out, cols] (the factors of
+// lowRanks, scaled), in float32, a block of rows at a time: acc (1, n, cols) starts as the
+// block of t converted, then each update is one linear op acc = x·w^T + acc with x = up's
+// rows (1, n, r) and w = down^T (cols, r).
 func (m *merger) mergeLowRank(t modelfile.Tensor, updates []lowRank, dst []byte) error {
 	lib, ctx := m.e.lib, m.e.ctx
 	rows := t.Shape[0]
-	cols := int64(1)
-	for _, d := range t.Shape[1:] {
-		cols *= d
-	}
+	cols := numel(t.Shape) / rows
 	type factor struct {
 		up []float32 // scaled, rows x r
 		r  int64
@@ -143,14 +145,6 @@ func (m *merger) mergeLowRank(t modelfile.Tensor, updates []lowRank, dst []byte)
 	fs := make([]factor, len(updates))
 	for i, u := range updates {
 		up, down, r := u.up, u.down, u.r
-		if int64(len(up)) != rows*int64(r) || int64(len(down)) != int64(r)*cols {
-			return fmt.Errorf("%s: module %s is [%d, %d] @ [%d, %d], the weight [%d, %d]",
-				u.file, u.key, len(up)/max(r, 1), r, r, len(down)/max(r, 1), rows, cols)
-		}
-		s := float32(u.scale)
-		for i := range up {
-			up[i] *= s
-		}
 		downT := make([]float32, len(down))
 		for k := range r {
 			for j := range cols {

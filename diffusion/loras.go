@@ -282,9 +282,13 @@ func (s *loraState) install(m *merger, model binding.Model, component string, ba
 		if failMerge != nil {
 			err = failMerge(pt.Weight)
 		}
+		var fs []lowRank
+		if err == nil {
+			fs, err = lowRanks(t, pt.Updates)
+		}
 		resident := false
 		if err == nil && residentMerges {
-			resident, err = m.mergeResident(model, pt.Weight, t, pt.Updates)
+			resident, err = m.mergeResident(model, pt.Weight, t, fs)
 		}
 		if err != nil {
 			return fmt.Errorf("merging LoRAs into %s: %w", pt.Weight, err)
@@ -309,7 +313,7 @@ func (s *loraState) install(m *merger, model binding.Model, component string, ba
 		if err != nil {
 			return err
 		}
-		err = m.merge(t, pt.Updates, dst)
+		err = m.merge(t, pt.Updates, fs, dst)
 		if err != nil {
 			own.free()
 			return fmt.Errorf("merging LoRAs into %s: %w", pt.Weight, err)

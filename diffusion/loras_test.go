@@ -374,7 +374,9 @@ func TestLoRANativeMergeMatchesFusedWeights(t *testing.T) {
 				for _, pt := range plan {
 					w := net.base[pt.Weight]
 					dst := make([]byte, 4*numel(w.Shape))
-					require.NoError(t, m.merge(w, pt.Updates, dst), pt.Weight)
+					fs, err := lowRanks(w, pt.Updates)
+					require.NoError(t, err, pt.Weight)
+					require.NoError(t, m.merge(w, pt.Updates, fs, dst), pt.Weight)
 					merged[pt.Weight] = modelfile.Tensor{Name: w.Name, DType: modelfile.F32, Shape: w.Shape, Data: dst}
 				}
 				for _, ref := range g.f.Tensors {
