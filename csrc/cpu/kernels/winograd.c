@@ -373,7 +373,7 @@ sd_status_t sd_cpu_conv2d_winograd(sd_ctx_t *ctx, sd_tensor_t *out, const sd_ten
     const size_t u_floats = (size_t)WP * (size_t)((cs + mr - 1) / mr * mr * j.cin);
     /* bf16: V as pair lanes (half the bytes) in place of the fp32 V. */
     const bool pairs = kern->bf16 != NULL && kern->wino_input_pair != NULL;
-    j.v2_lanes = pairs ? (size_t)(chunk * ((j.cin + 1) / 2)) : 0;
+    j.v2_lanes = pairs ? sd_gemm_pairs_b_lanes(kern, j.cin, chunk) : 0;
     const size_t v_floats = pairs ? WP * j.v2_lanes : (size_t)WP * (size_t)(j.cin * chunk);
     /* M rows are read a whole vector at a time: pad the end. */
     const size_t m_floats = (size_t)WP * (size_t)(cs * chunk) + (size_t)nr;
